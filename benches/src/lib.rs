@@ -1,0 +1,1 @@
+//! Latency harness and micro-benchmarks.

@@ -1,0 +1,1 @@
+//! TOML tables: schema, validation with spans, compilation into snapshots, file watch and admin API.

@@ -1,0 +1,1 @@
+//! Node description: interfaces, queues, cores, XDP mode, RSS, MTU; validation and apply.
