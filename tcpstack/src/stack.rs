@@ -1,0 +1,1039 @@
+//! [`Stack`]: one Ethernet interface's addresses, neighbours, listeners and connections.
+
+use crate::neigh::{NeighborCache, NeighborConfig};
+use crate::stats::{Counter, DropReason, Stats};
+use crate::tcp::conn::{Conn, ConnEvent, ConnParams, Ctx, ResetReason, State};
+use crate::tcp::isn::Secrets;
+use crate::tcp::seq::Seq;
+use crate::tcp::TcpConfig;
+use crate::time::Instant;
+use crate::wire::arp::{self, ArpRepr, Operation};
+use crate::wire::ethernet::{self, MacAddr};
+use crate::wire::icmp::{self, IcmpPacket};
+use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::tcp::{self as tcpw, Flags, Header, Options, Segment};
+use crate::wire::WireError;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// An IPv4 address with its prefix length, e.g. `10.10.1.1/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
+        Ipv4Cidr { addr, prefix: prefix.min(32) }
+    }
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix as u32)
+        }
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(ip) & self.mask()) == (u32::from(self.addr) & self.mask())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    pub mac: MacAddr,
+    pub addresses: Vec<Ipv4Cidr>,
+    /// Next hop for destinations outside every local subnet.
+    pub gateway: Option<Ipv4Addr>,
+    /// IP MTU (default 1500). The buffer given to `poll_transmit` must hold `mtu + 14` bytes.
+    pub mtu: usize,
+    /// Local ports for active opens, inclusive (default 32768..=60999, as Linux).
+    pub ephemeral_ports: (u16, u16),
+    /// Key for ISNs, SYN cookies, timestamp offsets and port selection. Inject a random one.
+    pub secret: [u8; 16],
+    pub tcp: TcpConfig,
+    pub neighbor: NeighborConfig,
+    /// Connections held at once, all states but TIME-WAIT (default 65536).
+    pub max_connections: usize,
+    /// Half-open connections per listener before SYN cookies take over (default 1024).
+    pub syn_backlog: usize,
+    /// TIME-WAIT entries held; the oldest is evicted beyond it (default 65536).
+    pub max_time_wait: usize,
+    /// Control packets (ARP and ICMP replies, RSTs, cookie SYN-ACKs) waiting to be sent
+    /// (default 1024); more are dropped.
+    pub max_control_queue: usize,
+}
+
+impl StackConfig {
+    pub fn new(mac: MacAddr, addresses: Vec<Ipv4Cidr>, secret: [u8; 16]) -> Self {
+        StackConfig {
+            mac,
+            addresses,
+            gateway: None,
+            mtu: 1500,
+            ephemeral_ports: (32768, 60999),
+            secret,
+            tcp: TcpConfig::default(),
+            neighbor: NeighborConfig::default(),
+            max_connections: 65536,
+            syn_backlog: 1024,
+            max_time_wait: 65536,
+            max_control_queue: 1024,
+        }
+    }
+}
+
+/// A connection handle. Stale handles (of a released connection) are refused, never confused
+/// with a newer connection in the same slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    slot: u32,
+    gen: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A passive open completed its handshake.
+    Accepted { id: ConnId, local: SocketAddrV4, remote: SocketAddrV4 },
+    /// An active open completed its handshake.
+    Connected(ConnId),
+    /// Data arrived where there was none: read until `WouldBlock`.
+    Readable(ConnId),
+    /// Send space opened after a write was refused or cut short.
+    Writable(ConnId),
+    /// The peer's FIN arrived; reads return `Ok(0)` once the data before it is read.
+    PeerClosed(ConnId),
+    /// The connection is gone after the application closed it. The handle is now invalid.
+    Closed(ConnId),
+    /// The connection ended abnormally. The handle is now invalid; unread data is lost.
+    Reset { id: ConnId, reason: ResetReason },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("no such connection")]
+    InvalidHandle,
+    #[error("operation would block")]
+    WouldBlock,
+    #[error("the sending side is closed")]
+    SendClosed,
+    #[error("address already in use")]
+    AddrInUse,
+    #[error("address is not local")]
+    AddrNotLocal,
+    #[error("no ephemeral port is free")]
+    NoPortsFree,
+    #[error("too many connections")]
+    TooManyConnections,
+}
+
+type Tuple = (SocketAddrV4, SocketAddrV4);
+
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+    dirty: bool,
+    half_open_of: Option<SocketAddrV4>,
+    reset_reported: bool,
+}
+
+#[derive(Default)]
+struct Listener {
+    half_open: usize,
+}
+
+struct TimeWait {
+    rcv_nxt: Seq,
+    snd_nxt: Seq,
+    ts: Option<(u32, u32)>, // (ts_recent, ts_offset)
+    deadline: Instant,
+}
+
+enum Control {
+    ArpReply { to_mac: MacAddr, to_ip: Ipv4Addr, from_ip: Ipv4Addr },
+    Tcp { local: SocketAddrV4, remote: SocketAddrV4, header: Header },
+    EchoReply { src: Ipv4Addr, dst: Ipv4Addr, rest: [u8; 4], data: Vec<u8> },
+}
+
+/// A sans-IO TCP/IPv4 stack for one Ethernet interface.
+///
+/// Call order, per loop iteration of the owner:
+/// 1. `handle_frame(now, frame)` for every received frame;
+/// 2. `poll_event()` until `None`, and `read`/`write`/`close` connections as the events say;
+/// 3. `poll_transmit(now, buf)` until `None`, sending each frame it fills (it also runs due
+///    timers, so call it when `poll_timeout()` passes even without input);
+/// 4. `poll_event()` again (timers can reset connections), then wait for a frame or until
+///    `poll_timeout()`.
+///
+/// Nothing inside reads a clock or the network; every input takes `now`.
+pub struct Stack {
+    cfg: StackConfig,
+    secrets: Secrets,
+    stats: Stats,
+    neigh: NeighborCache,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    by_tuple: HashMap<Tuple, u32>,
+    listeners: HashMap<SocketAddrV4, Listener>,
+    time_wait: HashMap<Tuple, TimeWait>,
+    time_wait_order: VecDeque<(Instant, Tuple)>,
+    control: VecDeque<Control>,
+    dirty: VecDeque<u32>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    events: VecDeque<Event>,
+    scratch_events: Vec<ConnEvent>,
+    port_counter: u32,
+    ip_ident: u16,
+}
+
+impl Stack {
+    pub fn new(cfg: StackConfig) -> Stack {
+        Stack {
+            secrets: Secrets::new(cfg.secret),
+            neigh: NeighborCache::new(cfg.neighbor.clone()),
+            cfg,
+            stats: Stats::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            by_tuple: HashMap::new(),
+            listeners: HashMap::new(),
+            time_wait: HashMap::new(),
+            time_wait_order: VecDeque::new(),
+            control: VecDeque::new(),
+            dirty: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            events: VecDeque::new(),
+            scratch_events: Vec::new(),
+            port_counter: 0,
+            ip_ident: 0,
+        }
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.cfg
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub fn mac(&self) -> MacAddr {
+        self.cfg.mac
+    }
+    /// Connections held (all states but TIME-WAIT entries).
+    pub fn connection_count(&self) -> usize {
+        self.live
+    }
+    pub fn time_wait_count(&self) -> usize {
+        self.time_wait.len()
+    }
+    pub fn neighbor_count(&self) -> usize {
+        self.neigh.len()
+    }
+
+    fn is_local(&self, ip: Ipv4Addr) -> bool {
+        self.cfg.addresses.iter().any(|c| c.addr == ip)
+    }
+
+    fn our_mss(&self) -> u16 {
+        (self.cfg.mtu.saturating_sub(ipv4::HEADER_LEN + tcpw::HEADER_LEN)).clamp(64, 65495) as u16
+    }
+
+    // ---- listeners and connections ----
+
+    /// Accepts connections to `addr` (`0.0.0.0` means every local address).
+    pub fn listen(&mut self, addr: SocketAddrV4) -> Result<(), Error> {
+        if !addr.ip().is_unspecified() && !self.is_local(*addr.ip()) {
+            return Err(Error::AddrNotLocal);
+        }
+        if self.listeners.contains_key(&addr) {
+            return Err(Error::AddrInUse);
+        }
+        self.listeners.insert(addr, Listener::default());
+        Ok(())
+    }
+
+    /// Stops accepting on `addr`; established connections are unaffected.
+    pub fn unlisten(&mut self, addr: SocketAddrV4) -> bool {
+        self.listeners.remove(&addr).is_some()
+    }
+
+    fn listener_for(&self, local: SocketAddrV4) -> Option<SocketAddrV4> {
+        if self.listeners.contains_key(&local) {
+            return Some(local);
+        }
+        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, local.port());
+        self.listeners.contains_key(&any).then_some(any)
+    }
+
+    /// Opens a connection from an ephemeral port of the local address facing `remote`.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<ConnId, Error> {
+        let ip = self
+            .cfg
+            .addresses
+            .iter()
+            .find(|c| c.contains(*remote.ip()))
+            .or(self.cfg.addresses.first())
+            .map(|c| c.addr)
+            .ok_or(Error::AddrNotLocal)?;
+        self.connect_from(now, SocketAddrV4::new(ip, 0), remote)
+    }
+
+    /// Opens a connection from `local`; port 0 picks an ephemeral port (RFC 6056 §3.3.3).
+    pub fn connect_from(&mut self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4) -> Result<ConnId, Error> {
+        if !self.is_local(*local.ip()) {
+            return Err(Error::AddrNotLocal);
+        }
+        if self.live >= self.cfg.max_connections {
+            return Err(Error::TooManyConnections);
+        }
+        let local = if local.port() != 0 {
+            if self.by_tuple.contains_key(&(local, remote)) || self.time_wait.contains_key(&(local, remote)) {
+                return Err(Error::AddrInUse);
+            }
+            local
+        } else {
+            self.pick_port(*local.ip(), remote)?
+        };
+        let params = self.params(now, local, remote);
+        let conn = Conn::connect(&self.cfg.tcp, params, now);
+        let slot = self.insert(conn, None);
+        self.mark_dirty(slot);
+        Ok(self.id(slot))
+    }
+
+    fn pick_port(&mut self, ip: Ipv4Addr, remote: SocketAddrV4) -> Result<SocketAddrV4, Error> {
+        let (lo, hi) = self.cfg.ephemeral_ports;
+        if hi < lo {
+            return Err(Error::NoPortsFree);
+        }
+        let count = (hi - lo) as u32 + 1;
+        let start = self.secrets.port_offset(ip, remote).wrapping_add(self.port_counter);
+        for i in 0..count {
+            let port = lo + ((start.wrapping_add(i)) % count) as u16;
+            let local = SocketAddrV4::new(ip, port);
+            let tuple = (local, remote);
+            if self.by_tuple.contains_key(&tuple) || self.time_wait.contains_key(&tuple) || self.listener_for(local).is_some() {
+                continue;
+            }
+            self.port_counter = self.port_counter.wrapping_add(i + 1);
+            return Ok(local);
+        }
+        Err(Error::NoPortsFree)
+    }
+
+    fn params(&self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4) -> ConnParams {
+        ConnParams {
+            local,
+            remote,
+            iss: self.secrets.isn(now, local, remote),
+            ts_offset: self.secrets.ts_offset(local, remote),
+            our_mss: self.our_mss(),
+        }
+    }
+
+    fn insert(&mut self, conn: Conn, half_open_of: Option<SocketAddrV4>) -> u32 {
+        let tuple = (conn.local, conn.remote);
+        let slot = match self.free.pop() {
+            Some(s) => {
+                let sl = &mut self.slots[s as usize];
+                sl.conn = Some(conn);
+                sl.half_open_of = half_open_of;
+                sl.reset_reported = false;
+                s
+            }
+            None => {
+                self.slots.push(Slot { gen: 0, conn: Some(conn), dirty: false, half_open_of, reset_reported: false });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_tuple.insert(tuple, slot);
+        self.live += 1;
+        slot
+    }
+
+    fn id(&self, slot: u32) -> ConnId {
+        ConnId { slot, gen: self.slots[slot as usize].gen }
+    }
+
+    fn slot_of(&self, id: ConnId) -> Result<u32, Error> {
+        match self.slots.get(id.slot as usize) {
+            Some(s) if s.gen == id.gen && s.conn.is_some() => Ok(id.slot),
+            _ => Err(Error::InvalidHandle),
+        }
+    }
+
+    fn conn(&self, id: ConnId) -> Result<&Conn, Error> {
+        let slot = self.slot_of(id)?;
+        self.slots[slot as usize].conn.as_ref().ok_or(Error::InvalidHandle)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Result<(u32, &mut Conn), Error> {
+        let slot = self.slot_of(id)?;
+        let c = self.slots[slot as usize].conn.as_mut().ok_or(Error::InvalidHandle)?;
+        Ok((slot, c))
+    }
+
+    fn mark_dirty(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push_back(slot);
+        }
+    }
+
+    pub fn local_addr(&self, id: ConnId) -> Result<SocketAddrV4, Error> {
+        Ok(self.conn(id)?.local)
+    }
+    pub fn remote_addr(&self, id: ConnId) -> Result<SocketAddrV4, Error> {
+        Ok(self.conn(id)?.remote)
+    }
+    pub fn state(&self, id: ConnId) -> Result<State, Error> {
+        Ok(self.conn(id)?.state)
+    }
+    /// Bytes ready to read.
+    pub fn recv_available(&self, id: ConnId) -> Result<usize, Error> {
+        Ok(self.conn(id)?.recv_len())
+    }
+    /// Bytes `write` would accept now.
+    pub fn send_free(&self, id: ConnId) -> Result<usize, Error> {
+        Ok(self.conn(id)?.send_free())
+    }
+
+    /// Reads received bytes. `Ok(0)` means end of stream; `WouldBlock` means wait for `Readable`.
+    pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, Error> {
+        let (slot, c) = self.conn_mut(id)?;
+        if c.recv_len() == 0 {
+            return if c.at_eof() || buf.is_empty() { Ok(0) } else { Err(Error::WouldBlock) };
+        }
+        let n = c.read(buf);
+        if c.has_output() {
+            self.mark_dirty(slot);
+        }
+        Ok(n)
+    }
+
+    /// Queues bytes to send; returns how many were taken. `WouldBlock` when the send buffer is
+    /// full (wait for `Writable`); `SendClosed` after `shutdown_write`/`close` or once the
+    /// connection can no longer send.
+    pub fn write(&mut self, id: ConnId, data: &[u8]) -> Result<usize, Error> {
+        let (slot, c) = self.conn_mut(id)?;
+        if c.user_closed || c.send_closed() {
+            return Err(Error::SendClosed);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let n = c.write(data);
+        if n == 0 {
+            return Err(Error::WouldBlock);
+        }
+        self.mark_dirty(slot);
+        Ok(n)
+    }
+
+    /// Turns Nagle's algorithm on or off for one connection.
+    pub fn set_nagle(&mut self, id: ConnId, on: bool) -> Result<(), Error> {
+        self.conn_mut(id)?.1.set_nagle(on);
+        Ok(())
+    }
+
+    /// Half-close: send a FIN after the queued data; reading goes on.
+    pub fn shutdown_write(&mut self, id: ConnId) -> Result<(), Error> {
+        let (slot, c) = self.conn_mut(id)?;
+        c.shutdown_write();
+        self.mark_dirty(slot);
+        self.after(slot);
+        Ok(())
+    }
+
+    /// Graceful close: the application reads and writes nothing more. Queued data is still
+    /// delivered, then a FIN. Unread received data makes it a reset instead (RFC 2525 §2.17).
+    /// `Closed` follows once the connection is done; the handle is then released.
+    pub fn close(&mut self, now: Instant, id: ConnId) -> Result<(), Error> {
+        let cfg = self.cfg.tcp.clone();
+        let (slot, c) = self.conn_mut(id)?;
+        c.close(&cfg, now);
+        self.mark_dirty(slot);
+        self.after(slot);
+        Ok(())
+    }
+
+    /// Sends a RST and releases the connection (`Closed` follows).
+    pub fn abort(&mut self, id: ConnId) -> Result<(), Error> {
+        let (slot, c) = self.conn_mut(id)?;
+        c.user_closed = true;
+        c.abort();
+        self.mark_dirty(slot);
+        self.after(slot);
+        Ok(())
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When the stack next needs `poll_transmit` without new input. `Some(Instant::ZERO)`
+    /// means output is pending now.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.dirty.is_empty() || !self.control.is_empty() || self.neigh.has_output() {
+            return Some(Instant::ZERO);
+        }
+        let t = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let tw = self.time_wait_order.front().map(|(t, _)| *t);
+        [t, tw, self.neigh.next_deadline()].into_iter().flatten().min()
+    }
+
+    // ---- receive path ----
+
+    /// Processes one received Ethernet frame. Anything malformed or not ours is dropped and
+    /// counted (see [`Stats`]); nothing here panics on input.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) {
+        self.stats.inc(Counter::FramesIn);
+        let eth = match ethernet::Frame::new_checked(frame) {
+            Ok(f) => f,
+            Err(_) => return self.stats.drop(DropReason::EthTruncated),
+        };
+        let dst = eth.dst();
+        if dst != self.cfg.mac && !dst.is_broadcast() {
+            return self.stats.drop(DropReason::EthNotForUs);
+        }
+        match eth.ethertype() {
+            ethernet::ETHERTYPE_ARP => self.handle_arp(now, eth.payload()),
+            ethernet::ETHERTYPE_IPV4 if !dst.is_broadcast() => self.handle_ipv4(now, eth.payload()),
+            _ => self.stats.drop(DropReason::EthUnknownType),
+        }
+    }
+
+    fn handle_arp(&mut self, now: Instant, payload: &[u8]) {
+        let a = match ArpRepr::parse(payload) {
+            Ok(a) => a,
+            Err(_) => return self.stats.drop(DropReason::ArpMalformed),
+        };
+        let for_us = self.is_local(a.target_ip);
+        // RFC 826: merge the sender into the cache; create an entry only when addressed to us.
+        self.neigh.learn(a.sender_ip, a.sender_mac, now, for_us, &mut self.stats);
+        if !for_us {
+            return self.stats.drop(DropReason::ArpNotForUs);
+        }
+        if a.op == Operation::Request {
+            self.push_control(Control::ArpReply { to_mac: a.sender_mac, to_ip: a.sender_ip, from_ip: a.target_ip });
+        }
+    }
+
+    fn push_control(&mut self, c: Control) {
+        if self.control.len() >= self.cfg.max_control_queue {
+            self.stats.drop(DropReason::TxBufferTooSmall);
+        } else {
+            self.control.push_back(c);
+        }
+    }
+
+    fn handle_ipv4(&mut self, now: Instant, payload: &[u8]) {
+        let ip = match Ipv4Packet::parse(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.stats.drop(match e {
+                    WireError::Truncated => DropReason::Ipv4Truncated,
+                    WireError::Checksum => DropReason::Ipv4Checksum,
+                    WireError::Fragment => DropReason::Ipv4Fragment,
+                    WireError::Unsupported => DropReason::Ipv4Unsupported,
+                    WireError::Malformed => DropReason::Ipv4Malformed,
+                })
+            }
+        };
+        if !self.is_local(ip.dst) {
+            return self.stats.drop(DropReason::Ipv4NotForUs);
+        }
+        match ip.protocol {
+            ipv4::PROTO_TCP => self.handle_tcp(now, ip.src, ip.dst, ip.payload),
+            ipv4::PROTO_ICMP => self.handle_icmp(ip.src, ip.dst, ip.payload),
+            _ => self.stats.drop(DropReason::Ipv4UnknownProtocol),
+        }
+    }
+
+    fn handle_icmp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) {
+        let p = match IcmpPacket::parse(payload) {
+            Ok(p) => p,
+            Err(WireError::Checksum) => return self.stats.drop(DropReason::IcmpChecksum),
+            Err(_) => return self.stats.drop(DropReason::IcmpMalformed),
+        };
+        if p.kind == icmp::ECHO_REQUEST && p.code == 0 {
+            if ipv4::HEADER_LEN + p.len() > self.cfg.mtu {
+                return self.stats.drop(DropReason::IcmpMalformed);
+            }
+            self.push_control(Control::EchoReply { src: dst, dst: src, rest: p.rest, data: p.data.to_vec() });
+        } else {
+            self.stats.drop(DropReason::IcmpIgnored);
+        }
+    }
+
+    fn handle_tcp(&mut self, now: Instant, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) {
+        let seg = match Segment::parse(payload, src, dst) {
+            Ok(s) => s,
+            Err(WireError::Truncated) => return self.stats.drop(DropReason::TcpTruncated),
+            Err(WireError::Checksum) => return self.stats.drop(DropReason::TcpChecksum),
+            Err(_) => return self.stats.drop(DropReason::TcpMalformed),
+        };
+        let h = seg.header;
+        if h.src_port == 0 || h.dst_port == 0 {
+            return self.stats.drop(DropReason::TcpBadPort);
+        }
+        let local = SocketAddrV4::new(dst, h.dst_port);
+        let remote = SocketAddrV4::new(src, h.src_port);
+        let tuple = (local, remote);
+
+        if let Some(&slot) = self.by_tuple.get(&tuple) {
+            self.with_conn(now, slot, |c, ctx| c.handle_segment(ctx, &h, seg.payload));
+            return;
+        }
+
+        if self.time_wait.contains_key(&tuple) && !self.handle_time_wait(now, tuple, &h, seg.payload.len()) {
+            return;
+        }
+
+        if let Some(listener) = self.listener_for(local) {
+            if h.flags.rst() {
+                return self.stats.drop(DropReason::TcpNoConnection);
+            }
+            if h.flags.syn() && !h.flags.ack() {
+                return self.handle_syn(now, listener, local, remote, &h);
+            }
+            if h.flags.ack() && !h.flags.syn() {
+                let peer_isn = Seq(h.seq) - 1;
+                if let Some(mss) = self.secrets.check_cookie(now, local, remote, peer_isn, Seq(h.ack) - 1) {
+                    if self.live < self.cfg.max_connections {
+                        self.stats.inc(Counter::SynCookiesAccepted);
+                        let mut params = self.params(now, local, remote);
+                        params.iss = Seq(h.ack) - 1;
+                        let mut conn = Conn::from_cookie(&self.cfg.tcp, params, &h, mss, now);
+                        conn.from_listener = Some(listener);
+                        let slot = self.insert(conn, None);
+                        self.events.push_back(Event::Accepted { id: self.id(slot), local, remote });
+                        self.stats.inc(Counter::ConnectionsAccepted);
+                        if !seg.payload.is_empty() || h.flags.fin() {
+                            self.with_conn(now, slot, |c, ctx| c.handle_segment(ctx, &h, seg.payload));
+                        }
+                        return;
+                    }
+                }
+                self.stats.drop(DropReason::TcpSynCookieInvalid);
+            }
+        } else {
+            self.stats.drop(DropReason::TcpNoConnection);
+        }
+        self.reply_rst(local, remote, &h, seg.payload.len());
+    }
+
+    /// RFC 9293 §3.10.7.1: a segment for no connection gets a RST, unless it is one.
+    fn reply_rst(&mut self, local: SocketAddrV4, remote: SocketAddrV4, h: &Header, payload_len: usize) {
+        if h.flags.rst() {
+            return;
+        }
+        let header = if h.flags.ack() {
+            Header { src_port: local.port(), dst_port: remote.port(), seq: h.ack, flags: Flags::RST, ..Header::default() }
+        } else {
+            let len = payload_len + h.flags.syn() as usize + h.flags.fin() as usize;
+            Header {
+                src_port: local.port(),
+                dst_port: remote.port(),
+                seq: 0,
+                ack: (Seq(h.seq) + len).0,
+                flags: Flags::RST | Flags::ACK,
+                ..Header::default()
+            }
+        };
+        self.stats.inc(Counter::RstsSent);
+        self.push_control(Control::Tcp { local, remote, header });
+    }
+
+    fn handle_syn(&mut self, now: Instant, listener: SocketAddrV4, local: SocketAddrV4, remote: SocketAddrV4, h: &Header) {
+        if self.live >= self.cfg.max_connections {
+            return self.stats.drop(DropReason::TcpTooManyConnections);
+        }
+        let backlog_full = self.listeners.get(&listener).is_some_and(|l| l.half_open >= self.cfg.syn_backlog);
+        if backlog_full {
+            // SYN cookies: answer without state. The cookie carries only the MSS, so the
+            // connection goes without window scaling, SACK and timestamps.
+            let mss = h.options.mss.unwrap_or(536).min(self.our_mss());
+            let cookie = self.secrets.cookie(now, local, remote, Seq(h.seq), mss);
+            let header = Header {
+                src_port: local.port(),
+                dst_port: remote.port(),
+                seq: cookie.0,
+                ack: (Seq(h.seq) + 1).0,
+                flags: Flags::SYN | Flags::ACK,
+                window: self.cfg.tcp.recv_buffer.min(65535) as u16,
+                options: Options { mss: Some(self.our_mss()), ..Options::default() },
+            };
+            self.stats.inc(Counter::SynCookiesSent);
+            return self.push_control(Control::Tcp { local, remote, header });
+        }
+        let params = self.params(now, local, remote);
+        let mut conn = Conn::accept(&self.cfg.tcp, params, h, now);
+        conn.from_listener = Some(listener);
+        if let Some(l) = self.listeners.get_mut(&listener) {
+            l.half_open += 1;
+        }
+        let slot = self.insert(conn, Some(listener));
+        self.mark_dirty(slot);
+        self.after(slot);
+    }
+
+    /// Returns true when the segment should go on to the listener (a new SYN reusing the tuple).
+    fn handle_time_wait(&mut self, now: Instant, tuple: Tuple, h: &Header, payload_len: usize) -> bool {
+        let Some(tw) = self.time_wait.get_mut(&tuple) else { return true };
+        if h.flags.rst() {
+            // RFC 1337: ignore RSTs in TIME-WAIT.
+            return false;
+        }
+        if h.flags.syn() && !h.flags.ack() {
+            // RFC 6191 / RFC 1122 §4.2.2.13: a new SYN above the old sequence space (or with a
+            // newer timestamp) may reopen the tuple.
+            let newer_ts = matches!((tw.ts, h.options.timestamp), (Some((recent, _)), Some((val, _))) if (val.wrapping_sub(recent) as i32) > 0);
+            if Seq(h.seq) > tw.rcv_nxt || newer_ts {
+                self.time_wait.remove(&tuple);
+                self.stats.inc(Counter::TimeWaitReused);
+                return true;
+            }
+        }
+        if h.flags.fin() {
+            tw.deadline = now + self.cfg.tcp.time_wait;
+            self.time_wait_order.push_back((tw.deadline, tuple));
+        }
+        let _ = payload_len;
+        let mut options = Options::default();
+        if let Some((recent, off)) = tw.ts {
+            options.timestamp = Some(((now.as_millis() as u32).wrapping_add(off), recent));
+        }
+        let header = Header {
+            src_port: tuple.0.port(),
+            dst_port: tuple.1.port(),
+            seq: tw.snd_nxt.0,
+            ack: tw.rcv_nxt.0,
+            flags: Flags::ACK,
+            window: 0,
+            options,
+        };
+        self.push_control(Control::Tcp { local: tuple.0, remote: tuple.1, header });
+        false
+    }
+
+    /// Runs `f` on a connection with a context, then applies what it changed.
+    fn with_conn(&mut self, now: Instant, slot: u32, f: impl FnOnce(&mut Conn, &mut Ctx)) {
+        let mut events = std::mem::take(&mut self.scratch_events);
+        if let Some(c) = self.slots[slot as usize].conn.as_mut() {
+            let mut ctx = Ctx { now, cfg: &self.cfg.tcp, stats: &mut self.stats, events: &mut events };
+            f(c, &mut ctx);
+        }
+        self.scratch_events = events;
+        self.mark_dirty(slot);
+        self.after(slot);
+    }
+
+    /// Turns connection events into stack events, releases finished connections, reschedules timers.
+    fn after(&mut self, slot: u32) {
+        let id = self.id(slot);
+        let mut events = std::mem::take(&mut self.scratch_events);
+        for e in events.drain(..) {
+            let s = &mut self.slots[slot as usize];
+            let Some(c) = s.conn.as_ref() else { break };
+            let ev = match e {
+                ConnEvent::Established { passive } => {
+                    if let Some(l) = s.half_open_of.take() {
+                        if let Some(l) = self.listeners.get_mut(&l) {
+                            l.half_open = l.half_open.saturating_sub(1);
+                        }
+                    }
+                    if passive {
+                        Event::Accepted { id, local: c.local, remote: c.remote }
+                    } else {
+                        Event::Connected(id)
+                    }
+                }
+                ConnEvent::Readable => Event::Readable(id),
+                ConnEvent::Writable => Event::Writable(id),
+                ConnEvent::PeerClosed => Event::PeerClosed(id),
+                ConnEvent::Reset(reason) => {
+                    s.reset_reported = true;
+                    // A connection the application never saw (a failed passive open) is not reported.
+                    if s.half_open_of.is_some() {
+                        continue;
+                    }
+                    Event::Reset { id, reason }
+                }
+            };
+            self.events.push_back(ev);
+        }
+        self.scratch_events = events;
+
+        let s = &mut self.slots[slot as usize];
+        let Some(c) = s.conn.as_mut() else { return };
+        let release = (c.is_closed() && (c.user_closed || s.reset_reported || s.half_open_of.is_some()))
+            || (c.time_wait_ready() && c.user_closed);
+        if release {
+            let c = s.conn.take().expect("checked above");
+            let report_closed = !s.reset_reported && s.half_open_of.is_none();
+            if let Some(l) = s.half_open_of.take() {
+                if let Some(l) = self.listeners.get_mut(&l) {
+                    l.half_open = l.half_open.saturating_sub(1);
+                }
+            }
+            s.gen = s.gen.wrapping_add(1);
+            self.by_tuple.remove(&(c.local, c.remote));
+            self.free.push(slot);
+            self.live -= 1;
+            if c.state == State::TimeWait {
+                self.enter_time_wait(&c);
+            }
+            if report_closed {
+                self.events.push_back(Event::Closed(id));
+            }
+            return;
+        }
+        if let Some(d) = c.next_deadline() {
+            if c.scheduled.is_none_or(|s| d < s) {
+                c.scheduled = Some(d);
+                self.timers.push(Reverse((d, slot, s.gen)));
+            }
+        }
+    }
+
+    fn enter_time_wait(&mut self, c: &Conn) {
+        let (rcv_nxt, snd_nxt, ts_ok, ts_recent, ts_offset) = c.time_wait_state();
+        let deadline = c.next_deadline().unwrap_or(Instant::ZERO);
+        while self.time_wait.len() >= self.cfg.max_time_wait {
+            match self.time_wait_order.pop_front() {
+                Some((t, tuple)) => {
+                    if self.time_wait.get(&tuple).is_some_and(|e| e.deadline == t) {
+                        self.time_wait.remove(&tuple);
+                        self.stats.inc(Counter::TimeWaitEvicted);
+                    }
+                }
+                None => break,
+            }
+        }
+        let tuple = (c.local, c.remote);
+        self.time_wait.insert(tuple, TimeWait { rcv_nxt, snd_nxt, ts: ts_ok.then_some((ts_recent, ts_offset)), deadline });
+        self.time_wait_order.push_back((deadline, tuple));
+    }
+
+    // ---- timers and transmit ----
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((t, slot, gen))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let valid = self.slots.get(slot as usize).is_some_and(|s| s.gen == gen && s.conn.as_ref().is_some_and(|c| c.scheduled == Some(t)));
+            if !valid {
+                continue;
+            }
+            if let Some(c) = self.slots[slot as usize].conn.as_mut() {
+                c.scheduled = None;
+            }
+            self.with_conn(now, slot, |c, ctx| c.on_timer(ctx));
+        }
+        if self.timers.len() > 4 * self.live + 1024 {
+            self.rebuild_timers();
+        }
+        if self.neigh.next_deadline().is_some_and(|t| t <= now) {
+            self.neigh.on_timer(now, &mut self.stats);
+        }
+        while let Some(&(t, tuple)) = self.time_wait_order.front() {
+            if t > now {
+                break;
+            }
+            self.time_wait_order.pop_front();
+            if self.time_wait.get(&tuple).is_some_and(|e| e.deadline <= now) {
+                self.time_wait.remove(&tuple);
+            }
+        }
+    }
+
+    fn rebuild_timers(&mut self) {
+        self.timers.clear();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(c) = s.conn.as_mut() {
+                c.scheduled = c.next_deadline();
+                if let Some(d) = c.scheduled {
+                    self.timers.push(Reverse((d, i as u32, s.gen)));
+                }
+            }
+        }
+    }
+
+    /// Fills `buf` with the next frame to send and returns its length, or `None` when there is
+    /// nothing to send. Runs due timers first. `buf` must hold `mtu + 14` bytes.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.run_timers(now);
+        if buf.len() < ethernet::HEADER_LEN + self.cfg.mtu {
+            self.stats.drop(DropReason::TxBufferTooSmall);
+            return None;
+        }
+        loop {
+            if let Some(ip) = self.neigh.pop_request(&mut self.stats) {
+                if let Some(n) = self.emit_arp_request(ip, buf) {
+                    return self.sent(n);
+                }
+                continue;
+            }
+            if let Some((mac, packet)) = self.neigh.pop_ready() {
+                let n = ethernet::HEADER_LEN + packet.len();
+                if n <= buf.len() {
+                    ethernet::emit(buf, mac, self.cfg.mac, ethernet::ETHERTYPE_IPV4);
+                    buf[ethernet::HEADER_LEN..n].copy_from_slice(&packet);
+                    return self.sent(n);
+                }
+                self.stats.drop(DropReason::TxBufferTooSmall);
+                continue;
+            }
+            if let Some(c) = self.control.pop_front() {
+                if let Some(n) = self.emit_control(now, c, buf) {
+                    return self.sent(n);
+                }
+                continue;
+            }
+            let &slot = self.dirty.front()?;
+            if let Some(n) = self.emit_conn(now, slot, buf) {
+                return self.sent(n);
+            }
+            self.dirty.pop_front();
+            self.slots[slot as usize].dirty = false;
+            self.after(slot);
+        }
+    }
+
+    fn sent(&mut self, n: usize) -> Option<usize> {
+        self.stats.inc(Counter::FramesOut);
+        Some(n)
+    }
+
+    fn emit_arp_request(&mut self, ip: Ipv4Addr, buf: &mut [u8]) -> Option<usize> {
+        let from = self.cfg.addresses.iter().find(|c| c.contains(ip)).or(self.cfg.addresses.first())?.addr;
+        let a = ArpRepr { op: Operation::Request, sender_mac: self.cfg.mac, sender_ip: from, target_mac: MacAddr::ZERO, target_ip: ip };
+        ethernet::emit(buf, MacAddr::BROADCAST, self.cfg.mac, ethernet::ETHERTYPE_ARP);
+        a.emit(&mut buf[ethernet::HEADER_LEN..]);
+        Some(ethernet::HEADER_LEN + arp::PACKET_LEN)
+    }
+
+    fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        next_hop(&self.cfg, dst)
+    }
+
+    /// Writes Ethernet and IPv4 headers around a payload that `fill` writes, and returns the
+    /// frame length. If the next hop is unresolved the packet waits in the neighbour cache
+    /// and `None` is returned.
+    fn emit_ip(&mut self, now: Instant, buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<usize> {
+        let Some(hop) = self.next_hop(dst) else {
+            self.stats.drop(DropReason::NoRoute);
+            return None;
+        };
+        let total = ethernet::HEADER_LEN + ipv4::HEADER_LEN + len;
+        if total > buf.len() || ipv4::HEADER_LEN + len > self.cfg.mtu {
+            self.stats.drop(DropReason::TxBufferTooSmall);
+            return None;
+        }
+        let l3 = ethernet::HEADER_LEN;
+        fill(&mut buf[l3 + ipv4::HEADER_LEN..total]);
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        ipv4::emit(&mut buf[l3..], src, dst, proto, len, self.ip_ident);
+        match self.neigh.lookup(hop, now) {
+            Some(mac) => {
+                ethernet::emit(buf, mac, self.cfg.mac, ethernet::ETHERTYPE_IPV4);
+                Some(total)
+            }
+            None => {
+                self.neigh.enqueue(hop, buf[l3..total].to_vec(), now, &mut self.stats);
+                None
+            }
+        }
+    }
+
+    fn emit_control(&mut self, now: Instant, c: Control, buf: &mut [u8]) -> Option<usize> {
+        match c {
+            Control::ArpReply { to_mac, to_ip, from_ip } => {
+                let a = ArpRepr { op: Operation::Reply, sender_mac: self.cfg.mac, sender_ip: from_ip, target_mac: to_mac, target_ip: to_ip };
+                ethernet::emit(buf, to_mac, self.cfg.mac, ethernet::ETHERTYPE_ARP);
+                a.emit(&mut buf[ethernet::HEADER_LEN..]);
+                self.stats.inc(Counter::ArpRepliesSent);
+                Some(ethernet::HEADER_LEN + arp::PACKET_LEN)
+            }
+            Control::EchoReply { src, dst, rest, data } => {
+                let p = IcmpPacket { kind: icmp::ECHO_REPLY, code: 0, rest, data: &data };
+                self.stats.inc(Counter::IcmpEchoReplies);
+                self.emit_ip(now, buf, src, dst, ipv4::PROTO_ICMP, p.len(), |b| p.emit(b))
+            }
+            Control::Tcp { local, remote, header } => {
+                self.stats.inc(Counter::SegmentsOut);
+                self.emit_ip(now, buf, *local.ip(), *remote.ip(), ipv4::PROTO_TCP, header.len(), |b| {
+                    header.emit(b);
+                    tcpw::fill_checksum(b, *local.ip(), *remote.ip());
+                })
+            }
+        }
+    }
+
+    /// Emits the connection's next segment, if it has one.
+    fn emit_conn(&mut self, now: Instant, slot: u32, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let mut events = std::mem::take(&mut self.scratch_events);
+            let s = &mut self.slots[slot as usize];
+            let c = s.conn.as_mut()?;
+            let out = {
+                let mut ctx = Ctx { now, cfg: &self.cfg.tcp, stats: &mut self.stats, events: &mut events };
+                c.poll_segment(&mut ctx)
+            };
+            self.scratch_events = events;
+            let out = out?;
+            self.stats.inc(Counter::SegmentsOut);
+            let (local, remote) = (c.local, c.remote);
+            let hl = out.header.len();
+            let len = hl + out.payload_len;
+            let c = &*c;
+            // Build the segment in place, then wrap it.
+            let Some(hop) = next_hop(&self.cfg, *remote.ip()) else {
+                self.stats.drop(DropReason::NoRoute);
+                continue;
+            };
+            let total = ethernet::HEADER_LEN + ipv4::HEADER_LEN + len;
+            if total > buf.len() {
+                self.stats.drop(DropReason::TxBufferTooSmall);
+                continue;
+            }
+            let l4 = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
+            out.header.emit(&mut buf[l4..]);
+            c.copy_payload(&out, &mut buf[l4 + hl..total]);
+            tcpw::fill_checksum(&mut buf[l4..total], *local.ip(), *remote.ip());
+            self.ip_ident = self.ip_ident.wrapping_add(1);
+            ipv4::emit(&mut buf[ethernet::HEADER_LEN..], *local.ip(), *remote.ip(), ipv4::PROTO_TCP, len, self.ip_ident);
+            match self.neigh.lookup(hop, now) {
+                Some(mac) => {
+                    ethernet::emit(buf, mac, self.cfg.mac, ethernet::ETHERTYPE_IPV4);
+                    return Some(total);
+                }
+                None => {
+                    // Held until the neighbour resolves; the ARP request goes out once this
+                    // connection has nothing more to send.
+                    self.neigh.enqueue(hop, buf[ethernet::HEADER_LEN..total].to_vec(), now, &mut self.stats);
+                }
+            }
+        }
+    }
+
+    /// Bytes of state one connection holds in the stack, not counting its buffers and the
+    /// hash map entry (for the memory benchmark).
+    pub fn connection_state_size() -> usize {
+        core::mem::size_of::<Slot>()
+    }
+}
+
+fn next_hop(cfg: &StackConfig, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+    if cfg.addresses.iter().any(|c| c.contains(dst)) {
+        Some(dst)
+    } else {
+        cfg.gateway
+    }
+}

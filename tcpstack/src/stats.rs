@@ -1,0 +1,137 @@
+//! Named counters. Every dropped input has a reason; the data plane exports them as metric labels.
+
+macro_rules! counters {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $label:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant,)* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            /// The metric label.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Why an input frame or segment was dropped.
+    DropReason {
+        EthTruncated => "eth_truncated",
+        EthNotForUs => "eth_not_for_us",
+        EthUnknownType => "eth_unknown_ethertype",
+        ArpMalformed => "arp_malformed",
+        ArpNotForUs => "arp_not_for_us",
+        Ipv4Truncated => "ipv4_truncated",
+        Ipv4Malformed => "ipv4_malformed",
+        Ipv4Checksum => "ipv4_checksum",
+        Ipv4Fragment => "ipv4_fragment",
+        Ipv4NotForUs => "ipv4_not_for_us",
+        Ipv4Unsupported => "ipv4_unsupported",
+        Ipv4UnknownProtocol => "ipv4_unknown_protocol",
+        IcmpMalformed => "icmp_malformed",
+        IcmpChecksum => "icmp_checksum",
+        IcmpIgnored => "icmp_ignored",
+        TcpTruncated => "tcp_truncated",
+        TcpMalformed => "tcp_malformed",
+        TcpChecksum => "tcp_checksum",
+        TcpBadPort => "tcp_bad_port",
+        TcpNoConnection => "tcp_no_connection",
+        TcpUnacceptable => "tcp_unacceptable",
+        TcpBadAck => "tcp_bad_ack",
+        TcpRstOutOfWindow => "tcp_rst_out_of_window",
+        TcpSynCookieInvalid => "tcp_syncookie_invalid",
+        TcpReassemblyFull => "tcp_reassembly_full",
+        TcpBeyondWindow => "tcp_beyond_window",
+        TcpTooManyConnections => "tcp_too_many_connections",
+        TcpAfterClose => "tcp_data_after_close",
+        NeighQueueFull => "neigh_queue_full",
+        NeighUnresolved => "neigh_unresolved",
+        NeighCacheFull => "neigh_cache_full",
+        NoRoute => "no_route",
+        TxBufferTooSmall => "tx_buffer_too_small",
+    }
+}
+
+counters! {
+    /// Things that happened, for metrics and tests.
+    Counter {
+        FramesIn => "frames_in",
+        FramesOut => "frames_out",
+        SegmentsIn => "segments_in",
+        SegmentsOut => "segments_out",
+        Retransmits => "retransmits",
+        FastRetransmits => "fast_retransmits",
+        RtoTimeouts => "rto_timeouts",
+        SynCookiesSent => "syncookies_sent",
+        SynCookiesAccepted => "syncookies_accepted",
+        ChallengeAcks => "challenge_acks",
+        RstsSent => "rsts_sent",
+        RstsReceived => "rsts_received",
+        ZeroWindowProbes => "zero_window_probes",
+        KeepalivesSent => "keepalives_sent",
+        KeepaliveTimeouts => "keepalive_timeouts",
+        TimeWaitEvicted => "time_wait_evicted",
+        TimeWaitReused => "time_wait_reused",
+        ArpRequestsSent => "arp_requests_sent",
+        ArpRepliesSent => "arp_replies_sent",
+        IcmpEchoReplies => "icmp_echo_replies",
+        ConnectionsAccepted => "connections_accepted",
+        ConnectionsConnected => "connections_connected",
+        OutOfOrderSegments => "out_of_order_segments",
+        DuplicateSegments => "duplicate_segments",
+    }
+}
+
+/// Counter storage: one `u64` per variant.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    drops: [u64; 64],
+    counters: [u64; 64],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats { drops: [0; 64], counters: [0; 64] }
+    }
+}
+
+impl Stats {
+    #[inline]
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+    #[inline]
+    pub fn inc(&mut self, c: Counter) {
+        self.counters[c as usize] += 1;
+    }
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+    pub fn get(&self, c: Counter) -> u64 {
+        self.counters[c as usize]
+    }
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+    /// Non-zero drop counters with their labels.
+    pub fn nonzero_drops(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (r.label(), self.drops(*r))).filter(|(_, n)| *n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_fit_and_labels_are_unique() {
+        assert!(DropReason::ALL.len() <= 64 && Counter::ALL.len() <= 64);
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+    }
+}

@@ -1,0 +1,67 @@
+//! Per-connection TCP settings, with the defaults a gateway wants.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    pub interval: Duration,
+    /// Unanswered probes before the connection is reset.
+    pub probes: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// Send buffer cap in bytes (default 256 KiB). Writes beyond it are refused: backpressure.
+    pub send_buffer: usize,
+    /// Receive buffer cap in bytes (default 256 KiB); also bounds the advertised window.
+    pub recv_buffer: usize,
+    /// Offer window scaling (RFC 7323 §2). Default on.
+    pub window_scaling: bool,
+    /// Offer SACK-permitted and report SACK blocks (RFC 2018). Default on.
+    pub sack: bool,
+    /// Offer timestamps (RFC 7323 §3), used for PAWS. Default on.
+    pub timestamps: bool,
+    /// Nagle's algorithm (RFC 9293 §3.8.6.2.1). Default on.
+    pub nagle: bool,
+    /// Delayed-ACK timeout (RFC 9293 §3.8.6.3 allows up to 500 ms); `None` acks every segment.
+    /// Default 40 ms.
+    pub delayed_ack: Option<Duration>,
+    /// Lower bound of the retransmission timeout. Default 200 ms.
+    pub min_rto: Duration,
+    /// Initial congestion window in segments (RFC 6928). Default 10.
+    pub initial_window: u32,
+    /// SYN (or SYN-ACK) retransmissions before giving up. Default 6.
+    pub syn_retries: u32,
+    /// Data retransmissions of one segment before the connection is reset. Default 15.
+    pub max_retransmits: u32,
+    /// Keepalive probes; default off.
+    pub keepalive: Option<Keepalive>,
+    /// How long a closed connection stays in TIME-WAIT (2 MSL). Default 60 s.
+    pub time_wait: Duration,
+    /// How long a connection closed by the application waits in FIN-WAIT-2 for the peer's FIN.
+    /// Default 60 s.
+    pub fin_wait2_timeout: Duration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            send_buffer: 256 * 1024,
+            recv_buffer: 256 * 1024,
+            window_scaling: true,
+            sack: true,
+            timestamps: true,
+            nagle: true,
+            delayed_ack: Some(Duration::from_millis(40)),
+            min_rto: super::rtt::MIN_RTO,
+            initial_window: 10,
+            syn_retries: 6,
+            max_retransmits: 15,
+            keepalive: None,
+            time_wait: Duration::from_secs(60),
+            fin_wait2_timeout: Duration::from_secs(60),
+        }
+    }
+}

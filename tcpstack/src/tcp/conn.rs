@@ -1,0 +1,1279 @@
+//! One TCP connection: the RFC 9293 state machine with RFC 5961 hardening, RFC 7323 window
+//! scaling and PAWS, receive-side SACK (RFC 2018), RFC 6298 timers and NewReno congestion
+//! control (RFC 5681, RFC 6582).
+//!
+//! Sans-IO: `handle_segment` takes input, `poll_segment` yields at most one segment to send per
+//! call (the caller writes headers and copies the payload from the send ring), `on_timer` fires
+//! deadlines. Events go to the caller's queue.
+
+use super::assembler::Assembler;
+use super::config::TcpConfig;
+use super::ring::Ring;
+use super::rtt::RttEstimator;
+use super::seq::Seq;
+use crate::stats::{Counter, DropReason, Stats};
+use crate::time::Instant;
+use crate::wire::tcp::{Flags, Header, Options, SackBlocks, MAX_WINDOW_SHIFT};
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+    Closed,
+}
+
+/// Why a connection ended abnormally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The peer sent an acceptable RST.
+    PeerReset,
+    /// The peer answered our SYN with RST.
+    Refused,
+    /// Retransmissions were not acknowledged.
+    TimedOut,
+    /// Keepalive probes went unanswered.
+    KeepaliveTimeout,
+    /// Data arrived after the application closed, or the application closed with unread data.
+    DataAfterClose,
+}
+
+/// What the connection tells its owner (the stack turns these into [`crate::Event`]s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    Established { passive: bool },
+    Readable,
+    Writable,
+    PeerClosed,
+    Reset(ResetReason),
+}
+
+/// A segment to send. The payload is `payload_len` bytes of the send ring starting
+/// `payload_offset` bytes past its head.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing {
+    pub header: Header,
+    pub payload_offset: usize,
+    pub payload_len: usize,
+    /// This segment is a RST: the connection is gone once it is sent.
+    pub is_rst: bool,
+}
+
+/// Context the stack passes into every call.
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub cfg: &'a TcpConfig,
+    pub stats: &'a mut Stats,
+    pub events: &'a mut Vec<ConnEvent>,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub state: State,
+
+    // Send sequence space (RFC 9293 §3.3.1).
+    iss: Seq,
+    snd_una: Seq,
+    snd_nxt: Seq,
+    /// Highest sequence number sent (snd_nxt can be pulled back by a timeout).
+    snd_max: Seq,
+    snd_wnd: u32,
+    max_snd_wnd: u32,
+    snd_wl1: Seq,
+    snd_wl2: Seq,
+    snd_shift: u8,
+    send: Ring,
+    /// Sequence number of the first byte in `send`.
+    send_head: Seq,
+    /// The application shut down its sending side: a FIN follows the last byte.
+    fin_queued: bool,
+
+    // Receive sequence space.
+    irs: Seq,
+    rcv_nxt: Seq,
+    rcv_shift: u8,
+    recv: Ring,
+    asm: Assembler,
+    /// A FIN seen past a hole: its sequence number.
+    pending_fin: Option<Seq>,
+    fin_received: bool,
+    last_ack_sent: Seq,
+    last_wnd_sent: u32,
+
+    // Options.
+    peer_mss: u16,
+    our_mss: u16,
+    sack_ok: bool,
+    ts_ok: bool,
+    ts_recent: u32,
+    ts_offset: u32,
+    offered_shift: u8,
+    ws_ok: bool,
+
+    // Congestion control.
+    cwnd: usize,
+    ssthresh: usize,
+    dupacks: u32,
+    recover: Seq,
+    in_recovery: bool,
+    rtt: RttEstimator,
+    /// Karn's algorithm: one timed segment at a time, never a retransmitted one.
+    rtt_probe: Option<(Seq, Instant)>,
+
+    // Timers.
+    rto_at: Option<Instant>,
+    delack_at: Option<Instant>,
+    persist_at: Option<Instant>,
+    persist_backoff: u32,
+    keepalive_at: Option<Instant>,
+    keepalive_sent: u32,
+    close_at: Option<Instant>,
+    retries: u32,
+    last_recv: Instant,
+
+    // Pending output.
+    ack_now: bool,
+    unacked_segments: u32,
+    rexmit_one: bool,
+    probe_now: bool,
+    keepalive_now: bool,
+    rst_now: bool,
+    rst_for_bad_ack: Option<Seq>,
+    challenge_window: (Instant, u32),
+
+    nagle: bool,
+    /// The application called close: it will read nothing more.
+    pub user_closed: bool,
+    write_blocked: bool,
+    /// The stack's scheduled timer for this connection (for lazy heap deletion).
+    pub scheduled: Option<Instant>,
+    /// Listener this connection came from (passive opens), for backlog accounting.
+    pub from_listener: Option<SocketAddrV4>,
+}
+
+/// Fixed overhead of the timestamp option in every non-SYN segment.
+const TS_OPTION_LEN: usize = 12;
+/// RFC 5961 §7: at most this many challenge ACKs per second per connection.
+const CHALLENGE_ACKS_PER_SEC: u32 = 10;
+/// The MSS assumed when the peer's SYN carries none (RFC 9293 §3.7.1).
+const DEFAULT_MSS: u16 = 536;
+
+/// Parameters of a connection at creation.
+pub struct ConnParams {
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub iss: Seq,
+    pub ts_offset: u32,
+    /// Our MSS: the interface MTU less 40.
+    pub our_mss: u16,
+}
+
+impl Conn {
+    fn new(cfg: &TcpConfig, p: ConnParams, state: State, now: Instant) -> Conn {
+        let mut offered_shift = 0u8;
+        if cfg.window_scaling {
+            while offered_shift < MAX_WINDOW_SHIFT && (cfg.recv_buffer >> offered_shift) > 65535 {
+                offered_shift += 1;
+            }
+        }
+        Conn {
+            local: p.local,
+            remote: p.remote,
+            state,
+            iss: p.iss,
+            snd_una: p.iss,
+            snd_nxt: p.iss,
+            snd_max: p.iss,
+            snd_wnd: 0,
+            max_snd_wnd: 0,
+            snd_wl1: Seq(0),
+            snd_wl2: p.iss,
+            snd_shift: 0,
+            send: Ring::new(cfg.send_buffer),
+            send_head: p.iss + 1,
+            fin_queued: false,
+            irs: Seq(0),
+            rcv_nxt: Seq(0),
+            rcv_shift: 0,
+            recv: Ring::new(cfg.recv_buffer),
+            asm: Assembler::default(),
+            pending_fin: None,
+            fin_received: false,
+            last_ack_sent: Seq(0),
+            last_wnd_sent: 0,
+            peer_mss: DEFAULT_MSS,
+            our_mss: p.our_mss,
+            sack_ok: false,
+            ts_ok: false,
+            ts_recent: 0,
+            ts_offset: p.ts_offset,
+            offered_shift,
+            ws_ok: false,
+            cwnd: 0,
+            ssthresh: usize::MAX,
+            dupacks: 0,
+            recover: p.iss,
+            in_recovery: false,
+            rtt: RttEstimator::new(cfg.min_rto),
+            rtt_probe: None,
+            rto_at: None,
+            delack_at: None,
+            persist_at: None,
+            persist_backoff: 0,
+            keepalive_at: None,
+            keepalive_sent: 0,
+            close_at: None,
+            retries: 0,
+            last_recv: now,
+            ack_now: false,
+            unacked_segments: 0,
+            rexmit_one: false,
+            probe_now: false,
+            keepalive_now: false,
+            rst_now: false,
+            rst_for_bad_ack: None,
+            challenge_window: (now, 0),
+            nagle: cfg.nagle,
+            user_closed: false,
+            write_blocked: false,
+            scheduled: None,
+            from_listener: None,
+        }
+    }
+
+    /// Active open: the first `poll_segment` sends the SYN.
+    pub fn connect(cfg: &TcpConfig, p: ConnParams, now: Instant) -> Conn {
+        Conn::new(cfg, p, State::SynSent, now)
+    }
+
+    /// Passive open from a SYN: the first `poll_segment` sends the SYN-ACK.
+    pub fn accept(cfg: &TcpConfig, p: ConnParams, syn: &Header, now: Instant) -> Conn {
+        let mut c = Conn::new(cfg, p, State::SynReceived, now);
+        c.take_syn_options(cfg, syn);
+        c.irs = Seq(syn.seq);
+        c.rcv_nxt = c.irs + 1;
+        c.snd_wnd = syn.window as u32; // never scaled in a SYN (RFC 7323 §2.2)
+        c.max_snd_wnd = c.snd_wnd;
+        c.snd_wl1 = Seq(syn.seq);
+        c
+    }
+
+    /// A connection rebuilt from a valid SYN cookie: established, with only the MSS from the cookie.
+    pub fn from_cookie(cfg: &TcpConfig, p: ConnParams, ack: &Header, mss: u16, now: Instant) -> Conn {
+        let mut c = Conn::new(cfg, p, State::Established, now);
+        c.irs = Seq(ack.seq) - 1;
+        c.rcv_nxt = Seq(ack.seq);
+        c.snd_una = c.iss + 1;
+        c.snd_nxt = c.snd_una;
+        c.snd_max = c.snd_una;
+        c.send_head = c.snd_una;
+        c.peer_mss = mss;
+        c.offered_shift = 0;
+        c.snd_wnd = ack.window as u32;
+        c.max_snd_wnd = c.snd_wnd;
+        c.snd_wl1 = Seq(ack.seq);
+        c.snd_wl2 = Seq(ack.ack);
+        c.last_ack_sent = c.rcv_nxt;
+        c.init_cwnd(cfg);
+        c.arm_keepalive(cfg, now);
+        c
+    }
+
+    fn take_syn_options(&mut self, cfg: &TcpConfig, syn: &Header) {
+        let o = &syn.options;
+        self.peer_mss = o.mss.unwrap_or(DEFAULT_MSS).max(64);
+        match o.window_scale {
+            Some(s) if cfg.window_scaling => {
+                self.ws_ok = true;
+                self.snd_shift = s;
+                self.rcv_shift = self.offered_shift;
+            }
+            _ => {
+                self.snd_shift = 0;
+                self.rcv_shift = 0;
+                self.offered_shift = 0;
+            }
+        }
+        self.sack_ok = cfg.sack && o.sack_permitted;
+        if let (true, Some((val, _))) = (cfg.timestamps, o.timestamp) {
+            self.ts_ok = true;
+            self.ts_recent = val;
+        }
+    }
+
+    fn init_cwnd(&mut self, cfg: &TcpConfig) {
+        self.cwnd = cfg.initial_window.max(1) as usize * self.smss();
+    }
+
+    /// Sender MSS: payload bytes per full segment.
+    pub fn smss(&self) -> usize {
+        let m = self.peer_mss.min(self.our_mss) as usize;
+        let opts = if self.ts_ok { TS_OPTION_LEN } else { 0 };
+        m.saturating_sub(opts).max(1)
+    }
+
+    // ---- application side ----
+
+    pub fn recv_len(&self) -> usize {
+        self.recv.len()
+    }
+
+    pub fn send_free(&self) -> usize {
+        if self.fin_queued || !self.can_send_state() {
+            0
+        } else {
+            self.send.free()
+        }
+    }
+
+    /// The application can no longer write: after `shutdown_write`, or past the states that send.
+    pub fn send_closed(&self) -> bool {
+        self.fin_queued || !self.can_send_state()
+    }
+
+    fn can_send_state(&self) -> bool {
+        matches!(self.state, State::SynSent | State::SynReceived | State::Established | State::CloseWait)
+    }
+
+    /// End of stream: the peer's FIN arrived and every byte before it has been read.
+    pub fn at_eof(&self) -> bool {
+        self.fin_received && self.recv.is_empty()
+    }
+
+    pub fn is_established(&self) -> bool {
+        !matches!(self.state, State::SynSent | State::SynReceived | State::Closed)
+    }
+
+    /// Copies received bytes out. The window may open: an update is sent when it grew enough
+    /// (receiver-side silly window avoidance, RFC 9293 §3.8.6.2.2).
+    pub fn read(&mut self, dst: &mut [u8]) -> usize {
+        let n = self.recv.pop(dst);
+        if n > 0 && self.is_established() && !self.fin_received {
+            let wnd = self.window_to_advertise();
+            let threshold = (self.recv.capacity() / 2).min(2 * self.our_mss as usize) as u32;
+            if wnd.saturating_sub(self.last_wnd_sent) >= threshold {
+                self.ack_now = true;
+            }
+        }
+        n
+    }
+
+    /// Queues bytes for sending; returns how many fit.
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        if self.fin_queued || !self.can_send_state() {
+            return 0;
+        }
+        let n = self.send.push(data);
+        if n < data.len() {
+            self.write_blocked = true;
+        }
+        n
+    }
+
+    pub fn set_nagle(&mut self, on: bool) {
+        self.nagle = on;
+    }
+
+    /// Half-close: a FIN follows the queued data.
+    pub fn shutdown_write(&mut self) {
+        if self.fin_queued {
+            return;
+        }
+        match self.state {
+            State::SynSent => self.state = State::Closed,
+            State::SynReceived | State::Established | State::CloseWait => self.fin_queued = true,
+            _ => {}
+        }
+    }
+
+    /// The application is done: graceful close, or a reset when it leaves unread data
+    /// (RFC 9293 §3.10.4; RFC 2525 §2.17).
+    pub fn close(&mut self, cfg: &TcpConfig, now: Instant) -> bool {
+        self.user_closed = true;
+        if !self.recv.is_empty() && self.is_established() {
+            self.abort();
+            return false;
+        }
+        self.shutdown_write();
+        if self.state == State::FinWait2 {
+            self.close_at = Some(now + cfg.fin_wait2_timeout);
+        }
+        true
+    }
+
+    /// Sends a RST (when synchronized) and ends the connection.
+    pub fn abort(&mut self) {
+        if matches!(self.state, State::SynSent | State::Closed | State::TimeWait) {
+            self.state = State::Closed;
+        } else {
+            self.rst_now = true;
+        }
+    }
+
+    /// Done: nothing more to send or receive; the stack may free it.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed && !self.rst_now
+    }
+
+    /// In TIME-WAIT with the application done: the stack moves it to its TIME-WAIT table.
+    pub fn time_wait_ready(&self) -> bool {
+        self.state == State::TimeWait && self.user_closed && !self.ack_now
+    }
+
+    /// What the stack keeps in its TIME-WAIT table.
+    pub fn time_wait_state(&self) -> (Seq, Seq, bool, u32, u32) {
+        (self.rcv_nxt, self.snd_nxt, self.ts_ok, self.ts_recent, self.ts_offset)
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.rto_at, self.delack_at, self.persist_at, self.keepalive_at, self.close_at].into_iter().flatten().min()
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.rst_now || self.ack_now || self.rexmit_one || self.probe_now || self.keepalive_now
+    }
+
+    // ---- input ----
+
+    fn window_to_advertise(&self) -> u32 {
+        self.recv.free() as u32
+    }
+
+    fn in_window(&self, seq: Seq, len: usize, wnd: u32) -> bool {
+        // RFC 9293 §3.10.7.4, the four cases of the acceptability test.
+        let rcv_end = self.rcv_nxt + wnd as usize;
+        let start_ok = seq >= self.rcv_nxt && seq < rcv_end;
+        match (len, wnd) {
+            (0, 0) => seq == self.rcv_nxt,
+            (0, _) => start_ok,
+            (_, 0) => false,
+            _ => {
+                let last = seq + (len - 1);
+                start_ok || (last >= self.rcv_nxt && last < rcv_end)
+            }
+        }
+    }
+
+    fn challenge_ack(&mut self, ctx: &mut Ctx) {
+        // RFC 5961 §7: rate-limit challenge ACKs.
+        let (start, count) = self.challenge_window;
+        if ctx.now.saturating_duration_since(start) >= Duration::from_secs(1) {
+            self.challenge_window = (ctx.now, 1);
+        } else if count >= CHALLENGE_ACKS_PER_SEC {
+            return;
+        } else {
+            self.challenge_window.1 += 1;
+        }
+        ctx.stats.inc(Counter::ChallengeAcks);
+        self.ack_now = true;
+    }
+
+    /// Processes one segment addressed to this connection (RFC 9293 §3.10.7).
+    pub fn handle_segment(&mut self, ctx: &mut Ctx, h: &Header, payload: &[u8]) {
+        ctx.stats.inc(Counter::SegmentsIn);
+        match self.state {
+            State::Closed => {}
+            State::SynSent => self.handle_syn_sent(ctx, h),
+            _ => self.handle_synchronized(ctx, h, payload),
+        }
+    }
+
+    fn handle_syn_sent(&mut self, ctx: &mut Ctx, h: &Header) {
+        let ack = Seq(h.ack);
+        if h.flags.ack() && (ack <= self.iss || ack > self.snd_max) {
+            ctx.stats.drop(DropReason::TcpBadAck);
+            if !h.flags.rst() {
+                // RFC 9293 §3.10.7.3: answer an unacceptable ACK with <SEQ=SEG.ACK><CTL=RST>.
+                self.rst_for_bad_ack = Some(ack);
+            }
+            return;
+        }
+        if h.flags.rst() {
+            if h.flags.ack() {
+                ctx.stats.inc(Counter::RstsReceived);
+                self.reset(ctx, ResetReason::Refused);
+            } else {
+                ctx.stats.drop(DropReason::TcpRstOutOfWindow);
+            }
+            return;
+        }
+        if !h.flags.syn() {
+            ctx.stats.drop(DropReason::TcpUnacceptable);
+            return;
+        }
+        self.take_syn_options(ctx.cfg, h);
+        self.irs = Seq(h.seq);
+        self.rcv_nxt = self.irs + 1;
+        self.last_recv = ctx.now;
+        if h.flags.ack() {
+            self.snd_una = ack;
+            // The window in a SYN-ACK is not scaled (RFC 7323 §2.2).
+            self.snd_wnd = h.window as u32;
+            self.max_snd_wnd = self.snd_wnd;
+            self.snd_wl1 = Seq(h.seq);
+            self.snd_wl2 = ack;
+            self.sample_rtt(ctx.now, ack);
+            self.rto_at = None;
+            self.retries = 0;
+            self.rtt.reset_backoff();
+            self.init_cwnd(ctx.cfg);
+            self.state = State::Established;
+            self.arm_keepalive(ctx.cfg, ctx.now);
+            self.ack_now = true;
+            ctx.stats.inc(Counter::ConnectionsConnected);
+            ctx.events.push(ConnEvent::Established { passive: false });
+        } else {
+            // Simultaneous open (RFC 9293 §3.5, figure 8): send SYN-ACK with the same ISS.
+            self.state = State::SynReceived;
+            self.snd_wnd = h.window as u32;
+            self.snd_wl1 = Seq(h.seq);
+            self.snd_nxt = self.iss;
+        }
+    }
+
+    fn handle_synchronized(&mut self, ctx: &mut Ctx, h: &Header, payload: &[u8]) {
+        let seq = Seq(h.seq);
+        let seg_len = payload.len() + h.flags.syn() as usize + h.flags.fin() as usize;
+
+        // A retransmitted SYN while we wait for the handshake's ACK: repeat the SYN-ACK.
+        if self.state == State::SynReceived && h.flags.syn() && !h.flags.ack() && seq == self.irs {
+            self.snd_nxt = self.iss;
+            return;
+        }
+
+        // RFC 7323 §5.3 PAWS: a timestamp older than ts_recent marks an old duplicate.
+        if self.ts_ok && !h.flags.rst() {
+            if let Some((val, _)) = h.options.timestamp {
+                if (val.wrapping_sub(self.ts_recent) as i32) < 0 {
+                    ctx.stats.drop(DropReason::TcpUnacceptable);
+                    self.ack_now = true;
+                    return;
+                }
+            }
+        }
+
+        let wnd = self.window_to_advertise();
+        if !self.in_window(seq, seg_len, wnd) {
+            if !h.flags.rst() {
+                // Old duplicates and zero-window probes get an ACK (RFC 9293 §3.10.7.4).
+                if seq < self.rcv_nxt {
+                    ctx.stats.inc(Counter::DuplicateSegments);
+                } else {
+                    ctx.stats.drop(DropReason::TcpUnacceptable);
+                }
+                self.ack_now = true;
+            } else {
+                ctx.stats.drop(DropReason::TcpRstOutOfWindow);
+            }
+            return;
+        }
+
+        if h.flags.rst() {
+            // RFC 5961 §3.2: reset only on an exact match, challenge otherwise.
+            if seq == self.rcv_nxt {
+                ctx.stats.inc(Counter::RstsReceived);
+                let reason = if self.state == State::SynReceived && self.from_listener.is_none() {
+                    ResetReason::Refused
+                } else {
+                    ResetReason::PeerReset
+                };
+                self.reset(ctx, reason);
+            } else {
+                self.challenge_ack(ctx);
+            }
+            return;
+        }
+
+        if h.flags.syn() {
+            // RFC 5961 §4: a SYN in a synchronized state gets a challenge ACK.
+            self.challenge_ack(ctx);
+            return;
+        }
+
+        if !h.flags.ack() {
+            ctx.stats.drop(DropReason::TcpUnacceptable);
+            return;
+        }
+
+        self.last_recv = ctx.now;
+        self.keepalive_sent = 0;
+        self.arm_keepalive(ctx.cfg, ctx.now);
+
+        // Timestamps: remember the peer's clock from the segment at the left window edge
+        // (RFC 7323 §4.3).
+        if let (true, Some((val, _))) = (self.ts_ok, h.options.timestamp) {
+            if seq <= self.last_ack_sent {
+                self.ts_recent = val;
+            }
+        }
+
+        if !self.process_ack(ctx, h, payload.len()) {
+            return;
+        }
+        if self.state == State::Closed {
+            return;
+        }
+
+        // Segment text (RFC 9293 §3.10.7.4, seventh).
+        if !payload.is_empty() {
+            match self.state {
+                State::Established | State::FinWait1 | State::FinWait2 => {
+                    if self.user_closed {
+                        // The application will never read this: tell the peer (as Linux does).
+                        ctx.stats.drop(DropReason::TcpAfterClose);
+                        self.rst_now = true;
+                        return;
+                    }
+                    self.receive_data(ctx, seq, payload);
+                }
+                _ => {
+                    // After the peer's FIN, more data is a protocol violation; ACK and ignore.
+                    ctx.stats.drop(DropReason::TcpUnacceptable);
+                    self.ack_now = true;
+                }
+            }
+        }
+
+        if h.flags.fin() {
+            let fin_seq = seq + payload.len();
+            if fin_seq == self.rcv_nxt {
+                self.receive_fin(ctx);
+            } else if fin_seq > self.rcv_nxt {
+                self.pending_fin = Some(fin_seq);
+                self.ack_now = true;
+            } else {
+                // A retransmitted FIN: ACK it, and in TIME-WAIT restart the 2 MSL timer
+                // (RFC 9293 §3.10.7.4, eighth).
+                self.ack_now = true;
+                if self.state == State::TimeWait {
+                    self.close_at = Some(ctx.now + ctx.cfg.time_wait);
+                }
+            }
+        }
+    }
+
+    /// ACK processing (RFC 9293 §3.10.7.4 fifth, RFC 5961 §5, RFC 5681, RFC 6582).
+    /// Returns false when the segment must be dropped.
+    fn process_ack(&mut self, ctx: &mut Ctx, h: &Header, payload_len: usize) -> bool {
+        let ack = Seq(h.ack);
+        if self.state == State::SynReceived {
+            if ack > self.snd_una && ack <= self.snd_max {
+                self.state = State::Established;
+                self.snd_wnd = (h.window as u32) << self.snd_shift;
+                self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
+                self.snd_wl1 = Seq(h.seq);
+                self.snd_wl2 = ack;
+                self.init_cwnd(ctx.cfg);
+                self.arm_keepalive(ctx.cfg, ctx.now);
+                ctx.stats.inc(Counter::ConnectionsAccepted);
+                ctx.events.push(ConnEvent::Established { passive: self.from_listener.is_some() });
+                if self.from_listener.is_none() {
+                    ctx.stats.inc(Counter::ConnectionsConnected);
+                }
+            } else {
+                ctx.stats.drop(DropReason::TcpBadAck);
+                self.rst_for_bad_ack = Some(ack);
+                return false;
+            }
+        }
+
+        // RFC 5961 §5.2: acceptable ACKs lie in [snd_una - max_snd_wnd, snd_max].
+        if ack > self.snd_max {
+            ctx.stats.drop(DropReason::TcpBadAck);
+            self.ack_now = true;
+            return false;
+        }
+        if ack < self.snd_una - (self.max_snd_wnd as usize) {
+            ctx.stats.drop(DropReason::TcpBadAck);
+            self.ack_now = true;
+            return false;
+        }
+
+        let window = (h.window as u32) << self.snd_shift;
+        let window_changed = window != self.snd_wnd;
+
+        if ack > self.snd_una {
+            self.on_new_ack(ctx, ack);
+        } else if ack == self.snd_una
+            && payload_len == 0
+            && !h.flags.fin()
+            && !window_changed
+            && self.snd_max > self.snd_una
+        {
+            self.on_dup_ack(ctx);
+        }
+
+        // Window update (RFC 9293 §3.10.7.4: SND.WL1/SND.WL2 guard against old segments).
+        let seq = Seq(h.seq);
+        if self.snd_wl1 < seq || (self.snd_wl1 == seq && self.snd_wl2 <= ack) {
+            let was_zero = self.snd_wnd == 0;
+            self.snd_wnd = window;
+            self.max_snd_wnd = self.max_snd_wnd.max(window);
+            self.snd_wl1 = seq;
+            self.snd_wl2 = ack;
+            if window > 0 {
+                if was_zero {
+                    self.persist_at = None;
+                    self.persist_backoff = 0;
+                }
+            } else if self.snd_nxt > self.snd_una {
+                // A zero window: whatever is past snd_una was dropped by the peer (a probe byte,
+                // or data sent before the window closed). The peer is alive, so this is not a
+                // retransmission timeout: resend from snd_una once the persist timer probes.
+                self.snd_nxt = self.snd_una;
+                self.rto_at = None;
+                self.retries = 0;
+                self.rtt.reset_backoff();
+            }
+        }
+
+        // Our FIN acknowledged?
+        let fin_acked = self.fin_queued && self.snd_max == self.fin_seq() + 1 && ack == self.snd_max;
+        match self.state {
+            State::FinWait1 if fin_acked => {
+                self.state = State::FinWait2;
+                if self.user_closed {
+                    self.close_at = Some(ctx.now + ctx.cfg.fin_wait2_timeout);
+                }
+            }
+            State::Closing if fin_acked => self.enter_time_wait(ctx),
+            State::LastAck if fin_acked => self.state = State::Closed,
+            _ => {}
+        }
+        true
+    }
+
+    fn fin_seq(&self) -> Seq {
+        self.send_head + self.send.len()
+    }
+
+    fn on_new_ack(&mut self, ctx: &mut Ctx, ack: Seq) {
+        let acked = ack - self.snd_una;
+        let flight_before = self.snd_max - self.snd_una;
+        self.sample_rtt(ctx.now, ack);
+
+        // Release acknowledged bytes from the send ring (the SYN and FIN take no ring space).
+        let data_acked = if ack > self.send_head { (ack - self.send_head).min(self.send.len()) } else { 0 };
+        self.send.consume(data_acked);
+        self.send_head = self.send_head + data_acked;
+        self.snd_una = ack;
+        if self.snd_nxt < ack {
+            self.snd_nxt = ack;
+        }
+        self.retries = 0;
+        self.rtt.reset_backoff();
+
+        let smss = self.smss();
+        if self.in_recovery {
+            if ack >= self.recover {
+                // Full ACK (RFC 6582 §3.2 step 3).
+                self.cwnd = self.ssthresh.min(flight_before.saturating_sub(acked).max(smss) + smss);
+                self.in_recovery = false;
+            } else {
+                // Partial ACK: retransmit the next hole, deflate by what was acked.
+                self.rexmit_one = true;
+                self.cwnd = self.cwnd.saturating_sub(acked) + if acked >= smss { smss } else { 0 };
+                self.cwnd = self.cwnd.max(smss);
+                self.rto_at = Some(ctx.now + self.rtt.rto());
+            }
+        } else if self.cwnd < self.ssthresh {
+            // Slow start (RFC 5681 §3.1, appropriate byte counting with L = 1 SMSS).
+            self.cwnd += acked.min(smss);
+        } else {
+            // Congestion avoidance: about one SMSS per RTT.
+            self.cwnd += (smss * smss / self.cwnd.max(1)).max(1);
+        }
+        self.dupacks = 0;
+
+        // RFC 6298 §5.2/5.3: stop the timer when all is acked, else restart it.
+        self.rto_at = if self.snd_una == self.snd_max { None } else { Some(ctx.now + self.rtt.rto()) };
+
+        if self.write_blocked && self.send_free() > 0 {
+            self.write_blocked = false;
+            ctx.events.push(ConnEvent::Writable);
+        }
+    }
+
+    fn on_dup_ack(&mut self, ctx: &mut Ctx) {
+        self.dupacks += 1;
+        let smss = self.smss();
+        if self.in_recovery {
+            // RFC 6582 §3.2 step 4: inflate for each further duplicate.
+            self.cwnd += smss;
+        } else if self.dupacks == 3 && self.snd_una >= self.recover {
+            // RFC 6582 §3.2 step 2: enter fast retransmit only past the last recovery point.
+            let flight = self.snd_max - self.snd_una;
+            self.ssthresh = (flight / 2).max(2 * smss);
+            self.recover = self.snd_max;
+            self.cwnd = self.ssthresh + 3 * smss;
+            self.in_recovery = true;
+            self.rexmit_one = true;
+            self.rtt_probe = None;
+            ctx.stats.inc(Counter::FastRetransmits);
+        }
+    }
+
+    fn sample_rtt(&mut self, now: Instant, ack: Seq) {
+        if let Some((seq, sent)) = self.rtt_probe {
+            if ack > seq {
+                self.rtt.sample(now.saturating_duration_since(sent));
+                self.rtt_probe = None;
+            }
+        }
+    }
+
+    fn receive_data(&mut self, ctx: &mut Ctx, seq: Seq, payload: &[u8]) {
+        // Trim what we already have.
+        let (seq, data) = if seq < self.rcv_nxt {
+            let skip = self.rcv_nxt - seq;
+            (self.rcv_nxt, &payload[skip.min(payload.len())..])
+        } else {
+            (seq, payload)
+        };
+        if data.is_empty() {
+            self.ack_now = true;
+            return;
+        }
+        let offset = seq - self.rcv_nxt;
+        let written = self.recv.write_at(offset, data);
+        if written < data.len() {
+            ctx.stats.drop(DropReason::TcpBeyondWindow);
+        }
+        if written == 0 {
+            self.ack_now = true;
+            return;
+        }
+        let was_empty = self.recv.is_empty();
+        if offset == 0 {
+            let had_holes = !self.asm.is_empty();
+            self.recv.commit(written);
+            self.rcv_nxt = self.rcv_nxt + written;
+            while let Some(end) = self.asm.pop_contiguous(self.rcv_nxt) {
+                let extra = end - self.rcv_nxt;
+                self.recv.commit(extra);
+                self.rcv_nxt = end;
+            }
+            if had_holes {
+                // RFC 5681 §4.2: ACK at once when a segment fills (part of) a hole.
+                self.ack_now = true;
+            } else {
+                self.unacked_segments += 1;
+                match ctx.cfg.delayed_ack {
+                    Some(d) if self.unacked_segments < 2 => {
+                        if self.delack_at.is_none() {
+                            self.delack_at = Some(ctx.now + d);
+                        }
+                    }
+                    _ => self.ack_now = true,
+                }
+            }
+            if was_empty {
+                ctx.events.push(ConnEvent::Readable);
+            }
+            if let Some(f) = self.pending_fin {
+                if f == self.rcv_nxt {
+                    self.pending_fin = None;
+                    self.receive_fin(ctx);
+                }
+            }
+        } else {
+            ctx.stats.inc(Counter::OutOfOrderSegments);
+            if !self.asm.add(seq, seq + written) {
+                ctx.stats.drop(DropReason::TcpReassemblyFull);
+            }
+            // RFC 5681 §4.2: an out-of-order segment triggers an immediate (duplicate) ACK.
+            self.ack_now = true;
+        }
+    }
+
+    fn receive_fin(&mut self, ctx: &mut Ctx) {
+        if self.fin_received {
+            return;
+        }
+        self.fin_received = true;
+        self.rcv_nxt = self.rcv_nxt + 1;
+        self.ack_now = true;
+        ctx.events.push(ConnEvent::PeerClosed);
+        match self.state {
+            State::SynReceived | State::Established => self.state = State::CloseWait,
+            State::FinWait1 => {
+                let fin_acked = self.fin_queued && self.snd_una == self.fin_seq() + 1;
+                if fin_acked {
+                    self.enter_time_wait(ctx);
+                } else {
+                    // Simultaneous close (RFC 9293 §3.6, figure 13).
+                    self.state = State::Closing;
+                }
+            }
+            State::FinWait2 => self.enter_time_wait(ctx),
+            _ => {}
+        }
+    }
+
+    fn enter_time_wait(&mut self, ctx: &mut Ctx) {
+        self.state = State::TimeWait;
+        self.rto_at = None;
+        self.persist_at = None;
+        self.keepalive_at = None;
+        self.close_at = Some(ctx.now + ctx.cfg.time_wait);
+    }
+
+    fn reset(&mut self, ctx: &mut Ctx, reason: ResetReason) {
+        self.state = State::Closed;
+        self.rto_at = None;
+        self.delack_at = None;
+        self.persist_at = None;
+        self.keepalive_at = None;
+        self.close_at = None;
+        ctx.events.push(ConnEvent::Reset(reason));
+    }
+
+    fn arm_keepalive(&mut self, cfg: &TcpConfig, now: Instant) {
+        if let Some(k) = &cfg.keepalive {
+            if self.is_established() {
+                self.keepalive_at = Some(now + k.idle);
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    pub fn on_timer(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now;
+        if self.close_at.is_some_and(|t| t <= now) {
+            self.close_at = None;
+            if self.state == State::TimeWait || self.state == State::FinWait2 {
+                self.state = State::Closed;
+                return;
+            }
+        }
+        if self.delack_at.is_some_and(|t| t <= now) {
+            self.delack_at = None;
+            self.ack_now = true;
+        }
+        if self.rto_at.is_some_and(|t| t <= now) {
+            self.rto_at = None;
+            self.on_rto(ctx);
+            if self.state == State::Closed {
+                return;
+            }
+        }
+        if self.persist_at.is_some_and(|t| t <= now) {
+            self.persist_at = None;
+            if self.snd_wnd == 0 && self.unsent() > 0 {
+                self.probe_now = true;
+                self.persist_backoff = (self.persist_backoff + 1).min(10);
+            }
+        }
+        if let (Some(t), Some(k)) = (self.keepalive_at, ctx.cfg.keepalive.clone()) {
+            if t <= now {
+                if self.keepalive_sent >= k.probes {
+                    ctx.stats.inc(Counter::KeepaliveTimeouts);
+                    self.reset(ctx, ResetReason::KeepaliveTimeout);
+                    return;
+                }
+                self.keepalive_sent += 1;
+                self.keepalive_now = true;
+                self.keepalive_at = Some(now + k.interval);
+            }
+        }
+    }
+
+    fn on_rto(&mut self, ctx: &mut Ctx) {
+        let limit = match self.state {
+            State::SynSent | State::SynReceived => ctx.cfg.syn_retries,
+            _ => ctx.cfg.max_retransmits,
+        };
+        if self.snd_una == self.snd_max && !matches!(self.state, State::SynSent | State::SynReceived) {
+            return;
+        }
+        self.retries += 1;
+        if self.retries > limit {
+            ctx.stats.inc(Counter::RtoTimeouts);
+            self.reset(ctx, ResetReason::TimedOut);
+            return;
+        }
+        ctx.stats.inc(Counter::RtoTimeouts);
+        self.rtt.back_off();
+        self.rtt_probe = None;
+        if matches!(self.state, State::SynSent | State::SynReceived) {
+            self.snd_nxt = self.iss;
+            return;
+        }
+        // RFC 5681 §3.1 eq. 4 and loss window; RFC 6582 §4: recover = highest sent.
+        let smss = self.smss();
+        let flight = self.snd_max - self.snd_una;
+        self.ssthresh = (flight / 2).max(2 * smss);
+        self.cwnd = smss;
+        self.recover = self.snd_max;
+        self.in_recovery = false;
+        self.dupacks = 0;
+        self.snd_nxt = self.snd_una; // go back N
+    }
+
+    // ---- output ----
+
+    fn unsent(&self) -> usize {
+        let end = self.send_head + self.send.len();
+        if self.snd_nxt >= end {
+            0
+        } else {
+            end - self.snd_nxt.max(self.send_head)
+        }
+    }
+
+    fn ts_val(&self, now: Instant) -> u32 {
+        (now.as_millis() as u32).wrapping_add(self.ts_offset)
+    }
+
+    fn base_header(&mut self, now: Instant, flags: Flags, seq: Seq) -> Header {
+        let mut options = Options::default();
+        if self.ts_ok {
+            options.timestamp = Some((self.ts_val(now), self.ts_recent));
+        }
+        let wnd = self.window_to_advertise();
+        let (window, wnd_sent) = if flags.syn() {
+            let w = wnd.min(65535);
+            (w as u16, w)
+        } else {
+            let w = (wnd >> self.rcv_shift).min(65535);
+            (w as u16, w << self.rcv_shift)
+        };
+        if flags.ack() {
+            self.last_ack_sent = self.rcv_nxt;
+            self.last_wnd_sent = wnd_sent;
+            self.ack_now = false;
+            self.delack_at = None;
+            self.unacked_segments = 0;
+            if self.sack_ok && !self.asm.is_empty() && !flags.syn() {
+                let mut s = SackBlocks::default();
+                let room = if self.ts_ok { 3 } else { 4 };
+                self.asm.sack_blocks(&mut s, room);
+                options.sack = s;
+            }
+        }
+        Header {
+            src_port: self.local.port(),
+            dst_port: self.remote.port(),
+            seq: seq.0,
+            ack: if flags.ack() { self.rcv_nxt.0 } else { 0 },
+            flags,
+            window,
+            options,
+        }
+    }
+
+    fn syn_options(&self, h: &mut Header, now: Instant, cfg: &TcpConfig, synack: bool) {
+        h.options = Options { mss: Some(self.our_mss), ..Options::default() };
+        if !synack {
+            if cfg.window_scaling {
+                h.options.window_scale = Some(self.offered_shift);
+            }
+            h.options.sack_permitted = cfg.sack;
+            if cfg.timestamps {
+                h.options.timestamp = Some((self.ts_val(now), 0));
+            }
+        } else {
+            // A SYN-ACK only carries what the SYN offered (RFC 7323 §2.2, RFC 2018 §2).
+            if self.ws_ok {
+                h.options.window_scale = Some(self.rcv_shift);
+            }
+            h.options.sack_permitted = self.sack_ok;
+            if self.ts_ok {
+                h.options.timestamp = Some((self.ts_val(now), self.ts_recent));
+            }
+        }
+    }
+
+    /// The next segment to send, if any. Call until it returns `None`.
+    pub fn poll_segment(&mut self, ctx: &mut Ctx) -> Option<Outgoing> {
+        let now = ctx.now;
+        if let Some(ack) = self.rst_for_bad_ack.take() {
+            // RFC 9293 §3.10.7.4: an unacceptable ACK in SYN-RECEIVED gets <SEQ=SEG.ACK><CTL=RST>.
+            let mut h = self.base_header(now, Flags::RST, ack);
+            h.options = Options::default();
+            h.window = 0;
+            ctx.stats.inc(Counter::RstsSent);
+            return Some(Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: false });
+        }
+        if self.rst_now {
+            self.rst_now = false;
+            let mut h = self.base_header(now, Flags::RST | Flags::ACK, self.snd_nxt);
+            h.options = Options::default();
+            self.state = State::Closed;
+            self.rto_at = None;
+            self.delack_at = None;
+            self.persist_at = None;
+            self.keepalive_at = None;
+            self.close_at = None;
+            ctx.stats.inc(Counter::RstsSent);
+            return Some(Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: true });
+        }
+        match self.state {
+            State::Closed | State::TimeWait => {
+                if self.ack_now && self.state == State::TimeWait {
+                    return Some(self.pure_ack(now));
+                }
+                return None;
+            }
+            State::SynSent | State::SynReceived => {
+                if self.snd_nxt == self.iss {
+                    let synack = self.state == State::SynReceived;
+                    let flags = if synack { Flags::SYN | Flags::ACK } else { Flags::SYN };
+                    let mut h = self.base_header(now, flags, self.iss);
+                    self.syn_options(&mut h, now, ctx.cfg, synack);
+                    if self.retries > 0 {
+                        ctx.stats.inc(Counter::Retransmits);
+                    } else {
+                        self.rtt_probe = Some((self.iss, now));
+                    }
+                    self.snd_nxt = self.iss + 1;
+                    self.snd_max = self.snd_max.max(self.snd_nxt);
+                    if self.rto_at.is_none() {
+                        self.rto_at = Some(now + self.rtt.rto());
+                    }
+                    return Some(Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: false });
+                }
+                if self.state == State::SynSent || !self.ack_now {
+                    return None;
+                }
+                return Some(self.pure_ack(now));
+            }
+            _ => {}
+        }
+
+        // Synchronized states: retransmission, new data, FIN, probes, ACKs.
+        let smss = self.smss();
+        if self.rexmit_one {
+            self.rexmit_one = false;
+            if let Some(out) = self.data_segment(ctx, self.snd_una, smss, true) {
+                return Some(out);
+            }
+        }
+
+        if self.probe_now {
+            self.probe_now = false;
+            ctx.stats.inc(Counter::ZeroWindowProbes);
+            if let Some(out) = self.data_segment(ctx, self.snd_nxt, 1, false) {
+                return Some(out);
+            }
+        }
+
+        let wnd = (self.snd_wnd as usize).min(self.cwnd);
+        let in_flight = self.snd_nxt - self.snd_una;
+        let usable = wnd.saturating_sub(in_flight);
+        let unsent = self.unsent();
+        let fin_unsent = self.fin_queued && self.snd_nxt <= self.fin_seq();
+        if unsent > 0 || fin_unsent {
+            let len = unsent.min(usable).min(smss);
+            let completes = len == unsent;
+            // Nagle (RFC 9293 §3.7.4): hold a small segment while data is unacknowledged,
+            // unless it is the last piece before our FIN.
+            let nagle_hold =
+                self.nagle && len < smss && self.snd_nxt > self.snd_una && !(self.fin_queued && completes);
+            if len > 0 && !nagle_hold {
+                return self.data_segment(ctx, self.snd_nxt, len, false);
+            }
+            if unsent == 0 && fin_unsent {
+                return self.data_segment(ctx, self.snd_nxt, 0, false);
+            }
+            if len == 0 && self.snd_wnd == 0 && self.snd_nxt == self.snd_una && self.persist_at.is_none() {
+                // Zero window with nothing in flight: probe later (RFC 9293 §3.8.6.1).
+                let backoff = 1u32 << self.persist_backoff.min(10);
+                self.persist_at = Some(now + (self.rtt.rto() * backoff).min(super::rtt::MAX_RTO));
+            }
+        }
+
+        if self.keepalive_now {
+            self.keepalive_now = false;
+            ctx.stats.inc(Counter::KeepalivesSent);
+            // RFC 9293 §3.8.4: SEG.SEQ = SND.NXT - 1 with no data elicits an ACK.
+            let h = self.base_header(now, Flags::ACK, self.snd_una - 1);
+            return Some(Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: false });
+        }
+
+        if self.ack_now {
+            return Some(self.pure_ack(now));
+        }
+        None
+    }
+
+    fn pure_ack(&mut self, now: Instant) -> Outgoing {
+        let seq = if self.state == State::TimeWait { self.snd_max } else { self.snd_nxt };
+        let h = self.base_header(now, Flags::ACK, seq);
+        Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: false }
+    }
+
+    /// Builds a data (and possibly FIN) segment starting at `seq` with at most `max` bytes.
+    fn data_segment(&mut self, ctx: &mut Ctx, seq: Seq, max: usize, retransmit: bool) -> Option<Outgoing> {
+        let now = ctx.now;
+        let end = self.send_head + self.send.len();
+        let seq = seq.max(self.send_head);
+        let avail = if seq < end { end - seq } else { 0 };
+        let len = avail.min(max);
+        let fin = self.fin_queued && seq + len == end;
+        if len == 0 && !fin {
+            return None;
+        }
+        let mut flags = Flags::ACK;
+        if len > 0 && seq + len == end {
+            flags = flags | Flags::PSH;
+        }
+        if fin {
+            flags = flags | Flags::FIN;
+        }
+        let h = self.base_header(now, flags, seq);
+        let seg_end = seq + len + fin as usize;
+        let is_rexmit = retransmit || seq < self.snd_max;
+        if is_rexmit {
+            ctx.stats.inc(Counter::Retransmits);
+            if self.rtt_probe.is_some_and(|(s, _)| s >= seq) {
+                self.rtt_probe = None; // Karn: never time a retransmitted range
+            }
+        } else if self.rtt_probe.is_none() {
+            self.rtt_probe = Some((seg_end - 1, now));
+        }
+        self.snd_nxt = self.snd_nxt.max(seg_end);
+        self.snd_max = self.snd_max.max(seg_end);
+        if fin {
+            match self.state {
+                State::Established | State::SynReceived => self.state = State::FinWait1,
+                State::CloseWait => self.state = State::LastAck,
+                _ => {}
+            }
+        }
+        if self.rto_at.is_none() {
+            self.rto_at = Some(now + self.rtt.rto());
+        }
+        Some(Outgoing { header: h, payload_offset: seq - self.send_head, payload_len: len, is_rst: false })
+    }
+
+    /// Copies the payload of `out` from the send ring into `dst`.
+    pub fn copy_payload(&self, out: &Outgoing, dst: &mut [u8]) -> usize {
+        self.send.read_at(out.payload_offset, &mut dst[..out.payload_len])
+    }
+
+    /// Bytes of memory this connection holds beyond its two buffers.
+    pub fn state_size() -> usize {
+        core::mem::size_of::<Conn>()
+    }
+
+    pub fn buffers_allocated(&self) -> usize {
+        self.send.allocated() + self.recv.allocated()
+    }
+
+    #[cfg(test)]
+    pub fn cwnd(&self) -> usize {
+        self.cwnd
+    }
+}
