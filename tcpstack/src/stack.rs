@@ -524,7 +524,7 @@ impl Stack {
 
     fn push_control(&mut self, c: Control) {
         if self.control.len() >= self.cfg.max_control_queue {
-            self.stats.drop(DropReason::TxBufferTooSmall);
+            self.stats.drop(DropReason::ControlQueueFull);
         } else {
             self.control.push_back(c);
         }

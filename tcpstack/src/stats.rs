@@ -52,6 +52,7 @@ counters! {
         NeighCacheFull => "neigh_cache_full",
         NoRoute => "no_route",
         TxBufferTooSmall => "tx_buffer_too_small",
+        ControlQueueFull => "control_queue_full",
     }
 }
 

@@ -336,3 +336,17 @@ pub fn establish(sim: &mut Sim, port: u16) -> (ConnId, ConnId) {
     });
     (a, b.expect("accepted"))
 }
+
+/// Builds an Ethernet frame carrying a TCP segment from `src` to `dst` (to B's MAC).
+pub fn forge_tcp(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, ack: u32, flags: tcpstack::wire::tcp::Flags, payload: &[u8]) -> Vec<u8> {
+    use tcpstack::wire::{ethernet, ipv4, tcp};
+    let h = tcp::Header { src_port: src.port(), dst_port: dst.port(), seq, ack, flags, window: 1000, options: Default::default() };
+    let l4 = h.len() + payload.len();
+    let mut f = vec![0u8; 14 + 20 + l4];
+    ethernet::emit(&mut f, B_MAC, A_MAC, ethernet::ETHERTYPE_IPV4);
+    h.emit(&mut f[34..]);
+    f[34 + h.len()..].copy_from_slice(payload);
+    tcp::fill_checksum(&mut f[34..], *src.ip(), *dst.ip());
+    ipv4::emit(&mut f[14..], *src.ip(), *dst.ip(), ipv4::PROTO_TCP, l4, 1);
+    f
+}

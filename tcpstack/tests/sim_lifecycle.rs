@@ -1,0 +1,334 @@
+//! Opening and closing in every order, resets, TIME-WAIT, SYN cookies, zero windows and keepalive.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tcpstack::{Counter, DropReason, Error, Event, Keepalive, ResetReason, State};
+
+fn events(stack: &mut tcpstack::Stack) -> Vec<Event> {
+    std::iter::from_fn(|| stack.poll_event()).collect()
+}
+
+/// Runs until `pred` holds for the collected events of (A, B).
+fn run_until(sim: &mut Sim, limit: Duration, mut pred: impl FnMut(&[Event], &[Event]) -> bool) -> (Vec<Event>, Vec<Event>) {
+    let mut ea = Vec::new();
+    let mut eb = Vec::new();
+    sim.run(limit, |s| {
+        ea.extend(events(&mut s.a));
+        eb.extend(events(&mut s.b));
+        pred(&ea, &eb)
+    });
+    (ea, eb)
+}
+
+fn read_all(stack: &mut tcpstack::Stack, id: tcpstack::ConnId) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stack.read(id, &mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Error::WouldBlock) => return (out, false),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn active_close_by_client_enters_time_wait_then_expires() {
+    let mut sim = Sim::new(1, LinkConfig::default());
+    let (a, b) = establish(&mut sim, 80);
+    sim.a.write(a, b"bye").unwrap();
+    sim.a.close(sim.now, a).unwrap();
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |_, eb| eb.contains(&Event::PeerClosed(b)));
+    assert!(ea.is_empty(), "A waits in FIN-WAIT-2 for B's FIN: {ea:?}");
+    let (data, eof) = read_all(&mut sim.b, b);
+    assert_eq!((data.as_slice(), eof), (&b"bye"[..], true));
+    sim.b.close(sim.now, b).unwrap();
+    run_until(&mut sim, Duration::from_secs(5), |ea, eb| eb.contains(&Event::Closed(b)) && ea.contains(&Event::Closed(a)));
+    assert_eq!(sim.a.time_wait_count(), 1, "the side that closed first holds TIME-WAIT");
+    assert_eq!(sim.b.time_wait_count(), 0);
+    assert_eq!((sim.a.connection_count(), sim.b.connection_count()), (0, 0));
+    assert_eq!(sim.a.read(a, &mut [0u8; 4]), Err(Error::InvalidHandle), "handles die with the connection");
+    sim.advance(Duration::from_secs(61));
+    assert_eq!(sim.a.time_wait_count(), 0, "TIME-WAIT expires after 2 MSL");
+}
+
+#[test]
+fn server_closes_first() {
+    let mut sim = Sim::new(2, LinkConfig::default());
+    let (a, b) = establish(&mut sim, 80);
+    sim.b.write(b, b"response").unwrap();
+    sim.b.close(sim.now, b).unwrap();
+    run_until(&mut sim, Duration::from_secs(5), |ea, _| ea.contains(&Event::PeerClosed(a)));
+    let (data, eof) = read_all(&mut sim.a, a);
+    assert_eq!((data.as_slice(), eof), (&b"response"[..], true));
+    sim.a.close(sim.now, a).unwrap();
+    run_until(&mut sim, Duration::from_secs(5), |ea, eb| ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b)));
+    assert_eq!(sim.b.time_wait_count(), 1);
+    assert_eq!(sim.a.time_wait_count(), 0);
+}
+
+#[test]
+fn simultaneous_close_both_hold_time_wait() {
+    let mut sim = Sim::new(3, LinkConfig { delay: Duration::from_millis(10), ..Default::default() });
+    let (a, b) = establish(&mut sim, 80);
+    sim.a.close(sim.now, a).unwrap();
+    sim.b.close(sim.now, b).unwrap();
+    run_until(&mut sim, Duration::from_secs(5), |ea, eb| ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b)));
+    assert_eq!((sim.a.time_wait_count(), sim.b.time_wait_count()), (1, 1), "both went through CLOSING");
+}
+
+#[test]
+fn half_close_keeps_the_other_direction_open() {
+    let mut sim = Sim::new(4, LinkConfig::lossy(0.02));
+    let (a, b) = establish(&mut sim, 80);
+    sim.a.write(a, b"request").unwrap();
+    sim.a.shutdown_write(a).unwrap();
+    assert_eq!(sim.a.write(a, b"more"), Err(Error::SendClosed));
+    run_until(&mut sim, Duration::from_secs(30), |_, eb| eb.contains(&Event::PeerClosed(b)));
+    let (req, eof) = read_all(&mut sim.b, b);
+    assert_eq!((req.as_slice(), eof), (&b"request"[..], true));
+    assert_eq!(sim.b.state(b).unwrap(), State::CloseWait);
+    sim.run(Duration::from_secs(30), |s| s.a.state(a).unwrap() == State::FinWait2);
+    // B keeps sending after A's FIN: a half-closed connection is still a pipe one way.
+    transfer_b_to_a(&mut sim, a, b, 300_000);
+    run_until(&mut sim, Duration::from_secs(30), |ea, eb| ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b)));
+}
+
+fn transfer_b_to_a(sim: &mut Sim, a: tcpstack::ConnId, b: tcpstack::ConnId, total: usize) {
+    std::mem::swap(&mut sim.a, &mut sim.b);
+    transfer(sim, b, a, total as u64, 9, Duration::from_secs(60));
+    std::mem::swap(&mut sim.a, &mut sim.b);
+    // Both have now shut down; both close their handles.
+    sim.a.close(sim.now, a).unwrap();
+    sim.b.close(sim.now, b).unwrap();
+}
+
+#[test]
+fn connecting_to_a_closed_port_is_refused() {
+    let mut sim = Sim::new(5, LinkConfig::default());
+    let a = sim.a.connect(sim.now, addr(B_IP, 81)).unwrap();
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |ea, _| !ea.is_empty());
+    assert_eq!(ea, vec![Event::Reset { id: a, reason: ResetReason::Refused }]);
+    assert_eq!(sim.b.stats().drops(DropReason::TcpNoConnection), 1);
+    assert_eq!(sim.b.stats().get(Counter::RstsSent), 1);
+    assert_eq!(sim.a.connection_count(), 0);
+}
+
+#[test]
+fn abort_resets_the_peer() {
+    let mut sim = Sim::new(6, LinkConfig::default());
+    let (a, b) = establish(&mut sim, 80);
+    sim.a.abort(a).unwrap();
+    let (ea, eb) = run_until(&mut sim, Duration::from_secs(5), |_, eb| !eb.is_empty());
+    assert_eq!(ea, vec![Event::Closed(a)]);
+    assert_eq!(eb, vec![Event::Reset { id: b, reason: ResetReason::PeerReset }]);
+    assert_eq!((sim.a.connection_count(), sim.b.connection_count()), (0, 0));
+}
+
+#[test]
+fn closing_with_unread_data_resets() {
+    let mut sim = Sim::new(7, LinkConfig::default());
+    let (a, b) = establish(&mut sim, 80);
+    sim.a.write(a, b"unread").unwrap();
+    run_until(&mut sim, Duration::from_secs(5), |_, eb| eb.contains(&Event::Readable(b)));
+    sim.b.close(sim.now, b).unwrap();
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |ea, _| !ea.is_empty());
+    assert_eq!(ea, vec![Event::Reset { id: a, reason: ResetReason::PeerReset }]);
+}
+
+#[test]
+fn blind_rst_in_window_gets_a_challenge_ack_and_is_ignored() {
+    let mut sim = Sim::new(8, LinkConfig::default());
+    let (a, b) = establish(&mut sim, 80);
+    // Forge a RST from A's address with a sequence number inside B's window but not exact.
+    let local = sim.a.local_addr(a).unwrap();
+    let (rcv_nxt_b, _) = next_seq_pair(&mut sim, a, b);
+    let frame = forge(local, addr(B_IP, 80), rcv_nxt_b.wrapping_add(1000), 0, tcpstack::wire::tcp::Flags::RST);
+    sim.b.handle_frame(sim.now, &frame);
+    assert_eq!(sim.b.stats().get(Counter::ChallengeAcks), 1);
+    assert_eq!(sim.b.state(b).unwrap(), State::Established);
+    // A SYN on an established connection also only earns a challenge ACK (RFC 5961 §4).
+    let frame = forge(local, addr(B_IP, 80), rcv_nxt_b.wrapping_add(5), 0, tcpstack::wire::tcp::Flags::SYN);
+    sim.b.handle_frame(sim.now, &frame);
+    assert_eq!(sim.b.stats().get(Counter::ChallengeAcks), 2);
+    // An exact-sequence RST does reset.
+    let frame = forge(local, addr(B_IP, 80), rcv_nxt_b, 0, tcpstack::wire::tcp::Flags::RST);
+    sim.b.handle_frame(sim.now, &frame);
+    let (_, eb) = run_until(&mut sim, Duration::from_secs(1), |_, eb| !eb.is_empty());
+    assert_eq!(eb, vec![Event::Reset { id: b, reason: ResetReason::PeerReset }]);
+}
+
+/// Sends one byte A→B and reads the sequence number B expects next from B's ACK.
+fn next_seq_pair(sim: &mut Sim, a: tcpstack::ConnId, b: tcpstack::ConnId) -> (u32, u32) {
+    sim.record = Some(Vec::new());
+    sim.a.set_nagle(a, false).unwrap();
+    sim.a.write(a, b"x").unwrap();
+    run_until(sim, Duration::from_secs(1), |_, eb| eb.contains(&Event::Readable(b)));
+    sim.advance(Duration::from_millis(100));
+    read_all(&mut sim.b, b);
+    let rec = sim.record.take().unwrap();
+    let (_, f) = rec.iter().rev().find(|(to_b, f)| !to_b && f.len() > 34).expect("an ACK from B");
+    let s = tcpstack::wire::tcp::Segment::parse(&f[34..], B_IP, A_IP).unwrap();
+    (s.header.ack, s.header.seq)
+}
+
+fn forge(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, seq: u32, ack: u32, flags: tcpstack::wire::tcp::Flags) -> Vec<u8> {
+    use tcpstack::wire::{ethernet, ipv4, tcp};
+    let h = tcp::Header { src_port: src.port(), dst_port: dst.port(), seq, ack, flags, window: 1000, options: Default::default() };
+    let mut f = vec![0u8; 14 + 20 + h.len()];
+    ethernet::emit(&mut f, B_MAC, A_MAC, ethernet::ETHERTYPE_IPV4);
+    h.emit(&mut f[34..]);
+    tcp::fill_checksum(&mut f[34..], *src.ip(), *dst.ip());
+    ipv4::emit(&mut f[14..], *src.ip(), *dst.ip(), ipv4::PROTO_TCP, h.len(), 1);
+    f
+}
+
+#[test]
+fn simultaneous_open() {
+    let mut sim = Sim::new(9, LinkConfig { delay: Duration::from_millis(5), ..Default::default() });
+    let pa = addr(A_IP, 5000);
+    let pb = addr(B_IP, 6000);
+    let a = sim.a.connect_from(sim.now, pa, pb).unwrap();
+    let b = sim.b.connect_from(sim.now, pb, pa).unwrap();
+    let (ea, eb) = run_until(&mut sim, Duration::from_secs(5), |ea, eb| !ea.is_empty() && !eb.is_empty());
+    assert_eq!(ea, vec![Event::Connected(a)]);
+    assert_eq!(eb, vec![Event::Connected(b)]);
+    transfer(&mut sim, a, b, 100_000, 1, Duration::from_secs(10));
+}
+
+#[test]
+fn syn_cookies_when_the_backlog_is_full() {
+    let mut cb = stack_config(B_MAC, B_IP, 2);
+    cb.syn_backlog = 0;
+    let mut sim = Sim::with_configs(10, LinkConfig::default(), stack_config(A_MAC, A_IP, 1), cb);
+    let (a, b) = establish(&mut sim, 80);
+    assert_eq!(sim.b.stats().get(Counter::SynCookiesSent), 1);
+    assert_eq!(sim.b.stats().get(Counter::SynCookiesAccepted), 1);
+    transfer(&mut sim, a, b, 1 << 20, 2, Duration::from_secs(60));
+    // A forged ACK with a wrong cookie is refused with a RST.
+    let frame = forge(addr(A_IP, 4444), addr(B_IP, 80), 1, 12345, tcpstack::wire::tcp::Flags::ACK);
+    sim.b.handle_frame(sim.now, &frame);
+    assert_eq!(sim.b.stats().drops(DropReason::TcpSynCookieInvalid), 1);
+}
+
+#[test]
+fn syn_retries_then_timeout() {
+    let mut sim = Sim::new(11, LinkConfig::default());
+    sim.cut = true;
+    let a = sim.a.connect(sim.now, addr(B_IP, 80)).unwrap();
+    // The ARP request goes nowhere either; after the neighbour gives up, TCP still retries SYN.
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(600), |ea, _| !ea.is_empty());
+    assert_eq!(ea, vec![Event::Reset { id: a, reason: ResetReason::TimedOut }]);
+    assert_eq!(sim.a.connection_count(), 0);
+}
+
+#[test]
+fn zero_window_is_probed_until_the_reader_drains() {
+    let mut ca = stack_config(A_MAC, A_IP, 1);
+    let mut cb = stack_config(B_MAC, B_IP, 2);
+    ca.tcp.send_buffer = 64 * 1024;
+    cb.tcp.recv_buffer = 16 * 1024;
+    let mut sim = Sim::with_configs(12, LinkConfig::default(), ca, cb);
+    let (a, b) = establish(&mut sim, 80);
+    let data = vec![7u8; 64 * 1024];
+    let mut written = 0;
+    while written < data.len() {
+        match sim.a.write(a, &data[written..]) {
+            Ok(n) => written += n,
+            Err(Error::WouldBlock) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(written, 64 * 1024);
+    assert_eq!(sim.a.write(a, b"x"), Err(Error::WouldBlock), "backpressure: the send buffer is capped");
+    sim.advance(Duration::from_secs(30));
+    assert_eq!(sim.b.recv_available(b).unwrap(), 16 * 1024, "the receiver's buffer is full");
+    assert!(sim.a.stats().get(Counter::ZeroWindowProbes) > 0);
+    assert_eq!(sim.a.state(a).unwrap(), State::Established, "probing is not a timeout");
+    // The reader drains; the rest flows and the writer is told it may write again.
+    let mut got = 0;
+    let mut writable = false;
+    let mut buf = vec![0u8; 8192];
+    sim.run(Duration::from_secs(60), |s| {
+        while let Some(e) = s.a.poll_event() {
+            writable |= e == Event::Writable(a);
+        }
+        while let Ok(n) = s.b.read(b, &mut buf) {
+            got += n;
+        }
+        got == 64 * 1024 && writable
+    });
+}
+
+#[test]
+fn keepalive_detects_a_dead_peer() {
+    let mut ca = stack_config(A_MAC, A_IP, 1);
+    ca.tcp.keepalive = Some(Keepalive { idle: Duration::from_secs(10), interval: Duration::from_secs(2), probes: 3 });
+    let mut sim = Sim::with_configs(13, LinkConfig::default(), ca, stack_config(B_MAC, B_IP, 2));
+    let (a, _b) = establish(&mut sim, 80);
+    // While the peer answers, keepalives keep the connection up.
+    sim.advance(Duration::from_secs(60));
+    assert!(sim.a.stats().get(Counter::KeepalivesSent) >= 5);
+    assert_eq!(sim.a.state(a).unwrap(), State::Established);
+    sim.cut = true;
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(60), |ea, _| !ea.is_empty());
+    assert_eq!(ea, vec![Event::Reset { id: a, reason: ResetReason::KeepaliveTimeout }]);
+}
+
+#[test]
+fn time_wait_is_bounded() {
+    let mut ca = stack_config(A_MAC, A_IP, 1);
+    ca.max_time_wait = 5;
+    let mut sim = Sim::with_configs(14, LinkConfig::default(), ca, stack_config(B_MAC, B_IP, 2));
+    sim.b.listen(addr(B_IP, 80)).unwrap();
+    for _ in 0..8 {
+        let a = sim.a.connect(sim.now, addr(B_IP, 80)).unwrap();
+        let mut b = None;
+        run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+            for e in eb {
+                if let Event::Accepted { id, .. } = e {
+                    b = Some(*id);
+                }
+            }
+            ea.contains(&Event::Connected(a)) && b.is_some()
+        });
+        sim.a.close(sim.now, a).unwrap();
+        let b = b.unwrap();
+        run_until(&mut sim, Duration::from_secs(5), |_, eb| eb.contains(&Event::PeerClosed(b)));
+        sim.b.close(sim.now, b).unwrap();
+        run_until(&mut sim, Duration::from_secs(5), |ea, _| ea.contains(&Event::Closed(a)));
+    }
+    assert_eq!(sim.a.time_wait_count(), 5);
+    assert_eq!(sim.a.stats().get(Counter::TimeWaitEvicted), 3);
+}
+
+#[test]
+fn time_wait_tuple_is_reused_by_a_newer_syn() {
+    let mut sim = Sim::new(15, LinkConfig::default());
+    let (a, b) = establish(&mut sim, 80);
+    let pa = sim.a.local_addr(a).unwrap();
+    sim.b.close(sim.now, b).unwrap();
+    run_until(&mut sim, Duration::from_secs(5), |ea, _| ea.contains(&Event::PeerClosed(a)));
+    sim.a.close(sim.now, a).unwrap();
+    run_until(&mut sim, Duration::from_secs(5), |ea, eb| ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b)));
+    assert_eq!(sim.b.time_wait_count(), 1);
+    // A reconnects from the same port: its new ISN is later, so B reopens the tuple.
+    sim.advance(Duration::from_secs(1));
+    let a2 = sim.a.connect_from(sim.now, pa, addr(B_IP, 80)).unwrap();
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |ea, eb| !ea.is_empty() && eb.iter().any(|e| matches!(e, Event::Accepted { .. })));
+    assert_eq!(ea, vec![Event::Connected(a2)]);
+    assert_eq!(sim.b.stats().get(Counter::TimeWaitReused), 1);
+}
+
+#[test]
+fn writable_after_backpressure_and_no_growth_beyond_caps() {
+    let mut ca = stack_config(A_MAC, A_IP, 1);
+    ca.tcp.send_buffer = 32 * 1024;
+    let mut sim = Sim::with_configs(16, LinkConfig::default(), ca, stack_config(B_MAC, B_IP, 2));
+    let (a, b) = establish(&mut sim, 80);
+    transfer(&mut sim, a, b, 4 << 20, 3, Duration::from_secs(60));
+    let _ = b;
+}
