@@ -35,8 +35,15 @@ impl Default for NeighborConfig {
 
 #[derive(Debug)]
 enum Entry {
-    Reachable { mac: MacAddr, expires: Instant },
-    Incomplete { queue: VecDeque<Vec<u8>>, next_request: Instant, requests: u32 },
+    Reachable {
+        mac: MacAddr,
+        expires: Instant,
+    },
+    Incomplete {
+        queue: VecDeque<Vec<u8>>,
+        next_request: Instant,
+        requests: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -51,7 +58,12 @@ pub struct NeighborCache {
 
 impl NeighborCache {
     pub fn new(cfg: NeighborConfig) -> Self {
-        NeighborCache { cfg, entries: HashMap::new(), requests: VecDeque::new(), ready: VecDeque::new() }
+        NeighborCache {
+            cfg,
+            entries: HashMap::new(),
+            requests: VecDeque::new(),
+            ready: VecDeque::new(),
+        }
     }
 
     pub fn lookup(&self, ip: Ipv4Addr, now: Instant) -> Option<MacAddr> {
@@ -63,7 +75,14 @@ impl NeighborCache {
 
     /// Records `ip → mac`. `create` is false for ARP traffic not addressed to us: then only an
     /// existing entry is refreshed (RFC 826 "merge").
-    pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr, now: Instant, create: bool, stats: &mut Stats) {
+    pub fn learn(
+        &mut self,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        now: Instant,
+        create: bool,
+        stats: &mut Stats,
+    ) {
         if mac.is_multicast() || ip.is_broadcast() || ip.is_unspecified() {
             return;
         }
@@ -88,7 +107,8 @@ impl NeighborCache {
 
     fn evict_expired(&mut self, now: Instant) -> bool {
         let before = self.entries.len();
-        self.entries.retain(|_, e| !matches!(e, Entry::Reachable { expires, .. } if *expires <= now));
+        self.entries
+            .retain(|_, e| !matches!(e, Entry::Reachable { expires, .. } if *expires <= now));
         self.entries.len() < before
     }
 
@@ -105,7 +125,11 @@ impl NeighborCache {
             }
             self.entries.insert(
                 ip,
-                Entry::Incomplete { queue: VecDeque::new(), next_request: now + self.cfg.retry_interval, requests: 1 },
+                Entry::Incomplete {
+                    queue: VecDeque::new(),
+                    next_request: now + self.cfg.retry_interval,
+                    requests: 1,
+                },
             );
             self.requests.push_back(ip);
         }
@@ -122,7 +146,12 @@ impl NeighborCache {
     pub fn on_timer(&mut self, now: Instant, stats: &mut Stats) {
         let mut give_up = Vec::new();
         for (ip, e) in self.entries.iter_mut() {
-            if let Entry::Incomplete { queue, next_request, requests } = e {
+            if let Entry::Incomplete {
+                queue,
+                next_request,
+                requests,
+            } = e
+            {
                 if *next_request <= now {
                     if *requests >= self.cfg.max_requests {
                         for _ in queue.drain(..) {
@@ -185,7 +214,10 @@ mod tests {
     #[test]
     fn queues_until_resolved_then_releases_in_order() {
         let mut s = Stats::default();
-        let mut n = NeighborCache::new(NeighborConfig { max_queue: 2, ..Default::default() });
+        let mut n = NeighborCache::new(NeighborConfig {
+            max_queue: 2,
+            ..Default::default()
+        });
         let t = Instant::ZERO;
         n.enqueue(IP, vec![1], t, &mut s);
         n.enqueue(IP, vec![2], t, &mut s);
@@ -221,9 +253,18 @@ mod tests {
     #[test]
     fn bounded_entries() {
         let mut s = Stats::default();
-        let mut n = NeighborCache::new(NeighborConfig { max_entries: 2, ..Default::default() });
+        let mut n = NeighborCache::new(NeighborConfig {
+            max_entries: 2,
+            ..Default::default()
+        });
         for i in 0..3u8 {
-            n.learn(Ipv4Addr::new(10, 0, 0, i + 1), MAC, Instant::ZERO, true, &mut s);
+            n.learn(
+                Ipv4Addr::new(10, 0, 0, i + 1),
+                MAC,
+                Instant::ZERO,
+                true,
+                &mut s,
+            );
         }
         assert_eq!(n.len(), 2);
         assert_eq!(s.drops(DropReason::NeighCacheFull), 1);

@@ -26,7 +26,10 @@ pub struct Ipv4Cidr {
 
 impl Ipv4Cidr {
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
-        Ipv4Cidr { addr, prefix: prefix.min(32) }
+        Ipv4Cidr {
+            addr,
+            prefix: prefix.min(32),
+        }
     }
     fn mask(&self) -> u32 {
         if self.prefix == 0 {
@@ -95,7 +98,11 @@ pub struct ConnId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A passive open completed its handshake.
-    Accepted { id: ConnId, local: SocketAddrV4, remote: SocketAddrV4 },
+    Accepted {
+        id: ConnId,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    },
     /// An active open completed its handshake.
     Connected(ConnId),
     /// Data arrived where there was none: read until `WouldBlock`.
@@ -151,9 +158,22 @@ struct TimeWait {
 }
 
 enum Control {
-    ArpReply { to_mac: MacAddr, to_ip: Ipv4Addr, from_ip: Ipv4Addr },
-    Tcp { local: SocketAddrV4, remote: SocketAddrV4, header: Header },
-    EchoReply { src: Ipv4Addr, dst: Ipv4Addr, rest: [u8; 4], data: Vec<u8> },
+    ArpReply {
+        to_mac: MacAddr,
+        to_ip: Ipv4Addr,
+        from_ip: Ipv4Addr,
+    },
+    Tcp {
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        header: Header,
+    },
+    EchoReply {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        rest: [u8; 4],
+        data: Vec<u8>,
+    },
 }
 
 /// A sans-IO TCP/IPv4 stack for one Ethernet interface.
@@ -237,7 +257,11 @@ impl Stack {
     }
 
     fn our_mss(&self) -> u16 {
-        (self.cfg.mtu.saturating_sub(ipv4::HEADER_LEN + tcpw::HEADER_LEN)).clamp(64, 65495) as u16
+        (self
+            .cfg
+            .mtu
+            .saturating_sub(ipv4::HEADER_LEN + tcpw::HEADER_LEN))
+        .clamp(64, 65495) as u16
     }
 
     // ---- listeners and connections ----
@@ -281,7 +305,12 @@ impl Stack {
     }
 
     /// Opens a connection from `local`; port 0 picks an ephemeral port (RFC 6056 §3.3.3).
-    pub fn connect_from(&mut self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4) -> Result<ConnId, Error> {
+    pub fn connect_from(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<ConnId, Error> {
         if !self.is_local(*local.ip()) {
             return Err(Error::AddrNotLocal);
         }
@@ -289,7 +318,9 @@ impl Stack {
             return Err(Error::TooManyConnections);
         }
         let local = if local.port() != 0 {
-            if self.by_tuple.contains_key(&(local, remote)) || self.time_wait.contains_key(&(local, remote)) {
+            if self.by_tuple.contains_key(&(local, remote))
+                || self.time_wait.contains_key(&(local, remote))
+            {
                 return Err(Error::AddrInUse);
             }
             local
@@ -309,12 +340,18 @@ impl Stack {
             return Err(Error::NoPortsFree);
         }
         let count = (hi - lo) as u32 + 1;
-        let start = self.secrets.port_offset(ip, remote).wrapping_add(self.port_counter);
+        let start = self
+            .secrets
+            .port_offset(ip, remote)
+            .wrapping_add(self.port_counter);
         for i in 0..count {
             let port = lo + ((start.wrapping_add(i)) % count) as u16;
             let local = SocketAddrV4::new(ip, port);
             let tuple = (local, remote);
-            if self.by_tuple.contains_key(&tuple) || self.time_wait.contains_key(&tuple) || self.listener_for(local).is_some() {
+            if self.by_tuple.contains_key(&tuple)
+                || self.time_wait.contains_key(&tuple)
+                || self.listener_for(local).is_some()
+            {
                 continue;
             }
             self.port_counter = self.port_counter.wrapping_add(i + 1);
@@ -344,7 +381,13 @@ impl Stack {
                 s
             }
             None => {
-                self.slots.push(Slot { gen: 0, conn: Some(conn), dirty: false, half_open_of, reset_reported: false });
+                self.slots.push(Slot {
+                    gen: 0,
+                    conn: Some(conn),
+                    dirty: false,
+                    half_open_of,
+                    reset_reported: false,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -354,7 +397,10 @@ impl Stack {
     }
 
     fn id(&self, slot: u32) -> ConnId {
-        ConnId { slot, gen: self.slots[slot as usize].gen }
+        ConnId {
+            slot,
+            gen: self.slots[slot as usize].gen,
+        }
     }
 
     fn slot_of(&self, id: ConnId) -> Result<u32, Error> {
@@ -366,12 +412,18 @@ impl Stack {
 
     fn conn(&self, id: ConnId) -> Result<&Conn, Error> {
         let slot = self.slot_of(id)?;
-        self.slots[slot as usize].conn.as_ref().ok_or(Error::InvalidHandle)
+        self.slots[slot as usize]
+            .conn
+            .as_ref()
+            .ok_or(Error::InvalidHandle)
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Result<(u32, &mut Conn), Error> {
         let slot = self.slot_of(id)?;
-        let c = self.slots[slot as usize].conn.as_mut().ok_or(Error::InvalidHandle)?;
+        let c = self.slots[slot as usize]
+            .conn
+            .as_mut()
+            .ok_or(Error::InvalidHandle)?;
         Ok((slot, c))
     }
 
@@ -405,7 +457,11 @@ impl Stack {
     pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, Error> {
         let (slot, c) = self.conn_mut(id)?;
         if c.recv_len() == 0 {
-            return if c.at_eof() || buf.is_empty() { Ok(0) } else { Err(Error::WouldBlock) };
+            return if c.at_eof() || buf.is_empty() {
+                Ok(0)
+            } else {
+                Err(Error::WouldBlock)
+            };
         }
         let n = c.read(buf);
         if c.has_output() {
@@ -482,7 +538,10 @@ impl Stack {
         }
         let t = self.timers.peek().map(|Reverse((t, _, _))| *t);
         let tw = self.time_wait_order.front().map(|(t, _)| *t);
-        [t, tw, self.neigh.next_deadline()].into_iter().flatten().min()
+        [t, tw, self.neigh.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ---- receive path ----
@@ -513,12 +572,17 @@ impl Stack {
         };
         let for_us = self.is_local(a.target_ip);
         // RFC 826: merge the sender into the cache; create an entry only when addressed to us.
-        self.neigh.learn(a.sender_ip, a.sender_mac, now, for_us, &mut self.stats);
+        self.neigh
+            .learn(a.sender_ip, a.sender_mac, now, for_us, &mut self.stats);
         if !for_us {
             return self.stats.drop(DropReason::ArpNotForUs);
         }
         if a.op == Operation::Request {
-            self.push_control(Control::ArpReply { to_mac: a.sender_mac, to_ip: a.sender_ip, from_ip: a.target_ip });
+            self.push_control(Control::ArpReply {
+                to_mac: a.sender_mac,
+                to_ip: a.sender_ip,
+                from_ip: a.target_ip,
+            });
         }
     }
 
@@ -563,7 +627,12 @@ impl Stack {
             if ipv4::HEADER_LEN + p.len() > self.cfg.mtu {
                 return self.stats.drop(DropReason::IcmpMalformed);
             }
-            self.push_control(Control::EchoReply { src: dst, dst: src, rest: p.rest, data: p.data.to_vec() });
+            self.push_control(Control::EchoReply {
+                src: dst,
+                dst: src,
+                rest: p.rest,
+                data: p.data.to_vec(),
+            });
         } else {
             self.stats.drop(DropReason::IcmpIgnored);
         }
@@ -589,7 +658,9 @@ impl Stack {
             return;
         }
 
-        if self.time_wait.contains_key(&tuple) && !self.handle_time_wait(now, tuple, &h, seg.payload.len()) {
+        if self.time_wait.contains_key(&tuple)
+            && !self.handle_time_wait(now, tuple, &h, seg.payload.len())
+        {
             return;
         }
 
@@ -602,7 +673,10 @@ impl Stack {
             }
             if h.flags.ack() && !h.flags.syn() {
                 let peer_isn = Seq(h.seq) - 1;
-                if let Some(mss) = self.secrets.check_cookie(now, local, remote, peer_isn, Seq(h.ack) - 1) {
+                if let Some(mss) =
+                    self.secrets
+                        .check_cookie(now, local, remote, peer_isn, Seq(h.ack) - 1)
+                {
                     if self.live < self.cfg.max_connections {
                         self.stats.inc(Counter::SynCookiesAccepted);
                         let mut params = self.params(now, local, remote);
@@ -610,10 +684,16 @@ impl Stack {
                         let mut conn = Conn::from_cookie(&self.cfg.tcp, params, &h, mss, now);
                         conn.from_listener = Some(listener);
                         let slot = self.insert(conn, None);
-                        self.events.push_back(Event::Accepted { id: self.id(slot), local, remote });
+                        self.events.push_back(Event::Accepted {
+                            id: self.id(slot),
+                            local,
+                            remote,
+                        });
                         self.stats.inc(Counter::ConnectionsAccepted);
                         if !seg.payload.is_empty() || h.flags.fin() {
-                            self.with_conn(now, slot, |c, ctx| c.handle_segment(ctx, &h, seg.payload));
+                            self.with_conn(now, slot, |c, ctx| {
+                                c.handle_segment(ctx, &h, seg.payload)
+                            });
                         }
                         return;
                     }
@@ -627,12 +707,24 @@ impl Stack {
     }
 
     /// RFC 9293 §3.10.7.1: a segment for no connection gets a RST, unless it is one.
-    fn reply_rst(&mut self, local: SocketAddrV4, remote: SocketAddrV4, h: &Header, payload_len: usize) {
+    fn reply_rst(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        h: &Header,
+        payload_len: usize,
+    ) {
         if h.flags.rst() {
             return;
         }
         let header = if h.flags.ack() {
-            Header { src_port: local.port(), dst_port: remote.port(), seq: h.ack, flags: Flags::RST, ..Header::default() }
+            Header {
+                src_port: local.port(),
+                dst_port: remote.port(),
+                seq: h.ack,
+                flags: Flags::RST,
+                ..Header::default()
+            }
         } else {
             let len = payload_len + h.flags.syn() as usize + h.flags.fin() as usize;
             Header {
@@ -645,14 +737,28 @@ impl Stack {
             }
         };
         self.stats.inc(Counter::RstsSent);
-        self.push_control(Control::Tcp { local, remote, header });
+        self.push_control(Control::Tcp {
+            local,
+            remote,
+            header,
+        });
     }
 
-    fn handle_syn(&mut self, now: Instant, listener: SocketAddrV4, local: SocketAddrV4, remote: SocketAddrV4, h: &Header) {
+    fn handle_syn(
+        &mut self,
+        now: Instant,
+        listener: SocketAddrV4,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        h: &Header,
+    ) {
         if self.live >= self.cfg.max_connections {
             return self.stats.drop(DropReason::TcpTooManyConnections);
         }
-        let backlog_full = self.listeners.get(&listener).is_some_and(|l| l.half_open >= self.cfg.syn_backlog);
+        let backlog_full = self
+            .listeners
+            .get(&listener)
+            .is_some_and(|l| l.half_open >= self.cfg.syn_backlog);
         if backlog_full {
             // SYN cookies: answer without state. The cookie carries only the MSS, so the
             // connection goes without window scaling, SACK and timestamps.
@@ -665,10 +771,17 @@ impl Stack {
                 ack: (Seq(h.seq) + 1).0,
                 flags: Flags::SYN | Flags::ACK,
                 window: self.cfg.tcp.recv_buffer.min(65535) as u16,
-                options: Options { mss: Some(self.our_mss()), ..Options::default() },
+                options: Options {
+                    mss: Some(self.our_mss()),
+                    ..Options::default()
+                },
             };
             self.stats.inc(Counter::SynCookiesSent);
-            return self.push_control(Control::Tcp { local, remote, header });
+            return self.push_control(Control::Tcp {
+                local,
+                remote,
+                header,
+            });
         }
         let params = self.params(now, local, remote);
         let mut conn = Conn::accept(&self.cfg.tcp, params, h, now);
@@ -682,8 +795,16 @@ impl Stack {
     }
 
     /// Returns true when the segment should go on to the listener (a new SYN reusing the tuple).
-    fn handle_time_wait(&mut self, now: Instant, tuple: Tuple, h: &Header, payload_len: usize) -> bool {
-        let Some(tw) = self.time_wait.get_mut(&tuple) else { return true };
+    fn handle_time_wait(
+        &mut self,
+        now: Instant,
+        tuple: Tuple,
+        h: &Header,
+        payload_len: usize,
+    ) -> bool {
+        let Some(tw) = self.time_wait.get_mut(&tuple) else {
+            return true;
+        };
         if h.flags.rst() {
             // RFC 1337: ignore RSTs in TIME-WAIT.
             return false;
@@ -716,7 +837,11 @@ impl Stack {
             window: 0,
             options,
         };
-        self.push_control(Control::Tcp { local: tuple.0, remote: tuple.1, header });
+        self.push_control(Control::Tcp {
+            local: tuple.0,
+            remote: tuple.1,
+            header,
+        });
         false
     }
 
@@ -724,7 +849,12 @@ impl Stack {
     fn with_conn(&mut self, now: Instant, slot: u32, f: impl FnOnce(&mut Conn, &mut Ctx)) {
         let mut events = std::mem::take(&mut self.scratch_events);
         if let Some(c) = self.slots[slot as usize].conn.as_mut() {
-            let mut ctx = Ctx { now, cfg: &self.cfg.tcp, stats: &mut self.stats, events: &mut events };
+            let mut ctx = Ctx {
+                now,
+                cfg: &self.cfg.tcp,
+                stats: &mut self.stats,
+                events: &mut events,
+            };
             f(c, &mut ctx);
         }
         self.scratch_events = events;
@@ -747,7 +877,11 @@ impl Stack {
                         }
                     }
                     if passive {
-                        Event::Accepted { id, local: c.local, remote: c.remote }
+                        Event::Accepted {
+                            id,
+                            local: c.local,
+                            remote: c.remote,
+                        }
                     } else {
                         Event::Connected(id)
                     }
@@ -770,7 +904,8 @@ impl Stack {
 
         let s = &mut self.slots[slot as usize];
         let Some(c) = s.conn.as_mut() else { return };
-        let release = (c.is_closed() && (c.user_closed || s.reset_reported || s.half_open_of.is_some()))
+        let release = (c.is_closed()
+            && (c.user_closed || s.reset_reported || s.half_open_of.is_some()))
             || (c.time_wait_ready() && c.user_closed);
         if release {
             let c = s.conn.take().expect("checked above");
@@ -815,7 +950,15 @@ impl Stack {
             }
         }
         let tuple = (c.local, c.remote);
-        self.time_wait.insert(tuple, TimeWait { rcv_nxt, snd_nxt, ts: ts_ok.then_some((ts_recent, ts_offset)), deadline });
+        self.time_wait.insert(
+            tuple,
+            TimeWait {
+                rcv_nxt,
+                snd_nxt,
+                ts: ts_ok.then_some((ts_recent, ts_offset)),
+                deadline,
+            },
+        );
         self.time_wait_order.push_back((deadline, tuple));
     }
 
@@ -827,7 +970,9 @@ impl Stack {
                 break;
             }
             self.timers.pop();
-            let valid = self.slots.get(slot as usize).is_some_and(|s| s.gen == gen && s.conn.as_ref().is_some_and(|c| c.scheduled == Some(t)));
+            let valid = self.slots.get(slot as usize).is_some_and(|s| {
+                s.gen == gen && s.conn.as_ref().is_some_and(|c| c.scheduled == Some(t))
+            });
             if !valid {
                 continue;
             }
@@ -847,7 +992,11 @@ impl Stack {
                 break;
             }
             self.time_wait_order.pop_front();
-            if self.time_wait.get(&tuple).is_some_and(|e| e.deadline <= now) {
+            if self
+                .time_wait
+                .get(&tuple)
+                .is_some_and(|e| e.deadline <= now)
+            {
                 self.time_wait.remove(&tuple);
             }
         }
@@ -912,9 +1061,26 @@ impl Stack {
     }
 
     fn emit_arp_request(&mut self, ip: Ipv4Addr, buf: &mut [u8]) -> Option<usize> {
-        let from = self.cfg.addresses.iter().find(|c| c.contains(ip)).or(self.cfg.addresses.first())?.addr;
-        let a = ArpRepr { op: Operation::Request, sender_mac: self.cfg.mac, sender_ip: from, target_mac: MacAddr::ZERO, target_ip: ip };
-        ethernet::emit(buf, MacAddr::BROADCAST, self.cfg.mac, ethernet::ETHERTYPE_ARP);
+        let from = self
+            .cfg
+            .addresses
+            .iter()
+            .find(|c| c.contains(ip))
+            .or(self.cfg.addresses.first())?
+            .addr;
+        let a = ArpRepr {
+            op: Operation::Request,
+            sender_mac: self.cfg.mac,
+            sender_ip: from,
+            target_mac: MacAddr::ZERO,
+            target_ip: ip,
+        };
+        ethernet::emit(
+            buf,
+            MacAddr::BROADCAST,
+            self.cfg.mac,
+            ethernet::ETHERTYPE_ARP,
+        );
         a.emit(&mut buf[ethernet::HEADER_LEN..]);
         Some(ethernet::HEADER_LEN + arp::PACKET_LEN)
     }
@@ -926,7 +1092,14 @@ impl Stack {
     /// Writes Ethernet and IPv4 headers around a payload that `fill` writes, and returns the
     /// frame length. If the next hop is unresolved the packet waits in the neighbour cache
     /// and `None` is returned.
-    fn emit_ip(&mut self, now: Instant, buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<usize> {
+    fn emit_ip(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        (src, dst, proto): (Ipv4Addr, Ipv4Addr, u8),
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Option<usize> {
         let Some(hop) = self.next_hop(dst) else {
             self.stats.drop(DropReason::NoRoute);
             return None;
@@ -946,7 +1119,8 @@ impl Stack {
                 Some(total)
             }
             None => {
-                self.neigh.enqueue(hop, buf[l3..total].to_vec(), now, &mut self.stats);
+                self.neigh
+                    .enqueue(hop, buf[l3..total].to_vec(), now, &mut self.stats);
                 None
             }
         }
@@ -954,24 +1128,56 @@ impl Stack {
 
     fn emit_control(&mut self, now: Instant, c: Control, buf: &mut [u8]) -> Option<usize> {
         match c {
-            Control::ArpReply { to_mac, to_ip, from_ip } => {
-                let a = ArpRepr { op: Operation::Reply, sender_mac: self.cfg.mac, sender_ip: from_ip, target_mac: to_mac, target_ip: to_ip };
+            Control::ArpReply {
+                to_mac,
+                to_ip,
+                from_ip,
+            } => {
+                let a = ArpRepr {
+                    op: Operation::Reply,
+                    sender_mac: self.cfg.mac,
+                    sender_ip: from_ip,
+                    target_mac: to_mac,
+                    target_ip: to_ip,
+                };
                 ethernet::emit(buf, to_mac, self.cfg.mac, ethernet::ETHERTYPE_ARP);
                 a.emit(&mut buf[ethernet::HEADER_LEN..]);
                 self.stats.inc(Counter::ArpRepliesSent);
                 Some(ethernet::HEADER_LEN + arp::PACKET_LEN)
             }
-            Control::EchoReply { src, dst, rest, data } => {
-                let p = IcmpPacket { kind: icmp::ECHO_REPLY, code: 0, rest, data: &data };
+            Control::EchoReply {
+                src,
+                dst,
+                rest,
+                data,
+            } => {
+                let p = IcmpPacket {
+                    kind: icmp::ECHO_REPLY,
+                    code: 0,
+                    rest,
+                    data: &data,
+                };
                 self.stats.inc(Counter::IcmpEchoReplies);
-                self.emit_ip(now, buf, src, dst, ipv4::PROTO_ICMP, p.len(), |b| p.emit(b))
-            }
-            Control::Tcp { local, remote, header } => {
-                self.stats.inc(Counter::SegmentsOut);
-                self.emit_ip(now, buf, *local.ip(), *remote.ip(), ipv4::PROTO_TCP, header.len(), |b| {
-                    header.emit(b);
-                    tcpw::fill_checksum(b, *local.ip(), *remote.ip());
+                self.emit_ip(now, buf, (src, dst, ipv4::PROTO_ICMP), p.len(), |b| {
+                    p.emit(b)
                 })
+            }
+            Control::Tcp {
+                local,
+                remote,
+                header,
+            } => {
+                self.stats.inc(Counter::SegmentsOut);
+                self.emit_ip(
+                    now,
+                    buf,
+                    (*local.ip(), *remote.ip(), ipv4::PROTO_TCP),
+                    header.len(),
+                    |b| {
+                        header.emit(b);
+                        tcpw::fill_checksum(b, *local.ip(), *remote.ip());
+                    },
+                )
             }
         }
     }
@@ -983,7 +1189,12 @@ impl Stack {
             let s = &mut self.slots[slot as usize];
             let c = s.conn.as_mut()?;
             let out = {
-                let mut ctx = Ctx { now, cfg: &self.cfg.tcp, stats: &mut self.stats, events: &mut events };
+                let mut ctx = Ctx {
+                    now,
+                    cfg: &self.cfg.tcp,
+                    stats: &mut self.stats,
+                    events: &mut events,
+                };
                 c.poll_segment(&mut ctx)
             };
             self.scratch_events = events;
@@ -1008,7 +1219,14 @@ impl Stack {
             c.copy_payload(&out, &mut buf[l4 + hl..total]);
             tcpw::fill_checksum(&mut buf[l4..total], *local.ip(), *remote.ip());
             self.ip_ident = self.ip_ident.wrapping_add(1);
-            ipv4::emit(&mut buf[ethernet::HEADER_LEN..], *local.ip(), *remote.ip(), ipv4::PROTO_TCP, len, self.ip_ident);
+            ipv4::emit(
+                &mut buf[ethernet::HEADER_LEN..],
+                *local.ip(),
+                *remote.ip(),
+                ipv4::PROTO_TCP,
+                len,
+                self.ip_ident,
+            );
             match self.neigh.lookup(hop, now) {
                 Some(mac) => {
                     ethernet::emit(buf, mac, self.cfg.mac, ethernet::ETHERTYPE_IPV4);
@@ -1017,7 +1235,12 @@ impl Stack {
                 None => {
                     // Held until the neighbour resolves; the ARP request goes out once this
                     // connection has nothing more to send.
-                    self.neigh.enqueue(hop, buf[ethernet::HEADER_LEN..total].to_vec(), now, &mut self.stats);
+                    self.neigh.enqueue(
+                        hop,
+                        buf[ethernet::HEADER_LEN..total].to_vec(),
+                        now,
+                        &mut self.stats,
+                    );
                 }
             }
         }

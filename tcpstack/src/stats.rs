@@ -95,7 +95,10 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats { drops: [0; 64], counters: [0; 64] }
+        Stats {
+            drops: [0; 64],
+            counters: [0; 64],
+        }
     }
 }
 
@@ -119,7 +122,10 @@ impl Stats {
     }
     /// Non-zero drop counters with their labels.
     pub fn nonzero_drops(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        DropReason::ALL.iter().map(|r| (r.label(), self.drops(*r))).filter(|(_, n)| *n > 0)
+        DropReason::ALL
+            .iter()
+            .map(|r| (r.label(), self.drops(*r)))
+            .filter(|(_, n)| *n > 0)
     }
 }
 

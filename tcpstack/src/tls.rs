@@ -63,7 +63,12 @@ pub struct TlsSession {
 
 impl TlsSession {
     pub fn new(id: ConnId, tls: impl Into<rustls::Connection>) -> Self {
-        TlsSession { tls: tls.into(), id, tcp_eof: false, received_close_notify: false }
+        TlsSession {
+            tls: tls.into(),
+            id,
+            tcp_eof: false,
+            received_close_notify: false,
+        }
     }
 
     /// Moves ciphertext both ways: TCP → rustls (processing records), rustls → TCP.
@@ -102,7 +107,10 @@ impl TlsSession {
             }
         }
         result?;
-        Ok(Progress { tcp_eof: self.tcp_eof, handshaking: self.tls.is_handshaking() })
+        Ok(Progress {
+            tcp_eof: self.tcp_eof,
+            handshaking: self.tls.is_handshaking(),
+        })
     }
 
     /// Reads decrypted bytes. `Ok(0)` after the peer's close_notify; `WouldBlock` when none.

@@ -74,38 +74,91 @@ fn established() -> (Sim, tcpstack::ConnId, tcpstack::ConnId) {
 
 fn scenarios() -> Vec<(DropReason, Stats)> {
     use DropReason::*;
-    let tcp_to_b = |flags: Flags, payload: &[u8]| forge_tcp(addr(A_IP, 1234), addr(B_IP, 80), 1, 1, flags, payload);
+    let tcp_to_b = |flags: Flags, payload: &[u8]| {
+        forge_tcp(addr(A_IP, 1234), addr(B_IP, 80), 1, 1, flags, payload)
+    };
     let mut out = vec![
         (EthTruncated, one_frame(vec![0; 10])),
-        (EthNotForUs, one_frame(eth(tcpstack::MacAddr([2, 9, 9, 9, 9, 9]), 0x0800, &[0; 40]))),
+        (
+            EthNotForUs,
+            one_frame(eth(tcpstack::MacAddr([2, 9, 9, 9, 9, 9]), 0x0800, &[0; 40])),
+        ),
         (EthUnknownType, one_frame(eth(B_MAC, 0x86dd, &[0; 40]))),
-        (ArpMalformed, one_frame(eth(tcpstack::MacAddr::BROADCAST, ethernet::ETHERTYPE_ARP, &[0, 1, 8, 0]))),
+        (
+            ArpMalformed,
+            one_frame(eth(
+                tcpstack::MacAddr::BROADCAST,
+                ethernet::ETHERTYPE_ARP,
+                &[0, 1, 8, 0],
+            )),
+        ),
         (ArpNotForUs, one_frame(arp(1, Ipv4Addr::new(10, 0, 0, 99)))),
         (Ipv4Truncated, one_frame(eth(B_MAC, 0x0800, &[0x45; 10]))),
-        (Ipv4Malformed, one_frame(ip(6, B_IP, &[0; 20], |p| {
-            p[2..4].copy_from_slice(&10u16.to_be_bytes());
-            reseal_ip(p);
-        }))),
-        (Ipv4Checksum, one_frame(ip(6, B_IP, &[0; 20], |p| p[10] ^= 1))),
-        (Ipv4Fragment, one_frame(ip(6, B_IP, &[0; 20], |p| {
-            p[6] = 0x20;
-            reseal_ip(p);
-        }))),
-        (Ipv4NotForUs, one_frame(ip(6, Ipv4Addr::new(10, 0, 0, 77), &[0; 20], |_| {}))),
-        (Ipv4Unsupported, one_frame(ip(6, B_IP, &[0; 20], |p| p[0] = 0x65))),
-        (Ipv4UnknownProtocol, one_frame(ip(17, B_IP, &[0; 8], |_| {}))),
+        (
+            Ipv4Malformed,
+            one_frame(ip(6, B_IP, &[0; 20], |p| {
+                p[2..4].copy_from_slice(&10u16.to_be_bytes());
+                reseal_ip(p);
+            })),
+        ),
+        (
+            Ipv4Checksum,
+            one_frame(ip(6, B_IP, &[0; 20], |p| p[10] ^= 1)),
+        ),
+        (
+            Ipv4Fragment,
+            one_frame(ip(6, B_IP, &[0; 20], |p| {
+                p[6] = 0x20;
+                reseal_ip(p);
+            })),
+        ),
+        (
+            Ipv4NotForUs,
+            one_frame(ip(6, Ipv4Addr::new(10, 0, 0, 77), &[0; 20], |_| {})),
+        ),
+        (
+            Ipv4Unsupported,
+            one_frame(ip(6, B_IP, &[0; 20], |p| p[0] = 0x65)),
+        ),
+        (
+            Ipv4UnknownProtocol,
+            one_frame(ip(17, B_IP, &[0; 8], |_| {})),
+        ),
         (IcmpMalformed, one_frame(icmp(8, 4, true))),
         (IcmpChecksum, one_frame(icmp(8, 16, false))),
         (IcmpIgnored, one_frame(icmp(3, 16, true))),
         (TcpTruncated, one_frame(ip(6, B_IP, &[0; 10], |_| {}))),
-        (TcpChecksum, one_frame({
-            let mut f = tcp_to_b(Flags::SYN, b"");
-            let n = f.len();
-            f[n - 1] ^= 0x40;
-            f
-        })),
-        (TcpBadPort, one_frame(forge_tcp(addr(A_IP, 0), addr(B_IP, 80), 1, 0, Flags::SYN, b""))),
-        (TcpNoConnection, one_frame(forge_tcp(addr(A_IP, 1), addr(B_IP, 81), 1, 1, Flags::ACK, b""))),
+        (
+            TcpChecksum,
+            one_frame({
+                let mut f = tcp_to_b(Flags::SYN, b"");
+                let n = f.len();
+                f[n - 1] ^= 0x40;
+                f
+            }),
+        ),
+        (
+            TcpBadPort,
+            one_frame(forge_tcp(
+                addr(A_IP, 0),
+                addr(B_IP, 80),
+                1,
+                0,
+                Flags::SYN,
+                b"",
+            )),
+        ),
+        (
+            TcpNoConnection,
+            one_frame(forge_tcp(
+                addr(A_IP, 1),
+                addr(B_IP, 81),
+                1,
+                1,
+                Flags::ACK,
+                b"",
+            )),
+        ),
         (TcpSynCookieInvalid, one_frame(tcp_to_b(Flags::ACK, b""))),
     ];
     // A data offset below 5 words.
@@ -130,7 +183,11 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
         let mut tmp = [0u8; 8];
         let _ = sim.b.read(b, &mut tmp);
         let rec = sim.record.take().unwrap();
-        let ack_from_b = rec.iter().rev().find(|(to_b, f)| !to_b && f.len() > 34).unwrap();
+        let ack_from_b = rec
+            .iter()
+            .rev()
+            .find(|(to_b, f)| !to_b && f.len() > 34)
+            .unwrap();
         let s = tcpstack::wire::tcp::Segment::parse(&ack_from_b.1[34..], B_IP, A_IP).unwrap();
         for f in make(la, s.header.ack, s.header.seq) {
             sim.b.handle_frame(sim.now, &f);
@@ -138,17 +195,77 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
         sim.advance(Duration::from_millis(10));
         sim.b.stats().clone()
     };
-    out.push((TcpUnacceptable, conn_drop(&|la, rcv, snd| vec![forge_tcp(la, addr(B_IP, 80), rcv.wrapping_add(1 << 30), snd, Flags::ACK, b"far")])));
-    out.push((TcpBadAck, conn_drop(&|la, rcv, snd| vec![forge_tcp(la, addr(B_IP, 80), rcv, snd.wrapping_add(100_000), Flags::ACK, b"")])));
-    out.push((TcpRstOutOfWindow, conn_drop(&|la, rcv, _| vec![forge_tcp(la, addr(B_IP, 80), rcv.wrapping_add(1 << 30), 0, Flags::RST, b"")])));
-    out.push((TcpReassemblyFull, conn_drop(&|la, rcv, snd| {
-        (0..20u32).map(|i| forge_tcp(la, addr(B_IP, 80), rcv.wrapping_add(10 + i * 10), snd, Flags::ACK, b"ab")).collect()
-    })));
-    out.push((TcpBeyondWindow, conn_drop(&|la, rcv, snd| {
-        // Starts inside the 256 KiB window, runs past its right edge.
-        let big = vec![1u8; 1400];
-        vec![forge_tcp(la, addr(B_IP, 80), rcv.wrapping_add(256 * 1024 - 700), snd, Flags::ACK, &big)]
-    })));
+    out.push((
+        TcpUnacceptable,
+        conn_drop(&|la, rcv, snd| {
+            vec![forge_tcp(
+                la,
+                addr(B_IP, 80),
+                rcv.wrapping_add(1 << 30),
+                snd,
+                Flags::ACK,
+                b"far",
+            )]
+        }),
+    ));
+    out.push((
+        TcpBadAck,
+        conn_drop(&|la, rcv, snd| {
+            vec![forge_tcp(
+                la,
+                addr(B_IP, 80),
+                rcv,
+                snd.wrapping_add(100_000),
+                Flags::ACK,
+                b"",
+            )]
+        }),
+    ));
+    out.push((
+        TcpRstOutOfWindow,
+        conn_drop(&|la, rcv, _| {
+            vec![forge_tcp(
+                la,
+                addr(B_IP, 80),
+                rcv.wrapping_add(1 << 30),
+                0,
+                Flags::RST,
+                b"",
+            )]
+        }),
+    ));
+    out.push((
+        TcpReassemblyFull,
+        conn_drop(&|la, rcv, snd| {
+            (0..20u32)
+                .map(|i| {
+                    forge_tcp(
+                        la,
+                        addr(B_IP, 80),
+                        rcv.wrapping_add(10 + i * 10),
+                        snd,
+                        Flags::ACK,
+                        b"ab",
+                    )
+                })
+                .collect()
+        }),
+    ));
+    out.push((
+        TcpBeyondWindow,
+        conn_drop(&|la, rcv, snd| {
+            // Starts inside the 256 KiB window, runs past its right edge.
+            let big = vec![1u8; 1400];
+            vec![forge_tcp(
+                la,
+                addr(B_IP, 80),
+                rcv.wrapping_add(256 * 1024 - 700),
+                snd,
+                Flags::ACK,
+                &big,
+            )]
+        }),
+    ));
 
     // Data after the application closed its side.
     {
@@ -167,7 +284,10 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
         let mut s = Stack::new(cb);
         s.listen(addr(B_IP, 80)).unwrap();
         for port in [1000, 1001] {
-            s.handle_frame(Instant::ZERO, &forge_tcp(addr(A_IP, port), addr(B_IP, 80), 1, 0, Flags::SYN, b""));
+            s.handle_frame(
+                Instant::ZERO,
+                &forge_tcp(addr(A_IP, port), addr(B_IP, 80), 1, 0, Flags::SYN, b""),
+            );
         }
         out.push((TcpTooManyConnections, s.stats().clone()));
     }
@@ -182,8 +302,11 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
         let mut now = Instant::ZERO;
         s.connect(now, addr(B_IP, 80)).unwrap();
         s.connect(now, addr(B_IP, 80)).unwrap();
-        s.connect(now, addr(Ipv4Addr::new(10, 0, 0, 3), 80)).unwrap();
-        assert!(matches!(s.connect(now, addr(Ipv4Addr::new(192, 168, 9, 9), 80)), Ok(_)));
+        s.connect(now, addr(Ipv4Addr::new(10, 0, 0, 3), 80))
+            .unwrap();
+        assert!(s
+            .connect(now, addr(Ipv4Addr::new(192, 168, 9, 9), 80))
+            .is_ok());
         for _ in 0..10 {
             while s.poll_transmit(now, &mut buf).is_some() {}
             now += Duration::from_secs(1);
@@ -211,15 +334,27 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
 #[test]
 fn each_scenario_counts_its_reason() {
     for (reason, stats) in scenarios() {
-        assert!(stats.drops(reason) > 0, "{} not counted; counted instead: {:?}", reason.label(), stats.nonzero_drops().collect::<Vec<_>>());
+        assert!(
+            stats.drops(reason) > 0,
+            "{} not counted; counted instead: {:?}",
+            reason.label(),
+            stats.nonzero_drops().collect::<Vec<_>>()
+        );
     }
 }
 
 #[test]
 fn every_drop_reason_has_a_scenario() {
     let covered: Vec<DropReason> = scenarios().into_iter().map(|(r, _)| r).collect();
-    let missing: Vec<&str> = DropReason::ALL.iter().filter(|r| !covered.contains(r)).map(|r| r.label()).collect();
-    assert!(missing.is_empty(), "drop reasons without a test: {missing:?}");
+    let missing: Vec<&str> = DropReason::ALL
+        .iter()
+        .filter(|r| !covered.contains(r))
+        .map(|r| r.label())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "drop reasons without a test: {missing:?}"
+    );
 }
 
 #[test]
@@ -229,7 +364,10 @@ fn arp_and_ping_are_answered() {
     s.handle_frame(Instant::ZERO, &arp(1, B_IP));
     let n = s.poll_transmit(Instant::ZERO, &mut buf).expect("ARP reply");
     let reply = tcpstack::wire::arp::ArpRepr::parse(&buf[14..n]).unwrap();
-    assert_eq!((reply.op, reply.sender_mac, reply.target_ip), (tcpstack::wire::arp::Operation::Reply, B_MAC, A_IP));
+    assert_eq!(
+        (reply.op, reply.sender_mac, reply.target_ip),
+        (tcpstack::wire::arp::Operation::Reply, B_MAC, A_IP)
+    );
     // Echo request with data; the reply carries the same id, sequence and data.
     let mut m = vec![0u8; 8 + 5];
     m[0] = 8;
@@ -238,10 +376,15 @@ fn arp_and_ping_are_answered() {
     let c = checksum::checksum(&m);
     m[2..4].copy_from_slice(&c.to_be_bytes());
     s.handle_frame(Instant::ZERO, &ip(ipv4::PROTO_ICMP, B_IP, &m, |_| {}));
-    let n = s.poll_transmit(Instant::ZERO, &mut buf).expect("echo reply");
+    let n = s
+        .poll_transmit(Instant::ZERO, &mut buf)
+        .expect("echo reply");
     let p = ipv4::Ipv4Packet::parse(&buf[14..n]).unwrap();
     let e = tcpstack::wire::icmp::IcmpPacket::parse(p.payload).unwrap();
-    assert_eq!((p.dst, e.kind, e.rest, e.data), (A_IP, 0, [0, 7, 0, 1], &b"hello"[..]));
+    assert_eq!(
+        (p.dst, e.kind, e.rest, e.data),
+        (A_IP, 0, [0, 7, 0, 1], &b"hello"[..])
+    );
 }
 
 #[test]

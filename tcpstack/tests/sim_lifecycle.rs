@@ -11,7 +11,11 @@ fn events(stack: &mut tcpstack::Stack) -> Vec<Event> {
 }
 
 /// Runs until `pred` holds for the collected events of (A, B).
-fn run_until(sim: &mut Sim, limit: Duration, mut pred: impl FnMut(&[Event], &[Event]) -> bool) -> (Vec<Event>, Vec<Event>) {
+fn run_until(
+    sim: &mut Sim,
+    limit: Duration,
+    mut pred: impl FnMut(&[Event], &[Event]) -> bool,
+) -> (Vec<Event>, Vec<Event>) {
     let mut ea = Vec::new();
     let mut eb = Vec::new();
     sim.run(limit, |s| {
@@ -41,16 +45,28 @@ fn active_close_by_client_enters_time_wait_then_expires() {
     let (a, b) = establish(&mut sim, 80);
     sim.a.write(a, b"bye").unwrap();
     sim.a.close(sim.now, a).unwrap();
-    let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |_, eb| eb.contains(&Event::PeerClosed(b)));
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |_, eb| {
+        eb.contains(&Event::PeerClosed(b))
+    });
     assert!(ea.is_empty(), "A waits in FIN-WAIT-2 for B's FIN: {ea:?}");
     let (data, eof) = read_all(&mut sim.b, b);
     assert_eq!((data.as_slice(), eof), (&b"bye"[..], true));
     sim.b.close(sim.now, b).unwrap();
-    run_until(&mut sim, Duration::from_secs(5), |ea, eb| eb.contains(&Event::Closed(b)) && ea.contains(&Event::Closed(a)));
-    assert_eq!(sim.a.time_wait_count(), 1, "the side that closed first holds TIME-WAIT");
+    run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+        eb.contains(&Event::Closed(b)) && ea.contains(&Event::Closed(a))
+    });
+    assert_eq!(
+        sim.a.time_wait_count(),
+        1,
+        "the side that closed first holds TIME-WAIT"
+    );
     assert_eq!(sim.b.time_wait_count(), 0);
     assert_eq!((sim.a.connection_count(), sim.b.connection_count()), (0, 0));
-    assert_eq!(sim.a.read(a, &mut [0u8; 4]), Err(Error::InvalidHandle), "handles die with the connection");
+    assert_eq!(
+        sim.a.read(a, &mut [0u8; 4]),
+        Err(Error::InvalidHandle),
+        "handles die with the connection"
+    );
     sim.advance(Duration::from_secs(61));
     assert_eq!(sim.a.time_wait_count(), 0, "TIME-WAIT expires after 2 MSL");
 }
@@ -61,23 +77,39 @@ fn server_closes_first() {
     let (a, b) = establish(&mut sim, 80);
     sim.b.write(b, b"response").unwrap();
     sim.b.close(sim.now, b).unwrap();
-    run_until(&mut sim, Duration::from_secs(5), |ea, _| ea.contains(&Event::PeerClosed(a)));
+    run_until(&mut sim, Duration::from_secs(5), |ea, _| {
+        ea.contains(&Event::PeerClosed(a))
+    });
     let (data, eof) = read_all(&mut sim.a, a);
     assert_eq!((data.as_slice(), eof), (&b"response"[..], true));
     sim.a.close(sim.now, a).unwrap();
-    run_until(&mut sim, Duration::from_secs(5), |ea, eb| ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b)));
+    run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+        ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b))
+    });
     assert_eq!(sim.b.time_wait_count(), 1);
     assert_eq!(sim.a.time_wait_count(), 0);
 }
 
 #[test]
 fn simultaneous_close_both_hold_time_wait() {
-    let mut sim = Sim::new(3, LinkConfig { delay: Duration::from_millis(10), ..Default::default() });
+    let mut sim = Sim::new(
+        3,
+        LinkConfig {
+            delay: Duration::from_millis(10),
+            ..Default::default()
+        },
+    );
     let (a, b) = establish(&mut sim, 80);
     sim.a.close(sim.now, a).unwrap();
     sim.b.close(sim.now, b).unwrap();
-    run_until(&mut sim, Duration::from_secs(5), |ea, eb| ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b)));
-    assert_eq!((sim.a.time_wait_count(), sim.b.time_wait_count()), (1, 1), "both went through CLOSING");
+    run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+        ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b))
+    });
+    assert_eq!(
+        (sim.a.time_wait_count(), sim.b.time_wait_count()),
+        (1, 1),
+        "both went through CLOSING"
+    );
 }
 
 #[test]
@@ -87,14 +119,20 @@ fn half_close_keeps_the_other_direction_open() {
     sim.a.write(a, b"request").unwrap();
     sim.a.shutdown_write(a).unwrap();
     assert_eq!(sim.a.write(a, b"more"), Err(Error::SendClosed));
-    run_until(&mut sim, Duration::from_secs(30), |_, eb| eb.contains(&Event::PeerClosed(b)));
+    run_until(&mut sim, Duration::from_secs(30), |_, eb| {
+        eb.contains(&Event::PeerClosed(b))
+    });
     let (req, eof) = read_all(&mut sim.b, b);
     assert_eq!((req.as_slice(), eof), (&b"request"[..], true));
     assert_eq!(sim.b.state(b).unwrap(), State::CloseWait);
-    sim.run(Duration::from_secs(30), |s| s.a.state(a).unwrap() == State::FinWait2);
+    sim.run(Duration::from_secs(30), |s| {
+        s.a.state(a).unwrap() == State::FinWait2
+    });
     // B keeps sending after A's FIN: a half-closed connection is still a pipe one way.
     transfer_b_to_a(&mut sim, a, b, 300_000);
-    run_until(&mut sim, Duration::from_secs(30), |ea, eb| ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b)));
+    run_until(&mut sim, Duration::from_secs(30), |ea, eb| {
+        ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b))
+    });
 }
 
 fn transfer_b_to_a(sim: &mut Sim, a: tcpstack::ConnId, b: tcpstack::ConnId, total: usize) {
@@ -111,7 +149,13 @@ fn connecting_to_a_closed_port_is_refused() {
     let mut sim = Sim::new(5, LinkConfig::default());
     let a = sim.a.connect(sim.now, addr(B_IP, 81)).unwrap();
     let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |ea, _| !ea.is_empty());
-    assert_eq!(ea, vec![Event::Reset { id: a, reason: ResetReason::Refused }]);
+    assert_eq!(
+        ea,
+        vec![Event::Reset {
+            id: a,
+            reason: ResetReason::Refused
+        }]
+    );
     assert_eq!(sim.b.stats().drops(DropReason::TcpNoConnection), 1);
     assert_eq!(sim.b.stats().get(Counter::RstsSent), 1);
     assert_eq!(sim.a.connection_count(), 0);
@@ -124,7 +168,13 @@ fn abort_resets_the_peer() {
     sim.a.abort(a).unwrap();
     let (ea, eb) = run_until(&mut sim, Duration::from_secs(5), |_, eb| !eb.is_empty());
     assert_eq!(ea, vec![Event::Closed(a)]);
-    assert_eq!(eb, vec![Event::Reset { id: b, reason: ResetReason::PeerReset }]);
+    assert_eq!(
+        eb,
+        vec![Event::Reset {
+            id: b,
+            reason: ResetReason::PeerReset
+        }]
+    );
     assert_eq!((sim.a.connection_count(), sim.b.connection_count()), (0, 0));
 }
 
@@ -133,10 +183,18 @@ fn closing_with_unread_data_resets() {
     let mut sim = Sim::new(7, LinkConfig::default());
     let (a, b) = establish(&mut sim, 80);
     sim.a.write(a, b"unread").unwrap();
-    run_until(&mut sim, Duration::from_secs(5), |_, eb| eb.contains(&Event::Readable(b)));
+    run_until(&mut sim, Duration::from_secs(5), |_, eb| {
+        eb.contains(&Event::Readable(b))
+    });
     sim.b.close(sim.now, b).unwrap();
     let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |ea, _| !ea.is_empty());
-    assert_eq!(ea, vec![Event::Reset { id: a, reason: ResetReason::PeerReset }]);
+    assert_eq!(
+        ea,
+        vec![Event::Reset {
+            id: a,
+            reason: ResetReason::PeerReset
+        }]
+    );
 }
 
 #[test]
@@ -146,19 +204,43 @@ fn blind_rst_in_window_gets_a_challenge_ack_and_is_ignored() {
     // Forge a RST from A's address with a sequence number inside B's window but not exact.
     let local = sim.a.local_addr(a).unwrap();
     let (rcv_nxt_b, _) = next_seq_pair(&mut sim, a, b);
-    let frame = forge(local, addr(B_IP, 80), rcv_nxt_b.wrapping_add(1000), 0, tcpstack::wire::tcp::Flags::RST);
+    let frame = forge(
+        local,
+        addr(B_IP, 80),
+        rcv_nxt_b.wrapping_add(1000),
+        0,
+        tcpstack::wire::tcp::Flags::RST,
+    );
     sim.b.handle_frame(sim.now, &frame);
     assert_eq!(sim.b.stats().get(Counter::ChallengeAcks), 1);
     assert_eq!(sim.b.state(b).unwrap(), State::Established);
     // A SYN on an established connection also only earns a challenge ACK (RFC 5961 §4).
-    let frame = forge(local, addr(B_IP, 80), rcv_nxt_b.wrapping_add(5), 0, tcpstack::wire::tcp::Flags::SYN);
+    let frame = forge(
+        local,
+        addr(B_IP, 80),
+        rcv_nxt_b.wrapping_add(5),
+        0,
+        tcpstack::wire::tcp::Flags::SYN,
+    );
     sim.b.handle_frame(sim.now, &frame);
     assert_eq!(sim.b.stats().get(Counter::ChallengeAcks), 2);
     // An exact-sequence RST does reset.
-    let frame = forge(local, addr(B_IP, 80), rcv_nxt_b, 0, tcpstack::wire::tcp::Flags::RST);
+    let frame = forge(
+        local,
+        addr(B_IP, 80),
+        rcv_nxt_b,
+        0,
+        tcpstack::wire::tcp::Flags::RST,
+    );
     sim.b.handle_frame(sim.now, &frame);
     let (_, eb) = run_until(&mut sim, Duration::from_secs(1), |_, eb| !eb.is_empty());
-    assert_eq!(eb, vec![Event::Reset { id: b, reason: ResetReason::PeerReset }]);
+    assert_eq!(
+        eb,
+        vec![Event::Reset {
+            id: b,
+            reason: ResetReason::PeerReset
+        }]
+    );
 }
 
 /// Sends one byte A→B and reads the sequence number B expects next from B's ACK.
@@ -166,34 +248,69 @@ fn next_seq_pair(sim: &mut Sim, a: tcpstack::ConnId, b: tcpstack::ConnId) -> (u3
     sim.record = Some(Vec::new());
     sim.a.set_nagle(a, false).unwrap();
     sim.a.write(a, b"x").unwrap();
-    run_until(sim, Duration::from_secs(1), |_, eb| eb.contains(&Event::Readable(b)));
+    run_until(sim, Duration::from_secs(1), |_, eb| {
+        eb.contains(&Event::Readable(b))
+    });
     sim.advance(Duration::from_millis(100));
     read_all(&mut sim.b, b);
     let rec = sim.record.take().unwrap();
-    let (_, f) = rec.iter().rev().find(|(to_b, f)| !to_b && f.len() > 34).expect("an ACK from B");
+    let (_, f) = rec
+        .iter()
+        .rev()
+        .find(|(to_b, f)| !to_b && f.len() > 34)
+        .expect("an ACK from B");
     let s = tcpstack::wire::tcp::Segment::parse(&f[34..], B_IP, A_IP).unwrap();
     (s.header.ack, s.header.seq)
 }
 
-fn forge(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, seq: u32, ack: u32, flags: tcpstack::wire::tcp::Flags) -> Vec<u8> {
+fn forge(
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    flags: tcpstack::wire::tcp::Flags,
+) -> Vec<u8> {
     use tcpstack::wire::{ethernet, ipv4, tcp};
-    let h = tcp::Header { src_port: src.port(), dst_port: dst.port(), seq, ack, flags, window: 1000, options: Default::default() };
+    let h = tcp::Header {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        seq,
+        ack,
+        flags,
+        window: 1000,
+        options: Default::default(),
+    };
     let mut f = vec![0u8; 14 + 20 + h.len()];
     ethernet::emit(&mut f, B_MAC, A_MAC, ethernet::ETHERTYPE_IPV4);
     h.emit(&mut f[34..]);
     tcp::fill_checksum(&mut f[34..], *src.ip(), *dst.ip());
-    ipv4::emit(&mut f[14..], *src.ip(), *dst.ip(), ipv4::PROTO_TCP, h.len(), 1);
+    ipv4::emit(
+        &mut f[14..],
+        *src.ip(),
+        *dst.ip(),
+        ipv4::PROTO_TCP,
+        h.len(),
+        1,
+    );
     f
 }
 
 #[test]
 fn simultaneous_open() {
-    let mut sim = Sim::new(9, LinkConfig { delay: Duration::from_millis(5), ..Default::default() });
+    let mut sim = Sim::new(
+        9,
+        LinkConfig {
+            delay: Duration::from_millis(5),
+            ..Default::default()
+        },
+    );
     let pa = addr(A_IP, 5000);
     let pb = addr(B_IP, 6000);
     let a = sim.a.connect_from(sim.now, pa, pb).unwrap();
     let b = sim.b.connect_from(sim.now, pb, pa).unwrap();
-    let (ea, eb) = run_until(&mut sim, Duration::from_secs(5), |ea, eb| !ea.is_empty() && !eb.is_empty());
+    let (ea, eb) = run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+        !ea.is_empty() && !eb.is_empty()
+    });
     assert_eq!(ea, vec![Event::Connected(a)]);
     assert_eq!(eb, vec![Event::Connected(b)]);
     transfer(&mut sim, a, b, 100_000, 1, Duration::from_secs(10));
@@ -209,7 +326,13 @@ fn syn_cookies_when_the_backlog_is_full() {
     assert_eq!(sim.b.stats().get(Counter::SynCookiesAccepted), 1);
     transfer(&mut sim, a, b, 1 << 20, 2, Duration::from_secs(60));
     // A forged ACK with a wrong cookie is refused with a RST.
-    let frame = forge(addr(A_IP, 4444), addr(B_IP, 80), 1, 12345, tcpstack::wire::tcp::Flags::ACK);
+    let frame = forge(
+        addr(A_IP, 4444),
+        addr(B_IP, 80),
+        1,
+        12345,
+        tcpstack::wire::tcp::Flags::ACK,
+    );
     sim.b.handle_frame(sim.now, &frame);
     assert_eq!(sim.b.stats().drops(DropReason::TcpSynCookieInvalid), 1);
 }
@@ -221,7 +344,13 @@ fn syn_retries_then_timeout() {
     let a = sim.a.connect(sim.now, addr(B_IP, 80)).unwrap();
     // The ARP request goes nowhere either; after the neighbour gives up, TCP still retries SYN.
     let (ea, _) = run_until(&mut sim, Duration::from_secs(600), |ea, _| !ea.is_empty());
-    assert_eq!(ea, vec![Event::Reset { id: a, reason: ResetReason::TimedOut }]);
+    assert_eq!(
+        ea,
+        vec![Event::Reset {
+            id: a,
+            reason: ResetReason::TimedOut
+        }]
+    );
     assert_eq!(sim.a.connection_count(), 0);
 }
 
@@ -243,11 +372,23 @@ fn zero_window_is_probed_until_the_reader_drains() {
         }
     }
     assert_eq!(written, 64 * 1024);
-    assert_eq!(sim.a.write(a, b"x"), Err(Error::WouldBlock), "backpressure: the send buffer is capped");
+    assert_eq!(
+        sim.a.write(a, b"x"),
+        Err(Error::WouldBlock),
+        "backpressure: the send buffer is capped"
+    );
     sim.advance(Duration::from_secs(30));
-    assert_eq!(sim.b.recv_available(b).unwrap(), 16 * 1024, "the receiver's buffer is full");
+    assert_eq!(
+        sim.b.recv_available(b).unwrap(),
+        16 * 1024,
+        "the receiver's buffer is full"
+    );
     assert!(sim.a.stats().get(Counter::ZeroWindowProbes) > 0);
-    assert_eq!(sim.a.state(a).unwrap(), State::Established, "probing is not a timeout");
+    assert_eq!(
+        sim.a.state(a).unwrap(),
+        State::Established,
+        "probing is not a timeout"
+    );
     // The reader drains; the rest flows and the writer is told it may write again.
     let mut got = 0;
     let mut writable = false;
@@ -266,7 +407,11 @@ fn zero_window_is_probed_until_the_reader_drains() {
 #[test]
 fn keepalive_detects_a_dead_peer() {
     let mut ca = stack_config(A_MAC, A_IP, 1);
-    ca.tcp.keepalive = Some(Keepalive { idle: Duration::from_secs(10), interval: Duration::from_secs(2), probes: 3 });
+    ca.tcp.keepalive = Some(Keepalive {
+        idle: Duration::from_secs(10),
+        interval: Duration::from_secs(2),
+        probes: 3,
+    });
     let mut sim = Sim::with_configs(13, LinkConfig::default(), ca, stack_config(B_MAC, B_IP, 2));
     let (a, _b) = establish(&mut sim, 80);
     // While the peer answers, keepalives keep the connection up.
@@ -275,7 +420,13 @@ fn keepalive_detects_a_dead_peer() {
     assert_eq!(sim.a.state(a).unwrap(), State::Established);
     sim.cut = true;
     let (ea, _) = run_until(&mut sim, Duration::from_secs(60), |ea, _| !ea.is_empty());
-    assert_eq!(ea, vec![Event::Reset { id: a, reason: ResetReason::KeepaliveTimeout }]);
+    assert_eq!(
+        ea,
+        vec![Event::Reset {
+            id: a,
+            reason: ResetReason::KeepaliveTimeout
+        }]
+    );
 }
 
 #[test]
@@ -297,9 +448,13 @@ fn time_wait_is_bounded() {
         });
         sim.a.close(sim.now, a).unwrap();
         let b = b.unwrap();
-        run_until(&mut sim, Duration::from_secs(5), |_, eb| eb.contains(&Event::PeerClosed(b)));
+        run_until(&mut sim, Duration::from_secs(5), |_, eb| {
+            eb.contains(&Event::PeerClosed(b))
+        });
         sim.b.close(sim.now, b).unwrap();
-        run_until(&mut sim, Duration::from_secs(5), |ea, _| ea.contains(&Event::Closed(a)));
+        run_until(&mut sim, Duration::from_secs(5), |ea, _| {
+            ea.contains(&Event::Closed(a))
+        });
     }
     assert_eq!(sim.a.time_wait_count(), 5);
     assert_eq!(sim.a.stats().get(Counter::TimeWaitEvicted), 3);
@@ -311,14 +466,20 @@ fn time_wait_tuple_is_reused_by_a_newer_syn() {
     let (a, b) = establish(&mut sim, 80);
     let pa = sim.a.local_addr(a).unwrap();
     sim.b.close(sim.now, b).unwrap();
-    run_until(&mut sim, Duration::from_secs(5), |ea, _| ea.contains(&Event::PeerClosed(a)));
+    run_until(&mut sim, Duration::from_secs(5), |ea, _| {
+        ea.contains(&Event::PeerClosed(a))
+    });
     sim.a.close(sim.now, a).unwrap();
-    run_until(&mut sim, Duration::from_secs(5), |ea, eb| ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b)));
+    run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+        ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b))
+    });
     assert_eq!(sim.b.time_wait_count(), 1);
     // A reconnects from the same port: its new ISN is later, so B reopens the tuple.
     sim.advance(Duration::from_secs(1));
     let a2 = sim.a.connect_from(sim.now, pa, addr(B_IP, 80)).unwrap();
-    let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |ea, eb| !ea.is_empty() && eb.iter().any(|e| matches!(e, Event::Accepted { .. })));
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+        !ea.is_empty() && eb.iter().any(|e| matches!(e, Event::Accepted { .. }))
+    });
     assert_eq!(ea, vec![Event::Connected(a2)]);
     assert_eq!(sim.b.stats().get(Counter::TimeWaitReused), 1);
 }

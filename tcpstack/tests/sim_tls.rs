@@ -21,15 +21,26 @@ fn ca(name: &str) -> Ca {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name.push(DnType::CommonName, name);
-    Ca { cert: p.self_signed(&key).unwrap(), key }
+    Ca {
+        cert: p.self_signed(&key).unwrap(),
+        key,
+    }
 }
 
-fn leaf(ca: &Ca, dns: &str, spiffe: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+fn leaf(
+    ca: &Ca,
+    dns: &str,
+    spiffe: &str,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec![dns.to_string()]).unwrap();
-    p.subject_alt_names.push(SanType::URI(spiffe.try_into().unwrap()));
+    p.subject_alt_names
+        .push(SanType::URI(spiffe.try_into().unwrap()));
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    (vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+    (
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -40,7 +51,10 @@ fn configs(server_ca: &Ca, client_ca: &Ca, trusted: &Ca) -> (Arc<ServerConfig>, 
     let mut roots = RootCertStore::empty();
     roots.add(trusted.cert.der().clone()).unwrap();
     let roots = Arc::new(roots);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider()).build().unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .unwrap();
     let (scert, skey) = leaf(server_ca, "reviews.mesh", "spiffe://corp.mesh/gateway/gw-b");
     let server = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -64,7 +78,9 @@ fn mutual_tls_handshake_and_data_over_a_lossy_link() {
     let (server_cfg, client_cfg) = configs(&root, &root, &root);
     let mut sim = Sim::new(21, LinkConfig::lossy(0.03));
     let (a, b) = establish(&mut sim, 15443);
-    let client = rustls::ClientConnection::new(client_cfg, ServerName::try_from("reviews.mesh").unwrap()).unwrap();
+    let client =
+        rustls::ClientConnection::new(client_cfg, ServerName::try_from("reviews.mesh").unwrap())
+            .unwrap();
     let server = rustls::ServerConnection::new(server_cfg).unwrap();
     let mut tc = TlsSession::new(a, client);
     let mut ts = TlsSession::new(b, server);
@@ -124,7 +140,9 @@ fn a_client_from_another_ca_is_refused() {
     let (server_cfg, client_cfg) = configs(&root, &other, &root);
     let mut sim = Sim::new(22, LinkConfig::default());
     let (a, b) = establish(&mut sim, 15443);
-    let client = rustls::ClientConnection::new(client_cfg, ServerName::try_from("reviews.mesh").unwrap()).unwrap();
+    let client =
+        rustls::ClientConnection::new(client_cfg, ServerName::try_from("reviews.mesh").unwrap())
+            .unwrap();
     let mut tc = TlsSession::new(a, client);
     let mut ts = TlsSession::new(b, rustls::ServerConnection::new(server_cfg).unwrap());
     let mut server_err = None;
@@ -144,7 +162,19 @@ fn a_client_from_another_ca_is_refused() {
         }
         server_err.is_some() && client_err.is_some()
     });
-    assert!(matches!(server_err, Some(TlsError::Tls(rustls::Error::InvalidCertificate(_)))), "{server_err:?}");
+    assert!(
+        matches!(
+            server_err,
+            Some(TlsError::Tls(rustls::Error::InvalidCertificate(_)))
+        ),
+        "{server_err:?}"
+    );
     // The server's alert reached the client.
-    assert!(matches!(client_err, Some(TlsError::Tls(rustls::Error::AlertReceived(_)))), "{client_err:?}");
+    assert!(
+        matches!(
+            client_err,
+            Some(TlsError::Tls(rustls::Error::AlertReceived(_)))
+        ),
+        "{client_err:?}"
+    );
 }

@@ -12,7 +12,11 @@ fn clean_link_small_transfer() {
     let mut sim = Sim::new(1, LinkConfig::default());
     let (a, b) = establish(&mut sim, 80);
     transfer(&mut sim, a, b, 1_000_000, 7, Duration::from_secs(60));
-    assert_eq!(sim.a.stats().get(Counter::Retransmits), 0, "no loss, no retransmits");
+    assert_eq!(
+        sim.a.stats().get(Counter::Retransmits),
+        0,
+        "no loss, no retransmits"
+    );
 }
 
 #[test]
@@ -21,11 +25,19 @@ fn transfer_64_mib_with_loss_reordering_duplication_and_corruption() {
     let (a, b) = establish(&mut sim, 80);
     transfer(&mut sim, a, b, 64 << 20, 11, Duration::from_secs(3600));
     assert!(sim.a.stats().get(Counter::Retransmits) > 0);
-    assert!(sim.a.stats().get(Counter::FastRetransmits) > 0, "loss is repaired by fast retransmit");
+    assert!(
+        sim.a.stats().get(Counter::FastRetransmits) > 0,
+        "loss is repaired by fast retransmit"
+    );
     assert!(sim.b.stats().get(Counter::OutOfOrderSegments) > 0);
-    let corrupt = sim.a.stats().drops(DropReason::TcpChecksum) + sim.b.stats().drops(DropReason::TcpChecksum)
-        + sim.a.stats().drops(DropReason::Ipv4Checksum) + sim.b.stats().drops(DropReason::Ipv4Checksum);
-    assert!(corrupt > 0, "corrupted frames are caught by checksums and counted");
+    let corrupt = sim.a.stats().drops(DropReason::TcpChecksum)
+        + sim.b.stats().drops(DropReason::TcpChecksum)
+        + sim.a.stats().drops(DropReason::Ipv4Checksum)
+        + sim.b.stats().drops(DropReason::Ipv4Checksum);
+    assert!(
+        corrupt > 0,
+        "corrupted frames are caught by checksums and counted"
+    );
 }
 
 #[test]
@@ -56,7 +68,10 @@ fn sack_blocks_are_reported_for_holes() {
         .filter_map(|(_, f)| tcpstack::wire::tcp::Segment::parse(&f[34..], B_IP, A_IP).ok())
         .filter(|s| !s.header.options.sack.is_empty())
         .count();
-    assert!(with_sack > 0, "B's ACKs carry SACK blocks while it holds out-of-order data");
+    assert!(
+        with_sack > 0,
+        "B's ACKs carry SACK blocks while it holds out-of-order data"
+    );
 }
 
 #[test]

@@ -113,8 +113,14 @@ mod tests {
         for i in 0..MAX_RANGES as u32 {
             assert!(a.add(Seq(100 + i * 10), Seq(105 + i * 10)));
         }
-        assert!(!a.add(Seq(1000), Seq(1001)), "a 17th disjoint range is refused");
-        assert!(a.add(Seq(105), Seq(107)), "growing an existing range is fine");
+        assert!(
+            !a.add(Seq(1000), Seq(1001)),
+            "a 17th disjoint range is refused"
+        );
+        assert!(
+            a.add(Seq(105), Seq(107)),
+            "growing an existing range is fine"
+        );
         let mut s = SackBlocks::default();
         a.sack_blocks(&mut s, 3);
         assert_eq!(s.as_slice()[0], (100, 107));

@@ -269,7 +269,13 @@ impl Conn {
     }
 
     /// A connection rebuilt from a valid SYN cookie: established, with only the MSS from the cookie.
-    pub fn from_cookie(cfg: &TcpConfig, p: ConnParams, ack: &Header, mss: u16, now: Instant) -> Conn {
+    pub fn from_cookie(
+        cfg: &TcpConfig,
+        p: ConnParams,
+        ack: &Header,
+        mss: u16,
+        now: Instant,
+    ) -> Conn {
         let mut c = Conn::new(cfg, p, State::Established, now);
         c.irs = Seq(ack.seq) - 1;
         c.rcv_nxt = Seq(ack.seq);
@@ -342,7 +348,10 @@ impl Conn {
     }
 
     fn can_send_state(&self) -> bool {
-        matches!(self.state, State::SynSent | State::SynReceived | State::Established | State::CloseWait)
+        matches!(
+            self.state,
+            State::SynSent | State::SynReceived | State::Established | State::CloseWait
+        )
     }
 
     /// End of stream: the peer's FIN arrived and every byte before it has been read.
@@ -351,7 +360,10 @@ impl Conn {
     }
 
     pub fn is_established(&self) -> bool {
-        !matches!(self.state, State::SynSent | State::SynReceived | State::Closed)
+        !matches!(
+            self.state,
+            State::SynSent | State::SynReceived | State::Closed
+        )
     }
 
     /// Copies received bytes out. The window may open: an update is sent when it grew enough
@@ -432,11 +444,26 @@ impl Conn {
 
     /// What the stack keeps in its TIME-WAIT table.
     pub fn time_wait_state(&self) -> (Seq, Seq, bool, u32, u32) {
-        (self.rcv_nxt, self.snd_nxt, self.ts_ok, self.ts_recent, self.ts_offset)
+        (
+            self.rcv_nxt,
+            self.snd_nxt,
+            self.ts_ok,
+            self.ts_recent,
+            self.ts_offset,
+        )
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.rto_at, self.delack_at, self.persist_at, self.keepalive_at, self.close_at].into_iter().flatten().min()
+        [
+            self.rto_at,
+            self.delack_at,
+            self.persist_at,
+            self.keepalive_at,
+            self.close_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn has_output(&self) -> bool {
@@ -676,7 +703,9 @@ impl Conn {
                 self.init_cwnd(ctx.cfg);
                 self.arm_keepalive(ctx.cfg, ctx.now);
                 ctx.stats.inc(Counter::ConnectionsAccepted);
-                ctx.events.push(ConnEvent::Established { passive: self.from_listener.is_some() });
+                ctx.events.push(ConnEvent::Established {
+                    passive: self.from_listener.is_some(),
+                });
                 if self.from_listener.is_none() {
                     ctx.stats.inc(Counter::ConnectionsConnected);
                 }
@@ -738,7 +767,8 @@ impl Conn {
         }
 
         // Our FIN acknowledged?
-        let fin_acked = self.fin_queued && self.snd_max == self.fin_seq() + 1 && ack == self.snd_max;
+        let fin_acked =
+            self.fin_queued && self.snd_max == self.fin_seq() + 1 && ack == self.snd_max;
         match self.state {
             State::FinWait1 if fin_acked => {
                 self.state = State::FinWait2;
@@ -763,7 +793,11 @@ impl Conn {
         self.sample_rtt(ctx.now, ack);
 
         // Release acknowledged bytes from the send ring (the SYN and FIN take no ring space).
-        let data_acked = if ack > self.send_head { (ack - self.send_head).min(self.send.len()) } else { 0 };
+        let data_acked = if ack > self.send_head {
+            (ack - self.send_head).min(self.send.len())
+        } else {
+            0
+        };
         self.send.consume(data_acked);
         self.send_head = self.send_head + data_acked;
         self.snd_una = ack;
@@ -777,7 +811,9 @@ impl Conn {
         if self.in_recovery {
             if ack >= self.recover {
                 // Full ACK (RFC 6582 §3.2 step 3).
-                self.cwnd = self.ssthresh.min(flight_before.saturating_sub(acked).max(smss) + smss);
+                self.cwnd = self
+                    .ssthresh
+                    .min(flight_before.saturating_sub(acked).max(smss) + smss);
                 self.in_recovery = false;
             } else {
                 // Partial ACK: retransmit the next hole, deflate by what was acked.
@@ -796,7 +832,11 @@ impl Conn {
         self.dupacks = 0;
 
         // RFC 6298 §5.2/5.3: stop the timer when all is acked, else restart it.
-        self.rto_at = if self.snd_una == self.snd_max { None } else { Some(ctx.now + self.rtt.rto()) };
+        self.rto_at = if self.snd_una == self.snd_max {
+            None
+        } else {
+            Some(ctx.now + self.rtt.rto())
+        };
 
         if self.write_blocked && self.send_free() > 0 {
             self.write_blocked = false;
@@ -994,7 +1034,9 @@ impl Conn {
             State::SynSent | State::SynReceived => ctx.cfg.syn_retries,
             _ => ctx.cfg.max_retransmits,
         };
-        if self.snd_una == self.snd_max && !matches!(self.state, State::SynSent | State::SynReceived) {
+        if self.snd_una == self.snd_max
+            && !matches!(self.state, State::SynSent | State::SynReceived)
+        {
             return;
         }
         self.retries += 1;
@@ -1074,7 +1116,10 @@ impl Conn {
     }
 
     fn syn_options(&self, h: &mut Header, now: Instant, cfg: &TcpConfig, synack: bool) {
-        h.options = Options { mss: Some(self.our_mss), ..Options::default() };
+        h.options = Options {
+            mss: Some(self.our_mss),
+            ..Options::default()
+        };
         if !synack {
             if cfg.window_scaling {
                 h.options.window_scale = Some(self.offered_shift);
@@ -1104,7 +1149,12 @@ impl Conn {
             h.options = Options::default();
             h.window = 0;
             ctx.stats.inc(Counter::RstsSent);
-            return Some(Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: false });
+            return Some(Outgoing {
+                header: h,
+                payload_offset: 0,
+                payload_len: 0,
+                is_rst: false,
+            });
         }
         if self.rst_now {
             self.rst_now = false;
@@ -1117,7 +1167,12 @@ impl Conn {
             self.keepalive_at = None;
             self.close_at = None;
             ctx.stats.inc(Counter::RstsSent);
-            return Some(Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: true });
+            return Some(Outgoing {
+                header: h,
+                payload_offset: 0,
+                payload_len: 0,
+                is_rst: true,
+            });
         }
         match self.state {
             State::Closed | State::TimeWait => {
@@ -1129,7 +1184,11 @@ impl Conn {
             State::SynSent | State::SynReceived => {
                 if self.snd_nxt == self.iss {
                     let synack = self.state == State::SynReceived;
-                    let flags = if synack { Flags::SYN | Flags::ACK } else { Flags::SYN };
+                    let flags = if synack {
+                        Flags::SYN | Flags::ACK
+                    } else {
+                        Flags::SYN
+                    };
                     let mut h = self.base_header(now, flags, self.iss);
                     self.syn_options(&mut h, now, ctx.cfg, synack);
                     if self.retries > 0 {
@@ -1142,7 +1201,12 @@ impl Conn {
                     if self.rto_at.is_none() {
                         self.rto_at = Some(now + self.rtt.rto());
                     }
-                    return Some(Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: false });
+                    return Some(Outgoing {
+                        header: h,
+                        payload_offset: 0,
+                        payload_len: 0,
+                        is_rst: false,
+                    });
                 }
                 if self.state == State::SynSent || !self.ack_now {
                     return None;
@@ -1179,15 +1243,21 @@ impl Conn {
             let completes = len == unsent;
             // Nagle (RFC 9293 §3.7.4): hold a small segment while data is unacknowledged,
             // unless it is the last piece before our FIN.
-            let nagle_hold =
-                self.nagle && len < smss && self.snd_nxt > self.snd_una && !(self.fin_queued && completes);
+            let nagle_hold = self.nagle
+                && len < smss
+                && self.snd_nxt > self.snd_una
+                && !(self.fin_queued && completes);
             if len > 0 && !nagle_hold {
                 return self.data_segment(ctx, self.snd_nxt, len, false);
             }
             if unsent == 0 && fin_unsent {
                 return self.data_segment(ctx, self.snd_nxt, 0, false);
             }
-            if len == 0 && self.snd_wnd == 0 && self.snd_nxt == self.snd_una && self.persist_at.is_none() {
+            if len == 0
+                && self.snd_wnd == 0
+                && self.snd_nxt == self.snd_una
+                && self.persist_at.is_none()
+            {
                 // Zero window with nothing in flight: probe later (RFC 9293 §3.8.6.1).
                 let backoff = 1u32 << self.persist_backoff.min(10);
                 self.persist_at = Some(now + (self.rtt.rto() * backoff).min(super::rtt::MAX_RTO));
@@ -1199,7 +1269,12 @@ impl Conn {
             ctx.stats.inc(Counter::KeepalivesSent);
             // RFC 9293 §3.8.4: SEG.SEQ = SND.NXT - 1 with no data elicits an ACK.
             let h = self.base_header(now, Flags::ACK, self.snd_una - 1);
-            return Some(Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: false });
+            return Some(Outgoing {
+                header: h,
+                payload_offset: 0,
+                payload_len: 0,
+                is_rst: false,
+            });
         }
 
         if self.ack_now {
@@ -1209,13 +1284,28 @@ impl Conn {
     }
 
     fn pure_ack(&mut self, now: Instant) -> Outgoing {
-        let seq = if self.state == State::TimeWait { self.snd_max } else { self.snd_nxt };
+        let seq = if self.state == State::TimeWait {
+            self.snd_max
+        } else {
+            self.snd_nxt
+        };
         let h = self.base_header(now, Flags::ACK, seq);
-        Outgoing { header: h, payload_offset: 0, payload_len: 0, is_rst: false }
+        Outgoing {
+            header: h,
+            payload_offset: 0,
+            payload_len: 0,
+            is_rst: false,
+        }
     }
 
     /// Builds a data (and possibly FIN) segment starting at `seq` with at most `max` bytes.
-    fn data_segment(&mut self, ctx: &mut Ctx, seq: Seq, max: usize, retransmit: bool) -> Option<Outgoing> {
+    fn data_segment(
+        &mut self,
+        ctx: &mut Ctx,
+        seq: Seq,
+        max: usize,
+        retransmit: bool,
+    ) -> Option<Outgoing> {
         let now = ctx.now;
         let end = self.send_head + self.send.len();
         let seq = seq.max(self.send_head);
@@ -1255,12 +1345,18 @@ impl Conn {
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rtt.rto());
         }
-        Some(Outgoing { header: h, payload_offset: seq - self.send_head, payload_len: len, is_rst: false })
+        Some(Outgoing {
+            header: h,
+            payload_offset: seq - self.send_head,
+            payload_len: len,
+            is_rst: false,
+        })
     }
 
     /// Copies the payload of `out` from the send ring into `dst`.
     pub fn copy_payload(&self, out: &Outgoing, dst: &mut [u8]) -> usize {
-        self.send.read_at(out.payload_offset, &mut dst[..out.payload_len])
+        self.send
+            .read_at(out.payload_offset, &mut dst[..out.payload_len])
     }
 
     /// Bytes of memory this connection holds beyond its two buffers.

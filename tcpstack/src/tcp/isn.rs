@@ -57,20 +57,41 @@ impl Secrets {
 
     /// A SYN cookie: 5 bits of time, 3 bits of MSS index, 24 bits of keyed hash over the
     /// 4-tuple, time and the peer's ISN.
-    pub fn cookie(&self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4, peer_isn: Seq, mss: u16) -> Seq {
+    pub fn cookie(
+        &self,
+        now: Instant,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        peer_isn: Seq,
+        mss: u16,
+    ) -> Seq {
         let t = now.as_micros() / 1_000_000 / COOKIE_TICK_SECS;
         let idx = COOKIE_MSS.iter().rposition(|&m| m <= mss).unwrap_or(0) as u32;
         Seq(self.cookie_with(t, idx, local, remote, peer_isn))
     }
 
-    fn cookie_with(&self, t: u64, idx: u32, local: SocketAddrV4, remote: SocketAddrV4, peer_isn: Seq) -> u32 {
+    fn cookie_with(
+        &self,
+        t: u64,
+        idx: u32,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        peer_isn: Seq,
+    ) -> u32 {
         let t5 = (t & 0x1f) as u32;
         let h = self.hash(3, local, remote, (t << 32) | peer_isn.0 as u64) as u32 & 0x00ff_ffff;
         (t5 << 27) | (idx << 24) | h
     }
 
     /// Checks a cookie returned as `ack - 1`; on success returns the MSS it carried.
-    pub fn check_cookie(&self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4, peer_isn: Seq, cookie: Seq) -> Option<u16> {
+    pub fn check_cookie(
+        &self,
+        now: Instant,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        peer_isn: Seq,
+        cookie: Seq,
+    ) -> Option<u16> {
         let now_t = now.as_micros() / 1_000_000 / COOKIE_TICK_SECS;
         let idx = (cookie.0 >> 24) & 0x7;
         for t in [now_t, now_t.wrapping_sub(1)] {
@@ -95,8 +116,20 @@ mod tests {
         let now = Instant::from_millis(1_000_000);
         let c = s.cookie(now, l, r, Seq(1234), 1460);
         assert_eq!(s.check_cookie(now, l, r, Seq(1234), c), Some(1460));
-        assert_eq!(s.check_cookie(now + std::time::Duration::from_secs(64), l, r, Seq(1234), c), Some(1460));
-        assert_eq!(s.check_cookie(now + std::time::Duration::from_secs(200), l, r, Seq(1234), c), None);
+        assert_eq!(
+            s.check_cookie(now + std::time::Duration::from_secs(64), l, r, Seq(1234), c),
+            Some(1460)
+        );
+        assert_eq!(
+            s.check_cookie(
+                now + std::time::Duration::from_secs(200),
+                l,
+                r,
+                Seq(1234),
+                c
+            ),
+            None
+        );
         assert_eq!(s.check_cookie(now, l, r, Seq(1235), c), None);
         let r2 = SocketAddrV4::new(*r.ip(), 40001);
         assert_eq!(s.check_cookie(now, l, r2, Seq(1234), c), None);
@@ -111,6 +144,9 @@ mod tests {
         let r2 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40001);
         let t = Instant::from_millis(5);
         assert_ne!(s.isn(t, l, r), s.isn(t, l, r2));
-        assert_eq!(s.isn(t + std::time::Duration::from_micros(400), l, r) - s.isn(t, l, r), 100);
+        assert_eq!(
+            s.isn(t + std::time::Duration::from_micros(400), l, r) - s.isn(t, l, r),
+            100
+        );
     }
 }

@@ -12,7 +12,12 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(cap: usize) -> Self {
-        Ring { buf: Vec::new(), cap, head: 0, len: 0 }
+        Ring {
+            buf: Vec::new(),
+            cap,
+            head: 0,
+            len: 0,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -112,10 +117,12 @@ mod tests {
         let mut out = Vec::new();
         let mut next = 0u8;
         for round in 0..50 {
-            let chunk: Vec<u8> = (0..(round % 5 + 1)).map(|_| {
-                next = next.wrapping_add(1);
-                next
-            }).collect();
+            let chunk: Vec<u8> = (0..(round % 5 + 1))
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
             let n = r.push(&chunk);
             next = next.wrapping_sub((chunk.len() - n) as u8);
             let mut dst = [0u8; 3];

@@ -19,7 +19,13 @@ pub struct RttEstimator {
 
 impl RttEstimator {
     pub fn new(min_rto: Duration) -> Self {
-        RttEstimator { srtt: None, rttvar: Duration::ZERO, rto: INITIAL_RTO, backoff: 0, min_rto }
+        RttEstimator {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto: INITIAL_RTO,
+            backoff: 0,
+            min_rto,
+        }
     }
 
     pub fn srtt(&self) -> Option<Duration> {
@@ -34,7 +40,7 @@ impl RttEstimator {
                 self.rttvar = r / 2;
             }
             Some(srtt) => {
-                let delta = if srtt > r { srtt - r } else { r - srtt };
+                let delta = srtt.abs_diff(r);
                 self.rttvar = self.rttvar * 3 / 4 + delta / 4;
                 self.srtt = Some(srtt * 7 / 8 + r / 8);
             }

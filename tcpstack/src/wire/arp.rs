@@ -37,9 +37,24 @@ impl ArpRepr {
             2 => Operation::Reply,
             _ => return Err(WireError::Unsupported),
         };
-        let mac = |o: usize| MacAddr([buf[o], buf[o + 1], buf[o + 2], buf[o + 3], buf[o + 4], buf[o + 5]]);
+        let mac = |o: usize| {
+            MacAddr([
+                buf[o],
+                buf[o + 1],
+                buf[o + 2],
+                buf[o + 3],
+                buf[o + 4],
+                buf[o + 5],
+            ])
+        };
         let ip = |o: usize| Ipv4Addr::new(buf[o], buf[o + 1], buf[o + 2], buf[o + 3]);
-        Ok(ArpRepr { op, sender_mac: mac(8), sender_ip: ip(14), target_mac: mac(18), target_ip: ip(24) })
+        Ok(ArpRepr {
+            op,
+            sender_mac: mac(8),
+            sender_ip: ip(14),
+            target_mac: mac(18),
+            target_ip: ip(24),
+        })
     }
 
     /// Writes the packet into `buf[..PACKET_LEN]`.

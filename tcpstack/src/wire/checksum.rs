@@ -58,7 +58,11 @@ mod tests {
     fn naive(data: &[u8]) -> u16 {
         let mut sum = 0u32;
         for pair in data.chunks(2) {
-            let w = if pair.len() == 2 { u16::from_be_bytes([pair[0], pair[1]]) } else { (pair[0] as u16) << 8 };
+            let w = if pair.len() == 2 {
+                u16::from_be_bytes([pair[0], pair[1]])
+            } else {
+                (pair[0] as u16) << 8
+            };
             sum += w as u32;
             sum = (sum & 0xffff) + (sum >> 16);
         }
@@ -67,7 +71,9 @@ mod tests {
 
     #[test]
     fn matches_naive_for_every_length() {
-        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for len in 0..data.len() {
             assert_eq!(checksum(&data[..len]), naive(&data[..len]), "len {len}");
         }
@@ -76,6 +82,9 @@ mod tests {
     #[test]
     fn rfc1071_example() {
         // RFC 1071 §3: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
     }
 }

@@ -25,7 +25,11 @@ impl MacAddr {
 impl core::fmt::Display for MacAddr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -45,11 +49,25 @@ impl<'a> Frame<'a> {
     }
 
     pub fn dst(&self) -> MacAddr {
-        MacAddr([self.buf[0], self.buf[1], self.buf[2], self.buf[3], self.buf[4], self.buf[5]])
+        MacAddr([
+            self.buf[0],
+            self.buf[1],
+            self.buf[2],
+            self.buf[3],
+            self.buf[4],
+            self.buf[5],
+        ])
     }
 
     pub fn src(&self) -> MacAddr {
-        MacAddr([self.buf[6], self.buf[7], self.buf[8], self.buf[9], self.buf[10], self.buf[11]])
+        MacAddr([
+            self.buf[6],
+            self.buf[7],
+            self.buf[8],
+            self.buf[9],
+            self.buf[10],
+            self.buf[11],
+        ])
     }
 
     pub fn ethertype(&self) -> u16 {

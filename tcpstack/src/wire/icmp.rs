@@ -24,7 +24,12 @@ impl<'a> IcmpPacket<'a> {
         if checksum::checksum(buf) != 0 {
             return Err(WireError::Checksum);
         }
-        Ok(IcmpPacket { kind: buf[0], code: buf[1], rest: [buf[4], buf[5], buf[6], buf[7]], data: &buf[HEADER_LEN..] })
+        Ok(IcmpPacket {
+            kind: buf[0],
+            code: buf[1],
+            rest: [buf[4], buf[5], buf[6], buf[7]],
+            data: &buf[HEADER_LEN..],
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -52,7 +52,14 @@ impl<'a> Ipv4Packet<'a> {
 }
 
 /// Writes a 20-byte IPv4 header (DF set, no options) for a payload of `payload_len` bytes.
-pub fn emit(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload_len: usize, ident: u16) {
+pub fn emit(
+    buf: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    payload_len: usize,
+    ident: u16,
+) {
     let total = (HEADER_LEN + payload_len) as u16;
     buf[0] = 0x45;
     buf[1] = 0;

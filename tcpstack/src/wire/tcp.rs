@@ -271,7 +271,10 @@ impl<'a> Segment<'a> {
             window: u16::from_be_bytes([buf[14], buf[15]]),
             options,
         };
-        Ok(Segment { header, payload: &buf[off..] })
+        Ok(Segment {
+            header,
+            payload: &buf[off..],
+        })
     }
 }
 
@@ -310,9 +313,26 @@ mod tests {
 
     #[test]
     fn syn_options_roundtrip() {
-        let options = Options { mss: Some(1460), window_scale: Some(7), sack_permitted: true, timestamp: Some((1, 0)), ..Default::default() };
+        let options = Options {
+            mss: Some(1460),
+            window_scale: Some(7),
+            sack_permitted: true,
+            timestamp: Some((1, 0)),
+            ..Default::default()
+        };
         assert_eq!(options.wire_len(), 20);
-        roundtrip(Header { src_port: 1, dst_port: 2, seq: 3, ack: 0, flags: Flags::SYN, window: 65535, options }, b"");
+        roundtrip(
+            Header {
+                src_port: 1,
+                dst_port: 2,
+                seq: 3,
+                ack: 0,
+                flags: Flags::SYN,
+                window: 65535,
+                options,
+            },
+            b"",
+        );
     }
 
     #[test]
@@ -321,15 +341,44 @@ mod tests {
         sack.push(100, 200);
         sack.push(300, 400);
         sack.push(500, 600);
-        let options = Options { timestamp: Some((7, 9)), sack, ..Default::default() };
+        let options = Options {
+            timestamp: Some((7, 9)),
+            sack,
+            ..Default::default()
+        };
         assert_eq!(options.wire_len(), 40);
-        roundtrip(Header { src_port: 80, dst_port: 4000, seq: u32::MAX, ack: 5, flags: Flags::ACK | Flags::PSH, window: 9, options }, b"hello");
+        roundtrip(
+            Header {
+                src_port: 80,
+                dst_port: 4000,
+                seq: u32::MAX,
+                ack: 5,
+                flags: Flags::ACK | Flags::PSH,
+                window: 9,
+                options,
+            },
+            b"hello",
+        );
     }
 
     #[test]
     fn every_prefix_of_a_segment_is_rejected_cleanly() {
-        let options = Options { mss: Some(1460), window_scale: Some(7), sack_permitted: true, timestamp: Some((1, 0)), ..Default::default() };
-        let h = Header { src_port: 1, dst_port: 2, seq: 3, ack: 0, flags: Flags::SYN, window: 65535, options };
+        let options = Options {
+            mss: Some(1460),
+            window_scale: Some(7),
+            sack_permitted: true,
+            timestamp: Some((1, 0)),
+            ..Default::default()
+        };
+        let h = Header {
+            src_port: 1,
+            dst_port: 2,
+            seq: 3,
+            ack: 0,
+            flags: Flags::SYN,
+            window: 65535,
+            options,
+        };
         let mut buf = vec![0u8; h.len() + 3];
         h.emit(&mut buf);
         fill_checksum(&mut buf, A, B);
@@ -340,7 +389,14 @@ mod tests {
 
     #[test]
     fn malformed_options_are_errors() {
-        for opts in [&[2u8, 3, 0, 0][..], &[8, 200, 0, 0], &[5, 3, 0, 0], &[3, 4, 1, 0], &[9, 1, 0, 0], &[2]] {
+        for opts in [
+            &[2u8, 3, 0, 0][..],
+            &[8, 200, 0, 0],
+            &[5, 3, 0, 0],
+            &[3, 4, 1, 0],
+            &[9, 1, 0, 0],
+            &[2],
+        ] {
             let mut buf = vec![0u8; 20];
             buf.extend_from_slice(opts);
             while buf.len() % 4 != 0 {
@@ -348,7 +404,11 @@ mod tests {
             }
             buf[12] = ((buf.len() / 4) as u8) << 4;
             fill_checksum(&mut buf, A, B);
-            assert_eq!(Segment::parse(&buf, A, B).unwrap_err(), WireError::Malformed, "{opts:?}");
+            assert_eq!(
+                Segment::parse(&buf, A, B).unwrap_err(),
+                WireError::Malformed,
+                "{opts:?}"
+            );
         }
     }
 
@@ -358,6 +418,13 @@ mod tests {
         buf[20..24].copy_from_slice(&[1, 3, 3, 20]);
         buf[12] = 6 << 4;
         fill_checksum(&mut buf, A, B);
-        assert_eq!(Segment::parse(&buf, A, B).unwrap().header.options.window_scale, Some(14));
+        assert_eq!(
+            Segment::parse(&buf, A, B)
+                .unwrap()
+                .header
+                .options
+                .window_scale,
+            Some(14)
+        );
     }
 }

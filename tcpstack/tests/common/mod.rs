@@ -45,7 +45,15 @@ impl Default for LinkConfig {
 
 impl LinkConfig {
     pub fn lossy(loss: f64) -> Self {
-        LinkConfig { loss, reorder: loss / 2.0, duplicate: loss / 4.0, corrupt: loss / 4.0, bandwidth: 1_000_000_000, delay: Duration::from_millis(1), ..Default::default() }
+        LinkConfig {
+            loss,
+            reorder: loss / 2.0,
+            duplicate: loss / 4.0,
+            corrupt: loss / 4.0,
+            bandwidth: 1_000_000_000,
+            delay: Duration::from_millis(1),
+            ..Default::default()
+        }
     }
 }
 
@@ -98,7 +106,12 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(seed: u64, link: LinkConfig) -> Sim {
-        Self::with_configs(seed, link, stack_config(A_MAC, A_IP, 1), stack_config(B_MAC, B_IP, 2))
+        Self::with_configs(
+            seed,
+            link,
+            stack_config(A_MAC, A_IP, 1),
+            stack_config(B_MAC, B_IP, 2),
+        )
     }
 
     pub fn with_configs(seed: u64, link: LinkConfig, a: StackConfig, b: StackConfig) -> Sim {
@@ -143,11 +156,14 @@ impl Sim {
             self.dropped += 1;
             return;
         }
-        let tx = if l.bandwidth == 0 { Duration::ZERO } else { Duration::from_nanos(frame.len() as u64 * 8 * 1_000_000_000 / l.bandwidth) };
+        let tx = (frame.len() as u64 * 8 * 1_000_000_000)
+            .checked_div(l.bandwidth)
+            .map_or(Duration::ZERO, Duration::from_nanos);
         self.next_free[dir] = start + tx;
         let mut at = start + tx + l.delay;
         if faults && self.rng.gen_bool(l.reorder) {
-            at += Duration::from_micros(self.rng.gen_range(0..=2 * l.delay.as_micros() as u64 + 100));
+            at +=
+                Duration::from_micros(self.rng.gen_range(0..=2 * l.delay.as_micros() as u64 + 100));
         }
         let mut frame = frame;
         if faults && self.rng.gen_bool(l.corrupt) {
@@ -156,10 +172,20 @@ impl Sim {
         }
         if faults && self.rng.gen_bool(l.duplicate) {
             self.order += 1;
-            self.queue.push(Reverse(InFlight { at: at + Duration::from_micros(10), order: self.order, to_b, frame: frame.clone() }));
+            self.queue.push(Reverse(InFlight {
+                at: at + Duration::from_micros(10),
+                order: self.order,
+                to_b,
+                frame: frame.clone(),
+            }));
         }
         self.order += 1;
-        self.queue.push(Reverse(InFlight { at, order: self.order, to_b, frame }));
+        self.queue.push(Reverse(InFlight {
+            at,
+            order: self.order,
+            to_b,
+            frame,
+        }));
     }
 
     /// Sends everything both stacks want to send and delivers what is due.
@@ -200,11 +226,18 @@ impl Sim {
             if pending.contains(&Some(Instant::ZERO)) {
                 continue;
             }
-            let next = pending.into_iter().flatten().chain(self.queue.peek().map(|Reverse(f)| f.at)).min();
+            let next = pending
+                .into_iter()
+                .flatten()
+                .chain(self.queue.peek().map(|Reverse(f)| f.at))
+                .min();
             match next {
                 Some(t) if t > end => panic!("virtual time limit reached at {:?}", self.now),
                 Some(t) => self.now = self.now.max(t),
-                None => panic!("simulation stalled at {:?}: nothing to send, no timer", self.now),
+                None => panic!(
+                    "simulation stalled at {:?}: nothing to send, no timer",
+                    self.now
+                ),
             }
         }
     }
@@ -218,7 +251,11 @@ impl Sim {
             if pending.contains(&Some(Instant::ZERO)) {
                 continue;
             }
-            let next = pending.into_iter().flatten().chain(self.queue.peek().map(|Reverse(f)| f.at)).min();
+            let next = pending
+                .into_iter()
+                .flatten()
+                .chain(self.queue.peek().map(|Reverse(f)| f.at))
+                .min();
             match next {
                 Some(t) if t <= end => self.now = self.now.max(t),
                 _ => {
@@ -238,7 +275,7 @@ pub fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 /// A deterministic byte stream: byte `i` depends only on `i` and the seed, so the sender and
 /// receiver can cut it into chunks of any size.
 pub struct Pattern {
-    seed: u64,
+    pub seed: u64,
     pub pos: u64,
 }
 
@@ -303,7 +340,10 @@ pub fn transfer(sim: &mut Sim, a: ConnId, b: ConnId, total: u64, seed: u64, limi
                 }
                 Ok(n) => {
                     rx.fill(&mut expect[..n]);
-                    assert!(buf[..n] == expect[..n], "byte mismatch at offset {received}");
+                    assert!(
+                        buf[..n] == expect[..n],
+                        "byte mismatch at offset {received}"
+                    );
                     received += n as u64;
                 }
                 Err(tcpstack::Error::WouldBlock) => return false,
@@ -338,9 +378,24 @@ pub fn establish(sim: &mut Sim, port: u16) -> (ConnId, ConnId) {
 }
 
 /// Builds an Ethernet frame carrying a TCP segment from `src` to `dst` (to B's MAC).
-pub fn forge_tcp(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, ack: u32, flags: tcpstack::wire::tcp::Flags, payload: &[u8]) -> Vec<u8> {
+pub fn forge_tcp(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    flags: tcpstack::wire::tcp::Flags,
+    payload: &[u8],
+) -> Vec<u8> {
     use tcpstack::wire::{ethernet, ipv4, tcp};
-    let h = tcp::Header { src_port: src.port(), dst_port: dst.port(), seq, ack, flags, window: 1000, options: Default::default() };
+    let h = tcp::Header {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        seq,
+        ack,
+        flags,
+        window: 1000,
+        options: Default::default(),
+    };
     let l4 = h.len() + payload.len();
     let mut f = vec![0u8; 14 + 20 + l4];
     ethernet::emit(&mut f, B_MAC, A_MAC, ethernet::ETHERTYPE_IPV4);
