@@ -16,6 +16,7 @@ use crate::wire::WireError;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 /// An IPv4 address with its prefix length, e.g. `10.10.1.1/24`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +207,7 @@ pub struct Stack {
     scratch_events: Vec<ConnEvent>,
     port_counter: u32,
     ip_ident: u16,
+    last_cookie_sent: Option<Instant>,
 }
 
 impl Stack {
@@ -229,6 +231,7 @@ impl Stack {
             scratch_events: Vec::new(),
             port_counter: 0,
             ip_ident: 0,
+            last_cookie_sent: None,
         }
     }
 
@@ -671,7 +674,12 @@ impl Stack {
             if h.flags.syn() && !h.flags.ack() {
                 return self.handle_syn(now, listener, local, remote, &h);
             }
-            if h.flags.ack() && !h.flags.syn() {
+            // Cookies are only checked while they are being sent (two cookie periods), which
+            // narrows a blind attacker's window for guessing one.
+            let cookies_live = self
+                .last_cookie_sent
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(128));
+            if h.flags.ack() && !h.flags.syn() && cookies_live {
                 let peer_isn = Seq(h.seq) - 1;
                 if let Some(mss) =
                     self.secrets
@@ -694,11 +702,15 @@ impl Stack {
                             self.with_conn(now, slot, |c, ctx| {
                                 c.handle_segment(ctx, &h, seg.payload)
                             });
+                        } else {
+                            self.after(slot);
                         }
                         return;
                     }
                 }
                 self.stats.drop(DropReason::TcpSynCookieInvalid);
+            } else {
+                self.stats.drop(DropReason::TcpNoConnection);
             }
         } else {
             self.stats.drop(DropReason::TcpNoConnection);
@@ -777,6 +789,7 @@ impl Stack {
                 },
             };
             self.stats.inc(Counter::SynCookiesSent);
+            self.last_cookie_sent = Some(now);
             return self.push_control(Control::Tcp {
                 local,
                 remote,
@@ -819,11 +832,15 @@ impl Stack {
                 return true;
             }
         }
-        if h.flags.fin() {
-            tw.deadline = now + self.cfg.tcp.time_wait;
-            self.time_wait_order.push_back((tw.deadline, tuple));
+        // Only the peer's own FIN, retransmitted, restarts the 2 MSL timer (RFC 9293 §3.10.7.4);
+        // re-queue at most once a second so FINs cannot grow the order queue.
+        if h.flags.fin() && Seq(h.seq) + payload_len + 1 == tw.rcv_nxt {
+            let deadline = now + self.cfg.tcp.time_wait;
+            if deadline.saturating_duration_since(tw.deadline) >= Duration::from_secs(1) {
+                tw.deadline = deadline;
+                self.time_wait_order.push_back((deadline, tuple));
+            }
         }
-        let _ = payload_len;
         let mut options = Options::default();
         if let Some((recent, off)) = tw.ts {
             options.timestamp = Some(((now.as_millis() as u32).wrapping_add(off), recent));

@@ -159,7 +159,6 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
                 b"",
             )),
         ),
-        (TcpSynCookieInvalid, one_frame(tcp_to_b(Flags::ACK, b""))),
     ];
     // A data offset below 5 words.
     let mut f = tcp_to_b(Flags::SYN, b"");
@@ -275,6 +274,17 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
         sim.a.write(a, b"late").unwrap();
         sim.advance(Duration::from_millis(100));
         out.push((TcpAfterClose, sim.b.stats().clone()));
+    }
+
+    // A bad cookie while cookies are being sent (backlog 0: every SYN gets one).
+    {
+        let mut cb = stack_config(B_MAC, B_IP, 2);
+        cb.syn_backlog = 0;
+        let mut s = Stack::new(cb);
+        s.listen(addr(B_IP, 80)).unwrap();
+        s.handle_frame(Instant::ZERO, &tcp_to_b(Flags::SYN, b""));
+        s.handle_frame(Instant::ZERO, &tcp_to_b(Flags::ACK, b""));
+        out.push((TcpSynCookieInvalid, s.stats().clone()));
     }
 
     // Connection cap.

@@ -135,6 +135,7 @@ pub struct Conn {
     delack_at: Option<Instant>,
     persist_at: Option<Instant>,
     persist_backoff: u32,
+    orphan_probes: u32,
     keepalive_at: Option<Instant>,
     keepalive_sent: u32,
     close_at: Option<Instant>,
@@ -230,6 +231,7 @@ impl Conn {
             delack_at: None,
             persist_at: None,
             persist_backoff: 0,
+            orphan_probes: 0,
             keepalive_at: None,
             keepalive_sent: 0,
             close_at: None,
@@ -402,8 +404,10 @@ impl Conn {
             return;
         }
         match self.state {
-            State::SynSent => self.state = State::Closed,
-            State::SynReceived | State::Established | State::CloseWait => self.fin_queued = true,
+            // RFC 9293 §3.10.4: in SYN-SENT/SYN-RECEIVED the FIN waits for ESTABLISHED.
+            State::SynSent | State::SynReceived | State::Established | State::CloseWait => {
+                self.fin_queued = true
+            }
             _ => {}
         }
     }
@@ -412,6 +416,10 @@ impl Conn {
     /// (RFC 9293 §3.10.4; RFC 2525 §2.17).
     pub fn close(&mut self, cfg: &TcpConfig, now: Instant) -> bool {
         self.user_closed = true;
+        if self.state == State::SynSent {
+            self.enter_closed();
+            return true;
+        }
         if !self.recv.is_empty() && self.is_established() {
             self.abort();
             return false;
@@ -426,7 +434,7 @@ impl Conn {
     /// Sends a RST (when synchronized) and ends the connection.
     pub fn abort(&mut self) {
         if matches!(self.state, State::SynSent | State::Closed | State::TimeWait) {
-            self.state = State::Closed;
+            self.enter_closed();
         } else {
             self.rst_now = true;
         }
@@ -590,7 +598,9 @@ impl Conn {
         }
 
         let wnd = self.window_to_advertise();
-        if !self.in_window(seq, seg_len, wnd) {
+        // A bare FIN at the left edge takes no buffer space: accept it even on a zero window.
+        let bare_fin = payload.is_empty() && h.flags.fin() && !h.flags.syn() && seq == self.rcv_nxt;
+        if !bare_fin && !self.in_window(seq, seg_len, wnd) {
             if !h.flags.rst() {
                 // Old duplicates and zero-window probes get an ACK (RFC 9293 §3.10.7.4).
                 if seq < self.rcv_nxt {
@@ -605,6 +615,10 @@ impl Conn {
             return;
         }
 
+        if h.flags.rst() && self.state == State::TimeWait {
+            // RFC 1337: TIME-WAIT ignores RSTs.
+            return;
+        }
         if h.flags.rst() {
             // RFC 5961 §3.2: reset only on an exact match, challenge otherwise.
             if seq == self.rcv_nxt {
@@ -737,6 +751,7 @@ impl Conn {
             && payload_len == 0
             && !h.flags.fin()
             && !window_changed
+            && window != 0
             && self.snd_max > self.snd_una
         {
             self.on_dup_ack(ctx);
@@ -777,7 +792,7 @@ impl Conn {
                 }
             }
             State::Closing if fin_acked => self.enter_time_wait(ctx),
-            State::LastAck if fin_acked => self.state = State::Closed,
+            State::LastAck if fin_acked => self.enter_closed(),
             _ => {}
         }
         true
@@ -969,18 +984,26 @@ impl Conn {
     }
 
     fn reset(&mut self, ctx: &mut Ctx, reason: ResetReason) {
+        self.enter_closed();
+        ctx.events.push(ConnEvent::Reset(reason));
+    }
+
+    /// CLOSED with every timer stopped.
+    fn enter_closed(&mut self) {
         self.state = State::Closed;
         self.rto_at = None;
         self.delack_at = None;
         self.persist_at = None;
         self.keepalive_at = None;
         self.close_at = None;
-        ctx.events.push(ConnEvent::Reset(reason));
     }
 
     fn arm_keepalive(&mut self, cfg: &TcpConfig, now: Instant) {
         if let Some(k) = &cfg.keepalive {
-            if self.is_established() {
+            if matches!(
+                self.state,
+                State::Established | State::CloseWait | State::FinWait1 | State::FinWait2
+            ) {
                 self.keepalive_at = Some(now + k.idle);
             }
         }
@@ -993,7 +1016,7 @@ impl Conn {
         if self.close_at.is_some_and(|t| t <= now) {
             self.close_at = None;
             if self.state == State::TimeWait || self.state == State::FinWait2 {
-                self.state = State::Closed;
+                self.enter_closed();
                 return;
             }
         }
@@ -1010,7 +1033,18 @@ impl Conn {
         }
         if self.persist_at.is_some_and(|t| t <= now) {
             self.persist_at = None;
-            if self.snd_wnd == 0 && self.unsent() > 0 {
+            let fin_unsent = self.fin_queued && self.snd_nxt <= self.fin_seq();
+            if self.snd_wnd == 0 && (self.unsent() > 0 || fin_unsent) {
+                // An application that closed cannot be held open forever by a peer that never
+                // opens its window (Linux bounds these with tcp_orphan_retries).
+                if self.user_closed {
+                    self.orphan_probes += 1;
+                    if self.orphan_probes > ctx.cfg.max_retransmits {
+                        ctx.stats.inc(Counter::RtoTimeouts);
+                        self.reset(ctx, ResetReason::TimedOut);
+                        return;
+                    }
+                }
                 self.probe_now = true;
                 self.persist_backoff = (self.persist_backoff + 1).min(10);
             }
@@ -1158,7 +1192,7 @@ impl Conn {
         }
         if self.rst_now {
             self.rst_now = false;
-            let mut h = self.base_header(now, Flags::RST | Flags::ACK, self.snd_nxt);
+            let mut h = self.base_header(now, Flags::RST | Flags::ACK, self.snd_max);
             h.options = Options::default();
             self.state = State::Closed;
             self.rto_at = None;
@@ -1250,7 +1284,7 @@ impl Conn {
             if len > 0 && !nagle_hold {
                 return self.data_segment(ctx, self.snd_nxt, len, false);
             }
-            if unsent == 0 && fin_unsent {
+            if unsent == 0 && fin_unsent && self.snd_wnd > 0 {
                 return self.data_segment(ctx, self.snd_nxt, 0, false);
             }
             if len == 0
@@ -1284,12 +1318,9 @@ impl Conn {
     }
 
     fn pure_ack(&mut self, now: Instant) -> Outgoing {
-        let seq = if self.state == State::TimeWait {
-            self.snd_max
-        } else {
-            self.snd_nxt
-        };
-        let h = self.base_header(now, Flags::ACK, seq);
+        // snd_max, not snd_nxt: after a timeout pulls snd_nxt back, the peer may already hold
+        // those bytes and would discard an ACK that starts below its window.
+        let h = self.base_header(now, Flags::ACK, self.snd_max);
         Outgoing {
             header: h,
             payload_offset: 0,
@@ -1310,19 +1341,22 @@ impl Conn {
         let end = self.send_head + self.send.len();
         let seq = seq.max(self.send_head);
         let avail = if seq < end { end - seq } else { 0 };
-        let len = avail.min(max);
-        let fin = self.fin_queued && seq + len == end;
-        if len == 0 && !fin {
+        if avail.min(max) == 0 && !(self.fin_queued && seq == end) {
             return None;
         }
-        let mut flags = Flags::ACK;
+        let mut h = self.base_header(now, Flags::ACK, seq);
+        // The MSS bounds data plus options (RFC 6691): SACK blocks shrink the payload.
+        let room = (self.peer_mss.min(self.our_mss) as usize)
+            .saturating_sub(h.options.wire_len())
+            .max(1);
+        let len = avail.min(max).min(room);
+        let fin = self.fin_queued && seq + len == end;
         if len > 0 && seq + len == end {
-            flags = flags | Flags::PSH;
+            h.flags = h.flags | Flags::PSH;
         }
         if fin {
-            flags = flags | Flags::FIN;
+            h.flags = h.flags | Flags::FIN;
         }
-        let h = self.base_header(now, flags, seq);
         let seg_end = seq + len + fin as usize;
         let is_rexmit = retransmit || seq < self.snd_max;
         if is_rexmit {
