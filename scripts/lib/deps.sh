@@ -1,0 +1,105 @@
+# shellcheck shell=bash
+# Shared by scripts/test.sh, scripts/demo.sh and scripts/rig.sh: what xdpmesh needs from Debian 12,
+# and how to install it when missing. Source it; it defines functions and variables only.
+
+# The one list of Debian packages the project needs.
+#   xsk-rs (AF_XDP) build:  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
+#   rig and network tests:  iproute2 (ip, nstat, ss) iputils-ping nftables ethtool procps (sysctl)
+#   traffic and servers:    iperf3 curl nginx-light tcpdump
+#   lint of these scripts:  shellcheck
+#   latency harness plots:  fonts-dejavu-core (plotters renders text with DejaVu Sans)
+XM_DEB_PACKAGES=(
+  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
+  iproute2 iputils-ping nftables ethtool procps
+  iperf3 curl nginx-light tcpdump
+  shellcheck fonts-dejavu-core
+)
+
+xm_log() { printf '%s\n' "$*" >&2; }
+
+xm_section() {
+  printf '\n==== %s ====\n' "$*"
+}
+
+xm_is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Prints the packages from XM_DEB_PACKAGES that are not installed (one line, space separated).
+xm_missing_packages() {
+  local missing=() p
+  for p in "${XM_DEB_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+      missing+=("$p")
+    fi
+  done
+  echo "${missing[*]}"
+}
+
+# Installs whatever is missing from XM_DEB_PACKAGES (needs root when something is missing).
+# nginx-light must not start a system nginx on port 80: the tests and the demo start their own
+# nginx inside the rig's namespaces. A policy-rc.d that refuses service starts is put in place for
+# the duration of the install only (unless the machine already has one).
+xm_install_deps() {
+  local missing
+  missing=$(xm_missing_packages)
+  if [ -z "$missing" ]; then
+    xm_log "deps: all Debian packages present"
+    return 0
+  fi
+  if ! xm_is_root; then
+    xm_log "deps: missing Debian packages: $missing"
+    xm_log "deps: run as root (sudo) so they can be installed"
+    return 1
+  fi
+  xm_log "deps: installing: $missing"
+  local policy=/usr/sbin/policy-rc.d own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# xdpmesh scripts/lib/deps.sh: no service starts during package install\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  local rc=0 try
+  # A mirror hiccup on a fresh machine should not fail the whole run: up to 3 tries.
+  for try in 1 2 3; do
+    rc=0
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    DEBIAN_FRONTEND=noninteractive apt-get update -q \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing \
+      || rc=$?
+    [ "$rc" -eq 0 ] && break
+    xm_log "deps: apt-get failed (exit $rc), try $try of 3"
+    sleep 5
+  done
+  if [ "$own_policy" -eq 1 ]; then rm -f "$policy"; fi
+  if [ "$rc" -ne 0 ]; then
+    xm_log "deps: apt-get failed (exit $rc)"
+    return "$rc"
+  fi
+  case " $missing " in
+    *" nginx-light "*)
+      # Where systemd runs, keep the packaged nginx from starting at boot and holding port 80.
+      if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now nginx >/dev/null 2>&1 || true
+      fi
+      ;;
+  esac
+  missing=$(xm_missing_packages)
+  if [ -n "$missing" ]; then
+    xm_log "deps: still missing after install: $missing"
+    return 1
+  fi
+}
+
+# rustfmt and clippy, added with rustup when missing.
+xm_install_rust_components() {
+  local want=()
+  cargo fmt --version >/dev/null 2>&1 || want+=(rustfmt)
+  cargo clippy --version >/dev/null 2>&1 || want+=(clippy)
+  if [ "${#want[@]}" -gt 0 ]; then
+    if ! command -v rustup >/dev/null 2>&1; then
+      xm_log "deps: cargo ${want[*]} missing and rustup not found"
+      return 1
+    fi
+    xm_log "deps: rustup component add ${want[*]}"
+    rustup component add "${want[@]}"
+  fi
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# The xdpmesh rig: four network namespaces joined by three veth pairs (DESIGN.md, "The rig").
+#
+#   xm-cli 10.10.1.2 ── 10.10.1.1 xm-gwa 10.10.2.1 ── 10.10.2.2 xm-gwb 10.10.3.1 ── 10.10.3.2 xm-srv
+#
+# Interface names are "<this namespace>-<peer namespace>":
+#   xm-cli: cli-gwa 10.10.1.2/24             default via 10.10.1.1
+#   xm-gwa: gwa-cli 10.10.1.1/24, gwa-gwb 10.10.2.1/24   10.10.3.0/24 via 10.10.2.2, ip_forward=1
+#   xm-gwb: gwb-gwa 10.10.2.2/24, gwb-srv 10.10.3.1/24   10.10.1.0/24 via 10.10.2.1, ip_forward=1
+#   xm-srv: srv-gwb 10.10.3.2/24             default via 10.10.3.1
+# Every veth end has `ethtool -K <if> tx off` (the kernel peer of a veth otherwise sends partial
+# checksums that a userspace stack would see as wrong) and IPv6 disabled (keeps captures and
+# AF_XDP queues free of router solicitations and MLD). Loopback is up in every namespace.
+# The direct path (client -> server by kernel forwarding) works whether or not gateways run.
+#
+# Usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] | stop
+#   up      create what is missing (idempotent)
+#   down    stop processes still running in the rig namespaces, delete them (idempotent)
+#   status  show the rig and ping xm-cli -> 10.10.3.2; exit 0 only when the direct path works
+#   mesh    start gateway A and B (not built yet: exits 2)
+#   stop    stop the gateways (not built yet: exits 2)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source-path=SCRIPTDIR source=lib/deps.sh
+. scripts/lib/deps.sh
+
+XM_NAMESPACES=(xm-cli xm-gwa xm-gwb xm-srv)
+
+# One line per veth pair: ns_a if_a addr_a ns_b if_b addr_b
+XM_LINKS=(
+  "xm-cli cli-gwa 10.10.1.2/24 xm-gwa gwa-cli 10.10.1.1/24"
+  "xm-gwa gwa-gwb 10.10.2.1/24 xm-gwb gwb-gwa 10.10.2.2/24"
+  "xm-gwb gwb-srv 10.10.3.1/24 xm-srv srv-gwb 10.10.3.2/24"
+)
+
+# One line per route: ns destination gateway
+XM_ROUTES=(
+  "xm-cli default 10.10.1.1"
+  "xm-gwa 10.10.3.0/24 10.10.2.2"
+  "xm-gwb 10.10.1.0/24 10.10.2.1"
+  "xm-srv default 10.10.3.1"
+)
+
+ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
+link_exists() { ip -n "$1" link show dev "$2" >/dev/null 2>&1; }
+
+need_root() {
+  if ! xm_is_root; then
+    xm_log "rig.sh $1: needs root (network namespaces): sudo scripts/rig.sh $1"
+    exit 1
+  fi
+}
+
+need_tools() {
+  local t missing=()
+  for t in ip ethtool sysctl ping; do
+    command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    xm_log "rig.sh: missing tools: ${missing[*]}; installing the project's Debian packages"
+    xm_install_deps
+  fi
+}
+
+setup_end() {
+  local ns=$1 ifname=$2 addr=$3
+  ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$ifname.disable_ipv6=1"
+  ip -n "$ns" addr replace "$addr" dev "$ifname"
+  ip netns exec "$ns" ethtool -K "$ifname" tx off >/dev/null
+  ip -n "$ns" link set "$ifname" up
+}
+
+rig_up() {
+  need_root up
+  need_tools
+  local ns line
+  for ns in "${XM_NAMESPACES[@]}"; do
+    ns_exists "$ns" || ip netns add "$ns"
+    ip -n "$ns" link set lo up
+  done
+  for line in "${XM_LINKS[@]}"; do
+    # shellcheck disable=SC2086
+    set -- $line
+    local ns_a=$1 if_a=$2 addr_a=$3 ns_b=$4 if_b=$5 addr_b=$6
+    if link_exists "$ns_a" "$if_a" && ! link_exists "$ns_b" "$if_b"; then
+      ip -n "$ns_a" link del "$if_a" # half a pair: start that pair again
+    fi
+    if ! link_exists "$ns_a" "$if_a"; then
+      ip -n "$ns_b" link del "$if_b" 2>/dev/null || true
+      ip link add "$if_a" netns "$ns_a" type veth peer name "$if_b" netns "$ns_b"
+    fi
+    setup_end "$ns_a" "$if_a" "$addr_a"
+    setup_end "$ns_b" "$if_b" "$addr_b"
+  done
+  ip netns exec xm-gwa sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec xm-gwb sysctl -qw net.ipv4.ip_forward=1
+  for line in "${XM_ROUTES[@]}"; do
+    # shellcheck disable=SC2086
+    set -- $line
+    ip -n "$1" route replace "$2" via "$3"
+  done
+  echo "rig up: xm-cli 10.10.1.2 -- 10.10.1.1 xm-gwa 10.10.2.1 -- 10.10.2.2 xm-gwb 10.10.3.1 -- 10.10.3.2 xm-srv"
+}
+
+# Processes still inside a namespace would keep it alive after `ip netns del`; the rig's
+# namespaces hold only what was started for the rig (servers, gateways), so they are stopped.
+stop_ns_pids() {
+  local ns=$1 pids deadline
+  pids=$(ip netns pids "$ns" 2>/dev/null || true)
+  [ -z "$pids" ] && return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  deadline=$((SECONDS + 5))
+  while [ -n "$(ip netns pids "$ns" 2>/dev/null || true)" ] && [ "$SECONDS" -lt "$deadline" ]; do
+    sleep 0.1
+  done
+  pids=$(ip netns pids "$ns" 2>/dev/null || true)
+  if [ -n "$pids" ]; then
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+  fi
+}
+
+rig_down() {
+  need_root down
+  local ns
+  for ns in "${XM_NAMESPACES[@]}"; do
+    if ns_exists "$ns"; then
+      stop_ns_pids "$ns"
+      ip netns del "$ns"
+    fi
+  done
+  echo "rig down"
+}
+
+rig_status() {
+  need_root status
+  local ns present=0 rc=0
+  for ns in "${XM_NAMESPACES[@]}"; do
+    if ns_exists "$ns"; then present=$((present + 1)); fi
+  done
+  if [ "$present" -eq 0 ]; then
+    echo "rig is down (no xm-* namespaces)"
+    return 1
+  fi
+  for ns in "${XM_NAMESPACES[@]}"; do
+    if ! ns_exists "$ns"; then
+      echo "$ns: MISSING"
+      rc=1
+      continue
+    fi
+    echo "$ns: forwarding=$(ip netns exec "$ns" sysctl -n net.ipv4.ip_forward)"
+    { ip -n "$ns" -br addr show | grep -v '^lo ' || true; } | sed 's/^/  /'
+    ip -n "$ns" route show | sed 's/^/  route: /'
+  done
+  local line
+  for line in "${XM_LINKS[@]}"; do
+    # shellcheck disable=SC2086
+    set -- $line
+    if ns_exists "$1" && ! link_exists "$1" "$2"; then echo "$1: link $2 MISSING"; rc=1; fi
+    if ns_exists "$4" && ! link_exists "$4" "$5"; then echo "$4: link $5 MISSING"; rc=1; fi
+  done
+  if [ "$rc" -ne 0 ]; then
+    echo "rig is incomplete: run scripts/rig.sh up"
+    return 1
+  fi
+  echo "ping xm-cli -> 10.10.3.2 (direct path, kernel forwarding):"
+  if ip netns exec xm-cli ping -c 1 -W 2 10.10.3.2 | sed 's/^/  /'; then
+    echo "direct path: OK"
+  else
+    echo "direct path: FAILED"
+    return 1
+  fi
+}
+
+not_built() {
+  echo "rig.sh $1: the mesh is not built yet (the xdpmesh gateways do not exist; see README, Status)." >&2
+  exit 2
+}
+
+case "${1:-}" in
+  up) rig_up ;;
+  down) rig_down ;;
+  status) rig_status ;;
+  mesh) not_built mesh ;;
+  stop) not_built stop ;;
+  *)
+    echo "usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] | stop" >&2
+    exit 64
+    ;;
+esac

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# xdpmesh's test entry point (README; .ci/run execs it). Run as root on Debian 12:
+#   sudo scripts/test.sh
+# 1. installs missing Debian packages (scripts/lib/deps.sh) and the rustfmt/clippy components;
+# 2. shellcheck of the scripts; cargo fmt --check, cargo clippy -D warnings, cargo test for the
+#    whole workspace;
+# 3. a smoke check of the veth rig (scripts/rig.sh);
+# 4. scripts/fuzz.sh when it exists and is executable.
+# Tests that need root (network namespaces, TAP, veth) skip with a message when not root, except
+# when CI=true or XDPMESH_REQUIRE_ROOT_TESTS=1: then they must run, and fail when they cannot.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source-path=SCRIPTDIR source=lib/deps.sh
+. scripts/lib/deps.sh
+
+started=$SECONDS
+step() {
+  xm_section "$* ($((SECONDS - started)) s)"
+}
+
+if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then
+  export XDPMESH_REQUIRE_ROOT_TESTS=1
+fi
+if [ "${XDPMESH_REQUIRE_ROOT_TESTS:-0}" = "1" ] && ! xm_is_root; then
+  xm_log "test.sh: root-only tests are required (CI=true or XDPMESH_REQUIRE_ROOT_TESTS=1) but this is not root"
+  exit 1
+fi
+if ! xm_is_root; then
+  xm_log "test.sh: not root: tests that need network namespaces will be skipped (run: sudo scripts/test.sh)"
+fi
+
+step "dependencies"
+xm_install_deps
+xm_install_rust_components
+cargo --version
+rustc --version
+
+step "shellcheck scripts"
+shellcheck -x scripts/*.sh scripts/lib/*.sh .ci/run
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test --workspace --all-targets"
+cargo test --workspace --all-targets --locked
+
+step "rig smoke check (scripts/rig.sh)"
+if ! xm_is_root; then
+  echo "skipped: scripts/rig.sh needs root"
+elif ip netns list | awk '{print $1}' | grep -qx xm-cli; then
+  # Someone's rig is up: look, do not touch.
+  bash scripts/rig.sh status
+else
+  rig_rc=0
+  bash scripts/rig.sh up || rig_rc=$?
+  if [ "$rig_rc" -eq 0 ]; then bash scripts/rig.sh status || rig_rc=$?; fi
+  bash scripts/rig.sh down
+  [ "$rig_rc" -eq 0 ]
+fi
+
+if [ -x scripts/fuzz.sh ]; then
+  step "scripts/fuzz.sh"
+  bash scripts/fuzz.sh
+fi
+
+step "all checks passed"
