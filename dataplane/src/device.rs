@@ -1,0 +1,65 @@
+//! A device-like view of one interface queue: receive a batch of frames, transmit a
+//! batch, and the fixed facts about the queue.
+//!
+//! Frames are Ethernet II frames without FCS. Nothing is allocated per frame:
+//! received frames are lent to a callback straight from the backend's buffers
+//! (for AF_XDP, the UMEM) and recycled when the callback returns; frames to send
+//! are written by a callback straight into the backend's transmit buffers.
+//!
+//! Call order in a worker loop:
+//! ```text
+//! loop {
+//!     dev.receive(batch, |frame| stack.handle_frame(now, frame));
+//!     dev.transmit(batch, |buf| stack.poll_transmit(now, buf));
+//!     if idle for a while { dev.wait(timeout) }   // sleeps in poll(2)
+//! }
+//! ```
+//! Backends: [`crate::xdp::XskDevice`] (AF_XDP).
+
+use std::io;
+use std::time::Duration;
+
+/// Fixed facts about a device queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Largest frame (Ethernet header included, FCS excluded) that can be sent or
+    /// received: the smaller of one buffer and the interface MTU plus 14.
+    pub max_frame: usize,
+    /// The interface MTU (largest IPv4 packet), as the kernel reports it.
+    pub mtu: usize,
+    /// The interface queue this device is bound to.
+    pub queue_id: u32,
+    /// The interface's MAC address: the source of the frames we send.
+    pub mac: [u8; 6],
+    /// Largest number of frames one `receive` or `transmit` call handles.
+    pub batch: usize,
+}
+
+/// One interface queue that moves whole frames in batches.
+pub trait Device {
+    /// The queue's fixed facts.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Hands each waiting frame to `on_frame`, at most `max` of them (capped at
+    /// `capabilities().batch`), and returns how many. The slice is valid only
+    /// during the call: its buffer goes back to the backend afterwards. Never
+    /// blocks; `Ok(0)` means nothing was waiting.
+    fn receive<F: FnMut(&[u8])>(&mut self, max: usize, on_frame: F) -> io::Result<usize>;
+
+    /// Sends up to `max` frames (capped at `capabilities().batch`) as one batch,
+    /// with at most one kernel wakeup. `fill` gets an empty buffer of
+    /// `capabilities().max_frame` bytes, writes one frame at its start and returns
+    /// its length, or `None` when it has nothing more to send (that buffer is not
+    /// sent). A length of 0 or above the buffer is a caller bug: that frame is
+    /// dropped and counted. Returns how many frames were queued; fewer than asked
+    /// while every transmit buffer is in flight (backpressure: call again later).
+    fn transmit<F: FnMut(&mut [u8]) -> Option<usize>>(
+        &mut self,
+        max: usize,
+        fill: F,
+    ) -> io::Result<usize>;
+
+    /// Sleeps until a frame may be waiting or `timeout` passes; returns whether
+    /// the device reported frames. For idle loops: spin on `receive` first.
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool>;
+}
