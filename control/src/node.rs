@@ -1,0 +1,197 @@
+//! The node file: what this machine is and where its tables are.
+//!
+//! ```toml
+//! [node]
+//! name = "gw-a"
+//! tables = "tables.toml"           # relative to this file; watched for changes
+//! admin = "127.0.0.1:9901"         # default; a non-loopback address needs admin_token_file
+//! admin_token_file = "admin.token" # bearer token for write endpoints; optional on loopback
+//!
+//! [[interface]]                    # hw-config's; handed on undecoded (see NodeConfig::interfaces)
+//! name = "eth1"
+//! ```
+//!
+//! `control` owns `[node]` only. `[[interface]]` entries belong to hw-config: they
+//! are accepted here as opaque spanned trees ([`tree::Node`]) and handed on in
+//! [`NodeConfig::interfaces`], to be decoded with [`crate::de::decode`] (which gives
+//! their errors positions in the same file). Any other top-level key is an error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::de::{self, Sp};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::source::Source;
+use crate::tree::{self, Value};
+
+/// Default admin address: loopback only.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    node: Sp<NodeSection>,
+    /// Checked by hw-config, not here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    interface: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    name: Sp<String>,
+    tables: Sp<String>,
+    #[serde(default)]
+    admin: Option<Sp<String>>,
+    #[serde(default)]
+    admin_token_file: Option<Sp<String>>,
+}
+
+/// A checked node file.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub source: Source,
+    pub path: PathBuf,
+    pub name: String,
+    /// Resolved against the node file's directory.
+    pub tables: PathBuf,
+    pub admin: SocketAddr,
+    /// The bearer token write endpoints require; required when `admin` is not loopback.
+    pub admin_token: Option<String>,
+    /// The `[[interface]]` entries, undecoded, for hw-config.
+    pub interfaces: Vec<tree::Node>,
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Read and check a node file (not the tables it names: see [`crate::check::check_node`]).
+pub fn load(path: &Path) -> Result<NodeConfig, Diagnostics> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic::whole_file(
+            &name,
+            format!("cannot read node file: {e}"),
+        )])
+    })?;
+    parse(
+        Source::new(name, text),
+        path.parent().unwrap_or(Path::new(".")),
+    )
+}
+
+/// Check node-file text; `base_dir` resolves relative paths in it.
+pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
+    let root = tree::parse(&src).map_err(|d| Diagnostics(vec![d]))?;
+    let file: NodeFile = de::decode(&src, &root, "").map_err(Diagnostics)?;
+    let mut errors = Vec::new();
+    let n = &file.node;
+
+    let admin = match &n.admin {
+        None => DEFAULT_ADMIN.parse().ok(),
+        Some(a) => match a.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.push(
+                    Diagnostic::at(
+                        &src,
+                        &a.span,
+                        "node.admin",
+                        format!("\"{}\" is not an IP:PORT address", **a),
+                    )
+                    .hint(format!("e.g. \"{DEFAULT_ADMIN}\"")),
+                );
+                None
+            }
+        },
+    };
+    let admin_token = match &n.admin_token_file {
+        None => None,
+        Some(f) => {
+            let p = resolve(base_dir, f);
+            match std::fs::read_to_string(&p) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    errors.push(
+                        Diagnostic::at(
+                            &src,
+                            &f.span,
+                            "node.admin_token_file",
+                            format!("token file \"{}\" is empty", p.display()),
+                        )
+                        .hint(
+                            "put a long random token in it, e.g. head -c 32 /dev/urandom | base64",
+                        ),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errors.push(
+                        Diagnostic::at(
+                            &src,
+                            &f.span,
+                            "node.admin_token_file",
+                            format!("cannot read token file \"{}\": {e}", p.display()),
+                        )
+                        .hint("check the path and permissions"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    if let Some(a) = admin {
+        if !a.ip().is_loopback() && n.admin_token_file.is_none() {
+            let span = n.admin.as_ref().map_or(n.span.clone(), |a| a.span.clone());
+            errors.push(
+                Diagnostic::at(
+                    &src,
+                    &span,
+                    "node.admin",
+                    format!("admin API on non-loopback {a} needs a bearer token"),
+                )
+                .hint("add admin_token_file = \"PATH\", or bind 127.0.0.1"),
+            );
+        }
+    }
+    if n.name.is_empty() {
+        errors.push(Diagnostic::at(
+            &src,
+            &n.name.span,
+            "node.name",
+            "name is empty",
+        ));
+    }
+    if n.tables.is_empty() {
+        errors.push(
+            Diagnostic::at(&src, &n.tables.span, "node.tables", "tables path is empty")
+                .hint("e.g. tables = \"tables.toml\""),
+        );
+    }
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+    let interfaces = match root.get("interface").map(|e| &e.node.value) {
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    Ok(NodeConfig {
+        path: PathBuf::from(&src.name),
+        name: n.name.value.clone(),
+        tables: resolve(base_dir, &n.tables),
+        admin: admin.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
+        admin_token,
+        interfaces,
+        source: src,
+    })
+}

@@ -1,0 +1,415 @@
+//! The mesh tables as written in `tables.toml`.
+//!
+//! Every struct denies unknown keys: nothing is accepted that does nothing. Defaults
+//! are stated on each field. Values that need parsing (addresses, CIDRs, regexes,
+//! SPIFFE IDs) are kept as written here, with their spans, and checked by
+//! [`crate::validate`], which can then point at them.
+//!
+//! ```toml
+//! [[identity]]                      # a workload this gateway speaks for
+//! id = "spiffe://corp.mesh/sa/checkout"
+//! sources = ["10.10.1.0/24"]
+//! cert = "ids/checkout/cert.pem"    # relative to the tables file
+//! key = "ids/checkout/key.pem"
+//!
+//! [[peer]]
+//! name = "gw-b"
+//! address = "10.10.2.2:15443"
+//! identity = "spiffe://corp.mesh/gateway/gw-b"
+//!
+//! [[listener]]
+//! name = "apps"
+//! bind = "10.10.1.1:80"
+//! protocol = "http"
+//!
+//! [[service]]
+//! name = "reviews"
+//! endpoints = [ { address = "10.10.3.2:8080", via = "gw-b", labels = { version = "v1" } } ]
+//! load_balancer = "p2c-ewma"
+//!
+//! [[route]]
+//! service = "reviews"
+//! match = { path = { prefix = "/api" }, headers = { city = "berlin" } }
+//! backends = [ { labels = { version = "v1" }, weight = 100 } ]
+//!
+//! [[authorization]]
+//! service = "reviews"
+//! allow = ["spiffe://corp.mesh/sa/checkout"]
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::de::Sp;
+
+/// A whole tables file. Every section is optional and defaults to empty.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tables {
+    #[serde(default, rename = "identity", skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<Sp<Identity>>,
+    #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Sp<Peer>>,
+    #[serde(default, rename = "listener", skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Sp<Listener>>,
+    #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Sp<Service>>,
+    #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Sp<Route>>,
+    #[serde(
+        default,
+        rename = "authorization",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub authorizations: Vec<Sp<Authorization>>,
+}
+
+impl Tables {
+    /// TOML in the layout of the examples: one `[[section]]` per entry, everything
+    /// inside an entry written inline.
+    pub fn to_toml(&self) -> String {
+        // Serializing plain structs of strings, numbers and maps cannot fail.
+        let text = toml::to_string(self).unwrap_or_default();
+        let Ok(mut doc) = text.parse::<toml_edit::DocumentMut>() else {
+            return text;
+        };
+        for (_, item) in doc.iter_mut() {
+            if let Some(entries) = item.as_array_of_tables_mut() {
+                for t in entries.iter_mut() {
+                    for (mut k, v) in t.iter_mut() {
+                        if v.is_table() || v.is_array_of_tables() {
+                            k.leaf_decor_mut().set_suffix(" ");
+                        }
+                        inline(v);
+                    }
+                }
+            }
+        }
+        doc.to_string()
+    }
+}
+
+/// Turn a (sub)table or array of tables into an inline table or array of them.
+fn inline(item: &mut toml_edit::Item) {
+    use toml_edit::{Item, Value};
+    let taken = std::mem::take(item);
+    *item = match taken {
+        Item::Table(t) => {
+            let mut it = t.into_inline_table();
+            for (_, v) in it.iter_mut() {
+                inline_value(v);
+            }
+            Item::Value(Value::InlineTable(it))
+        }
+        Item::ArrayOfTables(a) => {
+            let mut arr = a.into_array();
+            for v in arr.iter_mut() {
+                inline_value(v);
+            }
+            Item::Value(Value::Array(arr))
+        }
+        Item::Value(mut v) => {
+            inline_value(&mut v);
+            Item::Value(v)
+        }
+        Item::None => Item::None,
+    };
+}
+
+fn inline_value(v: &mut toml_edit::Value) {
+    match v {
+        toml_edit::Value::InlineTable(t) => {
+            for (_, x) in t.iter_mut() {
+                inline_value(x);
+            }
+        }
+        toml_edit::Value::Array(a) => {
+            for x in a.iter_mut() {
+                inline_value(x);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A workload identity this gateway holds a certificate for. Outbound connections
+/// from `sources` are originated with this identity.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// SPIFFE ID, `spiffe://trust-domain/path`; must equal the certificate's URI SAN.
+    pub id: Sp<String>,
+    /// Source CIDRs this identity speaks for (longest prefix wins). Default: none,
+    /// e.g. for the gateway's own identity on a mesh listener.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Sp<String>>,
+    /// PEM certificate chain, leaf first; relative paths are relative to the tables file.
+    pub cert: Sp<String>,
+    /// PEM PKCS#8 private key matching the leaf certificate.
+    pub key: Sp<String>,
+}
+
+/// Another gateway.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub name: Sp<String>,
+    /// `IP:PORT` of its mesh listener.
+    pub address: Sp<String>,
+    /// The SPIFFE ID its certificate must carry.
+    pub identity: Sp<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Plain TCP, forwarded to `service`.
+    Tcp,
+    /// HTTP/1.1, routed per request by Host and the route table.
+    Http,
+    /// mTLS from peer gateways; SNI names the service; serves `identity`'s certificate.
+    Mesh,
+    /// TLS from outside the mesh, terminated with `identity`'s certificate, then routed as HTTP.
+    IngressTls,
+    /// Test kind: echoes bytes back.
+    Echo,
+    /// Test kind: reads and discards.
+    Sink,
+    /// Test kind: answers every HTTP request with 200 OK.
+    HttpOk,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 7] = [
+        Protocol::Tcp,
+        Protocol::Http,
+        Protocol::Mesh,
+        Protocol::IngressTls,
+        Protocol::Echo,
+        Protocol::Sink,
+        Protocol::HttpOk,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Mesh => "mesh",
+            Protocol::IngressTls => "ingress-tls",
+            Protocol::Echo => "echo",
+            Protocol::Sink => "sink",
+            Protocol::HttpOk => "http-ok",
+        }
+    }
+}
+
+/// A socket this gateway accepts on.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: Sp<String>,
+    /// `IP:PORT`; `0.0.0.0:PORT` means every local address.
+    pub bind: Sp<String>,
+    pub protocol: Sp<Protocol>,
+    /// Required for `tcp` (where the bytes go); not allowed for other protocols.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Sp<String>>,
+    /// Required for `mesh` and `ingress-tls`: the SPIFFE ID of an `[[identity]]`
+    /// whose certificate is served; not allowed for other protocols.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Sp<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    P2cEwma,
+    /// Consistent hashing on `hash_key`.
+    RingHash,
+}
+
+/// A logical service: a set of endpoints, local or behind a peer gateway.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: Sp<String>,
+    /// Extra HTTP Host names (and TLS SNI names) that mean this service; the name
+    /// itself always does. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<Sp<String>>,
+    /// Default: none (a service that only routes elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Sp<Endpoint>>,
+    /// Default: `round-robin`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub load_balancer: Sp<LbPolicy>,
+    /// Only with `ring-hash`: `source-ip` (default), `header:NAME` or `cookie:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<Sp<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `IP:PORT`.
+    pub address: Sp<String>,
+    /// Name of the `[[peer]]` gateway in front of this endpoint; absent = reached directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Sp<String>>,
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Relative share for weighted load balancers. Default: 1; 0 = drained.
+    #[serde(default = "one")]
+    pub weight: Sp<u32>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn one() -> Sp<u32> {
+    Sp::new(1)
+}
+
+/// An HTTP route. Routes of a service are tried in file order; the first match wins.
+/// A request whose Host names a service and that matches no route goes to all the
+/// service's endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Optional name, for metrics and messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Sp<String>>,
+    /// The service whose requests this route applies to (by Host), and whose
+    /// endpoints `labels` backends select from.
+    pub service: Sp<String>,
+    /// Default: match everything.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<Sp<RouteMatch>>,
+    /// Default: all endpoints of `service`, weight 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<Sp<Backend>>,
+}
+
+/// Every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Host header (port ignored, case-insensitive). Default: the service's names.
+    /// A host that is no service's name is served by this route alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<Sp<PathMatch>>,
+    /// e.g. `GET`; default any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Sp<String>>,
+    /// Header name (case-insensitive) → `"exact value"` or `{ regex = "..." }`
+    /// (must match the whole value). Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Sp<HeaderMatch>>,
+}
+
+/// A header condition: a plain string is an exact match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderMatch {
+    Exact(String),
+    Regex(String),
+}
+
+impl Serialize for HeaderMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            HeaderMatch::Exact(v) => s.serialize_str(v),
+            HeaderMatch::Regex(r) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("regex", r)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderMatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or { regex = \"...\" }")
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<HeaderMatch, E> {
+                Ok(HeaderMatch::Exact(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<HeaderMatch, A::Error> {
+                const KEYS: &[&str] = &["exact", "regex"];
+                let mut out = None;
+                while let Some(k) = m.next_key::<String>()? {
+                    let v: String = m.next_value()?;
+                    let hm = match k.as_str() {
+                        "exact" => HeaderMatch::Exact(v),
+                        "regex" => HeaderMatch::Regex(v),
+                        other => return Err(A::Error::unknown_field(other, KEYS)),
+                    };
+                    if out.replace(hm).is_some() {
+                        return Err(A::Error::custom("expected exactly one of: exact, regex"));
+                    }
+                }
+                out.ok_or_else(|| A::Error::custom("expected exactly one of: exact, regex"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `{ exact = "/a" }`, `{ prefix = "/api" }` (whole path segments: `/api` matches
+/// `/api` and `/api/x`, not `/apix`) or `{ regex = "/v[0-9]+/.*" }` (must match the
+/// whole path). The query string is never part of the path.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+/// A weighted destination: endpoints of `service` (default: the route's service)
+/// whose labels include all of `labels` (default: all endpoints).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Default: 1. The weights of a route must not all be 0.
+    #[serde(default = "one")]
+    pub weight: Sp<u32>,
+}
+
+/// Who may call a service, checked by the gateway in front of it. Once a service
+/// has any rule, a caller no `allow` matches is denied. `deny` wins over `allow`.
+/// Identities are exact SPIFFE IDs, `PREFIX/*`, or `*` (any authenticated peer).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    pub service: Sp<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Sp<String>>,
+    /// Limit the rule to these methods. Default: any. A TCP connection has no
+    /// method, so a rule with methods or paths never allows one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<Sp<String>>,
+    /// Limit the rule to these paths. Default: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<Sp<PathMatch>>,
+}

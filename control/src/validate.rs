@@ -1,0 +1,959 @@
+//! Semantic checks of decoded tables, producing the compiled [`Snapshot`] when there
+//! are none. Every problem is reported (with position, key and hint); nothing stops
+//! at the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use regex::RegexBuilder;
+
+use crate::certs::{self, CertCheck};
+use crate::de::Sp;
+use crate::diag::{did_you_mean, Diagnostic};
+use crate::schema::{HeaderMatch, LbPolicy, PathMatch, Protocol, Tables};
+use crate::snapshot::{
+    AuthzRule, BackendRt, EndpointRt, HashKey, HeaderMatcher, IdSet, IdentityRt, ListenerRt,
+    PathMatcher, PeerRt, RouteRt, ServiceId, ServiceRt, Snapshot,
+};
+use crate::source::{Source, Span};
+
+/// What validation needs besides the text.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Relative certificate paths are relative to this (the tables file's directory).
+    pub base_dir: PathBuf,
+    /// Certificates are checked for validity at this time.
+    pub now: SystemTime,
+}
+
+impl Context {
+    pub fn new(base_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            base_dir: base_dir.into(),
+            now: SystemTime::now(),
+        }
+    }
+}
+
+/// Largest compiled regex we accept from a table (bytes of program), so that a
+/// table cannot make the control thread allocate without bound.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+struct V<'a> {
+    src: &'a Source,
+    out: Vec<Diagnostic>,
+}
+
+impl V<'_> {
+    fn err(
+        &mut self,
+        span: &Span,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> &mut Diagnostic {
+        self.out.push(Diagnostic::at(self.src, span, key, msg));
+        let last = self.out.len() - 1;
+        &mut self.out[last]
+    }
+    fn line(&self, span: &Span) -> usize {
+        self.src.line_col(span.start).0
+    }
+}
+
+trait SetHint {
+    fn set_hint(&mut self, h: impl Into<String>);
+}
+impl SetHint for Diagnostic {
+    fn set_hint(&mut self, h: impl Into<String>) {
+        self.hint = Some(h.into());
+    }
+}
+
+/// Check `tables` (decoded from `src`) and compile them. Generation is left at 0;
+/// the publisher sets it.
+pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot, Vec<Diagnostic>> {
+    let mut v = V {
+        src,
+        out: Vec::new(),
+    };
+    let now_unix = match ctx.now.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    };
+    let cert_ctx = CertCheck {
+        src,
+        base_dir: &ctx.base_dir,
+        now_unix,
+    };
+
+    // --- identities
+    let mut identities = Vec::new();
+    let mut id_index: HashMap<&str, (usize, Span)> = HashMap::new();
+    let mut source_seen: HashMap<IpNet, (String, usize)> = HashMap::new();
+    for (i, ident) in tables.identities.iter().enumerate() {
+        let k = format!("identity[{i}]");
+        let id_ok = check_spiffe_id(&mut v, &ident.id, &format!("{k}.id"));
+        if let Some((_, first)) = id_index.get(ident.id.as_str()) {
+            let line = v.line(first);
+            v.err(
+                &ident.id.span,
+                format!("{k}.id"),
+                format!("duplicate identity \"{}\"", *ident.id),
+            )
+            .set_hint(format!("first defined on line {line}"));
+        } else {
+            id_index.insert(ident.id.as_str(), (i, ident.id.span.clone()));
+        }
+        let mut sources = Vec::new();
+        for (j, s) in ident.sources.iter().enumerate() {
+            let key = format!("{k}.sources[{j}]");
+            if let Some(net) = parse_cidr(&mut v, s, &key) {
+                if let Some((other, line)) = source_seen.get(&net) {
+                    let (other, line) = (other.clone(), *line);
+                    v.err(
+                        &s.span,
+                        &key,
+                        format!("source {net} is already claimed by identity \"{other}\""),
+                    )
+                    .set_hint(format!("see line {line}; a source belongs to one identity"));
+                } else {
+                    source_seen.insert(net, (ident.id.value.clone(), v.line(&s.span)));
+                }
+                sources.push(net);
+            }
+        }
+        let loaded = certs::check_identity(
+            &cert_ctx,
+            &ident.id,
+            &ident.cert,
+            &ident.key,
+            &k,
+            &mut v.out,
+        );
+        if let (true, Some(l)) = (id_ok, loaded) {
+            identities.push(IdentityRt {
+                id: ident.id.value.clone(),
+                sources,
+                cert_path: l.cert_path,
+                key_path: l.key_path,
+                cert_chain_der: l.cert_chain_der,
+                key_der: l.key_der,
+            });
+        }
+    }
+
+    // --- peers
+    let mut peers = Vec::new();
+    let mut peer_index: HashMap<&str, (u32, Span)> = HashMap::new();
+    for (i, p) in tables.peers.iter().enumerate() {
+        let k = format!("peer[{i}]");
+        check_name(&mut v, &p.name, &format!("{k}.name"));
+        if let Some((_, first)) = peer_index.get(p.name.as_str()) {
+            let line = v.line(first);
+            v.err(
+                &p.name.span,
+                format!("{k}.name"),
+                format!("duplicate peer \"{}\"", *p.name),
+            )
+            .set_hint(format!("first defined on line {line}"));
+        } else {
+            peer_index.insert(p.name.as_str(), (i as u32, p.name.span.clone()));
+        }
+        let addr = parse_socket(&mut v, &p.address, &format!("{k}.address"));
+        let id_ok = check_spiffe_id(&mut v, &p.identity, &format!("{k}.identity"));
+        if let (Some(address), true) = (addr, id_ok) {
+            peers.push(PeerRt {
+                name: p.name.value.clone(),
+                address,
+                identity: p.identity.value.clone(),
+            });
+        }
+    }
+    let peer_names: Vec<&str> = tables.peers.iter().map(|p| p.name.as_str()).collect();
+
+    // --- services: names and hosts first, so everything can refer to them
+    let mut svc_index: HashMap<&str, (ServiceId, Span)> = HashMap::new();
+    let mut host_owner: HashMap<String, (String, usize)> = HashMap::new();
+    let mut services: Vec<ServiceRt> = Vec::new();
+    for (i, s) in tables.services.iter().enumerate() {
+        let k = format!("service[{i}]");
+        check_name(&mut v, &s.name, &format!("{k}.name"));
+        if let Some((_, first)) = svc_index.get(s.name.as_str()) {
+            let line = v.line(first);
+            v.err(
+                &s.name.span,
+                format!("{k}.name"),
+                format!("duplicate service \"{}\"", *s.name),
+            )
+            .set_hint(format!("first defined on line {line}"));
+            continue;
+        }
+        svc_index.insert(
+            s.name.as_str(),
+            (services.len() as ServiceId, s.name.span.clone()),
+        );
+        let mut hosts = Vec::new();
+        let names = std::iter::once((&s.name, format!("{k}.name"))).chain(
+            s.hosts
+                .iter()
+                .enumerate()
+                .map(|(j, h)| (h, format!("{k}.hosts[{j}]"))),
+        );
+        for (h, key) in names {
+            let Some(h_norm) = check_host(&mut v, h, &key) else {
+                continue;
+            };
+            if let Some((owner, line)) = host_owner.get(&h_norm) {
+                let (owner, line) = (owner.clone(), *line);
+                if owner != *s.name {
+                    v.err(
+                        &h.span,
+                        &key,
+                        format!("host \"{h_norm}\" already names service \"{owner}\""),
+                    )
+                    .set_hint(format!("see line {line}; a host names one service"));
+                }
+                continue;
+            }
+            host_owner.insert(h_norm.clone(), (s.name.value.clone(), v.line(&h.span)));
+            hosts.push(h_norm);
+        }
+        services.push(ServiceRt {
+            name: s.name.value.clone(),
+            hosts,
+            endpoints: Vec::new(),
+            load_balancer: *s.load_balancer,
+            hash_key: None,
+            default_route: RouteRt::new(None, 0, None, None, None, Vec::new(), Vec::new()),
+            authz: None,
+        });
+    }
+    let svc_names: Vec<&str> = tables.services.iter().map(|s| s.name.as_str()).collect();
+
+    // --- endpoints and balancers
+    for (i, s) in tables.services.iter().enumerate() {
+        let k = format!("service[{i}]");
+        let Some(&(sid, ref first)) = svc_index.get(s.name.as_str()) else {
+            continue;
+        };
+        if *first != s.name.span {
+            continue; // a duplicate, reported above
+        }
+        let mut endpoints = Vec::new();
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        for (j, e) in s.endpoints.iter().enumerate() {
+            let ek = format!("{k}.endpoints[{j}]");
+            let addr = parse_socket(&mut v, &e.address, &format!("{ek}.address"));
+            if let Some(a) = addr {
+                if let Some(line) = seen.get(&a) {
+                    let line = *line;
+                    v.err(
+                        &e.address.span,
+                        format!("{ek}.address"),
+                        format!("duplicate endpoint {a}"),
+                    )
+                    .set_hint(format!("first listed on line {line}"));
+                } else {
+                    seen.insert(a, v.line(&e.address.span));
+                }
+            }
+            let via = match &e.via {
+                None => Some(None),
+                Some(p) => match peer_index.get(p.as_str()) {
+                    Some((pid, _)) => Some(Some(*pid)),
+                    None => {
+                        let hint = did_you_mean(p, peer_names.iter().copied())
+                            .unwrap_or_else(|| "define it in a [[peer]] table".into());
+                        v.err(
+                            &p.span,
+                            format!("{ek}.via"),
+                            format!("unknown peer \"{}\"", **p),
+                        )
+                        .set_hint(hint);
+                        None
+                    }
+                },
+            };
+            if let (Some(address), Some(via)) = (addr, via) {
+                endpoints.push(EndpointRt {
+                    address,
+                    via,
+                    labels: e.labels.clone(),
+                    weight: *e.weight,
+                });
+            }
+        }
+        if !s.endpoints.is_empty() && s.endpoints.iter().all(|e| *e.weight == 0) {
+            v.err(
+                &s.endpoints[0].span,
+                format!("{k}.endpoints"),
+                "endpoint weights sum to zero",
+            )
+            .set_hint("give at least one endpoint a weight above 0");
+        }
+        let hash_key = match (&s.hash_key, *s.load_balancer) {
+            (None, LbPolicy::RingHash) => Some(HashKey::SourceIp),
+            (None, _) => None,
+            (Some(h), LbPolicy::RingHash) => parse_hash_key(&mut v, h, &format!("{k}.hash_key")),
+            (Some(h), _) => {
+                v.err(
+                    &h.span,
+                    format!("{k}.hash_key"),
+                    "hash_key does nothing without load_balancer = \"ring-hash\"",
+                )
+                .set_hint("remove it, or set load_balancer = \"ring-hash\"");
+                None
+            }
+        };
+        let svc = &mut services[sid as usize];
+        svc.hash_key = hash_key;
+        let all: Vec<u32> = (0..endpoints.len() as u32).collect();
+        svc.endpoints = endpoints;
+        svc.default_route = RouteRt::new(
+            None,
+            sid,
+            None,
+            None,
+            None,
+            Vec::new(),
+            vec![BackendRt {
+                service: sid,
+                endpoints: all,
+                weight: 1,
+            }],
+        );
+    }
+
+    let lookup_service = |v: &mut V<'_>, name: &Sp<String>, key: &str| -> Option<ServiceId> {
+        match svc_index.get(name.as_str()) {
+            Some((sid, _)) => Some(*sid),
+            None => {
+                let hint = did_you_mean(name, svc_names.iter().copied())
+                    .unwrap_or_else(|| "define it in a [[service]] table".into());
+                v.err(&name.span, key, format!("unknown service \"{}\"", **name))
+                    .set_hint(hint);
+                None
+            }
+        }
+    };
+
+    // --- listeners
+    let mut listeners = Vec::new();
+    let mut listener_names: HashMap<&str, usize> = HashMap::new();
+    let mut binds: Vec<(SocketAddr, String, usize)> = Vec::new();
+    for (i, l) in tables.listeners.iter().enumerate() {
+        let k = format!("listener[{i}]");
+        check_name(&mut v, &l.name, &format!("{k}.name"));
+        if let Some(line) = listener_names.get(l.name.as_str()) {
+            let line = *line;
+            v.err(
+                &l.name.span,
+                format!("{k}.name"),
+                format!("duplicate listener \"{}\"", *l.name),
+            )
+            .set_hint(format!("first defined on line {line}"));
+        } else {
+            listener_names.insert(l.name.as_str(), v.line(&l.name.span));
+        }
+        let bind = parse_socket(&mut v, &l.bind, &format!("{k}.bind"));
+        if let Some(b) = bind {
+            if let Some((other, _, line)) = binds.iter().find(|(o, _, _)| overlaps(*o, b)) {
+                let (other, line) = (*other, *line);
+                let other_name = binds
+                    .iter()
+                    .find(|(o, _, _)| *o == other)
+                    .map(|(_, n, _)| n.clone())
+                    .unwrap_or_default();
+                v.err(
+                    &l.bind.span,
+                    format!("{k}.bind"),
+                    format!("overlaps listener \"{other_name}\" on {other}"),
+                )
+                .set_hint(format!("see line {line}; use another port or address"));
+            } else {
+                binds.push((b, l.name.value.clone(), v.line(&l.bind.span)));
+            }
+        }
+        let proto = *l.protocol;
+        let service = match (&l.service, proto) {
+            (Some(s), Protocol::Tcp) => {
+                lookup_service(&mut v, s, &format!("{k}.service")).map(Some)
+            }
+            (None, Protocol::Tcp) => {
+                v.err(
+                    &l.protocol.span,
+                    format!("{k}.service"),
+                    "a tcp listener needs a service",
+                )
+                .set_hint("add service = \"NAME\"");
+                None
+            }
+            (Some(s), p) => {
+                let why = if p == Protocol::Http {
+                    " (http routes by Host)"
+                } else {
+                    ""
+                };
+                v.err(
+                    &s.span,
+                    format!("{k}.service"),
+                    format!("service does nothing for protocol \"{}\"{why}", p.as_str()),
+                )
+                .set_hint("remove it");
+                Some(None)
+            }
+            (None, _) => Some(None),
+        };
+        let needs_identity = matches!(proto, Protocol::Mesh | Protocol::IngressTls);
+        let identity = match (&l.identity, needs_identity) {
+            (Some(id), true) => match id_index.get(id.as_str()) {
+                Some((idx, _)) => Some(Some(*idx as u32)),
+                None => {
+                    let known: Vec<&str> = id_index.keys().copied().collect();
+                    let hint = did_you_mean(id, known)
+                        .unwrap_or_else(|| "define it in an [[identity]] table".into());
+                    v.err(
+                        &id.span,
+                        format!("{k}.identity"),
+                        format!("unknown identity \"{}\"", **id),
+                    )
+                    .set_hint(hint);
+                    None
+                }
+            },
+            (None, true) => {
+                v.err(
+                    &l.protocol.span,
+                    format!("{k}.identity"),
+                    format!("a {} listener needs an identity", proto.as_str()),
+                )
+                .set_hint("add identity = \"spiffe://...\" naming an [[identity]]");
+                None
+            }
+            (Some(id), false) => {
+                v.err(
+                    &id.span,
+                    format!("{k}.identity"),
+                    format!("identity does nothing for protocol \"{}\"", proto.as_str()),
+                )
+                .set_hint("remove it");
+                Some(None)
+            }
+            (None, false) => Some(None),
+        };
+        if let (Some(bind), Some(service), Some(identity)) = (bind, service, identity) {
+            listeners.push(ListenerRt {
+                name: l.name.value.clone(),
+                bind,
+                protocol: proto,
+                service,
+                identity,
+            });
+        }
+    }
+
+    // --- routes
+    let mut routes = Vec::new();
+    for (i, r) in tables.routes.iter().enumerate() {
+        let k = format!("route[{i}]");
+        let sid = lookup_service(&mut v, &r.service, &format!("{k}.service"));
+        let mut ok = sid.is_some();
+        let (mut host, mut path, mut method, mut headers) = (None, None, None, Vec::new());
+        if let Some(m) = &r.matches {
+            let mk = format!("{k}.match");
+            if let Some(h) = &m.host {
+                host = check_host(&mut v, h, &format!("{mk}.host"));
+                ok &= host.is_some();
+            }
+            if let Some(p) = &m.path {
+                path = compile_path(&mut v, p, &format!("{mk}.path"));
+                ok &= path.is_some();
+            }
+            if let Some(me) = &m.method {
+                method = check_method(&mut v, me, &format!("{mk}.method"));
+                ok &= method.is_some();
+            }
+            for (name, value) in &m.headers {
+                if !is_token(name) {
+                    v.err(
+                        &value.span,
+                        format!("{mk}.headers.{name}"),
+                        format!("\"{name}\" is not a valid header name"),
+                    )
+                    .set_hint(
+                        "header names are letters, digits and !#$%&'*+-.^_`|~ (RFC 9110 §5.1)",
+                    );
+                    ok = false;
+                } else {
+                    match &value.value {
+                        HeaderMatch::Exact(x) => headers.push((
+                            name.to_ascii_lowercase(),
+                            HeaderMatcher::Exact(x.clone().into_bytes()),
+                        )),
+                        HeaderMatch::Regex(r) => {
+                            match regex::bytes::RegexBuilder::new(&format!("^(?:{r})$"))
+                                .size_limit(REGEX_SIZE_LIMIT)
+                                .build()
+                            {
+                                Ok(re) => headers
+                                    .push((name.to_ascii_lowercase(), HeaderMatcher::Regex(re))),
+                                Err(e) => {
+                                    let msg = regex_error_line(&e);
+                                    v.err(
+                                        &value.span,
+                                        format!("{mk}.headers.{name}.regex"),
+                                        format!("regex does not compile: {msg}"),
+                                    )
+                                    .set_hint(
+                                        "Rust regex syntax; the regex must match the whole value",
+                                    );
+                                    ok = false;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut backends = Vec::new();
+        if r.backends.is_empty() {
+            if let Some(sid) = sid {
+                let n = services[sid as usize].endpoints.len() as u32;
+                backends.push(BackendRt {
+                    service: sid,
+                    endpoints: (0..n).collect(),
+                    weight: 1,
+                });
+            }
+        }
+        for (j, b) in r.backends.iter().enumerate() {
+            let bk = format!("{k}.backends[{j}]");
+            let bsid = match &b.service {
+                Some(s) => lookup_service(&mut v, s, &format!("{bk}.service")),
+                None => sid,
+            };
+            let Some(bsid) = bsid else {
+                ok = false;
+                continue;
+            };
+            let svc = &services[bsid as usize];
+            let selected: Vec<u32> = svc
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| b.labels.iter().all(|(lk, lv)| e.labels.get(lk) == Some(lv)))
+                .map(|(n, _)| n as u32)
+                .collect();
+            if !b.labels.is_empty() && selected.is_empty() {
+                let present = label_sets(&svc.endpoints);
+                v.err(
+                    &b.span,
+                    format!("{bk}.labels"),
+                    format!(
+                        "no endpoint of service \"{}\" has labels {}",
+                        svc.name,
+                        fmt_labels(&b.labels)
+                    ),
+                )
+                .set_hint(if present.is_empty() {
+                    "the service has no labelled endpoints".into()
+                } else {
+                    format!("labels present: {present}")
+                });
+                ok = false;
+                continue;
+            }
+            backends.push(BackendRt {
+                service: bsid,
+                endpoints: selected,
+                weight: *b.weight,
+            });
+        }
+        if !r.backends.is_empty() && r.backends.iter().all(|b| *b.weight == 0) {
+            v.err(
+                &r.backends[0].span,
+                format!("{k}.backends"),
+                "backend weights sum to zero",
+            )
+            .set_hint("give at least one backend a weight above 0");
+            ok = false;
+        }
+        if let (true, Some(sid)) = (ok, sid) {
+            routes.push(RouteRt::new(
+                r.name.as_ref().map(|n| n.value.clone()),
+                sid,
+                host,
+                path,
+                method,
+                headers,
+                backends,
+            ));
+        }
+    }
+
+    // --- authorization
+    let mut rules: BTreeMap<ServiceId, Vec<AuthzRule>> = BTreeMap::new();
+    for (i, a) in tables.authorizations.iter().enumerate() {
+        let k = format!("authorization[{i}]");
+        let sid = lookup_service(&mut v, &a.service, &format!("{k}.service"));
+        let mut ok = sid.is_some();
+        if a.allow.is_empty() && a.deny.is_empty() {
+            v.err(&a.service.span, k.clone(), "rule allows and denies no one")
+                .set_hint("add allow = [\"spiffe://...\"] or deny = [...]");
+            ok = false;
+        }
+        let allow = id_set(&mut v, &a.allow, &format!("{k}.allow"));
+        let deny = id_set(&mut v, &a.deny, &format!("{k}.deny"));
+        let mut methods = Vec::new();
+        for (j, m) in a.methods.iter().enumerate() {
+            match check_method(&mut v, m, &format!("{k}.methods[{j}]")) {
+                Some(m) => methods.push(m),
+                None => ok = false,
+            }
+        }
+        let mut paths = Vec::new();
+        for (j, p) in a.paths.iter().enumerate() {
+            match compile_path(&mut v, p, &format!("{k}.paths[{j}]")) {
+                Some(p) => paths.push(p),
+                None => ok = false,
+            }
+        }
+        if let (true, Some(sid), Some(allow), Some(deny)) = (ok, sid, allow, deny) {
+            rules.entry(sid).or_default().push(AuthzRule {
+                allow,
+                deny,
+                methods,
+                paths,
+            });
+        }
+    }
+
+    if !v.out.is_empty() {
+        return Err(v.out);
+    }
+    for (sid, r) in rules {
+        services[sid as usize].authz = Some(r);
+    }
+    let mut snap = Snapshot {
+        generation: 0,
+        identities,
+        peers,
+        listeners,
+        services,
+        routes,
+        ..Snapshot::default()
+    };
+    snap.index();
+    Ok(snap)
+}
+
+fn fmt_labels(l: &BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+fn label_sets(eps: &[EndpointRt]) -> String {
+    let mut sets: Vec<String> = eps
+        .iter()
+        .filter(|e| !e.labels.is_empty())
+        .map(|e| fmt_labels(&e.labels))
+        .collect();
+    sets.sort();
+    sets.dedup();
+    sets.join(" ")
+}
+
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Names of peers, listeners and services: also host names, so keep them plain.
+fn check_name(v: &mut V<'_>, name: &Sp<String>, key: &str) -> bool {
+    if name.is_empty() {
+        v.err(&name.span, key, "name is empty");
+        return false;
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        v.err(
+            &name.span,
+            key,
+            format!("\"{}\" is not a valid name", **name),
+        )
+        .set_hint("use letters, digits, '.', '-' and '_'");
+        return false;
+    }
+    true
+}
+
+/// A Host/SNI name: lower-cased, no port.
+fn check_host(v: &mut V<'_>, h: &Sp<String>, key: &str) -> Option<String> {
+    let lower = h.to_ascii_lowercase();
+    if lower.is_empty() || lower.len() > 253 {
+        v.err(&h.span, key, "host name must be 1 to 253 characters");
+        return None;
+    }
+    if lower.parse::<IpAddr>().is_ok() {
+        return Some(lower);
+    }
+    if let Some((name, port)) = lower.rsplit_once(':') {
+        if port.parse::<u16>().is_ok() {
+            v.err(&h.span, key, format!("host \"{}\" has a port", **h))
+                .set_hint(format!("write \"{name}\"; ports are ignored when matching"));
+            return None;
+        }
+    }
+    if !lower
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        v.err(
+            &h.span,
+            key,
+            format!("\"{}\" is not a valid host name", **h),
+        )
+        .set_hint("use letters, digits, '.', '-' and '_'");
+        return None;
+    }
+    Some(lower)
+}
+
+fn parse_socket(v: &mut V<'_>, s: &Sp<String>, key: &str) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            let hint = if s.parse::<IpAddr>().is_ok() {
+                format!("add a port: \"{}:PORT\"", **s)
+            } else if s.contains(':') && !s.starts_with('[') && s.matches(':').count() > 1 {
+                "bracket IPv6 addresses: \"[::1]:8080\"".into()
+            } else {
+                "write IP:PORT, e.g. \"10.10.3.2:8080\"; names are not resolved".into()
+            };
+            v.err(
+                &s.span,
+                key,
+                format!("\"{}\" is not an IP:PORT address", **s),
+            )
+            .set_hint(hint);
+            None
+        }
+    }
+}
+
+fn parse_cidr(v: &mut V<'_>, s: &Sp<String>, key: &str) -> Option<IpNet> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(IpNet::from(ip));
+    }
+    match IpNet::from_str(s) {
+        Ok(net) if net.trunc() == net => Some(net),
+        Ok(net) => {
+            v.err(&s.span, key, format!("\"{}\" has host bits set", **s))
+                .set_hint(format!("did you mean \"{}\"?", net.trunc()));
+            None
+        }
+        Err(_) => {
+            v.err(&s.span, key, format!("\"{}\" is not a CIDR", **s))
+                .set_hint("write ADDRESS/PREFIX, e.g. \"10.10.1.0/24\"");
+            None
+        }
+    }
+}
+
+/// SPIFFE ID syntax (SPIFFE-ID spec §2): `spiffe://` + trust domain of
+/// `[a-z0-9.-_]` + a non-empty path of segments of `[a-zA-Z0-9.-_]`, none empty,
+/// `.` or `..`; no query, fragment, port or user info.
+pub fn spiffe_id_error(s: &str) -> Option<&'static str> {
+    let Some(rest) = s.strip_prefix("spiffe://") else {
+        return Some("does not start with spiffe://");
+    };
+    if s.len() > 2048 {
+        return Some("is longer than 2048 bytes");
+    }
+    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if td.is_empty() {
+        return Some("has no trust domain");
+    }
+    if !td
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Some("has a trust domain with characters other than a-z 0-9 . - _");
+    }
+    if path.is_empty() {
+        return Some("has no path");
+    }
+    for seg in path.split('/') {
+        if seg.is_empty() {
+            return Some("has an empty path segment");
+        }
+        if seg == "." || seg == ".." {
+            return Some("has a . or .. path segment");
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            return Some("has a path with characters other than a-z A-Z 0-9 . - _");
+        }
+    }
+    None
+}
+
+fn check_spiffe_id(v: &mut V<'_>, id: &Sp<String>, key: &str) -> bool {
+    match spiffe_id_error(id) {
+        None => true,
+        Some(why) => {
+            v.err(
+                &id.span,
+                key,
+                format!("\"{}\" is not a SPIFFE ID: it {why}", **id),
+            )
+            .set_hint("write spiffe://TRUST-DOMAIN/PATH, e.g. spiffe://corp.mesh/sa/checkout");
+            false
+        }
+    }
+}
+
+fn id_set(v: &mut V<'_>, ids: &[Sp<String>], key: &str) -> Option<IdSet> {
+    let mut set = IdSet::default();
+    let mut ok = true;
+    for (j, id) in ids.iter().enumerate() {
+        let k = format!("{key}[{j}]");
+        if id.as_str() == "*" {
+            set.any = true;
+        } else if let Some(prefix) = id.strip_suffix("/*") {
+            // The prefix must itself be a trust domain or an ID.
+            let probe = if prefix.matches('/').count() == 2 {
+                format!("{prefix}/x")
+            } else {
+                prefix.to_owned()
+            };
+            match spiffe_id_error(&probe) {
+                None => set.prefixes.push(format!("{prefix}/")),
+                Some(why) => {
+                    v.err(
+                        &id.span,
+                        &k,
+                        format!("\"{}\" is not a SPIFFE ID pattern: it {why}", **id),
+                    )
+                    .set_hint(
+                        "write spiffe://TRUST-DOMAIN/PATH, spiffe://TRUST-DOMAIN/PREFIX/* or *",
+                    );
+                    ok = false;
+                }
+            }
+        } else if check_spiffe_id(v, id, &k) {
+            set.exact.push(id.value.clone());
+        } else {
+            ok = false;
+        }
+    }
+    ok.then_some(set)
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_method(v: &mut V<'_>, m: &Sp<String>, key: &str) -> Option<String> {
+    if !is_token(m) {
+        v.err(&m.span, key, format!("\"{}\" is not an HTTP method", **m))
+            .set_hint("e.g. GET, POST, PUT, DELETE");
+        return None;
+    }
+    if m.bytes().any(|b| b.is_ascii_lowercase()) {
+        let upper = m.to_ascii_uppercase();
+        v.err(
+            &m.span,
+            key,
+            format!("method \"{}\" is not upper-case", **m),
+        )
+        .set_hint(format!(
+            "methods are case-sensitive (RFC 9110 §9.1): write \"{upper}\""
+        ));
+        return None;
+    }
+    Some(m.value.clone())
+}
+
+fn compile_path(v: &mut V<'_>, p: &Sp<PathMatch>, key: &str) -> Option<PathMatcher> {
+    let check_abs = |v: &mut V<'_>, s: &str, kind: &str| -> bool {
+        if !s.starts_with('/') {
+            v.err(
+                &p.span,
+                format!("{key}.{kind}"),
+                format!("path \"{s}\" does not start with '/'"),
+            )
+            .set_hint(format!("write \"/{s}\""));
+            return false;
+        }
+        if s.contains('?') {
+            v.err(
+                &p.span,
+                format!("{key}.{kind}"),
+                format!("path \"{s}\" has a query string"),
+            )
+            .set_hint("paths are matched without the query string");
+            return false;
+        }
+        true
+    };
+    match &p.value {
+        PathMatch::Exact(s) => check_abs(v, s, "exact").then(|| PathMatcher::Exact(s.clone())),
+        PathMatch::Prefix(s) => check_abs(v, s, "prefix")
+            .then(|| PathMatcher::Prefix(s.trim_end_matches('/').to_owned())),
+        PathMatch::Regex(s) => match RegexBuilder::new(&format!("^(?:{s})$"))
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+        {
+            Ok(r) => Some(PathMatcher::Regex(r)),
+            Err(e) => {
+                let msg = regex_error_line(&e);
+                v.err(
+                    &p.span,
+                    format!("{key}.regex"),
+                    format!("regex does not compile: {msg}"),
+                )
+                .set_hint("Rust regex syntax; the regex must match the whole path");
+                None
+            }
+        },
+    }
+}
+
+/// The regex crate's message is a multi-line picture; keep the last line, the reason.
+fn regex_error_line(e: &regex::Error) -> String {
+    let s = e.to_string();
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid")
+        .trim()
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
+fn parse_hash_key(v: &mut V<'_>, h: &Sp<String>, key: &str) -> Option<HashKey> {
+    let r = match h.split_once(':') {
+        None if h.as_str() == "source-ip" => Some(HashKey::SourceIp),
+        Some(("header", n)) if is_token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
+        Some(("cookie", n)) if is_token(n) => Some(HashKey::Cookie(n.to_owned())),
+        _ => None,
+    };
+    if r.is_none() {
+        v.err(&h.span, key, format!("\"{}\" is not a hash key", **h))
+            .set_hint("one of: source-ip, header:NAME, cookie:NAME");
+    }
+    r
+}

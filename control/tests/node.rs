@@ -1,0 +1,72 @@
+//! The node file: `[node]` is ours, `[[interface]]` is handed on unread.
+
+use std::path::Path;
+
+use control::{node, Source};
+
+fn parse(text: &str) -> Result<node::NodeConfig, Vec<String>> {
+    node::parse(Source::new("node.toml", text), Path::new("/etc/xdpmesh"))
+        .map_err(|d| d.iter().map(ToString::to_string).collect())
+}
+
+#[test]
+fn design_style_node_file_is_accepted_and_interfaces_are_handed_on() {
+    let n = parse(
+        "[node]\nname = \"gw-a\"\ntables = \"tables.toml\"\n\n[[interface]]\nname = \"eth1\"\nqueues = [0, 1]\n\n[[interface]]\nname = \"eth2\"\n",
+    )
+    .expect("valid");
+    assert_eq!(n.name, "gw-a");
+    assert_eq!(n.tables, Path::new("/etc/xdpmesh/tables.toml"));
+    assert_eq!(n.admin.to_string(), node::DEFAULT_ADMIN);
+    assert_eq!(n.interfaces.len(), 2);
+    let name = n.interfaces[1].get("name").expect("name key");
+    // Spans point into the node file, so hw-config can report positions.
+    assert_eq!(n.source.line_col(name.key_span.start), (10, 1));
+}
+
+#[test]
+fn unknown_node_keys_and_sections_are_errors() {
+    assert_eq!(
+        parse("[node]\nname = \"a\"\ntables = \"t.toml\"\n[nodes]\nx = 1\n").expect_err("bad"),
+        vec!["node.toml:4:2: nodes: unknown key \"nodes\" (hint: did you mean \"node\"?)"]
+    );
+    assert_eq!(
+        parse("[node]\nname = \"a\"\ntable = \"t.toml\"\n").expect_err("bad"),
+        vec!["node.toml:3:1: node.table: unknown key \"table\" (hint: did you mean \"tables\"?)"]
+    );
+}
+
+#[test]
+fn non_loopback_admin_needs_a_token() {
+    assert_eq!(
+        parse("[node]\nname = \"a\"\ntables = \"t.toml\"\nadmin = \"0.0.0.0:9901\"\n").expect_err("bad"),
+        vec!["node.toml:4:9: node.admin: admin API on non-loopback 0.0.0.0:9901 needs a bearer token (hint: add admin_token_file = \"PATH\", or bind 127.0.0.1)"]
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("tok"), "s3cret\n").expect("write");
+    let n = node::parse(
+        Source::new("node.toml", "[node]\nname = \"a\"\ntables = \"t.toml\"\nadmin = \"0.0.0.0:9901\"\nadmin_token_file = \"tok\"\n"),
+        dir.path(),
+    )
+    .expect("valid");
+    assert_eq!(n.admin_token.as_deref(), Some("s3cret"));
+}
+
+/// How hw-config reads the entries handed on: its own struct, errors placed in the
+/// node file.
+#[test]
+fn interfaces_decode_with_positions_in_the_node_file() {
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Interface {
+        name: String,
+        queues: Vec<u16>,
+    }
+    let n = parse("[node]\nname = \"a\"\ntables = \"t.toml\"\n[[interface]]\nname = \"eth1\"\nqueues = [0, 1]\nqueus = 3\n")
+        .expect("node part is fine");
+    let errs = control::de::decode::<Interface>(&n.source, &n.interfaces[0], "interface[0]")
+        .expect_err("typo");
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, vec!["node.toml:7:1: interface[0].queus: unknown key \"queus\" (hint: did you mean \"queues\"?)"]);
+}

@@ -1,0 +1,269 @@
+//! Lookups on a compiled snapshot: routes in file order, path semantics, hosts,
+//! default routes, weights, authorization and source identities.
+
+mod common;
+
+use std::collections::HashMap;
+
+use control::snapshot::Snapshot;
+
+fn compile(text: &str) -> Snapshot {
+    common::compile_in(std::path::Path::new("."), text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .snapshot
+}
+
+const NONE: &[(&str, &[u8])] = &[];
+
+fn route_name(
+    s: &Snapshot,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Option<String> {
+    s.route(host, method, path, headers)
+        .map(|h| h.route.name.clone().unwrap_or_else(|| "<default>".into()))
+}
+
+const ROUTES: &str = r#"
+[[service]]
+name = "shop"
+hosts = ["shop.example.com"]
+endpoints = [
+  { address = "10.0.0.1:80", labels = { v = "1" } },
+  { address = "10.0.0.2:80", labels = { v = "2" } },
+]
+[[service]]
+name = "other"
+endpoints = [{ address = "10.0.1.1:80" }]
+
+[[route]]
+name = "hdr"
+service = "shop"
+match = { headers = { x-user = { regex = "adm.*" } } }
+backends = [{ labels = { v = "2" } }]
+[[route]]
+name = "exact"
+service = "shop"
+match = { path = { exact = "/api/health" } }
+[[route]]
+name = "api-get"
+service = "shop"
+match = { path = { prefix = "/api/" }, method = "GET" }
+[[route]]
+name = "api"
+service = "shop"
+match = { path = { prefix = "/api" } }
+backends = [{ service = "other" }]
+[[route]]
+name = "re"
+service = "shop"
+match = { path = { regex = "/v[0-9]+/.*" } }
+[[route]]
+name = "root"
+service = "other"
+match = { path = { prefix = "/" } }
+[[route]]
+name = "vhost"
+service = "other"
+match = { host = "Static.Example.com", path = { exact = "/logo.png" } }
+"#;
+
+#[test]
+fn first_match_in_file_order_across_path_kinds() {
+    let s = compile(ROUTES);
+    let admin: &[(&str, &[u8])] = &[("X-User", b"admin")];
+    assert_eq!(
+        route_name(&s, "shop", "GET", "/api/health", admin).as_deref(),
+        Some("hdr")
+    );
+    assert_eq!(
+        route_name(&s, "shop", "GET", "/api/health", NONE).as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        route_name(&s, "shop", "GET", "/api/orders", NONE).as_deref(),
+        Some("api-get")
+    );
+    assert_eq!(
+        route_name(&s, "shop", "POST", "/api/orders", NONE).as_deref(),
+        Some("api")
+    );
+    assert_eq!(
+        route_name(&s, "shop", "POST", "/api", NONE).as_deref(),
+        Some("api")
+    );
+    // Prefixes match whole segments.
+    assert_eq!(
+        route_name(&s, "shop", "GET", "/apix", NONE).as_deref(),
+        Some("<default>")
+    );
+    assert_eq!(
+        route_name(&s, "shop", "GET", "/v2/items", NONE).as_deref(),
+        Some("re")
+    );
+    // Regexes match the whole path.
+    assert_eq!(
+        route_name(&s, "shop", "GET", "/x/v2/items", NONE).as_deref(),
+        Some("<default>")
+    );
+    // Header regex must match the whole value.
+    let not_admin: &[(&str, &[u8])] = &[("x-user", b"xadmin")];
+    assert_eq!(
+        route_name(&s, "shop", "GET", "/", not_admin).as_deref(),
+        Some("<default>")
+    );
+}
+
+#[test]
+fn hosts_ignore_case_port_and_trailing_dot_and_vhosts_stand_alone() {
+    let s = compile(ROUTES);
+    assert_eq!(
+        route_name(&s, "SHOP.example.com:8443", "POST", "/api", NONE).as_deref(),
+        Some("api")
+    );
+    assert_eq!(
+        route_name(&s, "shop.example.com.", "POST", "/api", NONE).as_deref(),
+        Some("api")
+    );
+    assert_eq!(
+        route_name(&s, "other", "GET", "/anything", NONE).as_deref(),
+        Some("root")
+    );
+    assert_eq!(
+        route_name(&s, "static.example.com", "GET", "/logo.png", NONE).as_deref(),
+        Some("vhost")
+    );
+    // A host that is only a route's: no default route.
+    assert_eq!(
+        route_name(&s, "static.example.com", "GET", "/other.png", NONE),
+        None
+    );
+    assert_eq!(route_name(&s, "unknown", "GET", "/", NONE), None);
+    assert_eq!(s.service_for_host("Shop.Example.Com"), s.service_id("shop"));
+    assert_eq!(s.service_for_host("static.example.com"), None);
+}
+
+#[test]
+fn backends_select_endpoints_by_labels_and_weights_split_traffic() {
+    let s = compile(
+        r#"
+        [[service]]
+        name = "a"
+        endpoints = [
+          { address = "10.0.0.1:80", labels = { v = "1" } },
+          { address = "10.0.0.2:80", labels = { v = "1", zone = "x" } },
+          { address = "10.0.0.3:80", labels = { v = "2" } },
+        ]
+        [[route]]
+        service = "a"
+        backends = [{ labels = { v = "1" }, weight = 3 }, { labels = { v = "2" }, weight = 1 }, { labels = { zone = "x" }, weight = 0 }]
+        "#,
+    );
+    let r = &s.routes[0];
+    assert_eq!(r.backends[0].endpoints, vec![0, 1]);
+    assert_eq!(r.backends[1].endpoints, vec![2]);
+    assert_eq!(r.total_weight(), 4);
+    let mut count: HashMap<u32, u32> = HashMap::new();
+    for x in 0..4000u64 {
+        let b = r.pick(x).expect("backend");
+        *count.entry(b.weight).or_default() += 1;
+    }
+    // pick(x) is exact over a full cycle of x mod total weight.
+    assert_eq!(count.get(&3), Some(&3000));
+    assert_eq!(count.get(&1), Some(&1000));
+    assert_eq!(count.get(&0), None);
+    // The default route covers every endpoint.
+    let d = &s.services[0].default_route;
+    assert_eq!(d.backends[0].endpoints, vec![0, 1, 2]);
+}
+
+#[test]
+fn authorization_denies_by_default_once_a_service_has_rules() {
+    let s = compile(
+        r#"
+        [[service]]
+        name = "open"
+        [[service]]
+        name = "api"
+        [[authorization]]
+        service = "api"
+        allow = ["spiffe://m/sa/web", "spiffe://m/ops/*"]
+        [[authorization]]
+        service = "api"
+        allow = ["spiffe://m/sa/prom"]
+        methods = ["GET"]
+        paths = [{ prefix = "/metrics" }]
+        [[authorization]]
+        service = "api"
+        deny = ["spiffe://m/ops/intern"]
+        [[authorization]]
+        service = "api"
+        deny = ["*"]
+        methods = ["DELETE"]
+        "#,
+    );
+    let open = s.service_id("open").expect("open");
+    let api = s.service_id("api").expect("api");
+    assert!(s.authorize(open, "spiffe://anyone/x", None));
+    assert!(s.authorize(api, "spiffe://m/sa/web", None));
+    assert!(s.authorize(api, "spiffe://m/sa/web", Some(("GET", "/x"))));
+    assert!(s.authorize(api, "spiffe://m/ops/alice", Some(("PUT", "/x"))));
+    assert!(
+        !s.authorize(api, "spiffe://m/ops/intern", Some(("GET", "/x"))),
+        "deny wins"
+    );
+    assert!(
+        !s.authorize(api, "spiffe://m/sa/other", None),
+        "deny by default"
+    );
+    assert!(s.authorize(api, "spiffe://m/sa/prom", Some(("GET", "/metrics/x"))));
+    assert!(!s.authorize(api, "spiffe://m/sa/prom", Some(("POST", "/metrics"))));
+    assert!(
+        !s.authorize(api, "spiffe://m/sa/prom", None),
+        "a scoped rule never allows TCP"
+    );
+    assert!(
+        !s.authorize(api, "spiffe://m/sa/web", Some(("DELETE", "/x"))),
+        "scoped deny"
+    );
+    assert!(
+        s.authorize(api, "spiffe://m/sa/web", None),
+        "scoped deny does not cover TCP"
+    );
+}
+
+#[test]
+fn listeners_peers_and_endpoint_vias_resolve() {
+    let s = compile(
+        r#"
+        [[peer]]
+        name = "gw-b"
+        address = "10.10.2.2:15443"
+        identity = "spiffe://m/gateway/gw-b"
+        [[service]]
+        name = "db"
+        endpoints = [{ address = "10.10.3.4:5432", via = "gw-b" }]
+        load_balancer = "ring-hash"
+        hash_key = "header:X-Tenant"
+        [[listener]]
+        name = "db"
+        bind = "10.10.1.1:5432"
+        protocol = "tcp"
+        service = "db"
+        "#,
+    );
+    let db = s.service("db").expect("db");
+    assert_eq!(db.endpoints[0].via, Some(0));
+    assert_eq!(
+        s.peer("gw-b").expect("peer").identity,
+        "spiffe://m/gateway/gw-b"
+    );
+    assert_eq!(
+        db.hash_key,
+        Some(control::snapshot::HashKey::Header("x-tenant".into()))
+    );
+    assert_eq!(s.listeners[0].service, s.service_id("db"));
+    assert_eq!(s.listeners[0].protocol, control::schema::Protocol::Tcp);
+}

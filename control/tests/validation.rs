@@ -1,0 +1,375 @@
+//! Every validation error: its exact message, key, hint and position.
+
+mod common;
+
+use common::{errors, errors_in, write_cert, write_good_cert};
+
+#[track_caller]
+fn one(text: &str, expected: &str) {
+    assert_eq!(errors(text), vec![expected.to_owned()], "for:\n{text}");
+}
+
+#[test]
+fn unknown_key_lists_allowed_keys_or_suggests_one() {
+    one(
+        "[[service]]\nname = \"a\"\nadress = 1\n",
+        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ adress = \"1.2.3.4:5\" }]\n",
+        "t.toml:3:16: service[0].endpoints[0].adress: unknown key \"adress\" (hint: did you mean \"address\"?)",
+    );
+    one(
+        "[[servce]]\nname = \"a\"\n",
+        "t.toml:1:3: servce: unknown key \"servce\" (hint: did you mean \"service\"?)",
+    );
+}
+
+#[test]
+fn wrong_types() {
+    one(
+        "[[service]]\nname = 5\n",
+        "t.toml:2:8: service[0].name: expected a string, found an integer (hint: quote it: \"5\")",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\", weight = \"2\" }]\n",
+        "t.toml:3:48: service[0].endpoints[0].weight: expected an integer, found a string (hint: remove the quotes: 2)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\", weight = -1 }]\n",
+        "t.toml:3:48: service[0].endpoints[0].weight: expected an integer from 0 to 4294967295, found integer -1",
+    );
+    one(
+        "[service]\nname = \"a\"\n",
+        "t.toml:1:1: service: expected an array, found a table (hint: write [[service]] for each entry, or service = [ ... ])",
+    );
+    one(
+        "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:80\"\nprotocol = \"htpp\"\n",
+        "t.toml:4:12: listener[0].protocol: unknown value \"htpp\" (hint: did you mean \"http\"?)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nload_balancer = \"rr\"\n",
+        "t.toml:3:17: service[0].load_balancer: unknown value \"rr\" (hint: one of: round-robin, least-request, p2c-ewma, ring-hash)",
+    );
+}
+
+#[test]
+fn missing_required_key() {
+    one("[[peer]]\nname = \"b\"\naddress = \"1.2.3.4:5\"\n", "t.toml:1:1: peer[0].identity: missing required key \"identity\" (hint: add identity = ...)");
+}
+
+#[test]
+fn syntax_error_is_one_error() {
+    one(
+        "a = = 1\n",
+        "t.toml:1:5: TOML syntax error: invalid string; expected `\"`, `'`",
+    );
+}
+
+#[test]
+fn references_to_unknown_names_suggest_the_closest() {
+    one(
+        "[[service]]\nname = \"reviews\"\n[[route]]\nservice = \"reviwes\"\n",
+        "t.toml:4:11: route[0].service: unknown service \"reviwes\" (hint: did you mean \"reviews\"?)",
+    );
+    one(
+        "[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.1:1\"\nidentity = \"spiffe://m/gw\"\n[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:80\", via = \"gw-c\" }]\n",
+        "t.toml:7:46: service[0].endpoints[0].via: unknown peer \"gw-c\" (hint: did you mean \"gw-b\"?)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:80\", via = \"zzz\" }]\n",
+        "t.toml:3:46: service[0].endpoints[0].via: unknown peer \"zzz\" (hint: define it in a [[peer]] table)",
+    );
+    one(
+        "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:1\"\nprotocol = \"tcp\"\nservice = \"db\"\n",
+        "t.toml:5:11: listener[0].service: unknown service \"db\" (hint: define it in a [[service]] table)",
+    );
+    one(
+        "[[listener]]\nname = \"m\"\nbind = \"0.0.0.0:1\"\nprotocol = \"mesh\"\nidentity = \"spiffe://m/gw\"\n",
+        "t.toml:5:12: listener[0].identity: unknown identity \"spiffe://m/gw\" (hint: define it in an [[identity]] table)",
+    );
+    one(
+        "[[authorization]]\nservice = \"x\"\nallow = [\"*\"]\n",
+        "t.toml:2:11: authorization[0].service: unknown service \"x\" (hint: define it in a [[service]] table)",
+    );
+}
+
+#[test]
+fn overlapping_listeners() {
+    let t = "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\n\
+             [[listener]]\nname = \"b\"\nbind = \"10.0.0.1:80\"\nprotocol = \"echo\"\n";
+    one(t, "t.toml:7:8: listener[1].bind: overlaps listener \"a\" on 0.0.0.0:80 (hint: see line 3; use another port or address)");
+    // Different ports, or different addresses on one port, do not overlap.
+    let ok = "[[listener]]\nname = \"a\"\nbind = \"10.0.0.2:80\"\nprotocol = \"http\"\n\
+              [[listener]]\nname = \"b\"\nbind = \"10.0.0.1:80\"\nprotocol = \"echo\"\n";
+    assert!(common::compile_in(std::path::Path::new("."), ok).is_ok());
+}
+
+#[test]
+fn listener_fields_that_do_nothing_or_are_missing() {
+    one(
+        "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\nprotocol = \"tcp\"\n",
+        "t.toml:4:12: listener[0].service: a tcp listener needs a service (hint: add service = \"NAME\")",
+    );
+    one(
+        "[[service]]\nname = \"s\"\n[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\nservice = \"s\"\n",
+        "t.toml:7:11: listener[0].service: service does nothing for protocol \"http\" (http routes by Host) (hint: remove it)",
+    );
+    one(
+        "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:443\"\nprotocol = \"ingress-tls\"\n",
+        "t.toml:4:12: listener[0].identity: a ingress-tls listener needs an identity (hint: add identity = \"spiffe://...\" naming an [[identity]])",
+    );
+}
+
+#[test]
+fn weights_summing_to_zero() {
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\", weight = 0 }]\n",
+        "t.toml:3:14: service[0].endpoints: endpoint weights sum to zero (hint: give at least one endpoint a weight above 0)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\" }]\n[[route]]\nservice = \"a\"\nbackends = [{ weight = 0 }, { weight = 0 }]\n",
+        "t.toml:6:13: route[0].backends: backend weights sum to zero (hint: give at least one backend a weight above 0)",
+    );
+}
+
+#[test]
+fn backend_labels_must_select_something() {
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\", labels = { version = \"v1\" } }]\n[[route]]\nservice = \"a\"\nbackends = [{ labels = { version = \"v3\" } }]\n",
+        "t.toml:6:13: route[0].backends[0].labels: no endpoint of service \"a\" has labels {version=v3} (hint: labels present: {version=v1})",
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    one(
+        "[[service]]\nname = \"a\"\n[[service]]\nname = \"a\"\n",
+        "t.toml:4:8: service[1].name: duplicate service \"a\" (hint: first defined on line 2)",
+    );
+    one(
+        "[[peer]]\nname = \"p\"\naddress = \"1.1.1.1:1\"\nidentity = \"spiffe://m/p\"\n[[peer]]\nname = \"p\"\naddress = \"1.1.1.2:1\"\nidentity = \"spiffe://m/q\"\n",
+        "t.toml:6:8: peer[1].name: duplicate peer \"p\" (hint: first defined on line 2)",
+    );
+    one(
+        "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:1\"\nprotocol = \"echo\"\n[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:2\"\nprotocol = \"sink\"\n",
+        "t.toml:6:8: listener[1].name: duplicate listener \"l\" (hint: first defined on line 2)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\" }, { address = \"1.2.3.4:5\" }]\n",
+        "t.toml:3:53: service[0].endpoints[1].address: duplicate endpoint 1.2.3.4:5 (hint: first listed on line 3)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\nhosts = [\"A\"]\n",
+        "t.toml:5:10: service[1].hosts[0]: host \"a\" already names service \"a\" (hint: see line 2; a host names one service)",
+    );
+}
+
+#[test]
+fn bad_addresses_and_cidrs() {
+    let e = errors("[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4\" }, { address = \"foo:80\" }, { address = \"::1:80\" }]\n");
+    assert_eq!(
+        e,
+        vec![
+            "t.toml:3:26: service[0].endpoints[0].address: \"1.2.3.4\" is not an IP:PORT address (hint: add a port: \"1.2.3.4:PORT\")",
+            "t.toml:3:51: service[0].endpoints[1].address: \"foo:80\" is not an IP:PORT address (hint: write IP:PORT, e.g. \"10.10.3.2:8080\"; names are not resolved)",
+            "t.toml:3:75: service[0].endpoints[2].address: \"::1:80\" is not an IP:PORT address (hint: add a port: \"::1:80:PORT\")",
+        ]
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    write_good_cert(dir.path(), "spiffe://m/a");
+    let e = errors_in(
+        dir.path(),
+        "[[identity]]\nid = \"spiffe://m/a\"\nsources = [\"10.0.0.1/24\", \"10.0.0.0/33\"]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+    );
+    assert_eq!(
+        e,
+        vec![
+            "t.toml:3:12: identity[0].sources[0]: \"10.0.0.1/24\" has host bits set (hint: did you mean \"10.0.0.0/24\"?)",
+            "t.toml:3:27: identity[0].sources[1]: \"10.0.0.0/33\" is not a CIDR (hint: write ADDRESS/PREFIX, e.g. \"10.10.1.0/24\")",
+        ]
+    );
+}
+
+#[test]
+fn bad_spiffe_ids() {
+    one(
+        "[[peer]]\nname = \"p\"\naddress = \"1.1.1.1:1\"\nidentity = \"https://m/p\"\n",
+        "t.toml:4:12: peer[0].identity: \"https://m/p\" is not a SPIFFE ID: it does not start with spiffe:// (hint: write spiffe://TRUST-DOMAIN/PATH, e.g. spiffe://corp.mesh/sa/checkout)",
+    );
+    one(
+        "[[service]]\nname = \"s\"\n[[authorization]]\nservice = \"s\"\nallow = [\"spiffe://Corp/x\"]\n",
+        "t.toml:5:10: authorization[0].allow[0]: \"spiffe://Corp/x\" is not a SPIFFE ID: it has a trust domain with characters other than a-z 0-9 . - _ (hint: write spiffe://TRUST-DOMAIN/PATH, e.g. spiffe://corp.mesh/sa/checkout)",
+    );
+}
+
+#[test]
+fn regex_that_does_not_compile() {
+    one(
+        "[[service]]\nname = \"a\"\n[[route]]\nservice = \"a\"\nmatch = { path = { regex = \"(\" } }\n",
+        "t.toml:5:18: route[0].match.path.regex: regex does not compile: unclosed group (hint: Rust regex syntax; the regex must match the whole path)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\n[[route]]\nservice = \"a\"\nmatch = { path = { regex = \"a\", prefix = \"/\" } }\n",
+        "t.toml:5:18: route[0].match.path: expected a table with exactly one of: exact, prefix, regex (hint: e.g. { exact = ... })",
+    );
+    one(
+        "[[service]]\nname = \"a\"\n[[route]]\nservice = \"a\"\nmatch = { path = { prefix = \"api\" } }\n",
+        "t.toml:5:18: route[0].match.path.prefix: path \"api\" does not start with '/' (hint: write \"/api\")",
+    );
+    one(
+        "[[service]]\nname = \"a\"\n[[authorization]]\nservice = \"a\"\nallow = [\"*\"]\npaths = [{ regex = \"[z-a]\" }]\n",
+        "t.toml:6:10: authorization[0].paths[0].regex: regex does not compile: invalid character class range, the start must be <= the end (hint: Rust regex syntax; the regex must match the whole path)",
+    );
+}
+
+#[test]
+fn lower_case_method() {
+    one(
+        "[[service]]\nname = \"a\"\n[[route]]\nservice = \"a\"\nmatch = { method = \"get\" }\n",
+        "t.toml:5:20: route[0].match.method: method \"get\" is not upper-case (hint: methods are case-sensitive (RFC 9110 §9.1): write \"GET\")",
+    );
+}
+
+#[test]
+fn hash_key_needs_ring_hash() {
+    one(
+        "[[service]]\nname = \"a\"\nhash_key = \"source-ip\"\n",
+        "t.toml:3:12: service[0].hash_key: hash_key does nothing without load_balancer = \"ring-hash\" (hint: remove it, or set load_balancer = \"ring-hash\")",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nload_balancer = \"ring-hash\"\nhash_key = \"body\"\n",
+        "t.toml:4:12: service[0].hash_key: \"body\" is not a hash key (hint: one of: source-ip, header:NAME, cookie:NAME)",
+    );
+}
+
+#[test]
+fn authorization_that_does_nothing() {
+    one(
+        "[[service]]\nname = \"a\"\n[[authorization]]\nservice = \"a\"\n",
+        "t.toml:4:11: authorization[0]: rule allows and denies no one (hint: add allow = [\"spiffe://...\"] or deny = [...])",
+    );
+}
+
+#[test]
+fn all_errors_of_a_file_are_reported_in_order() {
+    let t = "[[service]]\nnmae = \"a\"\nload_balancer = \"rr\"\n\n[[route]]\nservice = \"b\"\n\n[[listener]]\nname = \"x\"\nbind = \"nowhere\"\nprotocol = \"echo\"\n";
+    assert_eq!(
+        errors(t),
+        vec![
+            "t.toml:2:1: service[0].nmae: unknown key \"nmae\" (hint: did you mean \"name\"?)",
+            "t.toml:3:17: service[0].load_balancer: unknown value \"rr\" (hint: one of: round-robin, least-request, p2c-ewma, ring-hash)",
+            "t.toml:6:11: route[0].service: unknown service \"b\" (hint: define it in a [[service]] table)",
+            "t.toml:10:8: listener[0].bind: \"nowhere\" is not an IP:PORT address (hint: write IP:PORT, e.g. \"10.10.3.2:8080\"; names are not resolved)",
+        ]
+    );
+}
+
+const IDENT: &str =
+    "[[identity]]\nid = \"spiffe://m/a\"\ncert = \"c/cert.pem\"\nkey = \"k/key.pem\"\n";
+
+#[test]
+fn certificate_missing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().display();
+    assert_eq!(
+        errors_in(dir.path(), IDENT),
+        vec![
+            format!("t.toml:3:8: identity[0].cert: certificate file \"{base}/c/cert.pem\" not found (hint: issue one: xdpmesh ca issue --ca CA_DIR --id spiffe://m/a --out DIR)"),
+            format!("t.toml:4:7: identity[0].key: key file \"{base}/k/key.pem\" not found (hint: issue one: xdpmesh ca issue --ca CA_DIR --id spiffe://m/a --out DIR)"),
+        ]
+    );
+}
+
+#[test]
+fn certificate_unreadable_or_not_pem() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().display();
+    // A directory where the file should be: read fails even for root.
+    std::fs::create_dir_all(dir.path().join("c/cert.pem")).expect("mkdir");
+    std::fs::create_dir_all(dir.path().join("k")).expect("mkdir");
+    std::fs::write(dir.path().join("k/key.pem"), "not a key").expect("write");
+    assert_eq!(
+        errors_in(dir.path(), IDENT),
+        vec![
+            format!("t.toml:3:8: identity[0].cert: cannot read certificate file \"{base}/c/cert.pem\": Is a directory (os error 21) (hint: check the file's permissions)"),
+            format!("t.toml:4:7: identity[0].key: \"{base}/k/key.pem\" holds no usable PKCS#8 private key (PEM error: malformedframing) (hint: convert it: openssl pkcs8 -topk8 -nocrypt -in OLD.pem -out NEW.pem)"),
+        ]
+    );
+    std::fs::remove_dir(dir.path().join("c/cert.pem")).expect("rmdir");
+    std::fs::write(dir.path().join("c/cert.pem"), "hello").expect("write");
+    let e = errors_in(dir.path(), IDENT);
+    assert_eq!(
+        e[0],
+        format!("t.toml:3:8: identity[0].cert: \"{base}/c/cert.pem\" holds no PEM certificate (hint: expected a -----BEGIN CERTIFICATE----- block)")
+    );
+}
+
+fn cert_case(
+    from: (i32, u8, u8),
+    until: (i32, u8, u8),
+    cert_id: &str,
+) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_cert(&dir.path().join("c"), cert_id, from, until);
+    std::fs::create_dir_all(dir.path().join("k")).expect("mkdir");
+    std::fs::copy(dir.path().join("c/key.pem"), dir.path().join("k/key.pem")).expect("copy");
+    let e = errors_in(dir.path(), IDENT);
+    (dir, e)
+}
+
+#[test]
+fn certificate_expired_or_not_yet_valid() {
+    let (_d, e) = cert_case((2000, 1, 1), (2001, 1, 1), "spiffe://m/a");
+    assert_eq!(
+        e,
+        vec!["t.toml:3:8: identity[0].cert: certificate expired on Jan  1 00:00:00 2001 +00:00 (hint: issue a new one: xdpmesh ca issue --ca CA_DIR --id spiffe://m/a --out DIR)"]
+    );
+    let (_d, e) = cert_case((2990, 1, 1), (2999, 1, 1), "spiffe://m/a");
+    assert_eq!(
+        e,
+        vec!["t.toml:3:8: identity[0].cert: certificate is not valid before Jan  1 00:00:00 2990 +00:00 (hint: check the clock, or issue a certificate valid now)"]
+    );
+}
+
+#[test]
+fn certificate_for_another_spiffe_id() {
+    let (_d, e) = cert_case((2020, 1, 1), (2999, 1, 1), "spiffe://m/b");
+    assert_eq!(
+        e,
+        vec!["t.toml:3:8: identity[0].cert: certificate's SPIFFE ID is \"spiffe://m/b\", not \"spiffe://m/a\" (hint: set id = \"spiffe://m/b\", or issue a certificate for spiffe://m/a)"]
+    );
+}
+
+#[test]
+fn key_not_matching_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().display();
+    write_good_cert(&dir.path().join("c"), "spiffe://m/a");
+    write_good_cert(&dir.path().join("k"), "spiffe://m/a"); // another key pair
+    assert_eq!(
+        errors_in(dir.path(), IDENT),
+        vec![format!("t.toml:4:7: identity[0].key: key does not match the certificate \"{base}/c/cert.pem\" (hint: use the key the certificate was issued for)")]
+    );
+}
+
+#[test]
+fn good_certificate_loads_into_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_good_cert(&dir.path().join("c"), "spiffe://m/a");
+    std::fs::create_dir_all(dir.path().join("k")).expect("mkdir");
+    std::fs::copy(dir.path().join("c/key.pem"), dir.path().join("k/key.pem")).expect("copy");
+    let text = format!("{IDENT}sources = [\"10.1.0.0/16\", \"10.1.2.3\"]\n");
+    let c = common::compile_in(dir.path(), &text).expect("valid");
+    let id = c
+        .snapshot
+        .identity_for_source("10.1.9.9".parse().expect("ip"))
+        .expect("identity for source");
+    assert_eq!(id.id, "spiffe://m/a");
+    assert_eq!(id.cert_chain_der.len(), 1);
+    assert!(!id.key_der.is_empty());
+    assert!(c
+        .snapshot
+        .identity_for_source("10.2.0.1".parse().expect("ip"))
+        .is_none());
+}

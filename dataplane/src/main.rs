@@ -1,0 +1,229 @@
+//! `xdpmesh`: the gateway binary. One small function per subcommand; each writes
+//! to the given output streams and returns the process exit code.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xdpmesh", version, about = "AF_XDP service-mesh gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a node file and the tables it names; print every error, one per line.
+    Check(CheckArgs),
+    /// Convert other formats into xdpmesh tables.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The node file (its [node] table names the tables file).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// SMI TrafficSplit, TrafficTarget, HTTPRouteGroup and TCPRoute YAML → tables TOML on stdout.
+    Smi(SmiArgs),
+}
+
+#[derive(Args)]
+struct SmiArgs {
+    /// YAML files; each may hold several documents separated by `---`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Trust domain for the SPIFFE IDs made from service accounts
+    /// (spiffe://DOMAIN/ns/NAMESPACE/sa/NAME).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+}
+
+/// Exit codes: 0 ok, 1 the input has errors (2 is clap's for bad usage).
+const OK: u8 = 0;
+const FAILED: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = run(
+        cli.command,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    ExitCode::from(code)
+}
+
+fn run(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match command {
+        Command::Check(a) => check(&a, out, err),
+        Command::Import(ImportCommand::Smi(a)) => import_smi(&a, out, err),
+    }
+}
+
+fn check(a: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match control::check::check_node(&a.config, SystemTime::now()) {
+        Ok((node, compiled)) => {
+            let s = &compiled.snapshot;
+            let _ = writeln!(
+                out,
+                "{}: ok: node {}, tables {}: {} identities, {} peers, {} listeners, {} services, {} routes",
+                a.config.display(),
+                node.name,
+                node.tables.display(),
+                s.identities.len(),
+                s.peers.len(),
+                s.listeners.len(),
+                s.services.len(),
+                s.routes.len()
+            );
+            OK
+        }
+        Err(errors) => {
+            let _ = write!(err, "{errors}");
+            let n = errors.len();
+            let _ = writeln!(err, "{n} error{}", if n == 1 { "" } else { "s" });
+            FAILED
+        }
+    }
+}
+
+fn import_smi(a: &SmiArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let mut docs = Vec::new();
+    for f in &a.files {
+        match std::fs::read_to_string(f) {
+            Ok(text) => docs.push((f.display().to_string(), text)),
+            Err(e) => {
+                let _ = writeln!(err, "{}: cannot read: {e}", f.display());
+                return FAILED;
+            }
+        }
+    }
+    let opts = control::smi::Options {
+        trust_domain: a.trust_domain.clone(),
+    };
+    match control::smi::import(&docs, &opts) {
+        Ok(imported) => {
+            for note in &imported.notes {
+                let _ = writeln!(err, "not expressed: {note}");
+            }
+            let _ = write!(out, "{}", imported.to_toml());
+            OK
+        }
+        Err(errors) => {
+            for e in &errors {
+                let _ = writeln!(err, "{e}");
+            }
+            FAILED
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn control_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../control")
+    }
+
+    fn run_args(args: &[&str]) -> (u8, String, String) {
+        let cli = Cli::try_parse_from(std::iter::once("xdpmesh").chain(args.iter().copied()))
+            .expect("args parse");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run(cli.command, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+
+    #[test]
+    fn check_accepts_a_good_node_file() {
+        let node = control_dir().join("examples/canary-node.toml");
+        let (code, out, err) = run_args(&["check", "--config", &node.display().to_string()]);
+        assert_eq!(code, OK, "{err}");
+        assert!(out.contains(": ok: node canary"), "{out}");
+        assert!(out.contains("1 services, 3 routes"), "{out}");
+    }
+
+    #[test]
+    fn check_prints_every_error_one_per_line_and_fails() {
+        let dir = tempfile_dir();
+        std::fs::write(
+            dir.join("node.toml"),
+            "[node]\nname = \"n\"\ntables = \"t.toml\"\n[[interface]]\nname = \"eth1\"\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.join("t.toml"),
+            "[[service]]\nname = \"a\"\nadress = 1\n[[route]]\nservice = \"b\"\n",
+        )
+        .expect("write");
+        let (code, out, err) = run_args(&[
+            "check",
+            "--config",
+            &dir.join("node.toml").display().to_string(),
+        ]);
+        assert_eq!(code, FAILED);
+        assert!(out.is_empty(), "{out}");
+        let t = dir.join("t.toml").display().to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                format!("{t}:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key)").as_str(),
+                format!("{t}:5:11: route[0].service: unknown service \"b\" (hint: define it in a [[service]] table)").as_str(),
+                "2 errors",
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn import_smi_writes_tables_that_check() {
+        let f = control_dir().join("tests/fixtures/smi/split-v1alpha4-ab.yaml");
+        let (code, out, err) = run_args(&["import", "smi", &f.display().to_string()]);
+        assert_eq!(code, OK, "{err}");
+        let src = control::Source::new("imported.toml", out.clone());
+        let compiled = control::compile(&src, &control::Context::new("."))
+            .unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(compiled.snapshot.routes.len(), 1);
+        assert_eq!(
+            compiled.snapshot.routes[0].name.as_deref(),
+            Some("ab-test-firefox-users")
+        );
+    }
+
+    #[test]
+    fn import_smi_fails_on_unreadable_input() {
+        let (code, _, err) = run_args(&["import", "smi", "/nonexistent/x.yaml"]);
+        assert_eq!(code, FAILED);
+        assert!(
+            err.starts_with("/nonexistent/x.yaml: cannot read:"),
+            "{err}"
+        );
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "xdpmesh-main-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+}
