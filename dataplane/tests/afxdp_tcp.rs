@@ -1,0 +1,255 @@
+//! tcpstack over real AF_XDP sockets: a veth pair between two namespaces, our worker on one end
+//! (no kernel address there: the gateway answers ARP and ICMP itself), the kernel's TCP on the
+//! other end as the peer. Needs root; under CI=true it must run.
+
+use dataplane::netns::{skip_unless_root, unique_name, wait_for, NetNs};
+use dataplane::worker::{Builtin, Worker};
+use dataplane::xdp::{self, SteerConfig, Steering, XdpMode, XskConfig, XskDevice};
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tcpstack::{Ipv4Cidr, MacAddr, Stack, StackConfig};
+
+const OURS: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 100);
+
+struct Rig {
+    a: NetNs,
+    b: NetNs,
+    if_a: String,
+}
+
+fn rig() -> Rig {
+    let a = NetNs::create("axa").expect("netns A");
+    let b = NetNs::create("axb").expect("netns B");
+    let if_a = unique_name("axa");
+    let if_b = unique_name("axb");
+    let out = Command::new("ip")
+        .args(["link", "add", &if_a, "netns", a.name(), "type", "veth"])
+        .args(["peer", "name", &if_b, "netns", b.name()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.exec_ok(["ip", "link", "set", &if_a, "up"]).unwrap();
+    b.exec_ok(["ip", "addr", "add", "10.98.0.2/24", "dev", &if_b])
+        .unwrap();
+    b.exec_ok(["ip", "link", "set", &if_b, "up"]).unwrap();
+    b.exec_ok(["ethtool", "-K", &if_b, "tx", "off"]).unwrap();
+    let r = Rig { a, b, if_a };
+    let up = wait_for(Duration::from_secs(10), || {
+        let s = r.a.exec_ok(["ip", "link", "show", &r.if_a]).ok()?;
+        s.contains("state UP").then_some(())
+    });
+    assert!(up.is_some());
+    r
+}
+
+/// Starts a worker on A's end serving echo on :7, sink on :9 and http-ok on :80, runs `f`,
+/// then stops the worker and returns `f`'s result with the worker's stack.
+fn with_gateway<R: Send>(
+    rig: &Rig,
+    f: impl FnOnce() -> R + Send,
+) -> (R, tcpstack::Stats, dataplane::worker::WorkerStats) {
+    let stop = AtomicBool::new(false);
+    let ready = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            rig.a.run(|| {
+                let ifname = rig.if_a.clone();
+                let mac = xdp::sys::ifmac(&ifname).unwrap();
+                let listeners: Vec<SocketAddrV4> = [7, 9, 80]
+                    .iter()
+                    .map(|p| SocketAddrV4::new(OURS, *p))
+                    .collect();
+                let steer = Steering::attach(
+                    &ifname,
+                    XdpMode::Native,
+                    &SteerConfig {
+                        dedicated: false,
+                        local_addrs: vec![OURS],
+                        listeners,
+                        ephemeral: Some(32768..=60999),
+                    },
+                    Duration::from_secs(2),
+                )
+                .expect("attach steering");
+                let dev = XskDevice::open(&XskConfig::new(&ifname, 0), Some(Arc::new(steer)))
+                    .expect("AF_XDP socket");
+                let mtu = xdp::sys::ifmtu(&ifname).unwrap() as usize;
+                let mut cfg =
+                    StackConfig::new(MacAddr(mac), vec![Ipv4Cidr::new(OURS, 24)], [5; 16]);
+                cfg.mtu = mtu;
+                let mut w = Worker::new(dev, Stack::new(cfg));
+                w.listen(SocketAddrV4::new(OURS, 7), Builtin::Echo).unwrap();
+                w.listen(SocketAddrV4::new(OURS, 9), Builtin::Sink).unwrap();
+                w.listen(SocketAddrV4::new(OURS, 80), Builtin::HttpOk)
+                    .unwrap();
+                ready.store(true, Ordering::SeqCst);
+                w.run(&stop).expect("worker loop");
+                (w.stack().stats().clone(), w.stats)
+            })
+        });
+        assert!(
+            wait_for(Duration::from_secs(10), || ready
+                .load(Ordering::SeqCst)
+                .then_some(()))
+            .is_some(),
+            "worker never became ready"
+        );
+        let r = f();
+        stop.store(true, Ordering::SeqCst);
+        let (st, ws) = worker.join().unwrap();
+        (r, st, ws)
+    })
+}
+
+fn echo_through(rig: &Rig, size: usize) -> (Vec<u8>, Vec<u8>, usize) {
+    rig.b.run(|| {
+        let mut c =
+            TcpStream::connect_timeout(&SocketAddrV4::new(OURS, 7).into(), Duration::from_secs(10))
+                .expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(buf.len());
+                rng.fill(&mut buf[..n]);
+                h.update(&buf[..n]);
+                w.write_all(&buf[..n]).unwrap();
+                left -= n;
+            }
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+            h.finalize().to_vec()
+        });
+        let mut h = Sha256::new();
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = c.read(&mut buf).expect("read echo");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            got += n;
+        }
+        (writer.join().unwrap(), h.finalize().to_vec(), got)
+    })
+}
+
+#[test]
+fn afxdp_echo_64_mib_from_a_kernel_client() {
+    if skip_unless_root("afxdp_echo_64_mib_from_a_kernel_client") {
+        return;
+    }
+    let rig = rig();
+    let before = rig.b.nstat().unwrap();
+    let ((sent, echoed, got), stats, ws) = with_gateway(&rig, || echo_through(&rig, 64 << 20));
+    assert_eq!(got, 64 << 20);
+    assert_eq!(sent, echoed, "sha256 of the echo differs");
+    assert!(
+        ws.frames_in > 40_000,
+        "the bytes went through the AF_XDP socket: {ws:?}"
+    );
+    let after = rig.b.nstat().unwrap();
+    let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        (d("TcpInCsumErrors"), d("TcpOutRsts")),
+        (0, 0),
+        "kernel saw bad checksums or sent RSTs"
+    );
+    assert_eq!(stats.drops(tcpstack::DropReason::TcpChecksum), 0);
+}
+
+#[test]
+fn afxdp_answers_arp_ping_and_http() {
+    if skip_unless_root("afxdp_answers_arp_ping_and_http") {
+        return;
+    }
+    let rig = rig();
+    let ((ping, curl), stats, ws) = with_gateway(&rig, || {
+        let ping = rig
+            .b
+            .exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.98.0.100"])
+            .unwrap();
+        let curl = rig
+            .b
+            .exec(["curl", "-s", "--max-time", "10", "http://10.98.0.100/"])
+            .unwrap();
+        (ping, curl)
+    });
+    assert!(
+        ping.status.success(),
+        "ping: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert!(
+        curl.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "ok");
+    assert_eq!(ws.http_requests, 1);
+    assert!(stats.get(tcpstack::Counter::ArpRepliesSent) >= 1);
+    assert!(stats.get(tcpstack::Counter::IcmpEchoReplies) >= 3);
+}
+
+#[test]
+fn afxdp_1000_concurrent_connections_exchange_data_and_close() {
+    if skip_unless_root("afxdp_1000_concurrent_connections_exchange_data_and_close") {
+        return;
+    }
+    let rig = rig();
+    let (ok, stats, ws) = with_gateway(&rig, || {
+        rig.b.run(|| {
+            let mut conns: Vec<TcpStream> = (0..1000)
+                .map(|_| {
+                    TcpStream::connect_timeout(
+                        &SocketAddrV4::new(OURS, 7).into(),
+                        Duration::from_secs(10),
+                    )
+                    .expect("connect")
+                })
+                .collect();
+            for (i, c) in conns.iter_mut().enumerate() {
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                c.write_all(format!("hello {i:04}").as_bytes()).unwrap();
+            }
+            let mut ok = 0;
+            for (i, c) in conns.iter_mut().enumerate() {
+                let mut buf = [0u8; 10];
+                c.read_exact(&mut buf).unwrap();
+                if buf[..] == *format!("hello {i:04}").as_bytes() {
+                    ok += 1;
+                }
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            for c in conns.iter_mut() {
+                let mut rest = Vec::new();
+                c.read_to_end(&mut rest).unwrap();
+                assert!(rest.is_empty());
+            }
+            ok
+        })
+    });
+    assert_eq!(ok, 1000);
+    assert_eq!(ws.accepted, 1000);
+    assert_eq!(ws.resets, 0);
+    assert_eq!(
+        stats.total_drops() - stats.drops(tcpstack::DropReason::EthNotForUs),
+        0,
+        "{:?}",
+        stats.nonzero_drops().collect::<Vec<_>>()
+    );
+}
