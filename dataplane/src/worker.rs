@@ -65,6 +65,15 @@ pub struct WorkerStats {
     pub http_bad_requests: u64,
 }
 
+/// What a drain did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections that finished on their own before the deadline.
+    pub finished: usize,
+    /// Connections reset at the deadline.
+    pub reset: usize,
+}
+
 pub struct Worker<D: Device> {
     dev: D,
     stack: Stack,
@@ -157,6 +166,39 @@ impl<D: Device> Worker<D> {
             }
         }
         Ok(())
+    }
+
+    /// Graceful shutdown: stop accepting (listeners removed, so new SYNs are refused), close
+    /// idle HTTP keep-alive connections, let the others finish until `timeout`, then reset what
+    /// is left and flush the RSTs.
+    pub fn drain(&mut self, timeout: Duration) -> io::Result<DrainReport> {
+        let addrs: Vec<SocketAddrV4> = self.services.keys().copied().collect();
+        for a in addrs {
+            self.stack.unlisten(a);
+        }
+        let started = self.sessions.len();
+        for s in self.sessions.values_mut() {
+            if s.kind == Builtin::HttpOk && s.inbuf.is_empty() && s.out.is_empty() {
+                s.close_after_out = true;
+            }
+        }
+        let deadline = WallInstant::now() + timeout;
+        while !self.sessions.is_empty() && WallInstant::now() < deadline {
+            if !self.poll_once()? {
+                self.dev.wait(Duration::from_millis(1))?;
+            }
+        }
+        let left: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for id in &left {
+            let _ = self.stack.abort(*id);
+        }
+        self.sessions.clear();
+        // Send the RSTs (and anything else still queued) before the socket goes away.
+        while self.poll_once()? {}
+        Ok(DrainReport {
+            finished: started - left.len(),
+            reset: left.len(),
+        })
     }
 
     fn serve(&mut self, now: tcpstack::Instant) -> bool {
