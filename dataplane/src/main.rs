@@ -29,6 +29,10 @@ struct CheckArgs {
     /// The node file (its [node] table names the tables file).
     #[arg(long)]
     config: PathBuf,
+    /// The node file describes this machine: every [[interface]] must exist here.
+    /// Without it, only interfaces present here are checked against the machine.
+    #[arg(long)]
+    system: bool,
 }
 
 #[derive(Subcommand)]
@@ -70,7 +74,27 @@ fn run(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 }
 
 fn check(a: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    match control::check::check_node(&a.config, SystemTime::now()) {
+    // hw-config checks [[interface]]; its errors print with control's, its notes
+    // (warnings) as `note:` lines that do not change the exit code.
+    let checks = if a.system {
+        hw_config::SystemChecks::Required
+    } else {
+        hw_config::SystemChecks::IfPresent
+    };
+    let hw = control::node::load(&a.config)
+        .map(|n| hw_config::check(&n, checks))
+        .unwrap_or_default();
+    for note in &hw.notes {
+        let _ = writeln!(err, "note: {note}");
+    }
+    let checked = control::check::check_node(&a.config, SystemTime::now()).and_then(|r| {
+        if hw.errors.is_empty() {
+            Ok(r)
+        } else {
+            Err(control::Diagnostics::default())
+        }
+    });
+    match checked {
         Ok((node, compiled)) => {
             let s = &compiled.snapshot;
             let _ = writeln!(
@@ -87,7 +111,8 @@ fn check(a: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             );
             OK
         }
-        Err(errors) => {
+        Err(mut errors) => {
+            errors.extend(hw.errors);
             let _ = write!(err, "{errors}");
             let n = errors.len();
             let _ = writeln!(err, "{n} error{}", if n == 1 { "" } else { "s" });
@@ -162,7 +187,7 @@ mod tests {
         let dir = tempfile_dir();
         std::fs::write(
             dir.join("node.toml"),
-            "[node]\nname = \"n\"\ntables = \"t.toml\"\n[[interface]]\nname = \"eth1\"\n",
+            "[node]\nname = \"n\"\ntables = \"t.toml\"\n[[interface]]\nname = \"eth1\"\naddress = \"10.0.0.1/24\"\nqueues = [0]\ncores = [0]\n",
         )
         .expect("write");
         std::fs::write(
@@ -187,6 +212,45 @@ mod tests {
                 "2 errors",
             ]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn check_prints_hw_config_errors_with_controls() {
+        let dir = tempfile_dir();
+        let node = dir.join("node.toml");
+        std::fs::write(
+            &node,
+            "[node]\nname = \"n\"\ntables = \"t.toml\"\n[[interface]]\nname = \"eth1\"\naddress = \"10.0.0.1/24\"\nxdp_mode = \"generic\"\nqueues = [0, 1]\ncores = [0]\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.join("t.toml"),
+            "[[service]]\nname = \"a\"\nadress = 1\n",
+        )
+        .expect("write");
+        let (code, out, err) = run_args(&["check", "--config", &node.display().to_string()]);
+        assert_eq!(code, FAILED);
+        assert!(out.is_empty(), "{out}");
+        let (n, t) = (
+            node.display().to_string(),
+            dir.join("t.toml").display().to_string(),
+        );
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                format!("note: {n}:7:12: interface[0].xdp_mode: generic XDP drops GSO super-packets (hint: use native where the driver supports XDP; on generic, turn off GRO/GSO: ethtool -K eth1 gro off gso off)").as_str(),
+                format!("{t}:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key)").as_str(),
+                format!("{n}:9:9: interface[0].cores: 1 cores for 2 queues (hint: one core per queue, in the same order: the worker for queues[i] runs on cores[i])").as_str(),
+                "2 errors",
+            ]
+        );
+        // The same node with good tables still fails on the hw-config error alone.
+        std::fs::write(dir.join("t.toml"), "").expect("write");
+        let (code, out, err) = run_args(&["check", "--config", &n]);
+        assert_eq!(code, FAILED, "{out}");
+        assert!(err.ends_with("1 error\n"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

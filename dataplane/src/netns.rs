@@ -394,6 +394,51 @@ impl NetNs {
     }
 }
 
+/// Two namespaces joined by a veth pair: `a` is the gateway side, `b` the kernel peer with an
+/// address and checksum offload off (DESIGN.md: otherwise it sends partial checksums).
+#[derive(Debug)]
+pub struct VethPair {
+    pub a: NetNs,
+    pub b: NetNs,
+    pub if_a: String,
+    pub if_b: String,
+}
+
+impl VethPair {
+    /// `a_cidr`: a kernel address on A's end, if any (the gateway usually owns its address
+    /// alone); `b_cidr`: the peer's address. Returns once A's end is up.
+    pub fn create(prefix: &str, a_cidr: Option<&str>, b_cidr: &str) -> io::Result<Self> {
+        let a = NetNs::create(&format!("{prefix}a"))?;
+        let b = NetNs::create(&format!("{prefix}b"))?;
+        let if_a = unique_name(&format!("{prefix}a"));
+        let if_b = unique_name(&format!("{prefix}b"));
+        let out = Command::new("ip")
+            .args(["link", "add", &if_a, "netns", a.name(), "type", "veth"])
+            .args(["peer", "name", &if_b, "netns", b.name()])
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "ip link add veth: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        if let Some(c) = a_cidr {
+            a.exec_ok(["ip", "addr", "add", c, "dev", &if_a])?;
+        }
+        a.exec_ok(["ip", "link", "set", &if_a, "up"])?;
+        b.exec_ok(["ip", "addr", "add", b_cidr, "dev", &if_b])?;
+        b.exec_ok(["ip", "link", "set", &if_b, "up"])?;
+        b.exec_ok(["ethtool", "-K", &if_b, "tx", "off"])?;
+        let pair = VethPair { a, b, if_a, if_b };
+        let up = wait_for(Duration::from_secs(10), || {
+            let s = pair.a.exec_ok(["ip", "link", "show", &pair.if_a]).ok()?;
+            s.contains("state UP").then_some(())
+        });
+        up.ok_or_else(|| io::Error::other(format!("{} never came up", pair.if_a)))?;
+        Ok(pair)
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         // Everything inside was started by the test that owns this namespace.

@@ -2,14 +2,13 @@
 //! (no kernel address there: the gateway answers ARP and ICMP itself), the kernel's TCP on the
 //! other end as the peer. Needs root; under CI=true it must run.
 
-use dataplane::netns::{skip_unless_root, unique_name, wait_for, NetNs};
+use dataplane::netns::{skip_unless_root, wait_for, VethPair};
 use dataplane::worker::{Builtin, DrainReport, Worker};
 use dataplane::xdp::{self, SteerConfig, Steering, XdpMode, XskConfig, XskDevice};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,39 +16,10 @@ use tcpstack::{Ipv4Cidr, MacAddr, Stack, StackConfig};
 
 const OURS: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 100);
 
-struct Rig {
-    a: NetNs,
-    b: NetNs,
-    if_a: String,
-}
+type Rig = VethPair;
 
 fn rig() -> Rig {
-    let a = NetNs::create("axa").expect("netns A");
-    let b = NetNs::create("axb").expect("netns B");
-    let if_a = unique_name("axa");
-    let if_b = unique_name("axb");
-    let out = Command::new("ip")
-        .args(["link", "add", &if_a, "netns", a.name(), "type", "veth"])
-        .args(["peer", "name", &if_b, "netns", b.name()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    a.exec_ok(["ip", "link", "set", &if_a, "up"]).unwrap();
-    b.exec_ok(["ip", "addr", "add", "10.98.0.2/24", "dev", &if_b])
-        .unwrap();
-    b.exec_ok(["ip", "link", "set", &if_b, "up"]).unwrap();
-    b.exec_ok(["ethtool", "-K", &if_b, "tx", "off"]).unwrap();
-    let r = Rig { a, b, if_a };
-    let up = wait_for(Duration::from_secs(10), || {
-        let s = r.a.exec_ok(["ip", "link", "show", &r.if_a]).ok()?;
-        s.contains("state UP").then_some(())
-    });
-    assert!(up.is_some());
-    r
+    VethPair::create("ax", None, "10.98.0.2/24").expect("veth pair")
 }
 
 /// Starts a worker on A's end serving echo on :7, sink on :9 and http-ok on :80, runs `f`
