@@ -204,33 +204,36 @@ fn blind_rst_in_window_gets_a_challenge_ack_and_is_ignored() {
     // Forge a RST from A's address with a sequence number inside B's window but not exact.
     let local = sim.a.local_addr(a).unwrap();
     let (rcv_nxt_b, _) = next_seq_pair(&mut sim, a, b);
-    let frame = forge(
+    let frame = forge_tcp(
         local,
         addr(B_IP, 80),
         rcv_nxt_b.wrapping_add(1000),
         0,
         tcpstack::wire::tcp::Flags::RST,
+        b"",
     );
     sim.b.handle_frame(sim.now, &frame);
     assert_eq!(sim.b.stats().get(Counter::ChallengeAcks), 1);
     assert_eq!(sim.b.state(b).unwrap(), State::Established);
     // A SYN on an established connection also only earns a challenge ACK (RFC 5961 §4).
-    let frame = forge(
+    let frame = forge_tcp(
         local,
         addr(B_IP, 80),
         rcv_nxt_b.wrapping_add(5),
         0,
         tcpstack::wire::tcp::Flags::SYN,
+        b"",
     );
     sim.b.handle_frame(sim.now, &frame);
     assert_eq!(sim.b.stats().get(Counter::ChallengeAcks), 2);
     // An exact-sequence RST does reset.
-    let frame = forge(
+    let frame = forge_tcp(
         local,
         addr(B_IP, 80),
         rcv_nxt_b,
         0,
         tcpstack::wire::tcp::Flags::RST,
+        b"",
     );
     sim.b.handle_frame(sim.now, &frame);
     let (_, eb) = run_until(&mut sim, Duration::from_secs(1), |_, eb| !eb.is_empty());
@@ -261,38 +264,6 @@ fn next_seq_pair(sim: &mut Sim, a: tcpstack::ConnId, b: tcpstack::ConnId) -> (u3
         .expect("an ACK from B");
     let s = tcpstack::wire::tcp::Segment::parse(&f[34..], B_IP, A_IP).unwrap();
     (s.header.ack, s.header.seq)
-}
-
-fn forge(
-    src: std::net::SocketAddrV4,
-    dst: std::net::SocketAddrV4,
-    seq: u32,
-    ack: u32,
-    flags: tcpstack::wire::tcp::Flags,
-) -> Vec<u8> {
-    use tcpstack::wire::{ethernet, ipv4, tcp};
-    let h = tcp::Header {
-        src_port: src.port(),
-        dst_port: dst.port(),
-        seq,
-        ack,
-        flags,
-        window: 1000,
-        options: Default::default(),
-    };
-    let mut f = vec![0u8; 14 + 20 + h.len()];
-    ethernet::emit(&mut f, B_MAC, A_MAC, ethernet::ETHERTYPE_IPV4);
-    h.emit(&mut f[34..]);
-    tcp::fill_checksum(&mut f[34..], *src.ip(), *dst.ip());
-    ipv4::emit(
-        &mut f[14..],
-        *src.ip(),
-        *dst.ip(),
-        ipv4::PROTO_TCP,
-        h.len(),
-        1,
-    );
-    f
 }
 
 #[test]
@@ -326,12 +297,13 @@ fn syn_cookies_when_the_backlog_is_full() {
     assert_eq!(sim.b.stats().get(Counter::SynCookiesAccepted), 1);
     transfer(&mut sim, a, b, 1 << 20, 2, Duration::from_secs(60));
     // A forged ACK with a wrong cookie is refused with a RST.
-    let frame = forge(
+    let frame = forge_tcp(
         addr(A_IP, 4444),
         addr(B_IP, 80),
         1,
         12345,
         tcpstack::wire::tcp::Flags::ACK,
+        b"",
     );
     sim.b.handle_frame(sim.now, &frame);
     assert_eq!(sim.b.stats().drops(DropReason::TcpSynCookieInvalid), 1);

@@ -67,6 +67,18 @@ pub struct Outgoing {
     pub is_rst: bool,
 }
 
+impl Outgoing {
+    /// A segment without payload.
+    fn bare(header: Header) -> Self {
+        Outgoing {
+            header,
+            payload_offset: 0,
+            payload_len: 0,
+            is_rst: false,
+        }
+    }
+}
+
 /// Context the stack passes into every call.
 pub struct Ctx<'a> {
     pub now: Instant,
@@ -1183,12 +1195,7 @@ impl Conn {
             h.options = Options::default();
             h.window = 0;
             ctx.stats.inc(Counter::RstsSent);
-            return Some(Outgoing {
-                header: h,
-                payload_offset: 0,
-                payload_len: 0,
-                is_rst: false,
-            });
+            return Some(Outgoing::bare(h));
         }
         if self.rst_now {
             self.rst_now = false;
@@ -1202,10 +1209,8 @@ impl Conn {
             self.close_at = None;
             ctx.stats.inc(Counter::RstsSent);
             return Some(Outgoing {
-                header: h,
-                payload_offset: 0,
-                payload_len: 0,
                 is_rst: true,
+                ..Outgoing::bare(h)
             });
         }
         match self.state {
@@ -1235,12 +1240,7 @@ impl Conn {
                     if self.rto_at.is_none() {
                         self.rto_at = Some(now + self.rtt.rto());
                     }
-                    return Some(Outgoing {
-                        header: h,
-                        payload_offset: 0,
-                        payload_len: 0,
-                        is_rst: false,
-                    });
+                    return Some(Outgoing::bare(h));
                 }
                 if self.state == State::SynSent || !self.ack_now {
                     return None;
@@ -1303,12 +1303,7 @@ impl Conn {
             ctx.stats.inc(Counter::KeepalivesSent);
             // RFC 9293 §3.8.4: SEG.SEQ = SND.NXT - 1 with no data elicits an ACK.
             let h = self.base_header(now, Flags::ACK, self.snd_una - 1);
-            return Some(Outgoing {
-                header: h,
-                payload_offset: 0,
-                payload_len: 0,
-                is_rst: false,
-            });
+            return Some(Outgoing::bare(h));
         }
 
         if self.ack_now {
@@ -1321,12 +1316,7 @@ impl Conn {
         // snd_max, not snd_nxt: after a timeout pulls snd_nxt back, the peer may already hold
         // those bytes and would discard an ACK that starts below its window.
         let h = self.base_header(now, Flags::ACK, self.snd_max);
-        Outgoing {
-            header: h,
-            payload_offset: 0,
-            payload_len: 0,
-            is_rst: false,
-        }
+        Outgoing::bare(h)
     }
 
     /// Builds a data (and possibly FIN) segment starting at `seq` with at most `max` bytes.
