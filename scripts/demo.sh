@@ -126,9 +126,9 @@ ip netns exec xm-cli iperf3 -c 10.10.3.2 -p 5201 -t 3 -f g | grep -E 'sender|rec
 
 xm_section "4/4 the mesh"
 cat <<'MSG'
-The mesh is not built yet: the xdpmesh gateways (AF_XDP + userspace TCP + mTLS between
-gateway A and gateway B) do not exist, so the traffic above crossed xm-gwa and xm-gwb by plain
-kernel IP forwarding. When they exist, this demo will start them with `scripts/rig.sh mesh` and
+The mesh is not built yet: AF_XDP I/O and the userspace TCP stack exist (see the tests), but
+the gateways that join them to routing and mTLS between gateway A and gateway B do not, so the
+traffic above crossed xm-gwa and xm-gwb by plain kernel IP forwarding. When they exist, this demo will start them with `scripts/rig.sh mesh` and
 send the same traffic through the mesh. See README.md, "Status".
 
 demo: the direct path works.
