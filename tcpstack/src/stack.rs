@@ -1102,44 +1102,14 @@ impl Stack {
         Some(ethernet::HEADER_LEN + arp::PACKET_LEN)
     }
 
-    fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
-        next_hop(&self.cfg, dst)
-    }
-
-    /// Writes Ethernet and IPv4 headers around a payload that `fill` writes, and returns the
-    /// frame length. If the next hop is unresolved the packet waits in the neighbour cache
-    /// and `None` is returned.
-    fn emit_ip(
-        &mut self,
-        now: Instant,
-        buf: &mut [u8],
-        (src, dst, proto): (Ipv4Addr, Ipv4Addr, u8),
-        len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Option<usize> {
-        let Some(hop) = self.next_hop(dst) else {
-            self.stats.drop(DropReason::NoRoute);
-            return None;
-        };
-        let total = ethernet::HEADER_LEN + ipv4::HEADER_LEN + len;
-        if total > buf.len() || ipv4::HEADER_LEN + len > self.cfg.mtu {
-            self.stats.drop(DropReason::TxBufferTooSmall);
-            return None;
-        }
-        let l3 = ethernet::HEADER_LEN;
-        fill(&mut buf[l3 + ipv4::HEADER_LEN..total]);
-        self.ip_ident = self.ip_ident.wrapping_add(1);
-        ipv4::emit(&mut buf[l3..], src, dst, proto, len, self.ip_ident);
-        match self.neigh.lookup(hop, now) {
-            Some(mac) => {
-                ethernet::emit(buf, mac, self.cfg.mac, ethernet::ETHERTYPE_IPV4);
-                Some(total)
-            }
-            None => {
-                self.neigh
-                    .enqueue(hop, buf[l3..total].to_vec(), now, &mut self.stats);
-                None
-            }
+    /// The fields that wrap a payload in IPv4 and Ethernet, borrowed apart from the
+    /// connection table so a connection can fill the payload.
+    fn egress(&mut self) -> Egress<'_> {
+        Egress {
+            cfg: &self.cfg,
+            neigh: &mut self.neigh,
+            stats: &mut self.stats,
+            ip_ident: &mut self.ip_ident,
         }
     }
 
@@ -1175,9 +1145,10 @@ impl Stack {
                     data: &data,
                 };
                 self.stats.inc(Counter::IcmpEchoReplies);
-                self.emit_ip(now, buf, (src, dst, ipv4::PROTO_ICMP), p.len(), |b| {
-                    p.emit(b)
-                })
+                self.egress()
+                    .emit_ip(now, buf, (src, dst, ipv4::PROTO_ICMP), p.len(), |b| {
+                        p.emit(b)
+                    })
             }
             Control::Tcp {
                 local,
@@ -1185,7 +1156,7 @@ impl Stack {
                 header,
             } => {
                 self.stats.inc(Counter::SegmentsOut);
-                self.emit_ip(
+                self.egress().emit_ip(
                     now,
                     buf,
                     (*local.ip(), *remote.ip(), ipv4::PROTO_TCP),
@@ -1217,48 +1188,30 @@ impl Stack {
             self.scratch_events = events;
             let out = out?;
             self.stats.inc(Counter::SegmentsOut);
-            let (local, remote) = (c.local, c.remote);
+            let (local, remote) = (*c.local.ip(), *c.remote.ip());
             let hl = out.header.len();
-            let len = hl + out.payload_len;
             let c = &*c;
-            // Build the segment in place, then wrap it.
-            let Some(hop) = next_hop(&self.cfg, *remote.ip()) else {
-                self.stats.drop(DropReason::NoRoute);
-                continue;
+            let mut egress = Egress {
+                cfg: &self.cfg,
+                neigh: &mut self.neigh,
+                stats: &mut self.stats,
+                ip_ident: &mut self.ip_ident,
             };
-            let total = ethernet::HEADER_LEN + ipv4::HEADER_LEN + len;
-            if total > buf.len() {
-                self.stats.drop(DropReason::TxBufferTooSmall);
-                continue;
-            }
-            let l4 = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
-            out.header.emit(&mut buf[l4..]);
-            c.copy_payload(&out, &mut buf[l4 + hl..total]);
-            tcpw::fill_checksum(&mut buf[l4..total], *local.ip(), *remote.ip());
-            self.ip_ident = self.ip_ident.wrapping_add(1);
-            ipv4::emit(
-                &mut buf[ethernet::HEADER_LEN..],
-                *local.ip(),
-                *remote.ip(),
-                ipv4::PROTO_TCP,
-                len,
-                self.ip_ident,
+            // Unresolved next hop: the frame waits in the neighbour cache and the ARP request
+            // goes out once this connection has nothing more to send.
+            let sent = egress.emit_ip(
+                now,
+                buf,
+                (local, remote, ipv4::PROTO_TCP),
+                hl + out.payload_len,
+                |seg| {
+                    out.header.emit(seg);
+                    c.copy_payload(&out, &mut seg[hl..]);
+                    tcpw::fill_checksum(seg, local, remote);
+                },
             );
-            match self.neigh.lookup(hop, now) {
-                Some(mac) => {
-                    ethernet::emit(buf, mac, self.cfg.mac, ethernet::ETHERTYPE_IPV4);
-                    return Some(total);
-                }
-                None => {
-                    // Held until the neighbour resolves; the ARP request goes out once this
-                    // connection has nothing more to send.
-                    self.neigh.enqueue(
-                        hop,
-                        buf[ethernet::HEADER_LEN..total].to_vec(),
-                        now,
-                        &mut self.stats,
-                    );
-                }
+            if sent.is_some() {
+                return sent;
             }
         }
     }
@@ -1275,5 +1228,51 @@ fn next_hop(cfg: &StackConfig, dst: Ipv4Addr) -> Option<Ipv4Addr> {
         Some(dst)
     } else {
         cfg.gateway
+    }
+}
+
+struct Egress<'a> {
+    cfg: &'a StackConfig,
+    neigh: &'a mut NeighborCache,
+    stats: &'a mut Stats,
+    ip_ident: &'a mut u16,
+}
+
+impl Egress<'_> {
+    /// Writes Ethernet and IPv4 headers around a payload that `fill` writes, and returns the
+    /// frame length. If the next hop is unresolved the packet waits in the neighbour cache
+    /// and `None` is returned.
+    fn emit_ip(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        (src, dst, proto): (Ipv4Addr, Ipv4Addr, u8),
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Option<usize> {
+        let Some(hop) = next_hop(self.cfg, dst) else {
+            self.stats.drop(DropReason::NoRoute);
+            return None;
+        };
+        let total = ethernet::HEADER_LEN + ipv4::HEADER_LEN + len;
+        if total > buf.len() || ipv4::HEADER_LEN + len > self.cfg.mtu {
+            self.stats.drop(DropReason::TxBufferTooSmall);
+            return None;
+        }
+        let l3 = ethernet::HEADER_LEN;
+        fill(&mut buf[l3 + ipv4::HEADER_LEN..total]);
+        *self.ip_ident = self.ip_ident.wrapping_add(1);
+        ipv4::emit(&mut buf[l3..], src, dst, proto, len, *self.ip_ident);
+        match self.neigh.lookup(hop, now) {
+            Some(mac) => {
+                ethernet::emit(buf, mac, self.cfg.mac, ethernet::ETHERTYPE_IPV4);
+                Some(total)
+            }
+            None => {
+                self.neigh
+                    .enqueue(hop, buf[l3..total].to_vec(), now, self.stats);
+                None
+            }
+        }
     }
 }
