@@ -2,11 +2,12 @@
 //! (no kernel address there: the gateway answers ARP and ICMP itself), the kernel's TCP on the
 //! other end as the peer. Needs root; under CI=true it must run.
 
+mod common;
+
+use common::kernel_echo_client;
 use dataplane::netns::{skip_unless_root, wait_for, VethPair};
 use dataplane::worker::{Builtin, DrainReport, Worker};
 use dataplane::xdp::{self, SteerConfig, Steering, XdpMode, XskConfig, XskDevice};
-use rand::{Rng, SeedableRng};
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,40 +90,8 @@ fn with_gateway<R: Send>(
 }
 
 fn echo_through(rig: &Rig, size: usize) -> (Vec<u8>, Vec<u8>, usize) {
-    rig.b.run(|| {
-        let mut c =
-            TcpStream::connect_timeout(&SocketAddrV4::new(OURS, 7).into(), Duration::from_secs(10))
-                .expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut w = c.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(buf.len());
-                rng.fill(&mut buf[..n]);
-                h.update(&buf[..n]);
-                w.write_all(&buf[..n]).unwrap();
-                left -= n;
-            }
-            w.shutdown(std::net::Shutdown::Write).unwrap();
-            h.finalize().to_vec()
-        });
-        let mut h = Sha256::new();
-        let mut got = 0;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = c.read(&mut buf).expect("read echo");
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            got += n;
-        }
-        (writer.join().unwrap(), h.finalize().to_vec(), got)
-    })
+    rig.b
+        .run(|| kernel_echo_client(SocketAddrV4::new(OURS, 7), size, 9))
 }
 
 #[test]

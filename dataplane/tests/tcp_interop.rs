@@ -4,12 +4,15 @@
 //! The kernel side sends with full checksums (`ethtool -K tx off`) and verifies ours; each test
 //! checks `nstat` afterwards: no checksum errors, no RST from the kernel.
 
+mod common;
+
+use common::kernel_echo_client;
 use dataplane::netns::{skip_unless_root, unique_name, NetNs};
 use dataplane::tap::TapDevice;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::time::{Duration, Instant as WallInstant};
 use tcpstack::{ConnId, Error, Event, Ipv4Cidr, MacAddr, Stack, StackConfig};
 
@@ -135,44 +138,8 @@ fn echo(loss_percent: f64) {
     stack.listen(SocketAddrV4::new(OUR_IP, 7)).unwrap();
     let ns = &rig.ns;
     std::thread::scope(|s| {
-        let client = s.spawn(move || {
-            ns.run(|| {
-                let mut c = TcpStream::connect_timeout(
-                    &"10.77.0.2:7".parse().unwrap(),
-                    Duration::from_secs(10),
-                )
-                .expect("connect");
-                c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                let mut w = c.try_clone().unwrap();
-                let writer = std::thread::spawn(move || {
-                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-                    let mut h = Sha256::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut left = SIZE;
-                    while left > 0 {
-                        let n = left.min(buf.len());
-                        rng.fill(&mut buf[..n]);
-                        h.update(&buf[..n]);
-                        w.write_all(&buf[..n]).unwrap();
-                        left -= n;
-                    }
-                    w.shutdown(std::net::Shutdown::Write).unwrap();
-                    h.finalize()
-                });
-                let mut h = Sha256::new();
-                let mut got = 0;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = c.read(&mut buf).expect("read echo");
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                    got += n;
-                }
-                (writer.join().unwrap(), h.finalize(), got)
-            })
-        });
+        let client =
+            s.spawn(move || ns.run(|| kernel_echo_client(SocketAddrV4::new(OUR_IP, 7), SIZE, 1)));
         let mut conns: Vec<(ConnId, Vec<u8>, bool)> = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         let loss = loss_percent / 100.0;
