@@ -311,3 +311,36 @@ fn afxdp_drain_finishes_open_connections_refuses_new_ones_and_resets_the_idle() 
     assert!(drained.reset >= 1, "{drained:?}");
     assert!(drained.finished >= 1, "{drained:?}");
 }
+
+#[test]
+fn afxdp_http_ok_answers_bad_framing_with_400_and_counts_it() {
+    if skip_unless_root("afxdp_http_ok_answers_bad_framing_with_400_and_counts_it") {
+        return;
+    }
+    let rig = rig();
+    let (reply, _, ws, _) = with_gateway(&rig, |_| {
+        rig.b.run(|| {
+            let mut c = TcpStream::connect_timeout(
+                &SocketAddrV4::new(OURS, 80).into(),
+                Duration::from_secs(10),
+            )
+            .expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // Conflicting Content-Length headers (RFC 9112 §6.3): a framing error.
+            c.write_all(
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+            )
+            .unwrap();
+            let mut reply = Vec::new();
+            c.read_to_end(&mut reply)
+                .expect("the gateway closes after the 400");
+            reply
+        })
+    });
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400 "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!((ws.http_bad_requests, ws.http_requests), (1, 0));
+}
