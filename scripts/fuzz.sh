@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs tcpstack's cargo-fuzz targets for a bounded time each (scripts/test.sh calls this).
+# Runs the cargo-fuzz targets (tcpstack's wire and connection targets, control's tables target)
+# for a bounded time each (scripts/test.sh calls this).
 # cargo fuzz wants nightly-only rustc flags (sanitizers, coverage passes); RUSTC_BOOTSTRAP=1 lets
 # the stable toolchain this machine has accept them. FUZZ_SECONDS sets the time per target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$PWD"
 
 seconds="${FUZZ_SECONDS:-60}"
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -11,14 +13,25 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
-cd tcpstack
-for target in frame segments; do
-    echo "fuzzing tcpstack/$target for ${seconds}s"
-    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 |
+# fuzz CRATE TARGET [SEED_DIR...]: seed dirs (relative to the crate) are read, never written;
+# new inputs go to CRATE/fuzz/corpus/TARGET.
+fuzz() {
+    local crate="$1" target="$2"
+    shift 2
+    cd "$root/$crate"
+    mkdir -p "fuzz/corpus/$target"
+    echo "fuzzing $crate/$target for ${seconds}s"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "fuzz/corpus/$target" "$@" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 |
         grep -E "^(Done|INFO: -max_total_time|==[0-9]+==|SUMMARY|thread|Failing input|artifact)" || true
     # cargo fuzz exits non-zero on a crash; pipefail would hide it behind grep, so check artifacts.
     if compgen -G "fuzz/artifacts/$target/*" >/dev/null; then
-        echo "fuzz target $target found a crash: see tcpstack/fuzz/artifacts/$target/" >&2
+        echo "fuzz target $target found a crash: see $crate/fuzz/artifacts/$target/" >&2
         exit 1
     fi
-done
+}
+
+fuzz tcpstack frame
+fuzz tcpstack segments
+# Seeded with the example tables, so the fuzzer starts from files that validate.
+fuzz control tables examples

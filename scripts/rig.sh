@@ -17,8 +17,16 @@
 #   up      create what is missing (idempotent)
 #   down    stop processes still running in the rig namespaces, delete them (idempotent)
 #   status  show the rig and ping xm-cli -> 10.10.3.2; exit 0 only when the direct path works
-#   mesh    start gateway A and B (not built yet: exits 2)
-#   stop    stop the gateways (not built yet: exits 2)
+#   mesh    start gateway A in xm-gwa and gateway B in xm-gwb from scripts/rig/*.toml, with
+#           certificates made by `xdpmesh ca` in the state directory; returns once both are
+#           ready (their `ready` line). --backend afxdp (default) or kernel.
+#           http://10.10.1.1:80/ -> web 10.10.3.2:8080, TCP 10.10.1.1:5001 -> echo 10.10.3.2:5001,
+#           TCP 10.10.1.1:5201 -> bulk 10.10.3.2:5201, all across 10.10.2.0/24 inside mTLS;
+#           admin API on 127.0.0.1:9901 in each gateway's namespace. Servers are the caller's.
+#   stop    stop the gateways (SIGTERM: they drain), idempotent
+#
+# Environment: XDPMESH_BIN (default target/debug/xdpmesh, built when missing),
+# XM_RIG_STATE (default /run/xdpmesh-rig: certificates, tables, logs, pid files).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -95,6 +103,18 @@ rig_up() {
   done
   ip netns exec xm-gwa sysctl -qw net.ipv4.ip_forward=1
   ip netns exec xm-gwb sysctl -qw net.ipv4.ip_forward=1
+  # Static neighbours on every link: with AF_XDP gateways running, ARP replies for a gateway's
+  # addresses go to the gateway's socket, so the kernel sharing those addresses could not
+  # resolve its neighbours and the direct path would break.
+  for line in "${XM_LINKS[@]}"; do
+    # shellcheck disable=SC2086
+    set -- $line
+    local mac_a mac_b
+    mac_a=$(ip -n "$1" -br link show dev "$2" | awk '{print $3}')
+    mac_b=$(ip -n "$4" -br link show dev "$5" | awk '{print $3}')
+    ip -n "$1" neigh replace "${6%/*}" lladdr "$mac_b" dev "$2" nud permanent
+    ip -n "$4" neigh replace "${3%/*}" lladdr "$mac_a" dev "$5" nud permanent
+  done
   for line in "${XM_ROUTES[@]}"; do
     # shellcheck disable=SC2086
     set -- $line
@@ -174,17 +194,103 @@ rig_status() {
   fi
 }
 
-not_built() {
-  echo "rig.sh $1: the mesh is not built yet (the xdpmesh gateways do not exist; see README, Status)." >&2
-  exit 2
+XM_STATE=${XM_RIG_STATE:-/run/xdpmesh-rig}
+XM_BIN=${XDPMESH_BIN:-target/debug/xdpmesh}
+
+xm_bin() {
+  if [ ! -x "$XM_BIN" ]; then
+    xm_log "rig.sh: building $XM_BIN"
+    cargo build -q -p dataplane --bin xdpmesh >&2
+  fi
+  realpath "$XM_BIN"
+}
+
+# The mesh's CA and identities, made once per state directory.
+make_identities() {
+  local bin=$1 id
+  [ -f "$XM_STATE/ca/ca.pem" ] || "$bin" ca init --out "$XM_STATE/ca" >/dev/null
+  for id in sa/client gateway/gw-a gateway/gw-b; do
+    [ -f "$XM_STATE/ids/$id/cert.pem" ] ||
+      "$bin" ca issue --ca "$XM_STATE/ca" --id "spiffe://rig.mesh/$id" --out "$XM_STATE/ids/$id" >/dev/null
+  done
+}
+
+# Starts one gateway; its stdout/stderr go to STATE/NAME.log.
+start_gateway() {
+  local bin=$1 name=$2 ns=$3 backend=$4
+  ip netns exec "$ns" "$bin" run --config "$XM_STATE/$name-node.toml" --backend "$backend" \
+    >"$XM_STATE/$name.log" 2>&1 &
+  echo $! >"$XM_STATE/$name.pid"
+}
+
+wait_ready() {
+  local name=$1 deadline=$((SECONDS + 30))
+  while ! grep -q ' ready' "$XM_STATE/$name.log" 2>/dev/null; do
+    if ! kill -0 "$(cat "$XM_STATE/$name.pid")" 2>/dev/null; then
+      xm_log "rig.sh mesh: gateway $name exited:"
+      sed 's/^/  /' "$XM_STATE/$name.log" >&2
+      return 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      xm_log "rig.sh mesh: gateway $name not ready after 30 s:"
+      sed 's/^/  /' "$XM_STATE/$name.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+rig_mesh() {
+  need_root mesh
+  local backend=afxdp ns
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --backend) backend=${2:-}; shift 2 ;;
+      --backend=*) backend=${1#*=}; shift ;;
+      *) xm_log "rig.sh mesh: unknown argument $1"; exit 64 ;;
+    esac
+  done
+  case $backend in afxdp | kernel) ;; *) xm_log "rig.sh mesh: --backend afxdp|kernel"; exit 64 ;; esac
+  for ns in "${XM_NAMESPACES[@]}"; do
+    ns_exists "$ns" || { xm_log "rig.sh mesh: the rig is down: run scripts/rig.sh up"; exit 1; }
+  done
+  rig_stop >/dev/null
+  local bin
+  bin=$(xm_bin)
+  mkdir -p "$XM_STATE"
+  cp scripts/rig/*.toml "$XM_STATE/"
+  make_identities "$bin"
+  start_gateway "$bin" gwb xm-gwb "$backend"
+  start_gateway "$bin" gwa xm-gwa "$backend"
+  if ! wait_ready gwb || ! wait_ready gwa; then
+    rig_stop >/dev/null
+    exit 1
+  fi
+  echo "mesh up ($backend): http://10.10.1.1/ -> web, 10.10.1.1:5001 -> echo, 10.10.1.1:5201 -> bulk; logs in $XM_STATE"
+}
+
+rig_stop() {
+  need_root stop
+  local name pid deadline
+  for name in gwa gwb; do
+    [ -f "$XM_STATE/$name.pid" ] || continue
+    pid=$(cat "$XM_STATE/$name.pid")
+    if kill -TERM "$pid" 2>/dev/null; then
+      deadline=$((SECONDS + 15))
+      while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$XM_STATE/$name.pid"
+  done
+  echo "mesh stopped"
 }
 
 case "${1:-}" in
   up) rig_up ;;
   down) rig_down ;;
   status) rig_status ;;
-  mesh) not_built mesh ;;
-  stop) not_built stop ;;
+  mesh) shift; rig_mesh "$@" ;;
+  stop) rig_stop ;;
   *)
     echo "usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] | stop" >&2
     exit 64

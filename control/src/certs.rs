@@ -35,6 +35,20 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
+/// Largest certificate or key file we read: a table naming `/dev/zero` must not
+/// make the control thread read forever.
+const MAX_PEM: u64 = 1 << 20;
+
+/// At most `MAX_PEM + 1` bytes, so that a larger file is recognised as such.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_PEM + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn read_file(
     c: &CertCheck<'_>,
     what: &str,
@@ -44,7 +58,19 @@ fn read_file(
     out: &mut Vec<Diagnostic>,
 ) -> Option<(PathBuf, Vec<u8>)> {
     let path = resolve(c.base_dir, value);
-    match std::fs::read(&path) {
+    match read_bounded(&path) {
+        Ok(bytes) if bytes.len() as u64 > MAX_PEM => {
+            out.push(
+                Diagnostic::at(
+                    c.src,
+                    &value.span,
+                    key,
+                    format!("{what} file \"{}\" is larger than 1 MiB", path.display()),
+                )
+                .hint("name a PEM file"),
+            );
+            None
+        }
         Ok(bytes) => Some((path, bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             out.push(
@@ -271,4 +297,53 @@ fn same_public_key(a: &[u8], b: &[u8]) -> bool {
         (Ok((_, a)), Ok((_, b))) => a.subject_public_key.data == b.subject_public_key.data,
         _ => a == b,
     }
+}
+
+/// Check one `[trust]` root file: readable, PEM certificates that are CAs and current.
+/// Returns its path.
+pub fn check_trust_root(
+    c: &CertCheck<'_>,
+    value: &Sp<String>,
+    key: &str,
+    out: &mut Vec<Diagnostic>,
+) -> Option<PathBuf> {
+    let hint = "make the mesh CA with: xdpmesh ca init --out DIR (its DIR/ca.pem)".to_string();
+    let (path, bytes) = read_file(c, "trust root", value, key, hint, out)?;
+    let at = |msg: String| Diagnostic::at(c.src, &value.span, key, msg);
+    let blocks = pem_blocks(&bytes, "CERTIFICATE");
+    if blocks.is_empty() {
+        out.push(
+            at(format!("\"{}\" holds no PEM certificate", path.display()))
+                .hint("expected a -----BEGIN CERTIFICATE----- block"),
+        );
+        return None;
+    }
+    let before = out.len();
+    for der in &blocks {
+        let x509 = match X509Certificate::from_der(der) {
+            Ok((_, x)) => x,
+            Err(e) => {
+                out.push(at(format!("\"{}\": certificate does not parse: {e}", path.display())));
+                continue;
+            }
+        };
+        if !x509.is_ca() {
+            out.push(
+                at(format!("\"{}\" is not a CA certificate", path.display()))
+                    .hint("name the mesh CA's certificate (ca.pem), not a gateway's"),
+            );
+        }
+        let validity = x509.validity();
+        if c.now_unix > validity.not_after.timestamp() {
+            out.push(
+                at(format!(
+                    "trust root \"{}\" expired on {}",
+                    path.display(),
+                    validity.not_after
+                ))
+                .hint("rotate the mesh CA: trust old and new roots together, reissue, then drop the old"),
+            );
+        }
+    }
+    (out.len() == before).then_some(path)
 }

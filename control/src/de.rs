@@ -85,8 +85,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Sp<T> {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Sp<T>, A::Error> {
                 let mut start = 0usize;
                 let mut end = 0usize;
-                while let Some(k) = m.next_key::<String>()? {
-                    match k.as_str() {
+                while let Some(SpField(k)) = m.next_key::<SpField>()? {
+                    match k {
                         SP_START => start = m.next_value()?,
                         SP_END => end = m.next_value()?,
                         SP_VALUE => {
@@ -103,6 +103,30 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Sp<T> {
             }
         }
         d.deserialize_struct(SP_NAME, &[SP_START, SP_END, SP_VALUE], V(PhantomData))
+    }
+}
+
+/// One of `Sp`'s field names, read without allocating (a table has one `Sp` per
+/// value, and a `String` key each time showed in compile profiles).
+struct SpField(&'static str);
+
+impl<'de> Deserialize<'de> for SpField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SpField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a spanned value's field")
+            }
+            fn visit_str<E: de::Error>(self, k: &str) -> Result<SpField, E> {
+                [SP_START, SP_END, SP_VALUE]
+                    .into_iter()
+                    .find(|f| *f == k)
+                    .map(SpField)
+                    .ok_or_else(|| E::custom("bad spanned value"))
+            }
+        }
+        d.deserialize_identifier(V)
     }
 }
 
@@ -621,7 +645,7 @@ impl<'de, 'n, 'p, I: Iterator<Item = &'n Entry>> MapAccess<'de> for Map<'n, 'p, 
             return Ok(None);
         };
         self.value = Some(entry);
-        let d: StrDeserializer<'_, Error> = entry.key.as_str().into_deserializer();
+        let d: StrDeserializer<'_, Error> = (*entry.key).into_deserializer();
         seed.deserialize(d).map(Some).map_err(|mut e| {
             if e.at.is_none() {
                 e.at = Some(At {
@@ -705,7 +729,7 @@ impl<'de, 'n: 'p, 'p> EnumAccess<'de> for Enum<'n, 'p> {
         self,
         seed: V,
     ) -> Result<(V::Value, Self::Variant), Error> {
-        let d: StrDeserializer<'_, Error> = self.entry.key.as_str().into_deserializer();
+        let d: StrDeserializer<'_, Error> = (*self.entry.key).into_deserializer();
         let v = seed.deserialize(d).map_err(|mut e| {
             if e.at.is_none() {
                 e.at = Some(At {
@@ -774,9 +798,12 @@ pub fn decode_partial<T: DeserializeOwned>(
     // (table path, key) pairs an unknown key was probably meant as: a missing-key
     // error for them would only repeat the typo.
     let mut meant: Vec<(Vec<Seg>, &'static str)> = Vec::new();
-    // Each round hides one more node, so this ends; the bound is a guard.
-    let max_rounds = count_nodes(root) + 2;
-    for _ in 0..max_rounds {
+    // Each round hides one more node, so this ends; the bound is a guard, counted
+    // only once there is an error (most texts decode in one round).
+    let mut max_rounds = usize::MAX;
+    let mut round = 0usize;
+    while round < max_rounds {
+        round += 1;
         let de = NodeDe {
             node: root,
             path: Path::Root,
@@ -785,6 +812,9 @@ pub fn decode_partial<T: DeserializeOwned>(
         match T::deserialize(de) {
             Ok(v) => return (Some(v), diags),
             Err(e) => {
+                if max_rounds == usize::MAX {
+                    max_rounds = count_nodes(root) + 2;
+                }
                 let at = e.at.unwrap_or(At {
                     span: root.span.clone(),
                     path: Vec::new(),

@@ -10,6 +10,7 @@
 //! file to a publisher.
 
 pub mod admin;
+pub mod ca;
 pub mod certs;
 pub mod check;
 pub mod de;

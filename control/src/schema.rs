@@ -47,6 +47,10 @@ use crate::de::Sp;
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tables {
+    /// The mesh's trusted roots. Required once a mesh listener or an endpoint behind a
+    /// peer exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<Sp<Trust>>,
     #[serde(default, rename = "identity", skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<Sp<Identity>>,
     #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
@@ -230,6 +234,15 @@ pub enum LbPolicy {
     P2cEwma,
     /// Consistent hashing on `hash_key`.
     RingHash,
+}
+
+/// `[trust]`: the CA certificates (PEM) that mesh peers' certificates must chain to, as
+/// files relative to the tables file. List the old and the new root together while
+/// rotating the mesh CA.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    pub roots: Vec<Sp<String>>,
 }
 
 /// A logical service: a set of endpoints, local or behind a peer gateway.

@@ -282,7 +282,6 @@ impl HeaderLookup for [httparse::Header<'_>] {
 /// ascending (file) order so the first match in each list is that list's best.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct HostTable {
-    pub(crate) service: Option<ServiceId>,
     pub(crate) exact: FxHashMap<Box<str>, Vec<RouteId>>,
     pub(crate) prefix: FxHashMap<Box<str>, Vec<RouteId>>,
     /// Distinct byte lengths of the keys of `prefix`, ascending: a path is probed
@@ -292,11 +291,247 @@ pub(crate) struct HostTable {
     pub(crate) other: Vec<RouteId>,
 }
 
+/// Hosts with at most this many routes are matched by a scan of their inline
+/// [`HostRoute`]s; larger ones use a [`HostTable`] index.
+const SCAN_MAX: usize = 8;
+/// Longest path and host name kept inline; longer ones take the slower path.
+const INLINE_PATH: usize = 40;
+const INLINE_METHOD: usize = 8;
+const INLINE_NAME: usize = 40;
+const NONE: u32 = u32::MAX;
+
+/// One route of one host, laid out so that the usual route (path, maybe a
+/// method, no headers) is decided from this one cache line without touching
+/// its [`RouteRt`].
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+pub(crate) struct HostRoute {
+    id: RouteId,
+    /// `false`: the route has headers, a regex or a long path or method; ask the
+    /// [`RouteRt`].
+    inline: bool,
+    path_kind: PathKind,
+    /// 0: any method.
+    method_len: u8,
+    path_len: u8,
+    method: [u8; INLINE_METHOD],
+    path: [u8; INLINE_PATH],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathKind {
+    Any,
+    Exact,
+    Prefix,
+}
+
+impl HostRoute {
+    fn new(id: RouteId, r: &RouteRt) -> Self {
+        let mut hr = HostRoute {
+            id,
+            inline: r.headers.is_empty(),
+            path_kind: PathKind::Any,
+            method_len: 0,
+            path_len: 0,
+            method: [0; INLINE_METHOD],
+            path: [0; INLINE_PATH],
+        };
+        let p = match &r.path {
+            None => "",
+            Some(PathMatcher::Exact(p)) => {
+                hr.path_kind = PathKind::Exact;
+                p
+            }
+            Some(PathMatcher::Prefix(p)) => {
+                hr.path_kind = PathKind::Prefix;
+                p
+            }
+            Some(PathMatcher::Regex(_)) => {
+                hr.inline = false;
+                ""
+            }
+        };
+        if p.len() <= INLINE_PATH {
+            hr.path[..p.len()].copy_from_slice(p.as_bytes());
+            hr.path_len = p.len() as u8;
+        } else {
+            hr.inline = false;
+        }
+        if let Some(m) = &r.method {
+            if (1..=INLINE_METHOD).contains(&m.len()) {
+                hr.method[..m.len()].copy_from_slice(m.as_bytes());
+                hr.method_len = m.len() as u8;
+            } else {
+                hr.inline = false;
+            }
+        }
+        hr
+    }
+
+    /// Same answer as [`RouteRt::matches`] with the path unchecked, for an inline route.
+    #[inline]
+    fn matches_inline(&self, method: &[u8], path: &[u8]) -> bool {
+        let m = usize::from(self.method_len);
+        if m != 0 && self.method[..m] != *method {
+            return false;
+        }
+        let p = &self.path[..usize::from(self.path_len)];
+        match self.path_kind {
+            PathKind::Any => true,
+            PathKind::Exact => p == path,
+            PathKind::Prefix => {
+                path.starts_with(p) && matches!(path.get(p.len()), None | Some(b'/'))
+            }
+        }
+    }
+}
+
+/// One Host: where its routes are, and the service it names. One cache line.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+pub(crate) struct HostEntry {
+    /// The name if it fits, else `long_name` indexes [`HostIndex::long_names`].
+    name: [u8; INLINE_NAME],
+    name_len: u32,
+    long_name: u32,
+    service: u32,
+    /// `routes_len` [`HostRoute`]s from `routes_start`, ascending ids; or, when
+    /// `table != NONE`, an index into [`HostIndex::tables`].
+    routes_start: u32,
+    routes_len: u32,
+    table: u32,
+}
+
+/// Host name → [`HostEntry`]: open addressing (linear probing) over 8-byte slots
+/// holding a hash tag and the entry, so a lookup costs about one slot read, one
+/// entry read and one read of the host's routes.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HostIndex {
+    /// (tag, entry + 1); entry 0 is empty. Length a power of two, at most half full.
+    slots: Vec<(u32, u32)>,
+    entries: Vec<HostEntry>,
+    routes: Vec<HostRoute>,
+    tables: Vec<HostTable>,
+    long_names: Vec<Box<str>>,
+}
+
+/// A host name, its route ids in ascending order, and the service it names.
+type HostRoutes<'a> = (&'a str, (Vec<RouteId>, Option<ServiceId>));
+
+fn host_hash(name: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(name);
+    // FxHash's low bits are weak for similar strings; mix before taking bits.
+    (h.finish() ^ (name.len() as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl HostIndex {
+    fn build(hosts: &[HostRoutes<'_>], all_routes: &[RouteRt]) -> Self {
+        let mut ix = HostIndex {
+            slots: vec![(0, 0); (hosts.len() * 2).next_power_of_two().max(8)],
+            ..Default::default()
+        };
+        let mask = ix.slots.len() - 1;
+        for (name, (ids, service)) in hosts {
+            let mut e = HostEntry {
+                name: [0; INLINE_NAME],
+                name_len: name.len() as u32,
+                long_name: NONE,
+                service: service.unwrap_or(NONE),
+                routes_start: ix.routes.len() as u32,
+                routes_len: 0,
+                table: NONE,
+            };
+            if name.len() <= INLINE_NAME {
+                e.name[..name.len()].copy_from_slice(name.as_bytes());
+            } else {
+                e.long_name = ix.long_names.len() as u32;
+                ix.long_names.push((*name).into());
+            }
+            if ids.len() <= SCAN_MAX {
+                ix.routes.extend(
+                    ids.iter()
+                        .map(|&id| HostRoute::new(id, &all_routes[id as usize])),
+                );
+                e.routes_len = ids.len() as u32;
+            } else {
+                e.table = ix.tables.len() as u32;
+                ix.tables.push(HostTable::new(ids, all_routes));
+            }
+            let h = host_hash(name.as_bytes());
+            let mut i = (h >> 32) as usize & mask;
+            while ix.slots[i].1 != 0 {
+                i = (i + 1) & mask;
+            }
+            ix.slots[i] = (h as u32, ix.entries.len() as u32 + 1);
+            ix.entries.push(e);
+        }
+        ix
+    }
+
+    #[inline]
+    fn get(&self, name: &str) -> Option<&HostEntry> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let h = host_hash(name.as_bytes());
+        let mask = self.slots.len() - 1;
+        let mut i = (h >> 32) as usize & mask;
+        loop {
+            let (tag, e) = self.slots[i];
+            if e == 0 {
+                return None;
+            }
+            if tag == h as u32 {
+                let entry = &self.entries[e as usize - 1];
+                if self.name_of(entry) == name.as_bytes() {
+                    return Some(entry);
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn name_of<'a>(&'a self, e: &'a HostEntry) -> &'a [u8] {
+        if e.long_name == NONE {
+            &e.name[..e.name_len as usize]
+        } else {
+            self.long_names[e.long_name as usize].as_bytes()
+        }
+    }
+}
+
+impl HostTable {
+    /// Index `ids` (ascending) by their path condition.
+    fn new(ids: &[RouteId], all_routes: &[RouteRt]) -> Self {
+        let mut t = HostTable::default();
+        for &id in ids {
+            match &all_routes[id as usize].path {
+                Some(PathMatcher::Exact(p)) => {
+                    t.exact.entry(p.as_str().into()).or_default().push(id)
+                }
+                Some(PathMatcher::Prefix(p)) => {
+                    t.prefix.entry(p.as_str().into()).or_default().push(id)
+                }
+                Some(PathMatcher::Regex(_)) | None => t.other.push(id),
+            }
+        }
+        let mut lens: Vec<u32> = t.prefix.keys().map(|k| k.len() as u32).collect();
+        lens.sort_unstable();
+        lens.dedup();
+        t.prefix_lens = lens;
+        t
+    }
+}
+
 /// Everything the workers look up, compiled together so that it agrees.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     /// 0 for the empty snapshot before the first load; +1 per publish.
     pub generation: u64,
+    /// `[trust]` root files (PEM), resolved; loaded by the data plane.
+    pub trust_roots: Vec<PathBuf>,
     pub identities: Vec<IdentityRt>,
     pub peers: Vec<PeerRt>,
     pub listeners: Vec<ListenerRt>,
@@ -304,7 +539,7 @@ pub struct Snapshot {
     pub routes: Vec<RouteRt>,
     pub(crate) service_by_name: FxHashMap<Box<str>, ServiceId>,
     pub(crate) peer_by_name: FxHashMap<Box<str>, PeerId>,
-    pub(crate) hosts: FxHashMap<Box<str>, HostTable>,
+    pub(crate) hosts: HostIndex,
     /// (prefix, identity) by descending prefix length.
     pub(crate) sources: Vec<(IpNet, IdentityId)>,
 }
@@ -363,42 +598,27 @@ impl Snapshot {
         sources.sort_by_key(|s| std::cmp::Reverse(s.0.prefix_len()));
         self.sources = sources;
 
-        let mut hosts: FxHashMap<Box<str>, HostTable> = FxHashMap::default();
+        // Host → its route ids (ascending: routes are visited in file order) and
+        // the service it names.
+        let mut hosts: FxHashMap<&str, (Vec<RouteId>, Option<ServiceId>)> = FxHashMap::default();
         for (i, r) in self.routes.iter().enumerate() {
             let id = i as RouteId;
-            let names: Vec<&str> = match &r.host {
-                Some(h) => vec![h.as_str()],
-                None => self.services[r.service as usize]
-                    .hosts
-                    .iter()
-                    .map(String::as_str)
-                    .collect(),
-            };
-            for name in names {
-                let t = hosts.entry(name.into()).or_default();
-                match &r.path {
-                    Some(PathMatcher::Exact(p)) => {
-                        t.exact.entry(p.as_str().into()).or_default().push(id)
+            match &r.host {
+                Some(h) => hosts.entry(h.as_str()).or_default().0.push(id),
+                None => {
+                    for h in &self.services[r.service as usize].hosts {
+                        hosts.entry(h.as_str()).or_default().0.push(id);
                     }
-                    Some(PathMatcher::Prefix(p)) => {
-                        t.prefix.entry(p.as_str().into()).or_default().push(id)
-                    }
-                    Some(PathMatcher::Regex(_)) | None => t.other.push(id),
                 }
             }
         }
         for (i, s) in self.services.iter().enumerate() {
             for h in &s.hosts {
-                hosts.entry(h.as_str().into()).or_default().service = Some(i as ServiceId);
+                hosts.entry(h.as_str()).or_default().1 = Some(i as ServiceId);
             }
         }
-        for t in hosts.values_mut() {
-            let mut lens: Vec<u32> = t.prefix.keys().map(|k| k.len() as u32).collect();
-            lens.sort_unstable();
-            lens.dedup();
-            t.prefix_lens = lens;
-        }
-        self.hosts = hosts;
+        let hosts: Vec<_> = hosts.into_iter().collect();
+        self.hosts = HostIndex::build(&hosts, &self.routes);
     }
 
     pub fn service_id(&self, name: &str) -> Option<ServiceId> {
@@ -420,7 +640,8 @@ impl Snapshot {
     pub fn service_for_host(&self, host: &str) -> Option<ServiceId> {
         let mut buf = [0u8; 256];
         let h = normalize_host(host, &mut buf)?;
-        self.hosts.get(h)?.service
+        let s = self.hosts.get(h)?.service;
+        (s != NONE).then_some(s)
     }
 
     /// The identity whose sources hold `ip`, longest prefix first.
@@ -447,8 +668,53 @@ impl Snapshot {
     ) -> Option<RouteHit<'_>> {
         let mut buf = [0u8; 256];
         let h = normalize_host(host, &mut buf)?;
-        let table = self.hosts.get(h)?;
+        let entry = self.hosts.get(h)?;
         let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let best = if entry.table == NONE {
+            let start = entry.routes_start as usize;
+            let routes = &self.hosts.routes[start..start + entry.routes_len as usize];
+            routes
+                .iter()
+                .find(|hr| {
+                    if hr.inline {
+                        hr.matches_inline(method.as_bytes(), path.as_bytes())
+                    } else {
+                        self.routes[hr.id as usize].matches(method, path, false, headers)
+                    }
+                })
+                .map(|hr| hr.id)
+        } else {
+            self.route_indexed(
+                &self.hosts.tables[entry.table as usize],
+                method,
+                path,
+                headers,
+            )
+        };
+        if let Some(best) = best {
+            return Some(RouteHit {
+                id: Some(best),
+                route: &self.routes[best as usize],
+            });
+        }
+        if entry.service == NONE {
+            return None;
+        }
+        let svc = self.services.get(entry.service as usize)?;
+        Some(RouteHit {
+            id: None,
+            route: &svc.default_route,
+        })
+    }
+
+    /// The first matching route of a host with many routes, through its indexes.
+    fn route_indexed<H: HeaderLookup + ?Sized>(
+        &self,
+        table: &HostTable,
+        method: &str,
+        path: &str,
+        headers: &H,
+    ) -> Option<RouteId> {
         let mut best = RouteId::MAX;
         let mut consider = |ids: &[RouteId], path_known: bool| {
             for &id in ids {
@@ -481,17 +747,7 @@ impl Snapshot {
             }
         }
         consider(&table.other, false);
-        if best != RouteId::MAX {
-            return Some(RouteHit {
-                id: Some(best),
-                route: &self.routes[best as usize],
-            });
-        }
-        let svc = self.services.get(table.service? as usize)?;
-        Some(RouteHit {
-            id: None,
-            route: &svc.default_route,
-        })
+        (best != RouteId::MAX).then_some(best)
     }
 
     /// May `peer_id` call `service`? `req` is `(method, path)` for HTTP, `None` for a

@@ -27,6 +27,14 @@ impl Source {
         }
     }
 
+    /// 1-based line of a byte offset (cheaper than [`Self::line_col`]).
+    pub fn line(&self, offset: usize) -> usize {
+        match self.line_starts.binary_search(&offset.min(self.text.len())) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
+
     /// 1-based line and column (in characters) of a byte offset; offsets past
     /// the end clamp to the end.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {

@@ -2,7 +2,7 @@
 //! are none. Every problem is reported (with position, key and hint); nothing stops
 //! at the first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use regex::RegexBuilder;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::certs::{self, CertCheck};
 use crate::de::Sp;
@@ -60,7 +61,30 @@ impl V<'_> {
         &mut self.out[last]
     }
     fn line(&self, span: &Span) -> usize {
-        self.src.line_col(span.start).0
+        self.src.line(span.start)
+    }
+}
+
+/// A key path for messages. Hot loops pass [`Lazy`] so that a path is formatted
+/// only when an error is reported: formatting the paths of 50k endpoints up front
+/// cost more than checking them.
+trait KeyPath {
+    fn path(&self) -> String;
+}
+impl KeyPath for str {
+    fn path(&self) -> String {
+        self.to_owned()
+    }
+}
+impl KeyPath for String {
+    fn path(&self) -> String {
+        self.clone()
+    }
+}
+struct Lazy<F>(F);
+impl<F: Fn() -> String> KeyPath for Lazy<F> {
+    fn path(&self) -> String {
+        (self.0)()
     }
 }
 
@@ -92,8 +116,8 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
 
     // --- identities
     let mut identities = Vec::new();
-    let mut id_index: HashMap<&str, (usize, Span)> = HashMap::new();
-    let mut source_seen: HashMap<IpNet, (String, usize)> = HashMap::new();
+    let mut id_index: HashMap<&str, (usize, Span)> = HashMap::default();
+    let mut source_seen: HashMap<IpNet, (String, usize)> = HashMap::default();
     for (i, ident) in tables.identities.iter().enumerate() {
         let k = format!("identity[{i}]");
         let id_ok = check_spiffe_id(&mut v, &ident.id, &format!("{k}.id"));
@@ -146,9 +170,21 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         }
     }
 
+    // --- trust
+    let mut trust_roots = Vec::new();
+    if let Some(t) = &tables.trust {
+        for (j, r) in t.roots.iter().enumerate() {
+            let key = format!("trust.roots[{j}]");
+            if let Some(p) = certs::check_trust_root(&cert_ctx, r, &key, &mut v.out) {
+                trust_roots.push(p);
+            }
+        }
+    }
+    let has_trust = tables.trust.as_ref().is_some_and(|t| !t.roots.is_empty());
+
     // --- peers
     let mut peers = Vec::new();
-    let mut peer_index: HashMap<&str, (u32, Span)> = HashMap::new();
+    let mut peer_index: HashMap<&str, (u32, Span)> = HashMap::default();
     for (i, p) in tables.peers.iter().enumerate() {
         let k = format!("peer[{i}]");
         check_name(&mut v, &p.name, &format!("{k}.name"));
@@ -176,17 +212,17 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
     let peer_names: Vec<&str> = tables.peers.iter().map(|p| p.name.as_str()).collect();
 
     // --- services: names and hosts first, so everything can refer to them
-    let mut svc_index: HashMap<&str, (ServiceId, Span)> = HashMap::new();
-    let mut host_owner: HashMap<String, (String, usize)> = HashMap::new();
+    let mut svc_index: HashMap<&str, (ServiceId, Span)> = HashMap::default();
+    let mut host_owner: HashMap<String, (String, usize)> = HashMap::default();
     let mut services: Vec<ServiceRt> = Vec::new();
     for (i, s) in tables.services.iter().enumerate() {
-        let k = format!("service[{i}]");
-        check_name(&mut v, &s.name, &format!("{k}.name"));
+        let k = || format!("service[{i}]");
+        check_name(&mut v, &s.name, &Lazy(|| format!("{}.name", k())));
         if let Some((_, first)) = svc_index.get(s.name.as_str()) {
             let line = v.line(first);
             v.err(
                 &s.name.span,
-                format!("{k}.name"),
+                format!("{}.name", k()),
                 format!("duplicate service \"{}\"", *s.name),
             )
             .set_hint(format!("first defined on line {line}"));
@@ -197,13 +233,13 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             (services.len() as ServiceId, s.name.span.clone()),
         );
         let mut hosts = Vec::new();
-        let names = std::iter::once((&s.name, format!("{k}.name"))).chain(
-            s.hosts
-                .iter()
-                .enumerate()
-                .map(|(j, h)| (h, format!("{k}.hosts[{j}]"))),
-        );
-        for (h, key) in names {
+        let names = std::iter::once((&s.name, None))
+            .chain(s.hosts.iter().enumerate().map(|(j, h)| (h, Some(j))));
+        for (h, j) in names {
+            let key = Lazy(|| match j {
+                None => format!("{}.name", k()),
+                Some(j) => format!("{}.hosts[{j}]", k()),
+            });
             let Some(h_norm) = check_host(&mut v, h, &key) else {
                 continue;
             };
@@ -212,7 +248,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 if owner != *s.name {
                     v.err(
                         &h.span,
-                        &key,
+                        key.path(),
                         format!("host \"{h_norm}\" already names service \"{owner}\""),
                     )
                     .set_hint(format!("see line {line}; a host names one service"));
@@ -236,7 +272,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
 
     // --- endpoints and balancers
     for (i, s) in tables.services.iter().enumerate() {
-        let k = format!("service[{i}]");
+        let k = || format!("service[{i}]");
         let Some(&(sid, ref first)) = svc_index.get(s.name.as_str()) else {
             continue;
         };
@@ -244,16 +280,16 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             continue; // a duplicate, reported above
         }
         let mut endpoints = Vec::new();
-        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::default();
         for (j, e) in s.endpoints.iter().enumerate() {
-            let ek = format!("{k}.endpoints[{j}]");
-            let addr = parse_socket(&mut v, &e.address, &format!("{ek}.address"));
+            let ek = || format!("{}.endpoints[{j}]", k());
+            let addr = parse_socket(&mut v, &e.address, &Lazy(|| format!("{}.address", ek())));
             if let Some(a) = addr {
                 if let Some(line) = seen.get(&a) {
                     let line = *line;
                     v.err(
                         &e.address.span,
-                        format!("{ek}.address"),
+                        format!("{}.address", ek()),
                         format!("duplicate endpoint {a}"),
                     )
                     .set_hint(format!("first listed on line {line}"));
@@ -270,7 +306,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                             .unwrap_or_else(|| "define it in a [[peer]] table".into());
                         v.err(
                             &p.span,
-                            format!("{ek}.via"),
+                            format!("{}.via", ek()),
                             format!("unknown peer \"{}\"", **p),
                         )
                         .set_hint(hint);
@@ -290,7 +326,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         if !s.endpoints.is_empty() && s.endpoints.iter().all(|e| *e.weight == 0) {
             v.err(
                 &s.endpoints[0].span,
-                format!("{k}.endpoints"),
+                format!("{}.endpoints", k()),
                 "endpoint weights sum to zero",
             )
             .set_hint("give at least one endpoint a weight above 0");
@@ -298,11 +334,13 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         let hash_key = match (&s.hash_key, *s.load_balancer) {
             (None, LbPolicy::RingHash) => Some(HashKey::SourceIp),
             (None, _) => None,
-            (Some(h), LbPolicy::RingHash) => parse_hash_key(&mut v, h, &format!("{k}.hash_key")),
+            (Some(h), LbPolicy::RingHash) => {
+                parse_hash_key(&mut v, h, &format!("{}.hash_key", k()))
+            }
             (Some(h), _) => {
                 v.err(
                     &h.span,
-                    format!("{k}.hash_key"),
+                    format!("{}.hash_key", k()),
                     "hash_key does nothing without load_balancer = \"ring-hash\"",
                 )
                 .set_hint("remove it, or set load_balancer = \"ring-hash\"");
@@ -328,22 +366,27 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         );
     }
 
-    let lookup_service = |v: &mut V<'_>, name: &Sp<String>, key: &str| -> Option<ServiceId> {
-        match svc_index.get(name.as_str()) {
-            Some((sid, _)) => Some(*sid),
-            None => {
-                let hint = did_you_mean(name, svc_names.iter().copied())
-                    .unwrap_or_else(|| "define it in a [[service]] table".into());
-                v.err(&name.span, key, format!("unknown service \"{}\"", **name))
+    let lookup_service =
+        |v: &mut V<'_>, name: &Sp<String>, key: &dyn KeyPath| -> Option<ServiceId> {
+            match svc_index.get(name.as_str()) {
+                Some((sid, _)) => Some(*sid),
+                None => {
+                    let hint = did_you_mean(name, svc_names.iter().copied())
+                        .unwrap_or_else(|| "define it in a [[service]] table".into());
+                    v.err(
+                        &name.span,
+                        key.path(),
+                        format!("unknown service \"{}\"", **name),
+                    )
                     .set_hint(hint);
-                None
+                    None
+                }
             }
-        }
-    };
+        };
 
     // --- listeners
     let mut listeners = Vec::new();
-    let mut listener_names: HashMap<&str, usize> = HashMap::new();
+    let mut listener_names: HashMap<&str, usize> = HashMap::default();
     let mut binds: Vec<(SocketAddr, String, usize)> = Vec::new();
     for (i, l) in tables.listeners.iter().enumerate() {
         let k = format!("listener[{i}]");
@@ -459,29 +502,29 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
     // --- routes
     let mut routes = Vec::new();
     for (i, r) in tables.routes.iter().enumerate() {
-        let k = format!("route[{i}]");
-        let sid = lookup_service(&mut v, &r.service, &format!("{k}.service"));
+        let k = || format!("route[{i}]");
+        let sid = lookup_service(&mut v, &r.service, &Lazy(|| format!("{}.service", k())));
         let mut ok = sid.is_some();
         let (mut host, mut path, mut method, mut headers) = (None, None, None, Vec::new());
         if let Some(m) = &r.matches {
-            let mk = format!("{k}.match");
+            let mk = || format!("{}.match", k());
             if let Some(h) = &m.host {
-                host = check_host(&mut v, h, &format!("{mk}.host"));
+                host = check_host(&mut v, h, &Lazy(|| format!("{}.host", mk())));
                 ok &= host.is_some();
             }
             if let Some(p) = &m.path {
-                path = compile_path(&mut v, p, &format!("{mk}.path"));
+                path = compile_path(&mut v, p, &Lazy(|| format!("{}.path", mk())));
                 ok &= path.is_some();
             }
             if let Some(me) = &m.method {
-                method = check_method(&mut v, me, &format!("{mk}.method"));
+                method = check_method(&mut v, me, &Lazy(|| format!("{}.method", mk())));
                 ok &= method.is_some();
             }
             for (name, value) in &m.headers {
                 if !is_token(name) {
                     v.err(
                         &value.span,
-                        format!("{mk}.headers.{name}"),
+                        format!("{}.headers.{name}", mk()),
                         format!("\"{name}\" is not a valid header name"),
                     )
                     .set_hint(
@@ -505,7 +548,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                                     let msg = regex_error_line(&e);
                                     v.err(
                                         &value.span,
-                                        format!("{mk}.headers.{name}.regex"),
+                                        format!("{}.headers.{name}.regex", mk()),
                                         format!("regex does not compile: {msg}"),
                                     )
                                     .set_hint(
@@ -531,9 +574,9 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             }
         }
         for (j, b) in r.backends.iter().enumerate() {
-            let bk = format!("{k}.backends[{j}]");
+            let bk = || format!("{}.backends[{j}]", k());
             let bsid = match &b.service {
-                Some(s) => lookup_service(&mut v, s, &format!("{bk}.service")),
+                Some(s) => lookup_service(&mut v, s, &Lazy(|| format!("{}.service", bk()))),
                 None => sid,
             };
             let Some(bsid) = bsid else {
@@ -552,7 +595,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 let present = label_sets(&svc.endpoints);
                 v.err(
                     &b.span,
-                    format!("{bk}.labels"),
+                    format!("{}.labels", bk()),
                     format!(
                         "no endpoint of service \"{}\" has labels {}",
                         svc.name,
@@ -576,7 +619,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         if !r.backends.is_empty() && r.backends.iter().all(|b| *b.weight == 0) {
             v.err(
                 &r.backends[0].span,
-                format!("{k}.backends"),
+                format!("{}.backends", k()),
                 "backend weights sum to zero",
             )
             .set_hint("give at least one backend a weight above 0");
@@ -632,6 +675,29 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         }
     }
 
+    // Mesh traffic without trusted roots could not verify anybody.
+    if !has_trust {
+        let needs = tables
+            .listeners
+            .iter()
+            .enumerate()
+            .find(|(_, l)| *l.protocol == Protocol::Mesh)
+            .map(|(i, l)| (l.protocol.span.clone(), format!("listener[{i}].protocol")))
+            .or_else(|| {
+                tables.services.iter().enumerate().find_map(|(i, svc)| {
+                    svc.endpoints.iter().enumerate().find_map(|(j, e)| {
+                        e.via
+                            .as_ref()
+                            .map(|via| (via.span.clone(), format!("service[{i}].endpoints[{j}].via")))
+                    })
+                })
+            });
+        if let Some((span, key)) = needs {
+            v.err(&span, key, "mesh traffic needs trusted roots, and [trust] has none")
+                .set_hint("add [trust] roots = [\"ca/ca.pem\"] (the mesh CA from `xdpmesh ca init`)");
+        }
+    }
+
     if !v.out.is_empty() {
         return Err(v.out);
     }
@@ -640,6 +706,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
     }
     let mut snap = Snapshot {
         generation: 0,
+        trust_roots,
         identities,
         peers,
         listeners,
@@ -674,9 +741,9 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// Names of peers, listeners and services: also host names, so keep them plain.
-fn check_name(v: &mut V<'_>, name: &Sp<String>, key: &str) -> bool {
+fn check_name(v: &mut V<'_>, name: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> bool {
     if name.is_empty() {
-        v.err(&name.span, key, "name is empty");
+        v.err(&name.span, key.path(), "name is empty");
         return false;
     }
     if !name
@@ -685,7 +752,7 @@ fn check_name(v: &mut V<'_>, name: &Sp<String>, key: &str) -> bool {
     {
         v.err(
             &name.span,
-            key,
+            key.path(),
             format!("\"{}\" is not a valid name", **name),
         )
         .set_hint("use letters, digits, '.', '-' and '_'");
@@ -695,10 +762,10 @@ fn check_name(v: &mut V<'_>, name: &Sp<String>, key: &str) -> bool {
 }
 
 /// A Host/SNI name: lower-cased, no port.
-fn check_host(v: &mut V<'_>, h: &Sp<String>, key: &str) -> Option<String> {
+fn check_host(v: &mut V<'_>, h: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> Option<String> {
     let lower = h.to_ascii_lowercase();
     if lower.is_empty() || lower.len() > 253 {
-        v.err(&h.span, key, "host name must be 1 to 253 characters");
+        v.err(&h.span, key.path(), "host name must be 1 to 253 characters");
         return None;
     }
     if lower.parse::<IpAddr>().is_ok() {
@@ -706,7 +773,7 @@ fn check_host(v: &mut V<'_>, h: &Sp<String>, key: &str) -> Option<String> {
     }
     if let Some((name, port)) = lower.rsplit_once(':') {
         if port.parse::<u16>().is_ok() {
-            v.err(&h.span, key, format!("host \"{}\" has a port", **h))
+            v.err(&h.span, key.path(), format!("host \"{}\" has a port", **h))
                 .set_hint(format!("write \"{name}\"; ports are ignored when matching"));
             return None;
         }
@@ -717,7 +784,7 @@ fn check_host(v: &mut V<'_>, h: &Sp<String>, key: &str) -> Option<String> {
     {
         v.err(
             &h.span,
-            key,
+            key.path(),
             format!("\"{}\" is not a valid host name", **h),
         )
         .set_hint("use letters, digits, '.', '-' and '_'");
@@ -726,7 +793,11 @@ fn check_host(v: &mut V<'_>, h: &Sp<String>, key: &str) -> Option<String> {
     Some(lower)
 }
 
-fn parse_socket(v: &mut V<'_>, s: &Sp<String>, key: &str) -> Option<SocketAddr> {
+fn parse_socket(
+    v: &mut V<'_>,
+    s: &Sp<String>,
+    key: &(impl KeyPath + ?Sized),
+) -> Option<SocketAddr> {
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -739,7 +810,7 @@ fn parse_socket(v: &mut V<'_>, s: &Sp<String>, key: &str) -> Option<SocketAddr> 
             };
             v.err(
                 &s.span,
-                key,
+                key.path(),
                 format!("\"{}\" is not an IP:PORT address", **s),
             )
             .set_hint(hint);
@@ -748,19 +819,23 @@ fn parse_socket(v: &mut V<'_>, s: &Sp<String>, key: &str) -> Option<SocketAddr> 
     }
 }
 
-fn parse_cidr(v: &mut V<'_>, s: &Sp<String>, key: &str) -> Option<IpNet> {
+fn parse_cidr(v: &mut V<'_>, s: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> Option<IpNet> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(IpNet::from(ip));
     }
     match IpNet::from_str(s) {
         Ok(net) if net.trunc() == net => Some(net),
         Ok(net) => {
-            v.err(&s.span, key, format!("\"{}\" has host bits set", **s))
-                .set_hint(format!("did you mean \"{}\"?", net.trunc()));
+            v.err(
+                &s.span,
+                key.path(),
+                format!("\"{}\" has host bits set", **s),
+            )
+            .set_hint(format!("did you mean \"{}\"?", net.trunc()));
             None
         }
         Err(_) => {
-            v.err(&s.span, key, format!("\"{}\" is not a CIDR", **s))
+            v.err(&s.span, key.path(), format!("\"{}\" is not a CIDR", **s))
                 .set_hint("write ADDRESS/PREFIX, e.g. \"10.10.1.0/24\"");
             None
         }
@@ -807,13 +882,13 @@ pub fn spiffe_id_error(s: &str) -> Option<&'static str> {
     None
 }
 
-fn check_spiffe_id(v: &mut V<'_>, id: &Sp<String>, key: &str) -> bool {
+fn check_spiffe_id(v: &mut V<'_>, id: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> bool {
     match spiffe_id_error(id) {
         None => true,
         Some(why) => {
             v.err(
                 &id.span,
-                key,
+                key.path(),
                 format!("\"{}\" is not a SPIFFE ID: it {why}", **id),
             )
             .set_hint("write spiffe://TRUST-DOMAIN/PATH, e.g. spiffe://corp.mesh/sa/checkout");
@@ -822,11 +897,11 @@ fn check_spiffe_id(v: &mut V<'_>, id: &Sp<String>, key: &str) -> bool {
     }
 }
 
-fn id_set(v: &mut V<'_>, ids: &[Sp<String>], key: &str) -> Option<IdSet> {
+fn id_set(v: &mut V<'_>, ids: &[Sp<String>], key: &(impl KeyPath + ?Sized)) -> Option<IdSet> {
     let mut set = IdSet::default();
     let mut ok = true;
     for (j, id) in ids.iter().enumerate() {
-        let k = format!("{key}[{j}]");
+        let k = format!("{}[{j}]", key.path());
         if id.as_str() == "*" {
             set.any = true;
         } else if let Some(prefix) = id.strip_suffix("/*") {
@@ -841,7 +916,7 @@ fn id_set(v: &mut V<'_>, ids: &[Sp<String>], key: &str) -> Option<IdSet> {
                 Some(why) => {
                     v.err(
                         &id.span,
-                        &k,
+                        k.as_str(),
                         format!("\"{}\" is not a SPIFFE ID pattern: it {why}", **id),
                     )
                     .set_hint(
@@ -866,17 +941,21 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn check_method(v: &mut V<'_>, m: &Sp<String>, key: &str) -> Option<String> {
+fn check_method(v: &mut V<'_>, m: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> Option<String> {
     if !is_token(m) {
-        v.err(&m.span, key, format!("\"{}\" is not an HTTP method", **m))
-            .set_hint("e.g. GET, POST, PUT, DELETE");
+        v.err(
+            &m.span,
+            key.path(),
+            format!("\"{}\" is not an HTTP method", **m),
+        )
+        .set_hint("e.g. GET, POST, PUT, DELETE");
         return None;
     }
     if m.bytes().any(|b| b.is_ascii_lowercase()) {
         let upper = m.to_ascii_uppercase();
         v.err(
             &m.span,
-            key,
+            key.path(),
             format!("method \"{}\" is not upper-case", **m),
         )
         .set_hint(format!(
@@ -887,12 +966,16 @@ fn check_method(v: &mut V<'_>, m: &Sp<String>, key: &str) -> Option<String> {
     Some(m.value.clone())
 }
 
-fn compile_path(v: &mut V<'_>, p: &Sp<PathMatch>, key: &str) -> Option<PathMatcher> {
+fn compile_path(
+    v: &mut V<'_>,
+    p: &Sp<PathMatch>,
+    key: &(impl KeyPath + ?Sized),
+) -> Option<PathMatcher> {
     let check_abs = |v: &mut V<'_>, s: &str, kind: &str| -> bool {
         if !s.starts_with('/') {
             v.err(
                 &p.span,
-                format!("{key}.{kind}"),
+                format!("{}.{kind}", key.path()),
                 format!("path \"{s}\" does not start with '/'"),
             )
             .set_hint(format!("write \"/{s}\""));
@@ -901,7 +984,7 @@ fn compile_path(v: &mut V<'_>, p: &Sp<PathMatch>, key: &str) -> Option<PathMatch
         if s.contains('?') {
             v.err(
                 &p.span,
-                format!("{key}.{kind}"),
+                format!("{}.{kind}", key.path()),
                 format!("path \"{s}\" has a query string"),
             )
             .set_hint("paths are matched without the query string");
@@ -922,7 +1005,7 @@ fn compile_path(v: &mut V<'_>, p: &Sp<PathMatch>, key: &str) -> Option<PathMatch
                 let msg = regex_error_line(&e);
                 v.err(
                     &p.span,
-                    format!("{key}.regex"),
+                    format!("{}.regex", key.path()),
                     format!("regex does not compile: {msg}"),
                 )
                 .set_hint("Rust regex syntax; the regex must match the whole path");
@@ -944,7 +1027,7 @@ fn regex_error_line(e: &regex::Error) -> String {
         .to_owned()
 }
 
-fn parse_hash_key(v: &mut V<'_>, h: &Sp<String>, key: &str) -> Option<HashKey> {
+fn parse_hash_key(v: &mut V<'_>, h: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> Option<HashKey> {
     let r = match h.split_once(':') {
         None if h.as_str() == "source-ip" => Some(HashKey::SourceIp),
         Some(("header", n)) if is_token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
@@ -952,8 +1035,12 @@ fn parse_hash_key(v: &mut V<'_>, h: &Sp<String>, key: &str) -> Option<HashKey> {
         _ => None,
     };
     if r.is_none() {
-        v.err(&h.span, key, format!("\"{}\" is not a hash key", **h))
-            .set_hint("one of: source-ip, header:NAME, cookie:NAME");
+        v.err(
+            &h.span,
+            key.path(),
+            format!("\"{}\" is not a hash key", **h),
+        )
+        .set_hint("one of: source-ip, header:NAME, cookie:NAME");
     }
     r
 }

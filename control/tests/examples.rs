@@ -29,6 +29,13 @@ fn issue_certs_for(tables_path: &Path) {
     let root = tree::parse(&src).expect("parses");
     let tables: Tables = de::decode(&src, &root, "").expect("decodes");
     let base = tables_path.parent().expect("dir");
+    for root in tables.trust.iter().flat_map(|t| t.roots.iter()) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ca = control::ca::init(tmp.path(), &Default::default()).expect("ca init");
+        let to = base.join(&**root);
+        std::fs::create_dir_all(to.parent().expect("dir")).expect("mkdir");
+        std::fs::copy(ca.cert, to).expect("copy");
+    }
     for id in &tables.identities {
         let tmp = tempfile::tempdir().expect("tmp");
         let (c, k) = common::write_good_cert(tmp.path(), &id.id);
@@ -48,9 +55,19 @@ fn is_node_file(p: &Path) -> bool {
 
 #[test]
 fn every_example_parses_and_validates() {
+    check_examples(&examples_dir(), 4);
+}
+
+/// The rig's gateways (scripts/rig.sh mesh runs them).
+#[test]
+fn the_rig_examples_parse_and_validate() {
+    check_examples(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rig"), 4);
+}
+
+fn check_examples(dir: &Path, at_least: usize) {
     let work = tempfile::tempdir().expect("tmp");
-    let files = toml_files(&examples_dir());
-    assert!(files.len() >= 4, "examples: {files:?}");
+    let files = toml_files(dir);
+    assert!(files.len() >= at_least, "examples: {files:?}");
     for f in &files {
         std::fs::copy(f, work.path().join(f.file_name().expect("name"))).expect("copy");
     }

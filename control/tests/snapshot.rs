@@ -236,8 +236,13 @@ fn authorization_denies_by_default_once_a_service_has_rules() {
 
 #[test]
 fn listeners_peers_and_endpoint_vias_resolve() {
-    let s = compile(
+    let dir = tempfile::tempdir().expect("tmp");
+    control::ca::init(&dir.path().join("ca"), &Default::default()).expect("ca");
+    let s = common::compile_in(
+        dir.path(),
         r#"
+        [trust]
+        roots = ["ca/ca.pem"]
         [[peer]]
         name = "gw-b"
         address = "10.10.2.2:15443"
@@ -253,7 +258,9 @@ fn listeners_peers_and_endpoint_vias_resolve() {
         protocol = "tcp"
         service = "db"
         "#,
-    );
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .snapshot;
     let db = s.service("db").expect("db");
     assert_eq!(db.endpoints[0].via, Some(0));
     assert_eq!(
@@ -266,4 +273,81 @@ fn listeners_peers_and_endpoint_vias_resolve() {
     );
     assert_eq!(s.listeners[0].service, s.service_id("db"));
     assert_eq!(s.listeners[0].protocol, control::schema::Protocol::Tcp);
+}
+
+/// The answer of `Snapshot::route` by the definition: the first route in file order
+/// for this host whose every condition holds, else the host's service default.
+fn naive(
+    s: &Snapshot,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Option<Option<u32>> {
+    use control::snapshot::HeaderLookup;
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let owner = s
+        .services
+        .iter()
+        .position(|svc| svc.hosts.iter().any(|h| h == host));
+    let hit = s.routes.iter().position(|r| {
+        let for_host = match &r.host {
+            Some(h) => h == host,
+            None => s.services[r.service as usize]
+                .hosts
+                .iter()
+                .any(|h| h == host),
+        };
+        for_host
+            && r.method.as_deref().is_none_or(|m| m == method)
+            && r.path.as_ref().is_none_or(|p| p.matches(path))
+            && r.headers
+                .iter()
+                .all(|(n, m)| headers.header(n).is_some_and(|v| m.matches(v)))
+    });
+    match (hit, owner) {
+        (Some(i), _) => Some(Some(i as u32)),
+        (None, Some(_)) => Some(None),
+        // A host named only by routes' `host`, none matching: no answer.
+        (None, None) => None,
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, failure_persistence: None, ..Default::default() })]
+    /// Hosts with few routes (scanned inline) and many (indexed) answer as the
+    /// definition says, for every mix of path kinds, methods and headers.
+    #[test]
+    fn route_lookup_agrees_with_the_definition(
+        routes in proptest::collection::vec((0usize..9, 0usize..3, 0usize..3), 1..24)
+    ) {
+        const PATHS: [&str; 9] = [
+            "", "{ exact = \"/a\" }", "{ exact = \"/a/b\" }", "{ prefix = \"/a\" }",
+            "{ prefix = \"/\" }", "{ prefix = \"/a/b/\" }", "{ regex = \"/a.*\" }",
+            "{ exact = \"/a-very-long-path-that-is-not-kept-inline/x\" }",
+            "{ prefix = \"/a-very-long-path-that-is-not-kept-inline\" }",
+        ];
+        const METHODS: [&str; 3] = ["", "GET", "PROPPATCHX"];
+        const HEADERS: [&str; 3] = ["", "x-a = \"1\"", "x-b = { regex = \"[0-9]+\" }"];
+        let mut t = String::from("[[service]]\nname = \"s\"\nhosts = [\"h.test\"]\nendpoints = [{ address = \"10.0.0.1:80\" }]\n");
+        for (p, m, h) in &routes {
+            let mut parts = Vec::new();
+            if !PATHS[*p].is_empty() { parts.push(format!("path = {}", PATHS[*p])); }
+            if !METHODS[*m].is_empty() { parts.push(format!("method = \"{}\"", METHODS[*m])); }
+            if !HEADERS[*h].is_empty() { parts.push(format!("headers = {{ {} }}", HEADERS[*h])); }
+            t.push_str(&format!("[[route]]\nservice = \"s\"\nmatch = {{ {} }}\n", parts.join(", ")));
+        }
+        let s = compile(&t);
+        let long = "/a-very-long-path-that-is-not-kept-inline";
+        let long_x = format!("{long}/x");
+        let long_y = format!("{long}y");
+        for path in ["/", "/a", "/a/", "/a/b", "/a/b/c", "/ab", "/b", "/a?q=1", long, long_x.as_str(), long_y.as_str()] {
+            for method in ["GET", "POST", "PROPPATCHX"] {
+                for headers in [NONE, &[("X-A", b"1".as_slice())], &[("x-b", b"42".as_slice()), ("x-a", b"2".as_slice())]] {
+                    let got = s.route("h.test", method, path, headers).map(|h| h.id);
+                    proptest::prop_assert_eq!(got, naive(&s, "h.test", method, path, headers), "{} {} {:?}\n{}", method, path, headers, t);
+                }
+            }
+        }
+    }
 }

@@ -72,21 +72,32 @@ fn references_to_unknown_names_suggest_the_closest() {
         "[[service]]\nname = \"reviews\"\n[[route]]\nservice = \"reviwes\"\n",
         "t.toml:4:11: route[0].service: unknown service \"reviwes\" (hint: did you mean \"reviews\"?)",
     );
-    one(
-        "[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.1:1\"\nidentity = \"spiffe://m/gw\"\n[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:80\", via = \"gw-c\" }]\n",
-        "t.toml:7:46: service[0].endpoints[0].via: unknown peer \"gw-c\" (hint: did you mean \"gw-b\"?)",
+    // A `via` also needs [trust] roots: that error comes with the unknown peer.
+    const NO_TRUST: &str = "mesh traffic needs trusted roots, and [trust] has none (hint: add [trust] roots = [\"ca/ca.pem\"] (the mesh CA from `xdpmesh ca init`))";
+    assert_eq!(
+        errors("[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.1:1\"\nidentity = \"spiffe://m/gw\"\n[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:80\", via = \"gw-c\" }]\n"),
+        vec![
+            "t.toml:7:46: service[0].endpoints[0].via: unknown peer \"gw-c\" (hint: did you mean \"gw-b\"?)".to_string(),
+            format!("t.toml:7:46: service[0].endpoints[0].via: {NO_TRUST}"),
+        ]
     );
-    one(
-        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:80\", via = \"zzz\" }]\n",
-        "t.toml:3:46: service[0].endpoints[0].via: unknown peer \"zzz\" (hint: define it in a [[peer]] table)",
+    assert_eq!(
+        errors("[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:80\", via = \"zzz\" }]\n"),
+        vec![
+            "t.toml:3:46: service[0].endpoints[0].via: unknown peer \"zzz\" (hint: define it in a [[peer]] table)".to_string(),
+            format!("t.toml:3:46: service[0].endpoints[0].via: {NO_TRUST}"),
+        ]
     );
     one(
         "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:1\"\nprotocol = \"tcp\"\nservice = \"db\"\n",
         "t.toml:5:11: listener[0].service: unknown service \"db\" (hint: define it in a [[service]] table)",
     );
-    one(
-        "[[listener]]\nname = \"m\"\nbind = \"0.0.0.0:1\"\nprotocol = \"mesh\"\nidentity = \"spiffe://m/gw\"\n",
-        "t.toml:5:12: listener[0].identity: unknown identity \"spiffe://m/gw\" (hint: define it in an [[identity]] table)",
+    assert_eq!(
+        errors("[[listener]]\nname = \"m\"\nbind = \"0.0.0.0:1\"\nprotocol = \"mesh\"\nidentity = \"spiffe://m/gw\"\n"),
+        vec![
+            format!("t.toml:4:12: listener[0].protocol: {NO_TRUST}"),
+            "t.toml:5:12: listener[0].identity: unknown identity \"spiffe://m/gw\" (hint: define it in an [[identity]] table)".to_string(),
+        ]
     );
     one(
         "[[authorization]]\nservice = \"x\"\nallow = [\"*\"]\n",
@@ -282,6 +293,19 @@ fn certificate_missing() {
 }
 
 #[test]
+fn certificate_file_that_never_ends_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = "[[identity]]\nid = \"spiffe://m/a\"\ncert = \"/dev/zero\"\nkey = \"/dev/zero\"\n";
+    assert_eq!(
+        errors_in(dir.path(), t),
+        vec![
+            "t.toml:3:8: identity[0].cert: certificate file \"/dev/zero\" is larger than 1 MiB (hint: name a PEM file)".to_owned(),
+            "t.toml:4:7: identity[0].key: key file \"/dev/zero\" is larger than 1 MiB (hint: name a PEM file)".to_owned(),
+        ]
+    );
+}
+
+#[test]
 fn certificate_unreadable_or_not_pem() {
     let dir = tempfile::tempdir().expect("tmp");
     let base = dir.path().display();
@@ -372,4 +396,29 @@ fn good_certificate_loads_into_the_snapshot() {
         .snapshot
         .identity_for_source("10.2.0.1".parse().expect("ip"))
         .is_none());
+}
+
+#[test]
+fn trust_roots_must_be_ca_certificates_that_exist() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = control::ca::init(&dir.path().join("ca"), &Default::default()).expect("ca");
+    let (leaf, _) = write_good_cert(dir.path(), "spiffe://m/gw");
+    assert_eq!(ca.cert, dir.path().join("ca/ca.pem"));
+    let leaf = leaf.strip_prefix(dir.path()).expect("inside").display().to_string();
+    let ok = common::compile_in(dir.path(), "[trust]\nroots = [\"ca/ca.pem\"]\n").expect("valid");
+    assert_eq!(ok.snapshot.trust_roots, vec![dir.path().join("ca/ca.pem")]);
+    assert_eq!(
+        errors_in(dir.path(), "[trust]\nroots = [\"ca/nope.pem\"]\n"),
+        vec![format!(
+            "t.toml:2:10: trust.roots[0]: trust root file \"{}\" not found (hint: make the mesh CA with: xdpmesh ca init --out DIR (its DIR/ca.pem))",
+            dir.path().join("ca/nope.pem").display()
+        )]
+    );
+    assert_eq!(
+        errors_in(dir.path(), &format!("[trust]\nroots = [\"{leaf}\"]\n")),
+        vec![format!(
+            "t.toml:2:10: trust.roots[0]: \"{}\" is not a CA certificate (hint: name the mesh CA's certificate (ca.pem), not a gateway's)",
+            dir.path().join(&leaf).display()
+        )]
+    );
 }

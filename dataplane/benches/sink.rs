@@ -2,15 +2,23 @@
 //! - kernel: the receiver is a kernel socket behind a plain veth (no XDP);
 //! - afxdp: the receiver is our worker (AF_XDP socket, steering program, tcpstack, `sink`).
 //!
-//! Rounds alternate (kernel, afxdp, kernel, ...) and the report gives each path's Gbit/s and
-//! frames/s and the ratio afxdp/kernel. Needs root. `cargo bench -p dataplane --bench sink`;
-//! under `cargo test` it runs one small round as a smoke test.
+//! Two segment sizes: the sender's full MSS (bulk Gbit/s), and the smallest MSS Linux lets a
+//! sender set (packets/s). Rounds alternate (kernel, afxdp, kernel, ...) per size, and the report
+//! gives each round's and each path's Gbit/s and frames/s, the ratio afxdp/kernel, and where the
+//! CPU went. Needs root. `cargo bench -p dataplane --bench sink`; under `cargo test` it runs one
+//! small round of each as a smoke test.
+//!
+//! The sender is a plain socket client, not iperf3: an iperf3 client first opens a control
+//! connection and trades JSON parameters with an iperf3 server before any data flows, and our
+//! `sink` is not an iperf3 server. A socket client with `TCP_MAXSEG` sends the same kind of stream
+//! (`iperf3 -c -M 88 -n SIZE`) and is the same code for both receivers.
 
 use dataplane::netns::{is_root, root_tests_required, wait_for, VethPair};
 use dataplane::worker::{Builtin, Worker};
 use dataplane::xdp::{self, SteerConfig, Steering, XdpMode, XskConfig, XskDevice};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,12 +27,175 @@ use tcpstack::{Ipv4Cidr, MacAddr, Stack, StackConfig};
 const OURS: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 100);
 const KERNEL_A: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
 
-/// Sends `size` bytes to `to`, half-closes, waits for the receiver's close; returns the time.
-fn send(pair: &VethPair, to: SocketAddrV4, size: usize) -> Duration {
+/// Small-packet mode: `TCP_MAXSEG` 88 is `TCP_MIN_MSS`, the smallest value Linux accepts (less
+/// gives EINVAL), so these are the smallest segments a kernel TCP sender can be made to send.
+/// Both receivers negotiate timestamps, so each segment carries 76 payload bytes in a 128-byte IP
+/// packet (20 IP + 20 TCP + 12 timestamp option + 76), a 142-byte Ethernet frame.
+const SMALL_MSS: i32 = 88;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// The sender's own MSS (1448 payload bytes at MTU 1500 with timestamps).
+    Full,
+    /// `TCP_MAXSEG` = [`SMALL_MSS`].
+    Small,
+}
+
+impl Mode {
+    fn mss(self) -> Option<i32> {
+        match self {
+            Mode::Full => None,
+            Mode::Small => Some(SMALL_MSS),
+        }
+    }
+}
+
+/// One stream's figures.
+#[derive(Clone, Debug)]
+struct Round {
+    wall: Duration,
+    bytes: u64,
+    /// Segments the receiver took in (kernel: `TcpInSegs`; ours: frames off the AF_XDP ring).
+    frames: u64,
+    /// The sender's effective MSS after the handshake (`getsockopt(TCP_MAXSEG)`).
+    mss: i32,
+    /// CPU time of the receiving thread (ours: the worker loop). The sender's thread time says
+    /// little: most of its segments go out from ACK processing in softirq, not in its syscalls.
+    rx_cpu: Duration,
+    /// Each CPU's (busy, softirq) share during the stream, other users' load included.
+    cpus: Vec<(f64, f64)>,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Per CPU (busy, softirq, total) jiffies, from the `cpuN` lines of /proc/stat.
+fn cpu_jiffies() -> Vec<[u64; 3]> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            // user nice system idle iowait irq softirq steal (guest time is already in user).
+            let total: u64 = v.iter().take(8).sum();
+            [total - at(3) - at(4), at(6), total]
+        })
+        .collect()
+}
+
+/// Each CPU's busy and softirq share (0..1) between two samples.
+fn cpu_shares(before: &[[u64; 3]], after: &[[u64; 3]]) -> Vec<(f64, f64)> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let total = a[2].saturating_sub(b[2]).max(1) as f64;
+            (
+                a[0].saturating_sub(b[0]) as f64 / total,
+                a[1].saturating_sub(b[1]) as f64 / total,
+            )
+        })
+        .collect()
+}
+
+/// A blocking TCP connection to `to`, with `TCP_MAXSEG` set before the SYN when `mss` is given
+/// (it caps the MSS we announce and the segments we send). std has no hook between socket() and
+/// connect(), so this goes through libc.
+fn connect(to: SocketAddrV4, mss: Option<i32>) -> io::Result<TcpStream> {
+    // SAFETY: plain socket call; the fd is owned by the TcpStream right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let s = unsafe { TcpStream::from_raw_fd(fd) };
+    // SO_SNDTIMEO also bounds connect(): a receiver that never answers fails the round instead
+    // of hanging it for the kernel's two minutes of SYN retries.
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    if let Some(m) = mss {
+        // SAFETY: `m` lives across the call and the length matches its type.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_MAXSEG,
+                (&m as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sa` is a valid sockaddr_in for the duration of the call.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+fn effective_mss(s: &TcpStream) -> i32 {
+    let mut m: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `m` and `len` are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mut m as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        m
+    } else {
+        -1
+    }
+}
+
+/// Sends `size` bytes to `to`, half-closes, waits for the receiver's close; returns the wall
+/// time, the effective MSS and the CPUs' shares.
+fn send(
+    pair: &VethPair,
+    to: SocketAddrV4,
+    size: usize,
+    mode: Mode,
+) -> (Duration, i32, Vec<(f64, f64)>) {
     pair.b.run(|| {
+        let cpu0 = cpu_jiffies();
         let start = Instant::now();
-        let mut c =
-            TcpStream::connect_timeout(&to.into(), Duration::from_secs(5)).expect("connect");
+        let mut c = connect(to, mode.mss()).expect("connect");
+        let mss = effective_mss(&c);
         let buf = vec![0x5au8; 256 * 1024];
         let mut left = size;
         while left > 0 {
@@ -32,47 +203,57 @@ fn send(pair: &VethPair, to: SocketAddrV4, size: usize) -> Duration {
             c.write_all(&buf[..n]).expect("send");
             left -= n;
         }
-        c.shutdown(std::net::Shutdown::Write).unwrap();
+        c.shutdown(std::net::Shutdown::Write).expect("shutdown");
         let mut rest = Vec::new();
         c.read_to_end(&mut rest)
             .expect("wait for the receiver's close");
-        start.elapsed()
+        let wall = start.elapsed();
+        (wall, mss, cpu_shares(&cpu0, &cpu_jiffies()))
     })
 }
 
-fn kernel_round(size: usize) -> (Duration, u64) {
+fn kernel_round(size: usize, mode: Mode) -> Round {
     let pair = VethPair::create("sk", Some("10.97.0.1/24"), "10.97.0.2/24").expect("veth pair");
     let listener = pair
         .a
         .run(|| TcpListener::bind(SocketAddrV4::new(KERNEL_A, 9)).expect("bind"));
-    let got = std::thread::scope(|s| {
+    let ((wall, mss, cpus), (got, rx_cpu)) = std::thread::scope(|s| {
         let rx = s.spawn(move || {
-            let (mut c, _) = listener.accept().unwrap();
+            let (mut c, _) = listener.accept().expect("accept");
+            let cpu0 = thread_cpu();
             let mut buf = vec![0u8; 256 * 1024];
             let mut got = 0u64;
             loop {
-                let n = c.read(&mut buf).unwrap();
+                let n = c.read(&mut buf).expect("receive");
                 if n == 0 {
-                    break got;
+                    break (got, thread_cpu() - cpu0);
                 }
                 got += n as u64;
             }
         });
-        let t = send(&pair, SocketAddrV4::new(KERNEL_A, 9), size);
-        (t, rx.join().unwrap())
+        let t = send(&pair, SocketAddrV4::new(KERNEL_A, 9), size, mode);
+        (t, rx.join().expect("receiver thread"))
     });
+    // A fresh namespace per round: the absolute count is this round's.
     let frames = pair
         .a
         .nstat()
-        .unwrap()
+        .expect("nstat")
         .get("TcpInSegs")
         .copied()
         .unwrap_or(0);
-    assert_eq!(got.1, size as u64);
-    (got.0, frames)
+    assert_eq!(got, size as u64);
+    Round {
+        wall,
+        bytes: got,
+        frames,
+        mss,
+        rx_cpu,
+        cpus,
+    }
 }
 
-fn afxdp_round(size: usize) -> (Duration, u64) {
+fn afxdp_round(size: usize, mode: Mode) -> Round {
     let pair = VethPair::create("sx", None, "10.97.0.2/24").expect("veth pair");
     let stop = AtomicBool::new(false);
     let ready = AtomicBool::new(false);
@@ -94,28 +275,115 @@ fn afxdp_round(size: usize) -> (Duration, u64) {
                 let dev = XskDevice::open(&XskConfig::new(&ifname, 0), Some(Arc::new(steer)))
                     .expect("xsk");
                 let mut cfg = StackConfig::new(
-                    MacAddr(xdp::sys::ifmac(&ifname).unwrap()),
+                    MacAddr(xdp::sys::ifmac(&ifname).expect("ifmac")),
                     vec![Ipv4Cidr::new(OURS, 24)],
                     [7; 16],
                 );
-                cfg.mtu = xdp::sys::ifmtu(&ifname).unwrap() as usize;
+                cfg.mtu = xdp::sys::ifmtu(&ifname).expect("ifmtu") as usize;
                 let mut w = Worker::new(dev, Stack::new(cfg));
-                w.listen(SocketAddrV4::new(OURS, 9), Builtin::Sink).unwrap();
+                w.listen(SocketAddrV4::new(OURS, 9), Builtin::Sink)
+                    .expect("listen");
                 ready.store(true, Ordering::SeqCst);
-                w.run(&stop).unwrap();
-                w.stats
+                let cpu0 = thread_cpu();
+                w.run(&stop).expect("worker loop");
+                (w.stats, thread_cpu() - cpu0)
             })
         });
         assert!(wait_for(Duration::from_secs(10), || ready
             .load(Ordering::SeqCst)
             .then_some(()))
         .is_some());
-        let t = send(&pair, SocketAddrV4::new(OURS, 9), size);
+        let (wall, mss, cpus) = send(&pair, SocketAddrV4::new(OURS, 9), size, mode);
         stop.store(true, Ordering::SeqCst);
-        let ws = worker.join().unwrap();
+        let (ws, rx_cpu) = worker.join().expect("worker thread");
         assert_eq!(ws.sink_bytes, size as u64);
-        (t, ws.frames_in)
+        Round {
+            wall,
+            bytes: ws.sink_bytes,
+            frames: ws.frames_in,
+            mss,
+            rx_cpu,
+            cpus,
+        }
     })
+}
+
+struct Summary {
+    gbps: f64,
+    fps: f64,
+}
+
+fn summarize(v: &[Round]) -> Summary {
+    let t: f64 = v.iter().map(|r| r.wall.as_secs_f64()).sum();
+    let b: u64 = v.iter().map(|r| r.bytes).sum();
+    let f: u64 = v.iter().map(|r| r.frames).sum();
+    Summary {
+        gbps: b as f64 * 8.0 / t / 1e9,
+        fps: f as f64 / t,
+    }
+}
+
+fn line(name: &str, i: usize, r: &Round) {
+    let s = r.wall.as_secs_f64();
+    let cpus: Vec<String> = r
+        .cpus
+        .iter()
+        .map(|(b, si)| format!("{:3.0}% (si {:2.0}%)", b * 100.0, si * 100.0))
+        .collect();
+    println!(
+        "  {name:6} round {i}: {:6.2} Gbit/s {:7.0} k frames/s  {:4.0} B/frame  mss {:4}  \
+         receiver thread {:3.0}% of a core  cpus busy [{}]",
+        r.bytes as f64 * 8.0 / s / 1e9,
+        r.frames as f64 / s / 1e3,
+        r.bytes as f64 / r.frames.max(1) as f64,
+        r.mss,
+        r.rx_cpu.as_secs_f64() / s * 100.0,
+        cpus.join(", "),
+    );
+}
+
+fn run_mode(mode: Mode, size: usize, rounds: usize) -> (Summary, Summary) {
+    let mut k = Vec::new();
+    let mut x = Vec::new();
+    println!(
+        "{mode:?} segments ({}): {} MiB per stream, {rounds} interleaved rounds each",
+        match mode.mss() {
+            Some(m) => format!("TCP_MAXSEG {m}"),
+            None => "sender's MSS".into(),
+        },
+        size >> 20
+    );
+    for i in 0..rounds {
+        let r = kernel_round(size, mode);
+        line("kernel", i, &r);
+        k.push(r);
+        let r = afxdp_round(size, mode);
+        line("afxdp", i, &r);
+        x.push(r);
+    }
+    if let Some(m) = mode.mss() {
+        // The cap must have taken: otherwise this mode measures nothing new.
+        for r in k.iter().chain(&x) {
+            assert!(r.mss > 0 && r.mss <= m, "effective MSS {} > {m}", r.mss);
+        }
+    }
+    let (ks, xs) = (summarize(&k), summarize(&x));
+    println!(
+        "  kernel (plain veth):          {:6.2} Gbit/s  {:7.0} k segments/s received",
+        ks.gbps,
+        ks.fps / 1e3
+    );
+    println!(
+        "  afxdp worker (tcpstack sink): {:6.2} Gbit/s  {:7.0} k frames/s received",
+        xs.gbps,
+        xs.fps / 1e3
+    );
+    println!(
+        "  ratio afxdp/kernel: {:.2} (Gbit/s), {:.2} (frames/s)",
+        xs.gbps / ks.gbps,
+        xs.fps / ks.fps
+    );
+    (ks, xs)
 }
 
 fn main() {
@@ -127,35 +395,28 @@ fn main() {
         println!("skipped: the sink bench needs root (network namespaces, AF_XDP)");
         return;
     }
-    let (size, rounds) = if bench {
-        (1usize << 30, 3)
+    // Full-size streams are 1 GiB; small-segment streams 128 MiB (about 1.8 M segments), so a
+    // round of either lasts a second or two.
+    let (full, small, rounds) = if bench {
+        (1usize << 30, 128usize << 20, 3)
     } else {
-        (4 << 20, 1)
+        (4 << 20, 1 << 20, 1)
     };
-    let mut k = Vec::new();
-    let mut x = Vec::new();
-    for _ in 0..rounds {
-        k.push(kernel_round(size));
-        x.push(afxdp_round(size));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "one TCP stream into a sink; load average at start: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    run_mode(Mode::Full, full, rounds);
+    let (_, xs) = run_mode(Mode::Small, small, rounds);
+    if bench {
+        println!(
+            "goal: >= 1.5 M frames/s into sink on one worker: {:.2} M/s ({})",
+            xs.fps / 1e6,
+            if xs.fps >= 1.5e6 { "met" } else { "not met" }
+        );
     }
-    let rate = |v: &[(Duration, u64)]| {
-        let t: f64 = v.iter().map(|r| r.0.as_secs_f64()).sum();
-        let f: u64 = v.iter().map(|r| r.1).sum();
-        ((size * v.len()) as f64 * 8.0 / t / 1e9, f as f64 / t)
-    };
-    let (kg, kf) = rate(&k);
-    let (xg, xf) = rate(&x);
-    println!(
-        "one TCP stream of {} MiB into a sink, {rounds} interleaved rounds each",
-        size >> 20
-    );
-    println!(
-        "kernel (plain veth):         {kg:6.2} Gbit/s  {:7.0} k segments/s received",
-        kf / 1e3
-    );
-    println!(
-        "afxdp worker (tcpstack sink): {xg:6.2} Gbit/s  {:7.0} k frames/s received",
-        xf / 1e3
-    );
-    println!("ratio afxdp/kernel: {:.2}", xg / kg);
 }

@@ -14,9 +14,10 @@
 //!     if idle for a while { dev.wait(timeout) }   // sleeps in poll(2)
 //! }
 //! ```
-//! Backends: [`crate::xdp::XskDevice`] (AF_XDP).
+//! Backends: [`crate::xdp::XskDevice`] (AF_XDP) and [`crate::memlink`] (in memory, for tests).
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 /// Fixed facts about a device queue.
@@ -59,7 +60,13 @@ pub trait Device {
         fill: F,
     ) -> io::Result<usize>;
 
+    /// A descriptor that polls readable when a frame may be waiting, so a worker can
+    /// sleep on it together with other descriptors.
+    fn ready_fd(&self) -> RawFd;
+
     /// Sleeps until a frame may be waiting or `timeout` passes; returns whether
     /// the device reported frames. For idle loops: spin on `receive` first.
-    fn wait(&mut self, timeout: Duration) -> io::Result<bool>;
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        crate::wake::poll_readable(&[self.ready_fd()], timeout)
+    }
 }

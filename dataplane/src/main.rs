@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod run;
 
 #[derive(Parser)]
 #[command(name = "xdpmesh", version, about = "AF_XDP service-mesh gateway")]
@@ -17,11 +19,55 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway from a node file until SIGTERM or SIGINT, then drain and exit.
+    Run(RunArgs),
     /// Check a node file and the tables it names; print every error, one per line.
     Check(CheckArgs),
     /// Convert other formats into xdpmesh tables.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// The mesh's own certificate authority: a root, and leaf certificates for SPIFFE IDs.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Make a root CA (ECDSA P-256): DIR/ca.pem and DIR/ca-key.pem (0600).
+    Init(CaInitArgs),
+    /// Issue a leaf for a SPIFFE ID (URI SAN; server and client auth): OUT/cert.pem (leaf
+    /// then root) and OUT/key.pem (0600).
+    Issue(CaIssueArgs),
+}
+
+#[derive(Args)]
+struct CaInitArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Lifetime of the root.
+    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+    validity: std::time::Duration,
+    /// Replace existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct CaIssueArgs {
+    /// The CA directory (from `ca init`).
+    #[arg(long)]
+    ca: PathBuf,
+    /// spiffe://TRUST-DOMAIN/PATH
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Lifetime of the leaf.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    validity: std::time::Duration,
+    /// Replace existing files (gateways pick up the new ones for new connections).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -33,6 +79,26 @@ struct CheckArgs {
     /// Without it, only interfaces present here are checked against the machine.
     #[arg(long)]
     system: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The node file: its [[interface]] tables and the tables file it names.
+    #[arg(long)]
+    config: PathBuf,
+    /// On SIGTERM/SIGINT, how long connections may take to finish before they are reset.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_timeout: std::time::Duration,
+    /// afxdp: our TCP on AF_XDP sockets (the interfaces' queues). kernel: the same proxy over
+    /// kernel sockets (no spare NIC needed; built-in listeners are not served).
+    #[arg(long, value_enum, default_value = "afxdp")]
+    backend: Backend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Afxdp,
+    Kernel,
 }
 
 #[derive(Subcommand)]
@@ -53,8 +119,8 @@ struct SmiArgs {
 }
 
 /// Exit codes: 0 ok, 1 the input has errors (2 is clap's for bad usage).
-const OK: u8 = 0;
-const FAILED: u8 = 1;
+pub(crate) const OK: u8 = 0;
+pub(crate) const FAILED: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -68,8 +134,10 @@ fn main() -> ExitCode {
 
 fn run(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     match command {
+        Command::Run(a) => run::run(&a, out, err),
         Command::Check(a) => check(&a, out, err),
         Command::Import(ImportCommand::Smi(a)) => import_smi(&a, out, err),
+        Command::Ca(c) => ca(c, out, err),
     }
 }
 
@@ -116,6 +184,46 @@ fn check(a: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             let _ = write!(err, "{errors}");
             let n = errors.len();
             let _ = writeln!(err, "{n} error{}", if n == 1 { "" } else { "s" });
+            FAILED
+        }
+    }
+}
+
+/// Certificates start a few minutes in the past: gateways' clocks are never exactly equal.
+const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn ca(c: CaCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let not_before = SystemTime::now() - CLOCK_SKEW;
+    let r = match c {
+        CaCommand::Init(a) => control::ca::init(
+            &a.out,
+            &control::ca::InitOptions {
+                validity: a.validity,
+                not_before,
+                force: a.force,
+                ..Default::default()
+            },
+        )
+        .map(|f| format!("root CA: {} (key {})", f.cert.display(), f.key.display())),
+        CaCommand::Issue(a) => control::ca::issue(
+            &a.ca,
+            &a.id,
+            &a.out,
+            &control::ca::IssueOptions {
+                validity: a.validity + CLOCK_SKEW,
+                not_before,
+                force: a.force,
+            },
+        )
+        .map(|f| format!("{}: {} (key {})", a.id, f.cert.display(), f.key.display())),
+    };
+    match r {
+        Ok(msg) => {
+            let _ = writeln!(out, "{msg}");
+            OK
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
             FAILED
         }
     }

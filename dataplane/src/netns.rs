@@ -408,13 +408,31 @@ impl VethPair {
     /// `a_cidr`: a kernel address on A's end, if any (the gateway usually owns its address
     /// alone); `b_cidr`: the peer's address. Returns once A's end is up.
     pub fn create(prefix: &str, a_cidr: Option<&str>, b_cidr: &str) -> io::Result<Self> {
+        Self::create_with_queues(prefix, a_cidr, b_cidr, 1)
+    }
+
+    /// Like [`create`](Self::create), with `queues` RX and TX queues on both ends. A veth
+    /// delivers a frame on the receive queue numbered like the TX queue the sender picked,
+    /// so the kernel peer's flows spread over the gateway's queues.
+    pub fn create_with_queues(
+        prefix: &str,
+        a_cidr: Option<&str>,
+        b_cidr: &str,
+        queues: u32,
+    ) -> io::Result<Self> {
         let a = NetNs::create(&format!("{prefix}a"))?;
         let b = NetNs::create(&format!("{prefix}b"))?;
         let if_a = unique_name(&format!("{prefix}a"));
         let if_b = unique_name(&format!("{prefix}b"));
+        let q = queues.max(1).to_string();
+        let qargs = ["numtxqueues", q.as_str(), "numrxqueues", q.as_str()];
         let out = Command::new("ip")
-            .args(["link", "add", &if_a, "netns", a.name(), "type", "veth"])
-            .args(["peer", "name", &if_b, "netns", b.name()])
+            .args(["link", "add", &if_a])
+            .args(qargs)
+            .args(["netns", a.name(), "type", "veth"])
+            .args(["peer", "name", &if_b])
+            .args(qargs)
+            .args(["netns", b.name()])
             .output()?;
         if !out.status.success() {
             return Err(io::Error::other(format!(

@@ -1,18 +1,30 @@
-//! One worker: a poll loop that joins a packet device (AF_XDP, TAP, ...) to a tcpstack [`Stack`]
-//! and serves the built-in listener kinds `echo`, `sink` and `http-ok`.
+//! One worker: a poll loop that joins packet devices (AF_XDP, in-memory, ...) to tcpstack
+//! [`Stack`]s and serves the built-in listener kinds `echo`, `sink` and `http-ok` and, given an
+//! [`Engine`], the proxy.
 //!
-//! Per iteration: receive a batch and feed it to the stack; handle the stack's events and move
-//! service bytes; transmit a batch (one wakeup per batch in copy mode). When an iteration finds
-//! nothing to do for `spin` iterations in a row, the worker sleeps on the device until a frame
-//! may be waiting or the stack's next timer, so an idle gateway does not burn a core.
+//! A worker has one [`Port`] per interface it serves (one queue of each, with that
+//! interface's stack), so a proxied connection in through one interface and out through
+//! another stays on one core. Per iteration: receive a batch on every port and feed it to
+//! its stack; handle the stacks' events and move service bytes; transmit a batch per port
+//! (one wakeup per batch in copy mode). When an iteration finds nothing to do for `spin`
+//! iterations in a row, the worker sleeps on its descriptors until a frame may be waiting or
+//! the next timer, so an idle gateway does not burn a core.
 //!
-//! This is the single-queue worker; core pinning, several queues and the proxy come later.
+//! On an interface with several queues each queue has its own worker and stack; a port
+//! given a [`Shard`] hands TCP segments of flows it does not own to their owner through a
+//! bounded queue (see [`crate::shard`]) and sleeps on its own wakeup fd as well as the device.
 
 use crate::device::Device;
+use crate::proxy::engine::Engine;
+use crate::proxy::net::{Net, NetError, NetEvent};
+use crate::shard::{Dispatch, FlowOwner};
+use crate::wake::{self, Wake};
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as WallInstant};
 use tcpstack::{ConnId, Error as TcpError, Event, Stack};
 
@@ -63,6 +75,86 @@ pub struct WorkerStats {
     pub sink_bytes: u64,
     pub http_requests: u64,
     pub http_bad_requests: u64,
+    /// Frames of flows owned by another worker, handed to it.
+    pub handoff_out: u64,
+    /// Frames handed to this worker by others.
+    pub handoff_in: u64,
+    /// Frames that could not be handed over: the owner's queue was full (TCP resends them).
+    pub handoff_dropped: u64,
+    /// The proxy engine's counters (zero without an engine).
+    pub proxy: crate::proxy::engine::ProxyStats,
+}
+
+/// Frames one worker's hand-off queue holds.
+pub const HANDOFF_DEPTH: usize = 1024;
+
+/// A worker's place among the workers of one interface: who owns which flow, and the
+/// queues to hand frames to the others.
+pub struct Shard {
+    index: usize,
+    owner: Arc<FlowOwner>,
+    inbox: Receiver<Vec<u8>>,
+    wake: Arc<Wake>,
+    /// Indexed by worker; this worker's own entry is never used.
+    peers: Vec<(Sender<Vec<u8>>, Arc<Wake>)>,
+    /// Bit i: worker i was handed frames in this batch and needs a wakeup.
+    to_wake: u64,
+}
+
+impl Shard {
+    /// One shard per worker of `owner` (at most 64 workers per interface).
+    pub fn all(owner: Arc<FlowOwner>) -> io::Result<Vec<Shard>> {
+        let n = owner.workers();
+        if n > 64 {
+            return Err(io::Error::other("at most 64 workers per interface"));
+        }
+        let mut inboxes = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = channel::bounded(HANDOFF_DEPTH);
+            let w = Arc::new(Wake::new()?);
+            inboxes.push((rx, w.clone()));
+            peers.push((tx, w));
+        }
+        Ok(inboxes
+            .into_iter()
+            .enumerate()
+            .map(|(index, (inbox, wake))| Shard {
+                index,
+                owner: owner.clone(),
+                inbox,
+                wake,
+                peers: peers.clone(),
+                to_wake: 0,
+            })
+            .collect())
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    fn hand(&mut self, to: usize, frame: &[u8], stats: &mut WorkerStats) {
+        // A copy per frame: hand-offs are the exception path (veth, or a NIC whose RSS key
+        // we were not told), not the steady state.
+        match self.peers[to].0.try_send(frame.to_vec()) {
+            Ok(()) => {
+                stats.handoff_out += 1;
+                self.to_wake |= 1 << to;
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                stats.handoff_dropped += 1;
+            }
+        }
+    }
+
+    fn wake_peers(&mut self) {
+        while self.to_wake != 0 {
+            let i = self.to_wake.trailing_zeros() as usize;
+            self.to_wake &= !(1 << i);
+            self.peers[i].1.notify();
+        }
+    }
 }
 
 /// What a drain did.
@@ -74,45 +166,234 @@ pub struct DrainReport {
     pub reset: usize,
 }
 
+/// One interface queue of a worker: its device, its stack, and its place among the
+/// interface's workers.
+pub struct Port<D: Device> {
+    pub dev: D,
+    pub stack: Stack,
+    shard: Option<Shard>,
+}
+
+/// A connection on one of a worker's ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PConn {
+    pub port: u8,
+    pub id: ConnId,
+}
+
+/// The worker's ports as one [`Net`] for the proxy: connections to a destination go out of
+/// the port whose subnet holds it, else the first port with a next hop.
+pub struct StackNet<'a, D: Device> {
+    ports: &'a mut [Port<D>],
+    now: tcpstack::Instant,
+    /// Port whose events are polled next.
+    next: usize,
+}
+
+impl<D: Device> StackNet<'_, D> {
+    fn stack(&mut self, c: PConn) -> Option<&mut Stack> {
+        self.ports.get_mut(c.port as usize).map(|p| &mut p.stack)
+    }
+}
+
+fn tcp_err(e: TcpError) -> NetError {
+    match e {
+        TcpError::WouldBlock => NetError::WouldBlock,
+        TcpError::SendClosed => NetError::Closed,
+        _ => NetError::Reset,
+    }
+}
+
+impl<D: Device> Net for StackNet<'_, D> {
+    type Conn = PConn;
+
+    fn connect(&mut self, now: tcpstack::Instant, remote: SocketAddrV4) -> Result<PConn, NetError> {
+        let port = self
+            .ports
+            .iter()
+            .position(|p| {
+                p.stack
+                    .config()
+                    .addresses
+                    .iter()
+                    .any(|c| c.contains(*remote.ip()))
+            })
+            .or_else(|| self.ports.iter().position(|p| p.stack.config().gateway.is_some()))
+            .unwrap_or(0);
+        let stack = &mut self.ports.get_mut(port).ok_or(NetError::Reset)?.stack;
+        let id = stack.connect(now, remote).map_err(|_| NetError::Reset)?;
+        let _ = stack.set_nagle(id, false);
+        Ok(PConn {
+            port: port as u8,
+            id,
+        })
+    }
+
+    fn read(&mut self, c: PConn, buf: &mut [u8]) -> Result<usize, NetError> {
+        self.stack(c)
+            .ok_or(NetError::Closed)?
+            .read(c.id, buf)
+            .map_err(tcp_err)
+    }
+
+    fn write(&mut self, c: PConn, data: &[u8]) -> Result<usize, NetError> {
+        self.stack(c)
+            .ok_or(NetError::Closed)?
+            .write(c.id, data)
+            .map_err(tcp_err)
+    }
+
+    fn shutdown_write(&mut self, c: PConn) {
+        if let Some(s) = self.stack(c) {
+            let _ = s.shutdown_write(c.id);
+        }
+    }
+
+    fn close(&mut self, now: tcpstack::Instant, c: PConn) {
+        if let Some(s) = self.stack(c) {
+            let _ = s.close(now, c.id);
+        }
+    }
+
+    fn abort(&mut self, c: PConn) {
+        if let Some(s) = self.stack(c) {
+            let _ = s.abort(c.id);
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<NetEvent<PConn>> {
+        let n = self.ports.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if let Some(e) = self.ports[i].stack.poll_event() {
+                self.next = i;
+                let c = |id| PConn { port: i as u8, id };
+                return Some(match e {
+                    Event::Accepted { id, local, remote } => NetEvent::Accepted {
+                        conn: c(id),
+                        local,
+                        remote,
+                    },
+                    Event::Connected(id) => NetEvent::Connected(c(id)),
+                    Event::Readable(id) | Event::PeerClosed(id) => NetEvent::Readable(c(id)),
+                    Event::Writable(id) => NetEvent::Writable(c(id)),
+                    Event::Closed(id) => NetEvent::Closed(c(id)),
+                    Event::Reset { id, .. } => NetEvent::Reset(c(id)),
+                });
+            }
+        }
+        let _ = self.now;
+        None
+    }
+}
+
 pub struct Worker<D: Device> {
-    dev: D,
-    stack: Stack,
+    ports: Vec<Port<D>>,
     services: HashMap<SocketAddrV4, Builtin>,
-    sessions: HashMap<ConnId, Session>,
+    sessions: HashMap<PConn, Session>,
+    engine: Option<Engine<PConn>>,
     start: WallInstant,
-    /// Empty iterations before sleeping on the device.
+    /// Empty iterations before sleeping on the devices.
     pub spin: u32,
     pub stats: WorkerStats,
+    /// Where the worker copies its counters now and then, for readers on other threads.
+    pub stats_out: Option<Arc<Mutex<WorkerStats>>>,
     scratch: Vec<u8>,
 }
 
 impl<D: Device> Worker<D> {
+    /// A worker with one port.
     pub fn new(dev: D, stack: Stack) -> Self {
         Worker {
-            dev,
-            stack,
+            ports: vec![Port {
+                dev,
+                stack,
+                shard: None,
+            }],
             services: HashMap::new(),
             sessions: HashMap::new(),
+            engine: None,
             start: WallInstant::now(),
             spin: 64,
             stats: WorkerStats::default(),
+            stats_out: None,
             scratch: vec![0; 64 * 1024],
         }
     }
 
-    pub fn stack(&self) -> &Stack {
-        &self.stack
+    /// Adds a port (another interface's queue); returns its index.
+    pub fn add_port(&mut self, dev: D, stack: Stack, shard: Option<Shard>) -> usize {
+        self.ports.push(Port { dev, stack, shard });
+        self.ports.len() - 1
     }
 
+    /// Makes port 0 one of several workers' on its interface (see [`Shard`]).
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.ports[0].shard = Some(shard);
+        self
+    }
+
+    /// Serves the proxy listeners of the engine's tables.
+    pub fn with_engine(mut self, engine: Engine<PConn>) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    pub fn engine(&self) -> Option<&Engine<PConn>> {
+        self.engine.as_ref()
+    }
+
+    /// Port 0's stack.
+    pub fn stack(&self) -> &Stack {
+        &self.ports[0].stack
+    }
+
+    /// Port 0's device.
     pub fn device(&self) -> &D {
-        &self.dev
+        &self.ports[0].dev
+    }
+
+    pub fn ports(&self) -> &[Port<D>] {
+        &self.ports
+    }
+
+    fn publish_stats(&mut self) {
+        if let Some(e) = &self.engine {
+            self.stats.proxy = e.stats;
+        }
+        if let Some(out) = &self.stats_out {
+            *out.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;
+        }
+    }
+
+    /// Listens on `addr` on every port that has that address (`0.0.0.0`: every port).
+    fn listen_ports(&mut self, addr: SocketAddrV4) -> Result<(), TcpError> {
+        let mut any = false;
+        for p in &mut self.ports {
+            let has = addr.ip().is_unspecified()
+                || p.stack.config().addresses.iter().any(|c| c.addr == *addr.ip());
+            if has {
+                p.stack.listen(addr)?;
+                any = true;
+            }
+        }
+        if any {
+            Ok(())
+        } else {
+            Err(TcpError::AddrNotLocal)
+        }
     }
 
     /// Serves `kind` on `addr`.
     pub fn listen(&mut self, addr: SocketAddrV4, kind: Builtin) -> Result<(), TcpError> {
-        self.stack.listen(addr)?;
+        self.listen_ports(addr)?;
         self.services.insert(addr, kind);
         Ok(())
+    }
+
+    /// Accepts connections on `addr` for the proxy engine.
+    pub fn listen_proxy(&mut self, addr: SocketAddrV4) -> Result<(), TcpError> {
+        self.listen_ports(addr)
     }
 
     fn now(&self) -> tcpstack::Instant {
@@ -123,28 +404,21 @@ impl<D: Device> Worker<D> {
     pub fn poll_once(&mut self) -> io::Result<bool> {
         self.stats.iterations += 1;
         let now = self.now();
-        let batch = self.dev.capabilities().batch;
-        let stack = &mut self.stack;
-        let got = self.dev.receive(batch, |f| stack.handle_frame(now, f))?;
+        let mut got = 0;
+        for port in &mut self.ports {
+            got += port.receive(now, &mut self.stats)?;
+        }
         self.stats.frames_in += got as u64;
         let served = self.serve(now);
         let mut sent = 0;
-        loop {
-            let stack = &mut self.stack;
-            let n = self
-                .dev
-                .transmit(batch, |buf| stack.poll_transmit(now, buf))?;
-            sent += n;
-            // Fewer than a batch: the stack ran dry, or every TX buffer is in flight.
-            if n < batch {
-                break;
-            }
+        for port in &mut self.ports {
+            sent += port.transmit(now)?;
         }
         self.stats.frames_out += sent as u64;
         Ok(got > 0 || sent > 0 || served)
     }
 
-    /// Runs until `stop` is set: spins while busy, sleeps on the device when idle.
+    /// Runs until `stop` is set: spins while busy, sleeps on the devices when idle.
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
         let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) {
@@ -152,17 +426,46 @@ impl<D: Device> Worker<D> {
                 idle = 0;
                 continue;
             }
-            idle += 1;
+            idle = idle.saturating_add(1);
             if idle >= self.spin {
                 let now = self.now();
-                let wait = match self.stack.poll_timeout() {
+                let next = self.ports.iter().filter_map(|p| p.stack.poll_timeout()).min();
+                let wait = match next {
                     Some(t) if t <= now => Duration::ZERO,
                     Some(t) => (t - now).min(Duration::from_millis(10)),
                     None => Duration::from_millis(10),
                 };
                 self.stats.sleeps += 1;
-                self.dev.wait(wait)?;
+                self.publish_stats();
+                self.sleep(wait)?;
                 idle = 0;
+            } else if self.stats.iterations % 4096 == 0 {
+                self.publish_stats();
+            }
+        }
+        self.publish_stats();
+        Ok(())
+    }
+
+    /// Sleeps on every port's device and hand-off wakeup.
+    fn sleep(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.ports.len() == 1 && self.ports[0].shard.is_none() {
+            self.ports[0].dev.wait(timeout)?;
+            return Ok(());
+        }
+        let mut fds = Vec::with_capacity(self.ports.len() * 2);
+        for p in &self.ports {
+            fds.push(p.dev.ready_fd());
+            if let Some(s) = &p.shard {
+                fds.push(s.wake.fd());
+            }
+        }
+        wake::poll_readable(&fds, timeout)?;
+        for p in &self.ports {
+            if let Some(s) = &p.shard {
+                // Frames handed over from here on notify again; those before are drained
+                // by the next iteration.
+                s.wake.clear();
             }
         }
         Ok(())
@@ -172,98 +475,139 @@ impl<D: Device> Worker<D> {
     /// idle HTTP keep-alive connections, let the others finish until `timeout`, then reset what
     /// is left and flush the RSTs.
     pub fn drain(&mut self, timeout: Duration) -> io::Result<DrainReport> {
-        let addrs: Vec<SocketAddrV4> = self.services.keys().copied().collect();
-        for a in addrs {
-            self.stack.unlisten(a);
+        for p in &mut self.ports {
+            for a in p.stack.listening() {
+                p.stack.unlisten(a);
+            }
         }
-        let started = self.sessions.len();
+        let engine_started = self.engine.as_ref().map_or(0, |e| e.active());
+        let started = self.sessions.len() + engine_started;
         for s in self.sessions.values_mut() {
             if s.kind == Builtin::HttpOk && s.inbuf.is_empty() && s.out.is_empty() {
                 s.close_after_out = true;
             }
         }
         let deadline = WallInstant::now() + timeout;
-        while !self.sessions.is_empty() && WallInstant::now() < deadline {
+        let busy = |w: &Self| !w.sessions.is_empty() || w.engine.as_ref().is_some_and(|e| e.active() > 0);
+        while busy(self) && WallInstant::now() < deadline {
             if !self.poll_once()? {
-                self.dev.wait(Duration::from_millis(1))?;
+                self.sleep(Duration::from_millis(1))?;
             }
         }
-        let left: Vec<ConnId> = self.sessions.keys().copied().collect();
-        for id in &left {
-            let _ = self.stack.abort(*id);
+        let left: Vec<PConn> = self.sessions.keys().copied().collect();
+        let mut reset = left.len();
+        for c in &left {
+            let _ = self.ports[c.port as usize].stack.abort(c.id);
         }
         self.sessions.clear();
+        if let Some(e) = self.engine.as_mut() {
+            reset += e.active();
+            let now = tcpstack::Instant::from_micros(self.start.elapsed().as_micros() as u64);
+            let mut net = StackNet {
+                ports: &mut self.ports,
+                now,
+                next: 0,
+            };
+            e.abort_all(&mut net, now);
+        }
         // Send the RSTs (and anything else still queued) before the socket goes away.
         while self.poll_once()? {}
+        self.publish_stats();
         Ok(DrainReport {
-            finished: started - left.len(),
-            reset: left.len(),
+            finished: started.saturating_sub(reset),
+            reset,
         })
     }
 
     fn serve(&mut self, now: tcpstack::Instant) -> bool {
         let mut did = false;
-        while let Some(e) = self.stack.poll_event() {
+        let mut net = StackNet {
+            ports: &mut self.ports,
+            now,
+            next: 0,
+        };
+        while let Some(e) = net.poll_event() {
             did = true;
-            match e {
-                Event::Accepted { id, local, .. } => {
-                    let kind = self
-                        .services
-                        .get(&local)
-                        .or_else(|| {
-                            self.services
-                                .get(&SocketAddrV4::new([0, 0, 0, 0].into(), local.port()))
-                        })
-                        .copied();
-                    match kind {
-                        Some(kind) => {
-                            self.stats.accepted += 1;
-                            let _ = self.stack.set_nagle(id, false);
-                            self.sessions.insert(
-                                id,
-                                Session {
-                                    kind,
-                                    out: Vec::new(),
-                                    inbuf: Vec::new(),
-                                    skip: 0,
-                                    eof: false,
-                                    close_after_out: false,
-                                    closed: false,
-                                },
-                            );
-                        }
-                        None => {
-                            let _ = self.stack.abort(id);
-                        }
+            if let NetEvent::Accepted { conn, local, .. } = e {
+                let kind = self
+                    .services
+                    .get(&local)
+                    .or_else(|| {
+                        self.services
+                            .get(&SocketAddrV4::new([0, 0, 0, 0].into(), local.port()))
+                    })
+                    .copied();
+                if let Some(kind) = kind {
+                    self.stats.accepted += 1;
+                    let _ = net.ports[conn.port as usize].stack.set_nagle(conn.id, false);
+                    self.sessions.insert(
+                        conn,
+                        Session {
+                            kind,
+                            out: Vec::new(),
+                            inbuf: Vec::new(),
+                            skip: 0,
+                            eof: false,
+                            close_after_out: false,
+                            closed: false,
+                        },
+                    );
+                    continue;
+                }
+            }
+            if self.sessions.contains_key(&e.conn()) {
+                match e {
+                    NetEvent::Reset(c) => {
+                        self.stats.resets += 1;
+                        self.sessions.remove(&c);
                     }
+                    NetEvent::Closed(c) => {
+                        self.sessions.remove(&c);
+                    }
+                    _ => {}
                 }
-                Event::Reset { id, .. } => {
-                    self.stats.resets += 1;
-                    self.sessions.remove(&id);
+                continue;
+            }
+            let handled = match self.engine.as_mut() {
+                Some(engine) => {
+                    let accepted = matches!(e, NetEvent::Accepted { .. });
+                    let h = engine.handle(&mut net, now, e);
+                    if h && accepted {
+                        self.stats.accepted += 1;
+                    }
+                    h
                 }
-                Event::Closed(id) => {
-                    self.sessions.remove(&id);
+                None => false,
+            };
+            if !handled {
+                if let NetEvent::Accepted { conn, .. } = e {
+                    // Nobody serves this listener (any more): refuse.
+                    net.abort(conn);
                 }
-                _ => {}
             }
         }
-        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
+        if let Some(engine) = self.engine.as_mut() {
+            engine.progress(&mut net, now);
+        }
+        let ids: Vec<PConn> = self.sessions.keys().copied().collect();
         for id in ids {
             did |= self.progress(now, id);
         }
         did
     }
 
-    /// Moves one session's bytes as far as the stack allows.
-    fn progress(&mut self, now: tcpstack::Instant, id: ConnId) -> bool {
-        let Some(mut s) = self.sessions.remove(&id) else {
+    /// Moves one built-in session's bytes as far as the stack allows.
+    fn progress(&mut self, now: tcpstack::Instant, c: PConn) -> bool {
+        let Some(mut s) = self.sessions.remove(&c) else {
             return false;
         };
+        let stack = &mut self.ports[c.port as usize].stack;
+        let id = c.id;
         let mut did = false;
         loop {
             // Flush what is owed first: backpressure stops reading.
             if !s.out.is_empty() {
-                match self.stack.write(id, &s.out) {
+                match stack.write(id, &s.out) {
                     Ok(n) => {
                         s.out.drain(..n);
                         did = true;
@@ -279,11 +623,11 @@ impl<D: Device> Worker<D> {
             if s.close_after_out {
                 break;
             }
-            if s.kind == Builtin::HttpOk && self.answer_http(&mut s) {
+            if s.kind == Builtin::HttpOk && answer_http(&mut s, &mut self.stats) {
                 did = true;
                 continue;
             }
-            match self.stack.read(id, &mut self.scratch) {
+            match stack.read(id, &mut self.scratch) {
                 Ok(0) => {
                     s.eof = true;
                     break;
@@ -300,81 +644,125 @@ impl<D: Device> Worker<D> {
             }
         }
         if s.out.is_empty() && (s.eof || s.close_after_out) && !s.closed {
-            let _ = self.stack.close(now, id);
+            let _ = stack.close(now, id);
             s.closed = true;
             did = true;
         }
-        self.sessions.insert(id, s);
+        self.sessions.insert(c, s);
         did
     }
+}
 
-    /// Parses buffered requests and queues their responses; returns whether it did any.
-    fn answer_http(&mut self, s: &mut Session) -> bool {
-        let mut did = false;
-        loop {
-            if s.skip > 0 {
-                let n = s.skip.min(s.inbuf.len());
-                s.inbuf.drain(..n);
-                s.skip -= n;
-                if s.skip > 0 {
-                    return did;
+impl<D: Device> Port<D> {
+    /// Receives a batch and feeds it to the stack, handing other workers' frames over.
+    fn receive(&mut self, now: tcpstack::Instant, stats: &mut WorkerStats) -> io::Result<usize> {
+        let batch = self.dev.capabilities().batch;
+        let stack = &mut self.stack;
+        let Some(shard) = self.shard.as_mut() else {
+            return self.dev.receive(batch, |f| stack.handle_frame(now, f));
+        };
+        let got = self.dev.receive(batch, |f| match shard.owner.dispatch(shard.index, f) {
+            Dispatch::Local => stack.handle_frame(now, f),
+            Dispatch::Worker(o) => shard.hand(o, f, stats),
+            Dispatch::Everyone => {
+                stack.handle_frame(now, f);
+                let me = shard.index;
+                for o in (0..shard.peers.len()).filter(|&o| o != me) {
+                    shard.hand(o, f, stats);
                 }
             }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&s.inbuf) {
-                Ok(httparse::Status::Complete(head)) => {
-                    let mut close = req.version == Some(0);
-                    let mut body = 0usize;
-                    let mut bad = false;
-                    for h in req.headers.iter() {
-                        if h.name.eq_ignore_ascii_case("connection") {
-                            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-                            close = v.contains("close") || (close && !v.contains("keep-alive"));
-                        } else if h.name.eq_ignore_ascii_case("content-length") {
-                            match std::str::from_utf8(h.value)
-                                .ok()
-                                .and_then(|v| v.trim().parse().ok())
-                            {
-                                Some(n) if body == 0 || body == n => body = n,
-                                _ => bad = true, // unparsable or conflicting Content-Length
-                            }
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            bad = true; // no request bodies in chunked encoding here
+        })?;
+        shard.wake_peers();
+        let mut handed = 0;
+        while let Ok(f) = shard.inbox.try_recv() {
+            stack.handle_frame(now, &f);
+            handed += 1;
+        }
+        stats.handoff_in += handed;
+        Ok(got + handed as usize)
+    }
+
+    /// Transmits until the stack runs dry or every TX buffer is in flight.
+    fn transmit(&mut self, now: tcpstack::Instant) -> io::Result<usize> {
+        let batch = self.dev.capabilities().batch;
+        let mut sent = 0;
+        loop {
+            let stack = &mut self.stack;
+            let n = self.dev.transmit(batch, |buf| stack.poll_transmit(now, buf))?;
+            sent += n;
+            if n < batch {
+                return Ok(sent);
+            }
+        }
+    }
+}
+
+/// Parses buffered requests and queues their responses; returns whether it did any.
+fn answer_http(s: &mut Session, stats: &mut WorkerStats) -> bool {
+    let mut did = false;
+    loop {
+        if s.skip > 0 {
+            let n = s.skip.min(s.inbuf.len());
+            s.inbuf.drain(..n);
+            s.skip -= n;
+            if s.skip > 0 {
+                return did;
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&s.inbuf) {
+            Ok(httparse::Status::Complete(head)) => {
+                let mut close = req.version == Some(0);
+                let mut body = 0usize;
+                let mut bad = false;
+                for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("connection") {
+                        let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                        close = v.contains("close") || (close && !v.contains("keep-alive"));
+                    } else if h.name.eq_ignore_ascii_case("content-length") {
+                        match std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok())
+                        {
+                            Some(n) if body == 0 || body == n => body = n,
+                            _ => bad = true, // unparsable or conflicting Content-Length
                         }
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        bad = true; // no request bodies in chunked encoding here
                     }
-                    s.inbuf.drain(..head);
-                    did = true;
-                    if bad {
-                        self.stats.http_bad_requests += 1;
-                        s.out.extend_from_slice(HTTP_BAD);
-                        s.close_after_out = true;
-                        return did;
-                    }
-                    self.stats.http_requests += 1;
-                    s.skip = body;
-                    if close {
-                        s.out.extend_from_slice(HTTP_OK_CLOSE);
-                        s.close_after_out = true;
-                        return did;
-                    }
-                    s.out.extend_from_slice(HTTP_OK);
                 }
-                Ok(httparse::Status::Partial) => {
-                    if s.inbuf.len() > MAX_HEAD {
-                        self.stats.http_bad_requests += 1;
-                        s.out.extend_from_slice(HTTP_BAD);
-                        s.close_after_out = true;
-                        return true;
-                    }
+                s.inbuf.drain(..head);
+                did = true;
+                if bad {
+                    stats.http_bad_requests += 1;
+                    s.out.extend_from_slice(HTTP_BAD);
+                    s.close_after_out = true;
                     return did;
                 }
-                Err(_) => {
-                    self.stats.http_bad_requests += 1;
+                stats.http_requests += 1;
+                s.skip = body;
+                if close {
+                    s.out.extend_from_slice(HTTP_OK_CLOSE);
+                    s.close_after_out = true;
+                    return did;
+                }
+                s.out.extend_from_slice(HTTP_OK);
+            }
+            Ok(httparse::Status::Partial) => {
+                if s.inbuf.len() > MAX_HEAD {
+                    stats.http_bad_requests += 1;
                     s.out.extend_from_slice(HTTP_BAD);
                     s.close_after_out = true;
                     return true;
                 }
+                return did;
+            }
+            Err(_) => {
+                stats.http_bad_requests += 1;
+                s.out.extend_from_slice(HTTP_BAD);
+                s.close_after_out = true;
+                return true;
             }
         }
     }

@@ -6,14 +6,13 @@ mod common;
 
 use common::kernel_echo_client;
 use dataplane::netns::{skip_unless_root, wait_for, VethPair};
-use dataplane::worker::{Builtin, DrainReport, Worker};
-use dataplane::xdp::{self, SteerConfig, Steering, XdpMode, XskConfig, XskDevice};
+use dataplane::gateway::single_queue_worker;
+use dataplane::worker::{Builtin, DrainReport};
+use ipnet::Ipv4Net;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tcpstack::{Ipv4Cidr, MacAddr, Stack, StackConfig};
 
 const OURS: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 100);
 
@@ -40,35 +39,20 @@ fn with_gateway<R: Send>(
     std::thread::scope(|s| {
         let worker = s.spawn(|| {
             rig.a.run(|| {
-                let ifname = rig.if_a.clone();
-                let mac = xdp::sys::ifmac(&ifname).unwrap();
-                let listeners: Vec<SocketAddrV4> = [7, 9, 80]
-                    .iter()
-                    .map(|p| SocketAddrV4::new(OURS, *p))
-                    .collect();
-                let steer = Steering::attach(
-                    &ifname,
-                    XdpMode::Native,
-                    &SteerConfig {
-                        dedicated: false,
-                        local_addrs: vec![OURS],
-                        listeners,
-                        ephemeral: Some(32768..=60999),
-                    },
-                    Duration::from_secs(2),
+                let listeners: Vec<(SocketAddrV4, Builtin)> = [
+                    (7, Builtin::Echo),
+                    (9, Builtin::Sink),
+                    (80, Builtin::HttpOk),
+                ]
+                .iter()
+                .map(|&(p, k)| (SocketAddrV4::new(OURS, p), k))
+                .collect();
+                let mut w = single_queue_worker(
+                    &rig.if_a,
+                    Ipv4Net::new(OURS, 24).unwrap(),
+                    &listeners,
                 )
-                .expect("attach steering");
-                let dev = XskDevice::open(&XskConfig::new(&ifname, 0), Some(Arc::new(steer)))
-                    .expect("AF_XDP socket");
-                let mtu = xdp::sys::ifmtu(&ifname).unwrap() as usize;
-                let mut cfg =
-                    StackConfig::new(MacAddr(mac), vec![Ipv4Cidr::new(OURS, 24)], [5; 16]);
-                cfg.mtu = mtu;
-                let mut w = Worker::new(dev, Stack::new(cfg));
-                w.listen(SocketAddrV4::new(OURS, 7), Builtin::Echo).unwrap();
-                w.listen(SocketAddrV4::new(OURS, 9), Builtin::Sink).unwrap();
-                w.listen(SocketAddrV4::new(OURS, 80), Builtin::HttpOk)
-                    .unwrap();
+                .expect("worker on the veth");
                 ready.store(true, Ordering::SeqCst);
                 w.run(&stop).expect("worker loop");
                 let drained = w.drain(Duration::from_secs(2)).expect("drain");

@@ -21,8 +21,8 @@ pub(crate) fn validate(
     report: &mut Report,
 ) {
     let mut names: HashMap<&str, usize> = HashMap::new();
-    // core → (key of first use, interface name, queue)
-    let mut cores: HashMap<u32, (String, String, u32)> = HashMap::new();
+    // The workers: the cores of the first interface, which every interface must list too.
+    let mut workers: Option<(String, Vec<u32>)> = None;
     let mut subnets: Vec<Ipv4Net> = Vec::new();
     let mut checked: Vec<(usize, Option<Interface>)> = Vec::new();
 
@@ -122,20 +122,37 @@ pub(crate) fn validate(
                 ));
             }
         }
+        // One worker per core; each worker serves one queue of every interface, so a
+        // proxied connection and its upstream (often on another interface) stay on one core.
         for (j, c) in core_list.iter().enumerate() {
-            let queue = queues.get(j).map_or(0, |q| q.value);
-            match cores.get(&c.value) {
-                Some((first_key, first_if, first_q)) => report.errors.push(err(
+            if let Some(f) = core_list[..j].iter().position(|p| p.value == c.value) {
+                let queue = queues.get(f).map_or(0, |q| q.value);
+                report.errors.push(err(
                     &c.span,
                     format!("{k}.cores[{j}]"),
                     format!(
-                        "core {} is already used by {first_key} ({first_if} queue {first_q})",
+                        "core {} is already used by {k}.cores[{f}] ({name} queue {queue})",
                         c.value
                     ),
                     "each worker needs a core of its own: pick another core".into(),
-                )),
-                None => {
-                    cores.insert(c.value, (format!("{k}.cores[{j}]"), name.to_owned(), queue));
+                ));
+            }
+        }
+        let mine: Vec<u32> = core_list.iter().map(|c| c.value).collect();
+        match &workers {
+            None => workers = Some((k.clone(), mine)),
+            Some((first, cores)) => {
+                let mut a = cores.clone();
+                let mut b = mine.clone();
+                a.sort_unstable();
+                b.sort_unstable();
+                if a != b {
+                    report.errors.push(err(
+                        &raw.cores.span,
+                        format!("{k}.cores"),
+                        format!("cores {mine:?} differ from {first}.cores {cores:?}"),
+                        "each worker (core) serves one queue of every interface, so a connection and its upstream stay on one core: list the same cores on every interface".into(),
+                    ));
                 }
             }
         }

@@ -110,7 +110,7 @@ fn queues_and_cores_length_mismatch() {
 }
 
 #[test]
-fn a_core_used_twice_on_one_or_across_interfaces() {
+fn a_core_used_twice_on_one_interface_or_missing_on_another() {
     one(
         &format!("[[interface]]\n{GOOD}queues = [0, 1]\ncores = [1, 1]\n"),
         "n.toml:8:13: interface[0].cores[1]: core 1 is already used by interface[0].cores[0] (eth1 queue 0) (hint: each worker needs a core of its own: pick another core)",
@@ -119,8 +119,16 @@ fn a_core_used_twice_on_one_or_across_interfaces() {
         &format!(
             "[[interface]]\n{GOOD}queues = [0, 1]\ncores = [0, 1]\n[[interface]]\nname = \"eth2\"\naddress = \"10.10.2.1/24\"\nqueues = [0]\ncores = [1]\n"
         ),
-        "n.toml:13:10: interface[1].cores[0]: core 1 is already used by interface[0].cores[1] (eth1 queue 1) (hint: each worker needs a core of its own: pick another core)",
+        "n.toml:13:9: interface[1].cores: cores [1] differ from interface[0].cores [0, 1] (hint: each worker (core) serves one queue of every interface, so a connection and its upstream stay on one core: list the same cores on every interface)",
     );
+}
+
+#[test]
+fn interfaces_share_their_workers_cores() {
+    let e = errors(&format!(
+        "[[interface]]\n{GOOD}queues = [0, 1]\ncores = [0, 1]\n[[interface]]\nname = \"eth2\"\naddress = \"10.10.2.1/24\"\nqueues = [3, 2]\ncores = [1, 0]\n"
+    ));
+    assert!(e.is_empty(), "{e:?}");
 }
 
 #[test]

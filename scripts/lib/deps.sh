@@ -5,14 +5,15 @@
 # The one list of Debian packages the project needs.
 #   xsk-rs (AF_XDP) build:  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
 #   rig and network tests:  iproute2 (ip, nstat, ss) iputils-ping nftables ethtool procps (sysctl)
-#   traffic and servers:    iperf3 curl nginx-light tcpdump
+#   traffic and servers:    iperf3 curl nginx-light tcpdump wrk (wrk: dataplane/benches/http.rs)
+#   certificate checks:     openssl (control/tests/ca.rs verifies issued chains with it)
 #   lint of these scripts:  shellcheck
 #   latency harness plots:  fonts-dejavu-core (plotters renders text with DejaVu Sans)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
   iproute2 iputils-ping nftables ethtool procps
-  iperf3 curl nginx-light tcpdump
-  shellcheck fonts-dejavu-core
+  iperf3 curl nginx-light tcpdump wrk
+  openssl shellcheck fonts-dejavu-core
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }

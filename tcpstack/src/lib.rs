@@ -17,7 +17,7 @@ pub mod tls;
 pub mod wire;
 
 pub use neigh::NeighborConfig;
-pub use stack::{ConnId, Error, Event, Ipv4Cidr, Stack, StackConfig};
+pub use stack::{ConnId, Error, Event, Ipv4Cidr, PortFilter, Stack, StackConfig};
 pub use stats::{Counter, DropReason, Stats};
 pub use tcp::{Keepalive, ResetReason, State, TcpConfig};
 pub use time::Instant;

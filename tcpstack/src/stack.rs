@@ -16,6 +16,7 @@ use crate::wire::WireError;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An IPv4 address with its prefix length, e.g. `10.10.1.1/24`.
@@ -67,6 +68,30 @@ pub struct StackConfig {
     /// Control packets (ARP and ICMP replies, RSTs, cookie SYN-ACKs) waiting to be sent
     /// (default 1024); more are dropped.
     pub max_control_queue: usize,
+    /// Which ephemeral ports an active open may use (default: any). A data plane with one
+    /// stack per NIC queue keeps the ports whose replies the NIC delivers to this stack's queue.
+    pub port_filter: Option<PortFilter>,
+}
+
+/// A predicate over `(local, remote)` for ephemeral port selection; see
+/// [`StackConfig::port_filter`].
+#[derive(Clone)]
+pub struct PortFilter(Arc<dyn Fn(SocketAddrV4, SocketAddrV4) -> bool + Send + Sync>);
+
+impl PortFilter {
+    pub fn new(f: impl Fn(SocketAddrV4, SocketAddrV4) -> bool + Send + Sync + 'static) -> Self {
+        PortFilter(Arc::new(f))
+    }
+
+    pub fn allows(&self, local: SocketAddrV4, remote: SocketAddrV4) -> bool {
+        (self.0)(local, remote)
+    }
+}
+
+impl std::fmt::Debug for PortFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PortFilter(..)")
+    }
 }
 
 impl StackConfig {
@@ -84,6 +109,7 @@ impl StackConfig {
             syn_backlog: 1024,
             max_time_wait: 65536,
             max_control_queue: 1024,
+            port_filter: None,
         }
     }
 }
@@ -286,6 +312,11 @@ impl Stack {
         self.listeners.remove(&addr).is_some()
     }
 
+    /// The addresses being listened on.
+    pub fn listening(&self) -> Vec<SocketAddrV4> {
+        self.listeners.keys().copied().collect()
+    }
+
     fn listener_for(&self, local: SocketAddrV4) -> Option<SocketAddrV4> {
         if self.listeners.contains_key(&local) {
             return Some(local);
@@ -354,6 +385,11 @@ impl Stack {
             if self.by_tuple.contains_key(&tuple)
                 || self.time_wait.contains_key(&tuple)
                 || self.listener_for(local).is_some()
+                || self
+                    .cfg
+                    .port_filter
+                    .as_ref()
+                    .is_some_and(|f| !f.allows(local, remote))
             {
                 continue;
             }

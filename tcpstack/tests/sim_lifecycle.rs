@@ -607,3 +607,38 @@ fn simultaneous_bulk_both_ways_with_loss_stays_within_the_mtu() {
             && sim.b.stats().get(Counter::OutOfOrderSegments) > 0
     );
 }
+
+#[test]
+fn ephemeral_ports_respect_the_port_filter() {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use tcpstack::{Error, Ipv4Cidr, MacAddr, PortFilter, Stack, StackConfig};
+    let local = Ipv4Addr::new(10, 0, 0, 1);
+    let mut cfg = StackConfig::new(
+        MacAddr([2, 0, 0, 0, 0, 1]),
+        vec![Ipv4Cidr::new(local, 24)],
+        [3; 16],
+    );
+    cfg.ephemeral_ports = (40000, 40999);
+    // Keep one port in four, as a worker of four would.
+    cfg.port_filter = Some(PortFilter::new(|l, _r| l.port() % 4 == 3));
+    let mut stack = Stack::new(cfg.clone());
+    let now = tcpstack::Instant::from_micros(0);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..250u16 {
+        let remote = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80 + (i % 3));
+        let id = stack.connect(now, remote).expect("a port is free");
+        let port = stack.local_addr(id).unwrap().port();
+        assert_eq!(port % 4, 3, "port {port} is not this worker's");
+        assert!((40000..=40999).contains(&port));
+        seen.insert((port, remote));
+    }
+    assert_eq!(seen.len(), 250, "no tuple is handed out twice");
+
+    // A filter nothing passes: a clear error, not a loop or a wrong port.
+    cfg.port_filter = Some(PortFilter::new(|_, _| false));
+    let mut none = Stack::new(cfg);
+    assert_eq!(
+        none.connect(now, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80)),
+        Err(Error::NoPortsFree)
+    );
+}

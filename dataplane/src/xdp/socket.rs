@@ -483,8 +483,8 @@ impl Device for XskDevice {
         Ok(k)
     }
 
-    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
-        sys::poll_in(self.fd, timeout)
+    fn ready_fd(&self) -> RawFd {
+        self.fd
     }
 }
 

@@ -3,8 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::XdpError;
 
@@ -88,27 +87,6 @@ pub fn ifmac(name: &str) -> Result<[u8; 6], XdpError> {
         *dst = *src as u8;
     }
     Ok(mac)
-}
-
-/// poll(2) for readability; `Ok(false)` on timeout or EINTR.
-pub(crate) fn poll_in(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut p, 1, ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
-    Ok(rc > 0 && p.revents & libc::POLLIN != 0)
 }
 
 /// Turns a libbpf return code (negative errno, libbpf >= 1.0) into an error.

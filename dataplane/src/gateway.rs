@@ -1,0 +1,660 @@
+//! The gateway runtime: from checked interfaces and listeners to running workers.
+//!
+//! Per interface: one steering program (attached once, shared by the interface's sockets).
+//! Then one thread per core, pinned to it, whose worker serves one queue of every interface
+//! (a port each: the queue's AF_XDP socket and its own tcpstack), so a proxied connection and
+//! its upstream stay on one core. The workers serving one interface share a [`FlowOwner`] and
+//! hand each other the segments of flows they do not own. [`Gateway::shutdown`] drains every
+//! worker with a deadline, then the sockets close and the programs detach (their BPF links
+//! close with the descriptors).
+
+use crate::shard::{FlowOwner, Rss};
+use crate::proxy::engine::{Engine, MeshTls};
+use crate::worker::{Builtin, DrainReport, Shard, Worker, WorkerStats};
+use crate::xdp::{self, BindMode, SteerConfig, Steering, XdpError, XdpMode, XskConfig, XskDevice};
+use hw_config::{Interface, Poll, Steer};
+use ipnet::Ipv4Net;
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tcpstack::{Ipv4Cidr, MacAddr, Stack, StackConfig};
+
+/// Called from a worker thread whose poll loop failed (the binary raises SIGTERM with it,
+/// so the whole gateway drains and exits instead of running short a worker).
+pub type OnWorkerFailure = Arc<dyn Fn(&WorkerInfo, &io::Error) + Send + Sync>;
+
+/// What to run.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    pub interfaces: Vec<Interface>,
+    /// Built-in listeners; `0.0.0.0` listens on every interface.
+    pub listeners: Vec<(SocketAddrV4, Builtin)>,
+    /// How long to retry a socket bind that fails with EBUSY (a restart right after a stop).
+    pub busy_retry: Duration,
+    /// Local ports for the connections the gateway opens (shared by all workers; each
+    /// keeps the ports whose replies come back to it).
+    pub ephemeral_ports: (u16, u16),
+    pub on_worker_failure: Option<OnWorkerFailure>,
+    /// The proxy: tables, TLS, and the addresses of its listeners (tcp, http, mesh).
+    pub proxy: Option<ProxySetup>,
+}
+
+/// What the workers' proxy engines need.
+#[derive(Clone)]
+pub struct ProxySetup {
+    pub publisher: Arc<control::Publisher>,
+    pub tls: Arc<dyn MeshTls>,
+    pub listeners: Vec<SocketAddrV4>,
+}
+
+impl GatewayConfig {
+    pub fn new(interfaces: Vec<Interface>, listeners: Vec<(SocketAddrV4, Builtin)>) -> Self {
+        GatewayConfig {
+            interfaces,
+            listeners,
+            busy_retry: Duration::from_secs(5),
+            ephemeral_ports: (32768, 60999),
+            on_worker_failure: None,
+            proxy: None,
+        }
+    }
+
+    /// Warnings an operator should see before the gateway starts.
+    pub fn warnings(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.xdp_mode == hw_config::XdpMode::Generic)
+            .map(|i| {
+                format!(
+                    "interface {}: generic XDP mode drops GSO super-packets; turn off GRO/GSO on it (ethtool -K {} gro off gso off) or use native mode",
+                    i.name, i.name
+                )
+            })
+            .collect()
+    }
+}
+
+/// Starting the gateway failed; nothing is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    #[error("worker for {worker}: cannot pin it to core {core} (is the core online and allowed by the cpuset?)")]
+    Pin { worker: String, core: u32 },
+    #[error("interface {interface}: listen on {addr}: {source}")]
+    Listen {
+        interface: String,
+        addr: SocketAddrV4,
+        source: tcpstack::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// One running worker, as seen from outside.
+#[derive(Clone, Debug)]
+pub struct WorkerInfo {
+    pub core: u32,
+    /// (interface, queue) of each of its ports.
+    pub ports: Vec<(String, u32)>,
+    /// Updated by the worker when it sleeps and every few thousand iterations.
+    pub stats: Arc<Mutex<WorkerStats>>,
+}
+
+impl WorkerInfo {
+    /// `eth1 queue 0, eth2 queue 0`.
+    pub fn describe(&self) -> String {
+        let ports: Vec<String> = self
+            .ports
+            .iter()
+            .map(|(i, q)| format!("{i} queue {q}"))
+            .collect();
+        ports.join(", ")
+    }
+}
+
+struct Running {
+    info: WorkerInfo,
+    thread: JoinHandle<io::Result<DrainReport>>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    stop: Arc<AtomicBool>,
+    drain: Arc<Mutex<Duration>>,
+    workers: Vec<Running>,
+    steering: Vec<Arc<Steering>>,
+}
+
+fn on_iface(iface: &Interface, a: &SocketAddrV4) -> bool {
+    a.ip().is_unspecified() || iface.addresses.iter().any(|n| n.addr() == *a.ip())
+}
+
+fn random_secret() -> io::Result<[u8; 16]> {
+    let mut s = [0u8; 16];
+    // SAFETY: writes at most 16 bytes into `s`.
+    let n = unsafe { libc::getrandom(s.as_mut_ptr().cast(), s.len(), 0) };
+    if n != 16 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+fn nic_rx_queues(ifname: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// One interface queue, before its worker's thread opens it.
+struct QueuePlan {
+    interface: String,
+    queue: u32,
+    core: u32,
+    xsk: XskConfig,
+    stack_cfg: StackConfig,
+    steer: Arc<Steering>,
+    /// `None` on a single-queue interface: nothing to hand over.
+    shard: Option<Shard>,
+    spin: u32,
+}
+
+/// Attaches the interface's steering program and plans each of its queues.
+fn plan_interface(
+    iface: &Interface,
+    cfg: &GatewayConfig,
+    secret: [u8; 16],
+) -> Result<(Arc<Steering>, Vec<QueuePlan>), GatewayError> {
+    let mut owned: Vec<SocketAddrV4> = cfg
+        .listeners
+        .iter()
+        .map(|(a, _)| *a)
+        .filter(|a| on_iface(iface, a))
+        .collect();
+    if let Some(p) = &cfg.proxy {
+        owned.extend(p.listeners.iter().filter(|a| on_iface(iface, a)));
+    }
+    let steer = Arc::new(Steering::attach(
+        &iface.name,
+        match iface.xdp_mode {
+            hw_config::XdpMode::Native => XdpMode::Native,
+            hw_config::XdpMode::Generic => XdpMode::Generic,
+        },
+        &SteerConfig {
+            dedicated: iface.steer == Steer::Dedicated,
+            local_addrs: iface.addresses.iter().map(|n| n.addr()).collect(),
+            listeners: owned,
+            ephemeral: Some(cfg.ephemeral_ports.0..=cfg.ephemeral_ports.1),
+        },
+        cfg.busy_retry,
+    )?);
+    let rss = iface.rss_key.as_ref().map(|key| Rss {
+        key: key.clone(),
+        nic_queues: nic_rx_queues(&iface.name),
+        table_size: 128,
+    });
+    let owner = Arc::new(FlowOwner::new(iface.queues.clone(), rss));
+    let mut shards: Vec<Option<Shard>> = if iface.queues.len() > 1 {
+        Shard::all(owner.clone())?.into_iter().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let mac = MacAddr(xdp::sys::ifmac(&iface.name)?);
+    let mtu = match iface.mtu {
+        Some(m) => m,
+        None => xdp::sys::ifmtu(&iface.name)?,
+    } as usize;
+    let mut queues = Vec::new();
+    for (i, (&queue, &core)) in iface.queues.iter().zip(&iface.cores).enumerate() {
+        let mut stack_cfg = StackConfig::new(
+            mac,
+            iface
+                .addresses
+                .iter()
+                .map(|n| Ipv4Cidr::new(n.addr(), n.prefix_len()))
+                .collect(),
+            secret,
+        );
+        stack_cfg.gateway = iface.next_hop;
+        stack_cfg.mtu = mtu;
+        stack_cfg.ephemeral_ports = cfg.ephemeral_ports;
+        stack_cfg.port_filter = owner.port_filter(i);
+        let mut xsk = XskConfig::new(&iface.name, queue);
+        xsk.bind = match iface.bind {
+            hw_config::Bind::Copy => BindMode::Copy,
+            hw_config::Bind::ZeroCopy => BindMode::ZeroCopy,
+        };
+        xsk.busy_retry = cfg.busy_retry;
+        queues.push(QueuePlan {
+            interface: iface.name.clone(),
+            queue,
+            core,
+            xsk,
+            stack_cfg,
+            steer: steer.clone(),
+            shard: shards.get_mut(i).and_then(Option::take),
+            spin: match iface.poll {
+                Poll::Adaptive => 64,
+                Poll::Busy => u32::MAX,
+            },
+        });
+    }
+    Ok((steer, queues))
+}
+
+/// Opens a worker's planned queues in the calling thread: an AF_XDP socket and a stack per
+/// port, then the built-in and proxy listeners on the ports that have their addresses.
+fn open_worker(
+    plans: Vec<QueuePlan>,
+    builtins: &[(SocketAddrV4, Builtin)],
+    proxy: Option<&ProxySetup>,
+) -> Result<Worker<XskDevice>, GatewayError> {
+    let mut worker: Option<Worker<XskDevice>> = None;
+    let mut spin = 64;
+    let mut names = Vec::new();
+    for plan in plans {
+        let dev = XskDevice::open(&plan.xsk, Some(plan.steer))?;
+        let stack = Stack::new(plan.stack_cfg);
+        spin = spin.max(plan.spin);
+        names.push(plan.interface);
+        match worker.as_mut() {
+            None => {
+                let mut w = Worker::new(dev, stack);
+                if let Some(shard) = plan.shard {
+                    w = w.with_shard(shard);
+                }
+                worker = Some(w);
+            }
+            Some(w) => {
+                w.add_port(dev, stack, plan.shard);
+            }
+        }
+    }
+    let mut worker = worker.ok_or_else(|| io::Error::other("a worker without queues"))?;
+    worker.spin = spin;
+    let err = |addr, source| GatewayError::Listen {
+        interface: names.join(","),
+        addr,
+        source,
+    };
+    for &(addr, kind) in builtins {
+        match worker.listen(addr, kind) {
+            Ok(()) | Err(tcpstack::Error::AddrNotLocal) => {}
+            Err(e) => return Err(err(addr, e)),
+        }
+    }
+    if let Some(p) = proxy {
+        for &addr in &p.listeners {
+            match worker.listen_proxy(addr) {
+                Ok(()) | Err(tcpstack::Error::AddrNotLocal) => {}
+                Err(e) => return Err(err(addr, e)),
+            }
+        }
+        worker = worker.with_engine(Engine::new(p.publisher.clone(), p.tls.clone()));
+    }
+    Ok(worker)
+}
+
+/// One worker on queue 0 of `ifname`, with its own steering program, driven by the caller
+/// (tests and benchmarks run its loop themselves). Call in the interface's namespace; the
+/// program detaches when the worker is dropped.
+pub fn single_queue_worker(
+    ifname: &str,
+    address: Ipv4Net,
+    listeners: &[(SocketAddrV4, Builtin)],
+) -> Result<Worker<XskDevice>, GatewayError> {
+    let iface = Interface {
+        name: ifname.to_string(),
+        addresses: vec![address],
+        next_hop: None,
+        xdp_mode: hw_config::XdpMode::Native,
+        bind: hw_config::Bind::Copy,
+        queues: vec![0],
+        cores: vec![0],
+        mtu: None,
+        rss_key: None,
+        poll: Poll::Adaptive,
+        steer: Steer::Owned,
+    };
+    let cfg = GatewayConfig::new(vec![iface.clone()], listeners.to_vec());
+    let (_, plans) = plan_interface(&iface, &cfg, random_secret()?)?;
+    open_worker(plans, &cfg.listeners, None)
+}
+
+impl Gateway {
+    /// Attaches steering and starts one worker per core; returns once all are serving, or
+    /// stops the ones started and returns the first error.
+    pub fn start(cfg: &GatewayConfig) -> Result<Gateway, GatewayError> {
+        let secret = random_secret()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let drain = Arc::new(Mutex::new(Duration::ZERO));
+        let mut gw = Gateway {
+            stop: stop.clone(),
+            drain: drain.clone(),
+            workers: Vec::new(),
+            steering: Vec::new(),
+        };
+        // Cores in order of first use; each gets the queues pinned to it.
+        let mut by_core: Vec<(u32, Vec<QueuePlan>)> = Vec::new();
+        for iface in &cfg.interfaces {
+            let (steer, plans) = plan_interface(iface, cfg, secret)?;
+            gw.steering.push(steer);
+            for q in plans {
+                match by_core.iter_mut().find(|(c, _)| *c == q.core) {
+                    Some((_, v)) => v.push(q),
+                    None => by_core.push((q.core, vec![q])),
+                }
+            }
+        }
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), GatewayError>>();
+        let mut expected = 0;
+        for (core, plans) in by_core {
+            let info = WorkerInfo {
+                core,
+                ports: plans.iter().map(|p| (p.interface.clone(), p.queue)).collect(),
+                stats: Arc::new(Mutex::new(WorkerStats::default())),
+            };
+            let job = Job {
+                info: info.clone(),
+                plans,
+                builtins: cfg.listeners.clone(),
+                proxy: cfg.proxy.clone(),
+                on_failure: cfg.on_worker_failure.clone(),
+            };
+            let (stop, drain, ready) = (stop.clone(), drain.clone(), ready_tx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("xm-core{core}"))
+                .spawn(move || job.run(&stop, &drain, ready))?;
+            expected += 1;
+            gw.workers.push(Running { info, thread });
+        }
+        drop(ready_tx);
+        for _ in 0..expected {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    gw.shutdown(Duration::ZERO);
+                    return Err(e);
+                }
+                Err(_) => {
+                    gw.shutdown(Duration::ZERO);
+                    return Err(io::Error::other("a worker thread died while starting").into());
+                }
+            }
+        }
+        Ok(gw)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerInfo> {
+        self.workers.iter().map(|w| &w.info)
+    }
+
+    /// Every worker's latest counters.
+    pub fn stats(&self) -> Vec<(WorkerInfo, WorkerStats)> {
+        self.workers()
+            .map(|i| {
+                (
+                    i.clone(),
+                    *i.stats.lock().unwrap_or_else(|e| e.into_inner()),
+                )
+            })
+            .collect()
+    }
+
+    /// A handle for the admin API's `/metrics` that outlives borrows of the gateway.
+    pub fn metrics_source(&self) -> Metrics {
+        Metrics {
+            workers: self.workers().cloned().collect(),
+            steering: self.steering.clone(),
+        }
+    }
+
+    /// Stops accepting, lets connections finish until `deadline`, resets the rest; then the
+    /// sockets close and the steering programs detach. Returns each worker's drain report.
+    pub fn shutdown(mut self, deadline: Duration) -> Vec<(WorkerInfo, io::Result<DrainReport>)> {
+        *self.drain.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        self.stop.store(true, Ordering::SeqCst);
+        let reports = std::mem::take(&mut self.workers)
+            .into_iter()
+            .map(|w| {
+                let r = w
+                    .thread
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("worker panicked")));
+                (w.info, r)
+            })
+            .collect();
+        self.steering.clear();
+        reports
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers.drain(..) {
+            let _ = w.thread.join();
+        }
+    }
+}
+
+/// Prometheus text for the data plane's counters.
+#[derive(Clone)]
+pub struct Metrics {
+    workers: Vec<WorkerInfo>,
+    steering: Vec<Arc<Steering>>,
+}
+
+impl Metrics {
+    pub fn render(&self, out: &mut String) {
+        type Field = (&'static str, &'static str, fn(&WorkerStats) -> u64);
+        const FIELDS: [Field; 11] = [
+            (
+                "frames_in",
+                "Frames received (including hand-offs from other workers).",
+                |s| s.frames_in,
+            ),
+            ("frames_out", "Frames sent.", |s| s.frames_out),
+            ("accepted", "Connections accepted.", |s| s.accepted),
+            (
+                "resets",
+                "Connections reset by the peer or by a timeout.",
+                |s| s.resets,
+            ),
+            (
+                "handoff_out",
+                "Frames of flows another worker owns, handed to it.",
+                |s| s.handoff_out,
+            ),
+            (
+                "handoff_in",
+                "Frames handed to this worker by others.",
+                |s| s.handoff_in,
+            ),
+            (
+                "handoff_dropped",
+                "Frames not handed over: the owner's queue was full.",
+                |s| s.handoff_dropped,
+            ),
+            ("http_requests", "Requests answered by http-ok.", |s| {
+                s.http_requests
+            }),
+            (
+                "http_bad_requests",
+                "Requests answered 400 by http-ok.",
+                |s| s.http_bad_requests,
+            ),
+            ("sink_bytes", "Bytes read and dropped by sink.", |s| {
+                s.sink_bytes
+            }),
+            (
+                "sleeps",
+                "Times the worker slept on its descriptors.",
+                |s| s.sleeps,
+            ),
+        ];
+        let stats: Vec<(&WorkerInfo, WorkerStats)> = self
+            .workers
+            .iter()
+            .map(|i| (i, *i.stats.lock().unwrap_or_else(|e| e.into_inner())))
+            .collect();
+        for (name, help, get) in FIELDS {
+            let _ = writeln!(out, "# HELP xdpmesh_worker_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE xdpmesh_worker_{name}_total counter");
+            for (i, s) in &stats {
+                let _ = writeln!(
+                    out,
+                    "xdpmesh_worker_{name}_total{{core=\"{}\"}} {}",
+                    i.core,
+                    get(s)
+                );
+            }
+        }
+        let proxy: Vec<(String, crate::proxy::engine::ProxyStats)> = stats
+            .iter()
+            .map(|(i, s)| (i.core.to_string(), s.proxy))
+            .collect();
+        render_proxy_stats(&proxy, out);
+        let _ = writeln!(
+            out,
+            "# HELP xdpmesh_steer_frames_total Frames seen by the steering XDP program, by verdict."
+        );
+        let _ = writeln!(out, "# TYPE xdpmesh_steer_frames_total counter");
+        for st in &self.steering {
+            let Ok(s) = st.stats() else { continue };
+            for (verdict, v) in [
+                ("pass", s.pass),
+                ("redirect_tcp", s.redirect_tcp),
+                ("redirect_arp", s.redirect_arp),
+                ("redirect_icmp", s.redirect_icmp),
+                ("redirect_dedicated", s.redirect_dedicated),
+                ("drop_no_socket", s.drop_no_socket),
+                ("pass_no_socket", s.pass_no_socket),
+                ("pass_fragment", s.pass_fragment),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "xdpmesh_steer_frames_total{{interface=\"{}\",verdict=\"{verdict}\"}} {v}",
+                    st.ifname()
+                );
+            }
+        }
+    }
+}
+
+/// Prometheus text for proxy engines' counters, one label value (`worker`) per engine.
+pub fn render_proxy_stats(engines: &[(String, crate::proxy::engine::ProxyStats)], out: &mut String) {
+    use crate::proxy::engine::{ProxyStats, Refusal};
+    type Field = (&'static str, &'static str, fn(&ProxyStats) -> u64);
+    const FIELDS: [Field; 8] = [
+        ("accepted", "Connections accepted by proxy listeners.", |s| s.accepted),
+        ("requests", "HTTP requests routed.", |s| s.requests),
+        ("upstream_connects", "Upstream connections opened.", |s| s.upstream_connects),
+        ("upstream_reused", "HTTP requests sent on a kept-alive upstream connection.", |s| s.upstream_reused),
+        ("tls_resumed", "Mesh TLS handshakes that resumed a session.", |s| s.tls_resumed),
+        ("completed", "Sessions that ended cleanly.", |s| s.completed),
+        ("bytes_down_to_up", "Bytes from clients towards upstreams.", |s| s.bytes_down_to_up),
+        ("bytes_up_to_down", "Bytes from upstreams towards clients.", |s| s.bytes_up_to_down),
+    ];
+    for (name, help, get) in FIELDS {
+        let _ = writeln!(out, "# HELP xdpmesh_proxy_{name}_total {help}");
+        let _ = writeln!(out, "# TYPE xdpmesh_proxy_{name}_total counter");
+        for (w, s) in engines {
+            let _ = writeln!(out, "xdpmesh_proxy_{name}_total{{worker=\"{w}\"}} {}", get(s));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP xdpmesh_proxy_refused_total Connections or requests refused or cut, by reason."
+    );
+    let _ = writeln!(out, "# TYPE xdpmesh_proxy_refused_total counter");
+    for (w, s) in engines {
+        for r in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "xdpmesh_proxy_refused_total{{worker=\"{w}\",reason=\"{}\"}} {}",
+                r.label(),
+                s.refused(r)
+            );
+        }
+    }
+}
+
+/// Everything one worker thread needs.
+struct Job {
+    info: WorkerInfo,
+    plans: Vec<QueuePlan>,
+    builtins: Vec<(SocketAddrV4, Builtin)>,
+    proxy: Option<ProxySetup>,
+    on_failure: Option<OnWorkerFailure>,
+}
+
+impl Job {
+    fn run(
+        self,
+        stop: &AtomicBool,
+        drain: &Mutex<Duration>,
+        ready: mpsc::Sender<Result<(), GatewayError>>,
+    ) -> io::Result<DrainReport> {
+        let info = self.info.clone();
+        let on_failure = self.on_failure.clone();
+        let mut worker = match self.start() {
+            Ok(w) => {
+                let _ = ready.send(Ok(()));
+                w
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return Ok(DrainReport::default());
+            }
+        };
+        if let Err(e) = worker.run(stop) {
+            if let Some(f) = on_failure {
+                f(&info, &e);
+            }
+            return Err(e);
+        }
+        let deadline = *drain.lock().unwrap_or_else(|e| e.into_inner());
+        worker.drain(deadline)
+    }
+
+    fn start(self) -> Result<Worker<XskDevice>, GatewayError> {
+        let info = self.info;
+        // Pin before touching the UMEM so its pages are first touched on this core's node.
+        if !core_affinity::set_for_current(core_affinity::CoreId {
+            id: info.core as usize,
+        }) {
+            return Err(GatewayError::Pin {
+                worker: info.describe(),
+                core: info.core,
+            });
+        }
+        let mut worker = open_worker(self.plans, &self.builtins, self.proxy.as_ref())?;
+        worker.stats_out = Some(info.stats.clone());
+        Ok(worker)
+    }
+}
+
+/// An address no interface has: its listeners would never see a packet.
+pub fn orphan_listeners(cfg: &GatewayConfig) -> Vec<SocketAddrV4> {
+    cfg.listeners
+        .iter()
+        .map(|(a, _)| *a)
+        .filter(|a| {
+            !a.ip().is_unspecified()
+                && !cfg
+                    .interfaces
+                    .iter()
+                    .any(|i| i.addresses.iter().any(|n| n.addr() == *a.ip()))
+        })
+        .collect()
+}

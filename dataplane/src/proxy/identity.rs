@@ -1,0 +1,57 @@
+//! The gateway's TLS material for the engine: [`MeshTls`] over a [`CertWatch`], with
+//! configurations built once per certificate generation (client configs shared so repeat
+//! connections resume; server configs per identity).
+
+use super::engine::MeshTls;
+use super::tls::{self, CertWatch, ClientConfigs};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub struct MeshIdentity {
+    watch: Arc<CertWatch>,
+    clients: ClientConfigs,
+    /// (generation, identity) → server config.
+    servers: Mutex<(u64, HashMap<String, Arc<rustls::ServerConfig>>)>,
+}
+
+impl MeshIdentity {
+    pub fn new(watch: Arc<CertWatch>) -> Self {
+        MeshIdentity {
+            watch,
+            clients: ClientConfigs::new(),
+            servers: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    pub fn watch(&self) -> &Arc<CertWatch> {
+        &self.watch
+    }
+}
+
+impl MeshTls for MeshIdentity {
+    fn server(&self, identity: &str) -> Option<Arc<rustls::ServerConfig>> {
+        let certs = self.watch.current();
+        let mut m = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        if m.0 != certs.generation {
+            *m = (certs.generation, HashMap::new());
+        }
+        if let Some(c) = m.1.get(identity) {
+            return Some(c.clone());
+        }
+        let c = tls::server_config(certs.identity(identity)?, &certs.trust).ok()?;
+        m.1.insert(identity.to_string(), c.clone());
+        Some(c)
+    }
+
+    fn client(&self, identity: &str, peer_identity: &str) -> Option<Arc<rustls::ClientConfig>> {
+        let certs = self.watch.current();
+        self.clients
+            .get(
+                certs.generation,
+                certs.identity(identity)?,
+                &certs.trust,
+                peer_identity,
+            )
+            .ok()
+    }
+}

@@ -1,0 +1,388 @@
+//! The kernel backend: [`Net`] over non-blocking kernel sockets with mio, for users without
+//! a spare NIC and to measure what kernel bypass buys on identical proxy logic.
+
+use super::net::{Net, NetError, NetEvent};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+use tcpstack::Instant;
+
+/// A connection handle: slot and generation, so a stale handle never reaches a newer
+/// connection in the same slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KConn {
+    slot: u32,
+    gen: u32,
+}
+
+struct Slot {
+    gen: u32,
+    stream: Option<TcpStream>,
+    connecting: bool,
+}
+
+/// Listener tokens are `0..LISTENER_TOKENS`; connections start above.
+const LISTENER_TOKENS: usize = 1 << 16;
+
+pub struct KernelNet {
+    poll: Poll,
+    events: Events,
+    listeners: Vec<Option<(TcpListener, SocketAddrV4)>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    queue: VecDeque<NetEvent<KConn>>,
+}
+
+fn to_v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+fn io_err(e: &io::Error) -> NetError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::NotConnected => {
+            NetError::WouldBlock
+        }
+        io::ErrorKind::BrokenPipe => NetError::Closed,
+        _ => NetError::Reset,
+    }
+}
+
+impl KernelNet {
+    pub fn new() -> io::Result<Self> {
+        Ok(KernelNet {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            listeners: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            queue: VecDeque::new(),
+        })
+    }
+
+    /// Listens on `addr` (SO_REUSEADDR, as mio sets it).
+    pub fn listen(&mut self, addr: SocketAddrV4) -> io::Result<()> {
+        let mut l = TcpListener::bind(addr.into())?;
+        let i = self.listeners.len();
+        self.poll
+            .registry()
+            .register(&mut l, Token(i), Interest::READABLE)?;
+        let bound = to_v4(l.local_addr()?).unwrap_or(addr);
+        self.listeners.push(Some((l, bound)));
+        Ok(())
+    }
+
+    /// Stops every listener (a draining gateway refuses new connections).
+    pub fn unlisten_all(&mut self) {
+        for l in self.listeners.iter_mut() {
+            if let Some((mut l, _)) = l.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+    }
+
+    pub fn listening(&self) -> Vec<SocketAddrV4> {
+        self.listeners.iter().flatten().map(|(_, a)| *a).collect()
+    }
+
+    fn insert(&mut self, mut stream: TcpStream, connecting: bool) -> io::Result<KConn> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot {
+                    gen: 0,
+                    stream: None,
+                    connecting: false,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.poll.registry().register(
+            &mut stream,
+            Token(LISTENER_TOKENS + slot as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let _ = stream.set_nodelay(true);
+        let s = &mut self.slots[slot as usize];
+        s.gen = s.gen.wrapping_add(1);
+        s.stream = Some(stream);
+        s.connecting = connecting;
+        Ok(KConn { slot, gen: s.gen })
+    }
+
+    fn stream(&mut self, c: KConn) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(c.slot as usize)
+            .filter(|s| s.gen == c.gen && s.stream.is_some())
+    }
+
+    fn release(&mut self, c: KConn, linger0: bool) -> bool {
+        let Some(s) = self.stream(c) else {
+            return false;
+        };
+        let mut stream = s.stream.take().expect("checked");
+        if linger0 {
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: valid fd and a linger struct of the size given.
+            unsafe {
+                libc::setsockopt(
+                    stream.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&l as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
+        let _ = self.poll.registry().deregister(&mut stream);
+        drop(stream);
+        self.free.push(c.slot);
+        true
+    }
+
+    /// Waits for socket readiness up to `timeout` and turns it into events.
+    pub fn poll_io(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let tokens: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable() || e.is_error(),
+                )
+            })
+            .collect();
+        for (t, readable, writable) in tokens {
+            if t < LISTENER_TOKENS {
+                self.accept_all(t);
+                continue;
+            }
+            let slot = (t - LISTENER_TOKENS) as u32;
+            let Some(s) = self.slots.get_mut(slot as usize) else {
+                continue;
+            };
+            let c = KConn { slot, gen: s.gen };
+            let Some(stream) = s.stream.as_ref() else {
+                continue;
+            };
+            if s.connecting {
+                if !writable {
+                    continue;
+                }
+                // Writable after a non-blocking connect: connected, or the error.
+                match stream.take_error() {
+                    Ok(None) if stream.peer_addr().is_ok() => {
+                        s.connecting = false;
+                        self.queue.push_back(NetEvent::Connected(c));
+                    }
+                    Ok(None) => {} // not yet
+                    _ => {
+                        self.release(c, false);
+                        self.queue.push_back(NetEvent::Reset(c));
+                    }
+                }
+                continue;
+            }
+            if readable {
+                self.queue.push_back(NetEvent::Readable(c));
+            }
+            if writable {
+                self.queue.push_back(NetEvent::Writable(c));
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_all(&mut self, i: usize) {
+        loop {
+            let Some(Some((l, _))) = self.listeners.get(i) else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, remote)) => {
+                    let (Some(local), Some(remote)) =
+                        (stream.local_addr().ok().and_then(to_v4), to_v4(remote))
+                    else {
+                        continue; // IPv6: not served; dropping closes it
+                    };
+                    if let Ok(conn) = self.insert(stream, false) {
+                        self.queue.push_back(NetEvent::Accepted {
+                            conn,
+                            local,
+                            remote,
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // EMFILE and friends: stop for this round, the listener stays readable.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Net for KernelNet {
+    type Conn = KConn;
+
+    fn connect(&mut self, _now: Instant, remote: SocketAddrV4) -> Result<KConn, NetError> {
+        let stream = TcpStream::connect(remote.into()).map_err(|e| io_err(&e))?;
+        self.insert(stream, true).map_err(|e| io_err(&e))
+    }
+
+    fn read(&mut self, c: KConn, buf: &mut [u8]) -> Result<usize, NetError> {
+        let Some(s) = self.stream(c) else {
+            return Err(NetError::Closed);
+        };
+        if s.connecting {
+            return Err(NetError::WouldBlock);
+        }
+        let stream = s.stream.as_mut().expect("checked");
+        loop {
+            match stream.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r.map_err(|e| io_err(&e)),
+            }
+        }
+    }
+
+    fn write(&mut self, c: KConn, data: &[u8]) -> Result<usize, NetError> {
+        let Some(s) = self.stream(c) else {
+            return Err(NetError::Closed);
+        };
+        if s.connecting {
+            return Err(NetError::WouldBlock);
+        }
+        let stream = s.stream.as_mut().expect("checked");
+        loop {
+            match stream.write(data) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r.map_err(|e| io_err(&e)),
+            }
+        }
+    }
+
+    fn shutdown_write(&mut self, c: KConn) {
+        if let Some(s) = self.stream(c) {
+            let _ = s.stream.as_ref().expect("checked").shutdown(Shutdown::Write);
+        }
+    }
+
+    fn close(&mut self, _now: Instant, c: KConn) {
+        if self.release(c, false) {
+            self.queue.push_back(NetEvent::Closed(c));
+        }
+    }
+
+    fn abort(&mut self, c: KConn) {
+        if self.release(c, true) {
+            self.queue.push_back(NetEvent::Closed(c));
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<NetEvent<KConn>> {
+        self.queue.pop_front()
+    }
+}
+
+/// The proxy over kernel sockets on one thread: epoll-driven, so an idle gateway sleeps.
+pub struct KernelWorker {
+    pub net: KernelNet,
+    pub engine: super::engine::Engine<KConn>,
+    start: std::time::Instant,
+}
+
+impl KernelWorker {
+    /// Listens on every tcp/http/mesh listener of the current tables.
+    pub fn new(
+        publisher: std::sync::Arc<control::Publisher>,
+        tls: std::sync::Arc<dyn super::engine::MeshTls>,
+    ) -> io::Result<Self> {
+        use control::schema::Protocol;
+        let mut net = KernelNet::new()?;
+        let snap = publisher.load();
+        for l in &snap.listeners {
+            if matches!(l.protocol, Protocol::Tcp | Protocol::Http | Protocol::Mesh) {
+                let SocketAddr::V4(a) = l.bind else {
+                    return Err(io::Error::other(format!("listener {}: IPv6 is not supported", l.name)));
+                };
+                net.listen(a)
+                    .map_err(|e| io::Error::new(e.kind(), format!("listener {} on {a}: {e}", l.name)))?;
+            }
+        }
+        Ok(KernelWorker {
+            net,
+            engine: super::engine::Engine::new(publisher, tls),
+            start: std::time::Instant::now(),
+        })
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.start.elapsed().as_micros() as u64)
+    }
+
+    /// One round: wait for readiness (up to `timeout`), handle events, move bytes.
+    pub fn poll_once(&mut self, timeout: Duration) -> io::Result<()> {
+        self.net.poll_io(Some(timeout))?;
+        let now = self.now();
+        while let Some(ev) = self.net.poll_event() {
+            if !self.engine.handle(&mut self.net, now, ev) {
+                // Not the engine's (a listener kind it does not serve): refuse.
+                if let NetEvent::Accepted { conn, .. } = ev {
+                    self.net.abort(conn);
+                }
+            }
+        }
+        self.engine.progress(&mut self.net, now);
+        Ok(())
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> io::Result<()> {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            self.poll_once(Duration::from_millis(50))?;
+        }
+        Ok(())
+    }
+
+    /// Like [`run`](Self::run), copying the engine's counters to `out` every round.
+    pub fn run_publishing(
+        &mut self,
+        stop: &std::sync::atomic::AtomicBool,
+        out: &std::sync::Mutex<super::engine::ProxyStats>,
+    ) -> io::Result<()> {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            self.poll_once(Duration::from_millis(50))?;
+            *out.lock().unwrap_or_else(|e| e.into_inner()) = self.engine.stats;
+        }
+        Ok(())
+    }
+
+    /// Stops accepting and lets sessions finish until `timeout`; returns how many were left
+    /// (and reset).
+    pub fn drain(&mut self, timeout: Duration) -> io::Result<usize> {
+        self.net.unlisten_all();
+        let deadline = std::time::Instant::now() + timeout;
+        while self.engine.active() > 0 && std::time::Instant::now() < deadline {
+            self.poll_once(Duration::from_millis(10))?;
+        }
+        let left = self.engine.active();
+        let now = self.now();
+        self.engine.abort_all(&mut self.net, now);
+        Ok(left)
+    }
+}

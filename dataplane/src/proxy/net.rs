@@ -1,0 +1,69 @@
+//! What the proxy needs from a TCP implementation, so the same engine runs over tcpstack on
+//! AF_XDP and over kernel sockets (mio). Semantics follow tcpstack's `Stack`: reads return
+//! `Ok(0)` at end of stream and `WouldBlock` when nothing is buffered; events say when to try
+//! again.
+
+use std::net::SocketAddrV4;
+use tcpstack::Instant;
+
+/// Why a read or write did not move bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetError {
+    /// Try again after a `Readable`/`Writable` event.
+    WouldBlock,
+    /// The connection can no longer send (after `shutdown_write`, or it is gone).
+    Closed,
+    /// The peer reset the connection, or it timed out.
+    Reset,
+}
+
+/// Something happened on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetEvent<C> {
+    /// A listener accepted a connection.
+    Accepted {
+        conn: C,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    },
+    /// An outgoing connection completed its handshake.
+    Connected(C),
+    /// Bytes (or the end of stream) may be readable.
+    Readable(C),
+    /// Send space opened up.
+    Writable(C),
+    /// The connection is gone after `close`; the handle is invalid.
+    Closed(C),
+    /// The connection was reset or could not be opened; the handle is invalid.
+    Reset(C),
+}
+
+impl<C: Copy> NetEvent<C> {
+    pub fn conn(&self) -> C {
+        match *self {
+            NetEvent::Accepted { conn, .. } => conn,
+            NetEvent::Connected(c)
+            | NetEvent::Readable(c)
+            | NetEvent::Writable(c)
+            | NetEvent::Closed(c)
+            | NetEvent::Reset(c) => c,
+        }
+    }
+}
+
+/// A TCP implementation the engine drives.
+pub trait Net {
+    type Conn: Copy + Eq + std::hash::Hash + std::fmt::Debug;
+
+    /// Opens a connection to `remote` from a local address that faces it.
+    fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<Self::Conn, NetError>;
+    fn read(&mut self, c: Self::Conn, buf: &mut [u8]) -> Result<usize, NetError>;
+    fn write(&mut self, c: Self::Conn, data: &[u8]) -> Result<usize, NetError>;
+    /// Sends a FIN after what is queued; reading goes on.
+    fn shutdown_write(&mut self, c: Self::Conn);
+    /// Graceful close; `Closed` follows.
+    fn close(&mut self, now: Instant, c: Self::Conn);
+    /// Reset; `Closed` or `Reset` may follow.
+    fn abort(&mut self, c: Self::Conn);
+    fn poll_event(&mut self) -> Option<NetEvent<Self::Conn>>;
+}

@@ -1,0 +1,371 @@
+//! `xdpmesh run` (a module of the binary): load the node file and its tables, start the
+//! control plane, the certificate watch and the workers, wait for SIGTERM/SIGINT, drain.
+
+use super::{Backend, RunArgs, FAILED, OK};
+use control::schema::Protocol;
+use dataplane::gateway::{self, Gateway, GatewayConfig, ProxySetup};
+use dataplane::proxy::engine::MeshTls;
+use dataplane::proxy::identity::MeshIdentity;
+use dataplane::proxy::kernel::KernelWorker;
+use dataplane::proxy::tls::CertWatch;
+use dataplane::worker::Builtin;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::io::Write;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+/// The data plane's counters and the certificates' expiry on the admin API's /metrics.
+#[derive(Default)]
+struct Metrics {
+    gateway: OnceLock<gateway::Metrics>,
+    certs: OnceLock<Arc<CertWatch>>,
+    kernel: OnceLock<Arc<Mutex<dataplane::proxy::engine::ProxyStats>>>,
+}
+
+impl control::admin::AdminExtension for Metrics {
+    fn metrics(&self, out: &mut String) {
+        if let Some(m) = self.gateway.get() {
+            m.render(out);
+        }
+        if let Some(k) = self.kernel.get() {
+            let stats = *k.lock().unwrap_or_else(|e| e.into_inner());
+            gateway::render_proxy_stats(&[("kernel".to_string(), stats)], out);
+        }
+        if let Some(c) = self.certs.get() {
+            c.expiry_metrics(SystemTime::now(), out);
+        }
+    }
+}
+
+/// The tables' listeners, split into built-in kinds and proxy listeners.
+struct Listeners {
+    builtins: Vec<(SocketAddrV4, Builtin)>,
+    proxy: Vec<SocketAddrV4>,
+}
+
+fn listeners(snap: &control::Snapshot) -> Result<Listeners, Vec<String>> {
+    let mut l = Listeners {
+        builtins: Vec::new(),
+        proxy: Vec::new(),
+    };
+    let mut problems = Vec::new();
+    for li in &snap.listeners {
+        let SocketAddr::V4(addr) = li.bind else {
+            problems.push(format!(
+                "listener `{}` ({}): IPv6 is not supported by the data plane",
+                li.name, li.bind
+            ));
+            continue;
+        };
+        match li.protocol {
+            Protocol::Echo => l.builtins.push((addr, Builtin::Echo)),
+            Protocol::Sink => l.builtins.push((addr, Builtin::Sink)),
+            Protocol::HttpOk => l.builtins.push((addr, Builtin::HttpOk)),
+            Protocol::Tcp | Protocol::Http | Protocol::Mesh => l.proxy.push(addr),
+            other => problems.push(format!(
+                "listener `{}` ({addr}): protocol `{}` is not served by this build",
+                li.name,
+                other.as_str()
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(l)
+    } else {
+        Err(problems)
+    }
+}
+
+pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let fail = |err: &mut dyn Write, msg: &dyn std::fmt::Display| {
+        let _ = writeln!(err, "{msg}");
+        FAILED
+    };
+    // Registered first: a signal during start-up is then handled, not fatal.
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => return fail(err, &format!("cannot handle signals: {e}")),
+    };
+    let node = match control::node::load(&a.config) {
+        Ok(n) => n,
+        Err(d) => return fail(err, &d),
+    };
+    let hw = hw_config::check(
+        &node,
+        if a.backend == Backend::Afxdp {
+            hw_config::SystemChecks::Required
+        } else {
+            hw_config::SystemChecks::Off
+        },
+    );
+    for note in &hw.notes {
+        let _ = writeln!(err, "note: {note}");
+    }
+    if !hw.errors.is_empty() {
+        return fail(err, &control::Diagnostics(hw.errors));
+    }
+    if a.backend == Backend::Afxdp && hw.interfaces.is_empty() {
+        return fail(
+            err,
+            &format!(
+                "{}: no [[interface]]: the gateway would have nothing to serve (or use --backend kernel)",
+                a.config.display()
+            ),
+        );
+    }
+    let ext = Arc::new(Metrics::default());
+    let plane = match control::ControlPlane::start(&node, Some(ext.clone())) {
+        Ok(p) => p,
+        Err(e) => return fail(err, &e),
+    };
+    let snap = plane.publisher.load();
+    let listeners = match listeners(&snap) {
+        Ok(l) => l,
+        Err(problems) => {
+            for p in problems {
+                let _ = writeln!(err, "{}: {p}", node.tables.display());
+            }
+            return FAILED;
+        }
+    };
+    // Certificates: watched and reloaded for new connections while running.
+    let certs = match CertWatch::new(snap.trust_roots.clone(), &snap.identities) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(err, &format!("{}: mesh trust: {e}", node.tables.display())),
+    };
+    let _ = ext.certs.set(certs.clone());
+    for w in certs.warnings(SystemTime::now()) {
+        let _ = writeln!(err, "warning: {w}");
+    }
+    let tls: Arc<dyn MeshTls> = Arc::new(MeshIdentity::new(certs.clone()));
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let watcher = spawn_cert_watch(certs.clone(), plane.publisher.clone(), stop_watch.clone());
+
+    let code = match a.backend {
+        Backend::Afxdp => run_afxdp(a, &node, hw.interfaces, listeners, &plane, tls, &ext, &mut signals, out, err),
+        Backend::Kernel => run_kernel(a, &node, listeners, &plane, tls, &ext, &mut signals, out, err),
+    };
+    stop_watch.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    drop(plane);
+    let _ = writeln!(out, "xdpmesh: stopped");
+    code
+}
+
+/// Once a second: reload changed certificate and trust files; take up the identities of
+/// new tables.
+fn spawn_cert_watch(
+    certs: Arc<CertWatch>,
+    publisher: Arc<control::Publisher>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut generation = publisher.load().generation;
+        let mut warned = SystemTime::UNIX_EPOCH;
+        while !stop.load(Ordering::SeqCst) {
+            let snap = publisher.load();
+            if snap.generation != generation {
+                generation = snap.generation;
+                certs.set_identities(&snap.identities);
+            }
+            let report = certs.poll();
+            for id in &report.reloaded {
+                eprintln!("xdpmesh: certificates reloaded: {id}");
+            }
+            for e in &report.errors {
+                eprintln!("xdpmesh: certificate reload refused (old ones stay): {e}");
+            }
+            let now = SystemTime::now();
+            if now.duration_since(warned).unwrap_or_default() > Duration::from_secs(3600) {
+                for w in certs.warnings(now) {
+                    eprintln!("warning: {w}");
+                }
+                warned = now;
+            }
+            // A plain sleep is the period of a poll here, not a synchronization.
+            std::thread::park_timeout(Duration::from_secs(1));
+        }
+    })
+}
+
+fn say_ready(out: &mut dyn Write, node: &control::node::NodeConfig, what: &str, admin: SocketAddr) {
+    let _ = writeln!(
+        out,
+        "xdpmesh: node {} ready: {what}; admin http://{admin}",
+        node.name
+    );
+    let _ = out.flush();
+}
+
+fn wait_signal(signals: &mut signal_hook::iterator::Signals, out: &mut dyn Write, drain: Duration) {
+    let sig = signals.forever().next().unwrap_or(SIGTERM);
+    let _ = writeln!(
+        out,
+        "xdpmesh: {}: draining for up to {}",
+        if sig == SIGINT { "SIGINT" } else { "SIGTERM" },
+        humantime::format_duration(drain)
+    );
+    let _ = out.flush();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_afxdp(
+    a: &RunArgs,
+    node: &control::node::NodeConfig,
+    interfaces: Vec<hw_config::Interface>,
+    listeners: Listeners,
+    plane: &control::ControlPlane,
+    tls: Arc<dyn MeshTls>,
+    ext: &Metrics,
+    signals: &mut signal_hook::iterator::Signals,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let n_listeners = listeners.builtins.len() + listeners.proxy.len();
+    let mut cfg = GatewayConfig::new(interfaces, listeners.builtins);
+    if !listeners.proxy.is_empty() {
+        cfg.proxy = Some(ProxySetup {
+            publisher: plane.publisher.clone(),
+            tls,
+            listeners: listeners.proxy,
+        });
+    }
+    cfg.on_worker_failure = Some(Arc::new(|w, e| {
+        eprintln!(
+            "worker for {}: failed: {e}; stopping the gateway",
+            w.describe()
+        );
+        let _ = signal_hook::low_level::raise(SIGTERM);
+    }));
+    let orphans = gateway::orphan_listeners(&cfg);
+    if !orphans.is_empty() {
+        for o in orphans {
+            let _ = writeln!(
+                err,
+                "{}: a listener binds {o}, an address no [[interface]] of {} has",
+                node.tables.display(),
+                a.config.display()
+            );
+        }
+        return FAILED;
+    }
+    for w in cfg.warnings() {
+        let _ = writeln!(err, "warning: {w}");
+    }
+    let gw = match Gateway::start(&cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return FAILED;
+        }
+    };
+    let _ = ext.gateway.set(gw.metrics_source());
+    let workers: Vec<String> = gw
+        .workers()
+        .map(|w| format!("core {} ({})", w.core, w.describe()))
+        .collect();
+    say_ready(
+        out,
+        node,
+        &format!(
+            "{n_listeners} listeners on AF_XDP; workers: {}",
+            workers.join(", ")
+        ),
+        plane.admin.local_addr(),
+    );
+    wait_signal(signals, out, a.drain_timeout);
+    let mut code = OK;
+    for (w, r) in gw.shutdown(a.drain_timeout) {
+        match r {
+            Ok(d) => {
+                let _ = writeln!(
+                    out,
+                    "xdpmesh: worker on core {}: {} connections finished, {} reset",
+                    w.core, d.finished, d.reset
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(err, "worker on core {}: failed: {e}", w.core);
+                code = FAILED;
+            }
+        }
+    }
+    code
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_kernel(
+    a: &RunArgs,
+    node: &control::node::NodeConfig,
+    listeners: Listeners,
+    plane: &control::ControlPlane,
+    tls: Arc<dyn MeshTls>,
+    ext: &Metrics,
+    signals: &mut signal_hook::iterator::Signals,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    if !listeners.builtins.is_empty() {
+        let _ = writeln!(
+            err,
+            "{}: built-in listeners (echo, sink, http-ok) need --backend afxdp",
+            node.tables.display()
+        );
+        return FAILED;
+    }
+    let mut worker = match KernelWorker::new(plane.publisher.clone(), tls) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return FAILED;
+        }
+    };
+    let stats = Arc::new(Mutex::new(worker.engine.stats));
+    let _ = ext.kernel.set(stats.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = a.drain_timeout;
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("xm-kernel".into())
+            .spawn(move || -> std::io::Result<usize> {
+                if let Err(e) = worker.run_publishing(&stop, &stats) {
+                    eprintln!("kernel worker failed: {e}; stopping the gateway");
+                    let _ = signal_hook::low_level::raise(SIGTERM);
+                    return Err(e);
+                }
+                worker.drain(drain)
+            })
+    };
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return FAILED;
+        }
+    };
+    say_ready(
+        out,
+        node,
+        &format!("{} listeners on kernel sockets", listeners.proxy.len()),
+        plane.admin.local_addr(),
+    );
+    wait_signal(signals, out, drain);
+    stop.store(true, Ordering::SeqCst);
+    match thread.join() {
+        Ok(Ok(left)) => {
+            let _ = writeln!(out, "xdpmesh: kernel worker: {left} connections reset at the deadline");
+            OK
+        }
+        Ok(Err(e)) => {
+            let _ = writeln!(err, "kernel worker failed: {e}");
+            FAILED
+        }
+        Err(_) => {
+            let _ = writeln!(err, "kernel worker panicked");
+            FAILED
+        }
+    }
+}
