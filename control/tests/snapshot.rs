@@ -351,3 +351,32 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn long_host_names_are_found_and_near_misses_are_not() {
+    // Longer than the names kept inline in the host index.
+    let long = "a-rather-long-service-host-name-0123456789.corp.example.com";
+    let t = format!(
+        "[[service]]\nname = \"s\"\nhosts = [\"{long}\", \"short.test\"]\nendpoints = [{{ address = \"10.0.0.1:80\" }}]\n\
+         [[route]]\nname = \"r\"\nservice = \"s\"\nmatch = {{ path = {{ prefix = \"/x\" }} }}\n"
+    );
+    let s = compile(&t);
+    let upper = long.to_ascii_uppercase();
+    for host in [long, upper.as_str(), "short.test"] {
+        assert_eq!(
+            route_name(&s, host, "GET", "/x/1", NONE).as_deref(),
+            Some("r"),
+            "{host}"
+        );
+        assert_eq!(
+            route_name(&s, host, "GET", "/y", NONE).as_deref(),
+            Some("<default>"),
+            "{host}"
+        );
+        assert!(s.service_for_host(host).is_some(), "{host}");
+    }
+    let near = format!("{}x", &long[..long.len() - 1]);
+    assert_eq!(route_name(&s, &near, "GET", "/x/1", NONE), None);
+    assert_eq!(s.service_for_host(&near), None);
+    assert_eq!(s.service_for_host("short.tes"), None);
+}

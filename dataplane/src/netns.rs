@@ -110,6 +110,8 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
+    /// Created here: deleted (and its processes killed) on drop.
+    owned: bool,
 }
 
 impl NetNs {
@@ -120,7 +122,7 @@ impl NetNs {
             let name = unique_name(prefix);
             let out = Command::new("ip").args(["netns", "add", &name]).output()?;
             if out.status.success() {
-                let ns = Self { name };
+                let ns = Self { name, owned: true };
                 ns.exec_ok(["ip", "link", "set", "lo", "up"])?;
                 return Ok(ns);
             }
@@ -136,6 +138,21 @@ impl NetNs {
             io::ErrorKind::AlreadyExists,
             format!("no free namespace name for prefix {prefix:?}"),
         ))
+    }
+
+    /// A handle to a namespace made by someone else (the rig's `xm-*`): never deleted here.
+    pub fn existing(name: &str) -> io::Result<Self> {
+        let ns = Self {
+            name: name.to_string(),
+            owned: false,
+        };
+        if !ns.path().exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no network namespace {name} (scripts/rig.sh up makes the rig's)"),
+            ));
+        }
+        Ok(ns)
     }
 
     /// The namespace's name (as `ip netns list` shows it; at most 15 bytes).
@@ -459,6 +476,9 @@ impl VethPair {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Everything inside was started by the test that owns this namespace.
         let live = || self.pids().ok().filter(|p| !p.is_empty());
         if let Some(pids) = live() {
@@ -560,11 +580,11 @@ mod tests {
     fn add_loss_rejects_out_of_range() {
         let ns = NetNs {
             name: "never-created".into(),
+            owned: false,
         };
         let err = ns.add_loss(101.0).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         let err = ns.add_loss(f64::NAN).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        std::mem::forget(ns); // never created: nothing to delete
     }
 }

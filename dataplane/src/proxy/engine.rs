@@ -208,9 +208,10 @@ enum Phase {
 enum Target {
     /// Outbound: route each request through the tables.
     Route,
-    /// Inbound mesh: every request goes to this local endpoint of `service`, if `peer` may.
+    /// Inbound mesh: every request goes to this local endpoint of the service, if `peer` may.
+    /// By name: each request is checked against the tables current when it arrives.
     Fixed {
-        service: u32,
+        service: String,
         endpoint: SocketAddrV4,
         peer: String,
     },
@@ -410,7 +411,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     h.req = ReqPhase::Head;
                     h.close_after = true;
                     s.to_down
-                        .extend_from_slice(&http::simple_response(r.status(), "", b""));
+                        .extend_from_slice(&http::simple_response(r.status(), http::reason_phrase(r.status()), format!("{}\n", r.label()).as_bytes()));
                     return;
                 }
             }
@@ -641,25 +642,60 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if let Some(mut s) = self.sessions.get_mut(sid).and_then(Option::take) {
                 if !s.closed {
                     if let Err(e) = self.step(net, now, sid, &mut s) {
-                        let r = match e {
-                            StepError::Refused(r) => r,
-                            StepError::Leg(LegError::Reset) => Refusal::UpstreamReset,
-                            StepError::Leg(LegError::Tls(m)) => {
-                                if m.contains("peer identity") || m.contains("SPIFFE") {
-                                    Refusal::PeerIdentity
-                                } else {
-                                    Refusal::TlsHandshake
-                                }
-                            }
-                        };
-                        self.stats.refuse(r);
-                        self.teardown(net, now, &mut s, true);
+                        self.step_failed(net, now, sid, &mut s, e);
                     }
                 }
                 self.sessions[sid] = Some(s);
                 self.maybe_release(sid);
             }
         }
+    }
+
+    /// A step failed: an HTTP client whose upstream failed before its response started
+    /// gets a 502 and keeps nothing half-done; anything else ends the session.
+    fn step_failed<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        sid: usize,
+        s: &mut Session<C>,
+        e: StepError,
+    ) {
+        let classify = |e: &LegError| match e {
+            LegError::Reset => Refusal::UpstreamReset,
+            LegError::Tls(m) if m.contains("peer identity") => Refusal::PeerIdentity,
+            LegError::Tls(_) => Refusal::TlsHandshake,
+        };
+        if let StepError::Up(le) = &e {
+            let r = classify(le);
+            if let Some(h) = s.http.as_mut().filter(|h| h.resp == RespPhase::Head && !h.tunnel) {
+                self.stats.refuse(r);
+                h.up_endpoint = None;
+                h.resp = RespPhase::Idle;
+                h.req = ReqPhase::Head;
+                h.close_after = true;
+                if let Some(up) = s.up.take() {
+                    if self.by_conn.remove(&up.conn).is_some() {
+                        net.abort(up.conn);
+                    }
+                }
+                s.up_eof = false;
+                s.to_up.clear();
+                s.to_down.extend_from_slice(&http::simple_response(
+                    502,
+                    http::reason_phrase(502),
+                    format!("{}\n", r.label()).as_bytes(),
+                ));
+                self.dirty.push(sid);
+                return;
+            }
+        }
+        let r = match e {
+            StepError::Refused(r) => r,
+            StepError::Leg(le) | StepError::Up(le) => classify(&le),
+        };
+        self.stats.refuse(r);
+        self.teardown(net, now, s, true);
     }
 
     fn step<N: Net<Conn = C>>(
@@ -754,7 +790,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         if is_http {
             // Authorized per request (methods and paths may matter).
             let mut h = HttpState::new(Target::Fixed {
-                service: svc,
+                service: s.snap.services[svc as usize].name.clone(),
                 endpoint: ep,
                 peer,
             });
@@ -855,7 +891,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if let Some(up) = s.up.as_mut() {
                 if up.connected && !up.is_handshaking() && !s.up_eof && s.u_in.len() < BUF {
                     let room = BUF - s.u_in.len();
-                    match up.read(net, &mut self.buf[..room], &mut self.scratch)? {
+                    match up
+                        .read(net, &mut self.buf[..room], &mut self.scratch)
+                        .map_err(StepError::Up)?
+                    {
                         Ok(0) => {
                             s.up_eof = true;
                             moved = true;
@@ -868,7 +907,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     }
                 } else if !up.connected || up.is_handshaking() {
                     if up.connected {
-                        up.handshake(net, &mut self.scratch)?;
+                        up.handshake(net, &mut self.scratch)
+                            .map_err(StepError::Up)?;
                         if !up.is_handshaking() {
                             let up_ref: &Leg<C> = up;
                             if let Some(rustls::Connection::Client(c)) = up_ref.tls_state() {
@@ -886,11 +926,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             let before = (s.to_up.len(), s.to_down.len());
             if let Some(up) = s.up.as_mut() {
                 if !s.to_up.is_empty() && up.connected && !up.is_handshaking() {
-                    let n = up.write(net, &s.to_up)?;
+                    let n = up.write(net, &s.to_up).map_err(StepError::Up)?;
                     s.to_up.drain(..n);
                     self.stats.bytes_down_to_up += n as u64;
                 } else {
-                    up.flush(net)?;
+                    up.flush(net).map_err(StepError::Up)?;
                 }
             }
             if !s.to_down.is_empty() {
@@ -1104,6 +1144,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
         head: &mut RequestHead,
     ) -> Result<(), Refusal> {
+        // A request uses the tables current when its head arrives (a TCP connection keeps
+        // the ones it started with): a reload changes routing and policy on kept-alive
+        // connections too, without dropping them.
+        s.snap = self.publisher.load();
         let snap = s.snap.clone();
         let (svc, ep, endpoint) = match &s.http.as_ref().expect("an HTTP session").target {
             Target::Fixed {
@@ -1111,10 +1155,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 endpoint,
                 peer,
             } => {
-                if !snap.authorize(*service, peer, Some((&head.method, head.path()))) {
+                let svc = snap.service_id(service).ok_or(Refusal::UnknownService)?;
+                if !snap.authorize(svc, peer, Some((&head.method, head.path()))) {
                     return Err(Refusal::Denied);
                 }
-                (*service, None, *endpoint)
+                let local = snap.services[svc as usize]
+                    .endpoints
+                    .iter()
+                    .any(|e| e.via.is_none() && e.address == SocketAddr::V4(*endpoint));
+                if !local {
+                    return Err(Refusal::EndpointNotLocal);
+                }
+                (svc, None, *endpoint)
             }
             Target::Route => {
                 let host = head.host().unwrap_or("").to_string();
@@ -1297,6 +1349,8 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 enum StepError {
     Refused(Refusal),
     Leg(LegError),
+    /// The upstream leg of an HTTP session failed.
+    Up(LegError),
 }
 
 impl From<LegError> for StepError {

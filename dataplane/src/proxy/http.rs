@@ -98,7 +98,11 @@ impl HttpError {
     /// A complete response for this error (`connection: close`).
     pub fn response(&self) -> Vec<u8> {
         let status = self.status();
-        simple_response(status, reason_phrase(status), format!("{self}\n").as_bytes())
+        simple_response(
+            status,
+            reason_phrase(status),
+            format!("{self}\n").as_bytes(),
+        )
     }
 }
 
@@ -155,7 +159,8 @@ impl RequestHead {
             // Drop userinfo, which RFC 9110 §4.2.4 forbids but a client may still send.
             return Some(auth.rsplit_once('@').map_or(auth, |(_, h)| h));
         }
-        self.header("host").and_then(|v| std::str::from_utf8(v).ok())
+        self.header("host")
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The path and query: the target itself in origin-form, the part after the
@@ -402,7 +407,10 @@ fn transfer_codings(headers: &[(String, Vec<u8>)]) -> Codings {
 /// `Ok(None)`: incomplete, call again with more bytes. `Ok(Some((head, n)))`: the
 /// head is `buf[..n]` and the body (if any) starts at `n`; pipelined requests
 /// follow it. Errors once `max_head` bytes hold no complete head.
-pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HttpError> {
+pub fn parse_request(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<(RequestHead, usize)>, HttpError> {
     parse_bounded(buf, limits, |view, headers| {
         let mut req = httparse::Request::new(headers);
         let n = match req.parse(view).map_err(httparse_error)? {
@@ -511,7 +519,13 @@ pub fn parse_response(
             return Err(HttpError::Malformed("invalid status"));
         }
         let reason = res.reason.unwrap_or("").to_owned();
-        let head = response_head(status, reason, version, own_headers(res.headers), request_method)?;
+        let head = response_head(
+            status,
+            reason,
+            version,
+            own_headers(res.headers),
+            request_method,
+        )?;
         Ok(Some((head, n)))
     })
 }
@@ -524,7 +538,8 @@ fn response_head(
     request_method: &str,
 ) -> Result<ResponseHead, HttpError> {
     let close = has_token(&headers, "connection", "close");
-    let mut keep_alive = !close && (version == 1 || has_token(&headers, "connection", "keep-alive"));
+    let mut keep_alive =
+        !close && (version == 1 || has_token(&headers, "connection", "keep-alive"));
     // RFC 9112 §6.3, in its order.
     let body = if status == 101 {
         keep_alive = false;
@@ -587,19 +602,32 @@ pub struct Advance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     /// In the hex chunk-size.
-    Size { digits: bool, value: u64 },
+    Size {
+        digits: bool,
+        value: u64,
+    },
     /// Whitespace after the size: only `;` or CR may follow (BWS, RFC 9112 §7.1.1).
-    SizeWs { value: u64 },
+    SizeWs {
+        value: u64,
+    },
     /// In chunk extensions, up to CR.
-    Ext { value: u64 },
+    Ext {
+        value: u64,
+    },
     /// CR of the size line seen.
-    SizeLf { value: u64 },
-    Data { remaining: u64 },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// At the start of a trailer line or of the final CRLF.
     TrailerStart,
-    TrailerField { colon: bool },
+    TrailerField {
+        colon: bool,
+    },
     TrailerLf,
     EndLf,
     Finished,
@@ -737,7 +765,10 @@ impl BodyFramer {
     fn step(&mut self, st: Chunk, b: u8) -> Result<Chunk, HttpError> {
         use HttpError::BadChunk;
         match st {
-            Chunk::Size { .. } | Chunk::SizeWs { .. } | Chunk::Ext { .. } | Chunk::SizeLf { .. } => {
+            Chunk::Size { .. }
+            | Chunk::SizeWs { .. }
+            | Chunk::Ext { .. }
+            | Chunk::SizeLf { .. } => {
                 self.line_len += 1;
                 if self.line_len > self.max_chunk_line {
                     return Err(HttpError::ChunkLineTooLong);
@@ -794,7 +825,9 @@ impl BodyFramer {
                 digits: false,
                 value: 0,
             },
-            Chunk::DataCr | Chunk::DataLf => return Err(BadChunk("chunk data not followed by CRLF")),
+            Chunk::DataCr | Chunk::DataLf => {
+                return Err(BadChunk("chunk data not followed by CRLF"))
+            }
             Chunk::TrailerStart => match b {
                 b'\r' => Chunk::EndLf,
                 // obs-fold (a line starting with whitespace) is refused (RFC 9112 §5.2).
@@ -909,7 +942,8 @@ pub fn ensure_request_id(head: &mut RequestHead, rng: &mut impl RngCore) -> bool
 }
 
 fn is_lower_hex(s: &[u8]) -> bool {
-    s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    s.iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 /// Is this a `traceparent` value to pass on (W3C Trace Context Level 1, §3.2)?
@@ -938,12 +972,12 @@ pub fn traceparent_is_valid(v: &[u8]) -> bool {
         && parent_id.iter().any(|&b| b != b'0')
 }
 
-/// Pass a valid `traceparent` on unchanged; otherwise start a trace: a new
-/// `00-<trace-id>-<parent-id>-01`. A missing, malformed or repeated traceparent
-/// restarts the trace, and then any `tracestate` is dropped, because it belongs to
-/// the trace that could not be parsed (W3C Trace Context §3.3.1: a vendor that
-/// failed to parse traceparent must not use tracestate; processing model, "restarting
-/// a trace"). Returns whether the header was added or replaced.
+/// Pass a valid `traceparent` on unchanged (forwarding, W3C Trace Context §4);
+/// otherwise start a trace with a new `00-<trace-id>-<parent-id>-01`. A missing,
+/// malformed or repeated traceparent restarts the trace, and any `tracestate` goes
+/// with it: it describes the trace that could not be parsed (§3.3: a vendor that
+/// failed to parse traceparent must not use tracestate; §4.3: an invalid
+/// traceparent restarts the trace). Returns whether the header was added or replaced.
 pub fn ensure_traceparent(head: &mut RequestHead, rng: &mut impl RngCore) -> bool {
     let n = count(&head.headers, "traceparent");
     if n == 1 && head.header("traceparent").is_some_and(traceparent_is_valid) {
@@ -999,7 +1033,11 @@ pub fn simple_response(status: u16, reason: &str, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(format!("HTTP/1.1 {status:03} {reason}\r\n").as_bytes());
     let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
     if !bodyless {
-        push_header(&mut out, "content-length", body.len().to_string().as_bytes());
+        push_header(
+            &mut out,
+            "content-length",
+            body.len().to_string().as_bytes(),
+        );
         if !body.is_empty() {
             push_header(&mut out, "content-type", b"text/plain; charset=utf-8");
         }
@@ -1099,24 +1137,44 @@ mod tests {
         }
         assert_eq!(
             targets,
-            [("/1".into(), true), ("/2".into(), true), ("/3".into(), false)]
+            [
+                ("/1".into(), true),
+                ("/2".into(), true),
+                ("/3".into(), false)
+            ]
         );
     }
 
     #[test]
     fn content_length_rules() {
         let r = |cl: &str| req(&format!("POST / HTTP/1.1\r\nHost: a\r\n{cl}\r\n\r\n"));
-        assert_eq!(r("Content-Length: 5").unwrap().unwrap().0.body, BodyKind::Length(5));
-        assert_eq!(r("Content-Length: 007").unwrap().unwrap().0.body, BodyKind::Length(7));
+        assert_eq!(
+            r("Content-Length: 5").unwrap().unwrap().0.body,
+            BodyKind::Length(5)
+        );
+        assert_eq!(
+            r("Content-Length: 007").unwrap().unwrap().0.body,
+            BodyKind::Length(7)
+        );
         // Identical duplicates are accepted and collapsed to one field (RFC 9110 §8.6).
-        for dup in ["Content-Length: 5, 5", "Content-Length: 5\r\nContent-Length: 5"] {
+        for dup in [
+            "Content-Length: 5, 5",
+            "Content-Length: 5\r\nContent-Length: 5",
+        ] {
             let h = r(dup).unwrap().unwrap().0;
             assert_eq!(h.body, BodyKind::Length(5));
-            let cls: Vec<_> = h.headers.iter().filter(|(n, _)| n == "Content-Length").collect();
+            let cls: Vec<_> = h
+                .headers
+                .iter()
+                .filter(|(n, _)| n == "Content-Length")
+                .collect();
             assert_eq!(cls.len(), 1);
             assert_eq!(cls[0].1, b"5");
         }
-        for bad in ["Content-Length: 5, 6", "Content-Length: 5\r\nContent-Length: 6"] {
+        for bad in [
+            "Content-Length: 5, 6",
+            "Content-Length: 5\r\nContent-Length: 6",
+        ] {
             assert_eq!(r(bad), Err(HttpError::ConflictingContentLength));
         }
         for bad in [
@@ -1170,20 +1228,26 @@ mod tests {
 
     #[test]
     fn connection_persistence() {
-        let ka = |v: &str, h: &str| req_ok(&format!("GET / HTTP/{v}\r\nHost: a\r\n{h}\r\n")).keep_alive;
+        let ka =
+            |v: &str, h: &str| req_ok(&format!("GET / HTTP/{v}\r\nHost: a\r\n{h}\r\n")).keep_alive;
         assert!(!ka("1.0", ""));
         assert!(ka("1.0", "Connection: keep-alive\r\n"));
         assert!(ka("1.0", "Connection: Keep-Alive\r\n"));
         assert!(ka("1.1", ""));
         assert!(!ka("1.1", "Connection: close\r\n"));
         assert!(!ka("1.1", "Connection: keep-alive, close\r\n"));
-        assert!(!ka("1.1", "Connection: keep-alive\r\nConnection: close\r\n"));
+        assert!(!ka(
+            "1.1",
+            "Connection: keep-alive\r\nConnection: close\r\n"
+        ));
         assert!(ka("1.1", "Connection: closed\r\n"));
     }
 
     #[test]
     fn expect_and_upgrade() {
-        let h = req_ok("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
+        let h = req_ok(
+            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n",
+        );
         assert!(h.expect_continue);
         let h = req_ok("PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
         assert!(!h.expect_continue, "ignored in HTTP/1.0 (RFC 9110 §10.1.1)");
@@ -1215,17 +1279,26 @@ mod tests {
             ..Limits::default()
         };
         // Incomplete but within the limit: wait for more.
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", &l), Ok(None));
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", &l),
+            Ok(None)
+        );
         // max_head bytes and still no end of head.
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(100));
         let e = parse_request(long.as_bytes(), &l).unwrap_err();
         assert_eq!(e, HttpError::HeadTooLarge);
         assert_eq!(e.status(), 431);
-        assert_eq!(parse_request(&long.as_bytes()[..64], &l), Err(HttpError::HeadTooLarge));
+        assert_eq!(
+            parse_request(&long.as_bytes()[..64], &l),
+            Err(HttpError::HeadTooLarge)
+        );
         assert_eq!(parse_request(&long.as_bytes()[..63], &l), Ok(None));
         // A complete head longer than the limit.
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "b".repeat(60));
-        assert_eq!(parse_request(big.as_bytes(), &l), Err(HttpError::HeadTooLarge));
+        assert_eq!(
+            parse_request(big.as_bytes(), &l),
+            Err(HttpError::HeadTooLarge)
+        );
         // Fifth header.
         let many = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
         let e = parse_request(many.as_bytes(), &l).unwrap_err();
@@ -1241,7 +1314,15 @@ mod tests {
             s.push_str(&format!("X-{i}: {i}\r\n"));
         }
         s.push_str("\r\n");
-        assert_eq!(parse_request(s.as_bytes(), &l).unwrap().unwrap().0.headers.len(), 81);
+        assert_eq!(
+            parse_request(s.as_bytes(), &l)
+                .unwrap()
+                .unwrap()
+                .0
+                .headers
+                .len(),
+            81
+        );
         assert_eq!(
             parse_request(s.as_bytes(), &Limits::default()),
             Err(HttpError::TooManyHeaders)
@@ -1266,36 +1347,57 @@ mod tests {
     #[test]
     fn response_framing() {
         let r = res_ok("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", "GET");
-        assert_eq!((r.status, r.reason.as_str(), r.body, r.keep_alive), (200, "OK", BodyKind::Length(12), true));
-        let r = res_ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "GET");
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.body, r.keep_alive),
+            (200, "OK", BodyKind::Length(12), true)
+        );
+        let r = res_ok(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET",
+        );
         assert_eq!(r.body, BodyKind::Chunked);
         let r = res_ok("HTTP/1.1 200 OK\r\n\r\n", "GET");
         assert_eq!((r.body, r.keep_alive), (BodyKind::UntilClose, false));
         let r = res_ok("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", "HEAD");
         assert_eq!((r.body, r.keep_alive), (BodyKind::None, true));
         for s in [204, 304] {
-            let r = res_ok(&format!("HTTP/1.1 {s} X\r\nContent-Length: 12\r\n\r\n"), "GET");
+            let r = res_ok(
+                &format!("HTTP/1.1 {s} X\r\nContent-Length: 12\r\n\r\n"),
+                "GET",
+            );
             assert_eq!(r.body, BodyKind::None);
         }
         let r = res_ok("HTTP/1.1 100 Continue\r\n\r\n", "POST");
         assert!(r.is_interim());
         assert_eq!(r.body, BodyKind::None);
-        let r = res_ok("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", "GET");
+        let r = res_ok(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET",
+        );
         assert!(!r.is_interim());
         assert_eq!(r.body, BodyKind::Tunnel);
         let r = res_ok("HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT");
         assert_eq!(r.body, BodyKind::Tunnel);
         // TE overrides CL, CL is not forwarded, the connection is not reused (RFC 9112 §6.3 item 3).
-        let r = res_ok("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "GET");
+        let r = res_ok(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET",
+        );
         assert_eq!((r.body, r.keep_alive), (BodyKind::Chunked, false));
         assert_eq!(r.header("content-length"), None);
         // Not ending in chunked: until close (item 4).
         let r = res_ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "GET");
         assert_eq!((r.body, r.keep_alive), (BodyKind::UntilClose, false));
-        let r = res_ok("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "GET");
+        let r = res_ok(
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET",
+        );
         assert_eq!((r.body, r.keep_alive), (BodyKind::UntilClose, false));
         assert_eq!(
-            res("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", "GET"),
+            res(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                "GET"
+            ),
             Err(HttpError::ChunkedNotFinal)
         );
         assert_eq!(
@@ -1308,9 +1410,24 @@ mod tests {
         );
         // Persistence.
         assert!(!res_ok("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", "GET").keep_alive);
-        assert!(res_ok("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", "GET").keep_alive);
-        assert!(!res_ok("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", "GET").keep_alive);
-        assert!(matches!(res("HTTP/1.1 099 X\r\n\r\n", "GET"), Err(HttpError::Malformed(_))));
+        assert!(
+            res_ok(
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+                "GET"
+            )
+            .keep_alive
+        );
+        assert!(
+            !res_ok(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                "GET"
+            )
+            .keep_alive
+        );
+        assert!(matches!(
+            res("HTTP/1.1 099 X\r\n\r\n", "GET"),
+            Err(HttpError::Malformed(_))
+        ));
     }
 
     /// Feed `pieces` in order; returns (body bytes, done, bytes left in the last piece).
@@ -1347,10 +1464,16 @@ mod tests {
     fn chunked_body_at_every_split() {
         let mut data = CHUNKED.to_vec();
         data.extend_from_slice(b"GET /next HTTP/1.1\r\n");
-        assert_eq!(every_split(BodyKind::Chunked, &data), Ok((CHUNKED.len(), true)));
+        assert_eq!(
+            every_split(BodyKind::Chunked, &data),
+            Ok((CHUNKED.len(), true))
+        );
         // Without trailers.
         let plain = b"3\r\nabc\r\n0\r\n\r\n";
-        assert_eq!(every_split(BodyKind::Chunked, plain), Ok((plain.len(), true)));
+        assert_eq!(
+            every_split(BodyKind::Chunked, plain),
+            Ok((plain.len(), true))
+        );
         // Cut short: not done, and end of stream is an error.
         let mut f = BodyFramer::new(BodyKind::Chunked);
         let a = f.advance(&CHUNKED[..CHUNKED.len() - 1]).unwrap();
@@ -1373,7 +1496,13 @@ mod tests {
         assert_eq!(BodyFramer::new(BodyKind::UntilClose).eof(), Ok(()));
         // A length beyond usize on 32-bit targets still counts down correctly.
         let mut f = BodyFramer::new(BodyKind::Length(u64::MAX));
-        assert_eq!(f.advance(data).unwrap(), Advance { body_bytes: 13, done: false });
+        assert_eq!(
+            f.advance(data).unwrap(),
+            Advance {
+                body_bytes: 13,
+                done: false
+            }
+        );
     }
 
     #[test]
@@ -1381,7 +1510,10 @@ mod tests {
         let bad = |s: &[u8]| feed(BodyKind::Chunked, &[s]).unwrap_err();
         let cases: &[(&[u8], &str)] = &[
             (b"5\nhello\r\n0\r\n\r\n", "invalid byte after chunk size"),
-            (b"5\rhello\r\n0\r\n\r\n", "chunk-size line not ended by CRLF"),
+            (
+                b"5\rhello\r\n0\r\n\r\n",
+                "chunk-size line not ended by CRLF",
+            ),
             (b"5;x\r\r\n", "chunk-size line not ended by CRLF"),
             (b"5\r\nhello\n0\r\n\r\n", "chunk data not followed by CRLF"),
             (b"5\r\nhelloX\r\n", "chunk data not followed by CRLF"),
@@ -1400,22 +1532,39 @@ mod tests {
             (b"0\r\n\rX", "chunked body not ended by CRLF"),
         ];
         for (input, why) in cases {
-            assert_eq!(bad(input), HttpError::BadChunk(why), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                bad(input),
+                HttpError::BadChunk(why),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         // Leading zeros are fine as long as the line is within the limit.
-        assert_eq!(feed(BodyKind::Chunked, &[b"00000000000000000000005\r\nhello\r\n0\r\n\r\n"]).map(|r| r.1), Ok(true));
+        assert_eq!(
+            feed(
+                BodyKind::Chunked,
+                &[b"00000000000000000000005\r\nhello\r\n0\r\n\r\n"]
+            )
+            .map(|r| r.1),
+            Ok(true)
+        );
         let l = Limits {
             max_chunk_line: 8,
             max_trailers: 16,
             ..Limits::default()
         };
         let mut f = BodyFramer::with_limits(BodyKind::Chunked, &l);
-        assert_eq!(f.advance(b"5;abcdefgh\r\n"), Err(HttpError::ChunkLineTooLong));
+        assert_eq!(
+            f.advance(b"5;abcdefgh\r\n"),
+            Err(HttpError::ChunkLineTooLong)
+        );
         // The line limit is per line; exactly 8 bytes passes.
         let mut f = BodyFramer::with_limits(BodyKind::Chunked, &l);
         assert!(f.advance(b"5;abcd\r\nhello\r\n5;abcd\r\nhello\r\n").is_ok());
         let mut f = BodyFramer::with_limits(BodyKind::Chunked, &l);
-        let e = f.advance(b"0\r\nX-Trailer: 0123456789\r\n\r\n").unwrap_err();
+        let e = f
+            .advance(b"0\r\nX-Trailer: 0123456789\r\n\r\n")
+            .unwrap_err();
         assert_eq!(e, HttpError::TrailersTooLarge);
         assert_eq!(e.status(), 431);
         // Byte by byte the limits hold the same.
@@ -1489,7 +1638,10 @@ mod tests {
         let r = res_ok("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "GET");
         let mut out = Vec::new();
         write_response_head(&r, &mut out, &[("via", b"1.1 xdpmesh")]);
-        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nvia: 1.1 xdpmesh\r\n\r\n");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nvia: 1.1 xdpmesh\r\n\r\n"
+        );
     }
 
     #[test]
@@ -1501,10 +1653,20 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert!(is_lower_hex(&id));
         assert!(!ensure_request_id(&mut h, &mut rng), "kept when present");
-        assert_eq!(h.headers.iter().filter(|(n, _)| n == "x-request-id").count(), 1);
+        assert_eq!(
+            h.headers
+                .iter()
+                .filter(|(n, _)| n == "x-request-id")
+                .count(),
+            1
+        );
         let mut h2 = req_ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         ensure_request_id(&mut h2, &mut rng);
-        assert_ne!(h2.header("x-request-id").unwrap(), &id[..], "fresh per request");
+        assert_ne!(
+            h2.header("x-request-id").unwrap(),
+            &id[..],
+            "fresh per request"
+        );
         let mut h3 = req_ok("GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: mine\r\n\r\n");
         assert!(!ensure_request_id(&mut h3, &mut rng));
         assert_eq!(h3.header("x-request-id"), Some(&b"mine"[..]));
@@ -1512,7 +1674,7 @@ mod tests {
 
     /// An rng that only ever returns zeros: ids must still be non-zero.
     struct Zeros;
-    impl RngCore for Zeros {
+    impl rand::RngCore for Zeros {
         fn next_u32(&mut self) -> u32 {
             0
         }
@@ -1535,7 +1697,9 @@ mod tests {
         assert!(traceparent_is_valid(
             b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds"
         ));
-        assert!(traceparent_is_valid(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09"));
+        assert!(traceparent_is_valid(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09"
+        ));
         for bad in [
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
@@ -1559,10 +1723,16 @@ mod tests {
         let mut h = req_ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(ensure_traceparent(&mut h, &mut rng));
         let tp = h.header("traceparent").unwrap().to_vec();
-        assert!(traceparent_is_valid(&tp), "{}", String::from_utf8_lossy(&tp));
+        assert!(
+            traceparent_is_valid(&tp),
+            "{}",
+            String::from_utf8_lossy(&tp)
+        );
         assert!(tp.starts_with(b"00-") && tp.ends_with(b"-01"));
 
-        let mut h = req_ok(&format!("GET / HTTP/1.1\r\nHost: a\r\nTraceparent: {GOOD}\r\ntracestate: v=1\r\n\r\n"));
+        let mut h = req_ok(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nTraceparent: {GOOD}\r\ntracestate: v=1\r\n\r\n"
+        ));
         assert!(!ensure_traceparent(&mut h, &mut rng));
         assert_eq!(h.header("traceparent"), Some(GOOD.as_bytes()));
         assert_eq!(h.header("tracestate"), Some(&b"v=1"[..]));
@@ -1573,18 +1743,29 @@ mod tests {
         ] {
             let mut h = req_ok(&format!("GET / HTTP/1.1\r\nHost: a\r\n{bad}\r\n"));
             assert!(ensure_traceparent(&mut h, &mut rng));
-            let tps: Vec<_> = h.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("traceparent")).collect();
+            let tps: Vec<_> = h
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("traceparent"))
+                .collect();
             assert_eq!(tps.len(), 1);
             assert!(traceparent_is_valid(&tps[0].1));
             assert_ne!(tps[0].1, GOOD.as_bytes());
-            assert_eq!(h.header("tracestate"), None, "state of an unparsable trace is dropped");
+            assert_eq!(
+                h.header("tracestate"),
+                None,
+                "state of an unparsable trace is dropped"
+            );
         }
 
         let mut h = req_ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         ensure_traceparent(&mut h, &mut Zeros);
         ensure_request_id(&mut h, &mut Zeros);
         assert!(traceparent_is_valid(h.header("traceparent").unwrap()));
-        assert_eq!(h.header("x-request-id"), Some(&b"00000000000000000000000000000001"[..]));
+        assert_eq!(
+            h.header("x-request-id"),
+            Some(&b"00000000000000000000000000000001"[..])
+        );
     }
 
     #[test]
@@ -1592,7 +1773,9 @@ mod tests {
         for status in [400u16, 403, 431, 502, 503, 504] {
             let body = format!("error {status}\n");
             let out = simple_response(status, reason_phrase(status), body.as_bytes());
-            let (h, n) = parse_response(&out, &Limits::default(), "GET").unwrap().unwrap();
+            let (h, n) = parse_response(&out, &Limits::default(), "GET")
+                .unwrap()
+                .unwrap();
             assert_eq!(h.status, status);
             assert_eq!(h.reason, reason_phrase(status));
             assert!(!h.keep_alive, "errors close the connection");
@@ -1600,11 +1783,15 @@ mod tests {
             assert_eq!(&out[n..], body.as_bytes());
         }
         let ok = simple_response(200, "OK", b"ok");
-        let (h, _) = parse_response(&ok, &Limits::default(), "GET").unwrap().unwrap();
+        let (h, _) = parse_response(&ok, &Limits::default(), "GET")
+            .unwrap()
+            .unwrap();
         assert!(h.keep_alive);
         let nc = simple_response(204, "No Content", b"ignored");
         assert_eq!(nc, b"HTTP/1.1 204 No Content\r\n\r\n");
-        let (h, n) = parse_response(CONTINUE, &Limits::default(), "PUT").unwrap().unwrap();
+        let (h, n) = parse_response(CONTINUE, &Limits::default(), "PUT")
+            .unwrap()
+            .unwrap();
         assert!(h.is_interim() && n == CONTINUE.len());
         let e = HttpError::ConflictingContentLength.response();
         assert!(e.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));

@@ -10,6 +10,7 @@
 //! Time comes from the caller (`now` since an arbitrary epoch) and randomness from
 //! a seeded ChaCha, so every decision is reproducible in tests.
 
+use std::hash::Hasher;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -19,7 +20,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 use siphasher::sip::SipHasher13;
-use std::hash::Hasher;
 
 use super::http::RequestHead;
 
@@ -273,10 +273,14 @@ impl Balancer {
     /// cycle of `sum(weights)` picks each endpoint gets exactly its weight, spread
     /// out rather than in runs.
     fn pick_rr(&mut self, candidates: &[u32], all_zero: bool) -> Option<u32> {
-        let weights: Vec<u64> = candidates.iter().map(|&c| self.weight(c, all_zero)).collect();
+        let weights: Vec<u64> = candidates
+            .iter()
+            .map(|&c| self.weight(c, all_zero))
+            .collect();
         Self::evict_if_full(&mut self.rr, candidates);
         if !self.rr.contains_key(candidates) {
-            self.rr.insert(candidates.to_vec(), vec![0; candidates.len()]);
+            self.rr
+                .insert(candidates.to_vec(), vec![0; candidates.len()]);
         }
         let state = self.rr.get_mut(candidates)?;
         let mut total: i64 = 0;
@@ -311,8 +315,11 @@ impl Balancer {
             let load = u64::from(self.outstanding(c)) + 1;
             match best {
                 // Compare load/w by cross-multiplying (no overflow: both < 2^33 · 2^32).
-                Some((_, bl, bw)) if u128::from(load) * u128::from(bw) > u128::from(bl) * u128::from(w) => {}
-                Some((_, bl, bw)) if u128::from(load) * u128::from(bw) == u128::from(bl) * u128::from(w) => {
+                Some((_, bl, bw))
+                    if u128::from(load) * u128::from(bw) > u128::from(bl) * u128::from(w) => {}
+                Some((_, bl, bw))
+                    if u128::from(load) * u128::from(bw) == u128::from(bl) * u128::from(w) =>
+                {
                     ties += 1;
                     if self.rng.gen_range(0..ties) == 0 {
                         best = Some((c, load, w));
@@ -404,14 +411,25 @@ impl Balancer {
             .collect();
         eps.sort_unstable();
         eps.dedup();
-        let max_w = eps.iter().map(|&c| self.weight(c, all_zero)).max().unwrap_or(1);
-        let points = |c: u32| (RING_POINTS_MAX_WEIGHT * self.weight(c, all_zero)).div_ceil(max_w).max(1);
+        let max_w = eps
+            .iter()
+            .map(|&c| self.weight(c, all_zero))
+            .max()
+            .unwrap_or(1);
+        let points = |c: u32| {
+            (RING_POINTS_MAX_WEIGHT * self.weight(c, all_zero))
+                .div_ceil(max_w)
+                .max(1)
+        };
         let wanted: u64 = eps.iter().map(|&c| points(c)).sum();
         // Shrink every endpoint's share alike if the ring would be too large.
         let scale = (RING_POINTS_TOTAL as f64 / wanted.max(1) as f64).min(1.0);
         let mut ring = Vec::new();
         for &c in &eps {
-            let id = self.endpoints.get(c as usize).map_or(u64::from(c), |e| e.id);
+            let id = self
+                .endpoints
+                .get(c as usize)
+                .map_or(u64::from(c), |e| e.id);
             let k = ((points(c) as f64 * scale) as u64).max(1);
             for r in 0..k {
                 let mut h = SipHasher13::new_with_keys(HASH_K0, HASH_K1);
@@ -458,12 +476,14 @@ mod tests {
         assert_ne!(hash_key(b"10.10.1.2"), hash_key(b"10.10.1.3"));
         assert_eq!(hash_key(b""), PINNED_EMPTY);
     }
-    const PINNED_EMPTY: u64 = 0;
+    const PINNED_EMPTY: u64 = 8_987_408_473_307_104_269;
 
     #[test]
     fn round_robin_weighted_exact_per_cycle() {
         let mut b = Balancer::new(LbPolicy::RoundRobin, &eps(&[5, 1, 1]), 0);
-        let seq: Vec<u32> = (0..7).map(|_| b.pick(&[0, 1, 2], None, Duration::ZERO).unwrap()).collect();
+        let seq: Vec<u32> = (0..7)
+            .map(|_| b.pick(&[0, 1, 2], None, Duration::ZERO).unwrap())
+            .collect();
         // nginx's smooth sequence for 5/1/1: the light ones are spread out.
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
         for _ in 0..10 {
@@ -491,10 +511,19 @@ mod tests {
 
     #[test]
     fn zero_weights_and_empty() {
-        for policy in [LbPolicy::RoundRobin, LbPolicy::LeastRequest, LbPolicy::P2cEwma, LbPolicy::RingHash] {
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest,
+            LbPolicy::P2cEwma,
+            LbPolicy::RingHash,
+        ] {
             let mut b = Balancer::new(policy, &eps(&[0, 3, 0, 1]), 1);
             assert_eq!(b.pick(&[], None, Duration::ZERO), None, "{policy:?}");
-            assert_eq!(b.pick(&[9, 17], Some(5), Duration::ZERO), None, "{policy:?}: unknown indices");
+            assert_eq!(
+                b.pick(&[9, 17], Some(5), Duration::ZERO),
+                None,
+                "{policy:?}: unknown indices"
+            );
             for k in 0..500u64 {
                 let h = (policy == LbPolicy::RingHash).then(|| hash_key(&k.to_le_bytes()));
                 let ep = b.pick(&[0, 1, 2, 3, 42], h, Duration::ZERO).unwrap();
@@ -542,7 +571,10 @@ mod tests {
             let ep = b.pick(&[0, 1, 2, 3], None, Duration::ZERO).unwrap();
             b.start(ep);
         }
-        assert_eq!((0..4).map(|e| b.outstanding(e)).collect::<Vec<_>>(), [10, 10, 10, 10]);
+        assert_eq!(
+            (0..4).map(|e| b.outstanding(e)).collect::<Vec<_>>(),
+            [10, 10, 10, 10]
+        );
     }
 
     #[test]
@@ -567,7 +599,7 @@ mod tests {
     }
 
     /// A virtual-time simulation: one request per millisecond, each finishing after
-    /// its endpoint's current latency. Returns the picks per endpoint in `[from, to)`.
+    /// its endpoint's latency at the time it was sent.
     struct Sim {
         b: Balancer,
         now: Duration,
@@ -575,7 +607,12 @@ mod tests {
     }
 
     impl Sim {
-        fn run(&mut self, until: Duration, latency: &[Duration], count_from: Duration) -> Vec<usize> {
+        fn run(
+            &mut self,
+            until: Duration,
+            latency: &[Duration],
+            count_from: Duration,
+        ) -> Vec<usize> {
             let cands: Vec<u32> = (0..latency.len() as u32).collect();
             let mut picks = vec![0; latency.len()];
             while self.now < until {
@@ -612,7 +649,10 @@ mod tests {
         let picks = sim.run(s(20), &slow, s(10));
         let total: usize = picks.iter().sum();
         assert!(picks[0] * 100 < total * 3, "slow endpoint got {picks:?}");
-        let (e0, e1) = (sim.b.rtt_estimate(0, sim.now).unwrap(), sim.b.rtt_estimate(1, sim.now).unwrap());
+        let (e0, e1) = (
+            sim.b.rtt_estimate(0, sim.now).unwrap(),
+            sim.b.rtt_estimate(1, sim.now).unwrap(),
+        );
         assert!(e0 > 2 * e1, "{e0:?} vs {e1:?}");
         // It gets fast again: the decayed estimate makes it worth trying, and once
         // tried its real latency brings it back to a fair share.
@@ -620,7 +660,10 @@ mod tests {
         let start = sim.now;
         let picks = sim.run(start + s(120), &fast, start + s(100));
         let total: usize = picks.iter().sum();
-        assert!(picks[0] * 100 > total * 25, "recovered endpoint got {picks:?}");
+        assert!(
+            picks[0] * 100 > total * 25,
+            "recovered endpoint got {picks:?}"
+        );
         assert!(sim.b.rtt_estimate(0, sim.now).unwrap() < ms(5));
     }
 
@@ -630,7 +673,11 @@ mod tests {
         let s = Duration::from_secs;
         let mut b = Balancer::new(LbPolicy::P2cEwma, &eps(&[1, 1]), 0);
         let def = EwmaConfig::default().default_rtt;
-        assert_eq!(b.rtt_estimate(0, s(100)), Some(def), "neutral before any sample");
+        assert_eq!(
+            b.rtt_estimate(0, s(100)),
+            Some(def),
+            "neutral before any sample"
+        );
         b.finish(0, ms(10), s(1));
         assert_eq!(b.rtt_estimate(0, s(1)), Some(ms(10)));
         // A peak replaces the average at once.
@@ -658,7 +705,10 @@ mod tests {
 
     fn ring_owner(b: &mut Balancer, cands: &[u32], keys: u64) -> Vec<u32> {
         (0..keys)
-            .map(|k| b.pick(cands, Some(hash_key(&k.to_le_bytes())), Duration::ZERO).unwrap())
+            .map(|k| {
+                b.pick(cands, Some(hash_key(&k.to_le_bytes())), Duration::ZERO)
+                    .unwrap()
+            })
             .collect()
     }
 
@@ -686,7 +736,10 @@ mod tests {
                 moved += 1;
             }
         }
-        assert!((500..1600).contains(&moved), "moved {moved} of 10000, expected ~1/10");
+        assert!(
+            (500..1600).contains(&moved),
+            "moved {moved} of 10000, expected ~1/10"
+        );
         assert!(after.iter().all(|&x| x != 3));
         // Add it back: the original mapping returns.
         assert_eq!(ring_owner(&mut b, &all, 10_000), before);
@@ -702,7 +755,10 @@ mod tests {
         }
         for (i, n) in c.iter().enumerate() {
             let want = 1000 * (i + 1);
-            assert!(n.abs_diff(want) < 300, "endpoint {i}: {n} of 10000, want ~{want} ({c:?})");
+            assert!(
+                n.abs_diff(want) < 300,
+                "endpoint {i}: {n} of 10000, want ~{want} ({c:?})"
+            );
         }
         // Without a key: random by weight.
         let c = counts(&mut b, &[0, 1, 2, 3], 10_000, 4);
@@ -722,14 +778,26 @@ mod tests {
         .unwrap()
         .unwrap();
         let ip: IpAddr = "10.10.1.2".parse().unwrap();
-        assert_eq!(request_hash(&HashKey::SourceIp, None, ip), Some(hash_key(&[10, 10, 1, 2])));
+        assert_eq!(
+            request_hash(&HashKey::SourceIp, None, ip),
+            Some(hash_key(&[10, 10, 1, 2]))
+        );
         assert_eq!(
             request_hash(&HashKey::Header("x-user".into()), Some(&h), ip),
             Some(hash_key(b"alice"))
         );
-        assert_eq!(request_hash(&HashKey::Header("x-none".into()), Some(&h), ip), None);
-        assert_eq!(request_hash(&HashKey::Header("x-user".into()), None, ip), None);
-        assert_eq!(request_hash(&HashKey::Cookie("sid".into()), Some(&h), ip), Some(hash_key(b"abc123")));
+        assert_eq!(
+            request_hash(&HashKey::Header("x-none".into()), Some(&h), ip),
+            None
+        );
+        assert_eq!(
+            request_hash(&HashKey::Header("x-user".into()), None, ip),
+            None
+        );
+        assert_eq!(
+            request_hash(&HashKey::Cookie("sid".into()), Some(&h), ip),
+            Some(hash_key(b"abc123"))
+        );
         assert_eq!(cookie(&h, "lang"), Some(&b"de"[..]));
         assert_eq!(cookie(&h, "SID"), None, "cookie names are case-sensitive");
         assert_eq!(cookie(&h, "the"), None);

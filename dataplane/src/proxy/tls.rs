@@ -877,7 +877,10 @@ impl CertWatch {
                     t.done(sigs, Ok(()));
                 }
                 Err(e) => {
-                    let e = format!("identity {}: {e}; keeping the loaded certificate", l.identity.id);
+                    let e = format!(
+                        "identity {}: {e}; keeping the loaded certificate",
+                        l.identity.id
+                    );
                     report.errors.push(e.clone());
                     t.done(sigs, Err(e));
                 }
@@ -1175,12 +1178,8 @@ mod tests {
     #[test]
     fn server_from_another_ca_is_refused_but_not_as_mismatch() {
         let (root, rogue) = (ca("mesh root"), ca("rogue"));
-        let cc = client_config(
-            &identity(GW_A, &leaf(&root, GW_A)),
-            &trust(&[&root]),
-            GW_B,
-        )
-        .unwrap();
+        let cc =
+            client_config(&identity(GW_A, &leaf(&root, GW_A)), &trust(&[&root]), GW_B).unwrap();
         let sc = server_config(&identity(GW_B, &leaf(&rogue, GW_B)), &trust(&[&rogue])).unwrap();
         let r = run(&cc, &sc, "reviews");
         let err = r.client_err.expect("client must refuse");
@@ -1195,12 +1194,8 @@ mod tests {
     fn client_from_another_ca_is_refused_and_sees_an_alert() {
         let (root, rogue) = (ca("mesh root"), ca("rogue"));
         // The client trusts the server, but its own certificate comes from elsewhere.
-        let cc = client_config(
-            &identity(GW_A, &leaf(&rogue, GW_A)),
-            &trust(&[&root]),
-            GW_B,
-        )
-        .unwrap();
+        let cc =
+            client_config(&identity(GW_A, &leaf(&rogue, GW_A)), &trust(&[&root]), GW_B).unwrap();
         let sc = server_config(&identity(GW_B, &leaf(&root, GW_B)), &trust(&[&root])).unwrap();
         let r = run(&cc, &sc, "reviews");
         assert_eq!(
@@ -1281,7 +1276,9 @@ mod tests {
         let a = identity(GW_A, &leaf(&root, GW_A));
         let configs = ClientConfigs::new();
         let x = configs.get(3, &a, &t, GW_B).unwrap();
-        let y = configs.get(3, &a, &t, "spiffe://corp.mesh/gateway/gw-c").unwrap();
+        let y = configs
+            .get(3, &a, &t, "spiffe://corp.mesh/gateway/gw-c")
+            .unwrap();
         assert!(!Arc::ptr_eq(&x, &y));
         assert_eq!(configs.len(), 2);
         assert!(Arc::ptr_eq(&x, &configs.get(3, &a, &t, GW_B).unwrap()));
@@ -1400,7 +1397,13 @@ mod tests {
         assert!(matches!(err, TlsError::ServiceNotSni(_)));
         assert!(sni_for_service("").is_err());
 
-        for foreign in ["example.com", "svc.mesh", ".svc.mesh", "x.svc.meshy", "zz!.b32.svc.mesh"] {
+        for foreign in [
+            "example.com",
+            "svc.mesh",
+            ".svc.mesh",
+            "x.svc.meshy",
+            "zz!.b32.svc.mesh",
+        ] {
             assert_eq!(service_from_sni(foreign), None, "{foreign}");
         }
         assert_eq!(service_from_sni("WEB.SVC.MESH").as_deref(), Some("WEB"));
@@ -1458,12 +1461,7 @@ mod tests {
     fn presented_leaf(w: &CertWatch, root: &Ca) -> Vec<u8> {
         let cur = w.current();
         let sc = server_config(cur.identity(GW_B).unwrap(), &cur.trust).unwrap();
-        let cc = client_config(
-            &identity(GW_A, &leaf(root, GW_A)),
-            &cur.trust,
-            GW_B,
-        )
-        .unwrap();
+        let cc = client_config(&identity(GW_A, &leaf(root, GW_A)), &cur.trust, GW_B).unwrap();
         let r = run(&cc, &sc, "reviews");
         assert!(r.ok(), "{:?} {:?}", r.client_err, r.server_err);
         r.c.peer_certificates().unwrap()[0].to_vec()
@@ -1554,7 +1552,8 @@ mod tests {
         f.put("new.pem", &new.cert.pem());
         assert!(w.set_trust_files(&[f.path("missing.pem")]).is_err());
         assert_eq!(w.generation(), g0);
-        w.set_trust_files(&[f.path("roots.pem"), f.path("new.pem")]).unwrap();
+        w.set_trust_files(&[f.path("roots.pem"), f.path("new.pem")])
+            .unwrap();
         assert_eq!((w.generation(), w.current().trust.len()), (g0 + 1, 2));
         w.set_trust_files(&[f.path("roots.pem")]).unwrap();
         assert_eq!((w.generation(), w.current().trust.len()), (g0 + 2, 1));
@@ -1565,7 +1564,10 @@ mod tests {
         assert!(r.errors[0].starts_with("trust:"), "{r:?}");
         assert_eq!(w.current().trust.len(), 1);
 
-        f.put("roots.pem", &format!("{}{}", old.cert.pem(), new.cert.pem()));
+        f.put(
+            "roots.pem",
+            &format!("{}{}", old.cert.pem(), new.cert.pem()),
+        );
         let r = poll_settled(&w);
         assert_eq!(r.reloaded, vec!["trust".to_string()]);
         assert_eq!(w.generation(), g0 + 1);
@@ -1592,7 +1594,11 @@ mod tests {
         w.set_identities(std::slice::from_ref(&id_b));
         assert_eq!(w.generation(), g0 + 1);
         w.set_identities(std::slice::from_ref(&id_b));
-        assert_eq!(w.generation(), g0 + 1, "unchanged identities keep the generation");
+        assert_eq!(
+            w.generation(),
+            g0 + 1,
+            "unchanged identities keep the generation"
+        );
 
         // Files unreadable: the snapshot's checked copy is used, the problem reported.
         let a = leaf(&root, GW_A);

@@ -1,0 +1,681 @@
+//! The mesh end to end on the four-namespace rig (`scripts/rig.sh`), for both backends:
+//! client in xm-cli → gateway A (xm-gwa) ══ mTLS ══ gateway B (xm-gwb) → servers in xm-srv.
+//!
+//! Checks, per backend: curl gets the server's body; a 100 MiB download is byte-exact; TCP
+//! echo through the mesh; a 90/10 split over 2000 requests lands within ±3 %; a header route
+//! wins over the split; an identity not on the allow list gets 403 and is counted while an
+//! allowed one passes; a client certificate from another CA is refused at B; a capture of
+//! the gateway-to-gateway link never shows a marker from the body; a table reload and a
+//! certificate rotation during 30 s of load each change behaviour with no failed request and
+//! no dropped connection. Needs root; under CI=true it must run. The rig's namespace names
+//! are fixed, so everything runs in one test, one backend after the other.
+
+use dataplane::netns::{skip_unless_root, wait_for, NetNs};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const GW_A: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 1);
+const MARKER: &str = "XM-MARKER-7f3a9c-plaintext-must-not-cross-the-mesh";
+const BIG: usize = 100 << 20;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn rig(args: &[&str], state: &Path) {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/rig.sh"))
+        .args(args)
+        .env("XM_RIG_STATE", state)
+        .env("XDPMESH_BIN", env!("CARGO_BIN_EXE_xdpmesh"))
+        .current_dir(repo())
+        .output()
+        .expect("run rig.sh");
+    assert!(
+        out.status.success(),
+        "rig.sh {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Servers in xm-srv: nginx on 8080 ("v1", a 100 MiB file, a page with the marker) and 8081
+/// ("v2"), and a TCP echo on 5001. Stopped on drop.
+struct Servers {
+    nginx: Child,
+    stop: Arc<AtomicBool>,
+    echo: Option<std::thread::JoinHandle<()>>,
+    big_sha: Vec<u8>,
+}
+
+impl Servers {
+    fn start(srv: &NetNs, dir: &Path) -> Servers {
+        for v in ["v1", "v2"] {
+            let root = dir.join(v);
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::write(root.join("index.html"), v).unwrap();
+        }
+        // Seeded random bytes: every byte position matters for the sha.
+        let mut big = vec![0u8; BIG];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for chunk in big.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::write(dir.join("v1/big.bin"), &big).unwrap();
+        let big_sha = Sha256::digest(&big).to_vec();
+        drop(big);
+        for v in ["v1", "v2"] {
+            std::fs::write(dir.join(v).join("marker.txt"), MARKER.repeat(100)).unwrap();
+        }
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\ndaemon off;\nerror_log stderr;\npid {pid};\nevents {{}}\n\
+                 http {{\n  access_log off;\n  default_type application/octet-stream;\n\
+                 server {{ listen 10.10.3.2:8080; root {v1}; }}\n\
+                 server {{ listen 10.10.3.2:8081; root {v2}; }}\n}}\n",
+                pid = dir.join("nginx.pid").display(),
+                v1 = dir.join("v1").display(),
+                v2 = dir.join("v2").display()
+            ),
+        )
+        .unwrap();
+        let mut nginx = srv
+            .command("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx");
+        srv.wait_entered(&mut nginx).unwrap();
+        let up = wait_for(Duration::from_secs(10), || {
+            srv.run(|| TcpStream::connect("10.10.3.2:8081").ok())
+        });
+        assert!(up.is_some(), "nginx did not start in xm-srv");
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = srv.run(|| TcpListener::bind("10.10.3.2:5001").expect("echo bind"));
+        listener.set_nonblocking(true).unwrap();
+        let st = stop.clone();
+        let echo = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let mut w = c.try_clone().unwrap();
+                            let _ = std::io::copy(&mut c, &mut w);
+                            let _ = w.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Servers {
+            nginx,
+            stop,
+            echo: Some(echo),
+            big_sha,
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master takes its worker down with it (a killed master
+        // leaves the worker holding the ports).
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.nginx.id() as i32, libc::SIGTERM) };
+        let _ = self.nginx.wait();
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(e) = self.echo.take() {
+            let _ = e.join();
+        }
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection (a test client, no pipelining).
+struct Http {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Http {
+    fn connect() -> std::io::Result<Http> {
+        let s = TcpStream::connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(GW_A, 80)),
+            Duration::from_secs(5),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        Ok(Http {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        })
+    }
+
+    /// Sends a GET, returns (status, body).
+    fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: web.rig.mesh\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.w.write_all(req.as_bytes())?;
+        let mut status = 0;
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.r.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = line.trim_end();
+            if status == 0 {
+                status = l.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            } else if l.is_empty() {
+                break;
+            } else if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        self.r.read_exact(&mut body)?;
+        Ok((status, body))
+    }
+}
+
+/// The status of `GET http://10.10.1.1/` sent from source address `from`.
+fn status_from(cli: &NetNs, from: &str) -> String {
+    cli.exec_ok([
+        "curl", "-s", "--max-time", "10", "--interface", from, "-o", "/dev/null", "-w",
+        "%{http_code}", "http://10.10.1.1/",
+    ])
+    .expect("curl")
+}
+
+fn metric(ns: &NetNs, name_prefix: &str, label: &str) -> u64 {
+    let text = ns
+        .exec_ok(["curl", "-sf", "--max-time", "5", "http://127.0.0.1:9901/metrics"])
+        .expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name_prefix) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+fn put_tables(ns: &NetNs, text: &str, dir: &Path, name: &str) {
+    let f = dir.join(name);
+    std::fs::write(&f, text).unwrap();
+    let out = ns
+        .exec([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/stderr",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", f.display()),
+            "http://127.0.0.1:9901/tables",
+        ])
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "PUT /tables {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Gateway A's tables for the routing tests: web split v1/v2 by weight, a header route,
+/// and two more client identities (10.10.1.3 not allowed at B; 10.10.1.4 from another CA).
+fn gwa_tables(v2_weight: u32) -> String {
+    format!(
+        r#"
+[trust]
+roots = ["ca/ca.pem"]
+
+[[identity]]
+id = "spiffe://rig.mesh/sa/client"
+sources = ["10.10.1.2/32"]
+cert = "ids/sa/client/cert.pem"
+key = "ids/sa/client/key.pem"
+
+[[identity]]
+id = "spiffe://rig.mesh/sa/intruder"
+sources = ["10.10.1.3/32"]
+cert = "ids/sa/intruder/cert.pem"
+key = "ids/sa/intruder/key.pem"
+
+[[identity]]
+id = "spiffe://rig.mesh/sa/forged"
+sources = ["10.10.1.4/32"]
+cert = "forged/cert.pem"
+key = "forged/key.pem"
+
+[[peer]]
+name = "gw-b"
+address = "10.10.2.2:15443"
+identity = "spiffe://rig.mesh/gateway/gw-b"
+
+[[listener]]
+name = "web"
+bind = "10.10.1.1:80"
+protocol = "http"
+
+[[listener]]
+name = "echo"
+bind = "10.10.1.1:5001"
+protocol = "tcp"
+service = "echo"
+
+[[service]]
+name = "web"
+hosts = ["web.rig.mesh", "10.10.1.1"]
+endpoints = [
+  {{ address = "10.10.3.2:8080", via = "gw-b", labels = {{ version = "v1" }} }},
+  {{ address = "10.10.3.2:8081", via = "gw-b", labels = {{ version = "v2" }} }},
+]
+
+[[service]]
+name = "echo"
+endpoints = [{{ address = "10.10.3.2:5001", via = "gw-b" }}]
+
+[[route]]
+name = "berlin"
+service = "web"
+match = {{ headers = {{ city = "berlin" }} }}
+backends = [{{ labels = {{ version = "v2" }}, weight = 100 }}]
+
+[[route]]
+name = "split"
+service = "web"
+backends = [
+  {{ labels = {{ version = "v1" }}, weight = {v1} }},
+  {{ labels = {{ version = "v2" }}, weight = {v2_weight} }},
+]
+"#,
+        v1 = 100 - v2_weight
+    )
+}
+
+const GWB_TABLES: &str = r#"
+[trust]
+roots = ["ca/ca.pem"]
+
+[[identity]]
+id = "spiffe://rig.mesh/gateway/gw-b"
+cert = "ids/gateway/gw-b/cert.pem"
+key = "ids/gateway/gw-b/key.pem"
+
+[[listener]]
+name = "mesh"
+bind = "10.10.2.2:15443"
+protocol = "mesh"
+identity = "spiffe://rig.mesh/gateway/gw-b"
+
+[[service]]
+name = "web"
+endpoints = [{ address = "10.10.3.2:8080" }, { address = "10.10.3.2:8081" }]
+
+[[service]]
+name = "echo"
+endpoints = [{ address = "10.10.3.2:5001" }]
+
+[[authorization]]
+service = "web"
+allow = ["spiffe://rig.mesh/sa/client"]
+
+[[authorization]]
+service = "echo"
+allow = ["spiffe://rig.mesh/sa/client"]
+"#;
+
+fn xdpmesh(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
+        .args(args)
+        .output()
+        .expect("xdpmesh");
+    assert!(
+        out.status.success(),
+        "xdpmesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Counts v1/v2 answers over `n` requests on one keep-alive connection.
+fn split(n: usize, headers: &[(&str, &str)]) -> (usize, usize) {
+    let mut c = Http::connect().expect("connect gw-a");
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..n {
+        let (status, body) = c.get("/", headers).expect("request");
+        assert_eq!(status, 200);
+        match body.as_slice() {
+            b"v1" => v1 += 1,
+            b"v2" => v2 += 1,
+            other => panic!("unexpected body {:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    (v1, v2)
+}
+
+/// Load: `clients` keep-alive connections asking for `/` until `stop`; every failure counts.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    v2: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Load {
+    fn start(cli: &NetNs, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let v2 = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, v2) = (stop.clone(), ok.clone(), v2.clone());
+                let mut c = cli.run(|| Http::connect()).expect("load connect");
+                std::thread::spawn(move || -> Result<(), String> {
+                    while !stop.load(Ordering::SeqCst) {
+                        // One connection for the whole run: a drop is a failure.
+                        let (status, body) = c.get("/", &[]).map_err(|e| e.to_string())?;
+                        if status != 200 {
+                            return Err(format!("status {status}"));
+                        }
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        if body == b"v2" {
+                            v2.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            v2,
+            threads,
+        }
+    }
+
+    /// (requests, v2 answers) during `d`.
+    fn measure(&self, d: Duration) -> (u64, u64) {
+        let (o, v) = (self.ok.load(Ordering::SeqCst), self.v2.load(Ordering::SeqCst));
+        std::thread::sleep(d); // a measuring window, not a synchronization
+        (
+            self.ok.load(Ordering::SeqCst) - o,
+            self.v2.load(Ordering::SeqCst) - v,
+        )
+    }
+
+    fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap().expect("a request failed or a connection dropped");
+        }
+    }
+}
+
+fn run_backend(backend: &str, work: &Path) {
+    println!("==== backend {backend}");
+    let state = work.join(format!("state-{backend}"));
+    let (cli, gwa, gwb, srv) = (
+        NetNs::existing("xm-cli").unwrap(),
+        NetNs::existing("xm-gwa").unwrap(),
+        NetNs::existing("xm-gwb").unwrap(),
+        NetNs::existing("xm-srv").unwrap(),
+    );
+    let servers = Servers::start(&srv, &work.join(format!("www-{backend}")));
+    rig(&["mesh", "--backend", backend], &state);
+
+    // curl gets the server's body through both gateways.
+    let body = cli
+        .exec_ok(["curl", "-sf", "--max-time", "10", "http://10.10.1.1/"])
+        .expect("curl through the mesh");
+    assert_eq!(body, "v1");
+
+    // A 100 MiB download is byte-exact.
+    let t = Instant::now();
+    let file = work.join(format!("big-{backend}.bin"));
+    cli.exec_ok([
+        "curl",
+        "-sf",
+        "--max-time",
+        "300",
+        "-o",
+        &file.display().to_string(),
+        "http://10.10.1.1/big.bin",
+    ])
+    .expect("100 MiB download");
+    let got = std::fs::read(&file).unwrap();
+    assert_eq!(got.len(), BIG);
+    assert!(Sha256::digest(&got).to_vec() == servers.big_sha, "download differs");
+    println!("100 MiB download in {:?}", t.elapsed());
+    let _ = std::fs::remove_file(&file);
+
+    // TCP echo through the mesh.
+    cli.run(|| {
+        let mut c = TcpStream::connect_timeout(&"10.10.1.1:5001".parse().unwrap(), Duration::from_secs(5))
+            .expect("connect echo");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+        let mut w = c.try_clone().unwrap();
+        let d2 = data.clone();
+        let writer = std::thread::spawn(move || {
+            w.write_all(&d2).unwrap();
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        writer.join().unwrap();
+        assert!(back == data, "echo differs ({} of {} bytes)", back.len(), data.len());
+    });
+
+    // Routing tables with a split, a header route and more identities.
+    xdpmesh(&[
+        "ca", "issue", "--ca", &state.join("ca").display().to_string(),
+        "--id", "spiffe://rig.mesh/sa/intruder",
+        "--out", &state.join("ids/sa/intruder").display().to_string(),
+    ]);
+    let other_ca = work.join(format!("other-ca-{backend}"));
+    xdpmesh(&["ca", "init", "--out", &other_ca.display().to_string()]);
+    xdpmesh(&[
+        "ca", "issue", "--ca", &other_ca.display().to_string(),
+        "--id", "spiffe://rig.mesh/sa/forged",
+        "--out", &state.join("forged").display().to_string(),
+    ]);
+    for ip in ["10.10.1.3/24", "10.10.1.4/24"] {
+        let _ = cli.exec(["ip", "addr", "add", ip, "dev", "cli-gwa"]);
+    }
+    put_tables(&gwb, GWB_TABLES, &state, "gwb-tables.toml");
+    put_tables(&gwa, &gwa_tables(10), &state, "gwa-tables.toml");
+
+    // 90/10 over 2000 requests: within ±3 %.
+    let (v1, v2) = cli.run(|| split(2000, &[]));
+    println!("split 90/10: v1 {v1}, v2 {v2}");
+    assert!((1740..=1860).contains(&v1), "v1 {v1} of 2000 is not 90 ± 3 %");
+    // The header route wins over the split.
+    let (b1, b2) = cli.run(|| split(100, &[("city", "berlin")]));
+    assert_eq!((b1, b2), (0, 100), "city: berlin goes to v2 only");
+
+    // An identity not on B's allow list: 403, counted at B; the allowed one still passes.
+    let denied_before = metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"denied\"");
+    assert_eq!(status_from(&cli, "10.10.1.3"), "403");
+    let denied_after = metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"denied\"");
+    assert_eq!(denied_after, denied_before + 1, "the denial is counted at B");
+    assert_eq!(status_from(&cli, "10.10.1.2"), "200");
+
+    // A client certificate from another CA: B refuses the handshake; A answers 502.
+    let tls_before = metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"tls_handshake\"");
+    assert_eq!(status_from(&cli, "10.10.1.4"), "502");
+    assert!(
+        metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"tls_handshake\"") > tls_before,
+        "B counted the refused handshake"
+    );
+
+    // A capture of the gateway-to-gateway link never shows the marker. With AF_XDP the
+    // frames bypass the kernel's taps on both gateways, so B is restarted on kernel sockets
+    // for this check (A still encrypts on its AF_XDP path).
+    let restarted_b = backend == "afxdp";
+    let mut b_kernel = None;
+    if restarted_b {
+        rig_stop_one(&state, "gwb");
+        let mut child = gwb
+            .command(env!("CARGO_BIN_EXE_xdpmesh"))
+            .args(["run", "--backend", "kernel", "--config"])
+            .arg(state.join("gwb-node.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        gwb.wait_entered(&mut child).unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("ready"), "gw-b on kernel sockets: {line}");
+        b_kernel = Some(child);
+    }
+    let pcap = work.join(format!("link-{backend}.pcap"));
+    let mut dump = gwb
+        .command("tcpdump")
+        .args(["-i", "gwb-gwa", "--immediate-mode", "-U", "-w"])
+        .arg(&pcap)
+        .arg("tcp port 15443")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    gwb.wait_entered(&mut dump).unwrap();
+    // tcpdump says "listening on" once its capture is open.
+    let mut dump_err = BufReader::new(dump.stderr.take().unwrap());
+    let mut line = String::new();
+    dump_err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "tcpdump: {line}");
+    for _ in 0..5 {
+        let body = cli
+            .exec_ok(["curl", "-sf", "--max-time", "10", "http://10.10.1.1/marker.txt"])
+            .expect("marker page");
+        assert!(body.contains(MARKER));
+    }
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(dump.id() as i32, libc::SIGINT) };
+    let mut stats = String::new();
+    dump_err.read_to_string(&mut stats).unwrap();
+    dump.wait().unwrap();
+    println!("tcpdump: {}", stats.replace('\n', "; "));
+    let captured = std::fs::read(&pcap).unwrap();
+    assert!(captured.len() > 10_000, "the capture saw the hop ({} bytes)", captured.len());
+    assert!(
+        !captured.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+        "the marker crossed the gateway link in plaintext"
+    );
+    if let Some(mut b) = b_kernel {
+        // SAFETY: as above.
+        unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+        assert!(b.wait().unwrap().success());
+        start_one(&state, "gwb", backend);
+    }
+
+    // 30 s of load: a table reload at 10 s and a certificate rotation at 20 s, with no failed
+    // request and no dropped connection; each changes behaviour.
+    let load = Load::start(&cli, 8);
+    let (n0, v2_0) = load.measure(Duration::from_secs(5));
+    put_tables(&gwa, &gwa_tables(50), &state, "gwa-tables.toml");
+    let (n1, v2_1) = load.measure(Duration::from_secs(8));
+    println!("load: before reload {n0} requests ({v2_0} v2), after {n1} ({v2_1} v2)");
+    assert!(n0 > 100 && n1 > 100, "the load ran");
+    let share = |v: u64, n: u64| v as f64 / n as f64;
+    assert!(share(v2_0, n0) < 0.2, "10 % v2 before the reload");
+    assert!(share(v2_1, n1) > 0.35, "about 50 % v2 after the reload");
+    let expiry_before = metric(&gwa, "xdpmesh_identity_expiry_seconds", "sa/client");
+    xdpmesh(&[
+        "ca", "issue", "--ca", &state.join("ca").display().to_string(),
+        "--id", "spiffe://rig.mesh/sa/client", "--validity", "48h", "--force",
+        "--out", &state.join("ids/sa/client").display().to_string(),
+    ]);
+    let rotated = wait_for(Duration::from_secs(10), || {
+        let e = metric(&gwa, "xdpmesh_identity_expiry_seconds", "sa/client");
+        (e > expiry_before + 20 * 3600).then_some(e)
+    });
+    assert!(rotated.is_some(), "gw-a took up the new certificate (48 h instead of 24 h)");
+    let (n2, _) = load.measure(Duration::from_secs(10));
+    assert!(n2 > 100, "load went on after the rotation");
+    load.finish();
+
+    rig(&["stop"], &state);
+    for ip in ["10.10.1.3/24", "10.10.1.4/24"] {
+        let _ = cli.exec(["ip", "addr", "del", ip, "dev", "cli-gwa"]);
+    }
+    drop(servers);
+}
+
+fn rig_stop_one(state: &Path, name: &str) {
+    let pid: i32 = std::fs::read_to_string(state.join(format!("{name}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let gone = wait_for(Duration::from_secs(15), || {
+        // SAFETY: signal 0 only checks for existence.
+        (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+    });
+    assert!(gone.is_some(), "{name} did not stop");
+}
+
+fn start_one(state: &Path, name: &str, backend: &str) {
+    let ns = NetNs::existing(if name == "gwa" { "xm-gwa" } else { "xm-gwb" }).unwrap();
+    let log = std::fs::File::create(state.join(format!("{name}.log"))).unwrap();
+    let child = ns
+        .command(env!("CARGO_BIN_EXE_xdpmesh"))
+        .args(["run", "--backend", backend, "--config"])
+        .arg(state.join(format!("{name}-node.toml")))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(state.join(format!("{name}.pid")), child.id().to_string()).unwrap();
+    let ready = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(state.join(format!("{name}.log")))
+            .ok()
+            .filter(|l| l.contains(" ready"))
+    });
+    assert!(ready.is_some(), "{name} restarted");
+}
+
+#[test]
+fn the_mesh_on_the_rig_with_both_backends() {
+    if skip_unless_root("the_mesh_on_the_rig_with_both_backends") {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("xdpmesh-mesh-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    rig(&["up"], &work);
+    for backend in ["kernel", "afxdp"] {
+        run_backend(backend, &work);
+    }
+    rig(&["down"], &work);
+    let _ = std::fs::remove_dir_all(&work);
+}
