@@ -5,7 +5,8 @@
 # 2. shellcheck of the scripts; cargo fmt --check, cargo clippy -D warnings, cargo test for the
 #    whole workspace;
 # 3. a smoke check of the veth rig (scripts/rig.sh);
-# 4. scripts/fuzz.sh when it exists and is executable.
+# 4. scripts/demo.sh (release build, the mesh on the rig) when CI=true or XDPMESH_DEMO=1;
+# 5. scripts/fuzz.sh when it exists and is executable.
 # Tests that need root (network namespaces, TAP, veth) skip with a message when not root, except
 # when CI=true or XDPMESH_REQUIRE_ROOT_TESTS=1: then they must run, and fail when they cannot.
 set -euo pipefail
@@ -60,6 +61,13 @@ else
   if [ "$rig_rc" -eq 0 ]; then bash scripts/rig.sh status || rig_rc=$?; fi
   bash scripts/rig.sh down
   [ "$rig_rc" -eq 0 ]
+fi
+
+step "scripts/demo.sh"
+if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ] || [ "${XDPMESH_DEMO:-0}" = "1" ]; then
+  bash scripts/demo.sh
+else
+  echo "skipped: the demo (a release build and the mesh on the rig) runs when CI=true or XDPMESH_DEMO=1"
 fi
 
 if [ -x scripts/fuzz.sh ]; then

@@ -323,7 +323,10 @@ pub fn check_trust_root(
         let x509 = match X509Certificate::from_der(der) {
             Ok((_, x)) => x,
             Err(e) => {
-                out.push(at(format!("\"{}\": certificate does not parse: {e}", path.display())));
+                out.push(at(format!(
+                    "\"{}\": certificate does not parse: {e}",
+                    path.display()
+                )));
                 continue;
             }
         };

@@ -686,15 +686,19 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             .or_else(|| {
                 tables.services.iter().enumerate().find_map(|(i, svc)| {
                     svc.endpoints.iter().enumerate().find_map(|(j, e)| {
-                        e.via
-                            .as_ref()
-                            .map(|via| (via.span.clone(), format!("service[{i}].endpoints[{j}].via")))
+                        e.via.as_ref().map(|via| {
+                            (via.span.clone(), format!("service[{i}].endpoints[{j}].via"))
+                        })
                     })
                 })
             });
         if let Some((span, key)) = needs {
-            v.err(&span, key, "mesh traffic needs trusted roots, and [trust] has none")
-                .set_hint("add [trust] roots = [\"ca/ca.pem\"] (the mesh CA from `xdpmesh ca init`)");
+            v.err(
+                &span,
+                key,
+                "mesh traffic needs trusted roots, and [trust] has none",
+            )
+            .set_hint("add [trust] roots = [\"ca/ca.pem\"] (the mesh CA from `xdpmesh ca init`)");
         }
     }
 

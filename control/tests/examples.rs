@@ -61,7 +61,10 @@ fn every_example_parses_and_validates() {
 /// The rig's gateways (scripts/rig.sh mesh runs them).
 #[test]
 fn the_rig_examples_parse_and_validate() {
-    check_examples(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rig"), 4);
+    check_examples(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rig"),
+        4,
+    );
 }
 
 fn check_examples(dir: &Path, at_least: usize) {

@@ -404,7 +404,11 @@ fn trust_roots_must_be_ca_certificates_that_exist() {
     let ca = control::ca::init(&dir.path().join("ca"), &Default::default()).expect("ca");
     let (leaf, _) = write_good_cert(dir.path(), "spiffe://m/gw");
     assert_eq!(ca.cert, dir.path().join("ca/ca.pem"));
-    let leaf = leaf.strip_prefix(dir.path()).expect("inside").display().to_string();
+    let leaf = leaf
+        .strip_prefix(dir.path())
+        .expect("inside")
+        .display()
+        .to_string();
     let ok = common::compile_in(dir.path(), "[trust]\nroots = [\"ca/ca.pem\"]\n").expect("valid");
     assert_eq!(ok.snapshot.trust_roots, vec![dir.path().join("ca/ca.pem")]);
     assert_eq!(

@@ -8,8 +8,8 @@
 //! worker with a deadline, then the sockets close and the programs detach (their BPF links
 //! close with the descriptors).
 
-use crate::shard::{FlowOwner, Rss};
 use crate::proxy::engine::{Engine, MeshTls};
+use crate::shard::{FlowOwner, Rss};
 use crate::worker::{Builtin, DrainReport, Shard, Worker, WorkerStats};
 use crate::xdp::{self, BindMode, SteerConfig, Steering, XdpError, XdpMode, XskConfig, XskDevice};
 use hw_config::{Interface, Poll, Steer};
@@ -360,7 +360,10 @@ impl Gateway {
         for (core, plans) in by_core {
             let info = WorkerInfo {
                 core,
-                ports: plans.iter().map(|p| (p.interface.clone(), p.queue)).collect(),
+                ports: plans
+                    .iter()
+                    .map(|p| (p.interface.clone(), p.queue))
+                    .collect(),
                 stats: Arc::new(Mutex::new(WorkerStats::default())),
             };
             let job = Job {
@@ -552,24 +555,53 @@ impl Metrics {
 }
 
 /// Prometheus text for proxy engines' counters, one label value (`worker`) per engine.
-pub fn render_proxy_stats(engines: &[(String, crate::proxy::engine::ProxyStats)], out: &mut String) {
+pub fn render_proxy_stats(
+    engines: &[(String, crate::proxy::engine::ProxyStats)],
+    out: &mut String,
+) {
     use crate::proxy::engine::{ProxyStats, Refusal};
     type Field = (&'static str, &'static str, fn(&ProxyStats) -> u64);
     const FIELDS: [Field; 8] = [
-        ("accepted", "Connections accepted by proxy listeners.", |s| s.accepted),
+        (
+            "accepted",
+            "Connections accepted by proxy listeners.",
+            |s| s.accepted,
+        ),
         ("requests", "HTTP requests routed.", |s| s.requests),
-        ("upstream_connects", "Upstream connections opened.", |s| s.upstream_connects),
-        ("upstream_reused", "HTTP requests sent on a kept-alive upstream connection.", |s| s.upstream_reused),
-        ("tls_resumed", "Mesh TLS handshakes that resumed a session.", |s| s.tls_resumed),
+        ("upstream_connects", "Upstream connections opened.", |s| {
+            s.upstream_connects
+        }),
+        (
+            "upstream_reused",
+            "HTTP requests sent on a kept-alive upstream connection.",
+            |s| s.upstream_reused,
+        ),
+        (
+            "tls_resumed",
+            "Mesh TLS handshakes that resumed a session.",
+            |s| s.tls_resumed,
+        ),
         ("completed", "Sessions that ended cleanly.", |s| s.completed),
-        ("bytes_down_to_up", "Bytes from clients towards upstreams.", |s| s.bytes_down_to_up),
-        ("bytes_up_to_down", "Bytes from upstreams towards clients.", |s| s.bytes_up_to_down),
+        (
+            "bytes_down_to_up",
+            "Bytes from clients towards upstreams.",
+            |s| s.bytes_down_to_up,
+        ),
+        (
+            "bytes_up_to_down",
+            "Bytes from upstreams towards clients.",
+            |s| s.bytes_up_to_down,
+        ),
     ];
     for (name, help, get) in FIELDS {
         let _ = writeln!(out, "# HELP xdpmesh_proxy_{name}_total {help}");
         let _ = writeln!(out, "# TYPE xdpmesh_proxy_{name}_total counter");
         for (w, s) in engines {
-            let _ = writeln!(out, "xdpmesh_proxy_{name}_total{{worker=\"{w}\"}} {}", get(s));
+            let _ = writeln!(
+                out,
+                "xdpmesh_proxy_{name}_total{{worker=\"{w}\"}} {}",
+                get(s)
+            );
         }
     }
     let _ = writeln!(

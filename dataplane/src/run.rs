@@ -39,6 +39,18 @@ impl control::admin::AdminExtension for Metrics {
     }
 }
 
+/// Tables without `[trust]`: no mesh listener and no peer, so no TLS is ever asked for.
+struct NoMeshTls;
+
+impl MeshTls for NoMeshTls {
+    fn server(&self, _: &str) -> Option<Arc<rustls::ServerConfig>> {
+        None
+    }
+    fn client(&self, _: &str, _: &str) -> Option<Arc<rustls::ClientConfig>> {
+        None
+    }
+}
+
 /// The tables' listeners, split into built-in kinds and proxy listeners.
 struct Listeners {
     builtins: Vec<(SocketAddrV4, Builtin)>,
@@ -130,25 +142,59 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return FAILED;
         }
     };
-    // Certificates: watched and reloaded for new connections while running.
-    let certs = match CertWatch::new(snap.trust_roots.clone(), &snap.identities) {
-        Ok(c) => Arc::new(c),
-        Err(e) => return fail(err, &format!("{}: mesh trust: {e}", node.tables.display())),
-    };
-    let _ = ext.certs.set(certs.clone());
-    for w in certs.warnings(SystemTime::now()) {
-        let _ = writeln!(err, "warning: {w}");
-    }
-    let tls: Arc<dyn MeshTls> = Arc::new(MeshIdentity::new(certs.clone()));
+    // Certificates: watched and reloaded for new connections while running. Tables without
+    // [trust] have no mesh traffic (validation requires it for mesh listeners and peers).
+    let mut watcher = None;
     let stop_watch = Arc::new(AtomicBool::new(false));
-    let watcher = spawn_cert_watch(certs.clone(), plane.publisher.clone(), stop_watch.clone());
+    let tls: Arc<dyn MeshTls> = if snap.trust_roots.is_empty() {
+        Arc::new(NoMeshTls)
+    } else {
+        let certs = match CertWatch::new(snap.trust_roots.clone(), &snap.identities) {
+            Ok(c) => Arc::new(c),
+            Err(e) => return fail(err, &format!("{}: mesh trust: {e}", node.tables.display())),
+        };
+        let _ = ext.certs.set(certs.clone());
+        for w in certs.warnings(SystemTime::now()) {
+            let _ = writeln!(err, "warning: {w}");
+        }
+        watcher = Some(spawn_cert_watch(
+            certs.clone(),
+            plane.publisher.clone(),
+            stop_watch.clone(),
+        ));
+        Arc::new(MeshIdentity::new(certs))
+    };
 
     let code = match a.backend {
-        Backend::Afxdp => run_afxdp(a, &node, hw.interfaces, listeners, &plane, tls, &ext, &mut signals, out, err),
-        Backend::Kernel => run_kernel(a, &node, listeners, &plane, tls, &ext, &mut signals, out, err),
+        Backend::Afxdp => run_afxdp(
+            a,
+            &node,
+            hw.interfaces,
+            listeners,
+            &plane,
+            tls,
+            &ext,
+            &mut signals,
+            out,
+            err,
+        ),
+        Backend::Kernel => run_kernel(
+            a,
+            &node,
+            listeners,
+            &plane,
+            tls,
+            &ext,
+            &mut signals,
+            out,
+            err,
+        ),
     };
     stop_watch.store(true, Ordering::SeqCst);
-    let _ = watcher.join();
+    if let Some(w) = watcher {
+        w.thread().unpark();
+        let _ = w.join();
+    }
     drop(plane);
     let _ = writeln!(out, "xdpmesh: stopped");
     code
@@ -328,16 +374,16 @@ fn run_kernel(
     let drain = a.drain_timeout;
     let thread = {
         let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("xm-kernel".into())
-            .spawn(move || -> std::io::Result<usize> {
+        std::thread::Builder::new().name("xm-kernel".into()).spawn(
+            move || -> std::io::Result<usize> {
                 if let Err(e) = worker.run_publishing(&stop, &stats) {
                     eprintln!("kernel worker failed: {e}; stopping the gateway");
                     let _ = signal_hook::low_level::raise(SIGTERM);
                     return Err(e);
                 }
                 worker.drain(drain)
-            })
+            },
+        )
     };
     let thread = match thread {
         Ok(t) => t,
@@ -356,7 +402,10 @@ fn run_kernel(
     stop.store(true, Ordering::SeqCst);
     match thread.join() {
         Ok(Ok(left)) => {
-            let _ = writeln!(out, "xdpmesh: kernel worker: {left} connections reset at the deadline");
+            let _ = writeln!(
+                out,
+                "xdpmesh: kernel worker: {left} connections reset at the deadline"
+            );
             OK
         }
         Ok(Err(e)) => {

@@ -61,28 +61,38 @@ impl FlowOwner {
         if n <= 1 {
             return 0;
         }
-        if let Some(rss) = &self.rss {
-            // The NIC hashes the incoming packet: source = remote, destination = local.
-            let h = rss_hash(&rss.key, remote, local);
-            let slot = h % rss.table_size.max(1);
-            // The default indirection table (ethtool_rxfh_indir_default) is slot % queues.
-            let queue = slot % rss.nic_queues.max(1);
-            if let Some(i) = self.queues.iter().position(|&q| q == queue) {
-                return i;
-            }
-            // A queue nobody serves: misconfigured NIC; fall back to the plain hash.
+        match self.rss_worker(local, remote) {
+            Some(Some(i)) => i,
+            // No RSS key, or a queue nobody serves (a misconfigured NIC): the plain hash.
+            _ => (mix(local, remote) % n as u64) as usize,
         }
-        (mix(local, remote) % n as u64) as usize
+    }
+
+    /// With an RSS key: `Some(worker serving the queue the NIC picks)`, `Some(None)` when no
+    /// worker serves that queue. `None` without a key.
+    fn rss_worker(&self, local: SocketAddrV4, remote: SocketAddrV4) -> Option<Option<usize>> {
+        let rss = self.rss.as_ref()?;
+        // The NIC hashes the incoming packet: source = remote, destination = local.
+        let h = rss_hash(&rss.key, remote, local);
+        let slot = h % rss.table_size.max(1);
+        // The default indirection table (ethtool_rxfh_indir_default) is slot % queues.
+        let queue = slot % rss.nic_queues.max(1);
+        Some(self.queues.iter().position(|&q| q == queue))
     }
 
     /// A filter for worker `me`'s ephemeral ports: keep the ports whose replies it owns.
+    /// With an RSS key, only ports whose replies the NIC delivers to `me`'s own queue (a
+    /// reply to an unserved queue would be lost, not handed over).
     pub fn port_filter(self: &std::sync::Arc<Self>, me: usize) -> Option<PortFilter> {
         if self.queues.len() <= 1 {
             return None;
         }
         let this = self.clone();
         Some(PortFilter::new(move |local, remote| {
-            this.owner(local, remote) == me
+            match this.rss_worker(local, remote) {
+                Some(w) => w == Some(me),
+                None => this.owner(local, remote) == me,
+            }
         }))
     }
 
@@ -242,13 +252,13 @@ mod tests {
 
     #[test]
     fn with_rss_the_owner_is_the_queue_the_nic_picks() {
-        let rss = Rss {
+        let rss = |queues| Rss {
             key: MS_KEY.to_vec(),
-            nic_queues: 4,
+            nic_queues: queues,
             table_size: 128,
         };
-        // Workers serve queues 3 and 1 (in that order).
-        let owner = FlowOwner::new(vec![3, 1], Some(rss));
+        // Workers serve queues 3 and 1 (in that order) of four.
+        let owner = FlowOwner::new(vec![3, 1], Some(rss(4)));
         let (src, dst) = (sa("66.9.149.187:2794"), sa("161.142.100.80:1766"));
         let queue = (0x51cc_c178u32 % 128) % 4;
         let got = owner.owner(dst, src);
@@ -257,24 +267,30 @@ mod tests {
             1 => assert_eq!(got, 1),
             _ => assert!(got < 2),
         }
-        // Ports chosen through the filter hash home.
+        // Ports chosen through the filter hash home, and never to a queue nobody serves.
         let owner = Arc::new(owner);
-        let filter = owner.port_filter(1).unwrap();
         let remote = sa("10.9.9.9:443");
-        let mut kept = 0;
-        for p in 40000..40400u16 {
-            let local = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), p);
-            if filter.allows(local, remote) {
-                kept += 1;
-                let h = rss_hash(&MS_KEY, remote, local);
-                assert_eq!(
-                    (h % 128) % 4,
-                    1,
-                    "port {p} would come back on another queue"
-                );
+        for me in [0usize, 1] {
+            let filter = owner.port_filter(me).unwrap();
+            let mine = [3u32, 1][me];
+            let mut kept = 0;
+            for p in 40000..40400u16 {
+                let local = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), p);
+                if filter.allows(local, remote) {
+                    kept += 1;
+                    let h = rss_hash(&MS_KEY, remote, local);
+                    assert_eq!(
+                        (h % 128) % 4,
+                        mine,
+                        "port {p} would come back on another queue"
+                    );
+                }
             }
+            assert!(
+                kept > 50,
+                "about a quarter of the ports should pass, got {kept}"
+            );
         }
-        assert!(kept > 50, "a quarter of the ports should pass, got {kept}");
     }
 
     #[test]

@@ -218,7 +218,11 @@ impl<D: Device> Net for StackNet<'_, D> {
                     .iter()
                     .any(|c| c.contains(*remote.ip()))
             })
-            .or_else(|| self.ports.iter().position(|p| p.stack.config().gateway.is_some()))
+            .or_else(|| {
+                self.ports
+                    .iter()
+                    .position(|p| p.stack.config().gateway.is_some())
+            })
             .unwrap_or(0);
         let stack = &mut self.ports.get_mut(port).ok_or(NetError::Reset)?.stack;
         let id = stack.connect(now, remote).map_err(|_| NetError::Reset)?;
@@ -371,7 +375,11 @@ impl<D: Device> Worker<D> {
         let mut any = false;
         for p in &mut self.ports {
             let has = addr.ip().is_unspecified()
-                || p.stack.config().addresses.iter().any(|c| c.addr == *addr.ip());
+                || p.stack
+                    .config()
+                    .addresses
+                    .iter()
+                    .any(|c| c.addr == *addr.ip());
             if has {
                 p.stack.listen(addr)?;
                 any = true;
@@ -429,7 +437,11 @@ impl<D: Device> Worker<D> {
             idle = idle.saturating_add(1);
             if idle >= self.spin {
                 let now = self.now();
-                let next = self.ports.iter().filter_map(|p| p.stack.poll_timeout()).min();
+                let next = self
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.stack.poll_timeout())
+                    .min();
                 let wait = match next {
                     Some(t) if t <= now => Duration::ZERO,
                     Some(t) => (t - now).min(Duration::from_millis(10)),
@@ -488,7 +500,8 @@ impl<D: Device> Worker<D> {
             }
         }
         let deadline = WallInstant::now() + timeout;
-        let busy = |w: &Self| !w.sessions.is_empty() || w.engine.as_ref().is_some_and(|e| e.active() > 0);
+        let busy =
+            |w: &Self| !w.sessions.is_empty() || w.engine.as_ref().is_some_and(|e| e.active() > 0);
         while busy(self) && WallInstant::now() < deadline {
             if !self.poll_once()? {
                 self.sleep(Duration::from_millis(1))?;
@@ -539,7 +552,9 @@ impl<D: Device> Worker<D> {
                     .copied();
                 if let Some(kind) = kind {
                     self.stats.accepted += 1;
-                    let _ = net.ports[conn.port as usize].stack.set_nagle(conn.id, false);
+                    let _ = net.ports[conn.port as usize]
+                        .stack
+                        .set_nagle(conn.id, false);
                     self.sessions.insert(
                         conn,
                         Session {
@@ -661,17 +676,19 @@ impl<D: Device> Port<D> {
         let Some(shard) = self.shard.as_mut() else {
             return self.dev.receive(batch, |f| stack.handle_frame(now, f));
         };
-        let got = self.dev.receive(batch, |f| match shard.owner.dispatch(shard.index, f) {
-            Dispatch::Local => stack.handle_frame(now, f),
-            Dispatch::Worker(o) => shard.hand(o, f, stats),
-            Dispatch::Everyone => {
-                stack.handle_frame(now, f);
-                let me = shard.index;
-                for o in (0..shard.peers.len()).filter(|&o| o != me) {
-                    shard.hand(o, f, stats);
+        let got = self
+            .dev
+            .receive(batch, |f| match shard.owner.dispatch(shard.index, f) {
+                Dispatch::Local => stack.handle_frame(now, f),
+                Dispatch::Worker(o) => shard.hand(o, f, stats),
+                Dispatch::Everyone => {
+                    stack.handle_frame(now, f);
+                    let me = shard.index;
+                    for o in (0..shard.peers.len()).filter(|&o| o != me) {
+                        shard.hand(o, f, stats);
+                    }
                 }
-            }
-        })?;
+            })?;
         shard.wake_peers();
         let mut handed = 0;
         while let Ok(f) = shard.inbox.try_recv() {
@@ -688,7 +705,9 @@ impl<D: Device> Port<D> {
         let mut sent = 0;
         loop {
             let stack = &mut self.stack;
-            let n = self.dev.transmit(batch, |buf| stack.poll_transmit(now, buf))?;
+            let n = self
+                .dev
+                .transmit(batch, |buf| stack.poll_transmit(now, buf))?;
             sent += n;
             if n < batch {
                 return Ok(sent);

@@ -5,8 +5,8 @@
 mod common;
 
 use common::kernel_echo_client;
-use dataplane::netns::{skip_unless_root, wait_for, VethPair};
 use dataplane::gateway::single_queue_worker;
+use dataplane::netns::{skip_unless_root, wait_for, VethPair};
 use dataplane::worker::{Builtin, DrainReport};
 use ipnet::Ipv4Net;
 use std::io::{Read, Write};
@@ -47,12 +47,9 @@ fn with_gateway<R: Send>(
                 .iter()
                 .map(|&(p, k)| (SocketAddrV4::new(OURS, p), k))
                 .collect();
-                let mut w = single_queue_worker(
-                    &rig.if_a,
-                    Ipv4Net::new(OURS, 24).unwrap(),
-                    &listeners,
-                )
-                .expect("worker on the veth");
+                let mut w =
+                    single_queue_worker(&rig.if_a, Ipv4Net::new(OURS, 24).unwrap(), &listeners)
+                        .expect("worker on the veth");
                 ready.store(true, Ordering::SeqCst);
                 w.run(&stop).expect("worker loop");
                 let drained = w.drain(Duration::from_secs(2)).expect("drain");

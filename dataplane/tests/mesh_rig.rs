@@ -183,7 +183,11 @@ impl Http {
             }
             let l = line.trim_end();
             if status == 0 {
-                status = l.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                status = l
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
             } else if l.is_empty() {
                 break;
             } else if let Some((k, v)) = l.split_once(':') {
@@ -201,15 +205,30 @@ impl Http {
 /// The status of `GET http://10.10.1.1/` sent from source address `from`.
 fn status_from(cli: &NetNs, from: &str) -> String {
     cli.exec_ok([
-        "curl", "-s", "--max-time", "10", "--interface", from, "-o", "/dev/null", "-w",
-        "%{http_code}", "http://10.10.1.1/",
+        "curl",
+        "-s",
+        "--max-time",
+        "10",
+        "--interface",
+        from,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://10.10.1.1/",
     ])
     .expect("curl")
 }
 
 fn metric(ns: &NetNs, name_prefix: &str, label: &str) -> u64 {
     let text = ns
-        .exec_ok(["curl", "-sf", "--max-time", "5", "http://127.0.0.1:9901/metrics"])
+        .exec_ok([
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9901/metrics",
+        ])
         .expect("metrics");
     text.lines()
         .filter(|l| l.starts_with(name_prefix) && l.contains(label))
@@ -391,7 +410,7 @@ impl Load {
         let threads = (0..clients)
             .map(|_| {
                 let (stop, ok, v2) = (stop.clone(), ok.clone(), v2.clone());
-                let mut c = cli.run(|| Http::connect()).expect("load connect");
+                let mut c = cli.run(Http::connect).expect("load connect");
                 std::thread::spawn(move || -> Result<(), String> {
                     while !stop.load(Ordering::SeqCst) {
                         // One connection for the whole run: a drop is a failure.
@@ -418,7 +437,10 @@ impl Load {
 
     /// (requests, v2 answers) during `d`.
     fn measure(&self, d: Duration) -> (u64, u64) {
-        let (o, v) = (self.ok.load(Ordering::SeqCst), self.v2.load(Ordering::SeqCst));
+        let (o, v) = (
+            self.ok.load(Ordering::SeqCst),
+            self.v2.load(Ordering::SeqCst),
+        );
         std::thread::sleep(d); // a measuring window, not a synchronization
         (
             self.ok.load(Ordering::SeqCst) - o,
@@ -429,7 +451,9 @@ impl Load {
     fn finish(self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads {
-            t.join().unwrap().expect("a request failed or a connection dropped");
+            t.join()
+                .unwrap()
+                .expect("a request failed or a connection dropped");
         }
     }
 }
@@ -467,14 +491,18 @@ fn run_backend(backend: &str, work: &Path) {
     .expect("100 MiB download");
     let got = std::fs::read(&file).unwrap();
     assert_eq!(got.len(), BIG);
-    assert!(Sha256::digest(&got).to_vec() == servers.big_sha, "download differs");
+    assert!(
+        Sha256::digest(&got).to_vec() == servers.big_sha,
+        "download differs"
+    );
     println!("100 MiB download in {:?}", t.elapsed());
     let _ = std::fs::remove_file(&file);
 
     // TCP echo through the mesh.
     cli.run(|| {
-        let mut c = TcpStream::connect_timeout(&"10.10.1.1:5001".parse().unwrap(), Duration::from_secs(5))
-            .expect("connect echo");
+        let mut c =
+            TcpStream::connect_timeout(&"10.10.1.1:5001".parse().unwrap(), Duration::from_secs(5))
+                .expect("connect echo");
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
         let mut w = c.try_clone().unwrap();
@@ -486,21 +514,36 @@ fn run_backend(backend: &str, work: &Path) {
         let mut back = Vec::new();
         c.read_to_end(&mut back).unwrap();
         writer.join().unwrap();
-        assert!(back == data, "echo differs ({} of {} bytes)", back.len(), data.len());
+        assert!(
+            back == data,
+            "echo differs ({} of {} bytes)",
+            back.len(),
+            data.len()
+        );
     });
 
     // Routing tables with a split, a header route and more identities.
     xdpmesh(&[
-        "ca", "issue", "--ca", &state.join("ca").display().to_string(),
-        "--id", "spiffe://rig.mesh/sa/intruder",
-        "--out", &state.join("ids/sa/intruder").display().to_string(),
+        "ca",
+        "issue",
+        "--ca",
+        &state.join("ca").display().to_string(),
+        "--id",
+        "spiffe://rig.mesh/sa/intruder",
+        "--out",
+        &state.join("ids/sa/intruder").display().to_string(),
     ]);
     let other_ca = work.join(format!("other-ca-{backend}"));
     xdpmesh(&["ca", "init", "--out", &other_ca.display().to_string()]);
     xdpmesh(&[
-        "ca", "issue", "--ca", &other_ca.display().to_string(),
-        "--id", "spiffe://rig.mesh/sa/forged",
-        "--out", &state.join("forged").display().to_string(),
+        "ca",
+        "issue",
+        "--ca",
+        &other_ca.display().to_string(),
+        "--id",
+        "spiffe://rig.mesh/sa/forged",
+        "--out",
+        &state.join("forged").display().to_string(),
     ]);
     for ip in ["10.10.1.3/24", "10.10.1.4/24"] {
         let _ = cli.exec(["ip", "addr", "add", ip, "dev", "cli-gwa"]);
@@ -511,7 +554,10 @@ fn run_backend(backend: &str, work: &Path) {
     // 90/10 over 2000 requests: within ±3 %.
     let (v1, v2) = cli.run(|| split(2000, &[]));
     println!("split 90/10: v1 {v1}, v2 {v2}");
-    assert!((1740..=1860).contains(&v1), "v1 {v1} of 2000 is not 90 ± 3 %");
+    assert!(
+        (1740..=1860).contains(&v1),
+        "v1 {v1} of 2000 is not 90 ± 3 %"
+    );
     // The header route wins over the split.
     let (b1, b2) = cli.run(|| split(100, &[("city", "berlin")]));
     assert_eq!((b1, b2), (0, 100), "city: berlin goes to v2 only");
@@ -520,14 +566,26 @@ fn run_backend(backend: &str, work: &Path) {
     let denied_before = metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"denied\"");
     assert_eq!(status_from(&cli, "10.10.1.3"), "403");
     let denied_after = metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"denied\"");
-    assert_eq!(denied_after, denied_before + 1, "the denial is counted at B");
+    assert_eq!(
+        denied_after,
+        denied_before + 1,
+        "the denial is counted at B"
+    );
     assert_eq!(status_from(&cli, "10.10.1.2"), "200");
 
     // A client certificate from another CA: B refuses the handshake; A answers 502.
-    let tls_before = metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"tls_handshake\"");
+    let tls_before = metric(
+        &gwb,
+        "xdpmesh_proxy_refused_total",
+        "reason=\"tls_handshake\"",
+    );
     assert_eq!(status_from(&cli, "10.10.1.4"), "502");
     assert!(
-        metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"tls_handshake\"") > tls_before,
+        metric(
+            &gwb,
+            "xdpmesh_proxy_refused_total",
+            "reason=\"tls_handshake\""
+        ) > tls_before,
         "B counted the refused handshake"
     );
 
@@ -573,7 +631,13 @@ fn run_backend(backend: &str, work: &Path) {
     assert!(line.contains("listening"), "tcpdump: {line}");
     for _ in 0..5 {
         let body = cli
-            .exec_ok(["curl", "-sf", "--max-time", "10", "http://10.10.1.1/marker.txt"])
+            .exec_ok([
+                "curl",
+                "-sf",
+                "--max-time",
+                "10",
+                "http://10.10.1.1/marker.txt",
+            ])
             .expect("marker page");
         assert!(body.contains(MARKER));
     }
@@ -584,16 +648,23 @@ fn run_backend(backend: &str, work: &Path) {
     dump.wait().unwrap();
     println!("tcpdump: {}", stats.replace('\n', "; "));
     let captured = std::fs::read(&pcap).unwrap();
-    assert!(captured.len() > 10_000, "the capture saw the hop ({} bytes)", captured.len());
     assert!(
-        !captured.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+        captured.len() > 10_000,
+        "the capture saw the hop ({} bytes)",
+        captured.len()
+    );
+    assert!(
+        !captured
+            .windows(MARKER.len())
+            .any(|w| w == MARKER.as_bytes()),
         "the marker crossed the gateway link in plaintext"
     );
+    let mut restarted = None;
     if let Some(mut b) = b_kernel {
         // SAFETY: as above.
         unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
         assert!(b.wait().unwrap().success());
-        start_one(&state, "gwb", backend);
+        restarted = Some(start_one(&state, "gwb", backend));
     }
 
     // 30 s of load: a table reload at 10 s and a certificate rotation at 20 s, with no failed
@@ -609,20 +680,38 @@ fn run_backend(backend: &str, work: &Path) {
     assert!(share(v2_1, n1) > 0.35, "about 50 % v2 after the reload");
     let expiry_before = metric(&gwa, "xdpmesh_identity_expiry_seconds", "sa/client");
     xdpmesh(&[
-        "ca", "issue", "--ca", &state.join("ca").display().to_string(),
-        "--id", "spiffe://rig.mesh/sa/client", "--validity", "48h", "--force",
-        "--out", &state.join("ids/sa/client").display().to_string(),
+        "ca",
+        "issue",
+        "--ca",
+        &state.join("ca").display().to_string(),
+        "--id",
+        "spiffe://rig.mesh/sa/client",
+        "--validity",
+        "48h",
+        "--force",
+        "--out",
+        &state.join("ids/sa/client").display().to_string(),
     ]);
     let rotated = wait_for(Duration::from_secs(10), || {
         let e = metric(&gwa, "xdpmesh_identity_expiry_seconds", "sa/client");
         (e > expiry_before + 20 * 3600).then_some(e)
     });
-    assert!(rotated.is_some(), "gw-a took up the new certificate (48 h instead of 24 h)");
+    assert!(
+        rotated.is_some(),
+        "gw-a took up the new certificate (48 h instead of 24 h)"
+    );
     let (n2, _) = load.measure(Duration::from_secs(10));
     assert!(n2 > 100, "load went on after the rotation");
     load.finish();
 
     rig(&["stop"], &state);
+    if let Some(mut b) = restarted {
+        // rig.sh stop signalled it through the pid file; reap it here.
+        assert!(
+            b.wait().unwrap().success(),
+            "gw-b drained and exited cleanly"
+        );
+    }
     for ip in ["10.10.1.3/24", "10.10.1.4/24"] {
         let _ = cli.exec(["ip", "addr", "del", ip, "dev", "cli-gwa"]);
     }
@@ -644,7 +733,7 @@ fn rig_stop_one(state: &Path, name: &str) {
     assert!(gone.is_some(), "{name} did not stop");
 }
 
-fn start_one(state: &Path, name: &str, backend: &str) {
+fn start_one(state: &Path, name: &str, backend: &str) -> Child {
     let ns = NetNs::existing(if name == "gwa" { "xm-gwa" } else { "xm-gwb" }).unwrap();
     let log = std::fs::File::create(state.join(format!("{name}.log"))).unwrap();
     let child = ns
@@ -663,6 +752,7 @@ fn start_one(state: &Path, name: &str, backend: &str) {
             .filter(|l| l.contains(" ready"))
     });
     assert!(ready.is_some(), "{name} restarted");
+    child
 }
 
 #[test]

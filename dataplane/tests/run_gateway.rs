@@ -165,7 +165,10 @@ fn run_serves_on_two_queues_drains_on_sigterm_and_restarts() {
     let mut gw = Running::start(&pair.a, &node);
     assert_eq!(
         worker_cpus(gw.child.id()),
-        vec![("0".to_string(), "0".to_string()), ("1".to_string(), "1".to_string())],
+        vec![
+            ("0".to_string(), "0".to_string()),
+            ("1".to_string(), "1".to_string())
+        ],
         "each worker thread is pinned to its core"
     );
 
@@ -205,7 +208,11 @@ fn run_serves_on_two_queues_drains_on_sigterm_and_restarts() {
     let inn = per_queue(&m, "handoff_in", 0) + per_queue(&m, "handoff_in", 1);
     assert!(out > 0, "no hand-offs counted: {m:?}");
     assert!(inn > 0 && inn <= out);
-    println!("hand-offs: {out} out, {inn} in; accepted q0 {} q1 {}", per_queue(&m, "accepted", 0), per_queue(&m, "accepted", 1));
+    println!(
+        "hand-offs: {out} out, {inn} in; accepted q0 {} q1 {}",
+        per_queue(&m, "accepted", 0),
+        per_queue(&m, "accepted", 1)
+    );
 
     // SIGTERM with a connection mid-exchange: it finishes, new connections are refused.
     pair.b.run(|| {

@@ -163,7 +163,7 @@ fn mtu_above_the_frame_limit_or_below_ipv4s_minimum() {
 fn an_interface_named_twice() {
     one(
         &format!(
-            "[[interface]]\n{GOOD}queues = [0]\ncores = [0]\n[[interface]]\n{GOOD}queues = [1]\ncores = [1]\n"
+            "[[interface]]\n{GOOD}queues = [0]\ncores = [0]\n[[interface]]\n{GOOD}queues = [1]\ncores = [0]\n"
         ),
         "n.toml:10:8: interface[1].name: interface \"eth1\" is already described at line 5 (hint: merge the two [[interface]] tables)",
     );
@@ -233,7 +233,7 @@ fn next_hop_outside_every_subnet_or_not_an_address() {
     );
     // On another interface's subnet is fine.
     assert!(errors(&format!(
-        "[[interface]]\n{GOOD}next_hop = \"10.10.2.9\"\nqueues = [0]\ncores = [0]\n[[interface]]\nname = \"eth2\"\naddress = \"10.10.2.1/24\"\nqueues = [0]\ncores = [1]\n"
+        "[[interface]]\n{GOOD}next_hop = \"10.10.2.9\"\nqueues = [0]\ncores = [0]\n[[interface]]\nname = \"eth2\"\naddress = \"10.10.2.1/24\"\nqueues = [0]\ncores = [0]\n"
     ))
     .is_empty());
     one(
@@ -286,6 +286,6 @@ fn errors_of_several_interfaces_come_in_file_order() {
     let lines: Vec<&str> = e.iter().map(|l| &l[..l.find(": ").unwrap_or(0)]).collect();
     assert_eq!(
         lines,
-        vec!["n.toml:6:11", "n.toml:9:7", "n.toml:14:9", "n.toml:14:10"]
+        vec!["n.toml:6:11", "n.toml:9:7", "n.toml:14:9", "n.toml:14:9"]
     );
 }

@@ -9,11 +9,14 @@
 #   certificate checks:     openssl (control/tests/ca.rs verifies issued chains with it)
 #   lint of these scripts:  shellcheck
 #   latency harness plots:  fonts-dejavu-core (plotters renders text with DejaVu Sans)
+#   benchmark baseline:     haproxy (scripts/bench.sh runs an HAProxy pair doing mTLS)
+#   benchmark report:       python3 (scripts/bench/report.py reads the runs' JSON, prints the table)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
   iproute2 iputils-ping nftables ethtool procps
   iperf3 curl nginx-light tcpdump wrk
   openssl shellcheck fonts-dejavu-core
+  haproxy python3
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }

@@ -410,8 +410,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     h.resp = RespPhase::Idle;
                     h.req = ReqPhase::Head;
                     h.close_after = true;
-                    s.to_down
-                        .extend_from_slice(&http::simple_response(r.status(), http::reason_phrase(r.status()), format!("{}\n", r.label()).as_bytes()));
+                    s.to_down.extend_from_slice(&http::simple_response(
+                        r.status(),
+                        http::reason_phrase(r.status()),
+                        format!("{}\n", r.label()).as_bytes(),
+                    ));
                     return;
                 }
             }
@@ -558,11 +561,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     ) -> Result<(u32, u32), Refusal> {
         let service = snap.services.get(svc as usize).ok_or(Refusal::NoService)?;
         let route = route.unwrap_or(&service.default_route);
-        let backend = route
-            .pick(self.rng.next_u64())
-            .ok_or(Refusal::NoEndpoint)?;
+        let backend = route.pick(self.rng.next_u64()).ok_or(Refusal::NoEndpoint)?;
         let target = backend.service;
-        let tsvc = snap.services.get(target as usize).ok_or(Refusal::NoService)?;
+        let tsvc = snap
+            .services
+            .get(target as usize)
+            .ok_or(Refusal::NoService)?;
         let hash = tsvc
             .hash_key
             .as_ref()
@@ -589,13 +593,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         http: bool,
     ) -> Result<(Leg<C>, Option<Vec<u8>>), Refusal> {
         let service = snap.services.get(svc as usize).ok_or(Refusal::NoService)?;
-        let ep: &EndpointRt = service.endpoints.get(ep as usize).ok_or(Refusal::NoEndpoint)?;
+        let ep: &EndpointRt = service
+            .endpoints
+            .get(ep as usize)
+            .ok_or(Refusal::NoEndpoint)?;
         let SocketAddr::V4(ep_addr) = ep.address else {
             return Err(Refusal::NoEndpoint);
         };
         match ep.via {
             None => {
-                let c = net.connect(now, ep_addr).map_err(|_| Refusal::ConnectFailed)?;
+                let c = net
+                    .connect(now, ep_addr)
+                    .map_err(|_| Refusal::ConnectFailed)?;
                 self.stats.upstream_connects += 1;
                 Ok((Leg::plain(c, false), None))
             }
@@ -668,7 +677,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         };
         if let StepError::Up(le) = &e {
             let r = classify(le);
-            if let Some(h) = s.http.as_mut().filter(|h| h.resp == RespPhase::Head && !h.tunnel) {
+            if let Some(h) = s
+                .http
+                .as_mut()
+                .filter(|h| h.resp == RespPhase::Head && !h.tunnel)
+            {
                 self.stats.refuse(r);
                 h.up_endpoint = None;
                 h.resp = RespPhase::Idle;
@@ -754,9 +767,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             return Ok(());
         }
         let (sni, peer) = match s.down.tls_state() {
-            Some(rustls::Connection::Server(t)) => {
-                (t.server_name().map(str::to_owned), super::tls::peer_identity(t))
-            }
+            Some(rustls::Connection::Server(t)) => (
+                t.server_name().map(str::to_owned),
+                super::tls::peer_identity(t),
+            ),
             _ => (None, None),
         };
         let svc = sni
@@ -822,7 +836,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     /// TCP: copy both ways until both ends finished.
-    fn pipe<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant, s: &mut Session<C>) -> Result<(), StepError> {
+    fn pipe<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        s: &mut Session<C>,
+    ) -> Result<(), StepError> {
         let up = s.up.as_mut().expect("a piping session has an upstream");
         loop {
             let mut moved = false;
@@ -905,19 +924,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         }
                         Err(_) => {}
                     }
-                } else if !up.connected || up.is_handshaking() {
-                    if up.connected {
-                        up.handshake(net, &mut self.scratch)
-                            .map_err(StepError::Up)?;
-                        if !up.is_handshaking() {
-                            let up_ref: &Leg<C> = up;
-                            if let Some(rustls::Connection::Client(c)) = up_ref.tls_state() {
-                                if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                                    self.stats.tls_resumed += 1;
-                                }
+                } else if up.connected && up.is_handshaking() {
+                    up.handshake(net, &mut self.scratch)
+                        .map_err(StepError::Up)?;
+                    if !up.is_handshaking() {
+                        let up_ref: &Leg<C> = up;
+                        if let Some(rustls::Connection::Client(c)) = up_ref.tls_state() {
+                            if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                                self.stats.tls_resumed += 1;
                             }
-                            moved = true;
                         }
+                        moved = true;
                     }
                 }
             }
@@ -1057,7 +1074,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         h.close_after = true;
                         h.resp = RespPhase::Idle;
                         h.req = ReqPhase::Head;
-                        s.to_down.extend_from_slice(&http::simple_response(502, "Bad Gateway", b""));
+                        s.to_down.extend_from_slice(&http::simple_response(
+                            502,
+                            "Bad Gateway",
+                            b"",
+                        ));
                         return Ok(true);
                     }
                 }
@@ -1103,7 +1124,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 if let Some((svc, ep, start)) = h.lb.take() {
                     let at = now_duration(now);
                     if let Some(b) = self.balancers.get_mut(&svc) {
-                        b.finish(ep, now_duration(now).saturating_sub(now_duration(start)), at);
+                        b.finish(
+                            ep,
+                            now_duration(now).saturating_sub(now_duration(start)),
+                            at,
+                        );
                     }
                 }
                 let h = s.http.as_mut().expect("an HTTP session");
@@ -1183,10 +1208,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.next_u64());
-        if matches!(
-            s.http.as_ref().map(|h| &h.target),
-            Some(Target::Route)
-        ) {
+        if matches!(s.http.as_ref().map(|h| &h.target), Some(Target::Route)) {
             http::ensure_request_id(head, &mut rng);
             http::ensure_traceparent(head, &mut rng);
         }
@@ -1201,7 +1223,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             self.release_upstream(net, now, s);
             let (leg, pre) = match &s.http.as_ref().expect("an HTTP session").target {
                 Target::Fixed { .. } => {
-                    let c = net.connect(now, endpoint).map_err(|_| Refusal::ConnectFailed)?;
+                    let c = net
+                        .connect(now, endpoint)
+                        .map_err(|_| Refusal::ConnectFailed)?;
                     self.stats.upstream_connects += 1;
                     (Leg::plain(c, false), None)
                 }
@@ -1253,11 +1277,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         client: SocketAddrV4,
         now: Instant,
     ) -> Result<(u32, u32), Refusal> {
-        let backend = route
-            .pick(self.rng.next_u64())
-            .ok_or(Refusal::NoEndpoint)?;
+        let backend = route.pick(self.rng.next_u64()).ok_or(Refusal::NoEndpoint)?;
         let target = backend.service;
-        let tsvc = snap.services.get(target as usize).ok_or(Refusal::NoService)?;
+        let tsvc = snap
+            .services
+            .get(target as usize)
+            .ok_or(Refusal::NoService)?;
         let hash = tsvc
             .hash_key
             .as_ref()
@@ -1271,7 +1296,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     /// Lets go of the session's upstream connection (graceful close).
-    fn release_upstream<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant, s: &mut Session<C>) {
+    fn release_upstream<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        s: &mut Session<C>,
+    ) {
         if let Some(mut up) = s.up.take() {
             let _ = up.finish(net);
             if self.by_conn.remove(&up.conn).is_some() {
@@ -1286,7 +1316,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
     }
 
-    fn teardown<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant, s: &mut Session<C>, abort: bool) {
+    fn teardown<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        s: &mut Session<C>,
+        abort: bool,
+    ) {
         s.closed = true;
         let legs = [Some(&mut s.down), s.up.as_mut()];
         for leg in legs.into_iter().flatten() {

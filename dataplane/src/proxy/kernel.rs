@@ -278,7 +278,11 @@ impl Net for KernelNet {
 
     fn shutdown_write(&mut self, c: KConn) {
         if let Some(s) = self.stream(c) {
-            let _ = s.stream.as_ref().expect("checked").shutdown(Shutdown::Write);
+            let _ = s
+                .stream
+                .as_ref()
+                .expect("checked")
+                .shutdown(Shutdown::Write);
         }
     }
 
@@ -318,10 +322,14 @@ impl KernelWorker {
         for l in &snap.listeners {
             if matches!(l.protocol, Protocol::Tcp | Protocol::Http | Protocol::Mesh) {
                 let SocketAddr::V4(a) = l.bind else {
-                    return Err(io::Error::other(format!("listener {}: IPv6 is not supported", l.name)));
+                    return Err(io::Error::other(format!(
+                        "listener {}: IPv6 is not supported",
+                        l.name
+                    )));
                 };
-                net.listen(a)
-                    .map_err(|e| io::Error::new(e.kind(), format!("listener {} on {a}: {e}", l.name)))?;
+                net.listen(a).map_err(|e| {
+                    io::Error::new(e.kind(), format!("listener {} on {a}: {e}", l.name))
+                })?;
             }
         }
         Ok(KernelWorker {

@@ -64,7 +64,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
     /// Moves what the transport has into rustls, as far as rustls takes it (its plaintext
     /// buffer is bounded; what it refuses waits in `inbuf`). On a TLS error the alert is
     /// queued for sending first.
-    fn pump_in<N: Net<Conn = C>>(&mut self, net: &mut N, scratch: &mut [u8]) -> Result<(), LegError> {
+    fn pump_in<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        scratch: &mut [u8],
+    ) -> Result<(), LegError> {
         let Some(tls) = self.tls.as_mut() else {
             return Ok(());
         };
@@ -146,7 +150,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
     }
 
     /// Drives a TLS handshake as far as the bytes allow (reads and flushes).
-    pub fn handshake<N: Net<Conn = C>>(&mut self, net: &mut N, scratch: &mut [u8]) -> Result<(), LegError> {
+    pub fn handshake<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        scratch: &mut [u8],
+    ) -> Result<(), LegError> {
         self.pump_in(net, scratch)?;
         self.flush(net)
     }
@@ -174,7 +182,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
             }
             Some(tls) => {
                 let room = OUT_LIMIT - self.out.len();
-                let n = tls.writer().write(&data[..data.len().min(room)]).unwrap_or(0);
+                let n = tls
+                    .writer()
+                    .write(&data[..data.len().min(room)])
+                    .unwrap_or(0);
                 self.queue_tls_output();
                 n
             }

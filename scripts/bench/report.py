@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""scripts/bench.sh's report: reads the raw results of one run, prints the tables and writes
+the summary JSON (machine, load, every figure, the goals of issue #5).
+
+Usage: report.py RAW_DIR OUT_JSON
+
+RAW_DIR holds what bench.sh wrote:
+  meta.json                      command, date, quick, rates, phases and their targets
+  load.txt                       "epoch load1" samples taken during the run
+  PHASE/tcp-RATE.json            xdpmesh-bench reports (--compare, one run per target)
+  PHASE/http-RATE.json
+  PHASE/wrk-NAME-rN.txt          wrk -t1 -c32 --latency output, one file per round
+  PHASE/iperf-NAME-rN.json       iperf3 -J output, one file per round
+"""
+
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine():
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+    }
+
+
+def load_stats(path):
+    vals = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2:
+                    vals.append(float(parts[1]))
+    except OSError:
+        pass
+    if not vals:
+        return None
+    return {
+        "samples": len(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "mean": round(statistics.mean(vals), 2),
+    }
+
+
+WRK_UNITS = {"us": 1.0, "ms": 1000.0, "s": 1e6}
+
+
+def wrk_latency_us(text, pct):
+    m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)\s*$" % pct, text, re.M)
+    return float(m.group(1)) * WRK_UNITS[m.group(2)] if m else None
+
+
+def read_wrk(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    errs = re.search(r"Socket errors: (.*)$", text, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {
+        "req_per_s": float(rps.group(1)) if rps else None,
+        "p50_us": wrk_latency_us(text, 50),
+        "p99_us": wrk_latency_us(text, 99),
+        "socket_errors": errs.group(1).strip() if errs else None,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def read_iperf(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            j = json.load(f)
+    except (OSError, ValueError) as e:
+        return {"gbit_s": None, "error": "unreadable iperf3 output: %s" % e}
+    if "error" in j:
+        return {"gbit_s": None, "error": j["error"]}
+    end = j.get("end", {})
+    recv = end.get("sum_received", {}).get("bits_per_second")
+    retr = end.get("sum_sent", {}).get("retransmits")
+    return {"gbit_s": recv / 1e9 if recv else None, "retransmits": retr}
+
+
+def harness_runs(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            rep = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for r in rep.get("runs", []):
+        lat = r["latency"]
+        out[r["name"]] = {
+            "asked_rate": r["asked_rate"],
+            "achieved_rate": round(r["achieved_rate"], 1),
+            "connections": r["connections"],
+            "ok": r["ok"],
+            "errors": r["errors"],
+            "p50_us": lat["p50_ns"] / 1000.0,
+            "p90_us": lat["p90_ns"] / 1000.0,
+            "p99_us": lat["p99_ns"] / 1000.0,
+            "p999_us": lat["p999_ns"] / 1000.0,
+            "max_us": lat["max_ns"] / 1000.0,
+            "send_delay_p50_us": r["send_delay"]["p50_ns"] / 1000.0,
+            "warning": r.get("warning"),
+        }
+    return out
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.mean(xs) if xs else None
+
+
+def collect(raw, meta):
+    phases = {}
+    for phase in meta["phases"]:
+        pname, targets = phase["name"], phase["targets"]
+        pdir = os.path.join(raw, pname)
+        res = {"about": phase["about"], "targets": {t["name"]: {"role": t["role"]} for t in targets}}
+        for mode in ("tcp", "http"):
+            for rate in meta["rates"]:
+                runs = harness_runs(os.path.join(pdir, "%s-%s.json" % (mode, rate)))
+                for name, r in runs.items():
+                    if name in res["targets"]:
+                        res["targets"][name].setdefault(mode, {})[str(rate)] = r
+        for t in targets:
+            name = t["name"]
+            wrk, iperf = [], []
+            for rnd in range(1, meta["rounds"] + 1):
+                p = os.path.join(pdir, "wrk-%s-r%d.txt" % (name, rnd))
+                if os.path.exists(p):
+                    wrk.append(read_wrk(p))
+                p = os.path.join(pdir, "iperf-%s-r%d.json" % (name, rnd))
+                if os.path.exists(p):
+                    iperf.append(read_iperf(p))
+            res["targets"][name]["wrk"] = {
+                "connections": 32,
+                "req_per_s": mean([w["req_per_s"] for w in wrk]),
+                "p50_us": mean([w["p50_us"] for w in wrk]),
+                "p99_us": mean([w["p99_us"] for w in wrk]),
+                "rounds": wrk,
+            }
+            res["targets"][name]["bulk"] = {
+                "gbit_s": mean([i["gbit_s"] for i in iperf]),
+                "rounds": iperf,
+            }
+        phases[pname] = res
+    return phases
+
+
+def role(phase, r):
+    for name, t in phase["targets"].items():
+        if t["role"] == r:
+            return name
+    return None
+
+
+def fmt(x, nd=1):
+    if x is None:
+        return "-"
+    if abs(x) >= 1000:
+        return "{:,.0f}".format(x)
+    return "{:.{}f}".format(x, nd)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def print_tables(summary):
+    meta = summary["meta"]
+    for pname, ph in summary["phases"].items():
+        d, h = role(ph, "direct"), role(ph, "haproxy")
+        print("\n== phase %s: %s" % (pname, ph["about"]))
+        for mode, what in (("tcp", "TCP 64 B request/response RTT"), ("http", "HTTP keep-alive GET latency")):
+            print("\n%s (xdpmesh-bench, open loop, coordinated omission corrected), µs" % what)
+            print(
+                "  %-15s %7s %9s %8s %8s %9s %9s %9s %13s"
+                % ("path", "rate", "achieved", "p50", "p99", "+p50", "+p99", "+p50/hop", "+p50 / HAP+")
+            )
+            for rate in meta["rates"]:
+                k = str(rate)
+                base = ph["targets"].get(d, {}).get(mode, {}).get(k)
+                hap = ph["targets"].get(h, {}).get(mode, {}).get(k)
+                hap_add = hap["p50_us"] - base["p50_us"] if hap and base else None
+                for name, t in ph["targets"].items():
+                    r = t.get(mode, {}).get(k)
+                    if not r:
+                        print("  %-15s %7s  (no result)" % (name, rate))
+                        continue
+                    add50 = r["p50_us"] - base["p50_us"] if base and name != d else None
+                    add99 = r["p99_us"] - base["p99_us"] if base and name != d else None
+                    rel = ratio(add50, hap_add) if name not in (d, h) else None
+                    flag = " *" if r.get("warning") else ""
+                    print(
+                        "  %-15s %7s %9s %8s %8s %9s %9s %9s %13s%s"
+                        % (
+                            name,
+                            rate,
+                            fmt(r["achieved_rate"], 0),
+                            fmt(r["p50_us"]),
+                            fmt(r["p99_us"]),
+                            fmt(add50),
+                            fmt(add99),
+                            fmt(add50 / 2 if add50 is not None else None),
+                            fmt(rel, 2),
+                            flag,
+                        )
+                    )
+        print("\nThroughput: HTTP req/s (wrk -t1 -c32, closed loop) and one-stream bulk (iperf3)")
+        print(
+            "  %-15s %10s %8s %8s %9s %9s %8s %9s %9s"
+            % ("path", "req/s", "p50 µs", "p99 µs", "/direct", "/HAProxy", "Gbit/s", "/direct", "/HAProxy")
+        )
+        dw = ph["targets"].get(d, {}).get("wrk", {}).get("req_per_s")
+        hw = ph["targets"].get(h, {}).get("wrk", {}).get("req_per_s")
+        db = ph["targets"].get(d, {}).get("bulk", {}).get("gbit_s")
+        hb = ph["targets"].get(h, {}).get("bulk", {}).get("gbit_s")
+        for name, t in ph["targets"].items():
+            w, b = t.get("wrk", {}), t.get("bulk", {})
+            print(
+                "  %-15s %10s %8s %8s %9s %9s %8s %9s %9s"
+                % (
+                    name,
+                    fmt(w.get("req_per_s"), 0),
+                    fmt(w.get("p50_us")),
+                    fmt(w.get("p99_us")),
+                    fmt(ratio(w.get("req_per_s"), dw), 2),
+                    fmt(ratio(w.get("req_per_s"), hw), 2),
+                    fmt(b.get("gbit_s"), 2),
+                    fmt(ratio(b.get("gbit_s"), db), 2),
+                    fmt(ratio(b.get("gbit_s"), hb), 2),
+                )
+            )
+    print("\n+p50/+p99: added over the direct path measured in the same phase, interleaved; a pair is")
+    print("two proxy hops (A and B), so +p50/hop = +p50 / 2. '+p50 / HAP+' = this pair's added p50")
+    print("over the HAProxy pair's added p50. '*' = the harness warned (rate not carried: see JSON).")
+    goals = summary["goals"]
+    print("\nGoals for the AF_XDP pair (issue #5), against the HAProxy pair of the same phase:")
+    for g in goals:
+        print("  %-58s %-28s %s" % (g["goal"], g["measured"], "MET" if g["met"] else "NOT MET" if g["met"] is False else "n/a"))
+
+
+def goals(summary):
+    out = []
+    ph = summary["phases"].get("afxdp")
+    if not ph:
+        return out
+    d, h, x = role(ph, "direct"), role(ph, "haproxy"), role(ph, "xdpmesh")
+    t = ph["targets"]
+    for rate in summary["meta"]["rates"]:
+        k = str(rate)
+        try:
+            base = t[d]["tcp"][k]["p50_us"]
+            hap = t[h]["tcp"][k]["p50_us"] - base
+            xdp = t[x]["tcp"][k]["p50_us"] - base
+        except (KeyError, TypeError):
+            continue
+        out.append(
+            {
+                "goal": "TCP RTT added p50 at %s req/s <= 0.5 x HAProxy's" % rate,
+                "measured": "%.1f vs %.1f µs (%.2f x)" % (xdp, hap, xdp / hap if hap else float("nan")),
+                "met": bool(hap > 0 and xdp <= 0.5 * hap),
+            }
+        )
+    xw, hw = t.get(x, {}).get("wrk", {}).get("req_per_s"), t.get(h, {}).get("wrk", {}).get("req_per_s")
+    r = ratio(xw, hw)
+    out.append(
+        {
+            "goal": "HTTP req/s, 32 keep-alive conns >= 1.5 x HAProxy's",
+            "measured": "%s vs %s (%s x)" % (fmt(xw, 0), fmt(hw, 0), fmt(r, 2)),
+            "met": None if r is None else r >= 1.5,
+        }
+    )
+    xb, hb = t.get(x, {}).get("bulk", {}).get("gbit_s"), t.get(h, {}).get("bulk", {}).get("gbit_s")
+    r = ratio(xb, hb)
+    out.append(
+        {
+            "goal": "bulk Gbit/s, one stream >= HAProxy's",
+            "measured": "%s vs %s (%s x)" % (fmt(xb, 2), fmt(hb, 2), fmt(r, 2)),
+            "met": None if r is None else r >= 1.0,
+        }
+    )
+    return out
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: report.py RAW_DIR OUT_JSON")
+    raw, out = sys.argv[1], sys.argv[2]
+    with open(os.path.join(raw, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    summary = {
+        "tool": "scripts/bench.sh",
+        "format": 1,
+        "meta": meta,
+        "machine": machine(),
+        "load_average_1m": load_stats(os.path.join(raw, "load.txt")),
+        "phases": collect(raw, meta),
+    }
+    summary["goals"] = goals(summary)
+    print_tables(summary)
+    ld = summary["load_average_1m"]
+    m = summary["machine"]
+    print(
+        "\nmachine: nproc %s, %s, Linux %s; load average (1 min) during the run: %s"
+        % (m["nproc"], m["cpu_model"], m["kernel"], "%(min).2f-%(max).2f (mean %(mean).2f)" % ld if ld else "-")
+    )
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
