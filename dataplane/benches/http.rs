@@ -13,15 +13,15 @@
 //! `cargo test` it runs one 1-second round of each as a smoke test.
 
 use dataplane::netns::{is_root, root_tests_required, wait_for, VethPair};
-use dataplane::worker::{Builtin, Worker};
-use dataplane::xdp::{self, SteerConfig, Steering, XdpMode, XskConfig, XskDevice};
+mod common;
+
+use common::{cpu_jiffies, cpu_shares, thread_cpu};
+use dataplane::worker::Builtin;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcpstack::{Ipv4Cidr, MacAddr, Stack, StackConfig};
 
 const OURS: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 100);
 const KERNEL_A: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
@@ -88,50 +88,6 @@ fn parse_wrk(text: &str) -> Option<Wrk> {
         }
     }
     (got_requests && got_rps && got_latency == 4).then_some(w)
-}
-
-/// Per CPU (busy, softirq, total) jiffies, from the `cpuN` lines of /proc/stat.
-fn per_cpu_jiffies() -> Vec<[u64; 3]> {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            let at = |i: usize| v.get(i).copied().unwrap_or(0);
-            // user nice system idle iowait irq softirq steal (guest time is already in user).
-            let total: u64 = v.iter().take(8).sum();
-            [total - at(3) - at(4), at(6), total]
-        })
-        .collect()
-}
-
-/// Each CPU's busy and softirq share (0..1) between two samples.
-fn busy_share(before: &[[u64; 3]], after: &[[u64; 3]]) -> Vec<(f64, f64)> {
-    before
-        .iter()
-        .zip(after)
-        .map(|(b, a)| {
-            let total = a[2].saturating_sub(b[2]).max(1) as f64;
-            (
-                a[0].saturating_sub(b[0]) as f64 / total,
-                a[1].saturating_sub(b[1]) as f64 / total,
-            )
-        })
-        .collect()
-}
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// user + system CPU seconds of `pids` so far (processes that are gone count 0).
@@ -308,10 +264,10 @@ fn nginx_round(secs: u64, conns: u32) -> Round {
         panic!("nginx did not listen on {addr} within 10 s (exit: {status:?})");
     }
     let pids = pair.a.pids().expect("nginx pids");
-    let (before, cpu0) = (per_cpu_jiffies(), process_cpu(&pids));
+    let (before, cpu0) = (cpu_jiffies(), process_cpu(&pids));
     let w = wrk(&pair, addr, secs, conns);
     let (cpu, server_cpu) = (
-        busy_share(&before, &per_cpu_jiffies()),
+        cpu_shares(&before, &cpu_jiffies()),
         process_cpu(&pids) - cpu0,
     );
     stop_nginx(child);
@@ -334,28 +290,7 @@ fn ours_round(secs: u64, conns: u32) -> Round {
                 if pinning() {
                     pin_self(SERVER_CPU);
                 }
-                let ifname = pair.if_a.clone();
-                let steer = Steering::attach(
-                    &ifname,
-                    XdpMode::Native,
-                    &SteerConfig {
-                        local_addrs: vec![OURS],
-                        listeners: vec![addr],
-                        ..Default::default()
-                    },
-                    Duration::from_secs(2),
-                )
-                .expect("attach");
-                let dev = XskDevice::open(&XskConfig::new(&ifname, 0), Some(Arc::new(steer)))
-                    .expect("xsk");
-                let mut cfg = StackConfig::new(
-                    MacAddr(xdp::sys::ifmac(&ifname).expect("ifmac")),
-                    vec![Ipv4Cidr::new(OURS, 24)],
-                    [7; 16],
-                );
-                cfg.mtu = xdp::sys::ifmtu(&ifname).expect("ifmtu") as usize;
-                let mut w = Worker::new(dev, Stack::new(cfg));
-                w.listen(addr, Builtin::HttpOk).expect("listen");
+                let mut w = common::worker(&pair.if_a, OURS, 80, Builtin::HttpOk);
                 ready.store(true, Ordering::SeqCst);
                 let (cpu0, t0) = (thread_cpu(), Instant::now());
                 w.run(&stop).expect("worker loop");
@@ -372,9 +307,9 @@ fn ours_round(secs: u64, conns: u32) -> Round {
             stop.store(true, Ordering::SeqCst);
             panic!("http-ok worker did not listen on {addr} within 10 s");
         }
-        let before = per_cpu_jiffies();
+        let before = cpu_jiffies();
         let w = wrk(&pair, addr, secs, conns);
-        let cpu = busy_share(&before, &per_cpu_jiffies());
+        let cpu = cpu_shares(&before, &cpu_jiffies());
         stop.store(true, Ordering::SeqCst);
         let (stats, server_cpu, share) = worker.join().expect("worker thread");
         assert_eq!(stats.http_bad_requests, 0, "wrk's requests answered 400");

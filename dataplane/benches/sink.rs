@@ -14,15 +14,15 @@
 //! (`iperf3 -c -M 88 -n SIZE`) and is the same code for both receivers.
 
 use dataplane::netns::{is_root, root_tests_required, wait_for, VethPair};
-use dataplane::worker::{Builtin, Worker};
-use dataplane::xdp::{self, SteerConfig, Steering, XdpMode, XskConfig, XskDevice};
+mod common;
+
+use common::{cpu_jiffies, cpu_shares, thread_cpu};
+use dataplane::worker::Builtin;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcpstack::{Ipv4Cidr, MacAddr, Stack, StackConfig};
 
 const OURS: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 100);
 const KERNEL_A: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
@@ -64,51 +64,6 @@ struct Round {
     rx_cpu: Duration,
     /// Each CPU's (busy, softirq) share during the stream, other users' load included.
     cpus: Vec<(f64, f64)>,
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Per CPU (busy, softirq, total) jiffies, from the `cpuN` lines of /proc/stat.
-fn cpu_jiffies() -> Vec<[u64; 3]> {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            let at = |i: usize| v.get(i).copied().unwrap_or(0);
-            // user nice system idle iowait irq softirq steal (guest time is already in user).
-            let total: u64 = v.iter().take(8).sum();
-            [total - at(3) - at(4), at(6), total]
-        })
-        .collect()
-}
-
-/// Each CPU's busy and softirq share (0..1) between two samples.
-fn cpu_shares(before: &[[u64; 3]], after: &[[u64; 3]]) -> Vec<(f64, f64)> {
-    before
-        .iter()
-        .zip(after)
-        .map(|(b, a)| {
-            let total = a[2].saturating_sub(b[2]).max(1) as f64;
-            (
-                a[0].saturating_sub(b[0]) as f64 / total,
-                a[1].saturating_sub(b[1]) as f64 / total,
-            )
-        })
-        .collect()
 }
 
 /// A blocking TCP connection to `to`, with `TCP_MAXSEG` set before the SYN when `mss` is given
@@ -260,29 +215,7 @@ fn afxdp_round(size: usize, mode: Mode) -> Round {
     std::thread::scope(|s| {
         let worker = s.spawn(|| {
             pair.a.run(|| {
-                let ifname = pair.if_a.clone();
-                let steer = Steering::attach(
-                    &ifname,
-                    XdpMode::Native,
-                    &SteerConfig {
-                        local_addrs: vec![OURS],
-                        listeners: vec![SocketAddrV4::new(OURS, 9)],
-                        ..Default::default()
-                    },
-                    Duration::from_secs(2),
-                )
-                .expect("attach");
-                let dev = XskDevice::open(&XskConfig::new(&ifname, 0), Some(Arc::new(steer)))
-                    .expect("xsk");
-                let mut cfg = StackConfig::new(
-                    MacAddr(xdp::sys::ifmac(&ifname).expect("ifmac")),
-                    vec![Ipv4Cidr::new(OURS, 24)],
-                    [7; 16],
-                );
-                cfg.mtu = xdp::sys::ifmtu(&ifname).expect("ifmtu") as usize;
-                let mut w = Worker::new(dev, Stack::new(cfg));
-                w.listen(SocketAddrV4::new(OURS, 9), Builtin::Sink)
-                    .expect("listen");
+                let mut w = common::worker(&pair.if_a, OURS, 9, Builtin::Sink);
                 ready.store(true, Ordering::SeqCst);
                 let cpu0 = thread_cpu();
                 w.run(&stop).expect("worker loop");

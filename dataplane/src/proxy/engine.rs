@@ -475,7 +475,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let Some(svc) = listener.service else {
                     return self.refuse_accept(net, conn, Refusal::NoService);
                 };
-                let ep = match self.pick(&snap, svc, None, remote, now) {
+                let Some(service) = snap.services.get(svc as usize) else {
+                    return self.refuse_accept(net, conn, Refusal::NoService);
+                };
+                let ep = match self.pick(&snap, &service.default_route, None, remote, now) {
                     Ok(ep) => ep,
                     Err(r) => return self.refuse_accept(net, conn, r),
                 };
@@ -548,19 +551,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         )
     }
 
-    /// Picks the endpoint for a connection or request to `svc`: a weighted backend of the
-    /// route (the service's default route for TCP), then an endpoint by the balancer of the
-    /// backend's service. Returns (service, endpoint index).
+    /// Picks the endpoint for a connection or request: a weighted backend of `route`, then
+    /// an endpoint by the balancer of the backend's service (hashing on the request or the
+    /// client's address where the service says so). Returns (service, endpoint index).
     fn pick(
         &mut self,
         snap: &Snapshot,
-        svc: u32,
-        route: Option<&control::snapshot::RouteRt>,
+        route: &control::snapshot::RouteRt,
+        head: Option<&RequestHead>,
         client: SocketAddrV4,
         now: Instant,
     ) -> Result<(u32, u32), Refusal> {
-        let service = snap.services.get(svc as usize).ok_or(Refusal::NoService)?;
-        let route = route.unwrap_or(&service.default_route);
         let backend = route.pick(self.rng.next_u64()).ok_or(Refusal::NoEndpoint)?;
         let target = backend.service;
         let tsvc = snap
@@ -570,12 +571,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let hash = tsvc
             .hash_key
             .as_ref()
-            .and_then(|k| lb::request_hash(k, None, IpAddr::V4(*client.ip())));
+            .and_then(|k| lb::request_hash(k, head, IpAddr::V4(*client.ip())));
         let candidates = backend.endpoints.clone();
-        let at = now_duration(now);
         let ep = self
             .balancer(snap, target)
-            .and_then(|b| b.pick(&candidates, hash, at))
+            .and_then(|b| b.pick(&candidates, hash, now_duration(now)))
             .ok_or(Refusal::NoEndpoint)?;
         Ok((target, ep))
     }
@@ -1199,7 +1199,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     .route(&host, &head.method, head.target.as_str(), &*head)
                     .ok_or(Refusal::NoRoute)?;
                 let route = hit.route;
-                let (tsvc, ep) = self.pick_for_request(&snap, route, head, s.client, now)?;
+                let (tsvc, ep) = self.pick(&snap, route, Some(head), s.client, now)?;
                 let service = &snap.services[tsvc as usize];
                 let SocketAddr::V4(addr) = service.endpoints[ep as usize].address else {
                     return Err(Refusal::NoEndpoint);
@@ -1267,32 +1267,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         h.resp = RespPhase::Head;
         Ok(())
-    }
-
-    fn pick_for_request(
-        &mut self,
-        snap: &Snapshot,
-        route: &control::snapshot::RouteRt,
-        head: &RequestHead,
-        client: SocketAddrV4,
-        now: Instant,
-    ) -> Result<(u32, u32), Refusal> {
-        let backend = route.pick(self.rng.next_u64()).ok_or(Refusal::NoEndpoint)?;
-        let target = backend.service;
-        let tsvc = snap
-            .services
-            .get(target as usize)
-            .ok_or(Refusal::NoService)?;
-        let hash = tsvc
-            .hash_key
-            .as_ref()
-            .and_then(|k| lb::request_hash(k, Some(head), IpAddr::V4(*client.ip())));
-        let candidates = backend.endpoints.clone();
-        let ep = self
-            .balancer(snap, target)
-            .and_then(|b| b.pick(&candidates, hash, now_duration(now)))
-            .ok_or(Refusal::NoEndpoint)?;
-        Ok((target, ep))
     }
 
     /// Lets go of the session's upstream connection (graceful close).
