@@ -213,6 +213,16 @@ allow = ["spiffe://rig.mesh/sa/client"]
 TOML
 }
 
+# The rig's namespaces are shared by everything that uses them (tests, scripts/bench.sh): one
+# user at a time. Namespaces left by an interrupted run, with nothing running in them, are reused.
+busy=""
+for ns in xm-cli xm-gwa xm-gwb xm-srv; do
+  if [ -n "$(ip netns pids "$ns" 2>/dev/null || true)" ]; then busy+=" $ns"; fi
+done
+if [ -n "$busy" ]; then
+  fail "the rig is in use (processes in$busy); let that run finish, or run scripts/rig.sh down"
+fi
+
 # ---------------------------------------------------------------------------------------------
 step "1/7 dependencies and build"
 xm_install_deps
@@ -231,14 +241,6 @@ export XM_RIG_STATE=$WORK/state
 
 # ---------------------------------------------------------------------------------------------
 step "2/7 the rig and the servers"
-busy=""
-for ns in xm-cli xm-gwa xm-gwb xm-srv; do
-  if [ -n "$(ip netns pids "$ns" 2>/dev/null || true)" ]; then busy+=" $ns"; fi
-done
-if [ -n "$busy" ]; then
-  # Someone's rig with gateways or servers running: the demo would break it.
-  fail "the rig is in use (processes in$busy); stop them or run scripts/rig.sh down first"
-fi
 RIG_OURS=1
 bash scripts/rig.sh up
 cat <<'PIC'

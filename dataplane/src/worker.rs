@@ -493,6 +493,9 @@ impl<D: Device> Worker<D> {
             }
         }
         let engine_started = self.engine.as_ref().map_or(0, |e| e.active());
+        if let Some(e) = self.engine.as_mut() {
+            e.drain_idle();
+        }
         let started = self.sessions.len() + engine_started;
         for s in self.sessions.values_mut() {
             if s.kind == Builtin::HttpOk && s.inbuf.is_empty() && s.out.is_empty() {

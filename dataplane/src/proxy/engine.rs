@@ -321,6 +321,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.sessions.len() - self.free.len()
     }
 
+    /// Start of a drain: HTTP sessions between requests close now; one in a request closes
+    /// after its response. TCP sessions run on until they end or the drain's deadline.
+    pub fn drain_idle(&mut self) {
+        for (sid, s) in self.sessions.iter_mut().enumerate() {
+            if let Some(h) = s.as_mut().and_then(|s| s.http.as_mut()) {
+                h.close_after = true;
+                self.dirty.push(sid);
+            }
+        }
+    }
+
     /// Resets every session (the end of a drain).
     pub fn abort_all<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
         for sid in 0..self.sessions.len() {

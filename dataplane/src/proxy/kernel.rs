@@ -384,6 +384,7 @@ impl KernelWorker {
     /// (and reset).
     pub fn drain(&mut self, timeout: Duration) -> io::Result<usize> {
         self.net.unlisten_all();
+        self.engine.drain_idle();
         let deadline = std::time::Instant::now() + timeout;
         while self.engine.active() > 0 && std::time::Instant::now() < deadline {
             self.poll_once(Duration::from_millis(10))?;
