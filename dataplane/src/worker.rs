@@ -303,6 +303,7 @@ pub struct Worker<D: Device> {
     /// Where the worker copies its counters now and then, for readers on other threads.
     pub stats_out: Option<Arc<Mutex<WorkerStats>>>,
     scratch: Vec<u8>,
+    ids: Vec<PConn>,
 }
 
 impl<D: Device> Worker<D> {
@@ -322,6 +323,7 @@ impl<D: Device> Worker<D> {
             stats: WorkerStats::default(),
             stats_out: None,
             scratch: vec![0; 64 * 1024],
+            ids: Vec::new(),
         }
     }
 
@@ -607,10 +609,14 @@ impl<D: Device> Worker<D> {
         if let Some(engine) = self.engine.as_mut() {
             engine.progress(&mut net, now);
         }
-        let ids: Vec<PConn> = self.sessions.keys().copied().collect();
-        for id in ids {
+        // A reused list: no allocation per loop iteration.
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.extend(self.sessions.keys().copied());
+        for &id in &ids {
             did |= self.progress(now, id);
         }
+        self.ids = ids;
         did
     }
 
