@@ -31,7 +31,7 @@
 #   bench-STAMP.txt   the printed table
 #   bench-STAMP-MODE-RATE.svg   percentile plots, all six runs of a mode and rate on one chart
 #
-# --quick     rates 1k and 10k, 2 rounds of short runs (about 6 minutes instead of 15)
+# --quick     rates 1k and 10k, 2 rounds of short runs (about 6 minutes instead of 18)
 # --no-build  use the existing target/release binaries
 # --wait S    if another run (demo, tests) is using the rig, wait up to S seconds for it
 #             (default 0: fail at once); the rig namespaces are shared, one user at a time

@@ -263,6 +263,9 @@ error_log $WORK/nginx-error.log warn;
 events { worker_connections 256; }
 http {
   access_log off;
+  # Keep-alive for the whole run: nginx's default closes a connection after 1000 requests.
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
   client_body_temp_path $WORK/tmp;
   default_type text/plain;
   server {
@@ -320,9 +323,11 @@ put_tables xm-gwa "$WORK/gwa-tables-10.toml"
 
 n=500
 echo "-- canary split: $n requests on one keep-alive connection"
+t0=$(date +%s%N)
 requests "$n" >"$WORK/split.out" || fail "curl through the mesh failed"
+ms=$((($(date +%s%N) - t0) / 1000000))
 read -r v1 v2 ok total <<<"$(count "$WORK/split.out")"
-echo "   v1: $v1   v2: $v2   (HTTP 200: $ok of $total)"
+echo "   v1: $v1   v2: $v2   (HTTP 200: $ok of $total, in $ms ms)"
 if [ "$ok" -ne "$n" ] || [ "$total" -ne "$n" ]; then fail "only $ok of $n requests got 200"; fi
 # 10 % of 500 is 50 (standard deviation 6.7): 25..80 holds unless the split is wrong.
 if [ "$v2" -lt 25 ] || [ "$v2" -gt 80 ]; then fail "v2 got $v2 of $n, not about 10 %"; fi
@@ -361,6 +366,7 @@ for i in $(seq 1 "$loaders"); do
 done
 answered() { [ "$(cat "$WORK"/load-*.out | wc -l)" -ge "$before" ]; }
 wait_for 60 "$before answers from the load" answered
+t0=$(date +%s%N)
 for i in $(seq 1 "$loaders"); do
   wc -l <"$WORK/load-$i.out" >"$WORK/load-$i.mark"
 done
@@ -369,6 +375,7 @@ load_rc=0
 for pid in "${load_pids[@]}"; do
   wait "$pid" || load_rc=$?
 done
+ms=$((($(date +%s%N) - t0) / 1000000))
 [ "$load_rc" -eq 0 ] || fail "a load client failed (curl exit $load_rc): $(cat "$WORK"/load-*.err)"
 for i in $(seq 1 "$loaders"); do
   mark=$(cat "$WORK/load-$i.mark")
@@ -381,6 +388,7 @@ connects=$(cat "$WORK"/load-*.out | awk '{ s += $3 } END { print s }')
 echo "   before the reload: v1 $b1  v2 $b2  ($((100 * b2 / btotal)) % v2)"
 echo "   after the reload:  v1 $a1  v2 $a2  ($((100 * a2 / atotal)) % v2)"
 echo "   requests: $((bok + aok)) of $((loaders * per)) answered 200; TCP connections opened: $connects"
+echo "   from the reload to the last answer: $ms ms"
 if [ "$((bok + aok))" -ne "$((loaders * per))" ] || [ "$((btotal + atotal))" -ne "$((loaders * per))" ]; then
   fail "requests failed during the reload"
 fi

@@ -3,6 +3,7 @@
 the summary JSON (machine, load, every figure, the goals of issue #5).
 
 Usage: report.py RAW_DIR OUT_JSON
+       report.py SUMMARY.json OUT_JSON     (print a saved summary again, goals recomputed)
 
 RAW_DIR holds what bench.sh wrote:
   meta.json                      command, date, quick, rates, phases and their targets
@@ -205,14 +206,22 @@ def print_tables(summary):
                 k = str(rate)
                 base = ph["targets"].get(d, {}).get(mode, {}).get(k)
                 hap = ph["targets"].get(h, {}).get(mode, {}).get(k)
-                hap_add = hap["p50_us"] - base["p50_us"] if hap and base else None
+                hap_add = hap["p50_us"] - base["p50_us"] if hap and base and hap["ok"] and base["ok"] else None
                 for name, t in ph["targets"].items():
                     r = t.get(mode, {}).get(k)
                     if not r:
                         print("  %-15s %7s  (no result)" % (name, rate))
                         continue
-                    add50 = r["p50_us"] - base["p50_us"] if base and name != d else None
-                    add99 = r["p99_us"] - base["p99_us"] if base and name != d else None
+                    # At "max" every path is saturated and the percentiles are queueing:
+                    # only the achieved rate means something there. An empty histogram
+                    # (every request timed out) has no percentiles.
+                    if rate == "max" or r["ok"] == 0 or not base or base["ok"] == 0:
+                        add50 = add99 = None
+                    else:
+                        add50 = r["p50_us"] - base["p50_us"] if name != d else None
+                        add99 = r["p99_us"] - base["p99_us"] if name != d else None
+                    if r["ok"] == 0:
+                        r = dict(r, p50_us=None, p99_us=None)
                     rel = ratio(add50, hap_add) if name not in (d, h) else None
                     flag = " *" if r.get("warning") else ""
                     print(
@@ -257,12 +266,25 @@ def print_tables(summary):
             )
     print("\n+p50/+p99: added over the direct path measured in the same phase, interleaved; a pair is")
     print("two proxy hops (A and B), so +p50/hop = +p50 / 2. '+p50 / HAP+' = this pair's added p50")
-    print("over the HAProxy pair's added p50. '*' = the harness warned (rate not carried: see JSON).")
+    print("over the HAProxy pair's added p50. '*' = the harness warned (rate not carried: see JSON);")
+    print("the percentiles then include the queueing. 'max' asks %s req/s: every path saturates, so" % meta["max_rate_asked"])
+    print("only its achieved rate is read (the harness's own one-thread ceiling is near the direct row's).")
     goals = summary["goals"]
     print("\nGoals for the AF_XDP pair (issue #5). haproxy-x: the HAProxy pair of the same phase")
     print("(interleaved); haproxy-k: the kernel phase's (no XDP program attached; not interleaved):")
     for g in goals:
         print("  %-52s %-58s %s" % (g["goal"], g["measured"], "MET" if g["met"] else "NOT MET" if g["met"] is False else "n/a"))
+    print_machine(summary)
+
+
+def print_machine(summary):
+    ld = summary["load_average_1m"]
+    m = summary["machine"]
+    print(
+        "\nmachine: nproc %s, %s, Linux %s; load average (1 min) during the run: %s"
+        % (m["nproc"], m["cpu_model"], m["kernel"], "%(min).2f-%(max).2f (mean %(mean).2f)" % ld if ld else "-")
+    )
+    print("run: %s, %s, commit %s" % (summary["meta"]["date"], summary["meta"]["command"], summary["meta"]["commit"]))
 
 
 def goals(summary):
@@ -281,6 +303,8 @@ def goals(summary):
         bd, h = role(bph, "direct"), role(bph, "haproxy")
         bt = bph["targets"]
         for rate in summary["meta"]["rates"]:
+            if rate == "max":
+                continue
             k = str(rate)
             try:
                 xr, hr = t[x]["tcp"][k], bt[h]["tcp"][k]
@@ -324,8 +348,18 @@ def goals(summary):
 
 def main():
     if len(sys.argv) != 3:
-        sys.exit("usage: report.py RAW_DIR OUT_JSON")
+        sys.exit("usage: report.py RAW_DIR|SUMMARY.json OUT_JSON")
     raw, out = sys.argv[1], sys.argv[2]
+    if raw.endswith(".json"):
+        # A saved summary: print its tables again (and recompute the goals) without the raw files.
+        with open(raw, encoding="utf-8") as f:
+            summary = json.load(f)
+        summary["goals"] = goals(summary)
+        print_tables(summary)
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        return
     with open(os.path.join(raw, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     summary = {
@@ -338,12 +372,6 @@ def main():
     }
     summary["goals"] = goals(summary)
     print_tables(summary)
-    ld = summary["load_average_1m"]
-    m = summary["machine"]
-    print(
-        "\nmachine: nproc %s, %s, Linux %s; load average (1 min) during the run: %s"
-        % (m["nproc"], m["cpu_model"], m["kernel"], "%(min).2f-%(max).2f (mean %(mean).2f)" % ld if ld else "-")
-    )
     with open(out, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, ensure_ascii=False)
         f.write("\n")
