@@ -1,21 +1,27 @@
 //! A TOML document as a tree where every key and value keeps its byte span.
 //!
-//! Built from `toml`'s spanned parser (`toml::de::DeTable`, the fastest spanned TOML
-//! parser we measured), then decoded into the typed schema by [`crate::de`]. When
-//! that parser rejects a text, `toml_edit`'s parser reads it again: its syntax-error
-//! messages and positions are the ones `xdpmesh check` has always printed, and a text
-//! only it accepts still gets a tree. Other crates (hw-config's `[[interface]]`) get
-//! these nodes handed on untouched and decode them with the same machinery.
+//! Built straight from the events of `toml_parser` (the lexer and parser under
+//! `toml` 0.9; building our tree from them skips `toml`'s own `DeTable`, which cost
+//! as much again), then decoded into the typed schema by [`crate::de`]. When that
+//! path rejects a text, `toml_edit`'s parser reads it again: its syntax-error
+//! messages and positions are the ones `xdpmesh check` has always printed, and a
+//! text only it accepts still gets a tree. Other crates (hw-config's `[[interface]]`)
+//! get these nodes handed on untouched and decode them with the same machinery.
 
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use rustc_hash::FxHashMap;
-use toml::de::{DeTable, DeValue};
-use toml::Spanned;
+use toml::value::Datetime;
 use toml_edit::{ImDocument, Item, Table, Value as TValue};
 
 use crate::diag::Diagnostic;
 use crate::source::{Source, Span};
+use toml_parser::decoder::{Encoding, ScalarKind};
+use toml_parser::lexer::TokenKind;
+use toml_parser::parser::{Event, EventKind, EventReceiver, RecursionGuard, ValidateWhitespace};
+use toml_parser::{ErrorSink, Span as PSpan};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -78,14 +84,147 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostic> {
     }
 }
 
-/// `None` when `toml` rejects the text or a value does not fit ours (an integer
-/// out of range): `toml_edit` then says why, with the position.
+/// `None` when `toml_parser` rejects the text, a value does not fit ours (an
+/// integer out of range), or the text does something this builder does not take
+/// on (a redefinition, a dotted key into a header-made table): `toml_edit` then
+/// decides, and says why with the position. So this only has to be right about
+/// what it accepts.
 fn parse_fast(text: &str) -> Option<Node> {
-    let doc = DeTable::parse(text).ok()?;
-    fast_table(doc.into_inner(), 0..0, &mut Keys::default())
+    let source = toml_parser::Source::new(text);
+    // The parser wants a slice of tokens ending in `Eof`; the empty text lexes to one.
+    let eof = toml_parser::Source::new("").lex().next()?;
+    let mut lexer = source.lex();
+    let mut tokens = Vec::with_capacity(CHUNK_TOKENS + 1);
+    let mut fast = Fast {
+        source,
+        events: Vec::with_capacity(CHUNK_TOKENS),
+        pos: 0,
+        keys: Keys::default(),
+        root: Vec::new(),
+        meta: Vec::new(),
+        current: Vec::new(),
+    };
+    // Lexed and parsed a chunk of lines at a time, so the token and event buffers
+    // stay small and are reused (whole-text buffers were ~40 MB, fresh pages on
+    // every parse). A chunk ends after a newline outside brackets and braces: a
+    // concatenation of valid documents split there is a valid document, and a
+    // wrong split can only make a chunk fail, which falls back to toml_edit.
+    let mut depth = 0i64;
+    let mut at_eof = false;
+    while !at_eof {
+        tokens.clear();
+        loop {
+            let Some(t) = lexer.next() else {
+                at_eof = true;
+                break;
+            };
+            tokens.push(t);
+            match t.kind() {
+                TokenKind::Eof => {
+                    at_eof = true;
+                    break;
+                }
+                TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
+                TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => depth -= 1,
+                TokenKind::Newline if depth == 0 && tokens.len() >= CHUNK_TOKENS => break,
+                _ => {}
+            }
+        }
+        if tokens.last().map(|t| t.kind()) != Some(TokenKind::Eof) {
+            tokens.push(eof);
+        }
+        fast.events.clear();
+        fast.pos = 0;
+        let mut sink = Collect {
+            events: &mut fast.events,
+            bad: false,
+        };
+        let mut err: Option<toml_parser::ParseError> = None;
+        {
+            let mut ws = ValidateWhitespace::new(&mut sink, source);
+            // Bounds the recursion of `Fast::value` below.
+            let mut guard = RecursionGuard::new(&mut ws, MAX_DEPTH);
+            toml_parser::parser::parse_document(&tokens, &mut guard, &mut err);
+        }
+        if err.is_some() || sink.bad {
+            return None;
+        }
+        fast.expressions()?;
+    }
+    Some(Node {
+        span: 0..0,
+        value: Value::Table(fast.root),
+    })
 }
 
-/// Interned keys of one document.
+/// Tokens per chunk (at least; a chunk ends at a line end).
+const CHUNK_TOKENS: usize = 1 << 14;
+
+/// Nesting of arrays and inline tables the fast path takes (toml's own limit).
+const MAX_DEPTH: u32 = 80;
+
+/// The parser's events without whitespace, comments and newlines (checked by
+/// `ValidateWhitespace` before they get here).
+struct Collect<'e> {
+    events: &'e mut Vec<Event>,
+    bad: bool,
+}
+
+impl Collect<'_> {
+    fn push(&mut self, kind: EventKind, encoding: Option<Encoding>, span: PSpan) {
+        self.events.push(Event::new_unchecked(kind, encoding, span));
+    }
+}
+
+impl EventReceiver for Collect<'_> {
+    fn std_table_open(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::StdTableOpen, None, span);
+    }
+    fn std_table_close(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::StdTableClose, None, span);
+    }
+    fn array_table_open(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::ArrayTableOpen, None, span);
+    }
+    fn array_table_close(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::ArrayTableClose, None, span);
+    }
+    fn inline_table_open(&mut self, span: PSpan, _: &mut dyn ErrorSink) -> bool {
+        self.push(EventKind::InlineTableOpen, None, span);
+        true
+    }
+    fn inline_table_close(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::InlineTableClose, None, span);
+    }
+    fn array_open(&mut self, span: PSpan, _: &mut dyn ErrorSink) -> bool {
+        self.push(EventKind::ArrayOpen, None, span);
+        true
+    }
+    fn array_close(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::ArrayClose, None, span);
+    }
+    fn simple_key(&mut self, span: PSpan, enc: Option<Encoding>, _: &mut dyn ErrorSink) {
+        self.push(EventKind::SimpleKey, enc, span);
+    }
+    fn key_sep(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::KeySep, None, span);
+    }
+    fn key_val_sep(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::KeyValSep, None, span);
+    }
+    fn scalar(&mut self, span: PSpan, enc: Option<Encoding>, _: &mut dyn ErrorSink) {
+        self.push(EventKind::Scalar, enc, span);
+    }
+    fn value_sep(&mut self, span: PSpan, _: &mut dyn ErrorSink) {
+        self.push(EventKind::ValueSep, None, span);
+    }
+    fn error(&mut self, _: PSpan, _: &mut dyn ErrorSink) {
+        self.bad = true;
+    }
+}
+
+/// Interned keys of one document: equal keys share one `Arc`, so key lookups
+/// while building compare pointers.
 #[derive(Default)]
 struct Keys(FxHashMap<Box<str>, Arc<str>>);
 
@@ -100,45 +239,342 @@ impl Keys {
     }
 }
 
-fn fast_table(t: DeTable<'_>, span: Span, keys: &mut Keys) -> Option<Node> {
-    let mut entries = Vec::with_capacity(t.len());
-    for (k, v) in t {
-        let key_span = k.span();
-        entries.push(Entry {
-            key: keys.get(k.get_ref()),
-            key_span,
-            node: fast_value(v, keys)?,
-        });
-    }
-    Some(Node {
-        span,
-        value: Value::Table(entries),
-    })
+/// What the builder knows about each entry of a table it may still add to, kept
+/// beside the entries (same index) and dropped once the tree is built. TOML's
+/// rules (spec 1.0 "Table", "Array of Tables", "Inline Table"): a value, an
+/// inline table or a static array is never added to; a table a header defined is
+/// not defined again; a table made by dotted keys is extended only by dotted keys.
+enum Meta {
+    Frozen,
+    Table(Made, Vec<Meta>),
+    /// `[[x]]`: one `Meta::Table` per element.
+    ArrayOfTables(Vec<Meta>),
 }
 
-fn fast_value(v: Spanned<DeValue<'_>>, keys: &mut Keys) -> Option<Node> {
-    let span = v.span();
-    let value = match v.into_inner() {
-        DeValue::String(s) => Value::String(s.into_owned()),
-        DeValue::Integer(i) => Value::Integer(i64::from_str_radix(i.as_str(), i.radix()).ok()?),
-        DeValue::Float(f) => {
-            let x: f64 = f.as_str().parse().ok()?;
-            // An overflowing literal (1e999) is an error in TOML, not infinity.
-            if x.is_infinite() && !f.as_str().contains("inf") {
+#[derive(PartialEq)]
+enum Made {
+    /// By a header's leading keys (`[a.b]` makes `a`).
+    Implicit,
+    Header,
+    Dotted,
+}
+
+type Key = (Arc<str>, Span);
+
+fn pspan(s: PSpan) -> Span {
+    s.start()..s.end()
+}
+
+fn find(es: &[Entry], k: &Arc<str>) -> Option<usize> {
+    es.iter().position(|e| Arc::ptr_eq(&e.key, k))
+}
+
+/// The entries (and their metas) of child `i`: a table, or the last element of
+/// an array of tables.
+fn child<'t>(
+    es: &'t mut [Entry],
+    ms: &'t mut [Meta],
+    i: usize,
+) -> Option<(&'t mut Vec<Entry>, &'t mut Vec<Meta>)> {
+    let node = &mut es.get_mut(i)?.node;
+    match (&mut node.value, ms.get_mut(i)?) {
+        (Value::Table(t), Meta::Table(_, m)) => Some((t, m)),
+        (Value::Array(a), Meta::ArrayOfTables(m)) => {
+            match (&mut a.last_mut()?.value, m.last_mut()?) {
+                (Value::Table(t), Meta::Table(_, m)) => Some((t, m)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn empty_table(span: Span) -> Node {
+    Node {
+        span,
+        value: Value::Table(Vec::new()),
+    }
+}
+
+/// `a.b.c = node` into the table `es`.
+fn insert_dotted<'t>(
+    mut es: &'t mut Vec<Entry>,
+    mut ms: &'t mut Vec<Meta>,
+    path: &[Key],
+    node: Node,
+) -> Option<()> {
+    let ((last, last_span), prefix) = path.split_last()?;
+    for (k, span) in prefix {
+        let i = match find(es, k) {
+            Some(i) => match ms.get(i)? {
+                Meta::Table(Made::Dotted, _) => i,
+                _ => return None,
+            },
+            None => {
+                es.push(Entry {
+                    key: k.clone(),
+                    key_span: span.clone(),
+                    node: empty_table(span.clone()),
+                });
+                ms.push(Meta::Table(Made::Dotted, Vec::new()));
+                es.len() - 1
+            }
+        };
+        (es, ms) = child(es, ms, i)?;
+    }
+    if find(es, last).is_some() {
+        return None;
+    }
+    es.push(Entry {
+        key: last.clone(),
+        key_span: last_span.clone(),
+        node,
+    });
+    ms.push(Meta::Frozen);
+    Some(())
+}
+
+struct Fast<'t> {
+    source: toml_parser::Source<'t>,
+    /// The current chunk's events, and the next one to read.
+    events: Vec<Event>,
+    pos: usize,
+    keys: Keys,
+    root: Vec<Entry>,
+    meta: Vec<Meta>,
+    /// The table key-values go to: entry indices from the root.
+    current: Vec<usize>,
+}
+
+impl Fast<'_> {
+    fn next(&mut self) -> Option<Event> {
+        let e = *self.events.get(self.pos)?;
+        self.pos += 1;
+        Some(e)
+    }
+
+    fn key(&mut self, e: Event) -> Option<Key> {
+        let raw = self.source.get(e)?;
+        let mut s = Cow::Borrowed("");
+        let mut err: Option<toml_parser::ParseError> = None;
+        raw.decode_key(&mut s, &mut err);
+        if err.is_some() {
+            return None;
+        }
+        Some((self.keys.get(&s), pspan(e.span())))
+    }
+
+    /// Reads `a.b.c` starting at key event `first` into `out`; returns the event after it.
+    fn dotted_key(&mut self, first: Event, out: &mut Vec<Key>) -> Option<Event> {
+        out.clear();
+        out.push(self.key(first)?);
+        loop {
+            let e = self.next()?;
+            if e.kind() != EventKind::KeySep {
+                return Some(e);
+            }
+            let k = self.next()?;
+            if k.kind() != EventKind::SimpleKey {
                 return None;
             }
-            Value::Float(x)
+            out.push(self.key(k)?);
         }
-        DeValue::Boolean(b) => Value::Boolean(b),
-        DeValue::Datetime(d) => Value::Datetime(d.to_string()),
-        DeValue::Array(a) => Value::Array(
-            a.into_iter()
-                .map(|v| fast_value(v, keys))
-                .collect::<Option<_>>()?,
-        ),
-        DeValue::Table(t) => return fast_table(t, span, keys),
+    }
+
+    /// The key-values and headers of one chunk.
+    fn expressions(&mut self) -> Option<()> {
+        let mut path: Vec<Key> = Vec::new();
+        while let Some(e) = self.next() {
+            match e.kind() {
+                EventKind::StdTableOpen | EventKind::ArrayTableOpen => {
+                    let array = e.kind() == EventKind::ArrayTableOpen;
+                    let first = self.next()?;
+                    if first.kind() != EventKind::SimpleKey {
+                        return None;
+                    }
+                    let close = self.dotted_key(first, &mut path)?;
+                    let want = if array {
+                        EventKind::ArrayTableClose
+                    } else {
+                        EventKind::StdTableClose
+                    };
+                    if close.kind() != want {
+                        return None;
+                    }
+                    let span = e.span().start()..close.span().end();
+                    self.current = header(&mut self.root, &mut self.meta, &path, array, span)?;
+                }
+                EventKind::SimpleKey => {
+                    if self.dotted_key(e, &mut path)?.kind() != EventKind::KeyValSep {
+                        return None;
+                    }
+                    let node = self.value()?;
+                    let (mut es, mut ms) = (&mut self.root, &mut self.meta);
+                    for &i in &self.current {
+                        (es, ms) = child(es, ms, i)?;
+                    }
+                    insert_dotted(es, ms, &path, node)?;
+                }
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+
+    fn value(&mut self) -> Option<Node> {
+        let e = self.next()?;
+        match e.kind() {
+            EventKind::Scalar => self.scalar(e),
+            EventKind::ArrayOpen => {
+                let mut items = Vec::new();
+                loop {
+                    let n = self.next()?;
+                    match n.kind() {
+                        EventKind::ArrayClose => {
+                            return Some(Node {
+                                span: e.span().start()..n.span().end(),
+                                value: Value::Array(items),
+                            })
+                        }
+                        EventKind::ValueSep => {}
+                        _ => {
+                            self.pos -= 1;
+                            items.push(self.value()?);
+                        }
+                    }
+                }
+            }
+            EventKind::InlineTableOpen => {
+                let mut es = Vec::new();
+                let mut ms = Vec::new();
+                let mut path = Vec::new();
+                loop {
+                    let n = self.next()?;
+                    match n.kind() {
+                        EventKind::InlineTableClose => {
+                            return Some(Node {
+                                span: e.span().start()..n.span().end(),
+                                value: Value::Table(es),
+                            })
+                        }
+                        EventKind::ValueSep => {}
+                        EventKind::SimpleKey => {
+                            if self.dotted_key(n, &mut path)?.kind() != EventKind::KeyValSep {
+                                return None;
+                            }
+                            let node = self.value()?;
+                            insert_dotted(&mut es, &mut ms, &path, node)?;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn scalar(&mut self, e: Event) -> Option<Node> {
+        let raw = self.source.get(e)?;
+        let mut s = Cow::Borrowed("");
+        let mut err: Option<toml_parser::ParseError> = None;
+        let kind = raw.decode_scalar(&mut s, &mut err);
+        if err.is_some() {
+            return None;
+        }
+        let value = match kind {
+            ScalarKind::String => Value::String(s.into_owned()),
+            ScalarKind::Boolean(b) => Value::Boolean(b),
+            ScalarKind::DateTime => Value::Datetime(s.parse::<Datetime>().ok()?.to_string()),
+            ScalarKind::Integer(radix) => {
+                Value::Integer(i64::from_str_radix(&s, radix.value()).ok()?)
+            }
+            ScalarKind::Float => {
+                let x: f64 = s.parse().ok()?;
+                // An overflowing literal (1e999) is an error in TOML, not infinity.
+                if x.is_infinite() && !s.contains("inf") {
+                    return None;
+                }
+                Value::Float(x)
+            }
+        };
+        Some(Node {
+            span: pspan(e.span()),
+            value,
+        })
+    }
+}
+
+/// `[a.b.c]` or `[[a.b.c]]`: makes or finds the table; returns its index path.
+fn header<'t>(
+    root: &'t mut Vec<Entry>,
+    meta: &'t mut Vec<Meta>,
+    path: &[Key],
+    array: bool,
+    span: Span,
+) -> Option<Vec<usize>> {
+    let ((last, last_span), prefix) = path.split_last()?;
+    let mut at = Vec::with_capacity(path.len());
+    let (mut es, mut ms) = (root, meta);
+    for (k, kspan) in prefix {
+        let i = match find(es, k) {
+            Some(i) => match ms.get(i)? {
+                Meta::Table(..) | Meta::ArrayOfTables(_) => i,
+                Meta::Frozen => return None,
+            },
+            None => {
+                es.push(Entry {
+                    key: k.clone(),
+                    key_span: kspan.clone(),
+                    node: empty_table(kspan.clone()),
+                });
+                ms.push(Meta::Table(Made::Implicit, Vec::new()));
+                es.len() - 1
+            }
+        };
+        at.push(i);
+        (es, ms) = child(es, ms, i)?;
+    }
+    let i = match find(es, last) {
+        None => {
+            let (node, m) = if array {
+                (
+                    Node {
+                        span: span.clone(),
+                        value: Value::Array(vec![empty_table(span)]),
+                    },
+                    Meta::ArrayOfTables(vec![Meta::Table(Made::Header, Vec::new())]),
+                )
+            } else {
+                (empty_table(span), Meta::Table(Made::Header, Vec::new()))
+            };
+            es.push(Entry {
+                key: last.clone(),
+                key_span: last_span.clone(),
+                node,
+            });
+            ms.push(m);
+            es.len() - 1
+        }
+        Some(i) => {
+            let entry = es.get_mut(i)?;
+            match (ms.get_mut(i)?, &mut entry.node.value, array) {
+                (Meta::Table(made, _), _, false) if *made == Made::Implicit => {
+                    // Spans as toml_edit gives them: where the table is defined.
+                    *made = Made::Header;
+                    entry.node.span = span;
+                    entry.key_span = last_span.clone();
+                }
+                (Meta::ArrayOfTables(m), Value::Array(items), true) => {
+                    items.push(empty_table(span));
+                    m.push(Meta::Table(Made::Header, Vec::new()));
+                }
+                _ => return None,
+            }
+            i
+        }
     };
-    Some(Node { span, value })
+    at.push(i);
+    Some(at)
 }
 
 fn parse_edit(src: &Source) -> Result<Node, Diagnostic> {
@@ -270,6 +706,15 @@ u = "\u00e9\t"
 "quoted key" = 1
 "#,
             "x = { a = { b = [ { c = 1 }, { d = [] } ] }, e = {} }\n[[y]]\n[[y]]\nz = 1\n",
+            // Dotted keys inside an inline table extend the table they made.
+            "x = { a.b = 1, a.c = 2, d = 3 }\n",
+            // A header may add a sub-table under a table dotted keys made.
+            "[fruit]\napple.color = 'red'\napple.taste.sweet = true\n[fruit.apple.texture]\nsmooth = true\n",
+            // An implicit table defined later; a header into the last array element.
+            "[a.b.c]\nx = 1\n[a.b]\nd = 1\n[[t]]\n[t.s]\nx = 1\n[[t]]\n[t.s]\nx = 2\n",
+            "\"a\\tb\" = 1\n'c.d' = 2\n\"\" = 3\nk.\"q.r\".s = 4\n",
+            "# comment\n[ spaced . header ] # c\n  k = \"v\" # c\n",
+            "e = \"\\U0001F600 \\\" \\\\\"\nm = '''\nfirst\n  second'''\n",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -299,6 +744,71 @@ u = "\u00e9\t"
         let src = Source::new("t", "a = 1\na = 2\n");
         let d = parse(&src).expect_err("duplicate key");
         assert_eq!(d.line, 2, "{}", d.message);
+    }
+
+    /// TOML's rules on defining things once: the fast path must not accept any of
+    /// these, and the fallback reports each as an error.
+    #[test]
+    fn redefinitions_and_bad_values_are_errors() {
+        let bad = [
+            "a = 1\na = 2\n",
+            "a.b = 1\na = 2\n",
+            "a.b = 1\na.b.c = 2\n",
+            "[a]\n[a]\n",
+            "[a]\nb = 1\n[a.b]\n",
+            "a = { b = 1 }\n[a]\n",
+            "a = { b = 1 }\na.c = 2\n",
+            "a = [1]\n[[a]]\n",
+            "[[a]]\n[a]\n",
+            "[a.b]\n[[a]]\n",
+            "[a]\n[[a]]\n",
+            "[fruit]\napple.color = 'red'\n[fruit.apple]\n",
+            "x = { a = 1, a = 2 }\n",
+            "x = { a = { b = 1 }, a.c = 2 }\n",
+            "x = { a = [1] }\n[x.a]\n",
+            "a = \"\\q\"\n",
+            "a = 1979-13-45\n",
+            "a = 1e999\n",
+            "a = \"x\"\"y\"\n",
+            "[a\n",
+            "a = [1, 2\n",
+            "a = 1 b = 2\n",
+        ];
+        for text in bad {
+            assert!(parse_fast(text).is_none(), "fast path accepted {text:?}");
+            let d = parse(&Source::new("t", text)).expect_err(text);
+            assert!(d.message.starts_with("TOML syntax error"), "{}", d.message);
+        }
+    }
+
+    /// Texts of many chunks: the same tree as toml_edit, and redefinitions across
+    /// chunks still caught.
+    #[test]
+    fn long_texts_parse_across_chunks() {
+        let mut text = String::from("[top]\nk = 1\n");
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "[[service]]\nname = \"s{i}\" # c\nendpoints = [\n  {{ address = \"a{i}\" }},\n  {{ address = \"b\", labels = {{ v = \"1\" }} }},\n]\nm = \"\"\"\n[x]\n\"\"\"\n"
+            ));
+        }
+        assert!(text.len() / 4 > CHUNK_TOKENS, "spans several chunks");
+        let src = Source::new("t", text.as_str());
+        let fast = parse_fast(&text).expect("fast parser accepts");
+        let edit = parse_edit(&src).expect("toml_edit accepts");
+        assert!(same(&fast, &edit));
+        for tail in ["[top]\n", "[[top]]\n", "m = 2\n", "[service]\n", "x = ]\n"] {
+            let bad = format!("{text}{tail}");
+            assert!(parse_fast(&bad).is_none(), "{tail}");
+            assert!(parse(&Source::new("t", bad.as_str())).is_err(), "{tail}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_not_a_crash() {
+        let text = format!("a = {}1{}\n", "[".repeat(5000), "]".repeat(5000));
+        assert!(parse_fast(&text).is_none());
+        let text = format!("a = {}1{}\n", "{ b = ".repeat(100), " }".repeat(100));
+        assert!(parse_fast(&text).is_none());
     }
 
     #[test]

@@ -43,10 +43,14 @@ impl control::admin::AdminExtension for Metrics {
 struct NoMeshTls;
 
 impl MeshTls for NoMeshTls {
-    fn server(&self, _: &str) -> Option<Arc<rustls::ServerConfig>> {
+    fn server(&self, _: &control::snapshot::IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
         None
     }
-    fn client(&self, _: &str, _: &str) -> Option<Arc<rustls::ClientConfig>> {
+    fn client(
+        &self,
+        _: &control::snapshot::IdentityRt,
+        _: &str,
+    ) -> Option<Arc<rustls::ClientConfig>> {
         None
     }
 }

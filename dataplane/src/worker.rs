@@ -547,6 +547,12 @@ impl<D: Device> Worker<D> {
         while let Some(e) = net.poll_event() {
             did = true;
             if let NetEvent::Accepted { conn, local, .. } = e {
+                // Latency over coalescing for every service: the proxy writes TLS records and
+                // HTTP heads in pieces, and Nagle waiting on the peer's delayed ACK would stall
+                // each handshake by tens of milliseconds.
+                let _ = net.ports[conn.port as usize]
+                    .stack
+                    .set_nagle(conn.id, false);
                 let kind = self
                     .services
                     .get(&local)

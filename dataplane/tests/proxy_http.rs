@@ -14,10 +14,14 @@ use std::time::Duration;
 
 struct NoTls;
 impl MeshTls for NoTls {
-    fn server(&self, _: &str) -> Option<Arc<rustls::ServerConfig>> {
+    fn server(&self, _: &control::snapshot::IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
         None
     }
-    fn client(&self, _: &str, _: &str) -> Option<Arc<rustls::ClientConfig>> {
+    fn client(
+        &self,
+        _: &control::snapshot::IdentityRt,
+        _: &str,
+    ) -> Option<Arc<rustls::ClientConfig>> {
         None
     }
 }

@@ -30,7 +30,7 @@ use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
 use super::net::{Net, NetError, NetEvent};
 use control::schema::Protocol;
-use control::snapshot::{EndpointRt, ServiceRt};
+use control::snapshot::{EndpointRt, IdentityRt, ServiceRt};
 use control::{Publisher, Snapshot};
 use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
@@ -78,11 +78,17 @@ pub mod preamble {
 }
 
 /// Where the engine gets TLS configurations (built from the current identities and trust).
+/// The identity comes from the tables the connection uses; an implementation may serve newer
+/// material for the same SPIFFE ID (a reloaded certificate).
 pub trait MeshTls: Send + Sync {
     /// The server side of a mesh listener presenting `identity`.
-    fn server(&self, identity: &str) -> Option<Arc<rustls::ServerConfig>>;
+    fn server(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>>;
     /// The client side as `identity`, expecting the peer gateway to be `peer_identity`.
-    fn client(&self, identity: &str, peer_identity: &str) -> Option<Arc<rustls::ClientConfig>>;
+    fn client(
+        &self,
+        identity: &IdentityRt,
+        peer_identity: &str,
+    ) -> Option<Arc<rustls::ClientConfig>>;
 }
 
 /// Why a connection or request was refused or cut; a label on `xdpmesh_proxy_refused_total`.
@@ -509,7 +515,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let server = listener
                     .identity
                     .and_then(|i| snap.identities.get(i as usize))
-                    .and_then(|i| self.tls.server(&i.id));
+                    .and_then(|i| self.tls.server(i));
                 let Some(tls) = server.and_then(|cfg| rustls::ServerConnection::new(cfg).ok())
                 else {
                     return self.refuse_accept(net, conn, Refusal::NoTlsConfig);
@@ -649,7 +655,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             .ok_or(Refusal::NoIdentity)?;
         let cfg = self
             .tls
-            .client(&identity.id, &peer.identity)
+            .client(identity, &peer.identity)
             .ok_or(Refusal::NoTlsConfig)?;
         let sni = super::tls::sni_for_service(&service.name).map_err(|_| Refusal::NoTlsConfig)?;
         let tls = rustls::ClientConnection::new(cfg, sni).map_err(|_| Refusal::NoTlsConfig)?;

@@ -4,6 +4,7 @@
 
 use super::engine::MeshTls;
 use super::tls::{self, CertWatch, ClientConfigs};
+use control::snapshot::IdentityRt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -29,29 +30,32 @@ impl MeshIdentity {
 }
 
 impl MeshTls for MeshIdentity {
-    fn server(&self, identity: &str) -> Option<Arc<rustls::ServerConfig>> {
+    fn server(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
         let certs = self.watch.current();
         let mut m = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         if m.0 != certs.generation {
             *m = (certs.generation, HashMap::new());
         }
-        if let Some(c) = m.1.get(identity) {
+        if let Some(c) = m.1.get(&identity.id) {
             return Some(c.clone());
         }
-        let c = tls::server_config(certs.identity(identity)?, &certs.trust).ok()?;
-        m.1.insert(identity.to_string(), c.clone());
+        // Reloaded files win; an identity the watch has not taken up yet (tables just
+        // published) uses the material control checked for the tables.
+        let material = certs.identity(&identity.id).unwrap_or(identity);
+        let c = tls::server_config(material, &certs.trust).ok()?;
+        m.1.insert(identity.id.clone(), c.clone());
         Some(c)
     }
 
-    fn client(&self, identity: &str, peer_identity: &str) -> Option<Arc<rustls::ClientConfig>> {
+    fn client(
+        &self,
+        identity: &IdentityRt,
+        peer_identity: &str,
+    ) -> Option<Arc<rustls::ClientConfig>> {
         let certs = self.watch.current();
+        let material = certs.identity(&identity.id).unwrap_or(identity);
         self.clients
-            .get(
-                certs.generation,
-                certs.identity(identity)?,
-                &certs.trust,
-                peer_identity,
-            )
+            .get(certs.generation, material, &certs.trust, peer_identity)
             .ok()
     }
 }
