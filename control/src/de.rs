@@ -212,7 +212,8 @@ fn toml_unexpected(u: &Unexpected<'_>) -> String {
         Unexpected::Signed(i) => format!("integer {i}"),
         Unexpected::Unsigned(i) => format!("integer {i}"),
         Unexpected::Float(x) => format!("float {x}"),
-        Unexpected::Str(s) => format!("string \"{s}\""),
+        // `{:?}`: a value may hold newlines or quotes; a message is one line.
+        Unexpected::Str(s) => format!("string {s:?}"),
         Unexpected::Map => "a table".into(),
         Unexpected::Seq => "an array".into(),
         other => other.to_string(),
@@ -243,7 +244,7 @@ impl de::Error for Error {
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
         let hint = did_you_mean(variant, expected.iter().copied())
             .or_else(|| Some(format!("one of: {}", expected.join(", "))));
-        Self::new(format!("unknown value \"{variant}\"")).with_hint(hint)
+        Self::new(format!("unknown value {variant:?}")).with_hint(hint)
     }
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
         let meant = closest(field, expected);
@@ -256,7 +257,7 @@ impl de::Error for Error {
         };
         Self {
             kind: Kind::UnknownField,
-            message: format!("unknown key \"{field}\""),
+            message: format!("unknown key {field:?}"),
             hint,
             meant,
             at: None,
@@ -872,5 +873,24 @@ fn count_nodes(n: &Node) -> usize {
         Value::Array(items) => items.iter().map(count_nodes).sum(),
         Value::Table(es) => es.iter().map(|e| count_nodes(&e.node)).sum(),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Tables;
+
+    /// Values and keys are quoted with escapes: a message stays on one line (found by
+    /// the fuzzer: a multi-line string as an enum value).
+    #[test]
+    fn messages_quote_newlines() {
+        let text = "[[listener]]\nname = \"w\"\nbind = \"0.0.0.0:1\"\nprotocol = \"\"\"a\nb\"\"\"\n\"x\\ny\" = 1\n";
+        let src = Source::new("t", text);
+        let root = crate::tree::parse(&src).expect("parses");
+        let errs = decode::<Tables>(&src, &root, "").expect_err("bad protocol and key");
+        let msgs: Vec<&str> = errs.iter().map(|d| d.message.as_str()).collect();
+        assert!(msgs.contains(&"unknown value \"a\\nb\""), "{msgs:?}");
+        assert!(msgs.contains(&"unknown key \"x\\ny\""), "{msgs:?}");
     }
 }

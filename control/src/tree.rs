@@ -269,6 +269,15 @@ fn find(es: &[Entry], k: &Arc<str>) -> Option<usize> {
     es.iter().position(|e| Arc::ptr_eq(&e.key, k))
 }
 
+/// Keys one table may have on the fast path: `find` is linear, so a table of
+/// more goes to `toml_edit` (hashed) rather than take quadratic time.
+const MAX_TABLE_KEYS: usize = 512;
+
+/// `es` may take one more key.
+fn room(es: &[Entry]) -> Option<()> {
+    (es.len() < MAX_TABLE_KEYS).then_some(())
+}
+
 /// The entries (and their metas) of child `i`: a table, or the last element of
 /// an array of tables.
 fn child<'t>(
@@ -311,6 +320,7 @@ fn insert_dotted<'t>(
                 _ => return None,
             },
             None => {
+                room(es)?;
                 es.push(Entry {
                     key: k.clone(),
                     key_span: span.clone(),
@@ -325,6 +335,7 @@ fn insert_dotted<'t>(
     if find(es, last).is_some() {
         return None;
     }
+    room(es)?;
     es.push(Entry {
         key: last.clone(),
         key_span: last_span.clone(),
@@ -522,6 +533,7 @@ fn header<'t>(
                 Meta::Frozen => return None,
             },
             None => {
+                room(es)?;
                 es.push(Entry {
                     key: k.clone(),
                     key_span: kspan.clone(),
@@ -536,6 +548,7 @@ fn header<'t>(
     }
     let i = match find(es, last) {
         None => {
+            room(es)?;
             let (node, m) = if array {
                 (
                     Node {
@@ -801,6 +814,17 @@ u = "\u00e9\t"
             assert!(parse_fast(&bad).is_none(), "{tail}");
             assert!(parse(&Source::new("t", bad.as_str())).is_err(), "{tail}");
         }
+    }
+
+    #[test]
+    fn big_tables_go_to_toml_edit() {
+        let text: String = (0..2000).map(|i| format!("k{i} = {i}\n")).collect();
+        assert!(parse_fast(&text).is_none());
+        let root = parse(&Source::new("t", text.as_str())).expect("parses");
+        let Value::Table(es) = &root.value else {
+            panic!("table")
+        };
+        assert_eq!(es.len(), 2000);
     }
 
     #[test]
