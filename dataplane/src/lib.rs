@@ -1,7 +1,7 @@
 //! Packet I/O backends (AF_XDP, TAP, in-memory), the workers that join them to tcpstack (one
-//! per queue, with hand-offs between them), the gateway runtime that starts them from a node
-//! file, test support for network namespaces, and the `xdpmesh` binary. The proxy engine is
-//! not built yet: see the mesh issue.
+//! per core, a queue of every interface each, with hand-offs between them), the proxy engine
+//! that runs over them or over kernel sockets, the gateway runtime that starts it all from a
+//! node file, test support for network namespaces, and the `xdpmesh` binary.
 
 pub mod device;
 pub mod gateway;

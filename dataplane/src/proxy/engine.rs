@@ -499,7 +499,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     Ok(ep) => ep,
                     Err(r) => return self.refuse_accept(net, conn, r),
                 };
-                match self.open_upstream(net, now, &snap, svc, ep, remote, false) {
+                match self.open_upstream(net, now, &snap, ep, remote, false) {
                     Ok((up, preamble)) => {
                         session.phase = Phase::Connecting;
                         session.up = Some(up);
@@ -604,7 +604,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         net: &mut N,
         now: Instant,
         snap: &Snapshot,
-        _route_svc: u32,
         (svc, ep): (u32, u32),
         client: SocketAddrV4,
         http: bool,
@@ -1248,7 +1247,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
                 Target::Route => {
                     let ep = ep.expect("routed requests have an endpoint index");
-                    self.open_upstream(net, now, &snap, svc, (svc, ep), s.client, true)?
+                    self.open_upstream(net, now, &snap, (svc, ep), s.client, true)?
                 }
             };
             self.by_conn.insert(leg.conn, (sid, Side::Up));
