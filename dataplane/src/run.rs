@@ -4,7 +4,7 @@
 use super::{Backend, RunArgs, FAILED, OK};
 use control::schema::Protocol;
 use dataplane::gateway::{self, Gateway, GatewayConfig, ProxySetup};
-use dataplane::proxy::engine::MeshTls;
+use dataplane::proxy::engine::{MeshTls, NoMeshTls};
 use dataplane::proxy::identity::MeshIdentity;
 use dataplane::proxy::kernel::KernelWorker;
 use dataplane::proxy::tls::CertWatch;
@@ -36,22 +36,6 @@ impl control::admin::AdminExtension for Metrics {
         if let Some(c) = self.certs.get() {
             c.expiry_metrics(SystemTime::now(), out);
         }
-    }
-}
-
-/// Tables without `[trust]`: no mesh listener and no peer, so no TLS is ever asked for.
-struct NoMeshTls;
-
-impl MeshTls for NoMeshTls {
-    fn server(&self, _: &control::snapshot::IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
-        None
-    }
-    fn client(
-        &self,
-        _: &control::snapshot::IdentityRt,
-        _: &str,
-    ) -> Option<Arc<rustls::ClientConfig>> {
-        None
     }
 }
 

@@ -4,27 +4,13 @@
 //! `traceparent` added when absent and kept when present, 400 for bad framing, 502 when the
 //! endpoint refuses. The mTLS hop and AF_XDP are covered on the rig (`mesh_rig.rs`).
 
-use dataplane::proxy::engine::{MeshTls, Refusal};
+use dataplane::proxy::engine::{NoMeshTls, Refusal};
 use dataplane::proxy::kernel::KernelWorker;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-struct NoTls;
-impl MeshTls for NoTls {
-    fn server(&self, _: &control::snapshot::IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
-        None
-    }
-    fn client(
-        &self,
-        _: &control::snapshot::IdentityRt,
-        _: &str,
-    ) -> Option<Arc<rustls::ClientConfig>> {
-        None
-    }
-}
 
 /// A small origin server: answers every request with its name, the request line and the
 /// headers it received (as the body); echoes the body of POSTs; `Expect: 100-continue` gets
@@ -77,17 +63,7 @@ fn serve(name: &str, c: TcpStream) {
         }
         let mut body = Vec::new();
         if chunked {
-            loop {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                let n = usize::from_str_radix(line.trim_end(), 16).unwrap();
-                let mut chunk = vec![0; n + 2];
-                r.read_exact(&mut chunk).unwrap();
-                body.extend_from_slice(&chunk[..n]);
-                if n == 0 {
-                    break;
-                }
-            }
+            body = read_chunked(&mut r);
         } else {
             body.resize(len, 0);
             r.read_exact(&mut body).unwrap();
@@ -123,7 +99,7 @@ impl Proxy {
         let addr = publisher.load().listeners[0].bind;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
-        let mut w = KernelWorker::new(publisher, Arc::new(NoTls)).expect("listen");
+        let mut w = KernelWorker::new(publisher, Arc::new(NoMeshTls)).expect("listen");
         let thread = std::thread::spawn(move || {
             w.run(&st).unwrap();
             w.engine.stats
@@ -182,6 +158,22 @@ backends = [{{ labels = {{ v = "a" }}, weight = 1 }}]
     )
 }
 
+/// Reads a chunked body (no trailers) and returns its data.
+fn read_chunked(r: &mut BufReader<TcpStream>) -> Vec<u8> {
+    let (mut body, mut line) = (Vec::new(), String::new());
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let n = usize::from_str_radix(line.trim_end(), 16).unwrap();
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk).unwrap();
+        body.extend_from_slice(&chunk[..n]);
+        if n == 0 {
+            return body;
+        }
+    }
+}
+
 /// Reads one response: (status, headers, body), following Content-Length or chunked.
 fn response(r: &mut BufReader<TcpStream>) -> (u16, Vec<String>, Vec<u8>) {
     let mut line = String::new();
@@ -202,23 +194,13 @@ fn response(r: &mut BufReader<TcpStream>) -> (u16, Vec<String>, Vec<u8>) {
         chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
         headers.push(line.trim_end().to_string());
     }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            let n = usize::from_str_radix(line.trim_end(), 16).unwrap();
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk).unwrap();
-            body.extend_from_slice(&chunk[..n]);
-            if n == 0 {
-                break;
-            }
-        }
+    let body = if chunked {
+        read_chunked(r)
     } else {
-        body.resize(len, 0);
+        let mut body = vec![0; len];
         r.read_exact(&mut body).unwrap();
-    }
+        body
+    };
     (status, headers, body)
 }
 

@@ -28,7 +28,7 @@
 use super::http::{self, BodyFramer, HttpError, RequestHead};
 use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
-use super::net::{Net, NetError, NetEvent};
+use super::net::{Net, NetEvent};
 use control::schema::Protocol;
 use control::snapshot::{EndpointRt, IdentityRt, ServiceRt};
 use control::{Publisher, Snapshot};
@@ -89,6 +89,18 @@ pub trait MeshTls: Send + Sync {
         identity: &IdentityRt,
         peer_identity: &str,
     ) -> Option<Arc<rustls::ClientConfig>>;
+}
+
+/// For tables without `[trust]`: no mesh listener and no peer, so no TLS is ever asked for.
+pub struct NoMeshTls;
+
+impl MeshTls for NoMeshTls {
+    fn server(&self, _: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
+        None
+    }
+    fn client(&self, _: &IdentityRt, _: &str) -> Option<Arc<rustls::ClientConfig>> {
+        None
+    }
 }
 
 /// Why a connection or request was refused or cut; a label on `xdpmesh_proxy_refused_total`.
@@ -909,47 +921,30 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         loop {
             let mut moved = false;
             // Read what fits.
-            if !s.down_eof && s.d_in.len() < BUF {
-                let room = BUF - s.d_in.len();
-                match s.down.read(net, &mut self.buf[..room], &mut self.scratch)? {
-                    Ok(0) => {
-                        s.down_eof = true;
-                        moved = true;
-                    }
-                    Ok(n) => {
-                        s.d_in.extend_from_slice(&self.buf[..n]);
-                        moved = true;
-                    }
-                    Err(_) => {}
-                }
-            }
+            moved |= fill(
+                net,
+                &mut s.down,
+                &mut s.d_in,
+                &mut s.down_eof,
+                &mut self.buf,
+                &mut self.scratch,
+            )?;
             if let Some(up) = s.up.as_mut() {
-                if up.connected && !up.is_handshaking() && !s.up_eof && s.u_in.len() < BUF {
-                    let room = BUF - s.u_in.len();
-                    match up
-                        .read(net, &mut self.buf[..room], &mut self.scratch)
-                        .map_err(StepError::Up)?
-                    {
-                        Ok(0) => {
-                            s.up_eof = true;
-                            moved = true;
-                        }
-                        Ok(n) => {
-                            s.u_in.extend_from_slice(&self.buf[..n]);
-                            moved = true;
-                        }
-                        Err(_) => {}
-                    }
-                } else if up.connected && up.is_handshaking() {
+                if up.connected && !up.is_handshaking() {
+                    moved |= fill(
+                        net,
+                        up,
+                        &mut s.u_in,
+                        &mut s.up_eof,
+                        &mut self.buf,
+                        &mut self.scratch,
+                    )
+                    .map_err(StepError::Up)?;
+                } else if up.connected {
                     up.handshake(net, &mut self.scratch)
                         .map_err(StepError::Up)?;
                     if !up.is_handshaking() {
-                        let up_ref: &Leg<C> = up;
-                        if let Some(rustls::Connection::Client(c)) = up_ref.tls_state() {
-                            if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                                self.stats.tls_resumed += 1;
-                            }
-                        }
+                        self.note_resumption(up);
                         moved = true;
                     }
                 }
@@ -1385,6 +1380,28 @@ impl From<LegError> for StepError {
     }
 }
 
+/// One read from `leg` into `inbuf` if it has room (up to [`BUF`]); the end of stream sets
+/// `eof`. Returns whether anything happened.
+fn fill<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
+    net: &mut N,
+    leg: &mut Leg<C>,
+    inbuf: &mut Vec<u8>,
+    eof: &mut bool,
+    tmp: &mut [u8],
+    scratch: &mut [u8],
+) -> Result<bool, LegError> {
+    if *eof || inbuf.len() >= BUF {
+        return Ok(false);
+    }
+    let room = (BUF - inbuf.len()).min(tmp.len());
+    match leg.read(net, &mut tmp[..room], scratch)? {
+        Ok(0) => *eof = true,
+        Ok(n) => inbuf.extend_from_slice(&tmp[..n]),
+        Err(_) => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Reads from `src` into `buf` while it has room, writes `buf` to `dst`; finishes `dst` once
 /// `src` ended and `buf` drained. Returns whether anything moved.
 #[allow(clippy::too_many_arguments)]
@@ -1398,21 +1415,7 @@ fn pump<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
     scratch: &mut [u8],
     counter: &mut u64,
 ) -> Result<bool, LegError> {
-    let mut moved = false;
-    if !*eof && buf.len() < BUF {
-        let room = (BUF - buf.len()).min(tmp.len());
-        match src.read(net, &mut tmp[..room], scratch)? {
-            Ok(0) => {
-                *eof = true;
-                moved = true;
-            }
-            Ok(n) => {
-                buf.extend_from_slice(&tmp[..n]);
-                moved = true;
-            }
-            Err(NetError::WouldBlock) | Err(_) => {}
-        }
-    }
+    let mut moved = fill(net, src, buf, eof, tmp, scratch)?;
     if !buf.is_empty() {
         let n = dst.write(net, buf)?;
         if n > 0 {

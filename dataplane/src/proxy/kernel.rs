@@ -122,6 +122,16 @@ impl KernelNet {
             .filter(|s| s.gen == c.gen && s.stream.is_some())
     }
 
+    /// The stream of an established connection: `Closed` for a stale handle, `WouldBlock`
+    /// while the connect is still in progress.
+    fn connected(&mut self, c: KConn) -> Result<&mut TcpStream, NetError> {
+        let s = self.stream(c).ok_or(NetError::Closed)?;
+        if s.connecting {
+            return Err(NetError::WouldBlock);
+        }
+        Ok(s.stream.as_mut().expect("checked by stream()"))
+    }
+
     fn release(&mut self, c: KConn, linger0: bool) -> bool {
         let Some(s) = self.stream(c) else {
             return false;
@@ -245,13 +255,7 @@ impl Net for KernelNet {
     }
 
     fn read(&mut self, c: KConn, buf: &mut [u8]) -> Result<usize, NetError> {
-        let Some(s) = self.stream(c) else {
-            return Err(NetError::Closed);
-        };
-        if s.connecting {
-            return Err(NetError::WouldBlock);
-        }
-        let stream = s.stream.as_mut().expect("checked");
+        let stream = self.connected(c)?;
         loop {
             match stream.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -261,13 +265,7 @@ impl Net for KernelNet {
     }
 
     fn write(&mut self, c: KConn, data: &[u8]) -> Result<usize, NetError> {
-        let Some(s) = self.stream(c) else {
-            return Err(NetError::Closed);
-        };
-        if s.connecting {
-            return Err(NetError::WouldBlock);
-        }
-        let stream = s.stream.as_mut().expect("checked");
+        let stream = self.connected(c)?;
         loop {
             match stream.write(data) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
