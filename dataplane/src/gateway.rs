@@ -10,6 +10,7 @@
 
 use crate::proxy::engine::{Engine, MeshTls};
 use crate::shard::{FlowOwner, Rss};
+use crate::shutdown::Shutdown;
 use crate::worker::{Builtin, DrainReport, Shard, Worker, WorkerStats};
 use crate::xdp::{self, BindMode, SteerConfig, Steering, XdpError, XdpMode, XskConfig, XskDevice};
 use hw_config::{Interface, Poll, Steer};
@@ -17,7 +18,7 @@ use ipnet::Ipv4Net;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -124,8 +125,7 @@ struct Running {
 
 /// A running gateway.
 pub struct Gateway {
-    stop: Arc<AtomicBool>,
-    drain: Arc<Mutex<Duration>>,
+    shutdown: Arc<Shutdown>,
     workers: Vec<Running>,
     steering: Vec<Arc<Steering>>,
 }
@@ -335,11 +335,9 @@ impl Gateway {
     /// stops the ones started and returns the first error.
     pub fn start(cfg: &GatewayConfig) -> Result<Gateway, GatewayError> {
         let secret = random_secret()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let drain = Arc::new(Mutex::new(Duration::ZERO));
+        let shutdown = Arc::new(Shutdown::default());
         let mut gw = Gateway {
-            stop: stop.clone(),
-            drain: drain.clone(),
+            shutdown: shutdown.clone(),
             workers: Vec::new(),
             steering: Vec::new(),
         };
@@ -373,10 +371,10 @@ impl Gateway {
                 proxy: cfg.proxy.clone(),
                 on_failure: cfg.on_worker_failure.clone(),
             };
-            let (stop, drain, ready) = (stop.clone(), drain.clone(), ready_tx.clone());
+            let (shutdown, ready) = (shutdown.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("xm-core{core}"))
-                .spawn(move || job.run(&stop, &drain, ready))?;
+                .spawn(move || job.run(&shutdown, ready))?;
             expected += 1;
             gw.workers.push(Running { info, thread });
         }
@@ -421,11 +419,15 @@ impl Gateway {
         }
     }
 
+    /// Returns once no worker accepts new connections; they then drain for up to `deadline`.
+    pub fn stop_accepting(&self, deadline: Duration) {
+        self.shutdown.begin(deadline, self.workers.len());
+    }
+
     /// Stops accepting, lets connections finish until `deadline`, resets the rest; then the
     /// sockets close and the steering programs detach. Returns each worker's drain report.
     pub fn shutdown(mut self, deadline: Duration) -> Vec<(WorkerInfo, io::Result<DrainReport>)> {
-        *self.drain.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop_accepting(deadline);
         let reports = std::mem::take(&mut self.workers)
             .into_iter()
             .map(|w| {
@@ -443,7 +445,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shutdown.flag().store(true, Ordering::SeqCst);
         for w in self.workers.drain(..) {
             let _ = w.thread.join();
         }
@@ -633,10 +635,10 @@ struct Job {
 impl Job {
     fn run(
         self,
-        stop: &AtomicBool,
-        drain: &Mutex<Duration>,
+        shutdown: &Shutdown,
         ready: mpsc::Sender<Result<(), GatewayError>>,
     ) -> io::Result<DrainReport> {
+        let mut arrival = shutdown.arrival();
         let info = self.info.clone();
         let on_failure = self.on_failure.clone();
         let mut worker = match self.start() {
@@ -649,14 +651,15 @@ impl Job {
                 return Ok(DrainReport::default());
             }
         };
-        if let Err(e) = worker.run(stop) {
+        if let Err(e) = worker.run(shutdown.flag()) {
             if let Some(f) = on_failure {
                 f(&info, &e);
             }
             return Err(e);
         }
-        let deadline = *drain.lock().unwrap_or_else(|e| e.into_inner());
-        worker.drain(deadline)
+        worker.stop_accepting();
+        arrival.refusing();
+        worker.drain_among(shutdown.deadline(), Some(&mut arrival))
     }
 
     fn start(self) -> Result<Worker<XskDevice>, GatewayError> {

@@ -9,6 +9,7 @@ pub mod memlink;
 pub mod netns;
 pub mod proxy;
 pub mod shard;
+pub mod shutdown;
 pub mod tap;
 pub mod wake;
 pub mod worker;

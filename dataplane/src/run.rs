@@ -8,6 +8,7 @@ use dataplane::proxy::engine::{MeshTls, NoMeshTls};
 use dataplane::proxy::identity::MeshIdentity;
 use dataplane::proxy::kernel::KernelWorker;
 use dataplane::proxy::tls::CertWatch;
+use dataplane::shutdown::Shutdown;
 use dataplane::worker::Builtin;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Write;
@@ -233,12 +234,19 @@ fn say_ready(out: &mut dyn Write, node: &control::node::NodeConfig, what: &str, 
     let _ = out.flush();
 }
 
-fn wait_signal(signals: &mut signal_hook::iterator::Signals, out: &mut dyn Write, drain: Duration) {
-    let sig = signals.forever().next().unwrap_or(SIGTERM);
+/// Waits for SIGTERM or SIGINT; returns its name.
+fn wait_signal(signals: &mut signal_hook::iterator::Signals) -> &'static str {
+    match signals.forever().next() {
+        Some(SIGINT) => "SIGINT",
+        _ => "SIGTERM",
+    }
+}
+
+/// Said once no worker accepts any more: a client that reads it and connects is refused.
+fn say_draining(out: &mut dyn Write, sig: &str, drain: Duration) {
     let _ = writeln!(
         out,
-        "xdpmesh: {}: draining for up to {}",
-        if sig == SIGINT { "SIGINT" } else { "SIGTERM" },
+        "xdpmesh: {sig}: new connections refused; draining for up to {}",
         humantime::format_duration(drain)
     );
     let _ = out.flush();
@@ -309,7 +317,9 @@ fn run_afxdp(
         ),
         plane.admin.local_addr(),
     );
-    wait_signal(signals, out, a.drain_timeout);
+    let sig = wait_signal(signals);
+    gw.stop_accepting(a.drain_timeout);
+    say_draining(out, sig, a.drain_timeout);
     let mut code = OK;
     for (w, r) in gw.shutdown(a.drain_timeout) {
         match r {
@@ -358,18 +368,20 @@ fn run_kernel(
     };
     let stats = Arc::new(Mutex::new(worker.engine.stats));
     let _ = ext.kernel.set(stats.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain = a.drain_timeout;
+    let shutdown = Arc::new(Shutdown::default());
     let thread = {
-        let stop = stop.clone();
+        let shutdown = shutdown.clone();
         std::thread::Builder::new().name("xm-kernel".into()).spawn(
             move || -> std::io::Result<usize> {
-                if let Err(e) = worker.run_publishing(&stop, &stats) {
+                let mut arrival = shutdown.arrival();
+                if let Err(e) = worker.run_publishing(shutdown.flag(), &stats) {
                     eprintln!("kernel worker failed: {e}; stopping the gateway");
                     let _ = signal_hook::low_level::raise(SIGTERM);
                     return Err(e);
                 }
-                worker.drain(drain)
+                worker.stop_accepting();
+                arrival.refusing();
+                worker.drain(shutdown.deadline())
             },
         )
     };
@@ -386,8 +398,9 @@ fn run_kernel(
         &format!("{} listeners on kernel sockets", listeners.proxy.len()),
         plane.admin.local_addr(),
     );
-    wait_signal(signals, out, drain);
-    stop.store(true, Ordering::SeqCst);
+    let sig = wait_signal(signals);
+    shutdown.begin(a.drain_timeout, 1);
+    say_draining(out, sig, a.drain_timeout);
     match thread.join() {
         Ok(Ok(left)) => {
             let _ = writeln!(

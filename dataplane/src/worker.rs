@@ -18,6 +18,7 @@ use crate::device::Device;
 use crate::proxy::engine::Engine;
 use crate::proxy::net::{Net, NetError, NetEvent};
 use crate::shard::{Dispatch, FlowOwner};
+use crate::shutdown::Arrival;
 use crate::wake::{self, Wake};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use std::collections::HashMap;
@@ -485,15 +486,30 @@ impl<D: Device> Worker<D> {
         Ok(())
     }
 
-    /// Graceful shutdown: stop accepting (listeners removed, so new SYNs are refused), close
-    /// idle HTTP keep-alive connections, let the others finish until `timeout`, then reset what
-    /// is left and flush the RSTs.
-    pub fn drain(&mut self, timeout: Duration) -> io::Result<DrainReport> {
+    /// Removes every listener: from now on a SYN to them gets a RST.
+    pub fn stop_accepting(&mut self) {
         for p in &mut self.ports {
             for a in p.stack.listening() {
                 p.stack.unlisten(a);
             }
         }
+    }
+
+    /// Graceful shutdown: stop accepting (listeners removed, so new SYNs are refused), close
+    /// idle HTTP keep-alive connections, let the others finish until `timeout`, then reset what
+    /// is left and flush the RSTs.
+    pub fn drain(&mut self, timeout: Duration) -> io::Result<DrainReport> {
+        self.drain_among(timeout, None)
+    }
+
+    /// [`Worker::drain`] for one of several workers: once its own connections are done it
+    /// keeps serving its queues (refusing SYNs, handing segments over) until the others are.
+    pub fn drain_among(
+        &mut self,
+        timeout: Duration,
+        mut peers: Option<&mut Arrival>,
+    ) -> io::Result<DrainReport> {
+        self.stop_accepting();
         let engine_started = self.engine.as_ref().map_or(0, |e| e.active());
         if let Some(e) = self.engine.as_mut() {
             e.drain_idle();
@@ -507,7 +523,16 @@ impl<D: Device> Worker<D> {
         let deadline = WallInstant::now() + timeout;
         let busy =
             |w: &Self| !w.sessions.is_empty() || w.engine.as_ref().is_some_and(|e| e.active() > 0);
-        while busy(self) && WallInstant::now() < deadline {
+        while WallInstant::now() < deadline {
+            if !busy(self) {
+                match peers.as_mut() {
+                    Some(p) => p.finished(),
+                    None => break,
+                }
+                if !peers.as_ref().is_some_and(|p| p.others_busy()) {
+                    break;
+                }
+            }
             if !self.poll_once()? {
                 self.sleep(Duration::from_millis(1))?;
             }
@@ -528,8 +553,13 @@ impl<D: Device> Worker<D> {
             };
             e.abort_all(&mut net, now);
         }
-        // Send the RSTs (and anything else still queued) before the socket goes away.
-        while self.poll_once()? {}
+        // Send the RSTs (and anything else still queued) before the socket goes away; bounded,
+        // as a peer that keeps sending would keep this busy.
+        for _ in 0..64 {
+            if !self.poll_once()? {
+                break;
+            }
+        }
         self.publish_stats();
         Ok(DrainReport {
             finished: started.saturating_sub(reset),

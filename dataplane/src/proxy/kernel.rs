@@ -378,10 +378,15 @@ impl KernelWorker {
         Ok(())
     }
 
+    /// Closes the listening sockets: the kernel refuses new connections from now on.
+    pub fn stop_accepting(&mut self) {
+        self.net.unlisten_all();
+    }
+
     /// Stops accepting and lets sessions finish until `timeout`; returns how many were left
     /// (and reset).
     pub fn drain(&mut self, timeout: Duration) -> io::Result<usize> {
-        self.net.unlisten_all();
+        self.stop_accepting();
         self.engine.drain_idle();
         let deadline = std::time::Instant::now() + timeout;
         while self.engine.active() > 0 && std::time::Instant::now() < deadline {
