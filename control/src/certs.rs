@@ -65,7 +65,7 @@ fn read_file(
                     c.src,
                     &value.span,
                     key,
-                    format!("{what} file \"{}\" is larger than 1 MiB", path.display()),
+                    format!("{what} file {:?} is larger than 1 MiB", path),
                 )
                 .hint("name a PEM file"),
             );
@@ -78,7 +78,7 @@ fn read_file(
                     c.src,
                     &value.span,
                     key,
-                    format!("{what} file \"{}\" not found", path.display()),
+                    format!("{what} file {:?} not found", path),
                 )
                 .hint(hint_missing),
             );
@@ -90,7 +90,7 @@ fn read_file(
                     c.src,
                     &value.span,
                     key,
-                    format!("cannot read {what} file \"{}\": {e}", path.display()),
+                    format!("cannot read {what} file {:?}: {e}", path),
                 )
                 .hint("check the file's permissions"),
             );
@@ -123,7 +123,7 @@ pub fn check_identity(
                     c.src,
                     &cert.span,
                     &cert_key,
-                    format!("\"{}\" holds no PEM certificate", path.display()),
+                    format!("{:?} holds no PEM certificate", path),
                 )
                 .hint("expected a -----BEGIN CERTIFICATE----- block"),
             );
@@ -145,10 +145,7 @@ pub fn check_identity(
                         c.src,
                         &key.span,
                         &key_key,
-                        format!(
-                            "\"{}\" holds no usable PKCS#8 private key ({e})",
-                            path.display()
-                        ),
+                        format!("{:?} holds no usable PKCS#8 private key ({e})", path),
                     )
                     .hint("convert it: openssl pkcs8 -topk8 -nocrypt -in OLD.pem -out NEW.pem"),
                 );
@@ -168,7 +165,7 @@ pub fn check_identity(
                     c.src,
                     &key.span,
                     &key_key,
-                    format!("key does not match the certificate \"{cert_path}\""),
+                    format!("key does not match the certificate {cert_path:?}"),
                 )
                 .hint("use the key the certificate was issued for"),
             );
@@ -266,12 +263,8 @@ fn check_leaf(
         [one] if one == id => {}
         [one] => {
             out.push(
-                at(format!(
-                    "certificate's SPIFFE ID is \"{one}\", not \"{id}\""
-                ))
-                .hint(format!(
-                    "set id = \"{one}\", or issue a certificate for {id}"
-                )),
+                at(format!("certificate's SPIFFE ID is {one:?}, not {id:?}"))
+                    .hint(format!("set id = {one:?}, or issue a certificate for {id}")),
             );
             ok = false;
         }
@@ -313,7 +306,7 @@ pub fn check_trust_root(
     let blocks = pem_blocks(&bytes, "CERTIFICATE");
     if blocks.is_empty() {
         out.push(
-            at(format!("\"{}\" holds no PEM certificate", path.display()))
+            at(format!("{:?} holds no PEM certificate", path))
                 .hint("expected a -----BEGIN CERTIFICATE----- block"),
         );
         return None;
@@ -323,16 +316,13 @@ pub fn check_trust_root(
         let x509 = match X509Certificate::from_der(der) {
             Ok((_, x)) => x,
             Err(e) => {
-                out.push(at(format!(
-                    "\"{}\": certificate does not parse: {e}",
-                    path.display()
-                )));
+                out.push(at(format!("{:?}: certificate does not parse: {e}", path)));
                 continue;
             }
         };
         if !x509.is_ca() {
             out.push(
-                at(format!("\"{}\" is not a CA certificate", path.display()))
+                at(format!("{:?} is not a CA certificate", path))
                     .hint("name the mesh CA's certificate (ca.pem), not a gateway's"),
             );
         }
@@ -340,8 +330,8 @@ pub fn check_trust_root(
         if c.now_unix > validity.not_after.timestamp() {
             out.push(
                 at(format!(
-                    "trust root \"{}\" expired on {}",
-                    path.display(),
+                    "trust root {:?} expired on {}",
+                    path,
                     validity.not_after
                 ))
                 .hint("rotate the mesh CA: trust old and new roots together, reissue, then drop the old"),

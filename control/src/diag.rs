@@ -57,15 +57,31 @@ impl Diagnostic {
     }
 }
 
+/// Writes `s` with control characters escaped: a diagnostic is one line whatever the text
+/// it quotes (messages quote user values with `{:?}`; this catches any that do not).
+fn one_line(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    for c in s.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}: ", self.file, self.line, self.col)?;
         if !self.key.is_empty() {
-            write!(f, "{}: ", self.key)?;
+            one_line(f, &self.key)?;
+            f.write_str(": ")?;
         }
-        f.write_str(&self.message)?;
+        one_line(f, &self.message)?;
         if let Some(h) = &self.hint {
-            write!(f, " (hint: {h})")?;
+            f.write_str(" (hint: ")?;
+            one_line(f, h)?;
+            f.write_str(")")?;
         }
         Ok(())
     }

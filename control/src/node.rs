@@ -107,7 +107,7 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
                         &src,
                         &a.span,
                         "node.admin",
-                        format!("\"{}\" is not an IP:PORT address", **a),
+                        format!("{:?} is not an IP:PORT address", **a),
                     )
                     .hint(format!("e.g. \"{DEFAULT_ADMIN}\"")),
                 );
@@ -127,7 +127,7 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
                             &src,
                             &f.span,
                             "node.admin_token_file",
-                            format!("token file \"{}\" is empty", p.display()),
+                            format!("token file {:?} is empty", p),
                         )
                         .hint(
                             "put a long random token in it, e.g. head -c 32 /dev/urandom | base64",
@@ -141,7 +141,7 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
                             &src,
                             &f.span,
                             "node.admin_token_file",
-                            format!("cannot read token file \"{}\": {e}", p.display()),
+                            format!("cannot read token file {:?}: {e}", p),
                         )
                         .hint("check the path and permissions"),
                     );

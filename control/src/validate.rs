@@ -126,7 +126,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             v.err(
                 &ident.id.span,
                 format!("{k}.id"),
-                format!("duplicate identity \"{}\"", *ident.id),
+                format!("duplicate identity {:?}", *ident.id),
             )
             .set_hint(format!("first defined on line {line}"));
         } else {
@@ -141,7 +141,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                     v.err(
                         &s.span,
                         &key,
-                        format!("source {net} is already claimed by identity \"{other}\""),
+                        format!("source {net} is already claimed by identity {other:?}"),
                     )
                     .set_hint(format!("see line {line}; a source belongs to one identity"));
                 } else {
@@ -193,7 +193,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             v.err(
                 &p.name.span,
                 format!("{k}.name"),
-                format!("duplicate peer \"{}\"", *p.name),
+                format!("duplicate peer {:?}", *p.name),
             )
             .set_hint(format!("first defined on line {line}"));
         } else {
@@ -223,7 +223,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             v.err(
                 &s.name.span,
                 format!("{}.name", k()),
-                format!("duplicate service \"{}\"", *s.name),
+                format!("duplicate service {:?}", *s.name),
             )
             .set_hint(format!("first defined on line {line}"));
             continue;
@@ -249,7 +249,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                     v.err(
                         &h.span,
                         key.path(),
-                        format!("host \"{h_norm}\" already names service \"{owner}\""),
+                        format!("host {h_norm:?} already names service {owner:?}"),
                     )
                     .set_hint(format!("see line {line}; a host names one service"));
                 }
@@ -307,7 +307,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                         v.err(
                             &p.span,
                             format!("{}.via", ek()),
-                            format!("unknown peer \"{}\"", **p),
+                            format!("unknown peer {:?}", **p),
                         )
                         .set_hint(hint);
                         None
@@ -376,7 +376,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                     v.err(
                         &name.span,
                         key.path(),
-                        format!("unknown service \"{}\"", **name),
+                        format!("unknown service {:?}", **name),
                     )
                     .set_hint(hint);
                     None
@@ -396,7 +396,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             v.err(
                 &l.name.span,
                 format!("{k}.name"),
-                format!("duplicate listener \"{}\"", *l.name),
+                format!("duplicate listener {:?}", *l.name),
             )
             .set_hint(format!("first defined on line {line}"));
         } else {
@@ -414,7 +414,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 v.err(
                     &l.bind.span,
                     format!("{k}.bind"),
-                    format!("overlaps listener \"{other_name}\" on {other}"),
+                    format!("overlaps listener {other_name:?} on {other}"),
                 )
                 .set_hint(format!("see line {line}; use another port or address"));
             } else {
@@ -444,7 +444,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 v.err(
                     &s.span,
                     format!("{k}.service"),
-                    format!("service does nothing for protocol \"{}\"{why}", p.as_str()),
+                    format!("service does nothing for protocol {:?}{why}", p.as_str()),
                 )
                 .set_hint("remove it");
                 Some(None)
@@ -462,7 +462,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                     v.err(
                         &id.span,
                         format!("{k}.identity"),
-                        format!("unknown identity \"{}\"", **id),
+                        format!("unknown identity {:?}", **id),
                     )
                     .set_hint(hint);
                     None
@@ -481,7 +481,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 v.err(
                     &id.span,
                     format!("{k}.identity"),
-                    format!("identity does nothing for protocol \"{}\"", proto.as_str()),
+                    format!("identity does nothing for protocol {:?}", proto.as_str()),
                 )
                 .set_hint("remove it");
                 Some(None)
@@ -525,7 +525,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                     v.err(
                         &value.span,
                         format!("{}.headers.{name}", mk()),
-                        format!("\"{name}\" is not a valid header name"),
+                        format!("{name:?} is not a valid header name"),
                     )
                     .set_hint(
                         "header names are letters, digits and !#$%&'*+-.^_`|~ (RFC 9110 §5.1)",
@@ -597,7 +597,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                     &b.span,
                     format!("{}.labels", bk()),
                     format!(
-                        "no endpoint of service \"{}\" has labels {}",
+                        "no endpoint of service {:?} has labels {}",
                         svc.name,
                         fmt_labels(&b.labels)
                     ),
@@ -757,7 +757,7 @@ fn check_name(v: &mut V<'_>, name: &Sp<String>, key: &(impl KeyPath + ?Sized)) -
         v.err(
             &name.span,
             key.path(),
-            format!("\"{}\" is not a valid name", **name),
+            format!("{:?} is not a valid name", **name),
         )
         .set_hint("use letters, digits, '.', '-' and '_'");
         return false;
@@ -777,8 +777,8 @@ fn check_host(v: &mut V<'_>, h: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> O
     }
     if let Some((name, port)) = lower.rsplit_once(':') {
         if port.parse::<u16>().is_ok() {
-            v.err(&h.span, key.path(), format!("host \"{}\" has a port", **h))
-                .set_hint(format!("write \"{name}\"; ports are ignored when matching"));
+            v.err(&h.span, key.path(), format!("host {:?} has a port", **h))
+                .set_hint(format!("write {name:?}; ports are ignored when matching"));
             return None;
         }
     }
@@ -789,7 +789,7 @@ fn check_host(v: &mut V<'_>, h: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> O
         v.err(
             &h.span,
             key.path(),
-            format!("\"{}\" is not a valid host name", **h),
+            format!("{:?} is not a valid host name", **h),
         )
         .set_hint("use letters, digits, '.', '-' and '_'");
         return None;
@@ -806,7 +806,7 @@ fn parse_socket(
         Ok(a) => Some(a),
         Err(_) => {
             let hint = if s.parse::<IpAddr>().is_ok() {
-                format!("add a port: \"{}:PORT\"", **s)
+                format!("add a port: {:?}", format!("{}:PORT", **s))
             } else if s.contains(':') && !s.starts_with('[') && s.matches(':').count() > 1 {
                 "bracket IPv6 addresses: \"[::1]:8080\"".into()
             } else {
@@ -815,7 +815,7 @@ fn parse_socket(
             v.err(
                 &s.span,
                 key.path(),
-                format!("\"{}\" is not an IP:PORT address", **s),
+                format!("{:?} is not an IP:PORT address", **s),
             )
             .set_hint(hint);
             None
@@ -830,16 +830,12 @@ fn parse_cidr(v: &mut V<'_>, s: &Sp<String>, key: &(impl KeyPath + ?Sized)) -> O
     match IpNet::from_str(s) {
         Ok(net) if net.trunc() == net => Some(net),
         Ok(net) => {
-            v.err(
-                &s.span,
-                key.path(),
-                format!("\"{}\" has host bits set", **s),
-            )
-            .set_hint(format!("did you mean \"{}\"?", net.trunc()));
+            v.err(&s.span, key.path(), format!("{:?} has host bits set", **s))
+                .set_hint(format!("did you mean \"{}\"?", net.trunc()));
             None
         }
         Err(_) => {
-            v.err(&s.span, key.path(), format!("\"{}\" is not a CIDR", **s))
+            v.err(&s.span, key.path(), format!("{:?} is not a CIDR", **s))
                 .set_hint("write ADDRESS/PREFIX, e.g. \"10.10.1.0/24\"");
             None
         }
@@ -893,7 +889,7 @@ fn check_spiffe_id(v: &mut V<'_>, id: &Sp<String>, key: &(impl KeyPath + ?Sized)
             v.err(
                 &id.span,
                 key.path(),
-                format!("\"{}\" is not a SPIFFE ID: it {why}", **id),
+                format!("{:?} is not a SPIFFE ID: it {why}", **id),
             )
             .set_hint("write spiffe://TRUST-DOMAIN/PATH, e.g. spiffe://corp.mesh/sa/checkout");
             false
@@ -921,7 +917,7 @@ fn id_set(v: &mut V<'_>, ids: &[Sp<String>], key: &(impl KeyPath + ?Sized)) -> O
                     v.err(
                         &id.span,
                         k.as_str(),
-                        format!("\"{}\" is not a SPIFFE ID pattern: it {why}", **id),
+                        format!("{:?} is not a SPIFFE ID pattern: it {why}", **id),
                     )
                     .set_hint(
                         "write spiffe://TRUST-DOMAIN/PATH, spiffe://TRUST-DOMAIN/PREFIX/* or *",
@@ -950,7 +946,7 @@ fn check_method(v: &mut V<'_>, m: &Sp<String>, key: &(impl KeyPath + ?Sized)) ->
         v.err(
             &m.span,
             key.path(),
-            format!("\"{}\" is not an HTTP method", **m),
+            format!("{:?} is not an HTTP method", **m),
         )
         .set_hint("e.g. GET, POST, PUT, DELETE");
         return None;
@@ -960,10 +956,10 @@ fn check_method(v: &mut V<'_>, m: &Sp<String>, key: &(impl KeyPath + ?Sized)) ->
         v.err(
             &m.span,
             key.path(),
-            format!("method \"{}\" is not upper-case", **m),
+            format!("method {:?} is not upper-case", **m),
         )
         .set_hint(format!(
-            "methods are case-sensitive (RFC 9110 §9.1): write \"{upper}\""
+            "methods are case-sensitive (RFC 9110 §9.1): write {upper:?}"
         ));
         return None;
     }
@@ -980,7 +976,7 @@ fn compile_path(
             v.err(
                 &p.span,
                 format!("{}.{kind}", key.path()),
-                format!("path \"{s}\" does not start with '/'"),
+                format!("path {s:?} does not start with '/'"),
             )
             .set_hint(format!("write \"/{s}\""));
             return false;
@@ -989,7 +985,7 @@ fn compile_path(
             v.err(
                 &p.span,
                 format!("{}.{kind}", key.path()),
-                format!("path \"{s}\" has a query string"),
+                format!("path {s:?} has a query string"),
             )
             .set_hint("paths are matched without the query string");
             return false;
@@ -1039,12 +1035,8 @@ fn parse_hash_key(v: &mut V<'_>, h: &Sp<String>, key: &(impl KeyPath + ?Sized)) 
         _ => None,
     };
     if r.is_none() {
-        v.err(
-            &h.span,
-            key.path(),
-            format!("\"{}\" is not a hash key", **h),
-        )
-        .set_hint("one of: source-ip, header:NAME, cookie:NAME");
+        v.err(&h.span, key.path(), format!("{:?} is not a hash key", **h))
+            .set_hint("one of: source-ip, header:NAME, cookie:NAME");
     }
     r
 }

@@ -66,6 +66,16 @@ fn syntax_error_is_one_error() {
     );
 }
 
+/// A name holding a newline is quoted with escapes: an error stays one line (found by
+/// fuzzing: a multi-line string as a listener's service).
+#[test]
+fn quoted_names_keep_an_error_on_one_line() {
+    one(
+        "[[route]]\nservice = \"\"\"a\nb\"\"\"\n",
+        "t.toml:2:11: route[0].service: unknown service \"a\\nb\" (hint: define it in a [[service]] table)",
+    );
+}
+
 #[test]
 fn references_to_unknown_names_suggest_the_closest() {
     one(
