@@ -402,17 +402,29 @@ pub(crate) struct HostEntry {
     table: u32,
 }
 
-/// Host name → [`HostEntry`]: open addressing (linear probing) over 8-byte slots
-/// holding a hash tag and the entry, so a lookup costs about one slot read, one
-/// entry read and one read of the host's routes.
+/// Host name → [`HostEntry`]: open addressing (linear probing) over 16-byte slots
+/// holding a hash tag, the entry and where the host's routes are. The entry and the
+/// routes are both addressed from the slot, so their reads overlap: a lookup costs
+/// about two dependent cache misses (slot, then entry and routes together), not three.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct HostIndex {
-    /// (tag, entry + 1); entry 0 is empty. Length a power of two, at most half full.
-    slots: Vec<(u32, u32)>,
+    /// Length a power of two, at most half full.
+    slots: Vec<Slot>,
     entries: Vec<HostEntry>,
     routes: Vec<HostRoute>,
     tables: Vec<HostTable>,
     long_names: Vec<Box<str>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(C, align(16))]
+struct Slot {
+    tag: u32,
+    /// Entry index + 1; 0: empty.
+    entry: u32,
+    /// The entry's `routes_start` and `routes_len`, copied here (see [`HostIndex`]).
+    routes_start: u32,
+    routes_len: u32,
 }
 
 /// A host name, its route ids in ascending order, and the service it names.
@@ -429,7 +441,7 @@ fn host_hash(name: &[u8]) -> u64 {
 impl HostIndex {
     fn build(hosts: &[HostRoutes<'_>], all_routes: &[RouteRt]) -> Self {
         let mut ix = HostIndex {
-            slots: vec![(0, 0); (hosts.len() * 2).next_power_of_two().max(8)],
+            slots: vec![Slot::default(); (hosts.len() * 2).next_power_of_two().max(8)],
             ..Default::default()
         };
         let mask = ix.slots.len() - 1;
@@ -461,17 +473,23 @@ impl HostIndex {
             }
             let h = host_hash(name.as_bytes());
             let mut i = (h >> 32) as usize & mask;
-            while ix.slots[i].1 != 0 {
+            while ix.slots[i].entry != 0 {
                 i = (i + 1) & mask;
             }
-            ix.slots[i] = (h as u32, ix.entries.len() as u32 + 1);
+            ix.slots[i] = Slot {
+                tag: h as u32,
+                entry: ix.entries.len() as u32 + 1,
+                routes_start: e.routes_start,
+                routes_len: e.routes_len,
+            };
             ix.entries.push(e);
         }
         ix
     }
 
+    /// The host's entry and its inline routes (empty when it has a table).
     #[inline]
-    fn get(&self, name: &str) -> Option<&HostEntry> {
+    fn get(&self, name: &str) -> Option<(&HostEntry, &[HostRoute])> {
         if self.entries.is_empty() {
             return None;
         }
@@ -479,14 +497,19 @@ impl HostIndex {
         let mask = self.slots.len() - 1;
         let mut i = (h >> 32) as usize & mask;
         loop {
-            let (tag, e) = self.slots[i];
-            if e == 0 {
+            let slot = self.slots[i];
+            if slot.entry == 0 {
                 return None;
             }
-            if tag == h as u32 {
-                let entry = &self.entries[e as usize - 1];
+            if slot.tag == h as u32 {
+                let entry = &self.entries[slot.entry as usize - 1];
+                let start = slot.routes_start as usize;
+                let routes = self
+                    .routes
+                    .get(start..start + slot.routes_len as usize)
+                    .unwrap_or_default();
                 if self.name_of(entry) == name.as_bytes() {
-                    return Some(entry);
+                    return Some((entry, routes));
                 }
             }
             i = (i + 1) & mask;
@@ -553,7 +576,10 @@ pub struct RouteHit<'a> {
 }
 
 /// Host header value → lower-case name without port, in `buf` if it must change.
-fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> Option<&'a str> {
+/// Calls `f` with the host name as the indexes hold it: trimmed, port and trailing dot
+/// removed, lower case. Lower-casing copies into a stack buffer only when needed.
+#[inline]
+fn with_normalized_host<R>(host: &str, f: impl FnOnce(&str) -> Option<R>) -> Option<R> {
     let host = host.trim();
     // Strip a port; an IPv6 literal is bracketed ("[::1]:80").
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -563,15 +589,13 @@ fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> Option<&'a str> 
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     if !name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Some(name);
+        return f(name);
     }
-    let n = name.len();
-    if n > buf.len() {
-        return None;
-    }
-    buf[..n].copy_from_slice(name.as_bytes());
-    buf[..n].make_ascii_lowercase();
-    std::str::from_utf8(&buf[..n]).ok()
+    let mut buf = [0u8; 256];
+    let lower = buf.get_mut(..name.len())?;
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
+    f(std::str::from_utf8(lower).ok()?)
 }
 
 impl Snapshot {
@@ -638,9 +662,7 @@ impl Snapshot {
 
     /// The service a Host header or TLS SNI names (port and case ignored).
     pub fn service_for_host(&self, host: &str) -> Option<ServiceId> {
-        let mut buf = [0u8; 256];
-        let h = normalize_host(host, &mut buf)?;
-        let s = self.hosts.get(h)?.service;
+        let s = with_normalized_host(host, |h| self.hosts.get(h))?.0.service;
         (s != NONE).then_some(s)
     }
 
@@ -666,13 +688,9 @@ impl Snapshot {
         path: &str,
         headers: &H,
     ) -> Option<RouteHit<'_>> {
-        let mut buf = [0u8; 256];
-        let h = normalize_host(host, &mut buf)?;
-        let entry = self.hosts.get(h)?;
+        let (entry, routes) = with_normalized_host(host, |h| self.hosts.get(h))?;
         let path = path.split_once('?').map_or(path, |(p, _)| p);
         let best = if entry.table == NONE {
-            let start = entry.routes_start as usize;
-            let routes = &self.hosts.routes[start..start + entry.routes_len as usize];
             routes
                 .iter()
                 .find(|hr| {

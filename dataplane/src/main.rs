@@ -10,6 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod run;
 
+// mimalloc: table reloads allocate and free about a million small objects; with glibc's
+// allocator malloc/free were ~30 % of text → snapshot (benches/README.md, control).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "xdpmesh", version, about = "AF_XDP service-mesh gateway")]
 struct Cli {
