@@ -11,7 +11,7 @@
 use crate::proxy::engine::{Engine, MeshTls};
 use crate::shard::{FlowOwner, Rss};
 use crate::shutdown::Shutdown;
-use crate::worker::{Builtin, DrainReport, Shard, Worker, WorkerStats};
+use crate::worker::{Builtin, DrainReport, Shard, Worker, WorkerStats, ADAPTIVE_SPIN};
 use crate::xdp::{self, BindMode, SteerConfig, Steering, XdpError, XdpMode, XskConfig, XskDevice};
 use hw_config::{Interface, Poll, Steer};
 use ipnet::Ipv4Net;
@@ -165,7 +165,7 @@ struct QueuePlan {
     steer: Arc<Steering>,
     /// `None` on a single-queue interface: nothing to hand over.
     shard: Option<Shard>,
-    spin: u32,
+    spin: Duration,
 }
 
 /// Attaches the interface's steering program and plans each of its queues.
@@ -243,8 +243,8 @@ fn plan_interface(
             steer: steer.clone(),
             shard: shards.get_mut(i).and_then(Option::take),
             spin: match iface.poll {
-                Poll::Adaptive => 64,
-                Poll::Busy => u32::MAX,
+                Poll::Adaptive => ADAPTIVE_SPIN,
+                Poll::Busy => Duration::MAX,
             },
         });
     }
@@ -259,7 +259,7 @@ fn open_worker(
     proxy: Option<&ProxySetup>,
 ) -> Result<Worker<XskDevice>, GatewayError> {
     let mut worker: Option<Worker<XskDevice>> = None;
-    let mut spin = 64;
+    let mut spin = ADAPTIVE_SPIN;
     let mut names = Vec::new();
     for plan in plans {
         let dev = XskDevice::open(&plan.xsk, Some(plan.steer))?;

@@ -6,9 +6,9 @@
 //! interface's stack), so a proxied connection in through one interface and out through
 //! another stays on one core. Per iteration: receive a batch on every port and feed it to
 //! its stack; handle the stacks' events and move service bytes; transmit a batch per port
-//! (one wakeup per batch in copy mode). When an iteration finds nothing to do for `spin`
-//! iterations in a row, the worker sleeps on its descriptors until a frame may be waiting or
-//! the next timer, so an idle gateway does not burn a core.
+//! (one wakeup per batch in copy mode). When the worker has found nothing to do for `spin`
+//! (a time), it sleeps on its descriptors until a frame may be waiting or the next timer, so
+//! an idle gateway does not burn a core.
 //!
 //! On an interface with several queues each queue has its own worker and stack; a port
 //! given a [`Shard`] hands TCP segments of flows it does not own to their owner through a
@@ -298,14 +298,21 @@ pub struct Worker<D: Device> {
     sessions: HashMap<PConn, Session>,
     engine: Option<Engine<PConn>>,
     start: WallInstant,
-    /// Empty iterations before sleeping on the devices.
-    pub spin: u32,
+    /// How long to keep polling after the last work before sleeping on the devices
+    /// ([`ADAPTIVE_SPIN`] by default; `Duration::MAX`: never sleep).
+    pub spin: Duration,
     pub stats: WorkerStats,
     /// Where the worker copies its counters now and then, for readers on other threads.
     pub stats_out: Option<Arc<Mutex<WorkerStats>>>,
     scratch: Vec<u8>,
     ids: Vec<PConn>,
 }
+
+/// The adaptive mode's polling window after the last work. A proxied request's answer
+/// usually comes back through the far gateway and the server within it, so the worker
+/// picks it up without the ~40–100 µs a sleep and wakeup cost on the machines we measured
+/// (`scripts/bench.sh`, README); an idle worker sleeps after this long.
+pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(200);
 
 impl<D: Device> Worker<D> {
     /// A worker with one port.
@@ -320,7 +327,7 @@ impl<D: Device> Worker<D> {
             sessions: HashMap::new(),
             engine: None,
             start: WallInstant::now(),
-            spin: 64,
+            spin: ADAPTIVE_SPIN,
             stats: WorkerStats::default(),
             stats_out: None,
             scratch: vec![0; 64 * 1024],
@@ -431,14 +438,13 @@ impl<D: Device> Worker<D> {
 
     /// Runs until `stop` is set: spins while busy, sleeps on the devices when idle.
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
-        let mut idle = 0u32;
+        let mut last_work = WallInstant::now();
         while !stop.load(Ordering::Relaxed) {
             if self.poll_once()? {
-                idle = 0;
+                last_work = WallInstant::now();
                 continue;
             }
-            idle = idle.saturating_add(1);
-            if idle >= self.spin {
+            if last_work.elapsed() >= self.spin {
                 let now = self.now();
                 let next = self
                     .ports
@@ -453,7 +459,7 @@ impl<D: Device> Worker<D> {
                 self.stats.sleeps += 1;
                 self.publish_stats();
                 self.sleep(wait)?;
-                idle = 0;
+                last_work = WallInstant::now();
             } else if self.stats.iterations % 4096 == 0 {
                 self.publish_stats();
             }

@@ -11,7 +11,7 @@
 //! cores = [2, 3]                 # required: ... pinned to these CPUs, same length
 //! mtu = 1500                     # optional: default the interface's; at most MAX_MTU
 //! rss_key = "6d:5a:..."          # optional: 40 or 52 bytes of hex, as `ethtool -x` prints
-//! poll = "adaptive"              # adaptive (default: spin briefly, then sleep) | busy
+//! poll = "adaptive"              # adaptive (default: poll 200 µs after the last work, then sleep) | busy
 //! steer = "owned"                # owned (default: only our addresses/ports) | dedicated
 //! ```
 //!
