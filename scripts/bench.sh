@@ -35,6 +35,10 @@
 # --no-build  use the existing target/release binaries
 # --wait S    if another run (demo, tests) is using the rig, wait up to S seconds for it
 #             (default 0: fail at once); the rig namespaces are shared, one user at a time
+# --gw-spin T the AF_XDP gateways' adaptive polling window (node file `spin`, e.g. 2ms; default:
+#             the node files' own, 200us). A window longer than the gap between requests keeps
+#             the gateways polling while their own traffic flows and asleep during the other
+#             paths' rounds.
 # Environment: XDPMESH_BIN, XDPMESH_BENCH_BIN (default target/release/...), XM_RIG_STATE
 # (default /run/xdpmesh-bench).
 set -euo pipefail
@@ -46,6 +50,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 QUICK=0
 BUILD=1
 WAIT=0
+GW_SPIN=
 OUT=benches/results
 ARGS="$*"
 while [ $# -gt 0 ]; do
@@ -53,6 +58,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --wait) WAIT=${2:-}; shift 2 ;;
+    --gw-spin) GW_SPIN=${2:-}; shift 2 ;;
     --out) OUT=${2:-}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) xm_log "bench.sh: unknown argument $1 (see --help)"; exit 64 ;;
@@ -296,7 +302,7 @@ cat >"$RAW/meta.json" <<JSON
   "phases": [
     {"name": "kernel", "about": "no XDP program attached: direct, HAProxy pair, xdpmesh pair on kernel sockets",
      "targets": $(targets_json "${KERNEL_TARGETS[@]}")},
-    {"name": "afxdp", "about": "xdpmesh pair on AF_XDP (XDP attached on the gateways' veths): direct, HAProxy pair, xdpmesh pair",
+    {"name": "afxdp", "about": "xdpmesh pair on AF_XDP (XDP attached on the gateways' veths; adaptive polling window ${GW_SPIN:-200us}): direct, HAProxy pair, xdpmesh pair",
      "targets": $(targets_json "${AFXDP_TARGETS[@]}")}
   ]
 }
@@ -309,7 +315,7 @@ measure kernel "${KERNEL_TARGETS[@]}"
 
 xm_section "phase afxdp: direct, HAProxy pair, xdpmesh pair (--backend afxdp)"
 bash scripts/rig.sh stop
-bash scripts/rig.sh mesh --backend afxdp
+bash scripts/rig.sh mesh --backend afxdp ${GW_SPIN:+--spin "$GW_SPIN"}
 measure afxdp "${AFXDP_TARGETS[@]}"
 bash scripts/rig.sh stop
 

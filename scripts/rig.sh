@@ -13,13 +13,14 @@
 # AF_XDP queues free of router solicitations and MLD). Loopback is up in every namespace.
 # The direct path (client -> server by kernel forwarding) works whether or not gateways run.
 #
-# Usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] | stop
+# Usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] [--spin TIME] | stop
 #   up      create what is missing (idempotent)
 #   down    stop processes still running in the rig namespaces, delete them (idempotent)
 #   status  show the rig and ping xm-cli -> 10.10.3.2; exit 0 only when the direct path works
 #   mesh    start gateway A in xm-gwa and gateway B in xm-gwb from scripts/rig/*.toml, with
 #           certificates made by `xdpmesh ca` in the state directory; returns once both are
-#           ready (their `ready` line). --backend afxdp (default) or kernel.
+#           ready (their `ready` line). --backend afxdp (default) or kernel. --spin TIME sets
+#           the AF_XDP workers' adaptive polling window (`spin` in the node files; e.g. 2ms).
 #           http://10.10.1.1:80/ -> web 10.10.3.2:8080, TCP 10.10.1.1:5001 -> echo 10.10.3.2:5001,
 #           TCP 10.10.1.1:5201 -> bulk 10.10.3.2:5201, all across 10.10.2.0/24 inside mTLS;
 #           admin API on 127.0.0.1:9901 in each gateway's namespace. Servers are the caller's.
@@ -242,11 +243,13 @@ wait_ready() {
 
 rig_mesh() {
   need_root mesh
-  local backend=afxdp ns
+  local backend=afxdp spin='' ns
   while [ $# -gt 0 ]; do
     case $1 in
       --backend) backend=${2:-}; shift 2 ;;
       --backend=*) backend=${1#*=}; shift ;;
+      --spin) spin=${2:-}; shift 2 ;;
+      --spin=*) spin=${1#*=}; shift ;;
       *) xm_log "rig.sh mesh: unknown argument $1"; exit 64 ;;
     esac
   done
@@ -259,6 +262,10 @@ rig_mesh() {
   bin=$(xm_bin)
   mkdir -p "$XM_STATE"
   cp scripts/rig/*.toml "$XM_STATE/"
+  if [ -n "$spin" ]; then
+    # After each interface's cores line; `xdpmesh run` checks the value.
+    sed -i "s/^cores = .*/&\nspin = \"$spin\"/" "$XM_STATE"/gw?-node.toml
+  fi
   make_identities "$bin"
   start_gateway "$bin" gwb xm-gwb "$backend"
   start_gateway "$bin" gwa xm-gwa "$backend"

@@ -11,7 +11,7 @@
 use crate::proxy::engine::{Engine, MeshTls};
 use crate::shard::{FlowOwner, Rss};
 use crate::shutdown::Shutdown;
-use crate::worker::{Builtin, DrainReport, Shard, Worker, WorkerStats, ADAPTIVE_SPIN};
+use crate::worker::{Builtin, DrainReport, Shard, Worker, WorkerStats};
 use crate::xdp::{self, BindMode, SteerConfig, Steering, XdpError, XdpMode, XskConfig, XskDevice};
 use hw_config::{Interface, Poll, Steer};
 use ipnet::Ipv4Net;
@@ -242,10 +242,7 @@ fn plan_interface(
             stack_cfg,
             steer: steer.clone(),
             shard: shards.get_mut(i).and_then(Option::take),
-            spin: match iface.poll {
-                Poll::Adaptive => ADAPTIVE_SPIN,
-                Poll::Busy => Duration::MAX,
-            },
+            spin: iface.spin,
         });
     }
     Ok((steer, queues))
@@ -259,7 +256,7 @@ fn open_worker(
     proxy: Option<&ProxySetup>,
 ) -> Result<Worker<XskDevice>, GatewayError> {
     let mut worker: Option<Worker<XskDevice>> = None;
-    let mut spin = ADAPTIVE_SPIN;
+    let mut spin = Duration::ZERO;
     let mut names = Vec::new();
     for plan in plans {
         let dev = XskDevice::open(&plan.xsk, Some(plan.steer))?;
@@ -323,6 +320,7 @@ pub fn single_queue_worker(
         mtu: None,
         rss_key: None,
         poll: Poll::Adaptive,
+        spin: hw_config::DEFAULT_SPIN,
         steer: Steer::Owned,
     };
     let cfg = GatewayConfig::new(vec![iface.clone()], listeners.to_vec());

@@ -299,7 +299,7 @@ pub struct Worker<D: Device> {
     engine: Option<Engine<PConn>>,
     start: WallInstant,
     /// How long to keep polling after the last work before sleeping on the devices
-    /// ([`ADAPTIVE_SPIN`] by default; `Duration::MAX`: never sleep).
+    /// ([`hw_config::DEFAULT_SPIN`] by default; `Duration::MAX`: never sleep).
     pub spin: Duration,
     pub stats: WorkerStats,
     /// Where the worker copies its counters now and then, for readers on other threads.
@@ -307,12 +307,6 @@ pub struct Worker<D: Device> {
     scratch: Vec<u8>,
     ids: Vec<PConn>,
 }
-
-/// The adaptive mode's polling window after the last work. A proxied request's answer
-/// usually comes back through the far gateway and the server within it, so the worker
-/// picks it up without the ~40–100 µs a sleep and wakeup cost on the machines we measured
-/// (`scripts/bench.sh`, README); an idle worker sleeps after this long.
-pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(200);
 
 impl<D: Device> Worker<D> {
     /// A worker with one port.
@@ -327,7 +321,7 @@ impl<D: Device> Worker<D> {
             sessions: HashMap::new(),
             engine: None,
             start: WallInstant::now(),
-            spin: ADAPTIVE_SPIN,
+            spin: hw_config::DEFAULT_SPIN,
             stats: WorkerStats::default(),
             stats_out: None,
             scratch: vec![0; 64 * 1024],

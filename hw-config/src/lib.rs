@@ -11,7 +11,8 @@
 //! cores = [2, 3]                 # required: ... pinned to these CPUs, same length
 //! mtu = 1500                     # optional: default the interface's; at most MAX_MTU
 //! rss_key = "6d:5a:..."          # optional: 40 or 52 bytes of hex, as `ethtool -x` prints
-//! poll = "adaptive"              # adaptive (default: poll 200 µs after the last work, then sleep) | busy
+//! poll = "adaptive"              # adaptive (default: keep polling `spin` after the last work, then sleep) | busy
+//! spin = "200us"                 # adaptive only: that time (default 200us, at most 1s)
 //! steer = "owned"                # owned (default: only our addresses/ports) | dedicated
 //! ```
 //!
@@ -21,6 +22,7 @@
 //! prints through the same [`Diagnostic`] as control's own.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use control::de::Sp;
 use control::{Diagnostic, Source};
@@ -73,7 +75,8 @@ pub enum Bind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Poll {
-    /// Spin for a bounded time, then sleep on the socket fds (need_wakeup). The default.
+    /// Poll for `spin` after the last work, then sleep on the socket fds (need_wakeup).
+    /// The default.
     #[default]
     Adaptive,
     /// Spin forever: lowest latency, burns the core. For benchmarks.
@@ -113,6 +116,8 @@ pub(crate) struct RawInterface {
     #[serde(default)]
     pub poll: Poll,
     #[serde(default)]
+    pub spin: Option<Sp<String>>,
+    #[serde(default)]
     pub steer: Steer,
 }
 
@@ -131,8 +136,18 @@ pub struct Interface {
     pub mtu: Option<u32>,
     pub rss_key: Option<Vec<u8>>,
     pub poll: Poll,
+    /// Adaptive polling: how long a worker keeps polling after its last work before it
+    /// sleeps ([`DEFAULT_SPIN`] unless set). `Duration::MAX` with [`Poll::Busy`].
+    pub spin: Duration,
     pub steer: Steer,
 }
+
+/// Adaptive polling's default window. A proxied request's answer usually comes back
+/// through the far gateway and the server within it, so the worker picks it up without
+/// the sleep and wakeup (~50 µs on the VMs we measured; README "Benchmarks").
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(200);
+/// The longest `spin` accepted: beyond it, use `poll = "busy"`.
+pub const MAX_SPIN: Duration = Duration::from_secs(1);
 
 /// What [`check`] found.
 #[derive(Debug, Default)]

@@ -2,12 +2,16 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use control::diag::did_you_mean;
 use control::{Diagnostic, Source, Span};
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::{Interface, RawInterface, Report, System, SystemChecks, XdpMode, MAX_MTU, MIN_MTU};
+use crate::{
+    Interface, Poll, RawInterface, Report, System, SystemChecks, XdpMode, DEFAULT_SPIN, MAX_MTU,
+    MAX_SPIN, MIN_MTU,
+};
 
 /// RSS key sizes NICs take: 40 bytes (Microsoft's Toeplitz key, mlx5) and 52
 /// (Intel i40e/ice: 40 + 12 extended bytes).
@@ -181,6 +185,35 @@ pub(crate) fn validate(
             }
         }
 
+        // Polling
+        let mut spin = match raw.poll {
+            Poll::Adaptive => DEFAULT_SPIN,
+            Poll::Busy => Duration::MAX,
+        };
+        if let Some(sp) = &raw.spin {
+            match (raw.poll, humantime::parse_duration(&sp.value)) {
+                (Poll::Busy, _) => report.errors.push(err(
+                    &sp.span,
+                    format!("{k}.spin"),
+                    "spin applies to poll = \"adaptive\"; a busy worker never sleeps".into(),
+                    "remove spin, or set poll = \"adaptive\"".into(),
+                )),
+                (Poll::Adaptive, Ok(d)) if d <= MAX_SPIN => spin = d,
+                (Poll::Adaptive, Ok(_)) => report.errors.push(err(
+                    &sp.span,
+                    format!("{k}.spin"),
+                    format!("spin {:?} is above 1s", sp.value),
+                    "use poll = \"busy\" for a worker that never sleeps".into(),
+                )),
+                (Poll::Adaptive, Err(e)) => report.errors.push(err(
+                    &sp.span,
+                    format!("{k}.spin"),
+                    format!("{:?} is not a duration: {e}", sp.value),
+                    "e.g. \"200us\" or \"2ms\"".into(),
+                )),
+            }
+        }
+
         // RSS key
         let mut rss_key = None;
         if let Some(key) = &raw.rss_key {
@@ -284,6 +317,7 @@ pub(crate) fn validate(
                 mtu: raw.mtu.as_ref().map(|m| m.value),
                 rss_key,
                 poll: raw.poll,
+                spin,
                 steer: raw.steer,
             }),
         ));

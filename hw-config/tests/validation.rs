@@ -1,8 +1,9 @@
 //! Every hw-config error: its exact message, key, hint and position in the node file.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use hw_config::{Bind, Poll, Report, Steer, System, SystemChecks, XdpMode, MAX_MTU};
+use hw_config::{Bind, Poll, Report, Steer, System, SystemChecks, XdpMode, DEFAULT_SPIN, MAX_MTU};
 
 const HEAD: &str = "[node]\nname = \"n\"\ntables = \"t.toml\"\n";
 
@@ -55,7 +56,7 @@ fn a_good_interface_decodes_with_defaults() {
     assert_eq!(i.addresses, vec!["10.10.1.1/24".parse().expect("cidr")]);
     assert_eq!(i.xdp_mode, XdpMode::Native);
     assert_eq!(i.bind, Bind::Copy);
-    assert_eq!(i.poll, Poll::Adaptive);
+    assert_eq!((i.poll, i.spin), (Poll::Adaptive, DEFAULT_SPIN));
     assert_eq!(i.steer, Steer::Owned);
     assert_eq!(
         (i.queues.clone(), i.cores.clone()),
@@ -81,6 +82,29 @@ fn every_key_decodes() {
     assert_eq!(i.mtu, Some(3826));
     assert_eq!(i.rss_key.as_deref(), Some(&[0x6d; 40][..]));
     assert_eq!((i.poll, i.steer), (Poll::Busy, Steer::Dedicated));
+    assert_eq!(i.spin, Duration::MAX, "a busy worker never sleeps");
+}
+
+#[test]
+fn spin_sets_the_adaptive_window_and_nothing_else() {
+    let r = report(
+        &format!("[[interface]]\n{GOOD}queues = [0]\ncores = [0]\nspin = \"2ms\"\n"),
+        SystemChecks::Off,
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.interfaces[0].spin, Duration::from_millis(2));
+    one(
+        &format!("[[interface]]\n{GOOD}queues = [0]\ncores = [0]\nspin = \"2 fortnights\"\n"),
+        "n.toml:9:8: interface[0].spin: \"2 fortnights\" is not a duration: unknown time unit \"fortnights\", supported units: ns, us/\u{b5}s, ms, sec, min, hours, days, weeks, months, years (and few variations) (hint: e.g. \"200us\" or \"2ms\")",
+    );
+    one(
+        &format!("[[interface]]\n{GOOD}queues = [0]\ncores = [0]\nspin = \"2s\"\n"),
+        "n.toml:9:8: interface[0].spin: spin \"2s\" is above 1s (hint: use poll = \"busy\" for a worker that never sleeps)",
+    );
+    one(
+        &format!("[[interface]]\n{GOOD}queues = [0]\ncores = [0]\npoll = \"busy\"\nspin = \"2ms\"\n"),
+        "n.toml:10:8: interface[0].spin: spin applies to poll = \"adaptive\"; a busy worker never sleeps (hint: remove spin, or set poll = \"adaptive\")",
+    );
 }
 
 const GOOD: &str = "name = \"eth1\"\naddress = \"10.10.1.1/24\"\n";
