@@ -395,10 +395,8 @@ pub(crate) struct HostEntry {
     name_len: u32,
     long_name: u32,
     service: u32,
-    /// `routes_len` [`HostRoute`]s from `routes_start`, ascending ids; or, when
-    /// `table != NONE`, an index into [`HostIndex::tables`].
-    routes_start: u32,
-    routes_len: u32,
+    /// An index into [`HostIndex::tables`] for a host with many routes; else `NONE` and
+    /// the routes are inline (where: in the host's [`Slot`]).
     table: u32,
 }
 
@@ -422,7 +420,8 @@ struct Slot {
     tag: u32,
     /// Entry index + 1; 0: empty.
     entry: u32,
-    /// The entry's `routes_start` and `routes_len`, copied here (see [`HostIndex`]).
+    /// `routes_len` [`HostRoute`]s from `routes_start`, ascending ids (none when the
+    /// entry has a table). Kept here, not in the entry: see [`HostIndex`].
     routes_start: u32,
     routes_len: u32,
 }
@@ -451,10 +450,9 @@ impl HostIndex {
                 name_len: name.len() as u32,
                 long_name: NONE,
                 service: service.unwrap_or(NONE),
-                routes_start: ix.routes.len() as u32,
-                routes_len: 0,
                 table: NONE,
             };
+            let routes_start = ix.routes.len() as u32;
             if name.len() <= INLINE_NAME {
                 e.name[..name.len()].copy_from_slice(name.as_bytes());
             } else {
@@ -466,7 +464,6 @@ impl HostIndex {
                     ids.iter()
                         .map(|&id| HostRoute::new(id, &all_routes[id as usize])),
                 );
-                e.routes_len = ids.len() as u32;
             } else {
                 e.table = ix.tables.len() as u32;
                 ix.tables.push(HostTable::new(ids, all_routes));
@@ -479,8 +476,8 @@ impl HostIndex {
             ix.slots[i] = Slot {
                 tag: h as u32,
                 entry: ix.entries.len() as u32 + 1,
-                routes_start: e.routes_start,
-                routes_len: e.routes_len,
+                routes_start,
+                routes_len: ix.routes.len() as u32 - routes_start,
             };
             ix.entries.push(e);
         }
