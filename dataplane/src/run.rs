@@ -154,30 +154,19 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Arc::new(MeshIdentity::new(certs))
     };
 
+    let cx = Ctx {
+        a,
+        node: &node,
+        plane: &plane,
+        tls,
+        ext: &ext,
+        signals: &mut signals,
+        out,
+        err,
+    };
     let code = match a.backend {
-        Backend::Afxdp => run_afxdp(
-            a,
-            &node,
-            hw.interfaces,
-            listeners,
-            &plane,
-            tls,
-            &ext,
-            &mut signals,
-            out,
-            err,
-        ),
-        Backend::Kernel => run_kernel(
-            a,
-            &node,
-            listeners,
-            &plane,
-            tls,
-            &ext,
-            &mut signals,
-            out,
-            err,
-        ),
+        Backend::Afxdp => run_afxdp(cx, hw.interfaces, listeners),
+        Backend::Kernel => run_kernel(cx, listeners),
     };
     stop_watch.store(true, Ordering::SeqCst);
     if let Some(w) = watcher {
@@ -252,19 +241,29 @@ fn say_draining(out: &mut dyn Write, sig: &str, drain: Duration) {
     let _ = out.flush();
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_afxdp(
-    a: &RunArgs,
-    node: &control::node::NodeConfig,
-    interfaces: Vec<hw_config::Interface>,
-    listeners: Listeners,
-    plane: &control::ControlPlane,
+/// What either backend needs from `run`, besides its listeners.
+struct Ctx<'r> {
+    a: &'r RunArgs,
+    node: &'r control::node::NodeConfig,
+    plane: &'r control::ControlPlane,
     tls: Arc<dyn MeshTls>,
-    ext: &Metrics,
-    signals: &mut signal_hook::iterator::Signals,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
+    ext: &'r Metrics,
+    signals: &'r mut signal_hook::iterator::Signals,
+    out: &'r mut dyn Write,
+    err: &'r mut dyn Write,
+}
+
+fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: Listeners) -> u8 {
+    let Ctx {
+        a,
+        node,
+        plane,
+        tls,
+        ext,
+        signals,
+        out,
+        err,
+    } = cx;
     let n_listeners = listeners.builtins.len() + listeners.proxy.len();
     let mut cfg = GatewayConfig::new(interfaces, listeners.builtins);
     if !listeners.proxy.is_empty() {
@@ -339,18 +338,17 @@ fn run_afxdp(
     code
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_kernel(
-    a: &RunArgs,
-    node: &control::node::NodeConfig,
-    listeners: Listeners,
-    plane: &control::ControlPlane,
-    tls: Arc<dyn MeshTls>,
-    ext: &Metrics,
-    signals: &mut signal_hook::iterator::Signals,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
+fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
+    let Ctx {
+        a,
+        node,
+        plane,
+        tls,
+        ext,
+        signals,
+        out,
+        err,
+    } = cx;
     if !listeners.builtins.is_empty() {
         let _ = writeln!(
             err,
