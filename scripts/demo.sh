@@ -133,84 +133,25 @@ count() {
     END { printf "%d %d %d %d\n", a, b, ok, t }' "$1"
 }
 
-# gwa_tables V2_WEIGHT: gateway A's tables with web split v1/v2 by weight, a header route
-# city: berlin -> v2, and a second client identity (10.10.1.3) that B does not allow.
+# gwa_tables V2_WEIGHT: scripts/rig/split-gwa-tables.toml (web split v1/v2, a header route
+# city: berlin -> v2, and a second client identity, 10.10.1.3, that B does not allow) with the
+# split's weights set to 100 - V2_WEIGHT and V2_WEIGHT.
 gwa_tables() {
-  cat <<TOML
-[trust]
-roots = ["ca/ca.pem"]
-
-[[identity]]
-id = "spiffe://rig.mesh/sa/client"
-sources = ["10.10.1.2/32"]
-cert = "ids/sa/client/cert.pem"
-key = "ids/sa/client/key.pem"
-
-[[identity]]
-id = "spiffe://rig.mesh/sa/intruder"
-sources = ["10.10.1.3/32"]
-cert = "ids/sa/intruder/cert.pem"
-key = "ids/sa/intruder/key.pem"
-
-[[peer]]
-name = "gw-b"
-address = "10.10.2.2:15443"
-identity = "spiffe://rig.mesh/gateway/gw-b"
-
-[[listener]]
-name = "web"
-bind = "10.10.1.1:80"
-protocol = "http"
-
-[[service]]
-name = "web"
-hosts = ["web.rig.mesh", "10.10.1.1"]
-endpoints = [
-  { address = "10.10.3.2:8080", via = "gw-b", labels = { version = "v1" } },
-  { address = "10.10.3.2:8081", via = "gw-b", labels = { version = "v2" } },
-]
-
-[[route]]
-name = "berlin"
-service = "web"
-match = { headers = { city = "berlin" } }
-backends = [{ labels = { version = "v2" }, weight = 100 }]
-
-[[route]]
-name = "split"
-service = "web"
-backends = [
-  { labels = { version = "v1" }, weight = $((100 - $1)) },
-  { labels = { version = "v2" }, weight = $1 },
-]
-TOML
+  local out
+  out=$(sed -e "s/weight = [0-9]* }, # split v1$/weight = $((100 - $1)) }, # split v1/" \
+    -e "s/weight = [0-9]* }, # split v2$/weight = $1 }, # split v2/" scripts/rig/split-gwa-tables.toml)
+  # Both weights must have been set: a file edited out of shape fails here, not as a wrong split.
+  if ! grep -q "weight = $((100 - $1)) }, # split v1" <<<"$out" ||
+    ! grep -q "weight = $1 }, # split v2" <<<"$out"; then
+    xm_log "demo.sh: scripts/rig/split-gwa-tables.toml has no 'split v1'/'split v2' weight lines"
+    return 1
+  fi
+  printf '%s\n' "$out"
 }
 
 # Gateway B's tables: both versions of web behind the mesh listener; only sa/client may call.
 gwb_tables() {
-  cat <<'TOML'
-[trust]
-roots = ["ca/ca.pem"]
-
-[[identity]]
-id = "spiffe://rig.mesh/gateway/gw-b"
-cert = "ids/gateway/gw-b/cert.pem"
-key = "ids/gateway/gw-b/key.pem"
-
-[[listener]]
-name = "mesh"
-bind = "10.10.2.2:15443"
-protocol = "mesh"
-identity = "spiffe://rig.mesh/gateway/gw-b"
-
-[[service]]
-name = "web"
-endpoints = [{ address = "10.10.3.2:8080" }, { address = "10.10.3.2:8081" }]
-
-[[authorization]]
-service = "web"
-allow = ["spiffe://rig.mesh/sa/client"]
-TOML
+  cat scripts/rig/split-gwb-tables.toml
 }
 
 # The rig's namespaces are shared by everything that uses them (tests, scripts/bench.sh): one

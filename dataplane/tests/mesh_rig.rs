@@ -4,7 +4,8 @@
 //! Checks, per backend: curl gets the server's body; a 100 MiB download is byte-exact; TCP
 //! echo through the mesh; a 90/10 split over 2000 requests lands within ±3 %; a header route
 //! wins over the split; an identity not on the allow list gets 403 and is counted while an
-//! allowed one passes; a client certificate from another CA is refused at B; a capture of
+//! allowed one passes; a client certificate from another CA is refused at B; a peer with a
+//! good certificate but an unknown SNI or a junk preamble is closed and counted; a capture of
 //! the gateway-to-gateway link never shows a marker from the body; a table reload and a
 //! certificate rotation during 30 s of load each change behaviour with no failed request and
 //! no dropped connection. Needs root; under CI=true it must run. The rig's namespace names
@@ -236,6 +237,43 @@ fn metric(ns: &NetNs, name_prefix: &str, label: &str) -> u64 {
         .sum()
 }
 
+/// Opens mTLS to gateway B's mesh listener from the client namespace with the client's mesh
+/// identity and server name `sni`, sends `payload`, and waits up to 10 s for B to close the
+/// connection. True when B closed it (openssl exits on its own, `-quiet` ignores stdin's end).
+fn hostile_peer(cli: &NetNs, state: &Path, sni: &str, payload: &[u8]) -> bool {
+    let id = state.join("ids/sa/client");
+    let mut child = cli
+        .command("timeout")
+        .arg("10")
+        .arg("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error"])
+        .args(["-connect", "10.10.2.2:15443", "-servername", sni])
+        .arg("-cert")
+        .arg(id.join("cert.pem"))
+        .arg("-key")
+        .arg(id.join("key.pem"))
+        .arg("-CAfile")
+        .arg(state.join("ca/ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(payload)
+        .expect("write to openssl");
+    let out = child.wait_with_output().expect("openssl s_client");
+    // `timeout` exits 124 when it had to stop openssl: B kept the connection open.
+    let closed = out.status.code() != Some(124);
+    if !closed {
+        eprintln!("openssl: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    closed
+}
+
 fn put_tables(ns: &NetNs, text: &str, dir: &Path, name: &str) {
     let f = dir.join(name);
     std::fs::write(&f, text).unwrap();
@@ -262,109 +300,35 @@ fn put_tables(ns: &NetNs, text: &str, dir: &Path, name: &str) {
     );
 }
 
-/// Gateway A's tables for the routing tests: web split v1/v2 by weight, a header route,
-/// and two more client identities (10.10.1.3 not allowed at B; 10.10.1.4 from another CA).
+/// Gateway A's routing tables: scripts/rig/split-gwa-tables.toml (shared with scripts/demo.sh)
+/// with the split's weights set, plus a client identity whose certificate comes from another CA.
 fn gwa_tables(v2_weight: u32) -> String {
-    format!(
+    let mut text = include_str!("../../scripts/rig/split-gwa-tables.toml").to_owned();
+    for (version, weight) in [("v1", 100 - v2_weight), ("v2", v2_weight)] {
+        let marker = format!(" }}, # split {version}");
+        let line = text
+            .lines()
+            .find(|l| l.ends_with(&marker))
+            .unwrap_or_else(|| panic!("split-gwa-tables.toml: no line ending in {marker:?}"))
+            .to_owned();
+        let (head, _) = line
+            .rsplit_once("weight = ")
+            .expect("a weight on the split line");
+        text = text.replace(&line, &format!("{head}weight = {weight}{marker}"));
+    }
+    text.push_str(
         r#"
-[trust]
-roots = ["ca/ca.pem"]
-
-[[identity]]
-id = "spiffe://rig.mesh/sa/client"
-sources = ["10.10.1.2/32"]
-cert = "ids/sa/client/cert.pem"
-key = "ids/sa/client/key.pem"
-
-[[identity]]
-id = "spiffe://rig.mesh/sa/intruder"
-sources = ["10.10.1.3/32"]
-cert = "ids/sa/intruder/cert.pem"
-key = "ids/sa/intruder/key.pem"
-
 [[identity]]
 id = "spiffe://rig.mesh/sa/forged"
 sources = ["10.10.1.4/32"]
 cert = "forged/cert.pem"
 key = "forged/key.pem"
-
-[[peer]]
-name = "gw-b"
-address = "10.10.2.2:15443"
-identity = "spiffe://rig.mesh/gateway/gw-b"
-
-[[listener]]
-name = "web"
-bind = "10.10.1.1:80"
-protocol = "http"
-
-[[listener]]
-name = "echo"
-bind = "10.10.1.1:5001"
-protocol = "tcp"
-service = "echo"
-
-[[service]]
-name = "web"
-hosts = ["web.rig.mesh", "10.10.1.1"]
-endpoints = [
-  {{ address = "10.10.3.2:8080", via = "gw-b", labels = {{ version = "v1" }} }},
-  {{ address = "10.10.3.2:8081", via = "gw-b", labels = {{ version = "v2" }} }},
-]
-
-[[service]]
-name = "echo"
-endpoints = [{{ address = "10.10.3.2:5001", via = "gw-b" }}]
-
-[[route]]
-name = "berlin"
-service = "web"
-match = {{ headers = {{ city = "berlin" }} }}
-backends = [{{ labels = {{ version = "v2" }}, weight = 100 }}]
-
-[[route]]
-name = "split"
-service = "web"
-backends = [
-  {{ labels = {{ version = "v1" }}, weight = {v1} }},
-  {{ labels = {{ version = "v2" }}, weight = {v2_weight} }},
-]
 "#,
-        v1 = 100 - v2_weight
-    )
+    );
+    text
 }
 
-const GWB_TABLES: &str = r#"
-[trust]
-roots = ["ca/ca.pem"]
-
-[[identity]]
-id = "spiffe://rig.mesh/gateway/gw-b"
-cert = "ids/gateway/gw-b/cert.pem"
-key = "ids/gateway/gw-b/key.pem"
-
-[[listener]]
-name = "mesh"
-bind = "10.10.2.2:15443"
-protocol = "mesh"
-identity = "spiffe://rig.mesh/gateway/gw-b"
-
-[[service]]
-name = "web"
-endpoints = [{ address = "10.10.3.2:8080" }, { address = "10.10.3.2:8081" }]
-
-[[service]]
-name = "echo"
-endpoints = [{ address = "10.10.3.2:5001" }]
-
-[[authorization]]
-service = "web"
-allow = ["spiffe://rig.mesh/sa/client"]
-
-[[authorization]]
-service = "echo"
-allow = ["spiffe://rig.mesh/sa/client"]
-"#;
+const GWB_TABLES: &str = include_str!("../../scripts/rig/split-gwb-tables.toml");
 
 fn xdpmesh(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
@@ -588,6 +552,26 @@ fn run_backend(backend: &str, work: &Path) {
         ) > tls_before,
         "B counted the refused handshake"
     );
+
+    // A mesh peer with a good certificate that then misbehaves: an SNI naming no service,
+    // and junk where gateway A sends its preamble. B closes each connection and counts
+    // it with its reason.
+    for (sni, reason) in [
+        ("nosuch.svc.mesh", "unknown_service"),
+        ("web.svc.mesh", "bad_preamble"),
+    ] {
+        let label = format!("reason=\"{reason}\"");
+        let before = metric(&gwb, "xdpmesh_proxy_refused_total", &label);
+        let closed = hostile_peer(&cli, &state, sni, b"not a preamble\n");
+        assert!(closed, "B closed the connection with the bad {reason}");
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                (metric(&gwb, "xdpmesh_proxy_refused_total", &label) > before).then_some(())
+            })
+            .is_some(),
+            "B counted the refusal as {reason}"
+        );
+    }
 
     // A capture of the gateway-to-gateway link never shows the marker. With AF_XDP the
     // frames bypass the kernel's taps on both gateways, so B is restarted on kernel sockets
