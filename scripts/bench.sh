@@ -35,10 +35,11 @@
 # --no-build  use the existing target/release binaries
 # --wait S    if another run (demo, tests) is using the rig, wait up to S seconds for it
 #             (default 0: fail at once); the rig namespaces are shared, one user at a time
-# --gw-spin T the AF_XDP gateways' adaptive polling window (node file `spin`, e.g. 2ms; default:
-#             the node files' own, 200us). A window longer than the gap between requests keeps
-#             the gateways polling while their own traffic flows and asleep during the other
-#             paths' rounds.
+# --gw-spin T the AF_XDP gateways' adaptive polling ceiling (node file `spin`, e.g. 200us; default:
+#             the node files' own, i.e. hw-config's 2ms). The window starts at 200us and grows
+#             toward T while requests keep arriving within it, so the gateways poll while their
+#             own traffic flows and sleep during the other paths' rounds; T = 200us is a fixed
+#             200us window.
 # Environment: XDPMESH_BIN, XDPMESH_BENCH_BIN (default target/release/...), XM_RIG_STATE
 # (default /run/xdpmesh-bench).
 set -euo pipefail
@@ -302,7 +303,7 @@ cat >"$RAW/meta.json" <<JSON
   "phases": [
     {"name": "kernel", "about": "no XDP program attached: direct, HAProxy pair, xdpmesh pair on kernel sockets",
      "targets": $(targets_json "${KERNEL_TARGETS[@]}")},
-    {"name": "afxdp", "about": "xdpmesh pair on AF_XDP (XDP attached on the gateways' veths; adaptive polling window ${GW_SPIN:-200us}): direct, HAProxy pair, xdpmesh pair",
+    {"name": "afxdp", "about": "xdpmesh pair on AF_XDP (XDP attached on the gateways' veths; adaptive polling, at most ${GW_SPIN:-2ms} after the last work): direct, HAProxy pair, xdpmesh pair",
      "targets": $(targets_json "${AFXDP_TARGETS[@]}")}
   ]
 }

@@ -20,7 +20,7 @@
 #   mesh    start gateway A in xm-gwa and gateway B in xm-gwb from scripts/rig/*.toml, with
 #           certificates made by `xdpmesh ca` in the state directory; returns once both are
 #           ready (their `ready` line). --backend afxdp (default) or kernel. --spin TIME sets
-#           the AF_XDP workers' adaptive polling window (`spin` in the node files; e.g. 2ms).
+#           the AF_XDP workers' adaptive polling ceiling (`spin` in the node files; e.g. 200us).
 #           http://10.10.1.1:80/ -> web 10.10.3.2:8080, TCP 10.10.1.1:5001 -> echo 10.10.3.2:5001,
 #           TCP 10.10.1.1:5201 -> bulk 10.10.3.2:5201, all across 10.10.2.0/24 inside mTLS;
 #           admin API on 127.0.0.1:9901 in each gateway's namespace. Servers are the caller's.

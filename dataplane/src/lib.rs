@@ -10,6 +10,7 @@ pub mod netns;
 pub mod proxy;
 pub mod shard;
 pub mod shutdown;
+pub mod spin;
 pub mod tap;
 pub mod wake;
 pub mod worker;

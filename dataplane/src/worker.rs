@@ -6,9 +6,10 @@
 //! interface's stack), so a proxied connection in through one interface and out through
 //! another stays on one core. Per iteration: receive a batch on every port and feed it to
 //! its stack; handle the stacks' events and move service bytes; transmit a batch per port
-//! (one wakeup per batch in copy mode). When the worker has found nothing to do for `spin`
-//! (a time), it sleeps on its descriptors until a frame may be waiting or the next timer, so
-//! an idle gateway does not burn a core.
+//! (one wakeup per batch in copy mode). When the worker has found nothing to do for its
+//! polling window (at most `spin`, adapted to the gaps in its traffic: [`crate::spin`]), it
+//! sleeps on its descriptors until a frame may be waiting or the next timer, so an idle
+//! gateway does not burn a core.
 //!
 //! On an interface with several queues each queue has its own worker and stack; a port
 //! given a [`Shard`] hands TCP segments of flows it does not own to their owner through a
@@ -19,6 +20,7 @@ use crate::proxy::engine::Engine;
 use crate::proxy::net::{Net, NetError, NetEvent};
 use crate::shard::{Dispatch, FlowOwner};
 use crate::shutdown::Arrival;
+use crate::spin::SpinWindow;
 use crate::wake::{self, Wake};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use std::collections::HashMap;
@@ -298,8 +300,9 @@ pub struct Worker<D: Device> {
     sessions: HashMap<PConn, Session>,
     engine: Option<Engine<PConn>>,
     start: WallInstant,
-    /// How long to keep polling after the last work before sleeping on the devices
-    /// ([`hw_config::DEFAULT_SPIN`] by default; `Duration::MAX`: never sleep).
+    /// The longest the worker keeps polling after its last work before sleeping on the
+    /// devices; the window adapts below it ([`SpinWindow`]). [`hw_config::DEFAULT_SPIN`] by
+    /// default; `Duration::MAX`: never sleep.
     pub spin: Duration,
     pub stats: WorkerStats,
     /// Where the worker copies its counters now and then, for readers on other threads.
@@ -432,13 +435,24 @@ impl<D: Device> Worker<D> {
 
     /// Runs until `stop` is set: spins while busy, sleeps on the devices when idle.
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
+        let mut window = SpinWindow::new(self.spin);
+        let polite = self.spin != Duration::MAX;
         let mut last_work = WallInstant::now();
+        let mut idle = false;
         while !stop.load(Ordering::Relaxed) {
             if self.poll_once()? {
-                last_work = WallInstant::now();
+                let now = WallInstant::now();
+                if idle {
+                    window.work_after(now - last_work);
+                    idle = false;
+                }
+                last_work = now;
                 continue;
             }
-            if last_work.elapsed() >= self.spin {
+            idle = true;
+            // Measured from the last work, not from the last wake-up: a wake-up that finds
+            // nothing (a timer, a spurious poll) goes back to sleep instead of polling again.
+            if last_work.elapsed() >= window.get() {
                 let now = self.now();
                 let next = self
                     .ports
@@ -453,9 +467,16 @@ impl<D: Device> Worker<D> {
                 self.stats.sleeps += 1;
                 self.publish_stats();
                 self.sleep(wait)?;
-                last_work = WallInstant::now();
-            } else if self.stats.iterations % 4096 == 0 {
-                self.publish_stats();
+            } else {
+                if self.stats.iterations % 4096 == 0 {
+                    self.publish_stats();
+                }
+                // Adaptive polling uses a core that would otherwise idle: a thread that is
+                // runnable on this core (the client or a server, on a small machine) goes
+                // first. `poll = "busy"` does not yield.
+                if polite {
+                    std::thread::yield_now();
+                }
             }
         }
         self.publish_stats();

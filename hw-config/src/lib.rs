@@ -11,8 +11,8 @@
 //! cores = [2, 3]                 # required: ... pinned to these CPUs, same length
 //! mtu = 1500                     # optional: default the interface's; at most MAX_MTU
 //! rss_key = "6d:5a:..."          # optional: 40 or 52 bytes of hex, as `ethtool -x` prints
-//! poll = "adaptive"              # adaptive (default: keep polling `spin` after the last work, then sleep) | busy
-//! spin = "200us"                 # adaptive only: that time (default 200us, at most 1s)
+//! poll = "adaptive"              # adaptive (default: keep polling a while after the last work, then sleep) | busy
+//! spin = "2ms"                   # adaptive only: the longest that while (default 2ms, at most 1s)
 //! steer = "owned"                # owned (default: only our addresses/ports) | dedicated
 //! ```
 //!
@@ -75,8 +75,8 @@ pub enum Bind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Poll {
-    /// Poll for `spin` after the last work, then sleep on the socket fds (need_wakeup).
-    /// The default.
+    /// Poll for a while after the last work (at most `spin`; the worker adapts the window
+    /// to the gaps in its traffic), then sleep on the socket fds (need_wakeup). The default.
     #[default]
     Adaptive,
     /// Spin forever: lowest latency, burns the core. For benchmarks.
@@ -136,16 +136,19 @@ pub struct Interface {
     pub mtu: Option<u32>,
     pub rss_key: Option<Vec<u8>>,
     pub poll: Poll,
-    /// Adaptive polling: how long a worker keeps polling after its last work before it
+    /// Adaptive polling: the longest a worker keeps polling after its last work before it
     /// sleeps ([`DEFAULT_SPIN`] unless set). `Duration::MAX` with [`Poll::Busy`].
     pub spin: Duration,
     pub steer: Steer,
 }
 
-/// Adaptive polling's default window. A proxied request's answer usually comes back
-/// through the far gateway and the server within it, so the worker picks it up without
-/// the sleep and wakeup (~50 µs on the VMs we measured; README "Benchmarks").
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(200);
+/// Adaptive polling's default ceiling. The window starts at 200 µs, enough for a proxied
+/// request's answer to come back through the far gateway and the server, and grows toward
+/// this while requests keep arriving within it: traffic of 500 requests/s or more per worker
+/// is then served without sleeps and wake-ups (~50 µs each on the VMs we measured; README
+/// "Benchmarks"). A polling worker yields to other runnable threads on its core, but the
+/// core (or a VM's vCPU) shows busy while traffic flows. An idle worker sleeps.
+pub const DEFAULT_SPIN: Duration = Duration::from_millis(2);
 /// The longest `spin` accepted: beyond it, use `poll = "busy"`.
 pub const MAX_SPIN: Duration = Duration::from_secs(1);
 
