@@ -133,6 +133,8 @@ RAW=$(mktemp -d /tmp/xm-bench.XXXXXX)
 PIDS=()
 RIG_WAS_UP=0
 PORT_RANGES=()
+HAPROXY_A_PID=
+HAPROXY_B_PID=
 cleanup() {
   local rc=$? pid line
   trap - EXIT INT TERM
@@ -207,10 +209,34 @@ start_haproxy() {
   haproxy -c -q -f "$STATE/haproxy/b.cfg"
   ip netns exec xm-gwb haproxy -db -f "$STATE/haproxy/b.cfg" >"$STATE/haproxy/b.log" 2>&1 &
   PIDS+=($!)
+  HAPROXY_B_PID=$!
   ip netns exec xm-gwa haproxy -db -f "$STATE/haproxy/a.cfg" >"$STATE/haproxy/a.log" 2>&1 &
   PIDS+=($!)
+  HAPROXY_A_PID=$!
   wait_listen xm-gwb 5202
   wait_listen xm-gwa 5202
+}
+
+# CPU time (user + system, clock ticks) of process PID so far; `ip netns exec` execs its
+# program, so the pids of the gateways and HAProxies started through it are theirs.
+cpu_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  # shellcheck disable=SC2086 # fields after the command name, which may hold spaces
+  set -- ${stat##*) }
+  echo $((${12} + ${13}))
+}
+
+# The proxies' CPU time over a phase: "NAME PID TICKS" per line, at its start and its end.
+# Both pairs carry the same requests in a phase (same rates, rounds and durations), so
+# their CPU seconds compare: what a polling gateway costs shows here.
+proxy_cpu() {
+  local name pid
+  for name in gw-a:"$(cat "$STATE/gwa.pid")" gw-b:"$(cat "$STATE/gwb.pid")" \
+    haproxy-a:"$HAPROXY_A_PID" haproxy-b:"$HAPROXY_B_PID"; do
+    pid=${name#*:}
+    echo "${name%%:*} $pid $(cpu_ticks "$pid")"
+  done
 }
 
 # measure PHASE "NAME ROLE TCP_TARGET HTTP_URL BULK_HOST BULK_PORT" ...
@@ -227,6 +253,8 @@ measure() {
     bulk+=("$1 $5 $6")
   done
   mkdir -p "$RAW/$phase"
+  proxy_cpu >"$RAW/$phase/cpu-start.txt"
+  local started=$SECONDS
   for rate in "${RATES[@]}"; do
     asked=$rate
     [ "$rate" = max ] && asked=$MAX_RATE
@@ -257,6 +285,8 @@ measure() {
       sleep 0.5
     done
   done
+  proxy_cpu >"$RAW/$phase/cpu-end.txt"
+  echo "$((SECONDS - started))" >"$RAW/$phase/seconds.txt"
 }
 
 KERNEL_TARGETS=(
@@ -297,6 +327,7 @@ cat >"$RAW/meta.json" <<JSON
   "http_connections": $HTTP_CONNS,
   "wrk_seconds_per_round": $WRK_SECONDS,
   "iperf3_seconds_per_round": $IPERF_SECONDS,
+  "clk_tck": $(getconf CLK_TCK),
   "servers": "nginx 1 worker return 200 on 10.10.3.2:8080; xdpmesh-bench serve echo on :5001; iperf3 -s on :5201",
   "haproxy": "$(haproxy -v | head -1 | cut -d' ' -f1-3)",
   "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo '+dirty')",

@@ -12,6 +12,8 @@ RAW_DIR holds what bench.sh wrote:
   PHASE/http-RATE.json
   PHASE/wrk-NAME-rN.txt          wrk -t1 -c32 --latency output, one file per round
   PHASE/iperf-NAME-rN.json       iperf3 -J output, one file per round
+  PHASE/cpu-{start,end}.txt      "NAME PID TICKS": the proxies' user + system CPU time
+  PHASE/seconds.txt              the phase's wall time
 """
 
 import json
@@ -164,8 +166,38 @@ def collect(raw, meta):
                 "gbit_s": mean([i["gbit_s"] for i in iperf]),
                 "rounds": iperf,
             }
+        res["proxy_cpu"] = proxy_cpu(pdir, meta.get("clk_tck", 100))
         phases[pname] = res
     return phases
+
+
+def proxy_cpu(pdir, clk_tck):
+    """CPU seconds each proxy process used over the phase, and the phase's wall seconds."""
+
+    def ticks(path):
+        out = {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    name, pid, t = line.split()
+                    out[name] = (pid, int(t))
+        except (OSError, ValueError):
+            return {}
+        return out
+
+    start, end = ticks(os.path.join(pdir, "cpu-start.txt")), ticks(os.path.join(pdir, "cpu-end.txt"))
+    used = {}
+    for name, (pid, t1) in end.items():
+        p0 = start.get(name)
+        # A process that was not the same one at both ends (restarted, gone) is not counted.
+        if p0 and p0[0] == pid and t1 >= p0[1] > 0:
+            used[name] = (t1 - p0[1]) / clk_tck
+    try:
+        with open(os.path.join(pdir, "seconds.txt"), encoding="utf-8") as f:
+            wall = int(f.read().strip())
+    except (OSError, ValueError):
+        wall = None
+    return {"cpu_seconds": used, "wall_seconds": wall} if used else None
 
 
 def role(phase, r):
@@ -269,12 +301,33 @@ def print_tables(summary):
     print("over the HAProxy pair's added p50. '*' = the harness warned (rate not carried: see JSON);")
     print("the percentiles then include the queueing. 'max' asks %s req/s: every path saturates, so" % meta["max_rate_asked"])
     print("only its achieved rate is read (the harness's own one-thread ceiling is near the direct row's).")
+    print_proxy_cpu(summary)
     goals = summary["goals"]
     print("\nGoals for the AF_XDP pair (issue #5). haproxy-x: the HAProxy pair of the same phase")
     print("(interleaved); haproxy-k: the kernel phase's (no XDP program attached; not interleaved):")
     for g in goals:
         print("  %-52s %-58s %s" % (g["goal"], g["measured"], "MET" if g["met"] else "NOT MET" if g["met"] is False else "n/a"))
     print_machine(summary)
+
+
+def print_proxy_cpu(summary):
+    rows = [(p, ph["proxy_cpu"]) for p, ph in summary["phases"].items() if ph.get("proxy_cpu")]
+    if not rows:
+        return
+    print("\nProxies' CPU time over each phase (user + system of the processes; the kernel's softirq")
+    print("work for them is not in it). Both pairs carried the same requests in a phase:")
+    for pname, c in rows:
+        s = c["cpu_seconds"]
+
+        def pair(a, b):
+            if a in s and b in s:
+                return "%.1f s (A %.1f + B %.1f)" % (s[a] + s[b], s[a], s[b])
+            return "-"
+
+        print(
+            "  %-7s %ss wall: HAProxy pair %s; xdpmesh pair (%s) %s"
+            % (pname, c["wall_seconds"] or "?", pair("haproxy-a", "haproxy-b"), pname, pair("gw-a", "gw-b"))
+        )
 
 
 def print_machine(summary):
