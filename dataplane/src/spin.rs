@@ -8,8 +8,9 @@
 //! window grows (to cover that gap); when it arrives after more than the ceiling, the window
 //! shrinks by half, down to its floor. Steady traffic with gaps below the ceiling is then
 //! served without wake-ups; an idle worker sleeps after at most one window. While it polls,
-//! the worker yields the core to any other runnable thread (`Worker::run`), so polling takes
-//! only time the core would otherwise idle.
+//! the worker yields the core to other runnable threads (`Worker::run`), so polling mostly
+//! takes time the core would otherwise idle (`sched_yield` is a hint to the scheduler, not a
+//! guarantee).
 
 use std::time::Duration;
 

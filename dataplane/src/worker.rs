@@ -440,19 +440,21 @@ impl<D: Device> Worker<D> {
         let mut last_work = WallInstant::now();
         let mut idle = false;
         while !stop.load(Ordering::Relaxed) {
+            // Read before the poll: the gap ends when the work is found, not when it is done
+            // (a TLS handshake's processing is not idle time).
+            let polled_at = WallInstant::now();
             if self.poll_once()? {
-                let now = WallInstant::now();
                 if idle {
-                    window.work_after(now - last_work);
+                    window.work_after(polled_at.saturating_duration_since(last_work));
                     idle = false;
                 }
-                last_work = now;
+                last_work = WallInstant::now();
                 continue;
             }
             idle = true;
             // Measured from the last work, not from the last wake-up: a wake-up that finds
             // nothing (a timer, a spurious poll) goes back to sleep instead of polling again.
-            if last_work.elapsed() >= window.get() {
+            if polled_at.saturating_duration_since(last_work) >= window.get() {
                 let now = self.now();
                 let next = self
                     .ports
