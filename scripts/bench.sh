@@ -217,23 +217,26 @@ start_haproxy() {
   wait_listen xm-gwa 5202
 }
 
-# CPU time (user + system, clock ticks) of process PID so far; `ip netns exec` execs its
-# program, so the pids of the gateways and HAProxies started through it are theirs.
+# CPU time (user + system, clock ticks) of process PID so far, or "-" if it is gone;
+# `ip netns exec` execs its program, so the pids of the gateways and HAProxies started
+# through it are theirs.
 cpu_ticks() {
   local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo -; return; }
   # shellcheck disable=SC2086 # fields after the command name, which may hold spaces
   set -- ${stat##*) }
   echo $((${12} + ${13}))
 }
 
-# The proxies' CPU time over a phase: "NAME PID TICKS" per line, at its start and its end.
-# Both pairs carry the same requests in a phase (same rates, rounds and durations), so
-# their CPU seconds compare: what a polling gateway costs shows here.
+# The proxies' CPU time: "NAME PID TICKS" per line. Taken before and after the fixed-rate
+# latency runs of a phase (TCP and HTTP at each rate but "max"), where every pair carries the
+# same requests, so their CPU seconds compare: what a polling gateway costs shows here.
+# (wrk, iperf3 and "max" run each path as fast as it goes: more requests for a faster pair.)
 proxy_cpu() {
   local name pid
-  for name in gw-a:"$(cat "$STATE/gwa.pid")" gw-b:"$(cat "$STATE/gwb.pid")" \
-    haproxy-a:"$HAPROXY_A_PID" haproxy-b:"$HAPROXY_B_PID"; do
+  for name in gw-a:"$(cat "$STATE/gwa.pid" 2>/dev/null || echo -)" \
+    gw-b:"$(cat "$STATE/gwb.pid" 2>/dev/null || echo -)" \
+    haproxy-a:"${HAPROXY_A_PID:--}" haproxy-b:"${HAPROXY_B_PID:--}"; do
     pid=${name#*:}
     echo "${name%%:*} $pid $(cpu_ticks "$pid")"
   done
@@ -256,6 +259,10 @@ measure() {
   proxy_cpu >"$RAW/$phase/cpu-start.txt"
   local started=$SECONDS
   for rate in "${RATES[@]}"; do
+    if [ "$rate" = max ]; then
+      proxy_cpu >"$RAW/$phase/cpu-end.txt"
+      echo "$((SECONDS - started))" >"$RAW/$phase/seconds.txt"
+    fi
     asked=$rate
     [ "$rate" = max ] && asked=$MAX_RATE
     echo "-- $phase: TCP 64 B echo, $asked req/s, $TCP_CONNS connections, $ROUNDS rounds"
@@ -267,6 +274,10 @@ measure() {
       --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress --save "$RAW/$phase/http-$rate.json" \
       | tee -a "$RAW/$phase/harness.txt"
   done
+  if [ ! -f "$RAW/$phase/cpu-end.txt" ]; then
+    proxy_cpu >"$RAW/$phase/cpu-end.txt"
+    echo "$((SECONDS - started))" >"$RAW/$phase/seconds.txt"
+  fi
   for r in $(seq 1 "$ROUNDS"); do
     for line in "${http[@]}"; do
       name=${line%%=*}
@@ -285,8 +296,6 @@ measure() {
       sleep 0.5
     done
   done
-  proxy_cpu >"$RAW/$phase/cpu-end.txt"
-  echo "$((SECONDS - started))" >"$RAW/$phase/seconds.txt"
 }
 
 KERNEL_TARGETS=(

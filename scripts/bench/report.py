@@ -12,8 +12,9 @@ RAW_DIR holds what bench.sh wrote:
   PHASE/http-RATE.json
   PHASE/wrk-NAME-rN.txt          wrk -t1 -c32 --latency output, one file per round
   PHASE/iperf-NAME-rN.json       iperf3 -J output, one file per round
-  PHASE/cpu-{start,end}.txt      "NAME PID TICKS": the proxies' user + system CPU time
-  PHASE/seconds.txt              the phase's wall time
+  PHASE/cpu-{start,end}.txt      "NAME PID TICKS": the proxies' user + system CPU time before
+                                 and after the phase's fixed-rate latency runs ("-": gone)
+  PHASE/seconds.txt              those runs' wall time
 """
 
 import json
@@ -172,17 +173,21 @@ def collect(raw, meta):
 
 
 def proxy_cpu(pdir, clk_tck):
-    """CPU seconds each proxy process used over the phase, and the phase's wall seconds."""
+    """CPU seconds each proxy process used over the phase's fixed-rate latency runs, and their
+    wall seconds."""
 
     def ticks(path):
         out = {}
         try:
             with open(path, encoding="utf-8") as f:
-                for line in f:
-                    name, pid, t = line.split()
-                    out[name] = (pid, int(t))
-        except (OSError, ValueError):
+                lines = f.read().splitlines()
+        except OSError:
             return {}
+        for line in lines:
+            parts = line.split()
+            # "-" for a pid or ticks: the process was not there.
+            if len(parts) == 3 and parts[2].isdigit():
+                out[parts[0]] = (parts[1], int(parts[2]))
         return out
 
     start, end = ticks(os.path.join(pdir, "cpu-start.txt")), ticks(os.path.join(pdir, "cpu-end.txt"))
@@ -190,7 +195,7 @@ def proxy_cpu(pdir, clk_tck):
     for name, (pid, t1) in end.items():
         p0 = start.get(name)
         # A process that was not the same one at both ends (restarted, gone) is not counted.
-        if p0 and p0[0] == pid and t1 >= p0[1] > 0:
+        if p0 and p0[0] == pid and t1 >= p0[1]:
             used[name] = (t1 - p0[1]) / clk_tck
     try:
         with open(os.path.join(pdir, "seconds.txt"), encoding="utf-8") as f:
@@ -314,8 +319,9 @@ def print_proxy_cpu(summary):
     rows = [(p, ph["proxy_cpu"]) for p, ph in summary["phases"].items() if ph.get("proxy_cpu")]
     if not rows:
         return
-    print("\nProxies' CPU time over each phase (user + system of the processes; the kernel's softirq")
-    print("work for them is not in it). Both pairs carried the same requests in a phase:")
+    print("\nProxies' CPU time over each phase's fixed-rate latency runs (user + system of the processes;")
+    print("the kernel's softirq work for them is not in it). There every path is asked the same")
+    print("requests; a path that could not carry a rate ('*' above) served fewer:")
     for pname, c in rows:
         s = c["cpu_seconds"]
 
