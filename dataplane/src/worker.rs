@@ -437,24 +437,22 @@ impl<D: Device> Worker<D> {
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
         let mut window = SpinWindow::new(self.spin);
         let polite = self.spin != Duration::MAX;
-        let mut last_work = WallInstant::now();
-        let mut idle = false;
+        // When the first poll that found nothing began, i.e. when the last work ended.
+        let mut idle_since: Option<WallInstant> = None;
         while !stop.load(Ordering::Relaxed) {
             // Read before the poll: the gap ends when the work is found, not when it is done
             // (a TLS handshake's processing is not idle time).
             let polled_at = WallInstant::now();
             if self.poll_once()? {
-                if idle {
-                    window.work_after(polled_at.saturating_duration_since(last_work));
-                    idle = false;
+                if let Some(since) = idle_since.take() {
+                    window.work_after(polled_at.saturating_duration_since(since));
                 }
-                last_work = WallInstant::now();
                 continue;
             }
-            idle = true;
+            let since = *idle_since.get_or_insert(polled_at);
             // Measured from the last work, not from the last wake-up: a wake-up that finds
             // nothing (a timer, a spurious poll) goes back to sleep instead of polling again.
-            if polled_at.saturating_duration_since(last_work) >= window.get() {
+            if polled_at.saturating_duration_since(since) >= window.get() {
                 let now = self.now();
                 let next = self
                     .ports
