@@ -242,6 +242,13 @@ proxy_cpu() {
   done
 }
 
+# Ends the CPU count of phase $1 and its wall time since $2 (SECONDS); once per phase.
+proxy_cpu_end() {
+  [ -f "$RAW/$1/cpu-end.txt" ] && return 0
+  proxy_cpu >"$RAW/$1/cpu-end.txt"
+  echo "$((SECONDS - $2))" >"$RAW/$1/seconds.txt"
+}
+
 # measure PHASE "NAME ROLE TCP_TARGET HTTP_URL BULK_HOST BULK_PORT" ...
 measure() {
   local phase=$1 rate r asked line name
@@ -259,10 +266,8 @@ measure() {
   proxy_cpu >"$RAW/$phase/cpu-start.txt"
   local started=$SECONDS
   for rate in "${RATES[@]}"; do
-    if [ "$rate" = max ]; then
-      proxy_cpu >"$RAW/$phase/cpu-end.txt"
-      echo "$((SECONDS - started))" >"$RAW/$phase/seconds.txt"
-    fi
+    # "max" runs each path as fast as it goes: not the same requests for every path.
+    [ "$rate" = max ] && proxy_cpu_end "$phase" "$started"
     asked=$rate
     [ "$rate" = max ] && asked=$MAX_RATE
     echo "-- $phase: TCP 64 B echo, $asked req/s, $TCP_CONNS connections, $ROUNDS rounds"
@@ -274,10 +279,7 @@ measure() {
       --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress --save "$RAW/$phase/http-$rate.json" \
       | tee -a "$RAW/$phase/harness.txt"
   done
-  if [ ! -f "$RAW/$phase/cpu-end.txt" ]; then
-    proxy_cpu >"$RAW/$phase/cpu-end.txt"
-    echo "$((SECONDS - started))" >"$RAW/$phase/seconds.txt"
-  fi
+  proxy_cpu_end "$phase" "$started"
   for r in $(seq 1 "$ROUNDS"); do
     for line in "${http[@]}"; do
       name=${line%%=*}

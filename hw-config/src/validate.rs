@@ -202,7 +202,11 @@ pub(crate) fn validate(
                 (Poll::Adaptive, Ok(_)) => report.errors.push(err(
                     &sp.span,
                     format!("{k}.spin"),
-                    format!("spin {:?} is above 1s", sp.value),
+                    format!(
+                        "spin {:?} is above {}",
+                        sp.value,
+                        humantime::format_duration(MAX_SPIN)
+                    ),
                     "use poll = \"busy\" for a worker that never sleeps".into(),
                 )),
                 (Poll::Adaptive, Err(e)) => report.errors.push(err(
