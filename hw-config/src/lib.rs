@@ -145,9 +145,10 @@ pub struct Interface {
 /// Adaptive polling's default ceiling. The window starts at 200 µs, enough for a proxied
 /// request's answer to come back through the far gateway and the server, and grows toward
 /// this while work keeps arriving within it: traffic whose gaps stay under it (steady
-/// traffic of well over 500 packets/s per worker) is then served without sleeps and wake-ups (~50 µs each on the VMs we measured; README
-/// "Benchmarks"). A polling worker yields to other runnable threads on its core, but the
-/// core (or a VM's vCPU) shows busy while traffic flows. An idle worker sleeps.
+/// traffic of well over 500 packets/s per worker) is then served without sleeps and
+/// wake-ups (~50 µs each on the VMs we measured; README "Benchmarks"). A polling worker
+/// yields to other runnable threads on its core, but the core (or a VM's vCPU) shows busy
+/// while traffic flows. An idle worker sleeps.
 pub const DEFAULT_SPIN: Duration = Duration::from_millis(2);
 /// The longest `spin` accepted: beyond it, use `poll = "busy"`.
 pub const MAX_SPIN: Duration = Duration::from_secs(1);
