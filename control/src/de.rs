@@ -68,10 +68,10 @@ impl<T> From<T> for Sp<T> {
     }
 }
 
-const SP_NAME: &str = "$xdpmesh::Sp";
-const SP_START: &str = "$start";
-const SP_END: &str = "$end";
-const SP_VALUE: &str = "$value";
+pub(crate) const SP_NAME: &str = "$xdpmesh::Sp";
+pub(crate) const SP_START: &str = "$start";
+pub(crate) const SP_END: &str = "$end";
+pub(crate) const SP_VALUE: &str = "$value";
 
 /// Only [`decode`]'s deserializer knows how to fill an `Sp<T>`.
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Sp<T> {

@@ -2,7 +2,8 @@
 //!
 //! The path of a table change ([`load::compile`] runs the first four):
 //! text → [`tree::parse`] (spanned TOML) → [`de::decode`] into [`schema::Tables`]
-//! (every unknown key and wrong type reported) → [`validate::validate`] (references,
+//! (every unknown key and wrong type reported; [`fastde`] does these two steps in one
+//! for a text that decodes without error, the usual case) → [`validate::validate`] (references,
 //! addresses, regexes, certificates; every error with file:line:col and a hint) →
 //! [`snapshot::Snapshot`] (lookup-ready) → [`publish::Publisher`] (one atomic swap).
 //! Sources of changes: the tables file ([`watch`]), the admin API ([`admin`]), and
@@ -15,6 +16,7 @@ pub mod certs;
 pub mod check;
 pub mod de;
 pub mod diag;
+pub mod fastde;
 pub mod load;
 pub mod node;
 pub mod plane;

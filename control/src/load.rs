@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::de;
 use crate::diag::Diagnostics;
+use crate::fastde;
 use crate::schema::Tables;
 use crate::snapshot::Snapshot;
 use crate::source::Source;
@@ -18,10 +19,17 @@ pub struct Compiled {
 
 /// Check `src` and compile it. On failure, every error found, sorted by position.
 pub fn compile(src: &Source, ctx: &Context) -> Result<Compiled, Diagnostics> {
-    let root = tree::parse(src).map_err(|d| Diagnostics(vec![d]))?;
-    let (tables, mut errors) = de::decode_partial::<Tables>(src, &root, "");
-    // Validate even what decoded only in part, so one run shows every error.
-    let tables = tables.unwrap_or_default();
+    // Most texts decode on the fast path. One it does not take is read again
+    // through the tree, which reports every error.
+    let (tables, mut errors) = match fastde::decode::<Tables>(&src.text) {
+        Some(tables) => (tables, Vec::new()),
+        None => {
+            let root = tree::parse(src).map_err(|d| Diagnostics(vec![d]))?;
+            let (tables, errors) = de::decode_partial::<Tables>(src, &root, "");
+            // Validate even what decoded only in part, so one run shows every error.
+            (tables.unwrap_or_default(), errors)
+        }
+    };
     match validate::validate(src, &tables, ctx) {
         Ok(snapshot) if errors.is_empty() => return Ok(Compiled { tables, snapshot }),
         Ok(_) => {}

@@ -90,20 +90,42 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostic> {
 /// decides, and says why with the position. So this only has to be right about
 /// what it accepts.
 fn parse_fast(text: &str) -> Option<Node> {
-    let source = toml_parser::Source::new(text);
-    // The parser wants a slice of tokens ending in `Eof`; the empty text lexes to one.
-    let eof = toml_parser::Source::new("").lex().next()?;
-    let mut lexer = source.lex();
-    let mut tokens = Vec::with_capacity(CHUNK_TOKENS + 1);
     let mut fast = Fast {
-        source,
-        events: Vec::with_capacity(CHUNK_TOKENS),
+        source: toml_parser::Source::new(text),
+        events: Vec::new(),
         pos: 0,
         keys: Keys::default(),
         root: Vec::new(),
         meta: Vec::new(),
         current: Vec::new(),
     };
+    chunks(text, |events| {
+        // Borrowed for the chunk and handed back, so the buffer is reused.
+        fast.events = std::mem::take(events);
+        fast.pos = 0;
+        let done = fast.expressions();
+        *events = std::mem::take(&mut fast.events);
+        done
+    })?;
+    Some(Node {
+        span: 0..0,
+        value: Value::Table(fast.root),
+    })
+}
+
+/// Lexes and parses `text` a chunk of lines at a time and hands each chunk's
+/// events (no whitespace, comments or newlines) to `each`. `None` when
+/// `toml_parser` rejects the text or `each` gives up.
+pub(crate) fn chunks(
+    text: &str,
+    mut each: impl FnMut(&mut Vec<Event>) -> Option<()>,
+) -> Option<()> {
+    let source = toml_parser::Source::new(text);
+    // The parser wants a slice of tokens ending in `Eof`; the empty text lexes to one.
+    let eof = toml_parser::Source::new("").lex().next()?;
+    let mut lexer = source.lex();
+    let mut tokens = Vec::with_capacity(CHUNK_TOKENS + 1);
+    let mut events = Vec::with_capacity(CHUNK_TOKENS);
     // Lexed and parsed a chunk of lines at a time, so the token and event buffers
     // stay small and are reused (whole-text buffers were ~40 MB, fresh pages on
     // every parse). A chunk ends after a newline outside brackets and braces: a
@@ -133,28 +155,24 @@ fn parse_fast(text: &str) -> Option<Node> {
         if tokens.last().map(|t| t.kind()) != Some(TokenKind::Eof) {
             tokens.push(eof);
         }
-        fast.events.clear();
-        fast.pos = 0;
+        events.clear();
         let mut sink = Collect {
-            events: &mut fast.events,
+            events: &mut events,
             bad: false,
         };
         let mut err: Option<toml_parser::ParseError> = None;
         {
             let mut ws = ValidateWhitespace::new(&mut sink, source);
-            // Bounds the recursion of `Fast::value` below.
+            // Bounds the recursion of the consumers' value readers.
             let mut guard = RecursionGuard::new(&mut ws, MAX_DEPTH);
             toml_parser::parser::parse_document(&tokens, &mut guard, &mut err);
         }
         if err.is_some() || sink.bad {
             return None;
         }
-        fast.expressions()?;
+        each(&mut events)?;
     }
-    Some(Node {
-        span: 0..0,
-        value: Value::Table(fast.root),
-    })
+    Some(())
 }
 
 /// Tokens per chunk (at least; a chunk ends at a line end).
@@ -271,7 +289,7 @@ fn find(es: &[Entry], k: &Arc<str>) -> Option<usize> {
 
 /// Keys one table may have on the fast path: `find` is linear, so a table of
 /// more goes to `toml_edit` (hashed) rather than take quadratic time.
-const MAX_TABLE_KEYS: usize = 512;
+pub(crate) const MAX_TABLE_KEYS: usize = 512;
 
 /// `es` may take one more key.
 fn room(es: &[Entry]) -> Option<()> {
@@ -365,13 +383,7 @@ impl Fast<'_> {
     }
 
     fn key(&mut self, e: Event) -> Option<Key> {
-        let raw = self.source.get(e)?;
-        let mut s = Cow::Borrowed("");
-        let mut err: Option<toml_parser::ParseError> = None;
-        raw.decode_key(&mut s, &mut err);
-        if err.is_some() {
-            return None;
-        }
+        let s = key(self.source.get(e)?)?;
         Some((self.keys.get(&s), pspan(e.span())))
     }
 
@@ -485,34 +497,61 @@ impl Fast<'_> {
     }
 
     fn scalar(&mut self, e: Event) -> Option<Node> {
-        let raw = self.source.get(e)?;
-        let mut s = Cow::Borrowed("");
-        let mut err: Option<toml_parser::ParseError> = None;
-        let kind = raw.decode_scalar(&mut s, &mut err);
-        if err.is_some() {
-            return None;
-        }
-        let value = match kind {
-            ScalarKind::String => Value::String(s.into_owned()),
-            ScalarKind::Boolean(b) => Value::Boolean(b),
-            ScalarKind::DateTime => Value::Datetime(s.parse::<Datetime>().ok()?.to_string()),
-            ScalarKind::Integer(radix) => {
-                Value::Integer(i64::from_str_radix(&s, radix.value()).ok()?)
-            }
-            ScalarKind::Float => {
-                let x: f64 = s.parse().ok()?;
-                // An overflowing literal (1e999) is an error in TOML, not infinity.
-                if x.is_infinite() && !s.contains("inf") {
-                    return None;
-                }
-                Value::Float(x)
-            }
+        let value = match scalar(self.source.get(e)?)? {
+            Scalar::Str(s) => Value::String(s.into_owned()),
+            Scalar::Datetime(d) => Value::Datetime(d),
+            Scalar::Int(i) => Value::Integer(i),
+            Scalar::Float(x) => Value::Float(x),
+            Scalar::Bool(b) => Value::Boolean(b),
         };
         Some(Node {
             span: pspan(e.span()),
             value,
         })
     }
+}
+
+/// A scalar as both fast paths read it (this one and [`crate::fastde`]).
+pub(crate) enum Scalar<'t> {
+    Str(Cow<'t, str>),
+    /// As toml writes it back.
+    Datetime(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+/// `None` for a value that does not fit ours (an integer out of range, a float
+/// literal that overflows): the caller then falls back.
+pub(crate) fn scalar(raw: toml_parser::Raw<'_>) -> Option<Scalar<'_>> {
+    let mut s = Cow::Borrowed("");
+    let mut err: Option<toml_parser::ParseError> = None;
+    let kind = raw.decode_scalar(&mut s, &mut err);
+    if err.is_some() {
+        return None;
+    }
+    Some(match kind {
+        ScalarKind::String => Scalar::Str(s),
+        ScalarKind::Boolean(b) => Scalar::Bool(b),
+        ScalarKind::DateTime => Scalar::Datetime(s.parse::<Datetime>().ok()?.to_string()),
+        ScalarKind::Integer(radix) => Scalar::Int(i64::from_str_radix(&s, radix.value()).ok()?),
+        ScalarKind::Float => {
+            let x: f64 = s.parse().ok()?;
+            // An overflowing literal (1e999) is an error in TOML, not infinity.
+            if x.is_infinite() && !s.contains("inf") {
+                return None;
+            }
+            Scalar::Float(x)
+        }
+    })
+}
+
+/// A key as written, unquoted and unescaped.
+pub(crate) fn key(raw: toml_parser::Raw<'_>) -> Option<Cow<'_, str>> {
+    let mut s = Cow::Borrowed("");
+    let mut err: Option<toml_parser::ParseError> = None;
+    raw.decode_key(&mut s, &mut err);
+    err.is_none().then_some(s)
 }
 
 /// `[a.b.c]` or `[[a.b.c]]`: makes or finds the table; returns its index path.

@@ -88,6 +88,19 @@ fn check_examples(dir: &Path, at_least: usize) {
         } else {
             control::compile_file(f, SystemTime::now())
                 .unwrap_or_else(|e| panic!("{}:\n{e}", f.display()));
+            // Written in the layout the fast decoder takes, and decoded as the tree path does.
+            let text = std::fs::read_to_string(f).expect("read");
+            assert!(
+                control::fastde::decode::<Tables>(&text).is_some(),
+                "{} is not on the fast path",
+                f.display()
+            );
+            assert_eq!(
+                control::fastde::disagreement(&text),
+                None,
+                "{}",
+                f.display()
+            );
         }
         checked += 1;
     }

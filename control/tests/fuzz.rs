@@ -1,6 +1,7 @@
 //! Robustness: random and mutated input through parse → decode → validate → compile
-//! (and the node and SMI parsers) never panics, and every error it reports points
-//! inside the text. Property tests stand in for cargo-fuzz here: they run in the
+//! (and the node and SMI parsers) never panics, every error it reports points
+//! inside the text, and the fast decoder accepts nothing the tree path does not
+//! decode the same way. Property tests stand in for cargo-fuzz here: they run in the
 //! normal test suite with a fixed case count.
 
 use std::path::Path;
@@ -34,6 +35,9 @@ fn check_text(text: &str) {
             assert!(e.col >= 1, "{e}");
             assert!(!e.to_string().contains('\n'), "multi-line error: {e:?}");
         }
+    }
+    if let Some(d) = control::fastde::disagreement(text) {
+        panic!("the fast decoder disagrees with the tree on {text:?}:\n{d}");
     }
     let _ = control::node::parse(src, Path::new("/nonexistent"));
 }

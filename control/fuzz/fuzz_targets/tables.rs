@@ -43,5 +43,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = c.tables.to_toml();
         }
     }
+    // The fast decoder takes only what the tree path decodes, and gives the same values
+    // and spans.
+    if let Some(d) = control::fastde::disagreement(text) {
+        panic!("fast decoder disagrees:\n{d}");
+    }
     let _ = control::node::parse(src, Path::new("/nonexistent"));
 });
