@@ -274,11 +274,79 @@ pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<Sp<String>>,
     /// Default: none.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// Relative share for weighted load balancers. Default: 1; 0 = drained.
     #[serde(default = "one")]
     pub weight: Sp<u32>,
+}
+
+/// `labels = { key = "value", ... }`, kept sorted by key. A few pairs in one
+/// vector: a `BTreeMap` node is ~550 bytes however few keys it holds, which made
+/// labels most of the memory of a big table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    /// Every pair, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// `key` set to `value`, as a map insert does.
+    pub fn insert(&mut self, key: String, value: String) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(it: I) -> Self {
+        let mut l = Labels::default();
+        for (k, v) in it {
+            l.insert(k.into(), v.into());
+        }
+        l
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Labels;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Labels, A::Error> {
+                let mut l = Labels(Vec::with_capacity(m.size_hint().unwrap_or(0).min(16)));
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    l.insert(k, v);
+                }
+                Ok(l)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -400,8 +468,8 @@ pub enum PathMatch {
 pub struct Backend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Sp<String>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// Default: 1. The weights of a route must not all be 0.
     #[serde(default = "one")]
     pub weight: Sp<u32>,
@@ -425,4 +493,26 @@ pub struct Authorization {
     /// Limit the rule to these paths. Default: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<Sp<PathMatch>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_sorted_found_and_written_back() {
+        let text = "[[service]]\nname = \"a\"\nendpoints = [{ address = \"10.0.0.1:80\", labels = { zone = \"b\", app = \"x\", \"ver\" = \"2\" } }]\n";
+        let t: Tables = crate::fastde::decode(text).expect("decodes");
+        let l = &t.services[0].endpoints[0].labels;
+        let pairs: Vec<(&str, &str)> = l.iter().collect();
+        assert_eq!(pairs, [("app", "x"), ("ver", "2"), ("zone", "b")]);
+        assert_eq!(l.get("zone"), Some("b"));
+        assert_eq!(l.get("nope"), None);
+        let again: Tables = crate::fastde::decode(&t.to_toml()).expect("round trip");
+        assert_eq!(again, t);
+        let mut m = Labels::default();
+        m.insert("k".into(), "1".into());
+        m.insert("k".into(), "2".into());
+        assert_eq!(m.iter().collect::<Vec<_>>(), [("k", "2")]);
+    }
 }

@@ -27,7 +27,7 @@ use serde_yaml::Value;
 
 use crate::de::Sp;
 use crate::schema::{
-    Authorization, Backend, HeaderMatch, PathMatch, Route, RouteMatch, Service, Tables,
+    Authorization, Backend, HeaderMatch, Labels, PathMatch, Route, RouteMatch, Service, Tables,
 };
 
 #[derive(Debug, Clone)]
@@ -349,7 +349,7 @@ fn split(
         .map(|(svc, w)| {
             Sp::new(Backend {
                 service: Some(Sp::new(svc)),
-                labels: BTreeMap::new(),
+                labels: Labels::default(),
                 weight: Sp::new(u32::try_from(w / g).unwrap_or(u32::MAX)),
             })
         })

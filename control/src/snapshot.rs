@@ -3,7 +3,6 @@
 //! A [`Snapshot`] is immutable. Workers hold an `Arc<Snapshot>`; a connection keeps
 //! the one it started with (its [`Snapshot::generation`]).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -11,7 +10,7 @@ use ipnet::IpNet;
 use regex::Regex;
 use rustc_hash::FxHashMap;
 
-use crate::schema::{LbPolicy, Protocol};
+use crate::schema::{Labels, LbPolicy, Protocol};
 
 /// Index into [`Snapshot::services`].
 pub type ServiceId = u32;
@@ -61,7 +60,7 @@ pub enum HashKey {
 pub struct EndpointRt {
     pub address: SocketAddr,
     pub via: Option<PeerId>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub weight: u32,
 }
 

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::certs::{self, CertCheck};
 use crate::de::Sp;
 use crate::diag::{did_you_mean, Diagnostic};
-use crate::schema::{HeaderMatch, LbPolicy, PathMatch, Protocol, Tables};
+use crate::schema::{HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
 use crate::snapshot::{
     AuthzRule, BackendRt, EndpointRt, HashKey, HeaderMatcher, IdSet, IdentityRt, ListenerRt,
     PathMatcher, PeerRt, RouteRt, ServiceId, ServiceRt, Snapshot,
@@ -212,9 +212,14 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
     let peer_names: Vec<&str> = tables.peers.iter().map(|p| p.name.as_str()).collect();
 
     // --- services: names and hosts first, so everything can refer to them
+    // Sized up front: these grow to the table's size, and regrowing them copied
+    // megabytes in a compile of 10k services.
+    let n = tables.services.len();
     let mut svc_index: HashMap<&str, (ServiceId, Span)> = HashMap::default();
+    svc_index.reserve(n);
     let mut host_owner: HashMap<String, (String, usize)> = HashMap::default();
-    let mut services: Vec<ServiceRt> = Vec::new();
+    host_owner.reserve(n);
+    let mut services: Vec<ServiceRt> = Vec::with_capacity(n);
     for (i, s) in tables.services.iter().enumerate() {
         let k = || format!("service[{i}]");
         check_name(&mut v, &s.name, &Lazy(|| format!("{}.name", k())));
@@ -243,8 +248,8 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             let Some(h_norm) = check_host(&mut v, h, &key) else {
                 continue;
             };
-            if let Some((owner, line)) = host_owner.get(&h_norm) {
-                let (owner, line) = (owner.clone(), *line);
+            if let Some((owner, at)) = host_owner.get(&h_norm) {
+                let (owner, line) = (owner.clone(), v.src.line(*at));
                 if owner != *s.name {
                     v.err(
                         &h.span,
@@ -255,7 +260,8 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 }
                 continue;
             }
-            host_owner.insert(h_norm.clone(), (s.name.value.clone(), v.line(&h.span)));
+            // The offset, not the line: a line is looked up only for a message.
+            host_owner.insert(h_norm.clone(), (s.name.value.clone(), h.span.start));
             hosts.push(h_norm);
         }
         services.push(ServiceRt {
@@ -279,14 +285,15 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         if *first != s.name.span {
             continue; // a duplicate, reported above
         }
-        let mut endpoints = Vec::new();
+        let mut endpoints = Vec::with_capacity(s.endpoints.len());
         let mut seen: HashMap<SocketAddr, usize> = HashMap::default();
+        seen.reserve(s.endpoints.len());
         for (j, e) in s.endpoints.iter().enumerate() {
             let ek = || format!("{}.endpoints[{j}]", k());
             let addr = parse_socket(&mut v, &e.address, &Lazy(|| format!("{}.address", ek())));
             if let Some(a) = addr {
-                if let Some(line) = seen.get(&a) {
-                    let line = *line;
+                if let Some(at) = seen.get(&a) {
+                    let line = v.src.line(*at);
                     v.err(
                         &e.address.span,
                         format!("{}.address", ek()),
@@ -294,7 +301,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                     )
                     .set_hint(format!("first listed on line {line}"));
                 } else {
-                    seen.insert(a, v.line(&e.address.span));
+                    seen.insert(a, e.address.span.start);
                 }
             }
             let via = match &e.via {
@@ -500,7 +507,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
     }
 
     // --- routes
-    let mut routes = Vec::new();
+    let mut routes = Vec::with_capacity(tables.routes.len());
     for (i, r) in tables.routes.iter().enumerate() {
         let k = || format!("route[{i}]");
         let sid = lookup_service(&mut v, &r.service, &Lazy(|| format!("{}.service", k())));
@@ -562,7 +569,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 }
             }
         }
-        let mut backends = Vec::new();
+        let mut backends = Vec::with_capacity(r.backends.len().max(1));
         if r.backends.is_empty() {
             if let Some(sid) = sid {
                 let n = services[sid as usize].endpoints.len() as u32;
@@ -722,7 +729,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
     Ok(snap)
 }
 
-fn fmt_labels(l: &BTreeMap<String, String>) -> String {
+fn fmt_labels(l: &Labels) -> String {
     let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{{{}}}", inner.join(", "))
 }

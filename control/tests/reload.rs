@@ -63,7 +63,7 @@ fn readers_never_see_a_half_updated_table_over_1000_reloads() {
                         10_000 + k,
                         "endpoint from another table"
                     );
-                    assert_eq!(ep.labels["gen"], want);
+                    assert_eq!(ep.labels.get("gen"), Some(want.as_str()));
                     checks += 1;
                 }
                 (checks, gens_seen)
