@@ -69,9 +69,9 @@ impl<T> From<T> for Sp<T> {
 }
 
 pub(crate) const SP_NAME: &str = "$xdpmesh::Sp";
-pub(crate) const SP_START: &str = "$start";
-pub(crate) const SP_END: &str = "$end";
-pub(crate) const SP_VALUE: &str = "$value";
+const SP_START: &str = "$start";
+const SP_END: &str = "$end";
+const SP_VALUE: &str = "$value";
 
 /// Only [`decode`]'s deserializer knows how to fill an `Sp<T>`.
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Sp<T> {
@@ -516,10 +516,7 @@ impl<'de> Deserializer<'de> for NodeDe<'_, '_> {
         v: V,
     ) -> Result<V::Value, Error> {
         if name == SP_NAME {
-            return v.visit_map(SpanAccess {
-                de: Some(self),
-                state: 0,
-            });
+            return v.visit_map(SpanAccess::new(self.node.span.clone(), self));
         }
         let _ = fields;
         self.deserialize_map(v)
@@ -672,46 +669,48 @@ impl<'de, 'n, 'p, I: Iterator<Item = &'n Entry>> MapAccess<'de> for Map<'n, 'p, 
     }
 }
 
-struct SpanAccess<'n, 'p> {
-    de: Option<NodeDe<'n, 'p>>,
+/// `Sp<T>`'s fields for a value at `span`: start, end, then the value itself from
+/// `de` (this deserializer's and [`crate::fastde`]'s).
+pub(crate) struct SpanAccess<D> {
+    span: Span,
+    de: Option<D>,
     state: u8,
 }
 
-impl<'de> MapAccess<'de> for SpanAccess<'_, '_> {
-    type Error = Error;
+impl<D> SpanAccess<D> {
+    pub(crate) fn new(span: Span, de: D) -> Self {
+        Self {
+            span,
+            de: Some(de),
+            state: 0,
+        }
+    }
+}
+
+impl<'de, D: Deserializer<'de>> MapAccess<'de> for SpanAccess<D> {
+    type Error = D::Error;
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
-    ) -> Result<Option<K::Value>, Error> {
+    ) -> Result<Option<K::Value>, D::Error> {
         let key = match self.state {
             0 => SP_START,
             1 => SP_END,
             2 => SP_VALUE,
             _ => return Ok(None),
         };
-        let d: StrDeserializer<'_, Error> = key.into_deserializer();
+        let d: StrDeserializer<'_, D::Error> = key.into_deserializer();
         seed.deserialize(d).map(Some)
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, D::Error> {
         self.state += 1;
         match self.state {
-            1 | 2 => {
-                let span = self
-                    .de
-                    .as_ref()
-                    .map(|d| d.node.span.clone())
-                    .unwrap_or(0..0);
-                let n = if self.state == 1 {
-                    span.start
-                } else {
-                    span.end
-                };
-                seed.deserialize((n as u64).into_deserializer())
-            }
+            1 => seed.deserialize((self.span.start as u64).into_deserializer()),
+            2 => seed.deserialize((self.span.end as u64).into_deserializer()),
             _ => match self.de.take() {
                 Some(d) => seed.deserialize(d),
-                None => Err(Error::new("spanned value read twice".into())),
+                None => Err(de::Error::custom("spanned value read twice")),
             },
         }
     }

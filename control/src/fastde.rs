@@ -22,7 +22,7 @@ use toml_parser::decoder::Encoding;
 use toml_parser::parser::{Event, EventKind};
 use toml_parser::Span as PSpan;
 
-use crate::de::{Sp, SP_END, SP_NAME, SP_START, SP_VALUE};
+use crate::de::{Sp, SpanAccess, SP_NAME};
 use crate::source::{Source, Span};
 use crate::tree::{self, Scalar, MAX_TABLE_KEYS};
 
@@ -465,10 +465,7 @@ impl<'de> Deserializer<'de> for De<'_, '_> {
         v: V,
     ) -> Result<V::Value, Bail> {
         if name == SP_NAME {
-            return v.visit_map(SpanAccess {
-                de: Some(self),
-                state: 0,
-            });
+            return v.visit_map(SpanAccess::new(self.span(), self));
         }
         self.deserialize_map(v)
     }
@@ -684,45 +681,6 @@ impl<'t> Seen<'t> {
             _ => self.more.push(key.clone()),
         }
         Ok(key)
-    }
-}
-
-/// `Sp<T>`'s fields: start, end, value.
-struct SpanAccess<'a, 't> {
-    de: Option<De<'a, 't>>,
-    state: u8,
-}
-
-impl<'de> MapAccess<'de> for SpanAccess<'_, '_> {
-    type Error = Bail;
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Bail> {
-        let key = match self.state {
-            0 => SP_START,
-            1 => SP_END,
-            2 => SP_VALUE,
-            _ => return Ok(None),
-        };
-        let d: StrDeserializer<'_, Bail> = key.into_deserializer();
-        seed.deserialize(d).map(Some)
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Bail> {
-        self.state += 1;
-        match self.state {
-            1 | 2 => {
-                let span = self.de.as_ref().map(De::span).unwrap_or(0..0);
-                let n = if self.state == 1 {
-                    span.start
-                } else {
-                    span.end
-                };
-                seed.deserialize((n as u64).into_deserializer())
-            }
-            _ => seed.deserialize(self.de.take().ok_or(Bail)?),
-        }
     }
 }
 
