@@ -26,9 +26,16 @@ use crate::de::{Sp, SpanAccess, SP_NAME};
 use crate::source::{Source, Span};
 use crate::tree::{self, Scalar, MAX_TABLE_KEYS};
 
-/// Decode `text` into `T`, or `None` when the text is not in the layout this path
+/// Decode `text` into tables, or `None` when the text is not in the layout this path
 /// takes or does not decode: the caller then takes the tree path, which reports why.
-pub fn decode<T: DeserializeOwned>(text: &str) -> Option<T> {
+pub fn tables(text: &str) -> Option<crate::Tables> {
+    decode(text)
+}
+
+/// As [`tables`], for a `T` that visits every value it is given. Values are decoded
+/// (and duplicate keys found) only when visited, so a type that skips some (no
+/// `deny_unknown_fields`, `IgnoredAny`) could let through what the tree path rejects.
+pub(crate) fn decode<T: DeserializeOwned>(text: &str) -> Option<T> {
     let doc = Doc::new(text)?;
     T::deserialize(De {
         doc: &doc,
@@ -197,8 +204,9 @@ impl<'t> Doc<'t> {
 /// over 4 GiB.
 fn events(text: &str) -> Option<Vec<Ev>> {
     u32::try_from(text.len()).ok()?;
-    // About one kept event per 5 bytes in tables files; a guess, not a bound.
-    let mut out: Vec<Ev> = Vec::with_capacity(text.len() / 5);
+    // About one kept event per 5 bytes in tables files; a guess, not a bound. Capped
+    // (16 MiB of events) so that a huge text that fails early reserves little.
+    let mut out: Vec<Ev> = Vec::with_capacity((text.len() / 5).min(1 << 20));
     let mut open: Vec<usize> = Vec::new();
     tree::chunks(text, |chunk| {
         for e in chunk.iter() {

@@ -21,7 +21,7 @@ pub struct Compiled {
 pub fn compile(src: &Source, ctx: &Context) -> Result<Compiled, Diagnostics> {
     // Most texts decode on the fast path. One it does not take is read again
     // through the tree, which reports every error.
-    let (tables, mut errors) = match fastde::decode::<Tables>(&src.text) {
+    let (tables, mut errors) = match fastde::tables(&src.text) {
         Some(tables) => (tables, Vec::new()),
         None => {
             let root = tree::parse(src).map_err(|d| Diagnostics(vec![d]))?;

@@ -249,8 +249,9 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 continue;
             };
             if let Some((owner, at)) = host_owner.get(&h_norm) {
-                let (owner, line) = (owner.clone(), v.src.line(*at));
+                let (owner, at) = (owner.clone(), *at);
                 if owner != *s.name {
+                    let line = v.src.line(at);
                     v.err(
                         &h.span,
                         key.path(),
