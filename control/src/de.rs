@@ -394,16 +394,53 @@ impl<'n, 'p> NodeDe<'n, 'p> {
     }
 }
 
-macro_rules! int_method {
-    ($name:ident) => {
-        fn $name<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-            match &self.node.value {
-                Value::Integer(i) => v.visit_i64(*i).map_err(|e| self.locate(e)),
-                _ => Err(self.wrong_type("an integer")),
-            }
+/// The `Deserializer` methods that both of our deserializers ([`NodeDe`] and
+/// `fastde`'s) answer with another of their methods. One list, so that the two read
+/// every type the same way: every integer as `i64`, `f32` as `f64`, characters,
+/// bytes and identifiers as strings, tuples as arrays. A unit struct is a unit
+/// (which no TOML value is).
+macro_rules! forward_to_ours {
+    ($err:ty) => {
+        $crate::de::forward_to_ours!($err; deserialize_i64: deserialize_i8, deserialize_i16,
+            deserialize_i32, deserialize_u8, deserialize_u16, deserialize_u32, deserialize_u64);
+        $crate::de::forward_to_ours!($err; deserialize_f64: deserialize_f32);
+        $crate::de::forward_to_ours!($err; deserialize_str: deserialize_string, deserialize_char,
+            deserialize_identifier, deserialize_bytes, deserialize_byte_buf);
+
+        fn deserialize_tuple<V: serde::de::Visitor<'de>>(
+            self,
+            _len: usize,
+            v: V,
+        ) -> Result<V::Value, $err> {
+            self.deserialize_seq(v)
+        }
+
+        fn deserialize_tuple_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            _len: usize,
+            v: V,
+        ) -> Result<V::Value, $err> {
+            self.deserialize_seq(v)
+        }
+
+        fn deserialize_unit_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            v: V,
+        ) -> Result<V::Value, $err> {
+            self.deserialize_unit(v)
         }
     };
+    ($err:ty; $to:ident: $($from:ident),+) => {
+        $(
+            fn $from<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, $err> {
+                self.$to(v)
+            }
+        )+
+    };
 }
+pub(crate) use forward_to_ours;
 
 impl<'de> Deserializer<'de> for NodeDe<'_, '_> {
     type Error = Error;
@@ -427,17 +464,13 @@ impl<'de> Deserializer<'de> for NodeDe<'_, '_> {
         }
     }
 
-    int_method!(deserialize_i8);
-    int_method!(deserialize_i16);
-    int_method!(deserialize_i32);
-    int_method!(deserialize_i64);
-    int_method!(deserialize_u8);
-    int_method!(deserialize_u16);
-    int_method!(deserialize_u32);
-    int_method!(deserialize_u64);
+    forward_to_ours!(Error);
 
-    fn deserialize_f32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.deserialize_f64(v)
+    fn deserialize_i64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
+        match &self.node.value {
+            Value::Integer(i) => v.visit_i64(*i).map_err(|e| self.locate(e)),
+            _ => Err(self.wrong_type("an integer")),
+        }
     }
 
     fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
@@ -453,14 +486,6 @@ impl<'de> Deserializer<'de> for NodeDe<'_, '_> {
             Value::String(s) => v.visit_str(s).map_err(|e| self.locate(e)),
             _ => Err(self.wrong_type("a string")),
         }
-    }
-
-    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.deserialize_str(v)
-    }
-
-    fn deserialize_char<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.deserialize_str(v)
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
@@ -488,10 +513,6 @@ impl<'de> Deserializer<'de> for NodeDe<'_, '_> {
             }
             _ => Err(self.wrong_type("an array")),
         }
-    }
-
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, Error> {
-        self.deserialize_seq(v)
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
@@ -559,10 +580,6 @@ impl<'de> Deserializer<'de> for NodeDe<'_, '_> {
         }
     }
 
-    fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.deserialize_str(v)
-    }
-
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         v.visit_unit()
     }
@@ -570,31 +587,6 @@ impl<'de> Deserializer<'de> for NodeDe<'_, '_> {
     fn deserialize_unit<V: Visitor<'de>>(self, _v: V) -> Result<V::Value, Error> {
         // No table of ours has a unit value; TOML cannot write one.
         Err(self.locate(Error::new("this key takes no value".into())))
-    }
-
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        v: V,
-    ) -> Result<V::Value, Error> {
-        self.deserialize_unit(v)
-    }
-
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _len: usize,
-        v: V,
-    ) -> Result<V::Value, Error> {
-        self.deserialize_seq(v)
-    }
-
-    fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.deserialize_str(v)
-    }
-
-    fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        self.deserialize_str(v)
     }
 }
 

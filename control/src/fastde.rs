@@ -322,7 +322,7 @@ impl<'a, 't> De<'a, 't> {
             At::Root => {
                 return Ok(Entries {
                     doc: self.doc,
-                    from: From::Root(0),
+                    from: EntriesFrom::Root(0),
                     value: None,
                     seen: Seen::default(),
                 })
@@ -336,7 +336,7 @@ impl<'a, 't> De<'a, 't> {
         };
         Ok(Entries {
             doc: self.doc,
-            from: From::Kvs(kvs.0, kvs.1),
+            from: EntriesFrom::Kvs(kvs.0, kvs.1),
             value: None,
             seen: Seen::default(),
         })
@@ -371,18 +371,6 @@ impl<'a, 't> De<'a, 't> {
     }
 }
 
-// Each method takes what `de::NodeDe`'s does and nothing else.
-macro_rules! int_method {
-    ($name:ident) => {
-        fn $name<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
-            match self.scalar()? {
-                Scalar::Int(i) => v.visit_i64(i),
-                _ => Err(Bail),
-            }
-        }
-    };
-}
-
 impl<'de> Deserializer<'de> for De<'_, '_> {
     type Error = Bail;
 
@@ -405,17 +393,14 @@ impl<'de> Deserializer<'de> for De<'_, '_> {
         }
     }
 
-    int_method!(deserialize_i8);
-    int_method!(deserialize_i16);
-    int_method!(deserialize_i32);
-    int_method!(deserialize_i64);
-    int_method!(deserialize_u8);
-    int_method!(deserialize_u16);
-    int_method!(deserialize_u32);
-    int_method!(deserialize_u64);
+    // Each method takes what `de::NodeDe`'s does and nothing else.
+    crate::de::forward_to_ours!(Bail);
 
-    fn deserialize_f32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
-        self.deserialize_f64(v)
+    fn deserialize_i64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
+        match self.scalar()? {
+            Scalar::Int(i) => v.visit_i64(i),
+            _ => Err(Bail),
+        }
     }
 
     fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
@@ -434,14 +419,6 @@ impl<'de> Deserializer<'de> for De<'_, '_> {
         }
     }
 
-    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
-        self.deserialize_str(v)
-    }
-
-    fn deserialize_char<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
-        self.deserialize_str(v)
-    }
-
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
         v.visit_some(self)
     }
@@ -456,10 +433,6 @@ impl<'de> Deserializer<'de> for De<'_, '_> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
         v.visit_seq(self.items()?)
-    }
-
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, Bail> {
-        self.deserialize_seq(v)
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
@@ -508,41 +481,12 @@ impl<'de> Deserializer<'de> for De<'_, '_> {
         }
     }
 
-    fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
-        self.deserialize_str(v)
-    }
-
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
         v.visit_unit()
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, _v: V) -> Result<V::Value, Bail> {
         Err(Bail)
-    }
-
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _v: V,
-    ) -> Result<V::Value, Bail> {
-        Err(Bail)
-    }
-
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _len: usize,
-        v: V,
-    ) -> Result<V::Value, Bail> {
-        self.deserialize_seq(v)
-    }
-
-    fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
-        self.deserialize_str(v)
-    }
-
-    fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bail> {
-        self.deserialize_str(v)
     }
 }
 
@@ -597,13 +541,13 @@ impl<'de> SeqAccess<'de> for Items<'_, '_> {
 
 struct Entries<'a, 't> {
     doc: &'a Doc<'t>,
-    from: From,
+    from: EntriesFrom,
     /// Where the value of the key just read is.
     value: Option<At<'a>>,
     seen: Seen<'t>,
 }
 
-enum From {
+enum EntriesFrom {
     /// The next root entry.
     Root(usize),
     /// The next key's event, and the end of the table's key-values.
@@ -616,7 +560,7 @@ impl<'a, 't> Entries<'a, 't> {
     fn next_entry_key(&mut self) -> Result<Option<Cow<'t, str>>, Bail> {
         let doc = self.doc;
         match &mut self.from {
-            From::Root(r) => {
+            EntriesFrom::Root(r) => {
                 let Some((key, val)) = doc.root.get(*r) else {
                     return Ok(None);
                 };
@@ -628,7 +572,7 @@ impl<'a, 't> Entries<'a, 't> {
                 });
                 Ok(Some(key.clone()))
             }
-            From::Kvs(i, end) => {
+            EntriesFrom::Kvs(i, end) => {
                 if *i >= *end {
                     return Ok(None);
                 }
