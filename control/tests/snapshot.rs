@@ -319,7 +319,7 @@ proptest::proptest! {
     /// definition says, for every mix of path kinds, methods and headers.
     #[test]
     fn route_lookup_agrees_with_the_definition(
-        routes in proptest::collection::vec((0usize..9, 0usize..3, 0usize..3), 1..24)
+        routes in proptest::collection::vec((0usize..9, 0usize..3, 0usize..6), 1..24)
     ) {
         const PATHS: [&str; 9] = [
             "", "{ exact = \"/a\" }", "{ exact = \"/a/b\" }", "{ prefix = \"/a\" }",
@@ -328,7 +328,12 @@ proptest::proptest! {
             "{ prefix = \"/a-very-long-path-that-is-not-kept-inline\" }",
         ];
         const METHODS: [&str; 3] = ["", "GET", "PROPPATCHX"];
-        const HEADERS: [&str; 3] = ["", "x-a = \"1\"", "x-b = { regex = \"[0-9]+\" }"];
+        // Exact single headers are kept inline while path + name + value fit in the
+        // host index's route line; the long value and the pair never are.
+        const HEADERS: [&str; 6] = [
+            "", "x-a = \"1\"", "x-b = { regex = \"[0-9]+\" }", "x-a = \"1\", x-c = \"2\"",
+            "x-long = \"a-header-value-too-long-to-keep-inline-0123456789\"", "x-e = \"\"",
+        ];
         let mut t = String::from("[[service]]\nname = \"s\"\nhosts = [\"h.test\"]\nendpoints = [{ address = \"10.0.0.1:80\" }]\n");
         for (p, m, h) in &routes {
             let mut parts = Vec::new();
@@ -343,7 +348,13 @@ proptest::proptest! {
         let long_y = format!("{long}y");
         for path in ["/", "/a", "/a/", "/a/b", "/a/b/c", "/ab", "/b", "/a?q=1", long, long_x.as_str(), long_y.as_str()] {
             for method in ["GET", "POST", "PROPPATCHX"] {
-                for headers in [NONE, &[("X-A", b"1".as_slice())], &[("x-b", b"42".as_slice()), ("x-a", b"2".as_slice())]] {
+                for headers in [
+                    NONE,
+                    &[("X-A", b"1".as_slice())],
+                    &[("x-b", b"42".as_slice()), ("x-a", b"2".as_slice())],
+                    &[("x-a", b"1".as_slice()), ("X-C", b"2".as_slice()), ("x-e", b"".as_slice())],
+                    &[("x-long", b"a-header-value-too-long-to-keep-inline-0123456789".as_slice()), ("x-e", b"1".as_slice())],
+                ] {
                     let got = s.route("h.test", method, path, headers).map(|h| h.id);
                     proptest::prop_assert_eq!(got, naive(&s, "h.test", method, path, headers), "{} {} {:?}\n{}", method, path, headers, t);
                 }
