@@ -36,6 +36,43 @@ pub struct Capabilities {
     pub batch: usize,
 }
 
+/// The kernel's drop counters of one queue's rings (AF_XDP: `XDP_STATISTICS`), since the
+/// socket was opened. Frames lost here never reach the stack, so its counters cannot
+/// show them. Each lost frame is counted once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingDrops {
+    /// Frames that found no free buffer (the fill ring was empty) or did not fit one.
+    pub rx_dropped: u64,
+    /// Frames dropped because the RX ring was full: the worker fell behind.
+    pub rx_ring_full: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+}
+
+impl RingDrops {
+    /// (metric label, value) of every counter.
+    pub fn labeled(&self) -> [(&'static str, u64); 4] {
+        [
+            ("rx_dropped", self.rx_dropped),
+            ("rx_ring_full", self.rx_ring_full),
+            ("rx_invalid_descs", self.rx_invalid_descs),
+            ("tx_invalid_descs", self.tx_invalid_descs),
+        ]
+    }
+
+    /// Received frames lost (invalid descriptors are our bugs, not lost traffic).
+    pub fn rx_lost(&self) -> u64 {
+        self.rx_dropped + self.rx_ring_full
+    }
+
+    pub fn add(&mut self, o: &RingDrops) {
+        self.rx_dropped += o.rx_dropped;
+        self.rx_ring_full += o.rx_ring_full;
+        self.rx_invalid_descs += o.rx_invalid_descs;
+        self.tx_invalid_descs += o.tx_invalid_descs;
+    }
+}
+
 /// One interface queue that moves whole frames in batches.
 pub trait Device {
     /// The queue's fixed facts.
@@ -68,5 +105,11 @@ pub trait Device {
     /// the device reported frames. For idle loops: spin on `receive` first.
     fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         crate::wake::poll_readable(&[self.ready_fd()], timeout)
+    }
+
+    /// The kernel's drop counters for this queue; zero for a backend without any. A
+    /// system call for AF_XDP: read it now and then, not per batch.
+    fn ring_drops(&self) -> RingDrops {
+        RingDrops::default()
     }
 }

@@ -527,6 +527,7 @@ impl Metrics {
             .map(|(i, s)| (i.core.to_string(), s.proxy))
             .collect();
         render_proxy_stats(&proxy, out);
+        render_tcp_stats(&stats, out);
         let _ = writeln!(
             out,
             "# HELP xdpmesh_steer_frames_total Frames seen by the steering XDP program, by verdict."
@@ -550,6 +551,59 @@ impl Metrics {
                     st.ifname()
                 );
             }
+        }
+    }
+}
+
+/// Prometheus text for the stacks' drop reasons and events and the rings' kernel drops,
+/// one series per worker and label; every label is written, zeros included, so a rate
+/// has a series to start from.
+fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
+    use tcpstack::{Counter, DropReason};
+    let _ = writeln!(
+        out,
+        "# HELP xdpmesh_tcp_drops_total Frames and segments the stack dropped, by reason."
+    );
+    let _ = writeln!(out, "# TYPE xdpmesh_tcp_drops_total counter");
+    for (i, s) in stats {
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "xdpmesh_tcp_drops_total{{core=\"{}\",reason=\"{}\"}} {}",
+                i.core,
+                r.label(),
+                s.tcp.drops(*r)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP xdpmesh_tcp_events_total Stack events: segments, retransmissions, resets, ..."
+    );
+    let _ = writeln!(out, "# TYPE xdpmesh_tcp_events_total counter");
+    for (i, s) in stats {
+        for c in Counter::ALL {
+            let _ = writeln!(
+                out,
+                "xdpmesh_tcp_events_total{{core=\"{}\",event=\"{}\"}} {}",
+                i.core,
+                c.label(),
+                s.tcp.get(*c)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP xdpmesh_ring_drops_total Frames the kernel dropped at this worker's AF_XDP rings, by reason."
+    );
+    let _ = writeln!(out, "# TYPE xdpmesh_ring_drops_total counter");
+    for (i, s) in stats {
+        for (reason, v) in s.rings.labeled() {
+            let _ = writeln!(
+                out,
+                "xdpmesh_ring_drops_total{{core=\"{}\",reason=\"{reason}\"}} {v}",
+                i.core
+            );
         }
     }
 }

@@ -86,7 +86,16 @@ pub struct WorkerStats {
     pub handoff_dropped: u64,
     /// The proxy engine's counters (zero without an engine).
     pub proxy: crate::proxy::engine::ProxyStats,
+    /// The TCP/IP stacks' drop reasons and event counters, summed over this worker's ports
+    /// (retransmissions, checksum failures, resets, ...).
+    pub tcp: tcpstack::Stats,
+    /// The kernel's ring drop counters, summed over this worker's ports; read at most
+    /// every [`RING_STATS_EVERY`].
+    pub rings: crate::device::RingDrops,
 }
+
+/// How often a worker asks the kernel for its rings' drop counters (a system call each).
+pub const RING_STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Frames one worker's hand-off queue holds.
 pub const HANDOFF_DEPTH: usize = 1024;
@@ -307,6 +316,8 @@ pub struct Worker<D: Device> {
     pub stats: WorkerStats,
     /// Where the worker copies its counters now and then, for readers on other threads.
     pub stats_out: Option<Arc<Mutex<WorkerStats>>>,
+    /// When `stats.rings` was last read from the kernel.
+    rings_read_at: Option<WallInstant>,
     scratch: Vec<u8>,
     ids: Vec<PConn>,
 }
@@ -327,6 +338,7 @@ impl<D: Device> Worker<D> {
             spin: hw_config::DEFAULT_SPIN,
             stats: WorkerStats::default(),
             stats_out: None,
+            rings_read_at: None,
             scratch: vec![0; 64 * 1024],
             ids: Vec::new(),
         }
@@ -371,6 +383,23 @@ impl<D: Device> Worker<D> {
     fn publish_stats(&mut self) {
         if let Some(e) = &self.engine {
             self.stats.proxy = e.stats;
+        }
+        let mut tcp = tcpstack::Stats::default();
+        for p in &self.ports {
+            tcp.add(p.stack.stats());
+        }
+        self.stats.tcp = tcp;
+        let now = WallInstant::now();
+        if self
+            .rings_read_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= RING_STATS_EVERY)
+        {
+            self.rings_read_at = Some(now);
+            let mut rings = crate::device::RingDrops::default();
+            for p in &self.ports {
+                rings.add(&p.dev.ring_drops());
+            }
+            self.stats.rings = rings;
         }
         if let Some(out) = &self.stats_out {
             *out.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;

@@ -53,7 +53,7 @@ fn with_gateway<R: Send>(
                 ready.store(true, Ordering::SeqCst);
                 w.run(&stop).expect("worker loop");
                 let drained = w.drain(Duration::from_secs(2)).expect("drain");
-                (w.stack().stats().clone(), w.stats, drained)
+                (*w.stack().stats(), w.stats, drained)
             })
         });
         assert!(

@@ -213,6 +213,24 @@ fn run_serves_on_two_queues_drains_on_sigterm_and_restarts() {
         per_queue(&m, "accepted", 0),
         per_queue(&m, "accepted", 1)
     );
+    // The stacks' and the rings' counters are on /metrics too, per worker, every label
+    // written: an operator sees drops and retransmissions without a debugger.
+    let t = metrics(&pair.a, "xdpmesh_");
+    let series = |name: &str, core: u32, label: &str| {
+        t.get(&format!("xdpmesh_{name}_total{{core=\"{core}\",{label}}}"))
+            .copied()
+    };
+    let mut segments = 0;
+    for q in [0, 1] {
+        let s = series("tcp_events", q, "event=\"segments_in\"").expect("segments_in series");
+        assert!(s > 0, "worker {q} counted no segments: {t:?}");
+        segments += s;
+        assert!(series("tcp_events", q, "event=\"retransmits\"").is_some());
+        assert!(series("tcp_drops", q, "reason=\"tcp_checksum\"").is_some());
+        assert!(series("ring_drops", q, "reason=\"rx_ring_full\"").is_some());
+    }
+    // 65 connections, each at least SYN, ACK, request and FIN.
+    assert!(segments >= 65 * 4, "{segments} segments in");
 
     // SIGTERM with a connection mid-exchange: it finishes, new connections are refused.
     pair.b.run(|| {

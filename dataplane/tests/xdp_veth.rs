@@ -564,6 +564,51 @@ fn xdp_arp_and_icmp_for_our_address_round_trip_with_the_kernel() {
     assert!(ds.rx_frames >= 2 && ds.tx_frames == 2, "{ds:?}");
 }
 
+/// A worker that falls behind loses frames in the kernel, before our stack sees them:
+/// those losses must show in the socket's ring counters (and so on /metrics).
+#[test]
+fn xdp_frames_lost_to_a_full_rx_ring_are_counted() {
+    if skip_unless_root("xdp_frames_lost_to_a_full_rx_ring_are_counted") {
+        return;
+    }
+    let rig = Rig::new(false);
+    let steer = rig.steer(&SteerConfig {
+        local_addrs: vec![GATEWAY],
+        ..SteerConfig::default()
+    });
+    let mut dev = rig.open(Some(steer.clone()));
+    assert_eq!(
+        dev.ring_drops(),
+        Default::default(),
+        "a fresh socket lost nothing"
+    );
+    rig.static_neigh_in_b(GATEWAY);
+    // Nobody receives: the RX ring and the fill ring's 2048 buffers run out.
+    let sent = 3000;
+    let icmp_b = rig.b.run(icmp_socket);
+    for i in 0..sent {
+        send_echo(&icmp_b, GATEWAY, i as u16, b"flood");
+    }
+    let drops = wait_for(WAIT, || {
+        let d = dev.ring_drops();
+        (d.rx_lost() > 0).then_some((d, d.rx_lost()))
+    });
+    let (d, lost) = drops.unwrap_or_else(|| panic!("no drop counted: {:?}", dev.ring_drops()));
+    println!("ring drops after {sent} frames: {d:?}");
+    while dev.receive(64, |_| {}).unwrap() > 0 {}
+    let got = dev.stats().rx_frames;
+    assert!(
+        got <= 2048,
+        "{got} frames received: more than the rings hold"
+    );
+    // Counted once each: what arrived plus what was lost cannot exceed what was sent.
+    assert!(
+        got + lost <= sent,
+        "{got} received + {lost} lost > {sent} sent: {d:?}"
+    );
+    assert_eq!((d.rx_invalid_descs, d.tx_invalid_descs), (0, 0), "{d:?}");
+}
+
 /// (b) With steering, our ports reach the socket while a kernel listener on the
 /// same (shared) address, a closed port, and UDP still reach the kernel.
 #[test]

@@ -87,7 +87,7 @@ counters! {
 }
 
 /// Counter storage: one `u64` per variant.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
     drops: [u64; 64],
     counters: [u64; 64],
@@ -120,6 +120,15 @@ impl Stats {
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }
+    /// Adds `other`'s counts to these (a worker's stacks, one per port, summed).
+    pub fn add(&mut self, other: &Stats) {
+        for (a, b) in self.drops.iter_mut().zip(&other.drops) {
+            *a += b;
+        }
+        for (a, b) in self.counters.iter_mut().zip(&other.counters) {
+            *a += b;
+        }
+    }
     /// Non-zero drop counters with their labels.
     pub fn nonzero_drops(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         DropReason::ALL
@@ -140,5 +149,20 @@ mod tests {
         labels.sort();
         labels.dedup();
         assert_eq!(labels.len(), DropReason::ALL.len());
+    }
+
+    #[test]
+    fn add_sums_every_counter() {
+        let mut a = Stats::default();
+        let mut b = Stats::default();
+        a.drop(DropReason::TcpChecksum);
+        b.drop(DropReason::TcpChecksum);
+        b.drop(DropReason::NoRoute);
+        b.inc(Counter::Retransmits);
+        a.add(&b);
+        assert_eq!(a.drops(DropReason::TcpChecksum), 2);
+        assert_eq!(a.drops(DropReason::NoRoute), 1);
+        assert_eq!(a.get(Counter::Retransmits), 1);
+        assert_eq!(a.total_drops(), 3);
     }
 }

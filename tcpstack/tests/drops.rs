@@ -40,7 +40,7 @@ fn one_frame(frame: Vec<u8>) -> Stats {
     let mut s = b_stack();
     s.listen(addr(B_IP, 80)).unwrap();
     s.handle_frame(Instant::ZERO, &frame);
-    s.stats().clone()
+    *s.stats()
 }
 
 fn arp(op: u16, target: Ipv4Addr) -> Vec<u8> {
@@ -192,7 +192,7 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
             sim.b.handle_frame(sim.now, &f);
         }
         sim.advance(Duration::from_millis(10));
-        sim.b.stats().clone()
+        *sim.b.stats()
     };
     out.push((
         TcpUnacceptable,
@@ -273,7 +273,7 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
         sim.advance(Duration::from_millis(10));
         sim.a.write(a, b"late").unwrap();
         sim.advance(Duration::from_millis(100));
-        out.push((TcpAfterClose, sim.b.stats().clone()));
+        out.push((TcpAfterClose, *sim.b.stats()));
     }
 
     // A bad cookie while cookies are being sent (backlog 0: every SYN gets one).
@@ -284,7 +284,7 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
         s.listen(addr(B_IP, 80)).unwrap();
         s.handle_frame(Instant::ZERO, &tcp_to_b(Flags::SYN, b""));
         s.handle_frame(Instant::ZERO, &tcp_to_b(Flags::ACK, b""));
-        out.push((TcpSynCookieInvalid, s.stats().clone()));
+        out.push((TcpSynCookieInvalid, *s.stats()));
     }
 
     // Connection cap.
@@ -299,7 +299,7 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
                 &forge_tcp(addr(A_IP, port), addr(B_IP, 80), 1, 0, Flags::SYN, b""),
             );
         }
-        out.push((TcpTooManyConnections, s.stats().clone()));
+        out.push((TcpTooManyConnections, *s.stats()));
     }
 
     // Neighbour cache: unresolved, queue full, cache full; no route; small buffers; control queue.
@@ -321,14 +321,14 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
             while s.poll_transmit(now, &mut buf).is_some() {}
             now += Duration::from_secs(1);
         }
-        let st = s.stats().clone();
-        out.push((NeighQueueFull, st.clone()));
-        out.push((NeighUnresolved, st.clone()));
-        out.push((NeighCacheFull, st.clone()));
+        let st = *s.stats();
+        out.push((NeighQueueFull, st));
+        out.push((NeighUnresolved, st));
+        out.push((NeighCacheFull, st));
         out.push((NoRoute, st));
         let mut small = [0u8; 100];
         assert_eq!(s.poll_transmit(now, &mut small), None);
-        out.push((TxBufferTooSmall, s.stats().clone()));
+        out.push((TxBufferTooSmall, *s.stats()));
     }
     {
         let mut cfg = stack_config(B_MAC, B_IP, 2);
@@ -336,7 +336,7 @@ fn scenarios() -> Vec<(DropReason, Stats)> {
         let mut s = Stack::new(cfg);
         s.handle_frame(Instant::ZERO, &arp(1, B_IP));
         s.handle_frame(Instant::ZERO, &arp(1, B_IP));
-        out.push((ControlQueueFull, s.stats().clone()));
+        out.push((ControlQueueFull, *s.stats()));
     }
     out
 }

@@ -25,7 +25,7 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 use super::steer::Steering;
 use super::sys;
 use super::{retry_busy, XdpError};
-use crate::device::{Capabilities, Device};
+use crate::device::{Capabilities, Device, RingDrops};
 
 /// Ethernet II header length: added to the MTU to get the largest frame.
 const ETH_HLEN: usize = 14;
@@ -398,6 +398,21 @@ impl XskDevice {
 impl Device for XskDevice {
     fn capabilities(&self) -> Capabilities {
         self.caps
+    }
+
+    fn ring_drops(&self) -> RingDrops {
+        // A socket the kernel cannot report on shows zeros rather than stale figures.
+        self.kernel_stats().map_or_else(
+            |_| RingDrops::default(),
+            // Not `rx_fill_ring_empty_descs`: the kernel counts those same frames in
+            // `rx_dropped` as well.
+            |k| RingDrops {
+                rx_dropped: k.rx_dropped(),
+                rx_ring_full: k.rx_ring_full(),
+                rx_invalid_descs: k.rx_invalid_descs(),
+                tx_invalid_descs: k.tx_invalid_descs(),
+            },
+        )
     }
 
     fn receive<F: FnMut(&[u8])>(&mut self, max: usize, mut on_frame: F) -> io::Result<usize> {
