@@ -36,31 +36,38 @@ pub struct Capabilities {
     pub batch: usize,
 }
 
-/// The kernel's drop counters of one queue's rings (AF_XDP: `XDP_STATISTICS`), since the
-/// socket was opened. Frames lost here never reach the stack, so its counters cannot
-/// show them. Each lost frame is counted once.
+/// The kernel's counters of one queue's rings (AF_XDP: `XDP_STATISTICS`), since the socket
+/// was opened. Frames lost here never reach the stack, so its counters cannot show them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RingDrops {
-    /// Frames that found no free buffer (the fill ring was empty) or did not fit one.
+    /// Frames dropped in copy mode because no buffer was free (the fill ring was empty: the
+    /// worker fell behind) or the frame did not fit one. With zero-copy the driver takes
+    /// buffers itself and a frame it has none for is lost in the NIC, uncounted here; only
+    /// `fill_ring_empty` shows it.
     pub rx_dropped: u64,
-    /// Frames dropped because the RX ring was full: the worker fell behind.
+    /// Frames dropped because the RX ring was full.
     pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty: events, not frames (in copy mode each
+    /// is also a frame in `rx_dropped`), so it is not part of [`RingDrops::rx_lost`].
+    pub fill_ring_empty: u64,
     pub rx_invalid_descs: u64,
     pub tx_invalid_descs: u64,
 }
 
 impl RingDrops {
     /// (metric label, value) of every counter.
-    pub fn labeled(&self) -> [(&'static str, u64); 4] {
+    pub fn labeled(&self) -> [(&'static str, u64); 5] {
         [
             ("rx_dropped", self.rx_dropped),
             ("rx_ring_full", self.rx_ring_full),
+            ("fill_ring_empty_events", self.fill_ring_empty),
             ("rx_invalid_descs", self.rx_invalid_descs),
             ("tx_invalid_descs", self.tx_invalid_descs),
         ]
     }
 
-    /// Received frames lost (invalid descriptors are our bugs, not lost traffic).
+    /// Received frames the kernel counted as lost, each once (invalid descriptors are our
+    /// bugs, not lost traffic).
     pub fn rx_lost(&self) -> u64 {
         self.rx_dropped + self.rx_ring_full
     }
@@ -68,6 +75,7 @@ impl RingDrops {
     pub fn add(&mut self, o: &RingDrops) {
         self.rx_dropped += o.rx_dropped;
         self.rx_ring_full += o.rx_ring_full;
+        self.fill_ring_empty += o.fill_ring_empty;
         self.rx_invalid_descs += o.rx_invalid_descs;
         self.tx_invalid_descs += o.tx_invalid_descs;
     }

@@ -594,7 +594,7 @@ fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "# HELP xdpmesh_ring_drops_total Frames the kernel dropped at this worker's AF_XDP rings, by reason."
+        "# HELP xdpmesh_ring_drops_total The kernel's AF_XDP ring counters of this worker: frames dropped (rx_dropped, rx_ring_full), times the fill ring was found empty (fill_ring_empty_events; the only sign of loss with zero-copy), invalid descriptors."
     );
     let _ = writeln!(out, "# TYPE xdpmesh_ring_drops_total counter");
     for (i, s) in stats {

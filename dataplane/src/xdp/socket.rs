@@ -404,11 +404,10 @@ impl Device for XskDevice {
         // A socket the kernel cannot report on shows zeros rather than stale figures.
         self.kernel_stats().map_or_else(
             |_| RingDrops::default(),
-            // Not `rx_fill_ring_empty_descs`: the kernel counts those same frames in
-            // `rx_dropped` as well.
             |k| RingDrops {
                 rx_dropped: k.rx_dropped(),
                 rx_ring_full: k.rx_ring_full(),
+                fill_ring_empty: k.rx_fill_ring_empty_descs(),
                 rx_invalid_descs: k.rx_invalid_descs(),
                 tx_invalid_descs: k.tx_invalid_descs(),
             },
