@@ -511,8 +511,7 @@ impl Metrics {
             .map(|i| (i, *i.stats.lock().unwrap_or_else(|e| e.into_inner())))
             .collect();
         for (name, help, get) in FIELDS {
-            let _ = writeln!(out, "# HELP xdpmesh_worker_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE xdpmesh_worker_{name}_total counter");
+            counter_family(out, &format!("xdpmesh_worker_{name}_total"), help);
             for (i, s) in &stats {
                 let _ = writeln!(
                     out,
@@ -528,11 +527,11 @@ impl Metrics {
             .collect();
         render_proxy_stats(&proxy, out);
         render_tcp_stats(&stats, out);
-        let _ = writeln!(
+        counter_family(
             out,
-            "# HELP xdpmesh_steer_frames_total Frames seen by the steering XDP program, by verdict."
+            "xdpmesh_steer_frames_total",
+            "Frames seen by the steering XDP program, by verdict.",
         );
-        let _ = writeln!(out, "# TYPE xdpmesh_steer_frames_total counter");
         for st in &self.steering {
             let Ok(s) = st.stats() else { continue };
             for (verdict, v) in [
@@ -555,57 +554,71 @@ impl Metrics {
     }
 }
 
-/// Prometheus text for the stacks' drop reasons and events and the rings' kernel drops,
-/// one series per worker and label; every label is written, zeros included, so a rate
-/// has a series to start from.
+/// The HELP and TYPE lines of one counter family.
+fn counter_family(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+}
+
+/// A counter family with one series per worker and label value: `name{core="..",key=".."}`.
+/// Every label is written, zeros included, so a rate has a series to start from.
+fn per_worker_labeled(
+    out: &mut String,
+    stats: &[(&WorkerInfo, WorkerStats)],
+    (name, help, key): (&str, &str, &str),
+    series: impl Fn(&WorkerStats) -> Vec<(&'static str, u64)>,
+) {
+    counter_family(out, name, help);
+    for (i, s) in stats {
+        for (label, v) in series(s) {
+            let _ = writeln!(out, "{name}{{core=\"{}\",{key}=\"{label}\"}} {v}", i.core);
+        }
+    }
+}
+
+/// Prometheus text for the stacks' drop reasons and events and the rings' kernel counters.
 fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
     use tcpstack::{Counter, DropReason};
-    let _ = writeln!(
+    per_worker_labeled(
         out,
-        "# HELP xdpmesh_tcp_drops_total Frames and segments the stack dropped, by reason."
+        stats,
+        (
+            "xdpmesh_tcp_drops_total",
+            "Frames and segments the stack dropped, by reason.",
+            "reason",
+        ),
+        |s| {
+            DropReason::ALL
+                .iter()
+                .map(|r| (r.label(), s.tcp.drops(*r)))
+                .collect()
+        },
     );
-    let _ = writeln!(out, "# TYPE xdpmesh_tcp_drops_total counter");
-    for (i, s) in stats {
-        for r in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "xdpmesh_tcp_drops_total{{core=\"{}\",reason=\"{}\"}} {}",
-                i.core,
-                r.label(),
-                s.tcp.drops(*r)
-            );
-        }
-    }
-    let _ = writeln!(
+    per_worker_labeled(
         out,
-        "# HELP xdpmesh_tcp_events_total Stack events: segments, retransmissions, resets, ..."
+        stats,
+        (
+            "xdpmesh_tcp_events_total",
+            "Stack events: segments, retransmissions, resets, ...",
+            "event",
+        ),
+        |s| {
+            Counter::ALL
+                .iter()
+                .map(|c| (c.label(), s.tcp.get(*c)))
+                .collect()
+        },
     );
-    let _ = writeln!(out, "# TYPE xdpmesh_tcp_events_total counter");
-    for (i, s) in stats {
-        for c in Counter::ALL {
-            let _ = writeln!(
-                out,
-                "xdpmesh_tcp_events_total{{core=\"{}\",event=\"{}\"}} {}",
-                i.core,
-                c.label(),
-                s.tcp.get(*c)
-            );
-        }
-    }
-    let _ = writeln!(
+    per_worker_labeled(
         out,
-        "# HELP xdpmesh_ring_drops_total The kernel's AF_XDP ring counters of this worker: frames dropped (rx_dropped, rx_ring_full), times the fill ring was found empty (fill_ring_empty_events; the only sign of loss with zero-copy), invalid descriptors."
+        stats,
+        (
+            "xdpmesh_ring_drops_total",
+            "The kernel's AF_XDP ring counters of this worker: frames dropped (rx_dropped, rx_ring_full), times the fill ring was found empty (fill_ring_empty_events; the only sign of loss with zero-copy), invalid descriptors.",
+            "reason",
+        ),
+        |s| s.rings.labeled().to_vec(),
     );
-    let _ = writeln!(out, "# TYPE xdpmesh_ring_drops_total counter");
-    for (i, s) in stats {
-        for (reason, v) in s.rings.labeled() {
-            let _ = writeln!(
-                out,
-                "xdpmesh_ring_drops_total{{core=\"{}\",reason=\"{reason}\"}} {v}",
-                i.core
-            );
-        }
-    }
 }
 
 /// Prometheus text for proxy engines' counters, one label value (`worker`) per engine.
@@ -648,8 +661,7 @@ pub fn render_proxy_stats(
         ),
     ];
     for (name, help, get) in FIELDS {
-        let _ = writeln!(out, "# HELP xdpmesh_proxy_{name}_total {help}");
-        let _ = writeln!(out, "# TYPE xdpmesh_proxy_{name}_total counter");
+        counter_family(out, &format!("xdpmesh_proxy_{name}_total"), help);
         for (w, s) in engines {
             let _ = writeln!(
                 out,
@@ -658,11 +670,11 @@ pub fn render_proxy_stats(
             );
         }
     }
-    let _ = writeln!(
+    counter_family(
         out,
-        "# HELP xdpmesh_proxy_refused_total Connections or requests refused or cut, by reason."
+        "xdpmesh_proxy_refused_total",
+        "Connections or requests refused or cut, by reason.",
     );
-    let _ = writeln!(out, "# TYPE xdpmesh_proxy_refused_total counter");
     for (w, s) in engines {
         for r in Refusal::ALL {
             let _ = writeln!(

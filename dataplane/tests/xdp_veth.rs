@@ -576,7 +576,7 @@ fn xdp_frames_lost_when_the_worker_falls_behind_are_counted() {
         local_addrs: vec![GATEWAY],
         ..SteerConfig::default()
     });
-    let mut dev = rig.open(Some(steer.clone()));
+    let mut dev = rig.open(Some(steer));
     assert_eq!(
         dev.ring_drops(),
         Default::default(),
