@@ -8,13 +8,13 @@
 //! worker with a deadline, then the sockets close and the programs detach (their BPF links
 //! close with the descriptors).
 
-use crate::proxy::engine::{Engine, MeshTls};
 use crate::shard::{FlowOwner, Rss};
 use crate::shutdown::Shutdown;
 use crate::worker::{Builtin, DrainReport, Shard, Worker, WorkerStats};
 use crate::xdp::{self, BindMode, SteerConfig, Steering, XdpError, XdpMode, XskConfig, XskDevice};
 use hw_config::{Interface, Poll, Steer};
 use ipnet::Ipv4Net;
+use mesh::engine::{Engine, MeshTls};
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddrV4;
@@ -296,7 +296,11 @@ fn open_worker(
                 Err(e) => return Err(err(addr, e)),
             }
         }
-        worker = worker.with_engine(Engine::new(p.publisher.clone(), p.tls.clone()));
+        worker = worker.with_engine(Engine::new(
+            p.publisher.clone(),
+            p.tls.clone(),
+            crate::proxy::random_seed(),
+        ));
     }
     Ok(worker)
 }
@@ -521,7 +525,7 @@ impl Metrics {
                 );
             }
         }
-        let proxy: Vec<(String, crate::proxy::engine::ProxyStats)> = stats
+        let proxy: Vec<(String, mesh::engine::ProxyStats)> = stats
             .iter()
             .map(|(i, s)| (i.core.to_string(), s.proxy))
             .collect();
@@ -622,11 +626,8 @@ fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
 }
 
 /// Prometheus text for proxy engines' counters, one label value (`worker`) per engine.
-pub fn render_proxy_stats(
-    engines: &[(String, crate::proxy::engine::ProxyStats)],
-    out: &mut String,
-) {
-    use crate::proxy::engine::{ProxyStats, Refusal};
+pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &mut String) {
+    use mesh::engine::{ProxyStats, Refusal};
     type Field = (&'static str, &'static str, fn(&ProxyStats) -> u64);
     const FIELDS: [Field; 8] = [
         (

@@ -1,8 +1,10 @@
 //! Packet I/O backends (AF_XDP, TAP, in-memory), the workers that join them to tcpstack (one
-//! per core, a queue of every interface each, with hand-offs between them), the proxy engine
-//! that runs over them or over kernel sockets, the gateway runtime that starts it all from a
-//! node file, test support for network namespaces, and the `xdpmesh` binary.
+//! per core, a queue of every interface each, with hand-offs between them) and run the `mesh`
+//! engine over them or over kernel sockets, certificate file polling, the gateway runtime that
+//! starts it all from a node file, test support for network namespaces, and the `xdpmesh`
+//! binary.
 
+pub mod certwatch;
 pub mod device;
 pub mod gateway;
 pub mod memlink;

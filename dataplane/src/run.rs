@@ -3,13 +3,13 @@
 
 use super::{Backend, RunArgs, FAILED, OK};
 use control::schema::Protocol;
+use dataplane::certwatch::CertWatch;
 use dataplane::gateway::{self, Gateway, GatewayConfig, ProxySetup};
-use dataplane::proxy::engine::{MeshTls, NoMeshTls};
 use dataplane::proxy::identity::MeshIdentity;
 use dataplane::proxy::kernel::KernelWorker;
-use dataplane::proxy::tls::CertWatch;
 use dataplane::shutdown::Shutdown;
 use dataplane::worker::Builtin;
+use mesh::engine::{MeshTls, NoMeshTls};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Write;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 struct Metrics {
     gateway: OnceLock<gateway::Metrics>,
     certs: OnceLock<Arc<CertWatch>>,
-    kernel: OnceLock<Arc<Mutex<dataplane::proxy::engine::ProxyStats>>>,
+    kernel: OnceLock<Arc<Mutex<mesh::engine::ProxyStats>>>,
 }
 
 impl control::admin::AdminExtension for Metrics {

@@ -16,13 +16,13 @@
 //! bounded queue (see [`crate::shard`]) and sleeps on its own wakeup fd as well as the device.
 
 use crate::device::Device;
-use crate::proxy::engine::Engine;
-use crate::proxy::net::{Net, NetError, NetEvent};
 use crate::shard::{Dispatch, FlowOwner};
 use crate::shutdown::Arrival;
 use crate::spin::SpinWindow;
 use crate::wake::{self, Wake};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use mesh::engine::Engine;
+use mesh::net::{Net, NetError, NetEvent};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddrV4;
@@ -85,7 +85,7 @@ pub struct WorkerStats {
     /// Frames that could not be handed over: the owner's queue was full (TCP resends them).
     pub handoff_dropped: u64,
     /// The proxy engine's counters (zero without an engine).
-    pub proxy: crate::proxy::engine::ProxyStats,
+    pub proxy: mesh::engine::ProxyStats,
     /// The TCP/IP stacks' drop reasons and event counters, summed over this worker's ports
     /// (retransmissions, checksum failures, resets, ...).
     pub tcp: tcpstack::Stats,

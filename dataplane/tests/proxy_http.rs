@@ -4,8 +4,8 @@
 //! `traceparent` added when absent and kept when present, 400 for bad framing, 502 when the
 //! endpoint refuses. The mTLS hop and AF_XDP are covered on the rig (`mesh_rig.rs`).
 
-use dataplane::proxy::engine::{NoMeshTls, Refusal};
 use dataplane::proxy::kernel::KernelWorker;
+use mesh::engine::{NoMeshTls, Refusal};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +86,7 @@ fn serve(name: &str, c: TcpStream) {
 struct Proxy {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<dataplane::proxy::engine::ProxyStats>>,
+    thread: Option<std::thread::JoinHandle<mesh::engine::ProxyStats>>,
 }
 
 impl Proxy {
@@ -111,7 +111,7 @@ impl Proxy {
         }
     }
 
-    fn stop(mut self) -> dataplane::proxy::engine::ProxyStats {
+    fn stop(mut self) -> mesh::engine::ProxyStats {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap()
     }

@@ -2,9 +2,10 @@
 //! configurations built once per certificate generation (client configs shared so repeat
 //! connections resume; server configs per identity).
 
-use super::engine::MeshTls;
-use super::tls::{self, CertWatch, ClientConfigs};
+use crate::certwatch::CertWatch;
 use control::snapshot::IdentityRt;
+use mesh::engine::MeshTls;
+use mesh::tls::{self, ClientConfigs};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

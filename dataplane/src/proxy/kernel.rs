@@ -1,7 +1,7 @@
 //! The kernel backend: [`Net`] over non-blocking kernel sockets with mio, for users without
 //! a spare NIC and to measure what kernel bypass buys on identical proxy logic.
 
-use super::net::{Net, NetError, NetEvent};
+use mesh::net::{Net, NetError, NetEvent};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::VecDeque;
@@ -304,7 +304,7 @@ impl Net for KernelNet {
 /// The proxy over kernel sockets on one thread: epoll-driven, so an idle gateway sleeps.
 pub struct KernelWorker {
     pub net: KernelNet,
-    pub engine: super::engine::Engine<KConn>,
+    pub engine: mesh::engine::Engine<KConn>,
     start: std::time::Instant,
 }
 
@@ -312,7 +312,7 @@ impl KernelWorker {
     /// Listens on every tcp/http/mesh listener of the current tables.
     pub fn new(
         publisher: std::sync::Arc<control::Publisher>,
-        tls: std::sync::Arc<dyn super::engine::MeshTls>,
+        tls: std::sync::Arc<dyn mesh::engine::MeshTls>,
     ) -> io::Result<Self> {
         use control::schema::Protocol;
         let mut net = KernelNet::new()?;
@@ -332,7 +332,7 @@ impl KernelWorker {
         }
         Ok(KernelWorker {
             net,
-            engine: super::engine::Engine::new(publisher, tls),
+            engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
             start: std::time::Instant::now(),
         })
     }
@@ -369,7 +369,7 @@ impl KernelWorker {
     pub fn run_publishing(
         &mut self,
         stop: &std::sync::atomic::AtomicBool,
-        out: &std::sync::Mutex<super::engine::ProxyStats>,
+        out: &std::sync::Mutex<mesh::engine::ProxyStats>,
     ) -> io::Result<()> {
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             self.poll_once(Duration::from_millis(50))?;

@@ -1,18 +1,19 @@
-//! The proxy: what a gateway does with a connection once tcpstack (or the kernel) has
-//! terminated it.
-//! - [`engine`]: sessions (TCP, HTTP, inbound mesh) over any [`net::Net`]; [`leg`]: one end of
-//!   a session, with TLS on top where the hop needs it;
-//! - [`http`]: HTTP/1.1 heads, body framing, header additions (sans-IO);
-//! - [`lb`]: load balancers over a service's endpoints (sans-IO, time passed in);
-//! - [`tls`]: rustls configurations for the mTLS hop, SPIFFE identities, certificate reload;
-//!   [`identity`]: the engine's view of them;
-//! - [`kernel`]: the `Net` over kernel sockets (mio); the AF_XDP one is `worker::StackNet`.
+//! The I/O side of the proxy; the proxy logic itself (sessions, HTTP, balancers, mTLS
+//! configurations) is the sans-IO `mesh` crate.
+//! - [`kernel`]: `mesh::net::Net` over kernel sockets (mio); the AF_XDP one is
+//!   `worker::StackNet`;
+//! - [`identity`]: the engine's `mesh::engine::MeshTls` over the certificate files
+//!   ([`crate::certwatch`]);
+//! - [`random_seed`]: the engine's seed from the OS.
 
-pub mod engine;
-pub mod http;
 pub mod identity;
 pub mod kernel;
-pub mod lb;
-pub mod leg;
-pub mod net;
-pub mod tls;
+
+/// A seed for `mesh::engine::Engine::new` from `getrandom(2)`: weighted picks and request
+/// ids need unpredictability, not a fixed sequence.
+pub fn random_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    // SAFETY: writes at most seed.len() bytes into seed.
+    let _ = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    seed
+}

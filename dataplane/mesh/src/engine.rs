@@ -309,15 +309,9 @@ pub struct Engine<C> {
 }
 
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
-    pub fn new(publisher: Arc<Publisher>, tls: Arc<dyn MeshTls>) -> Self {
-        let mut seed = [0u8; 32];
-        // Weighted picks and request ids need unpredictability, not a fixed sequence.
-        let _ = getrandom(&mut seed);
-        Self::with_seed(publisher, tls, seed)
-    }
-
-    /// With a fixed seed (tests).
-    pub fn with_seed(publisher: Arc<Publisher>, tls: Arc<dyn MeshTls>, seed: [u8; 32]) -> Self {
+    /// `seed` drives weighted picks and request ids: give it from the OS's random source
+    /// (they need unpredictability, not a fixed sequence), or fixed in tests.
+    pub fn new(publisher: Arc<Publisher>, tls: Arc<dyn MeshTls>, seed: [u8; 32]) -> Self {
         Engine {
             publisher,
             tls,
@@ -1356,15 +1350,6 @@ impl HttpState {
 
 fn now_duration(now: Instant) -> Duration {
     Duration::from_micros(now.as_micros())
-}
-
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    // SAFETY: writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n as usize != buf.len() {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 enum StepError {
