@@ -223,6 +223,43 @@ pub struct Listener {
     /// whose certificate is served; not allowed for other protocols.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Sp<String>>,
+    /// How long each phase of a connection on this listener may take; every key optional,
+    /// unset ones keep the defaults in [`Timeouts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Sp<Timeouts>>,
+}
+
+/// `timeouts = { ... }` on a `[[listener]]`: durations like `"10s"`, `"500ms"`, `"1h"`
+/// (from 1 ms to 7 days). The defaults, and what happens on expiry:
+///
+/// | key | default | covers | on expiry |
+/// |---|---|---|---|
+/// | `request_head` | 10 s | first byte of a request head to its end | 408, close |
+/// | `idle` | 60 s | a keep-alive client connection between requests | close |
+/// | `request` | 15 s | routed request until the response head (all attempts) | 504 |
+/// | `connect` | 2 s | upstream SYN to established, TLS handshake included on mesh hops | next attempt, else 503 |
+/// | `handshake` | 5 s | `mesh` listener: TLS handshake and preamble | close |
+/// | `body_stall` | 30 s | no body byte moved in either direction while one is owed | cut |
+/// | `tcp_idle` | 1 h | `tcp` listener (and `tcp` mesh hops): no byte either way | close both sides |
+///
+/// A `[[route]]`'s `timeout` overrides `request` for the requests it routes.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_head: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_stall: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_idle: Option<Sp<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
@@ -375,6 +412,10 @@ pub struct Route {
     /// Default: all endpoints of `service`, weight 1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<Sp<Backend>>,
+    /// The whole request, from routing to the response head, all attempts included
+    /// (`"3s"`): overrides the listener's `timeouts.request` (default 15 s). Expiry: 504.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Sp<String>>,
 }
 
 /// Every given condition must hold.

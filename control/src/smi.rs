@@ -362,6 +362,7 @@ fn split(
             service: Sp::new(root),
             matches: None,
             backends,
+            timeout: None,
         }));
         return;
     }
@@ -405,6 +406,7 @@ fn split(
                     service: Sp::new(root.clone()),
                     matches: Some(Sp::new(rm)),
                     backends: backends.clone(),
+                    timeout: None,
                 }));
             }
         }

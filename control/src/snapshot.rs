@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use regex::Regex;
@@ -47,6 +48,33 @@ pub struct ListenerRt {
     pub protocol: Protocol,
     pub service: Option<ServiceId>,
     pub identity: Option<IdentityId>,
+    pub timeouts: Timeouts,
+}
+
+/// A listener's timeouts, compiled; see [`crate::schema::Timeouts`] for what each covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub request_head: Duration,
+    pub idle: Duration,
+    pub request: Duration,
+    pub connect: Duration,
+    pub handshake: Duration,
+    pub body_stall: Duration,
+    pub tcp_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request_head: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            request: Duration::from_secs(15),
+            connect: Duration::from_secs(2),
+            handshake: Duration::from_secs(5),
+            body_stall: Duration::from_secs(30),
+            tcp_idle: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +165,8 @@ pub struct RouteRt {
     /// Lower-case names.
     pub headers: Vec<(String, HeaderMatcher)>,
     pub backends: Vec<BackendRt>,
+    /// The route's `timeout` (whole request); `None`: the listener's `timeouts.request`.
+    pub timeout: Option<Duration>,
     /// Running sums of backend weights, for [`RouteRt::pick`].
     cumulative: Vec<u64>,
 }
@@ -168,6 +198,7 @@ impl RouteRt {
             method,
             headers,
             backends,
+            timeout: None,
             cumulative,
         }
     }

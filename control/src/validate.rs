@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use regex::RegexBuilder;
@@ -15,10 +15,10 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::certs::{self, CertCheck};
 use crate::de::Sp;
 use crate::diag::{did_you_mean, Diagnostic};
-use crate::schema::{HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
+use crate::schema::{self, HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
 use crate::snapshot::{
     AuthzRule, BackendRt, EndpointRt, HashKey, HeaderMatcher, IdSet, IdentityRt, ListenerRt,
-    PathMatcher, PeerRt, RouteRt, ServiceId, ServiceRt, Snapshot,
+    PathMatcher, PeerRt, RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts,
 };
 use crate::source::{Source, Span};
 
@@ -496,13 +496,20 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             }
             (None, false) => Some(None),
         };
-        if let (Some(bind), Some(service), Some(identity)) = (bind, service, identity) {
+        let timeouts = match &l.timeouts {
+            Some(t) => compile_timeouts(&mut v, t, &k),
+            None => Some(Timeouts::default()),
+        };
+        if let (Some(bind), Some(service), Some(identity), Some(timeouts)) =
+            (bind, service, identity, timeouts)
+        {
             listeners.push(ListenerRt {
                 name: l.name.value.clone(),
                 bind,
                 protocol: proto,
                 service,
                 identity,
+                timeouts,
             });
         }
     }
@@ -633,8 +640,16 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             .set_hint("give at least one backend a weight above 0");
             ok = false;
         }
+        let timeout = match &r.timeout {
+            Some(t) => {
+                let d = check_duration(&mut v, t, &Lazy(|| format!("{}.timeout", k())));
+                ok &= d.is_some();
+                d
+            }
+            None => None,
+        };
         if let (true, Some(sid)) = (ok, sid) {
-            routes.push(RouteRt::new(
+            let mut rt = RouteRt::new(
                 r.name.as_ref().map(|n| n.value.clone()),
                 sid,
                 host,
@@ -642,7 +657,9 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 method,
                 headers,
                 backends,
-            ));
+            );
+            rt.timeout = timeout;
+            routes.push(rt);
         }
     }
 
@@ -1047,4 +1064,62 @@ fn parse_hash_key(v: &mut V<'_>, h: &Sp<String>, key: &(impl KeyPath + ?Sized)) 
             .set_hint("one of: source-ip, header:NAME, cookie:NAME");
     }
     r
+}
+
+/// Shortest and longest duration a timeout key takes.
+const TIMEOUT_MIN: Duration = Duration::from_millis(1);
+const TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A timeout like `"10s"`, `"250ms"` or `"1h"`, within [`TIMEOUT_MIN`]..=[`TIMEOUT_MAX`].
+fn check_duration(
+    v: &mut V<'_>,
+    d: &Sp<String>,
+    key: &(impl KeyPath + ?Sized),
+) -> Option<Duration> {
+    let hint = "a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days";
+    match humantime::parse_duration(d.value.trim()) {
+        Ok(x) if (TIMEOUT_MIN..=TIMEOUT_MAX).contains(&x) => Some(x),
+        Ok(_) => {
+            v.err(
+                &d.span,
+                key.path(),
+                format!("{:?} is out of range", d.value),
+            )
+            .set_hint(hint);
+            None
+        }
+        Err(e) => {
+            v.err(
+                &d.span,
+                key.path(),
+                format!("{:?} is not a duration: {e}", d.value),
+            )
+            .set_hint(hint);
+            None
+        }
+    }
+}
+
+/// A listener's `timeouts` table over the defaults; `None` when any key is bad (each reported).
+fn compile_timeouts(v: &mut V<'_>, t: &Sp<schema::Timeouts>, k: &str) -> Option<Timeouts> {
+    let mut out = Timeouts::default();
+    let mut ok = true;
+    let keys: [(&Option<Sp<String>>, &str, &mut Duration); 7] = [
+        (&t.request_head, "request_head", &mut out.request_head),
+        (&t.idle, "idle", &mut out.idle),
+        (&t.request, "request", &mut out.request),
+        (&t.connect, "connect", &mut out.connect),
+        (&t.handshake, "handshake", &mut out.handshake),
+        (&t.body_stall, "body_stall", &mut out.body_stall),
+        (&t.tcp_idle, "tcp_idle", &mut out.tcp_idle),
+    ];
+    for (val, name, slot) in keys {
+        if let Some(val) = val {
+            match check_duration(v, val, &format!("{k}.timeouts.{name}")) {
+                Some(d) => *slot = d,
+                None => ok = false,
+            }
+        }
+    }
+    ok.then_some(out)
 }

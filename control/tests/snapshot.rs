@@ -391,3 +391,45 @@ fn long_host_names_are_found_and_near_misses_are_not() {
     assert_eq!(s.service_for_host(&near), None);
     assert_eq!(s.service_for_host("short.tes"), None);
 }
+
+#[test]
+fn timeouts_compile_over_the_defaults() {
+    use control::snapshot::Timeouts;
+    use std::time::Duration;
+    let s = compile(
+        r#"
+[[service]]
+name = "a"
+endpoints = [{ address = "10.0.0.1:80" }]
+[[listener]]
+name = "plain"
+bind = "10.0.0.9:80"
+protocol = "http"
+[[listener]]
+name = "tuned"
+bind = "10.0.0.9:81"
+protocol = "http"
+timeouts = { request_head = "2s", request = "250ms", tcp_idle = "2h" }
+[[route]]
+name = "slow"
+service = "a"
+timeout = "40s"
+"#,
+    );
+    let d = Timeouts::default();
+    assert_eq!(d.request_head, Duration::from_secs(10));
+    assert_eq!(d.idle, Duration::from_secs(60));
+    assert_eq!(d.request, Duration::from_secs(15));
+    assert_eq!(d.connect, Duration::from_secs(2));
+    assert_eq!(d.handshake, Duration::from_secs(5));
+    assert_eq!(d.body_stall, Duration::from_secs(30));
+    assert_eq!(d.tcp_idle, Duration::from_secs(3600));
+    assert_eq!(s.listeners[0].timeouts, d);
+    let t = s.listeners[1].timeouts;
+    assert_eq!(t.request_head, Duration::from_secs(2));
+    assert_eq!(t.request, Duration::from_millis(250));
+    assert_eq!(t.tcp_idle, Duration::from_secs(7200));
+    assert_eq!(t.connect, d.connect, "unset keys keep their defaults");
+    let r = s.route("a", "GET", "/", NONE).unwrap().route;
+    assert_eq!(r.timeout, Some(Duration::from_secs(40)));
+}

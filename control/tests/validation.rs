@@ -436,3 +436,23 @@ fn trust_roots_must_be_ca_certificates_that_exist() {
         )]
     );
 }
+
+#[test]
+fn timeouts_are_durations_in_range() {
+    one(
+        "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\ntimeouts = { request = \"soon\" }\n",
+        "t.toml:5:24: listener[0].timeouts.request: \"soon\" is not a duration: expected number at 0 (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\ntimeouts = { idle = \"0s\" }\n",
+        "t.toml:5:21: listener[0].timeouts.idle: \"0s\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\ntimeouts = { reqest = \"1s\" }\n",
+        "t.toml:5:14: listener[0].timeouts.reqest: unknown key \"reqest\" (hint: did you mean \"request\"?)",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\" }]\n[[route]]\nservice = \"a\"\ntimeout = \"8d\"\n",
+        "t.toml:6:11: route[0].timeout: \"8d\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+}

@@ -745,6 +745,39 @@ fn start_one(state: &Path, name: &str, backend: &str) -> Child {
     child
 }
 
+/// The rig this test brought up, and everything running in it: `rig.sh down` on drop, panics
+/// included, stops every process left in the rig's namespaces (gateways, nginx, tcpdump; TERM,
+/// then KILL) and removes the namespaces. A failed assertion must not leave a gateway spinning
+/// on a core or holding port 9901 for the next test.
+struct RigGuard {
+    work: PathBuf,
+}
+
+impl RigGuard {
+    fn up(work: &Path) -> RigGuard {
+        let guard = RigGuard {
+            work: work.to_owned(),
+        };
+        rig(&["up"], work);
+        guard
+    }
+}
+
+impl Drop for RigGuard {
+    fn drop(&mut self) {
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/rig.sh"))
+            .arg("down")
+            .env("XM_RIG_STATE", &self.work)
+            .current_dir(repo())
+            .output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            eprintln!("rig.sh down after the test failed: {out:?}");
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
 #[test]
 fn the_mesh_on_the_rig_with_both_backends() {
     if skip_unless_root("the_mesh_on_the_rig_with_both_backends") {
@@ -752,10 +785,8 @@ fn the_mesh_on_the_rig_with_both_backends() {
     }
     let work = std::env::temp_dir().join(format!("xdpmesh-mesh-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
-    rig(&["up"], &work);
+    let _rig = RigGuard::up(&work);
     for backend in ["kernel", "afxdp"] {
         run_backend(backend, &work);
     }
-    rig(&["down"], &work);
-    let _ = std::fs::remove_dir_all(&work);
 }
