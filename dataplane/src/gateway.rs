@@ -627,9 +627,9 @@ fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
 
 /// Prometheus text for proxy engines' counters, one label value (`worker`) per engine.
 pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &mut String) {
-    use mesh::engine::{ProxyStats, Refusal};
+    use mesh::engine::{Expiry, Outcome, ProxyStats, Refusal};
     type Field = (&'static str, &'static str, fn(&ProxyStats) -> u64);
-    const FIELDS: [Field; 8] = [
+    const FIELDS: [Field; 9] = [
         (
             "accepted",
             "Connections accepted by proxy listeners.",
@@ -660,6 +660,11 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
             "Bytes from upstreams towards clients.",
             |s| s.bytes_up_to_down,
         ),
+        (
+            "retries",
+            "Upstream attempts made again after a connect failure (before any request byte left).",
+            |s| s.retries,
+        ),
     ];
     for (name, help, get) in FIELDS {
         counter_family(out, &format!("xdpmesh_proxy_{name}_total"), help);
@@ -683,6 +688,36 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
                 "xdpmesh_proxy_refused_total{{worker=\"{w}\",reason=\"{}\"}} {}",
                 r.label(),
                 s.refused(r)
+            );
+        }
+    }
+    counter_family(
+        out,
+        "xdpmesh_proxy_attempts_total",
+        "Upstream attempts by how they ended (one outcome each).",
+    );
+    for (w, s) in engines {
+        for o in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "xdpmesh_proxy_attempts_total{{worker=\"{w}\",outcome=\"{}\"}} {}",
+                o.label(),
+                s.attempts(o)
+            );
+        }
+    }
+    counter_family(
+        out,
+        "xdpmesh_proxy_timeouts_total",
+        "Timeouts that expired, by which (the listener's or route's timeouts).",
+    );
+    for (w, s) in engines {
+        for e in Expiry::ALL {
+            let _ = writeln!(
+                out,
+                "xdpmesh_proxy_timeouts_total{{worker=\"{w}\",timeout=\"{}\"}} {}",
+                e.label(),
+                s.timeouts(e)
             );
         }
     }

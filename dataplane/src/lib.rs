@@ -5,6 +5,7 @@
 //! binary.
 
 pub mod certwatch;
+pub mod clock;
 pub mod device;
 pub mod gateway;
 pub mod memlink;

@@ -308,7 +308,7 @@ pub struct Worker<D: Device> {
     services: HashMap<SocketAddrV4, Builtin>,
     sessions: HashMap<PConn, Session>,
     engine: Option<Engine<PConn>>,
-    start: WallInstant,
+    clock: crate::clock::Clock,
     /// The longest the worker keeps polling after its last work before sleeping on the
     /// devices; the window adapts below it ([`SpinWindow`]). [`hw_config::DEFAULT_SPIN`] by
     /// default; `Duration::MAX`: never sleep.
@@ -334,7 +334,7 @@ impl<D: Device> Worker<D> {
             services: HashMap::new(),
             sessions: HashMap::new(),
             engine: None,
-            start: WallInstant::now(),
+            clock: crate::clock::Clock::start(),
             spin: hw_config::DEFAULT_SPIN,
             stats: WorkerStats::default(),
             stats_out: None,
@@ -441,7 +441,7 @@ impl<D: Device> Worker<D> {
     }
 
     fn now(&self) -> tcpstack::Instant {
-        tcpstack::Instant::from_micros(self.start.elapsed().as_micros() as u64)
+        self.clock.now()
     }
 
     /// One pass of the loop; returns whether anything happened.
@@ -487,6 +487,7 @@ impl<D: Device> Worker<D> {
                     .ports
                     .iter()
                     .filter_map(|p| p.stack.poll_timeout())
+                    .chain(self.engine.as_ref().and_then(|e| e.poll_timeout()))
                     .min();
                 let wait = match next {
                     Some(t) if t <= now => Duration::ZERO,
@@ -595,7 +596,7 @@ impl<D: Device> Worker<D> {
         self.sessions.clear();
         if let Some(e) = self.engine.as_mut() {
             reset += e.active();
-            let now = tcpstack::Instant::from_micros(self.start.elapsed().as_micros() as u64);
+            let now = self.clock.now();
             let mut net = StackNet {
                 ports: &mut self.ports,
                 now,
@@ -693,6 +694,10 @@ impl<D: Device> Worker<D> {
             }
         }
         if let Some(engine) = self.engine.as_mut() {
+            if engine.poll_timeout().is_some_and(|t| t <= now) {
+                engine.handle_timeout(&mut net, now);
+                did = true;
+            }
             engine.progress(&mut net, now);
         }
         // A reused list: no allocation per loop iteration.

@@ -1,11 +1,14 @@
 //! The proxy engine's HTTP/1.1 behaviour, over kernel sockets on loopback (no root needed):
 //! keep-alive on both sides, routing by path and header, a chunked request body streamed
 //! through, `Expect: 100-continue`, an upgrade turned into a tunnel, `x-request-id` and
-//! `traceparent` added when absent and kept when present, 400 for bad framing, 502 when the
-//! endpoint refuses. The mTLS hop and AF_XDP are covered on the rig (`mesh_rig.rs`).
+//! `traceparent` added when absent and kept when present, 400 for bad framing; connects that
+//! fail retried on another endpoint, 503 when every attempt failed, 504 at the request
+//! timeout, 408 for a head that never ends, idle keep-alive connections closed. Timeouts are
+//! set short in the tables; every wait is a blocking read with a 10 s bound, not a sleep.
+//! The mTLS hop and AF_XDP are covered on the rig (`mesh_rig.rs`).
 
 use dataplane::proxy::kernel::KernelWorker;
-use mesh::engine::{NoMeshTls, Refusal};
+use mesh::engine::{Expiry, NoMeshTls, Outcome, Refusal};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -325,17 +328,160 @@ fn http_through_the_proxy() {
 }
 
 #[test]
-fn an_endpoint_that_refuses_gets_a_502() {
+fn an_endpoint_that_refuses_gets_a_503_after_every_attempt() {
     // A port nobody listens on.
     let dead = |_| -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
     let p = Proxy::start(&tables(dead(0), dead(1), free_port()));
     let (mut w, mut r) = client(&p);
     w.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
         .unwrap();
-    let (s, _, body) = response(&mut r);
-    assert_eq!(s, 502, "{}", String::from_utf8_lossy(&body));
+    let (s, headers, body) = response(&mut r);
+    assert_eq!(s, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        headers
+            .iter()
+            .any(|h| h == "x-xdpmesh-error: connect_failed"),
+        "{headers:?}"
+    );
     let stats = p.stop();
+    // The route has one endpoint: every attempt goes there, and each ends once.
     assert_eq!(stats.refused(Refusal::ConnectFailed), 1, "{stats:?}");
+    assert_eq!(
+        stats.attempts(Outcome::ConnectFailed),
+        u64::from(mesh::engine::MAX_CONNECT_ATTEMPTS),
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.retries,
+        u64::from(mesh::engine::MAX_CONNECT_ATTEMPTS) - 1
+    );
+}
+
+/// One service, `endpoints` in one backend, behind an http listener with `timeouts` and a
+/// route with `route_extra` keys.
+fn service_tables(
+    listen: u16,
+    endpoints: &[SocketAddr],
+    timeouts: &str,
+    route_extra: &str,
+) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("{{ address = \"{e}\" }}"))
+        .collect();
+    format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{listen}\"\nprotocol = \"http\"\n{timeouts}\n\
+         [[service]]\nname = \"web\"\nhosts = [\"web.test\"]\nendpoints = [{}]\n\
+         [[route]]\nservice = \"web\"\n{route_extra}\n",
+        eps.join(", ")
+    )
+}
+
+#[test]
+fn a_failed_connect_is_retried_on_another_endpoint() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let live = origin("live");
+    let p = Proxy::start(&service_tables(free_port(), &[dead, live], "", ""));
+    let (mut w, mut r) = client(&p);
+    // Round-robin sends some of these to the dead endpoint first.
+    for _ in 0..6 {
+        w.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            .unwrap();
+        let (s, _, body) = response(&mut r);
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(body.starts_with(b"live\n"));
+    }
+    drop((w, r));
+    let stats = p.stop();
+    assert!(stats.retries >= 1, "{stats:?}");
+    assert_eq!(stats.attempts(Outcome::ConnectFailed), stats.retries);
+    assert_eq!(stats.attempts(Outcome::Complete), 6, "{stats:?}");
+    assert_eq!(stats.refused(Refusal::ConnectFailed), 0);
+}
+
+/// A server that accepts and reads, and never answers.
+fn silent_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 1024];
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_silent_server_gives_a_504_at_the_route_timeout_while_others_are_served() {
+    let (silent, live) = (silent_server(), origin("live"));
+    let t = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{}\"\nprotocol = \"http\"\n\
+         [[service]]\nname = \"web\"\nhosts = [\"web.test\"]\nendpoints = [{{ address = \"{silent}\" }}]\n\
+         [[service]]\nname = \"live\"\nendpoints = [{{ address = \"{live}\" }}]\n\
+         [[route]]\nservice = \"web\"\nmatch = {{ headers = {{ x-pick = \"live\" }} }}\n\
+         backends = [{{ service = \"live\" }}]\n\
+         [[route]]\nservice = \"web\"\ntimeout = \"400ms\"\n",
+        free_port()
+    );
+    let p = Proxy::start(&t);
+    let (mut w, mut r) = client(&p);
+    w.write_all(b"GET /slow HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .unwrap();
+    // Meanwhile another client is served.
+    let (mut w2, mut r2) = client(&p);
+    w2.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nx-pick: live\r\n\r\n")
+        .unwrap();
+    let (s2, _, body2) = response(&mut r2);
+    assert_eq!(s2, 200, "{}", String::from_utf8_lossy(&body2));
+    assert!(body2.starts_with(b"live\n"));
+    let (s, headers, _) = response(&mut r);
+    assert_eq!(s, 504);
+    assert!(headers
+        .iter()
+        .any(|h| h == "x-xdpmesh-error: request_timeout"));
+    drop((w, r, w2, r2));
+    let stats = p.stop();
+    assert_eq!(stats.timeouts(Expiry::Request), 1, "{stats:?}");
+    assert_eq!(stats.attempts(Outcome::TimedOut), 1);
+    assert_eq!(stats.refused(Refusal::RequestTimeout), 1);
+}
+
+#[test]
+fn a_slow_head_gets_a_408_and_an_idle_connection_is_closed() {
+    let live = origin("live");
+    let p = Proxy::start(&service_tables(
+        free_port(),
+        &[live],
+        "timeouts = { request_head = \"300ms\", idle = \"300ms\" }",
+        "",
+    ));
+    // A head that never ends: 408, then the gateway closes.
+    let (mut w, mut r) = client(&p);
+    w.write_all(b"GET / HTTP/1.1\r\nHost: web").unwrap();
+    let (s, headers, _) = response(&mut r);
+    assert_eq!(s, 408);
+    assert!(headers
+        .iter()
+        .any(|h| h == "x-xdpmesh-error: request_head_timeout"));
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed after the 408");
+    // A kept-alive connection with nothing in flight is closed after `idle`.
+    let (mut w2, mut r2) = client(&p);
+    w2.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(response(&mut r2).0, 200);
+    let mut rest = Vec::new();
+    r2.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed when idle");
+    drop((w, r, w2, r2));
+    let stats = p.stop();
+    assert_eq!(stats.timeouts(Expiry::RequestHead), 1, "{stats:?}");
+    assert_eq!(stats.timeouts(Expiry::Idle), 1, "{stats:?}");
 }
 
 #[test]

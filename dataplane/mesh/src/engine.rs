@@ -30,10 +30,11 @@ use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
 use super::net::{Net, NetEvent};
 use control::schema::Protocol;
-use control::snapshot::{EndpointRt, IdentityRt, ServiceRt};
+use control::snapshot::{EndpointRt, IdentityRt, ServiceRt, Timeouts};
 use control::{Publisher, Snapshot};
 use rand::{RngCore, SeedableRng};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,10 +124,16 @@ pub enum Refusal {
     Denied,
     BadRequest,
     BadResponse,
+    /// The request head did not arrive whole within `timeouts.request_head` (408).
+    HeadTimeout,
+    /// No response head within the request timeout (504).
+    RequestTimeout,
+    /// No attempt connected within `timeouts.connect` (503).
+    ConnectTimeout,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::UnsupportedListener,
         Refusal::NoService,
         Refusal::NoRoute,
@@ -144,6 +151,9 @@ impl Refusal {
         Refusal::Denied,
         Refusal::BadRequest,
         Refusal::BadResponse,
+        Refusal::HeadTimeout,
+        Refusal::RequestTimeout,
+        Refusal::ConnectTimeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -165,6 +175,9 @@ impl Refusal {
             Refusal::Denied => "denied",
             Refusal::BadRequest => "bad_request",
             Refusal::BadResponse => "bad_response",
+            Refusal::HeadTimeout => "request_head_timeout",
+            Refusal::RequestTimeout => "request_timeout",
+            Refusal::ConnectTimeout => "connect_timeout",
         }
     }
 
@@ -174,11 +187,95 @@ impl Refusal {
             Refusal::Denied => 403,
             Refusal::NoRoute | Refusal::NoService | Refusal::UnknownService => 404,
             Refusal::BadRequest => 400,
-            Refusal::NoEndpoint => 503,
+            Refusal::NoEndpoint | Refusal::ConnectFailed | Refusal::ConnectTimeout => 503,
+            Refusal::HeadTimeout => 408,
+            Refusal::RequestTimeout => 504,
             _ => 502,
         }
     }
 }
+
+/// How one upstream attempt ended. Every attempt ends exactly once, in
+/// [`Engine::end_attempt`]: that call feeds the balancer, counts the outcome, and decides
+/// what the client sees (a retry, an error response, or nothing more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The response (HTTP) or the connection (TCP) completed.
+    Complete,
+    /// The upstream could not be reached: refused, unreachable, TLS handshake failed, or
+    /// the connect timeout passed. Retried on another attempt while no request byte left.
+    ConnectFailed,
+    /// The upstream failed (reset, closed, malformed head) before the response head.
+    ResetBeforeResponse,
+    /// The upstream failed after the response began: the client sees a cut.
+    ResetMidResponse,
+    /// The request timeout passed before the response head.
+    TimedOut,
+    /// The client went away, or the gateway shut down, first.
+    Cancelled,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Complete,
+        Outcome::ConnectFailed,
+        Outcome::ResetBeforeResponse,
+        Outcome::ResetMidResponse,
+        Outcome::TimedOut,
+        Outcome::Cancelled,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ConnectFailed => "connect_failed",
+            Outcome::ResetBeforeResponse => "reset_before_response",
+            Outcome::ResetMidResponse => "reset_mid_response",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Which timeout of [`Timeouts`] expired; a label on `xdpmesh_proxy_timeouts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Expiry {
+    RequestHead,
+    Idle,
+    Request,
+    Connect,
+    Handshake,
+    BodyStall,
+    TcpIdle,
+}
+
+impl Expiry {
+    pub const ALL: [Expiry; 7] = [
+        Expiry::RequestHead,
+        Expiry::Idle,
+        Expiry::Request,
+        Expiry::Connect,
+        Expiry::Handshake,
+        Expiry::BodyStall,
+        Expiry::TcpIdle,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Expiry::RequestHead => "request_head",
+            Expiry::Idle => "idle",
+            Expiry::Request => "request",
+            Expiry::Connect => "connect",
+            Expiry::Handshake => "handshake",
+            Expiry::BodyStall => "body_stall",
+            Expiry::TcpIdle => "tcp_idle",
+        }
+    }
+}
+
+/// Attempts per request (or TCP connection) when connects fail before any byte of the
+/// request left: the first and up to two more, on another endpoint where there is one.
+pub const MAX_CONNECT_ATTEMPTS: u8 = 3;
 
 /// Counters of one engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,6 +289,12 @@ pub struct ProxyStats {
     pub bytes_down_to_up: u64,
     pub bytes_up_to_down: u64,
     pub refused: [u64; Refusal::ALL.len()],
+    /// Upstream attempts by how they ended ([`Outcome`]).
+    pub attempts: [u64; Outcome::ALL.len()],
+    /// Attempts made again after a connect failure.
+    pub retries: u64,
+    /// Timeouts that expired, by [`Expiry`].
+    pub timeouts: [u64; Expiry::ALL.len()],
 }
 
 impl ProxyStats {
@@ -201,6 +304,14 @@ impl ProxyStats {
 
     pub fn refused(&self, r: Refusal) -> u64 {
         self.refused[r as usize]
+    }
+
+    pub fn attempts(&self, o: Outcome) -> u64 {
+        self.attempts[o as usize]
+    }
+
+    pub fn timeouts(&self, e: Expiry) -> u64 {
+        self.timeouts[e as usize]
     }
 }
 
@@ -263,8 +374,10 @@ struct HttpState {
     /// The endpoint the current upstream connection goes to, and whether it may be reused.
     up_endpoint: Option<SocketAddrV4>,
     up_reusable: bool,
-    /// (service, endpoint index, start) of the request in flight, for the balancer.
-    lb: Option<(u32, u32, Instant)>,
+    /// When the current request head's first byte arrived (request_head timeout).
+    head_started: Option<Instant>,
+    /// When the request in flight must have its response head (request timeout).
+    request_deadline: Option<Instant>,
     /// After this response, close the client connection.
     close_after: bool,
     /// A 101 turned the session into a tunnel.
@@ -289,6 +402,40 @@ struct Session<C> {
     preamble: Option<Vec<u8>>,
     http: Option<HttpState>,
     closed: bool,
+    /// The upstream attempt in flight, if any: ended exactly once by `end_attempt`.
+    attempt: Option<Attempt>,
+    /// The listener's timeouts (from the tables the connection was accepted under).
+    timeouts: Timeouts,
+    accepted_at: Instant,
+    /// The last time bytes moved either way (idle, body stall and tcp_idle timeouts).
+    last_io: Instant,
+    /// The earliest timer entry queued for this session, if any (see `Engine::arm`).
+    scheduled: Option<Instant>,
+    /// Tells this session's timer entries from those of an earlier session in the slot.
+    epoch: u64,
+}
+
+/// One try at an upstream: from the connect (or the reuse of a kept-alive connection) to
+/// its [`Outcome`].
+struct Attempt {
+    /// (service, endpoint index) as the balancer knows it; `None` for gateway B's fixed
+    /// local endpoint, which no balancer picked.
+    lb: Option<(u32, u32)>,
+    /// The balancer generation `start` was counted in: a reload in between builds new
+    /// balancers, which must not see the old attempt's `finish`.
+    gen: u64,
+    /// The endpoints the pick chose from (a retry picks again among them).
+    candidates: Vec<u32>,
+    endpoint: SocketAddrV4,
+    started: Instant,
+    /// When the transport (and TLS) completed; `None` while connecting.
+    connected_at: Option<Instant>,
+    /// 1 for the first attempt of a request or connection.
+    number: u8,
+    /// Length of the mesh preamble at the front of `to_up` (replaced on a retry).
+    preamble_len: usize,
+    /// A byte of the request reached the upstream: no transparent retry any more.
+    sent: bool,
 }
 
 /// The proxy of one worker.
@@ -306,6 +453,11 @@ pub struct Engine<C> {
     pub stats: ProxyStats,
     scratch: Vec<u8>,
     buf: Vec<u8>,
+    /// (deadline, session slot, epoch), earliest first. Entries go stale when a session
+    /// ends or its deadline moves later; `handle_timeout` skips or re-queues those, so a
+    /// deadline pushed back by progress costs nothing until the old entry comes up.
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    next_epoch: u64,
 }
 
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
@@ -325,6 +477,116 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             stats: ProxyStats::default(),
             scratch: vec![0; 64 * 1024],
             buf: vec![0; 64 * 1024],
+            timers: BinaryHeap::new(),
+            next_epoch: 0,
+        }
+    }
+
+    /// The earliest instant at which [`Engine::handle_timeout`] has work: sleep no longer
+    /// than this (nor than the transport's own timers).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// Expires what is due at `now`: call it when [`Engine::poll_timeout`] has passed (an
+    /// early call does nothing), then `progress`.
+    pub fn handle_timeout<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
+        while let Some(&Reverse((t, sid, epoch))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(mut s) = self.sessions.get_mut(sid).and_then(Option::take) else {
+                continue;
+            };
+            if s.epoch == epoch && !s.closed && s.scheduled == Some(t) {
+                s.scheduled = None;
+                match deadline(&s) {
+                    // `progress` steps the session and queues its next deadline.
+                    Some((due, what)) if due <= now => self.expire(net, now, sid, &mut s, what),
+                    _ => self.arm(sid, &mut s),
+                }
+            }
+            self.sessions[sid] = Some(s);
+            self.dirty.push(sid);
+            self.maybe_release(sid);
+        }
+    }
+
+    /// Queues the session's next deadline unless an entry at or before it is queued already.
+    fn arm(&mut self, sid: usize, s: &mut Session<C>) {
+        if s.closed {
+            return;
+        }
+        if let Some((due, _)) = deadline(s) {
+            if s.scheduled.is_none_or(|t| due < t) {
+                s.scheduled = Some(due);
+                self.timers.push(Reverse((due, sid, s.epoch)));
+            }
+        }
+    }
+
+    /// A timeout expired: what the client (and upstream) see, and the counter.
+    fn expire<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        sid: usize,
+        s: &mut Session<C>,
+        what: Expiry,
+    ) {
+        self.stats.timeouts[what as usize] += 1;
+        match what {
+            Expiry::RequestHead => {
+                // RFC 9110 §15.5.9: 408 and close; nothing of the partial head is kept.
+                self.stats.refuse(Refusal::HeadTimeout);
+                if let Some(h) = s.http.as_mut() {
+                    h.close_after = true;
+                    h.head_started = None;
+                }
+                s.d_in.clear();
+                s.to_down
+                    .extend_from_slice(&http::error_response(408, Refusal::HeadTimeout.label()));
+            }
+            Expiry::Idle => {
+                // A keep-alive connection with nothing in flight: close it gracefully.
+                if let Some(h) = s.http.as_mut() {
+                    h.close_after = true;
+                }
+            }
+            Expiry::Request => {
+                self.end_attempt(
+                    net,
+                    now,
+                    sid,
+                    s,
+                    (Outcome::TimedOut, Refusal::RequestTimeout),
+                );
+            }
+            Expiry::Connect => {
+                self.end_attempt(
+                    net,
+                    now,
+                    sid,
+                    s,
+                    (Outcome::ConnectFailed, Refusal::ConnectTimeout),
+                );
+            }
+            Expiry::Handshake | Expiry::BodyStall => {
+                if s.attempt.is_some() {
+                    let o = if s.http.as_ref().is_some_and(|h| h.resp == RespPhase::Body) {
+                        Outcome::ResetMidResponse
+                    } else {
+                        Outcome::Cancelled
+                    };
+                    self.finish_attempt(now, s, o);
+                }
+                self.teardown(net, now, s, true);
+            }
+            Expiry::TcpIdle => {
+                self.finish_attempt(now, s, Outcome::Complete);
+                self.teardown(net, now, s, false);
+            }
         }
     }
 
@@ -394,7 +656,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let reset = matches!(ev, NetEvent::Reset(_));
                 if let Some(mut s) = self.sessions[sid].take() {
                     if reset && !s.closed {
-                        self.on_reset(net, now, &mut s, side, c);
+                        self.on_reset(net, now, sid, &mut s, side, c);
                     }
                     self.sessions[sid] = Some(s);
                 }
@@ -409,50 +671,250 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         &mut self,
         net: &mut N,
         now: Instant,
+        sid: usize,
         s: &mut Session<C>,
         side: Side,
         c: C,
     ) {
-        let current_up = s.up.as_ref().is_some_and(|u| u.conn == c);
-        if side == Side::Up && !current_up {
+        if side == Side::Down {
+            // The client went away: not a refusal, but the session (and its attempt) ends.
+            self.finish_attempt(now, s, Outcome::Cancelled);
+            self.teardown(net, now, s, true);
+            return;
+        }
+        if !s.up.as_ref().is_some_and(|u| u.conn == c) {
             return; // an upstream the session already let go of
         }
-        let connecting = side == Side::Up && s.up.as_ref().is_some_and(|u| !u.connected);
-        // An HTTP client whose upstream failed before the response started gets a status.
-        if side == Side::Up {
-            if let Some(h) = s.http.as_mut() {
-                if h.resp == RespPhase::Head && !h.tunnel {
-                    let r = if connecting {
-                        Refusal::ConnectFailed
-                    } else {
-                        Refusal::UpstreamReset
-                    };
-                    self.stats.refuse(r);
-                    s.up = None;
-                    h.up_endpoint = None;
-                    h.resp = RespPhase::Idle;
-                    h.req = ReqPhase::Head;
-                    h.close_after = true;
-                    s.to_down.extend_from_slice(&http::simple_response(
-                        r.status(),
-                        http::reason_phrase(r.status()),
-                        format!("{}\n", r.label()).as_bytes(),
-                    ));
-                    return;
+        let failure = self.upstream_failure(s, Refusal::UpstreamReset, true);
+        self.end_attempt(net, now, sid, s, failure);
+    }
+
+    /// What an upstream failure means at this point of the session: (outcome, the reason
+    /// the client is told). `transport`: the transport failed (not TLS or framing), so a
+    /// connect failure may be retried.
+    fn upstream_failure(
+        &self,
+        s: &Session<C>,
+        reason: Refusal,
+        transport: bool,
+    ) -> (Outcome, Refusal) {
+        let connecting = s.attempt.as_ref().is_some_and(|a| a.connected_at.is_none())
+            || s.up.as_ref().is_some_and(|u| !u.connected);
+        if connecting {
+            let r = if transport {
+                Refusal::ConnectFailed
+            } else {
+                reason
+            };
+            return (Outcome::ConnectFailed, r);
+        }
+        match s.http.as_ref() {
+            Some(h) if !h.tunnel && h.resp == RespPhase::Head => {
+                (Outcome::ResetBeforeResponse, reason)
+            }
+            _ => (Outcome::ResetMidResponse, reason),
+        }
+    }
+
+    /// Starts an attempt: the balancer counts it outstanding until `finish_attempt`.
+    #[allow(clippy::too_many_arguments)]
+    fn begin_attempt(
+        &mut self,
+        now: Instant,
+        lb: Option<(u32, u32)>,
+        candidates: Vec<u32>,
+        endpoint: SocketAddrV4,
+        number: u8,
+        preamble_len: usize,
+        connected: bool,
+    ) -> Attempt {
+        if let Some((svc, ep)) = lb {
+            if let Some(b) = self.balancers.get_mut(&svc) {
+                b.start(ep);
+            }
+        }
+        Attempt {
+            lb,
+            gen: self.balancer_gen,
+            candidates,
+            endpoint,
+            started: now,
+            connected_at: connected.then_some(now),
+            number,
+            preamble_len,
+            sent: false,
+        }
+    }
+
+    /// Ends the session's attempt, if one is in flight, in `outcome`: the balancer's
+    /// bookkeeping and the outcome counter. Returns the attempt for a retry decision.
+    fn finish_attempt(
+        &mut self,
+        now: Instant,
+        s: &mut Session<C>,
+        outcome: Outcome,
+    ) -> Option<Attempt> {
+        let a = s.attempt.take()?;
+        self.stats.attempts[outcome as usize] += 1;
+        if let Some((svc, ep)) = a.lb.filter(|_| a.gen == self.balancer_gen) {
+            if let Some(b) = self.balancers.get_mut(&svc) {
+                let at = now_duration(now);
+                match outcome {
+                    // Latency as the balancer sees it: to the response head (HTTP) or to
+                    // the established connection (TCP).
+                    Outcome::Complete => {
+                        let end = a.connected_at.filter(|_| s.http.is_none()).unwrap_or(now);
+                        b.finish(ep, end.saturating_duration_since(a.started), at)
+                    }
+                    Outcome::Cancelled => b.cancel(ep),
+                    _ => b.fail(ep, at),
                 }
             }
         }
-        self.stats.refuse(if connecting {
-            Refusal::ConnectFailed
-        } else if side == Side::Up {
-            Refusal::UpstreamReset
-        } else {
-            // The client went away: not a refusal, but the session ends.
-            s.closed = true;
+        Some(a)
+    }
+
+    /// The one place an upstream attempt ends. Feeds the balancer and the counters, then
+    /// decides what the client sees: a new attempt (a connect that failed before any byte
+    /// of the request left), an error response (HTTP, before the response began), or a
+    /// cut (after it began, or TCP).
+    fn end_attempt<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        sid: usize,
+        s: &mut Session<C>,
+        (outcome, reason): (Outcome, Refusal),
+    ) {
+        let attempt = self.finish_attempt(now, s, outcome);
+        if outcome == Outcome::Complete {
+            return;
+        }
+        self.drop_upstream(net, s);
+        let retryable = outcome == Outcome::ConnectFailed
+            && matches!(reason, Refusal::ConnectFailed | Refusal::ConnectTimeout);
+        if let Some(a) = attempt.filter(|a| retryable && !a.sent) {
+            if a.number < MAX_CONNECT_ATTEMPTS && self.retry(net, now, sid, s, a).is_ok() {
+                self.stats.retries += 1;
+                self.dirty.push(sid);
+                return;
+            }
+        }
+        if outcome == Outcome::Cancelled {
             self.teardown(net, now, s, true);
             return;
-        });
-        self.teardown(net, now, s, true);
+        }
+        self.stats.refuse(reason);
+        let answerable = s
+            .http
+            .as_ref()
+            .is_some_and(|h| !h.tunnel && matches!(h.resp, RespPhase::Head));
+        if !answerable {
+            self.teardown(net, now, s, true);
+            return;
+        }
+        let h = s.http.as_mut().expect("checked above");
+        // Nothing of the response reached the client: it gets one error response, and
+        // the connection closes after it (the request body, if any, is not read on).
+        h.up_endpoint = None;
+        h.resp = RespPhase::Idle;
+        h.req = ReqPhase::Head;
+        h.req_body = None;
+        h.request_deadline = None;
+        h.close_after = true;
+        s.d_in.clear();
+        s.to_up.clear();
+        s.to_down
+            .extend_from_slice(&http::error_response(reason.status(), reason.label()));
+        self.dirty.push(sid);
+    }
+
+    /// Resets the session's upstream connection, if any.
+    fn drop_upstream<N: Net<Conn = C>>(&mut self, net: &mut N, s: &mut Session<C>) {
+        if let Some(up) = s.up.take() {
+            if self.by_conn.remove(&up.conn).is_some() {
+                net.abort(up.conn);
+            }
+        }
+        s.up_eof = false;
+        s.u_in.clear();
+        if let Some(h) = s.http.as_mut() {
+            h.up_endpoint = None;
+        }
+    }
+
+    /// A new attempt after a connect failure: another endpoint among the same candidates
+    /// where there is one (the failed one otherwise, and always for B's fixed endpoint).
+    fn retry<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        sid: usize,
+        s: &mut Session<C>,
+        a: Attempt,
+    ) -> Result<(), Refusal> {
+        s.to_up.drain(..a.preamble_len.min(s.to_up.len()));
+        let is_http = s.http.is_some();
+        let snap = s.snap.clone();
+        let (leg, pre, lb, endpoint) = match a.lb {
+            Some((svc, failed)) => {
+                let others: Vec<u32> = a
+                    .candidates
+                    .iter()
+                    .copied()
+                    .filter(|&e| e != failed)
+                    .collect();
+                let pool = if others.is_empty() {
+                    &a.candidates
+                } else {
+                    &others
+                };
+                let ep = self
+                    .balancer(&snap, svc)
+                    .and_then(|b| b.pick(pool, None, now_duration(now)))
+                    .unwrap_or(failed);
+                let (leg, pre) =
+                    self.open_upstream(net, now, &snap, (svc, ep), s.client, is_http)?;
+                let addr = match snap.services[svc as usize].endpoints[ep as usize].address {
+                    SocketAddr::V4(x) => x,
+                    SocketAddr::V6(_) => return Err(Refusal::NoEndpoint),
+                };
+                (leg, pre, Some((svc, ep)), addr)
+            }
+            None => {
+                let c = net
+                    .connect(now, a.endpoint)
+                    .map_err(|_| Refusal::ConnectFailed)?;
+                self.stats.upstream_connects += 1;
+                (Leg::plain(c, false), None, None, a.endpoint)
+            }
+        };
+        self.by_conn.insert(leg.conn, (sid, Side::Up));
+        s.up = Some(leg);
+        s.up_eof = false;
+        s.u_in.clear();
+        let mut preamble_len = 0;
+        match s.http.as_mut() {
+            Some(h) => {
+                if let Some(p) = pre {
+                    preamble_len = p.len();
+                    s.to_up.splice(0..0, p);
+                }
+                h.up_endpoint = Some(endpoint);
+            }
+            None => s.preamble = pre,
+        }
+        let next = self.begin_attempt(
+            now,
+            lb,
+            a.candidates,
+            endpoint,
+            a.number + 1,
+            preamble_len,
+            false,
+        );
+        s.attempt = Some(next);
+        Ok(())
     }
 
     fn accept<N: Net<Conn = C>>(
@@ -492,6 +954,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             preamble: None,
             http: None,
             closed: false,
+            attempt: None,
+            timeouts: listener.timeouts,
+            accepted_at: now,
+            last_io: now,
+            scheduled: None,
+            epoch: 0,
         };
         match listener.protocol {
             Protocol::Tcp => {
@@ -501,15 +969,29 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let Some(service) = snap.services.get(svc as usize) else {
                     return self.refuse_accept(net, conn, Refusal::NoService);
                 };
-                let ep = match self.pick(&snap, &service.default_route, None, remote, now) {
-                    Ok(ep) => ep,
-                    Err(r) => return self.refuse_accept(net, conn, r),
+                let (tsvc, ep, candidates) =
+                    match self.pick(&snap, &service.default_route, None, remote, now) {
+                        Ok(x) => x,
+                        Err(r) => return self.refuse_accept(net, conn, r),
+                    };
+                let addr = match snap.services[tsvc as usize].endpoints[ep as usize].address {
+                    SocketAddr::V4(a) => a,
+                    SocketAddr::V6(_) => return self.refuse_accept(net, conn, Refusal::NoEndpoint),
                 };
-                match self.open_upstream(net, now, &snap, ep, remote, false) {
+                match self.open_upstream(net, now, &snap, (tsvc, ep), remote, false) {
                     Ok((up, preamble)) => {
                         session.phase = Phase::Connecting;
                         session.up = Some(up);
                         session.preamble = preamble;
+                        session.attempt = Some(self.begin_attempt(
+                            now,
+                            Some((tsvc, ep)),
+                            candidates,
+                            addr,
+                            1,
+                            0,
+                            false,
+                        ));
                     }
                     Err(r) => return self.refuse_accept(net, conn, r),
                 }
@@ -546,7 +1028,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         true
     }
 
-    fn insert(&mut self, s: Session<C>) -> usize {
+    fn insert(&mut self, mut s: Session<C>) -> usize {
+        self.next_epoch += 1;
+        s.epoch = self.next_epoch;
         match self.free.pop() {
             Some(i) => {
                 self.sessions[i] = Some(s);
@@ -576,7 +1060,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
 
     /// Picks the endpoint for a connection or request: a weighted backend of `route`, then
     /// an endpoint by the balancer of the backend's service (hashing on the request or the
-    /// client's address where the service says so). Returns (service, endpoint index).
+    /// client's address where the service says so). Returns (service, endpoint index, the
+    /// endpoints it chose from).
     fn pick(
         &mut self,
         snap: &Snapshot,
@@ -584,7 +1069,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         head: Option<&RequestHead>,
         client: SocketAddrV4,
         now: Instant,
-    ) -> Result<(u32, u32), Refusal> {
+    ) -> Result<(u32, u32, Vec<u32>), Refusal> {
         let backend = route.pick(self.rng.next_u64()).ok_or(Refusal::NoEndpoint)?;
         let target = backend.service;
         let tsvc = snap
@@ -600,7 +1085,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             .balancer(snap, target)
             .and_then(|b| b.pick(&candidates, hash, now_duration(now)))
             .ok_or(Refusal::NoEndpoint)?;
-        Ok((target, ep))
+        Ok((target, ep, candidates))
     }
 
     /// Opens the connection to an endpoint: TLS to its peer gateway, or plain when local.
@@ -672,9 +1157,20 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         while let Some(sid) = self.dirty.pop() {
             if let Some(mut s) = self.sessions.get_mut(sid).and_then(Option::take) {
                 if !s.closed {
+                    let before = self.io_mark(&s);
                     if let Err(e) = self.step(net, now, sid, &mut s) {
                         self.step_failed(net, now, sid, &mut s, e);
                     }
+                    if self.io_mark(&s) != before {
+                        s.last_io = now;
+                    }
+                    if let Some(h) = s.http.as_mut() {
+                        let waiting = h.req == ReqPhase::Head && h.resp == RespPhase::Idle;
+                        if waiting && !s.d_in.is_empty() && h.head_started.is_none() {
+                            h.head_started = Some(now);
+                        }
+                    }
+                    self.arm(sid, &mut s);
                 }
                 self.sessions[sid] = Some(s);
                 self.maybe_release(sid);
@@ -682,8 +1178,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
     }
 
-    /// A step failed: an HTTP client whose upstream failed before its response started
-    /// gets a 502 and keeps nothing half-done; anything else ends the session.
+    /// A step failed: an upstream failure ends the attempt (which decides between a retry,
+    /// an error response and a cut); anything else ends the session.
     fn step_failed<N: Net<Conn = C>>(
         &mut self,
         net: &mut N,
@@ -692,45 +1188,27 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
         e: StepError,
     ) {
-        let classify = |e: &LegError| match e {
-            LegError::Reset => Refusal::UpstreamReset,
-            LegError::Tls(m) if m.contains("peer identity") => Refusal::PeerIdentity,
-            LegError::Tls(_) => Refusal::TlsHandshake,
-        };
-        if let StepError::Up(le) = &e {
-            let r = classify(le);
-            if let Some(h) = s
-                .http
-                .as_mut()
-                .filter(|h| h.resp == RespPhase::Head && !h.tunnel)
-            {
+        match e {
+            StepError::Up(le) => {
+                let transport = matches!(le, LegError::Reset);
+                let failure = self.upstream_failure(s, le.refusal(), transport);
+                self.end_attempt(net, now, sid, s, failure);
+            }
+            StepError::Upstream(r) => {
+                let failure = self.upstream_failure(s, r, false);
+                self.end_attempt(net, now, sid, s, failure);
+            }
+            StepError::Refused(r) => {
                 self.stats.refuse(r);
-                h.up_endpoint = None;
-                h.resp = RespPhase::Idle;
-                h.req = ReqPhase::Head;
-                h.close_after = true;
-                if let Some(up) = s.up.take() {
-                    if self.by_conn.remove(&up.conn).is_some() {
-                        net.abort(up.conn);
-                    }
-                }
-                s.up_eof = false;
-                s.to_up.clear();
-                s.to_down.extend_from_slice(&http::simple_response(
-                    502,
-                    http::reason_phrase(502),
-                    format!("{}\n", r.label()).as_bytes(),
-                ));
-                self.dirty.push(sid);
-                return;
+                self.finish_attempt(now, s, Outcome::Cancelled);
+                self.teardown(net, now, s, true);
+            }
+            StepError::Leg(le) => {
+                self.stats.refuse(le.refusal());
+                self.finish_attempt(now, s, Outcome::Cancelled);
+                self.teardown(net, now, s, true);
             }
         }
-        let r = match e {
-            StepError::Refused(r) => r,
-            StepError::Leg(le) | StepError::Up(le) => classify(&le),
-        };
-        self.stats.refuse(r);
-        self.teardown(net, now, s, true);
     }
 
     fn step<N: Net<Conn = C>>(
@@ -751,11 +1229,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if !up.connected {
                 return Ok(());
             }
-            up.handshake(net, &mut self.scratch)?;
+            up.handshake(net, &mut self.scratch)
+                .map_err(StepError::Up)?;
             if up.is_handshaking() {
                 return Ok(());
             }
             self.note_resumption(up);
+            if let Some(a) = s.attempt.as_mut() {
+                a.connected_at = Some(now);
+                a.sent = true;
+            }
             if let Some(p) = s.preamble.take() {
                 s.to_up.splice(0..0, p);
             }
@@ -766,6 +1249,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Phase::Http => self.http(net, now, sid, s),
             _ => Ok(()),
         }
+    }
+
+    /// Changes when bytes moved on the session (read, handled or written).
+    fn io_mark(&self, s: &Session<C>) -> (u64, u64, usize, usize, usize, usize) {
+        (
+            self.stats.bytes_down_to_up,
+            self.stats.bytes_up_to_down,
+            s.d_in.len(),
+            s.u_in.len(),
+            s.to_up.len(),
+            s.to_down.len(),
+        )
     }
 
     fn note_resumption(&mut self, up: &Leg<C>) {
@@ -851,6 +1346,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.stats.upstream_connects += 1;
         self.by_conn.insert(up, (sid, Side::Up));
         s.up = Some(Leg::plain(up, false));
+        s.attempt = Some(self.begin_attempt(now, None, Vec::new(), ep, 1, 0, false));
         // Bytes after the preamble belong to the service.
         s.to_up = std::mem::take(&mut s.d_in);
         s.phase = Phase::Connecting;
@@ -899,6 +1395,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             && up.done_sending()
         {
             self.stats.completed += 1;
+            self.finish_attempt(now, s, Outcome::Complete);
             self.teardown(net, now, s, false);
         }
         Ok(())
@@ -942,6 +1439,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         moved = true;
                     }
                 }
+                if up.connected && !up.is_handshaking() {
+                    if let Some(a) = s.attempt.as_mut().filter(|a| a.connected_at.is_none()) {
+                        a.connected_at = Some(now);
+                    }
+                }
             }
             moved |= self.http_machine(net, now, sid, s)?;
             // Write what is owed.
@@ -951,6 +1453,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     let n = up.write(net, &s.to_up).map_err(StepError::Up)?;
                     s.to_up.drain(..n);
                     self.stats.bytes_down_to_up += n as u64;
+                    if n > 0 {
+                        if let Some(a) = s.attempt.as_mut() {
+                            a.sent = true;
+                        }
+                    }
                 } else {
                     up.flush(net).map_err(StepError::Up)?;
                 }
@@ -1027,17 +1534,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     s.d_in.drain(..len);
                     self.stats.requests += 1;
                     moved = true;
+                    h.head_started = None;
                     match self.dispatch(net, now, sid, s, &mut head) {
                         Ok(()) => {}
                         Err(r) => {
                             self.stats.refuse(r);
                             let h = s.http.as_mut().expect("an HTTP session");
                             h.close_after = true;
-                            s.to_down.extend_from_slice(&http::simple_response(
-                                r.status(),
-                                http::reason_phrase(r.status()),
-                                format!("{}\n", r.label()).as_bytes(),
-                            ));
+                            s.to_down
+                                .extend_from_slice(&http::error_response(r.status(), r.label()));
                             // The request's body, if any, is not read: the connection closes.
                             return Ok(true);
                         }
@@ -1069,24 +1574,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         // Response side.
         if h.resp == RespPhase::Head {
             match http::parse_response(&s.u_in, &http::Limits::default(), &h.method) {
-                Err(_) => {
-                    self.stats.refuse(Refusal::BadResponse);
-                    return Err(StepError::Refused(Refusal::BadResponse));
-                }
-                Ok(None) => {
-                    if s.up_eof {
-                        self.stats.refuse(Refusal::BadResponse);
-                        h.close_after = true;
-                        h.resp = RespPhase::Idle;
-                        h.req = ReqPhase::Head;
-                        s.to_down.extend_from_slice(&http::simple_response(
-                            502,
-                            "Bad Gateway",
-                            b"",
-                        ));
-                        return Ok(true);
-                    }
-                }
+                // A malformed head, or the upstream's end of stream before a whole one: the
+                // client gets a 502 (the attempt ends as reset before the response).
+                Err(_) => return Err(StepError::Upstream(Refusal::BadResponse)),
+                Ok(None) if s.up_eof => return Err(StepError::Upstream(Refusal::BadResponse)),
+                Ok(None) => {}
                 Ok(Some((head, len))) => {
                     s.u_in.drain(..len);
                     moved = true;
@@ -1094,6 +1586,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if head.status == 101 {
                         h.tunnel = true;
                         h.resp = RespPhase::Idle;
+                        h.request_deadline = None;
+                        self.finish_attempt(now, s, Outcome::Complete);
                         return Ok(true);
                     }
                     if head.is_interim() {
@@ -1113,7 +1607,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             let framer = h.resp_body.as_mut().expect("a body phase has a framer");
             let a = framer
                 .advance(&s.u_in)
-                .map_err(|_| StepError::Refused(Refusal::BadResponse))?;
+                .map_err(|_| StepError::Upstream(Refusal::BadResponse))?;
             if a.body_bytes > 0 {
                 s.to_down.extend(s.u_in.drain(..a.body_bytes));
                 moved = true;
@@ -1126,16 +1620,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
                 h.resp = RespPhase::Idle;
                 h.resp_body = None;
-                if let Some((svc, ep, start)) = h.lb.take() {
-                    let at = now_duration(now);
-                    if let Some(b) = self.balancers.get_mut(&svc) {
-                        b.finish(
-                            ep,
-                            now_duration(now).saturating_sub(now_duration(start)),
-                            at,
-                        );
-                    }
-                }
+                h.request_deadline = None;
+                self.finish_attempt(now, s, Outcome::Complete);
                 let h = s.http.as_mut().expect("an HTTP session");
                 if h.req != ReqPhase::Sent {
                     // The server answered before the body was sent: stop here.
@@ -1152,7 +1638,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 moved = true;
             } else if s.up_eof && s.u_in.is_empty() {
                 // Truncated response: the client must not take it as complete.
-                return Err(StepError::Refused(Refusal::BadResponse));
+                return Err(StepError::Upstream(Refusal::BadResponse));
             }
         }
         Ok(moved)
@@ -1179,39 +1665,43 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         // connections too, without dropping them.
         s.snap = self.publisher.load();
         let snap = s.snap.clone();
-        let (svc, ep, endpoint) = match &s.http.as_ref().expect("an HTTP session").target {
-            Target::Fixed {
-                service,
-                endpoint,
-                peer,
-            } => {
-                let svc = snap.service_id(service).ok_or(Refusal::UnknownService)?;
-                if !snap.authorize(svc, peer, Some((&head.method, head.path()))) {
-                    return Err(Refusal::Denied);
+        let listener_request = s.timeouts.request;
+        let (svc, ep, endpoint, candidates, request_timeout) =
+            match &s.http.as_ref().expect("an HTTP session").target {
+                Target::Fixed {
+                    service,
+                    endpoint,
+                    peer,
+                } => {
+                    let svc = snap.service_id(service).ok_or(Refusal::UnknownService)?;
+                    if !snap.authorize(svc, peer, Some((&head.method, head.path()))) {
+                        return Err(Refusal::Denied);
+                    }
+                    let local = snap.services[svc as usize]
+                        .endpoints
+                        .iter()
+                        .any(|e| e.via.is_none() && e.address == SocketAddr::V4(*endpoint));
+                    if !local {
+                        return Err(Refusal::EndpointNotLocal);
+                    }
+                    (svc, None, *endpoint, Vec::new(), listener_request)
                 }
-                let local = snap.services[svc as usize]
-                    .endpoints
-                    .iter()
-                    .any(|e| e.via.is_none() && e.address == SocketAddr::V4(*endpoint));
-                if !local {
-                    return Err(Refusal::EndpointNotLocal);
+                Target::Route => {
+                    let host = head.host().unwrap_or("").to_string();
+                    let hit = snap
+                        .route(&host, &head.method, head.target.as_str(), &*head)
+                        .ok_or(Refusal::NoRoute)?;
+                    let route = hit.route;
+                    let timeout = route.timeout.unwrap_or(listener_request);
+                    let (tsvc, ep, candidates) =
+                        self.pick(&snap, route, Some(head), s.client, now)?;
+                    let service = &snap.services[tsvc as usize];
+                    let SocketAddr::V4(addr) = service.endpoints[ep as usize].address else {
+                        return Err(Refusal::NoEndpoint);
+                    };
+                    (tsvc, Some(ep), addr, candidates, timeout)
                 }
-                (svc, None, *endpoint)
-            }
-            Target::Route => {
-                let host = head.host().unwrap_or("").to_string();
-                let hit = snap
-                    .route(&host, &head.method, head.target.as_str(), &*head)
-                    .ok_or(Refusal::NoRoute)?;
-                let route = hit.route;
-                let (tsvc, ep) = self.pick(&snap, route, Some(head), s.client, now)?;
-                let service = &snap.services[tsvc as usize];
-                let SocketAddr::V4(addr) = service.endpoints[ep as usize].address else {
-                    return Err(Refusal::NoEndpoint);
-                };
-                (tsvc, Some(ep), addr)
-            }
-        };
+            };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.next_u64());
         if matches!(s.http.as_ref().map(|h| &h.target), Some(Target::Route)) {
             http::ensure_request_id(head, &mut rng);
@@ -1222,6 +1712,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             let h = s.http.as_ref().expect("an HTTP session");
             h.up_endpoint == Some(endpoint) && h.up_reusable && !s.up_eof && s.up.is_some()
         };
+        let mut preamble_len = 0;
         if reuse {
             self.stats.upstream_reused += 1;
         } else {
@@ -1244,21 +1735,26 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             s.up_eof = false;
             s.u_in.clear();
             if let Some(p) = pre {
+                preamble_len = p.len();
                 s.to_up.extend_from_slice(&p);
             }
         }
+        let attempt = self.begin_attempt(
+            now,
+            ep.map(|e| (svc, e)),
+            candidates,
+            endpoint,
+            1,
+            preamble_len,
+            reuse,
+        );
+        s.attempt = Some(attempt);
         let h = s.http.as_mut().expect("an HTTP session");
         h.up_endpoint = Some(endpoint);
         h.up_reusable = head.keep_alive;
         h.client_keep_alive = head.keep_alive;
         h.method = head.method.clone();
-        h.lb = ep.map(|e| (svc, e, now));
-        if let Some((svc, ep, _)) = h.lb {
-            if let Some(b) = self.balancers.get_mut(&svc) {
-                b.start(ep);
-            }
-        }
-        let h = s.http.as_mut().expect("an HTTP session");
+        h.request_deadline = Some(now + request_timeout);
         http::write_request_head(head, &mut s.to_up, &[]);
         if head.upgrade.is_some() {
             // The body, if any, and the tunnel follow once the 101 arrives; until then the
@@ -1302,6 +1798,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
         abort: bool,
     ) {
+        self.finish_attempt(now, s, Outcome::Cancelled);
         s.closed = true;
         let legs = [Some(&mut s.down), s.up.as_mut()];
         for leg in legs.into_iter().flatten() {
@@ -1341,9 +1838,58 @@ impl HttpState {
             client_keep_alive: true,
             up_endpoint: None,
             up_reusable: false,
-            lb: None,
+            head_started: None,
+            request_deadline: None,
             close_after: false,
             tunnel: false,
+        }
+    }
+}
+
+/// The session's next deadline and which timeout it is, from its state alone.
+fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
+    let t = &s.timeouts;
+    match s.phase {
+        Phase::Handshake => Some((s.accepted_at + t.handshake, Expiry::Handshake)),
+        Phase::Connecting => s
+            .attempt
+            .as_ref()
+            .map(|a| (a.started + t.connect, Expiry::Connect)),
+        Phase::Pipe => Some((s.last_io + t.tcp_idle, Expiry::TcpIdle)),
+        Phase::Http => {
+            let h = s.http.as_ref()?;
+            if h.tunnel {
+                return Some((s.last_io + t.tcp_idle, Expiry::TcpIdle));
+            }
+            let mut best: Option<(Instant, Expiry)> = None;
+            let mut take = |due: Instant, what| {
+                if best.is_none_or(|(b, _)| due < b) {
+                    best = Some((due, what));
+                }
+            };
+            if let Some(a) = s.attempt.as_ref().filter(|a| a.connected_at.is_none()) {
+                take(a.started + t.connect, Expiry::Connect);
+            }
+            if h.resp == RespPhase::Head {
+                if let Some(d) = h.request_deadline {
+                    take(d, Expiry::Request);
+                }
+            }
+            if h.req == ReqPhase::Body || h.resp == RespPhase::Body {
+                take(s.last_io + t.body_stall, Expiry::BodyStall);
+            }
+            if h.req != ReqPhase::Body && h.resp == RespPhase::Idle {
+                if h.close_after {
+                    // Closing: the last response must drain; a client that never reads
+                    // is cut like a stalled body.
+                    take(s.last_io + t.body_stall, Expiry::BodyStall);
+                } else if let Some(st) = h.head_started {
+                    take(st + t.request_head, Expiry::RequestHead);
+                } else {
+                    take(s.last_io + t.idle, Expiry::Idle);
+                }
+            }
+            best
         }
     }
 }
@@ -1354,9 +1900,12 @@ fn now_duration(now: Instant) -> Duration {
 
 enum StepError {
     Refused(Refusal),
+    /// The client's leg (or, in a TCP pipe, either leg) failed.
     Leg(LegError),
-    /// The upstream leg of an HTTP session failed.
+    /// The upstream leg failed.
     Up(LegError),
+    /// The upstream broke the protocol (malformed or truncated response).
+    Upstream(Refusal),
 }
 
 impl From<LegError> for StepError {

@@ -1052,6 +1052,25 @@ pub fn simple_response(status: u16, reason: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The response the gateway itself gives when it cannot serve a request: `status`, the
+/// reason in an `x-xdpmesh-error` header and as the body, `connection: close`.
+pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
+    let body = format!("{reason}\n");
+    let mut out = Vec::with_capacity(128 + body.len());
+    out.extend_from_slice(format!("HTTP/1.1 {status:03} {}\r\n", reason_phrase(status)).as_bytes());
+    push_header(
+        &mut out,
+        "content-length",
+        body.len().to_string().as_bytes(),
+    );
+    push_header(&mut out, "content-type", b"text/plain; charset=utf-8");
+    push_header(&mut out, "x-xdpmesh-error", reason.as_bytes());
+    push_header(&mut out, "connection", b"close");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,9 @@ pub struct EwmaConfig {
     pub tau: Duration,
     /// The estimate of an endpoint that has not answered yet.
     pub default_rtt: Duration,
+    /// The latency a failed attempt counts as (peak-sensitive, so it counts at once and
+    /// steers p2c away from an endpoint that fails fast).
+    pub failure_penalty: Duration,
 }
 
 impl Default for EwmaConfig {
@@ -85,6 +88,7 @@ impl Default for EwmaConfig {
         Self {
             tau: Duration::from_secs(10),
             default_rtt: Duration::from_millis(5),
+            failure_penalty: Duration::from_secs(1),
         }
     }
 }
@@ -208,6 +212,19 @@ impl Balancer {
                 _ => sample,
             };
             e.stamp = Some(now);
+        }
+    }
+
+    /// An attempt on `ep` failed (no response): no longer outstanding, and counted as a
+    /// [`EwmaConfig::failure_penalty`] latency.
+    pub fn fail(&mut self, ep: u32, now: Duration) {
+        self.finish(ep, self.ewma_cfg.failure_penalty, now);
+    }
+
+    /// An attempt on `ep` was given up by the client: no longer outstanding, no sample.
+    pub fn cancel(&mut self, ep: u32) {
+        if let Some(o) = self.outstanding.get_mut(ep as usize) {
+            *o = o.saturating_sub(1);
         }
     }
 
@@ -575,6 +592,28 @@ mod tests {
             (0..4).map(|e| b.outstanding(e)).collect::<Vec<_>>(),
             [10, 10, 10, 10]
         );
+    }
+
+    #[test]
+    fn failed_and_cancelled_attempts_are_no_longer_outstanding() {
+        let eps = [Endpoint { weight: 1, id: 1 }, Endpoint { weight: 1, id: 2 }];
+        let mut b = Balancer::new(LbPolicy::P2cEwma, &eps, 7);
+        let now = Duration::from_secs(1);
+        b.start(0);
+        b.start(0);
+        b.start(1);
+        b.fail(0, now);
+        b.cancel(0);
+        b.finish(1, Duration::from_millis(2), now);
+        assert_eq!((b.outstanding(0), b.outstanding(1)), (0, 0));
+        // A failure counts as the penalty latency: p2c now prefers the endpoint that answered.
+        let slow = b.rtt_estimate(0, now).unwrap();
+        assert_eq!(slow, EwmaConfig::default().failure_penalty);
+        assert!(b.rtt_estimate(1, now).unwrap() < slow);
+        let picks = (0..100)
+            .filter(|_| b.pick(&[0, 1], None, now) == Some(1))
+            .count();
+        assert_eq!(picks, 100, "p2c with two candidates picks the cheaper one");
     }
 
     #[test]

@@ -10,12 +10,24 @@ use std::io::{self, Read, Write};
 const OUT_LIMIT: usize = 64 * 1024;
 
 /// Why a leg failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum LegError {
     /// The transport reset.
     Reset,
-    /// TLS failed (handshake, certificate, record); the message is rustls's.
-    Tls(String),
+    /// TLS failed (handshake, certificate, record): rustls's own error, kept typed.
+    Tls(rustls::Error),
+}
+
+impl LegError {
+    /// The refusal a failure of this leg is counted (and answered) as.
+    pub fn refusal(&self) -> crate::engine::Refusal {
+        use crate::engine::Refusal;
+        match self {
+            LegError::Reset => Refusal::UpstreamReset,
+            LegError::Tls(e) if crate::tls::identity_mismatch(e).is_some() => Refusal::PeerIdentity,
+            LegError::Tls(_) => Refusal::TlsHandshake,
+        }
+    }
 }
 
 pub struct Leg<C> {
@@ -85,7 +97,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
                 }
             }
             if let Err(e) = fed.and_then(|_| tls.process_new_packets().map(|_| ())) {
-                break Err(LegError::Tls(e.to_string()));
+                break Err(LegError::Tls(e));
             }
             if !self.inbuf.is_empty() || !tls.wants_read() || self.net_eof {
                 break Ok(());
@@ -145,7 +157,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Ok(0)),
-            Err(e) => Err(LegError::Tls(e.to_string())),
+            // rustls's reader fails this way only after an error it already reported.
+            Err(e) => Err(LegError::Tls(rustls::Error::General(e.to_string()))),
         }
     }
 

@@ -305,7 +305,7 @@ impl Net for KernelNet {
 pub struct KernelWorker {
     pub net: KernelNet,
     pub engine: mesh::engine::Engine<KConn>,
-    start: std::time::Instant,
+    clock: crate::clock::Clock,
 }
 
 impl KernelWorker {
@@ -333,18 +333,27 @@ impl KernelWorker {
         Ok(KernelWorker {
             net,
             engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
-            start: std::time::Instant::now(),
+            clock: crate::clock::Clock::start(),
         })
     }
 
     fn now(&self) -> Instant {
-        Instant::from_micros(self.start.elapsed().as_micros() as u64)
+        self.clock.now()
     }
 
     /// One round: wait for readiness (up to `timeout`), handle events, move bytes.
     pub fn poll_once(&mut self, timeout: Duration) -> io::Result<()> {
+        // Sleep no longer than the engine's next deadline.
+        let now = self.now();
+        let timeout = match self.engine.poll_timeout() {
+            Some(t) => timeout.min(t.saturating_duration_since(now)),
+            None => timeout,
+        };
         self.net.poll_io(Some(timeout))?;
         let now = self.now();
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(&mut self.net, now);
+        }
         while let Some(ev) = self.net.poll_event() {
             if !self.engine.handle(&mut self.net, now, ev) {
                 // Not the engine's (a listener kind it does not serve): refuse.
