@@ -642,3 +642,56 @@ fn ephemeral_ports_respect_the_port_filter() {
         Err(Error::NoPortsFree)
     );
 }
+
+#[test]
+fn an_active_open_reuses_our_time_wait_once_the_ports_run_out() {
+    let mut ca = stack_config(A_MAC, A_IP, 1);
+    ca.ephemeral_ports = (40000, 40003);
+    let mut sim = Sim::with_configs(21, LinkConfig::default(), ca, stack_config(B_MAC, B_IP, 2));
+    // A opens and closes first four times: four tuples in A's TIME-WAIT, every port taken.
+    for i in 0..4 {
+        let (a, b) = if i == 0 {
+            establish(&mut sim, 80)
+        } else {
+            let a = sim.a.connect(sim.now, addr(B_IP, 80)).unwrap();
+            let (_, eb) = run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+                ea.contains(&Event::Connected(a))
+                    && eb.iter().any(|e| matches!(e, Event::Accepted { .. }))
+            });
+            let b = eb
+                .iter()
+                .find_map(|e| match e {
+                    Event::Accepted { id, .. } => Some(*id),
+                    _ => None,
+                })
+                .unwrap();
+            (a, b)
+        };
+        sim.a.close(sim.now, a).unwrap();
+        run_until(&mut sim, Duration::from_secs(5), |_, eb| {
+            eb.contains(&Event::PeerClosed(b))
+        });
+        sim.b.close(sim.now, b).unwrap();
+        run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+            ea.contains(&Event::Closed(a)) && eb.contains(&Event::Closed(b))
+        });
+    }
+    assert_eq!(sim.a.time_wait_count(), 4);
+    // Within a second of the last close nothing may be reused.
+    assert_eq!(
+        sim.a.connect(sim.now, addr(B_IP, 80)),
+        Err(Error::NoPortsFree)
+    );
+    // A second later the oldest-found tuple is taken over and the new connection works.
+    sim.advance(Duration::from_secs(1));
+    let a2 = sim
+        .a
+        .connect(sim.now, addr(B_IP, 80))
+        .expect("a TIME-WAIT tuple is reused");
+    let (ea, eb) = run_until(&mut sim, Duration::from_secs(5), |ea, eb| {
+        !ea.is_empty() && eb.iter().any(|e| matches!(e, Event::Accepted { .. }))
+    });
+    assert_eq!(ea, vec![Event::Connected(a2)], "B accepted: {eb:?}");
+    assert_eq!(sim.a.time_wait_count(), 3);
+    assert_eq!(sim.a.stats().get(Counter::TimeWaitReused), 1);
+}
