@@ -236,7 +236,7 @@ pub struct Listener {
 /// |---|---|---|---|
 /// | `request_head` | 10 s | first byte of a request head to its end | 408, close |
 /// | `idle` | 60 s | a keep-alive client connection between requests | close |
-/// | `request` | 15 s | routed request until the response head (all attempts) | 504 |
+/// | `request` | 15 s | from the end of the request (head, or body when it has one) to the response head, all attempts | 504 |
 /// | `connect` | 2 s | upstream SYN to established, TLS handshake included on mesh hops | next attempt, else 503 |
 /// | `handshake` | 5 s | `mesh` listener: TLS handshake and preamble | close |
 /// | `body_stall` | 30 s | no body byte moved in either direction while one is owed | cut |

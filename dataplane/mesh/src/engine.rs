@@ -376,7 +376,11 @@ struct HttpState {
     up_reusable: bool,
     /// When the current request head's first byte arrived (request_head timeout).
     head_started: Option<Instant>,
-    /// When the request in flight must have its response head (request timeout).
+    /// The request timeout of the request in flight (the route's, else the listener's).
+    request_timeout: Duration,
+    /// When the request in flight must have its response head: the request timeout counts
+    /// from when the request was sent whole (as Envoy's route timeout does), so a slow
+    /// upload is bounded by the body stall timeout instead.
     request_deadline: Option<Instant>,
     /// After this response, close the client connection.
     close_after: bool,
@@ -588,6 +592,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 self.teardown(net, now, s, false);
             }
         }
+    }
+
+    /// Attempts the balancer of service `svc` counts as outstanding on endpoint `ep` (`None`
+    /// when no balancer of the current tables exists for it yet).
+    pub fn outstanding(&self, svc: u32, ep: u32) -> Option<u32> {
+        self.balancers.get(&svc).map(|b| b.outstanding(ep))
     }
 
     /// Sessions in progress.
@@ -1562,6 +1572,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if a.done {
                         h.req = ReqPhase::Sent;
                         h.req_body = None;
+                        if h.resp == RespPhase::Head {
+                            h.request_deadline = Some(now + h.request_timeout);
+                        }
                         moved = true;
                     } else if s.down_eof && s.d_in.is_empty() {
                         // The client stopped mid-body: nothing good can follow.
@@ -1754,7 +1767,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         h.up_reusable = head.keep_alive;
         h.client_keep_alive = head.keep_alive;
         h.method = head.method.clone();
-        h.request_deadline = Some(now + request_timeout);
+        h.request_timeout = request_timeout;
         http::write_request_head(head, &mut s.to_up, &[]);
         if head.upgrade.is_some() {
             // The body, if any, and the tunnel follow once the 101 arrives; until then the
@@ -1765,6 +1778,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             h.req = ReqPhase::Body;
         } else {
             h.req = ReqPhase::Sent;
+        }
+        if h.req == ReqPhase::Sent {
+            h.request_deadline = Some(now + request_timeout);
         }
         h.resp = RespPhase::Head;
         Ok(())
@@ -1839,6 +1855,7 @@ impl HttpState {
             up_endpoint: None,
             up_reusable: false,
             head_started: None,
+            request_timeout: Duration::ZERO,
             request_deadline: None,
             close_after: false,
             tunnel: false,

@@ -1,0 +1,394 @@
+//! The engine on a virtual clock over [`MemNet`]: the test plays the client and the servers,
+//! decides when each upstream connect completes, fails or hangs, and moves time itself. Every
+//! timeout of the listener's table and every attempt outcome is checked here, with the
+//! balancer's bookkeeping (nothing left outstanding) after each.
+
+mod common;
+
+use common::{status, Gw, CLIENT};
+use control::snapshot::Timeouts;
+use mesh::engine::{Expiry, Outcome, Refusal, MAX_CONNECT_ATTEMPTS};
+use mesh::memnet::{EngineClose, MemConn};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+const TCP_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 5000);
+const EP1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 1), 8080);
+const EP2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 2), 8080);
+
+const TABLES: &str = r#"
+[[listener]]
+name = "web"
+bind = "10.0.0.1:80"
+protocol = "http"
+
+[[listener]]
+name = "raw"
+bind = "10.0.0.1:5000"
+protocol = "tcp"
+service = "web"
+
+[[service]]
+name = "web"
+hosts = ["web.test"]
+endpoints = [{ address = "10.0.3.1:8080" }, { address = "10.0.3.2:8080" }]
+
+[[route]]
+name = "fast"
+service = "web"
+match = { path = { prefix = "/fast" } }
+timeout = "1s"
+
+[[route]]
+service = "web"
+"#;
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n";
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// A request answered by an accepted upstream.
+fn served(gw: &mut Gw) -> (MemConn, MemConn) {
+    let c = gw.client();
+    gw.send(c, GET);
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.settle();
+    assert!(gw.take(u).starts_with("GET / HTTP/1.1\r\n"));
+    gw.send(u, OK);
+    assert_eq!(status(&gw.take(c)), 200);
+    (c, u)
+}
+
+#[test]
+fn a_complete_response_ends_its_attempt_once() {
+    let mut gw = Gw::new(TABLES);
+    served(&mut gw);
+    let s = gw.stats();
+    assert_eq!(s.attempts(Outcome::Complete), 1);
+    assert_eq!(Outcome::ALL.iter().map(|&o| s.attempts(o)).sum::<u64>(), 1);
+    gw.balanced();
+}
+
+#[test]
+fn request_timeout_gives_504_at_the_deadline_and_the_route_overrides_it() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    gw.send(c, GET);
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.settle();
+    gw.advance(t.request - Duration::from_millis(1));
+    assert_eq!(gw.take(c), "", "nothing before the deadline");
+    gw.advance(Duration::from_millis(1));
+    let resp = gw.take(c);
+    assert_eq!(status(&resp), 504, "{resp}");
+    assert!(resp.contains("x-xdpmesh-error: request_timeout"));
+    assert_eq!(
+        gw.net.closed(u),
+        Some(EngineClose::Abort),
+        "the attempt is cut"
+    );
+    let s = gw.stats();
+    assert_eq!(s.timeouts(Expiry::Request), 1);
+    assert_eq!(s.attempts(Outcome::TimedOut), 1);
+    assert_eq!(s.refused(Refusal::RequestTimeout), 1);
+    gw.balanced();
+
+    // A route's own timeout (1 s on /fast).
+    let c = gw.client();
+    gw.send(c, b"GET /fast HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.advance(Duration::from_millis(999));
+    assert_eq!(gw.take(c), "");
+    gw.advance(Duration::from_millis(1));
+    assert_eq!(status(&gw.take(c)), 504);
+    gw.balanced();
+}
+
+#[test]
+fn a_connect_that_fails_is_retried_on_the_other_endpoint() {
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    gw.send(c, GET);
+    let (u1, first) = gw.pending();
+    gw.net.peer_reset(u1);
+    gw.settle();
+    let (u2, second) = gw.pending();
+    let mut both = [first, second];
+    both.sort();
+    assert_eq!(both, [EP1, EP2], "the retry picks the other endpoint");
+    gw.net.peer_accept(u2);
+    gw.settle();
+    assert!(
+        gw.take(u2).starts_with("GET / "),
+        "the whole request goes to the new attempt"
+    );
+    gw.send(u2, OK);
+    assert_eq!(status(&gw.take(c)), 200);
+    let s = gw.stats();
+    assert_eq!(s.retries, 1);
+    assert_eq!(s.attempts(Outcome::ConnectFailed), 1);
+    assert_eq!(s.attempts(Outcome::Complete), 1);
+    assert_eq!(s.refused(Refusal::ConnectFailed), 0);
+    gw.balanced();
+}
+
+#[test]
+fn connect_timeouts_retry_then_answer_503() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    gw.send(c, GET);
+    for attempt in 1..=MAX_CONNECT_ATTEMPTS {
+        let (u, _) = gw.pending();
+        gw.advance(t.connect - Duration::from_millis(1));
+        assert_eq!(gw.net.closed(u), None, "attempt {attempt} still connecting");
+        gw.advance(Duration::from_millis(1));
+        assert_eq!(gw.net.closed(u), Some(EngineClose::Abort));
+    }
+    let resp = gw.take(c);
+    assert_eq!(status(&resp), 503, "{resp}");
+    assert!(resp.contains("x-xdpmesh-error: connect_timeout"));
+    assert!(gw.net.pending_connects().is_empty());
+    let s = gw.stats();
+    assert_eq!(s.timeouts(Expiry::Connect), u64::from(MAX_CONNECT_ATTEMPTS));
+    assert_eq!(
+        s.attempts(Outcome::ConnectFailed),
+        u64::from(MAX_CONNECT_ATTEMPTS)
+    );
+    assert_eq!(s.retries, u64::from(MAX_CONNECT_ATTEMPTS) - 1);
+    gw.balanced();
+}
+
+#[test]
+fn resets_before_and_during_the_response() {
+    let mut gw = Gw::new(TABLES);
+    // Before: the client gets a 502 (the request had left: no retry).
+    let c = gw.client();
+    gw.send(c, GET);
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.settle();
+    gw.take(u);
+    gw.net.peer_reset(u);
+    gw.settle();
+    let resp = gw.take(c);
+    assert_eq!(status(&resp), 502, "{resp}");
+    assert!(resp.contains("x-xdpmesh-error: upstream_reset"));
+    assert_eq!(gw.stats().attempts(Outcome::ResetBeforeResponse), 1);
+    assert_eq!(gw.stats().retries, 0);
+    gw.balanced();
+
+    // During: the client's connection is cut, not ended as if complete.
+    let c = gw.client();
+    gw.send(c, GET);
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.settle();
+    gw.take(u);
+    gw.send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+    assert!(gw.take(c).ends_with("abc"));
+    gw.net.peer_reset(u);
+    gw.settle();
+    assert_eq!(gw.net.closed(c), Some(EngineClose::Abort));
+    assert_eq!(gw.stats().attempts(Outcome::ResetMidResponse), 1);
+    gw.balanced();
+
+    // A malformed response head: 502, counted as bad_response.
+    let c = gw.client();
+    gw.send(c, GET);
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.send(u, b"NOT HTTP\r\n\r\n");
+    assert_eq!(status(&gw.take(c)), 502);
+    assert_eq!(gw.stats().refused(Refusal::BadResponse), 1);
+    gw.balanced();
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_the_attempt() {
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    gw.send(c, GET);
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.settle();
+    gw.net.peer_reset(c);
+    gw.settle();
+    assert_eq!(gw.net.closed(u), Some(EngineClose::Abort));
+    assert_eq!(gw.stats().attempts(Outcome::Cancelled), 1);
+    assert_eq!(gw.engine.active(), 0, "the session is gone");
+    gw.balanced();
+}
+
+#[test]
+fn a_head_that_never_ends_gets_408_at_the_head_timeout() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    // One byte every 3 s: progress does not extend the head's deadline.
+    let mut sent = Duration::ZERO;
+    for b in b"GET / HTTP/1.1\r\nHost" {
+        if sent >= t.request_head {
+            break;
+        }
+        gw.send(c, &[*b]);
+        assert_eq!(gw.take(c), "");
+        gw.advance(Duration::from_secs(3));
+        sent += Duration::from_secs(3);
+    }
+    let resp = gw.take(c);
+    assert_eq!(status(&resp), 408, "{resp}");
+    assert!(gw.net.shut(c), "closed after the 408");
+    assert_eq!(gw.stats().timeouts(Expiry::RequestHead), 1);
+    assert!(gw.net.pending_connects().is_empty(), "nothing was routed");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    let (c, _) = served(&mut gw);
+    gw.advance(t.idle - Duration::from_millis(1));
+    assert!(!gw.net.shut(c));
+    gw.advance(Duration::from_millis(1));
+    assert!(gw.net.shut(c), "a graceful close");
+    assert_eq!(gw.stats().timeouts(Expiry::Idle), 1);
+}
+
+#[test]
+fn a_stalled_body_is_cut() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    gw.send(
+        c,
+        b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 100\r\n\r\nhalf",
+    );
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.settle();
+    gw.take(u);
+    // Body bytes keep it alive...
+    gw.advance(t.body_stall - Duration::from_secs(1));
+    gw.send(c, b"more");
+    gw.advance(t.body_stall - Duration::from_secs(1));
+    assert_eq!(gw.net.closed(c), None);
+    // ...silence does not.
+    gw.advance(Duration::from_secs(1));
+    assert_eq!(gw.net.closed(c), Some(EngineClose::Abort));
+    assert_eq!(gw.net.closed(u), Some(EngineClose::Abort));
+    assert_eq!(gw.stats().timeouts(Expiry::BodyStall), 1);
+    gw.balanced();
+}
+
+#[test]
+fn a_client_that_never_reads_the_last_response_is_cut() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    gw.net.window = 16;
+    let c = gw.client();
+    gw.send(
+        c,
+        b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+    );
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.settle();
+    gw.send(u, OK);
+    // The client takes nothing: the response cannot drain.
+    gw.advance(t.body_stall);
+    assert_eq!(gw.net.closed(c), Some(EngineClose::Abort));
+    assert_eq!(gw.engine.active(), 0);
+}
+
+#[test]
+fn a_tcp_connection_idle_for_tcp_idle_is_closed_on_both_sides() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    let c = gw.net.peer_connect(CLIENT, TCP_LISTEN);
+    gw.settle();
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.send(c, b"ping");
+    assert_eq!(gw.take(u), "ping");
+    gw.advance(t.tcp_idle - Duration::from_secs(1));
+    assert_eq!(gw.net.closed(c), None);
+    gw.advance(Duration::from_secs(1));
+    assert_eq!(gw.net.closed(c), Some(EngineClose::Close));
+    assert_eq!(gw.net.closed(u), Some(EngineClose::Close));
+    assert_eq!(gw.stats().timeouts(Expiry::TcpIdle), 1);
+    gw.balanced();
+}
+
+#[test]
+fn a_tcp_connect_that_fails_is_retried_and_the_client_bytes_follow() {
+    let mut gw = Gw::new(TABLES);
+    let c = gw.net.peer_connect(CLIENT, TCP_LISTEN);
+    gw.settle();
+    gw.send(c, b"early bytes");
+    let (u1, first) = gw.pending();
+    gw.net.peer_reset(u1);
+    gw.settle();
+    let (u2, second) = gw.pending();
+    assert_ne!(first, second);
+    assert!([EP1, EP2].contains(&second));
+    gw.net.peer_accept(u2);
+    gw.settle();
+    assert_eq!(gw.take(u2), "early bytes");
+    assert_eq!(gw.stats().retries, 1);
+    // While connected, the balancer counts the connection; its end releases it.
+    gw.net.peer_shutdown(c);
+    gw.net.peer_shutdown(u2);
+    gw.settle();
+    assert_eq!(gw.engine.active(), 0);
+    assert_eq!(gw.stats().attempts(Outcome::Complete), 1);
+    gw.balanced();
+}
+
+#[test]
+fn a_request_timeout_on_one_client_does_not_touch_another() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    let slow = gw.client();
+    gw.send(slow, GET);
+    let (us, _) = gw.pending();
+    gw.net.peer_accept(us);
+    gw.advance(t.request / 2);
+    let (fast, _) = served(&mut gw);
+    gw.advance(t.request / 2);
+    assert_eq!(status(&gw.take(slow)), 504);
+    assert_eq!(
+        gw.net.closed(fast),
+        None,
+        "the other client keeps its connection"
+    );
+    assert_eq!(
+        gw.net.closed(slow),
+        Some(EngineClose::Close),
+        "closed after its 504"
+    );
+    assert_eq!(gw.net.closed(us), Some(EngineClose::Abort));
+    assert_eq!(
+        gw.net.open_count(),
+        2,
+        "only the served client and its kept-alive upstream are open"
+    );
+}
+
+#[test]
+fn the_engine_sleeps_until_its_next_deadline_and_holds_none_when_idle() {
+    let mut gw = Gw::new(TABLES);
+    assert_eq!(gw.engine.poll_timeout(), None);
+    let c = gw.client();
+    let idle_at = gw.now + Timeouts::default().idle;
+    assert_eq!(gw.engine.poll_timeout(), Some(idle_at));
+    gw.net.peer_reset(c);
+    gw.settle();
+    // A stale entry may remain queued; handling it does nothing and leaves none behind.
+    gw.advance(Timeouts::default().idle);
+    assert_eq!(gw.engine.poll_timeout(), None);
+    assert_eq!(gw.engine.active(), 0);
+}
