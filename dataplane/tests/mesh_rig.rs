@@ -5,7 +5,9 @@
 //! echo through the mesh; a 90/10 split over 2000 requests lands within ±3 %; a header route
 //! wins over the split; an identity not on the allow list gets 403 and is counted while an
 //! allowed one passes; a client certificate from another CA is refused at B; a peer with a
-//! good certificate but an unknown SNI or a junk preamble is closed and counted; a capture of
+//! good certificate but an unknown SNI or a junk preamble is closed and counted; a server that
+//! never answers gives 504 at the route's timeout while another client is served, and a head
+//! sent one byte every 3 s is cut with 408 within the head timeout; a capture of
 //! the gateway-to-gateway link never shows a marker from the body; a table reload and a
 //! certificate rotation during 30 s of load each change behaviour with no failed request and
 //! no dropped connection. Needs root; under CI=true it must run. The rig's namespace names
@@ -52,6 +54,7 @@ struct Servers {
     nginx: Child,
     stop: Arc<AtomicBool>,
     echo: Option<std::thread::JoinHandle<()>>,
+    silent: Option<std::thread::JoinHandle<()>>,
     big_sha: Vec<u8>,
 }
 
@@ -105,6 +108,19 @@ impl Servers {
         });
         assert!(up.is_some(), "nginx did not start in xm-srv");
         let stop = Arc::new(AtomicBool::new(false));
+        // A server that accepts and never answers (the 504 check), on 8090.
+        let silent = srv.run(|| TcpListener::bind("10.10.3.2:8090").expect("silent bind"));
+        silent.set_nonblocking(true).unwrap();
+        let st = stop.clone();
+        let silent = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !st.load(Ordering::SeqCst) {
+                match silent.accept() {
+                    Ok((c, _)) => held.push(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
         let listener = srv.run(|| TcpListener::bind("10.10.3.2:5001").expect("echo bind"));
         listener.set_nonblocking(true).unwrap();
         let st = stop.clone();
@@ -127,6 +143,7 @@ impl Servers {
             nginx,
             stop,
             echo: Some(echo),
+            silent: Some(silent),
             big_sha,
         }
     }
@@ -140,8 +157,8 @@ impl Drop for Servers {
         unsafe { libc::kill(self.nginx.id() as i32, libc::SIGTERM) };
         let _ = self.nginx.wait();
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(e) = self.echo.take() {
-            let _ = e.join();
+        for t in [self.echo.take(), self.silent.take()].into_iter().flatten() {
+            let _ = t.join();
         }
     }
 }
@@ -323,12 +340,122 @@ id = "spiffe://rig.mesh/sa/forged"
 sources = ["10.10.1.4/32"]
 cert = "forged/cert.pem"
 key = "forged/key.pem"
+
+[[service]]
+name = "silent"
+hosts = ["silent.rig.mesh"]
+endpoints = [{ address = "10.10.3.2:8090", via = "gw-b" }]
+
+[[route]]
+name = "silent"
+service = "silent"
+timeout = "2s"
 "#,
     );
     text
 }
 
-const GWB_TABLES: &str = include_str!("../../scripts/rig/split-gwb-tables.toml");
+/// Gateway B's routing tables: scripts/rig/split-gwb-tables.toml plus the silent server.
+fn gwb_tables() -> String {
+    let mut text = include_str!("../../scripts/rig/split-gwb-tables.toml").to_owned();
+    text.push_str(
+        r#"
+[[service]]
+name = "silent"
+endpoints = [{ address = "10.10.3.2:8090" }]
+
+[[authorization]]
+service = "silent"
+allow = ["spiffe://rig.mesh/sa/client"]
+"#,
+    );
+    text
+}
+
+/// A request to a server that accepts and never answers gets a 504 from gateway A at the
+/// route's timeout (2 s), while another client is served meanwhile.
+fn silent_server_gives_504(cli: &NetNs, gwa: &NetNs) {
+    let before = metric(gwa, "xdpmesh_proxy_timeouts_total", "timeout=\"request\"");
+    let started = Instant::now();
+    let slow = {
+        let cli = NetNs::existing(cli.name()).unwrap();
+        std::thread::spawn(move || {
+            cli.exec_ok([
+                "curl",
+                "-s",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Host: silent.rig.mesh",
+                "http://10.10.1.1/",
+            ])
+            .expect("curl to the silent service")
+        })
+    };
+    // Another client is served while the first waits.
+    let ok = cli
+        .exec_ok(["curl", "-sf", "--max-time", "10", "http://10.10.1.1/"])
+        .expect("curl while another request hangs");
+    assert!(ok == "v1" || ok == "v2", "{ok}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served before the silent request timed out"
+    );
+    let code = slow.join().unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, "504", "a silent server gives 504");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        "504 at the route's 2 s timeout, took {took:?}"
+    );
+    assert!(metric(gwa, "xdpmesh_proxy_timeouts_total", "timeout=\"request\"") > before);
+}
+
+/// A client that sends its head one byte every 3 s is answered 408 and cut within the
+/// listener's request_head timeout (10 s, the default).
+fn slow_head_is_cut(cli: &NetNs) {
+    cli.run(|| {
+        let mut c = TcpStream::connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(GW_A, 80)),
+            Duration::from_secs(5),
+        )
+        .expect("connect gw-a");
+        // The pace under test: one byte, then up to 3 s for an answer.
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        for &b in b"GET / HTTP/1.1\r\nHost: web.rig.mesh\r\n".iter() {
+            if c.write_all(&[b]).is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    break;
+                }
+                Err(_) => {} // nothing within 3 s: send the next byte
+            }
+        }
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.read_to_end(&mut got);
+        let took = started.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 408"),
+            "408 for a slow head: {text:?}"
+        );
+        assert!(
+            took < Duration::from_secs(14),
+            "cut within the 10 s head timeout (+ one 3 s pace), took {took:?}"
+        );
+    });
+}
 
 fn xdpmesh(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
@@ -512,7 +639,7 @@ fn run_backend(backend: &str, work: &Path) {
     for ip in ["10.10.1.3/24", "10.10.1.4/24"] {
         let _ = cli.exec(["ip", "addr", "add", ip, "dev", "cli-gwa"]);
     }
-    put_tables(&gwb, GWB_TABLES, &state, "gwb-tables.toml");
+    put_tables(&gwb, &gwb_tables(), &state, "gwb-tables.toml");
     put_tables(&gwa, &gwa_tables(10), &state, "gwa-tables.toml");
 
     // 90/10 over 2000 requests: within ±3 %.
@@ -536,6 +663,10 @@ fn run_backend(backend: &str, work: &Path) {
         "the denial is counted at B"
     );
     assert_eq!(status_from(&cli, "10.10.1.2"), "200");
+
+    // Timeouts: a silent server gives 504, a slow head is cut with 408.
+    silent_server_gives_504(&cli, &gwa);
+    slow_head_is_cut(&cli);
 
     // A client certificate from another CA: B refuses the handshake; A answers 502.
     let tls_before = metric(
