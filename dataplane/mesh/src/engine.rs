@@ -277,6 +277,69 @@ impl Expiry {
 /// request left: the first and up to two more, on another endpoint where there is one.
 pub const MAX_CONNECT_ATTEMPTS: u8 = 3;
 
+/// What happened, for telemetry (access logs, per-route metrics, traces), drained with
+/// [`Engine::poll_event`]. Queued only while the caller asks for them
+/// ([`Engine::set_event_capacity`]), so an engine nobody listens to builds none; a full queue
+/// drops the oldest event and counts it in [`ProxyStats::events_dropped`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A client connection was accepted on a listener.
+    Opened {
+        listener: Arc<str>,
+        client: SocketAddrV4,
+        at: Instant,
+    },
+    /// A client connection ended; `clean`: both sides finished (no reset, no cut).
+    Closed {
+        listener: Arc<str>,
+        client: SocketAddrV4,
+        opened: Instant,
+        at: Instant,
+        clean: bool,
+    },
+    /// A connection was refused at accept (no service, no endpoint, no TLS configuration...).
+    Refused {
+        listener: Arc<str>,
+        client: SocketAddrV4,
+        reason: Refusal,
+        at: Instant,
+    },
+    /// An HTTP request ended: answered by the upstream, answered by the gateway (an error
+    /// status), or cut mid-response.
+    Request(Box<RequestEvent>),
+}
+
+/// One HTTP request, as [`Event::Request`] reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestEvent {
+    pub listener: Arc<str>,
+    pub client: SocketAddrV4,
+    pub method: String,
+    /// The request target as received.
+    pub target: String,
+    /// The route's name, when it has one.
+    pub route: Option<String>,
+    /// The service the request went to (by name).
+    pub service: Option<String>,
+    pub endpoint: Option<SocketAddrV4>,
+    /// The status the client got; `None` when the response was cut.
+    pub status: Option<u16>,
+    /// Why the gateway answered itself or cut, when it did.
+    pub refusal: Option<Refusal>,
+    /// Upstream attempts made (0: refused before routing).
+    pub attempts: u8,
+    /// Body bytes from the client and to the client.
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// From the end of the request head to the end of the response (or the error).
+    pub start: Instant,
+    pub end: Instant,
+    pub request_id: Option<String>,
+    /// The caller's SPIFFE ID: the peer gateway's client identity on a mesh listener, the
+    /// identity of the client's source address on an outbound one.
+    pub identity: Option<String>,
+}
+
 /// Counters of one engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProxyStats {
@@ -295,6 +358,8 @@ pub struct ProxyStats {
     pub retries: u64,
     /// Timeouts that expired, by [`Expiry`].
     pub timeouts: [u64; Expiry::ALL.len()],
+    /// Events dropped because the queue was full.
+    pub events_dropped: u64,
 }
 
 impl ProxyStats {
@@ -376,6 +441,8 @@ struct HttpState {
     up_reusable: bool,
     /// When the current request head's first byte arrived (request_head timeout).
     head_started: Option<Instant>,
+    /// The request in flight, as its event will report it (only while events are on).
+    record: Option<Box<RequestEvent>>,
     /// The request timeout of the request in flight (the route's, else the listener's).
     request_timeout: Duration,
     /// When the request in flight must have its response head: the request timeout counts
@@ -410,6 +477,8 @@ struct Session<C> {
     attempt: Option<Attempt>,
     /// The listener's timeouts (from the tables the connection was accepted under).
     timeouts: Timeouts,
+    /// The listener's name, while events are on.
+    listener: Option<Arc<str>>,
     accepted_at: Instant,
     /// The last time bytes moved either way (idle, body stall and tcp_idle timeouts).
     last_io: Instant,
@@ -462,6 +531,8 @@ pub struct Engine<C> {
     /// deadline pushed back by progress costs nothing until the old entry comes up.
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     next_epoch: u64,
+    events: std::collections::VecDeque<Event>,
+    event_capacity: usize,
 }
 
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
@@ -483,7 +554,55 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             buf: vec![0; 64 * 1024],
             timers: BinaryHeap::new(),
             next_epoch: 0,
+            events: std::collections::VecDeque::new(),
+            event_capacity: 0,
         }
+    }
+
+    /// Queue up to `n` events for [`Engine::poll_event`] (0, the default: none are built).
+    pub fn set_event_capacity(&mut self, n: usize) {
+        self.event_capacity = n;
+        while self.events.len() > n {
+            self.events.pop_front();
+        }
+    }
+
+    /// The next thing that happened, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn events_on(&self) -> bool {
+        self.event_capacity > 0
+    }
+
+    fn emit(&mut self, e: Event) {
+        if self.event_capacity == 0 {
+            return;
+        }
+        if self.events.len() >= self.event_capacity {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    /// Ends the session's current request record: `status` is what the client got (`None`:
+    /// cut), `refusal` why the gateway answered itself or cut.
+    fn end_request(
+        &mut self,
+        now: Instant,
+        s: &mut Session<C>,
+        status: Option<u16>,
+        refusal: Option<Refusal>,
+    ) {
+        let Some(mut r) = s.http.as_mut().and_then(|h| h.record.take()) else {
+            return;
+        };
+        r.status = status;
+        r.refusal = refusal;
+        r.end = now;
+        self.emit(Event::Request(r));
     }
 
     /// The earliest instant at which [`Engine::handle_timeout`] has work: sleep no longer
@@ -551,6 +670,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 s.d_in.clear();
                 s.to_down
                     .extend_from_slice(&http::error_response(408, Refusal::HeadTimeout.label()));
+                self.answered_without_head(now, s, 408, Refusal::HeadTimeout);
             }
             Expiry::Idle => {
                 // A keep-alive connection with nothing in flight: close it gracefully.
@@ -820,6 +940,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             .as_ref()
             .is_some_and(|h| !h.tunnel && matches!(h.resp, RespPhase::Head));
         if !answerable {
+            // The response had begun: the client sees a cut.
+            self.end_request(now, s, None, Some(reason));
             self.teardown(net, now, s, true);
             return;
         }
@@ -836,6 +958,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s.to_up.clear();
         s.to_down
             .extend_from_slice(&http::error_response(reason.status(), reason.label()));
+        self.end_request(now, s, Some(reason.status()), Some(reason));
         self.dirty.push(sid);
     }
 
@@ -924,6 +1047,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             false,
         );
         s.attempt = Some(next);
+        if let Some(r) = s.http.as_mut().and_then(|h| h.record.as_mut()) {
+            r.attempts = a.number + 1;
+            r.endpoint = Some(endpoint);
+        }
         Ok(())
     }
 
@@ -966,6 +1093,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             closed: false,
             attempt: None,
             timeouts: listener.timeouts,
+            listener: self.events_on().then(|| Arc::from(listener.name.as_str())),
             accepted_at: now,
             last_io: now,
             scheduled: None,
@@ -974,19 +1102,38 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         match listener.protocol {
             Protocol::Tcp => {
                 let Some(svc) = listener.service else {
-                    return self.refuse_accept(net, conn, Refusal::NoService);
+                    return self.refuse_accept(
+                        net,
+                        now,
+                        (conn, remote, &listener.name),
+                        Refusal::NoService,
+                    );
                 };
                 let Some(service) = snap.services.get(svc as usize) else {
-                    return self.refuse_accept(net, conn, Refusal::NoService);
+                    return self.refuse_accept(
+                        net,
+                        now,
+                        (conn, remote, &listener.name),
+                        Refusal::NoService,
+                    );
                 };
                 let (tsvc, ep, candidates) =
                     match self.pick(&snap, &service.default_route, None, remote, now) {
                         Ok(x) => x,
-                        Err(r) => return self.refuse_accept(net, conn, r),
+                        Err(r) => {
+                            return self.refuse_accept(net, now, (conn, remote, &listener.name), r)
+                        }
                     };
                 let addr = match snap.services[tsvc as usize].endpoints[ep as usize].address {
                     SocketAddr::V4(a) => a,
-                    SocketAddr::V6(_) => return self.refuse_accept(net, conn, Refusal::NoEndpoint),
+                    SocketAddr::V6(_) => {
+                        return self.refuse_accept(
+                            net,
+                            now,
+                            (conn, remote, &listener.name),
+                            Refusal::NoEndpoint,
+                        )
+                    }
                 };
                 match self.open_upstream(net, now, &snap, (tsvc, ep), remote, false) {
                     Ok((up, preamble)) => {
@@ -1003,7 +1150,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             false,
                         ));
                     }
-                    Err(r) => return self.refuse_accept(net, conn, r),
+                    Err(r) => {
+                        return self.refuse_accept(net, now, (conn, remote, &listener.name), r)
+                    }
                 }
             }
             Protocol::Http => {
@@ -1016,12 +1165,31 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     .and_then(|i| self.tls.server(i));
                 let Some(tls) = server.and_then(|cfg| rustls::ServerConnection::new(cfg).ok())
                 else {
-                    return self.refuse_accept(net, conn, Refusal::NoTlsConfig);
+                    return self.refuse_accept(
+                        net,
+                        now,
+                        (conn, remote, &listener.name),
+                        Refusal::NoTlsConfig,
+                    );
                 };
                 session.down = Leg::tls(conn, tls.into(), true);
                 session.phase = Phase::Handshake;
             }
-            _ => return self.refuse_accept(net, conn, Refusal::UnsupportedListener),
+            _ => {
+                return self.refuse_accept(
+                    net,
+                    now,
+                    (conn, remote, &listener.name),
+                    Refusal::UnsupportedListener,
+                )
+            }
+        }
+        if let Some(l) = session.listener.clone() {
+            self.emit(Event::Opened {
+                listener: l,
+                client: remote,
+                at: now,
+            });
         }
         let sid = self.insert(session);
         self.by_conn.insert(conn, (sid, Side::Down));
@@ -1032,9 +1200,23 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         true
     }
 
-    fn refuse_accept<N: Net<Conn = C>>(&mut self, net: &mut N, conn: C, r: Refusal) -> bool {
+    fn refuse_accept<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        (conn, client, listener): (C, SocketAddrV4, &str),
+        r: Refusal,
+    ) -> bool {
         self.stats.refuse(r);
         net.abort(conn);
+        if self.events_on() {
+            self.emit(Event::Refused {
+                listener: Arc::from(listener),
+                client,
+                reason: r,
+                at: now,
+            });
+        }
         true
     }
 
@@ -1536,7 +1718,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             match http::parse_request(&s.d_in, &http::Limits::default()) {
                 Err(e) => {
                     self.stats.refuse(Refusal::BadRequest);
-                    self.http_error(s, e);
+                    self.http_error(now, s, e);
                     return Ok(true);
                 }
                 Ok(None) => {}
@@ -1545,6 +1727,26 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     self.stats.requests += 1;
                     moved = true;
                     h.head_started = None;
+                    if let Some(l) = s.listener.clone() {
+                        h.record = Some(Box::new(RequestEvent {
+                            listener: l,
+                            client: s.client,
+                            method: head.method.clone(),
+                            target: head.target.clone(),
+                            route: None,
+                            service: None,
+                            endpoint: None,
+                            status: None,
+                            refusal: None,
+                            attempts: 0,
+                            request_body_bytes: 0,
+                            response_body_bytes: 0,
+                            start: now,
+                            end: now,
+                            request_id: None,
+                            identity: None,
+                        }));
+                    }
                     match self.dispatch(net, now, sid, s, &mut head) {
                         Ok(()) => {}
                         Err(r) => {
@@ -1553,6 +1755,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             h.close_after = true;
                             s.to_down
                                 .extend_from_slice(&http::error_response(r.status(), r.label()));
+                            self.end_request(now, s, Some(r.status()), Some(r));
                             // The request's body, if any, is not read: the connection closes.
                             return Ok(true);
                         }
@@ -1568,6 +1771,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if a.body_bytes > 0 {
                         s.to_up.extend(s.d_in.drain(..a.body_bytes));
                         moved = true;
+                        if let Some(r) = h.record.as_mut() {
+                            r.request_body_bytes += a.body_bytes as u64;
+                        }
                     }
                     if a.done {
                         h.req = ReqPhase::Sent;
@@ -1601,6 +1807,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         h.resp = RespPhase::Idle;
                         h.request_deadline = None;
                         self.finish_attempt(now, s, Outcome::Complete);
+                        self.end_request(now, s, Some(101), None);
                         return Ok(true);
                     }
                     if head.is_interim() {
@@ -1613,6 +1820,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     }
                     h.resp_body = Some(BodyFramer::new(head.body));
                     h.resp = RespPhase::Body;
+                    if let Some(r) = h.record.as_mut() {
+                        r.status = Some(head.status);
+                    }
                 }
             }
         }
@@ -1624,6 +1834,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if a.body_bytes > 0 {
                 s.to_down.extend(s.u_in.drain(..a.body_bytes));
                 moved = true;
+                if let Some(r) = h.record.as_mut() {
+                    r.response_body_bytes += a.body_bytes as u64;
+                }
             }
             let ended_by_close = s.up_eof && s.u_in.is_empty() && framer.eof().is_ok();
             if a.done || ended_by_close {
@@ -1634,7 +1847,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 h.resp = RespPhase::Idle;
                 h.resp_body = None;
                 h.request_deadline = None;
+                let status = h.record.as_ref().and_then(|r| r.status);
                 self.finish_attempt(now, s, Outcome::Complete);
+                self.end_request(now, s, status, None);
                 let h = s.http.as_mut().expect("an HTTP session");
                 if h.req != ReqPhase::Sent {
                     // The server answered before the body was sent: stop here.
@@ -1657,11 +1872,48 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         Ok(moved)
     }
 
-    fn http_error(&mut self, s: &mut Session<C>, e: HttpError) {
+    fn http_error(&mut self, now: Instant, s: &mut Session<C>, e: HttpError) {
         let h = s.http.as_mut().expect("an HTTP session");
         h.close_after = true;
         s.to_down.extend_from_slice(&e.response());
         s.d_in.clear();
+        self.answered_without_head(now, s, e.status(), Refusal::BadRequest);
+    }
+
+    /// The event of a request the gateway answered before a whole head arrived (400, 431,
+    /// 408): method and target are unknown.
+    fn answered_without_head(
+        &mut self,
+        now: Instant,
+        s: &mut Session<C>,
+        status: u16,
+        refusal: Refusal,
+    ) {
+        let Some(listener) = s.listener.clone() else {
+            return;
+        };
+        let identity = match s.http.as_ref().map(|h| &h.target) {
+            Some(Target::Fixed { peer, .. }) => Some(peer.clone()),
+            _ => None,
+        };
+        self.emit(Event::Request(Box::new(RequestEvent {
+            listener,
+            client: s.client,
+            method: String::new(),
+            target: String::new(),
+            route: None,
+            service: None,
+            endpoint: None,
+            status: Some(status),
+            refusal: Some(refusal),
+            attempts: 0,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            start: now,
+            end: now,
+            request_id: None,
+            identity,
+        })));
     }
 
     /// Routes a request head and sends it upstream.
@@ -1679,6 +1931,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s.snap = self.publisher.load();
         let snap = s.snap.clone();
         let listener_request = s.timeouts.request;
+        let mut route_name = None;
         let (svc, ep, endpoint, candidates, request_timeout) =
             match &s.http.as_ref().expect("an HTTP session").target {
                 Target::Fixed {
@@ -1705,6 +1958,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         .route(&host, &head.method, head.target.as_str(), &*head)
                         .ok_or(Refusal::NoRoute)?;
                     let route = hit.route;
+                    if s.listener.is_some() {
+                        route_name = route.name.clone();
+                    }
                     let timeout = route.timeout.unwrap_or(listener_request);
                     let (tsvc, ep, candidates) =
                         self.pick(&snap, route, Some(head), s.client, now)?;
@@ -1763,6 +2019,21 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         );
         s.attempt = Some(attempt);
         let h = s.http.as_mut().expect("an HTTP session");
+        if let Some(r) = h.record.as_mut() {
+            r.service = Some(snap.services[svc as usize].name.clone());
+            r.route = route_name;
+            r.endpoint = Some(endpoint);
+            r.attempts = 1;
+            r.request_id = head
+                .header("x-request-id")
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            r.identity = match &h.target {
+                Target::Fixed { peer, .. } => Some(peer.clone()),
+                Target::Route => snap
+                    .identity_for_source(IpAddr::V4(*s.client.ip()))
+                    .map(|i| i.id.clone()),
+            };
+        }
         h.up_endpoint = Some(endpoint);
         h.up_reusable = head.keep_alive;
         h.client_keep_alive = head.keep_alive;
@@ -1815,6 +2086,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         abort: bool,
     ) {
         self.finish_attempt(now, s, Outcome::Cancelled);
+        // A request still in flight was cut (or its client went away).
+        self.end_request(now, s, None, None);
+        if let Some(l) = s.listener.clone() {
+            self.emit(Event::Closed {
+                listener: l,
+                client: s.client,
+                opened: s.accepted_at,
+                at: now,
+                clean: !abort,
+            });
+        }
         s.closed = true;
         let legs = [Some(&mut s.down), s.up.as_mut()];
         for leg in legs.into_iter().flatten() {
@@ -1855,6 +2137,7 @@ impl HttpState {
             up_endpoint: None,
             up_reusable: false,
             head_started: None,
+            record: None,
             request_timeout: Duration::ZERO,
             request_deadline: None,
             close_after: false,

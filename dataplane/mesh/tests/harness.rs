@@ -392,3 +392,86 @@ fn the_engine_sleeps_until_its_next_deadline_and_holds_none_when_idle() {
     assert_eq!(gw.engine.poll_timeout(), None);
     assert_eq!(gw.engine.active(), 0);
 }
+
+#[test]
+fn events_report_connections_and_requests_when_asked_for() {
+    use mesh::engine::Event;
+    let mut gw = Gw::new(TABLES);
+    gw.engine.set_event_capacity(64);
+    let (c, u) = served(&mut gw);
+    gw.send(c, b"GET /fast/x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n");
+    assert_eq!(status(&gw.take(c)), 404);
+    let _ = u;
+    let events: Vec<Event> = std::iter::from_fn(|| gw.engine.poll_event()).collect();
+    let Event::Opened {
+        listener, client, ..
+    } = &events[0]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!((&**listener, *client), ("web", CLIENT));
+    let requests: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.len(), 2, "{events:?}");
+    let ok = requests[0];
+    assert_eq!((ok.method.as_str(), ok.target.as_str()), ("GET", "/"));
+    assert_eq!(ok.status, Some(200));
+    assert_eq!(ok.service.as_deref(), Some("web"));
+    assert!(matches!(ok.endpoint, Some(e) if e == EP1 || e == EP2));
+    assert_eq!((ok.attempts, ok.response_body_bytes), (1, 2));
+    assert!(ok.request_id.as_deref().is_some_and(|id| id.len() == 32));
+    assert_eq!(ok.refusal, None);
+    let miss = requests[1];
+    assert_eq!(
+        (miss.status, miss.refusal),
+        (Some(404), Some(Refusal::NoRoute))
+    );
+    assert_eq!(miss.attempts, 0);
+    // The 404 closes the connection: a clean close.
+    assert!(
+        matches!(events.last(), Some(Event::Closed { clean: true, .. })),
+        "{events:?}"
+    );
+
+    // A full queue drops the oldest and counts it; no capacity, no events.
+    gw.engine.set_event_capacity(1);
+    served(&mut gw);
+    assert!(gw.stats().events_dropped > 0);
+    assert_eq!(std::iter::from_fn(|| gw.engine.poll_event()).count(), 1);
+    gw.engine.set_event_capacity(0);
+    served(&mut gw);
+    assert!(gw.engine.poll_event().is_none());
+}
+
+#[test]
+fn a_timed_out_request_is_an_event_with_its_reason() {
+    use mesh::engine::Event;
+    let mut gw = Gw::new(TABLES);
+    gw.engine.set_event_capacity(16);
+    let c = gw.client();
+    gw.send(c, b"GET /fast HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.advance(Duration::from_secs(1));
+    assert_eq!(status(&gw.take(c)), 504);
+    let r = std::iter::from_fn(|| gw.engine.poll_event())
+        .find_map(|e| match e {
+            Event::Request(r) => Some(r),
+            _ => None,
+        })
+        .expect("a request event");
+    assert_eq!(r.route.as_deref(), Some("fast"));
+    assert_eq!(
+        (r.status, r.refusal),
+        (Some(504), Some(Refusal::RequestTimeout))
+    );
+    assert_eq!(
+        r.end.saturating_duration_since(r.start),
+        Duration::from_secs(1)
+    );
+}
