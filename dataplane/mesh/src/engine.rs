@@ -386,16 +386,40 @@ enum Side {
     Up,
 }
 
+/// What a session is, with the state of that kind. An inbound mesh session starts as
+/// `MeshHandshake` and becomes `Tcp` or `Http` once the preamble says which.
+// Most sessions are HTTP: boxing its state would cost an allocation per connection for a
+// smaller TCP session, and sessions live in one slab anyway.
+#[allow(clippy::large_enum_variant)]
+enum Kind {
+    /// Inbound mesh: the peer's TLS handshake, then the preamble.
+    MeshHandshake,
+    Tcp(TcpPhase),
+    Http(HttpState),
+}
+
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-enum Phase {
-    /// Inbound mesh: TLS handshake, then the preamble.
-    Handshake,
-    /// Outbound TCP: waiting for the upstream TCP (and TLS) handshake.
+enum TcpPhase {
+    /// Waiting for the upstream TCP (and TLS) handshake; the attempt may be retried.
     Connecting,
-    /// TCP: bytes flow both ways.
+    /// Bytes flow both ways.
     Pipe,
-    /// HTTP: request/response exchanges.
-    Http,
+}
+
+impl Kind {
+    fn http(&self) -> Option<&HttpState> {
+        match self {
+            Kind::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    fn http_mut(&mut self) -> Option<&mut HttpState> {
+        match self {
+            Kind::Http(h) => Some(h),
+            _ => None,
+        }
+    }
 }
 
 /// Where an HTTP session sends its requests.
@@ -425,6 +449,8 @@ enum RespPhase {
     Idle,
     Head,
     Body,
+    /// A 101 answered the client's Upgrade: opaque bytes both ways from here on.
+    Tunnel,
 }
 
 struct HttpState {
@@ -451,13 +477,11 @@ struct HttpState {
     request_deadline: Option<Instant>,
     /// After this response, close the client connection.
     close_after: bool,
-    /// A 101 turned the session into a tunnel.
-    tunnel: bool,
 }
 
 struct Session<C> {
     snap: Arc<Snapshot>,
-    phase: Phase,
+    kind: Kind,
     client: SocketAddrV4,
     down: Leg<C>,
     up: Option<Leg<C>>,
@@ -471,7 +495,6 @@ struct Session<C> {
     up_eof: bool,
     /// Outbound to a peer: the preamble to send first.
     preamble: Option<Vec<u8>>,
-    http: Option<HttpState>,
     closed: bool,
     /// The upstream attempt in flight, if any: ended exactly once by `end_attempt`.
     attempt: Option<Attempt>,
@@ -509,6 +532,23 @@ struct Attempt {
     preamble_len: usize,
     /// A byte of the request reached the upstream: no transparent retry any more.
     sent: bool,
+}
+
+impl Attempt {
+    /// The first attempt at `endpoint`, connecting from `now`, that no balancer picked.
+    fn first(now: Instant, endpoint: SocketAddrV4) -> Attempt {
+        Attempt {
+            lb: None,
+            gen: 0,
+            candidates: Vec::new(),
+            endpoint,
+            started: now,
+            connected_at: None,
+            number: 1,
+            preamble_len: 0,
+            sent: false,
+        }
+    }
 }
 
 /// The proxy of one worker.
@@ -596,7 +636,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         status: Option<u16>,
         refusal: Option<Refusal>,
     ) {
-        let Some(mut r) = s.http.as_mut().and_then(|h| h.record.take()) else {
+        let Some(mut r) = s.kind.http_mut().and_then(|h| h.record.take()) else {
             return;
         };
         r.status = status;
@@ -663,7 +703,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Expiry::RequestHead => {
                 // RFC 9110 §15.5.9: 408 and close; nothing of the partial head is kept.
                 self.stats.refuse(Refusal::HeadTimeout);
-                if let Some(h) = s.http.as_mut() {
+                if let Some(h) = s.kind.http_mut() {
                     h.close_after = true;
                     h.head_started = None;
                 }
@@ -674,7 +714,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             Expiry::Idle => {
                 // A keep-alive connection with nothing in flight: close it gracefully.
-                if let Some(h) = s.http.as_mut() {
+                if let Some(h) = s.kind.http_mut() {
                     h.close_after = true;
                 }
             }
@@ -698,7 +738,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             Expiry::Handshake | Expiry::BodyStall => {
                 if s.attempt.is_some() {
-                    let o = if s.http.as_ref().is_some_and(|h| h.resp == RespPhase::Body) {
+                    let o = if s.kind.http().is_some_and(|h| h.resp == RespPhase::Body) {
                         Outcome::ResetMidResponse
                     } else {
                         Outcome::Cancelled
@@ -729,7 +769,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// after its response. TCP sessions run on until they end or the drain's deadline.
     pub fn drain_idle(&mut self) {
         for (sid, s) in self.sessions.iter_mut().enumerate() {
-            if let Some(h) = s.as_mut().and_then(|s| s.http.as_mut()) {
+            if let Some(h) = s.as_mut().and_then(|s| s.kind.http_mut()) {
                 h.close_after = true;
                 self.dirty.push(sid);
             }
@@ -838,42 +878,21 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             };
             return (Outcome::ConnectFailed, r);
         }
-        match s.http.as_ref() {
-            Some(h) if !h.tunnel && h.resp == RespPhase::Head => {
-                (Outcome::ResetBeforeResponse, reason)
-            }
+        match s.kind.http() {
+            Some(h) if h.resp == RespPhase::Head => (Outcome::ResetBeforeResponse, reason),
             _ => (Outcome::ResetMidResponse, reason),
         }
     }
 
-    /// Starts an attempt: the balancer counts it outstanding until `finish_attempt`.
-    #[allow(clippy::too_many_arguments)]
-    fn begin_attempt(
-        &mut self,
-        now: Instant,
-        lb: Option<(u32, u32)>,
-        candidates: Vec<u32>,
-        endpoint: SocketAddrV4,
-        number: u8,
-        preamble_len: usize,
-        connected: bool,
-    ) -> Attempt {
-        if let Some((svc, ep)) = lb {
+    /// Starts `a`: the balancer counts it outstanding until `finish_attempt`.
+    fn begin_attempt(&mut self, mut a: Attempt) -> Attempt {
+        if let Some((svc, ep)) = a.lb {
             if let Some(b) = self.balancers.get_mut(&svc) {
                 b.start(ep);
             }
         }
-        Attempt {
-            lb,
-            gen: self.balancer_gen,
-            candidates,
-            endpoint,
-            started: now,
-            connected_at: connected.then_some(now),
-            number,
-            preamble_len,
-            sent: false,
-        }
+        a.gen = self.balancer_gen;
+        a
     }
 
     /// Ends the session's attempt, if one is in flight, in `outcome`: the balancer's
@@ -893,7 +912,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     // Latency as the balancer sees it: to the response head (HTTP) or to
                     // the established connection (TCP).
                     Outcome::Complete => {
-                        let end = a.connected_at.filter(|_| s.http.is_none()).unwrap_or(now);
+                        let end = a
+                            .connected_at
+                            .filter(|_| s.kind.http().is_none())
+                            .unwrap_or(now);
                         b.finish(ep, end.saturating_duration_since(a.started), at)
                     }
                     Outcome::Cancelled => b.cancel(ep),
@@ -935,17 +957,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             return;
         }
         self.stats.refuse(reason);
-        let answerable = s
-            .http
-            .as_ref()
-            .is_some_and(|h| !h.tunnel && matches!(h.resp, RespPhase::Head));
+        let answerable = s.kind.http().is_some_and(|h| h.resp == RespPhase::Head);
         if !answerable {
             // The response had begun: the client sees a cut.
             self.end_request(now, s, None, Some(reason));
             self.teardown(net, now, s, true);
             return;
         }
-        let h = s.http.as_mut().expect("checked above");
+        let h = s.kind.http_mut().expect("checked above");
         // Nothing of the response reached the client: it gets one error response, and
         // the connection closes after it (the request body, if any, is not read on).
         h.up_endpoint = None;
@@ -971,7 +990,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         s.up_eof = false;
         s.u_in.clear();
-        if let Some(h) = s.http.as_mut() {
+        if let Some(h) = s.kind.http_mut() {
             h.up_endpoint = None;
         }
     }
@@ -987,7 +1006,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         a: Attempt,
     ) -> Result<(), Refusal> {
         s.to_up.drain(..a.preamble_len.min(s.to_up.len()));
-        let is_http = s.http.is_some();
+        let is_http = s.kind.http().is_some();
         let snap = s.snap.clone();
         let (leg, pre, lb, endpoint) = match a.lb {
             Some((svc, failed)) => {
@@ -1027,7 +1046,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s.up_eof = false;
         s.u_in.clear();
         let mut preamble_len = 0;
-        match s.http.as_mut() {
+        match s.kind.http_mut() {
             Some(h) => {
                 if let Some(p) = pre {
                     preamble_len = p.len();
@@ -1037,17 +1056,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             None => s.preamble = pre,
         }
-        let next = self.begin_attempt(
-            now,
+        let next = self.begin_attempt(Attempt {
             lb,
-            a.candidates,
-            endpoint,
-            a.number + 1,
+            candidates: a.candidates,
+            number: a.number + 1,
             preamble_len,
-            false,
-        );
+            ..Attempt::first(now, endpoint)
+        });
         s.attempt = Some(next);
-        if let Some(r) = s.http.as_mut().and_then(|h| h.record.as_mut()) {
+        if let Some(r) = s.kind.http_mut().and_then(|h| h.record.as_mut()) {
             r.attempts = a.number + 1;
             r.endpoint = Some(endpoint);
         }
@@ -1078,7 +1095,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.stats.accepted += 1;
         let mut session = Session {
             snap: snap.clone(),
-            phase: Phase::Http,
+            kind: Kind::MeshHandshake,
             client: remote,
             down: Leg::plain(conn, true),
             up: None,
@@ -1089,7 +1106,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             down_eof: false,
             up_eof: false,
             preamble: None,
-            http: None,
             closed: false,
             attempt: None,
             timeouts: listener.timeouts,
@@ -1137,18 +1153,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 };
                 match self.open_upstream(net, now, &snap, (tsvc, ep), remote, false) {
                     Ok((up, preamble)) => {
-                        session.phase = Phase::Connecting;
+                        session.kind = Kind::Tcp(TcpPhase::Connecting);
                         session.up = Some(up);
                         session.preamble = preamble;
-                        session.attempt = Some(self.begin_attempt(
-                            now,
-                            Some((tsvc, ep)),
+                        session.attempt = Some(self.begin_attempt(Attempt {
+                            lb: Some((tsvc, ep)),
                             candidates,
-                            addr,
-                            1,
-                            0,
-                            false,
-                        ));
+                            ..Attempt::first(now, addr)
+                        }));
                     }
                     Err(r) => {
                         return self.refuse_accept(net, now, (conn, remote, &listener.name), r)
@@ -1156,7 +1168,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
             }
             Protocol::Http => {
-                session.http = Some(HttpState::new(Target::Route));
+                session.kind = Kind::Http(HttpState::new(Target::Route));
             }
             Protocol::Mesh => {
                 let server = listener
@@ -1173,7 +1185,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     );
                 };
                 session.down = Leg::tls(conn, tls.into(), true);
-                session.phase = Phase::Handshake;
+                session.kind = Kind::MeshHandshake;
             }
             _ => {
                 return self.refuse_accept(
@@ -1281,7 +1293,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     /// Opens the connection to an endpoint: TLS to its peer gateway, or plain when local.
-    #[allow(clippy::too_many_arguments)]
     fn open_upstream<N: Net<Conn = C>>(
         &mut self,
         net: &mut N,
@@ -1356,7 +1367,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if self.io_mark(&s) != before {
                         s.last_io = now;
                     }
-                    if let Some(h) = s.http.as_mut() {
+                    if let Some(h) = s.kind.http_mut() {
                         let waiting = h.req == ReqPhase::Head && h.resp == RespPhase::Idle;
                         if waiting && !s.d_in.is_empty() && h.head_started.is_none() {
                             h.head_started = Some(now);
@@ -1410,13 +1421,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         sid: usize,
         s: &mut Session<C>,
     ) -> Result<(), StepError> {
-        if s.phase == Phase::Handshake {
+        if matches!(s.kind, Kind::MeshHandshake) {
             self.inbound_handshake(net, now, sid, s)?;
-            if s.phase == Phase::Handshake {
+            if matches!(s.kind, Kind::MeshHandshake) {
                 return Ok(());
             }
         }
-        if s.phase == Phase::Connecting {
+        if matches!(s.kind, Kind::Tcp(TcpPhase::Connecting)) {
             let up = s.up.as_mut().expect("a connecting session has an upstream");
             if !up.connected {
                 return Ok(());
@@ -1434,11 +1445,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if let Some(p) = s.preamble.take() {
                 s.to_up.splice(0..0, p);
             }
-            s.phase = Phase::Pipe;
+            s.kind = Kind::Tcp(TcpPhase::Pipe);
         }
-        match s.phase {
-            Phase::Pipe => self.pipe(net, now, s),
-            Phase::Http => self.http(net, now, sid, s),
+        match s.kind {
+            Kind::Tcp(TcpPhase::Pipe) => self.pipe(net, now, s),
+            Kind::Http(_) => self.http(net, now, sid, s),
             _ => Ok(()),
         }
     }
@@ -1518,8 +1529,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 peer,
             });
             h.req = ReqPhase::Head;
-            s.http = Some(h);
-            s.phase = Phase::Http;
+            s.kind = Kind::Http(h);
             return Ok(());
         }
         if !s.snap.authorize(svc, &peer, None) {
@@ -1538,10 +1548,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.stats.upstream_connects += 1;
         self.by_conn.insert(up, (sid, Side::Up));
         s.up = Some(Leg::plain(up, false));
-        s.attempt = Some(self.begin_attempt(now, None, Vec::new(), ep, 1, 0, false));
+        s.attempt = Some(self.begin_attempt(Attempt::first(now, ep)));
         // Bytes after the preamble belong to the service.
         s.to_up = std::mem::take(&mut s.d_in);
-        s.phase = Phase::Connecting;
+        s.kind = Kind::Tcp(TcpPhase::Connecting);
         Ok(())
     }
 
@@ -1555,26 +1565,22 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let up = s.up.as_mut().expect("a piping session has an upstream");
         loop {
             let mut moved = false;
-            moved |= pump(
-                net,
-                &mut s.down,
-                up,
-                &mut s.to_up,
-                &mut s.down_eof,
-                &mut self.buf,
-                &mut self.scratch,
-                &mut self.stats.bytes_down_to_up,
-            )?;
-            moved |= pump(
-                net,
-                up,
-                &mut s.down,
-                &mut s.to_down,
-                &mut s.up_eof,
-                &mut self.buf,
-                &mut self.scratch,
-                &mut self.stats.bytes_up_to_down,
-            )?;
+            let down_to_up = Flow {
+                src: &mut s.down,
+                dst: &mut *up,
+                buf: &mut s.to_up,
+                eof: &mut s.down_eof,
+                counter: &mut self.stats.bytes_down_to_up,
+            };
+            moved |= pump(net, down_to_up, &mut self.buf, &mut self.scratch)?;
+            let up_to_down = Flow {
+                src: &mut *up,
+                dst: &mut s.down,
+                buf: &mut s.to_down,
+                eof: &mut s.up_eof,
+                counter: &mut self.stats.bytes_up_to_down,
+            };
+            moved |= pump(net, up_to_down, &mut self.buf, &mut self.scratch)?;
             if !moved {
                 break;
             }
@@ -1669,9 +1675,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 break;
             }
         }
-        let h = s.http.as_ref().expect("an HTTP session");
+        let h = s.kind.http().expect("an HTTP session");
         let idle = h.req == ReqPhase::Head && h.resp == RespPhase::Idle && s.d_in.is_empty();
-        let tunnel_done = h.tunnel && s.down_eof && s.up_eof;
+        let tunnel_done = h.resp == RespPhase::Tunnel && s.down_eof && s.up_eof;
         if (h.close_after && idle && s.to_down.is_empty()) || (s.down_eof && idle) || tunnel_done {
             if !s.down.done_sending() {
                 s.down.finish(net)?;
@@ -1693,8 +1699,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
     ) -> Result<bool, StepError> {
         let mut moved = false;
-        let h = s.http.as_mut().expect("an HTTP session");
-        if h.tunnel {
+        let h = s.kind.http_mut().expect("an HTTP session");
+        if h.resp == RespPhase::Tunnel {
             // After a 101: opaque bytes both ways.
             if !s.d_in.is_empty() && s.to_up.len() < BUF {
                 s.to_up.append(&mut s.d_in);
@@ -1751,7 +1757,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         Ok(()) => {}
                         Err(r) => {
                             self.stats.refuse(r);
-                            let h = s.http.as_mut().expect("an HTTP session");
+                            let h = s.kind.http_mut().expect("an HTTP session");
                             h.close_after = true;
                             s.to_down
                                 .extend_from_slice(&http::error_response(r.status(), r.label()));
@@ -1763,7 +1769,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
             }
         }
-        let h = s.http.as_mut().expect("an HTTP session");
+        let h = s.kind.http_mut().expect("an HTTP session");
         if h.req == ReqPhase::Body && s.to_up.len() < BUF {
             let framer = h.req_body.as_mut().expect("a body phase has a framer");
             match framer.advance(&s.d_in) {
@@ -1803,8 +1809,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     moved = true;
                     http::write_response_head(&head, &mut s.to_down, &[]);
                     if head.status == 101 {
-                        h.tunnel = true;
-                        h.resp = RespPhase::Idle;
+                        h.resp = RespPhase::Tunnel;
                         h.request_deadline = None;
                         self.finish_attempt(now, s, Outcome::Complete);
                         self.end_request(now, s, Some(101), None);
@@ -1850,7 +1855,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let status = h.record.as_ref().and_then(|r| r.status);
                 self.finish_attempt(now, s, Outcome::Complete);
                 self.end_request(now, s, status, None);
-                let h = s.http.as_mut().expect("an HTTP session");
+                let h = s.kind.http_mut().expect("an HTTP session");
                 if h.req != ReqPhase::Sent {
                     // The server answered before the body was sent: stop here.
                     h.close_after = true;
@@ -1873,7 +1878,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     fn http_error(&mut self, now: Instant, s: &mut Session<C>, e: HttpError) {
-        let h = s.http.as_mut().expect("an HTTP session");
+        let h = s.kind.http_mut().expect("an HTTP session");
         h.close_after = true;
         s.to_down.extend_from_slice(&e.response());
         s.d_in.clear();
@@ -1892,7 +1897,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let Some(listener) = s.listener.clone() else {
             return;
         };
-        let identity = match s.http.as_ref().map(|h| &h.target) {
+        let identity = match s.kind.http().map(|h| &h.target) {
             Some(Target::Fixed { peer, .. }) => Some(peer.clone()),
             _ => None,
         };
@@ -1933,7 +1938,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let listener_request = s.timeouts.request;
         let mut route_name = None;
         let (svc, ep, endpoint, candidates, request_timeout) =
-            match &s.http.as_ref().expect("an HTTP session").target {
+            match &s.kind.http().expect("an HTTP session").target {
                 Target::Fixed {
                     service,
                     endpoint,
@@ -1972,13 +1977,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
             };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.next_u64());
-        if matches!(s.http.as_ref().map(|h| &h.target), Some(Target::Route)) {
+        if matches!(s.kind.http().map(|h| &h.target), Some(Target::Route)) {
             http::ensure_request_id(head, &mut rng);
             http::ensure_traceparent(head, &mut rng);
         }
         // Reuse the upstream connection when it goes to the same endpoint and is idle.
         let reuse = {
-            let h = s.http.as_ref().expect("an HTTP session");
+            let h = s.kind.http().expect("an HTTP session");
             h.up_endpoint == Some(endpoint) && h.up_reusable && !s.up_eof && s.up.is_some()
         };
         let mut preamble_len = 0;
@@ -1986,7 +1991,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             self.stats.upstream_reused += 1;
         } else {
             self.release_upstream(net, now, s);
-            let (leg, pre) = match &s.http.as_ref().expect("an HTTP session").target {
+            let (leg, pre) = match &s.kind.http().expect("an HTTP session").target {
                 Target::Fixed { .. } => {
                     let c = net
                         .connect(now, endpoint)
@@ -2008,17 +2013,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 s.to_up.extend_from_slice(&p);
             }
         }
-        let attempt = self.begin_attempt(
-            now,
-            ep.map(|e| (svc, e)),
+        let attempt = self.begin_attempt(Attempt {
+            lb: ep.map(|e| (svc, e)),
             candidates,
-            endpoint,
-            1,
             preamble_len,
-            reuse,
-        );
+            // A kept-alive connection is connected already.
+            connected_at: reuse.then_some(now),
+            ..Attempt::first(now, endpoint)
+        });
         s.attempt = Some(attempt);
-        let h = s.http.as_mut().expect("an HTTP session");
+        let h = s.kind.http_mut().expect("an HTTP session");
         if let Some(r) = h.record.as_mut() {
             r.service = Some(snap.services[svc as usize].name.clone());
             r.route = route_name;
@@ -2073,7 +2077,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s.up_eof = false;
         s.u_in.clear();
         s.to_up.clear();
-        if let Some(h) = s.http.as_mut() {
+        if let Some(h) = s.kind.http_mut() {
             h.up_endpoint = None;
         }
     }
@@ -2141,7 +2145,6 @@ impl HttpState {
             request_timeout: Duration::ZERO,
             request_deadline: None,
             close_after: false,
-            tunnel: false,
         }
     }
 }
@@ -2149,16 +2152,15 @@ impl HttpState {
 /// The session's next deadline and which timeout it is, from its state alone.
 fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
     let t = &s.timeouts;
-    match s.phase {
-        Phase::Handshake => Some((s.accepted_at + t.handshake, Expiry::Handshake)),
-        Phase::Connecting => s
+    match &s.kind {
+        Kind::MeshHandshake => Some((s.accepted_at + t.handshake, Expiry::Handshake)),
+        Kind::Tcp(TcpPhase::Connecting) => s
             .attempt
             .as_ref()
             .map(|a| (a.started + t.connect, Expiry::Connect)),
-        Phase::Pipe => Some((s.last_io + t.tcp_idle, Expiry::TcpIdle)),
-        Phase::Http => {
-            let h = s.http.as_ref()?;
-            if h.tunnel {
+        Kind::Tcp(TcpPhase::Pipe) => Some((s.last_io + t.tcp_idle, Expiry::TcpIdle)),
+        Kind::Http(h) => {
+            if h.resp == RespPhase::Tunnel {
                 return Some((s.last_io + t.tcp_idle, Expiry::TcpIdle));
             }
             let mut best: Option<(Instant, Expiry)> = None;
@@ -2236,19 +2238,32 @@ fn fill<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
     Ok(true)
 }
 
+/// One direction of a TCP pipe: bytes read from `src` wait in `buf` until `dst` takes them.
+struct Flow<'a, C> {
+    src: &'a mut Leg<C>,
+    dst: &'a mut Leg<C>,
+    buf: &'a mut Vec<u8>,
+    /// `src` reached its end of stream.
+    eof: &'a mut bool,
+    /// Bytes handed to `dst` (a counter of the engine's).
+    counter: &'a mut u64,
+}
+
 /// Reads from `src` into `buf` while it has room, writes `buf` to `dst`; finishes `dst` once
 /// `src` ended and `buf` drained. Returns whether anything moved.
-#[allow(clippy::too_many_arguments)]
 fn pump<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
     net: &mut N,
-    src: &mut Leg<C>,
-    dst: &mut Leg<C>,
-    buf: &mut Vec<u8>,
-    eof: &mut bool,
+    f: Flow<'_, C>,
     tmp: &mut [u8],
     scratch: &mut [u8],
-    counter: &mut u64,
 ) -> Result<bool, LegError> {
+    let Flow {
+        src,
+        dst,
+        buf,
+        eof,
+        counter,
+    } = f;
     let mut moved = fill(net, src, buf, eof, tmp, scratch)?;
     if !buf.is_empty() {
         let n = dst.write(net, buf)?;
