@@ -5,7 +5,7 @@ use crate::stats::{Counter, DropReason, Stats};
 use crate::tcp::conn::{Conn, ConnEvent, ConnParams, Ctx, ResetReason, State};
 use crate::tcp::isn::Secrets;
 use crate::tcp::seq::Seq;
-use crate::tcp::TcpConfig;
+use crate::tcp::{Keepalive, TcpConfig};
 use crate::time::Instant;
 use crate::wire::arp::{self, ArpRepr, Operation};
 use crate::wire::ethernet::{self, MacAddr};
@@ -565,6 +565,20 @@ impl Stack {
     /// Turns Nagle's algorithm on or off for one connection.
     pub fn set_nagle(&mut self, id: ConnId, on: bool) -> Result<(), Error> {
         self.conn_mut(id)?.1.set_nagle(on);
+        Ok(())
+    }
+
+    /// Sets keepalive for one connection (`None`: off), overriding `TcpConfig::keepalive`.
+    /// Turning it on starts the idle time at `now`.
+    pub fn set_keepalive(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        keepalive: Option<Keepalive>,
+    ) -> Result<(), Error> {
+        let (slot, c) = self.conn_mut(id)?;
+        c.set_keepalive(keepalive.as_ref(), now);
+        self.after(slot);
         Ok(())
     }
 

@@ -74,6 +74,7 @@ counters! {
         ZeroWindowProbes => "zero_window_probes",
         KeepalivesSent => "keepalives_sent",
         KeepaliveTimeouts => "keepalive_timeouts",
+        ZeroWindowTimeouts => "zero_window_timeouts",
         TimeWaitEvicted => "time_wait_evicted",
         TimeWaitReused => "time_wait_reused",
         ArpRequestsSent => "arp_requests_sent",

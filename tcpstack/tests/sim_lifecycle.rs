@@ -505,9 +505,12 @@ fn fin_waits_for_a_zero_window_instead_of_looping() {
 
 #[test]
 fn a_closed_connection_is_not_held_forever_by_a_zero_window() {
+    let mut ca = stack_config(A_MAC, A_IP, 1);
+    // The orphan limit alone (the persist timeout is tested below).
+    ca.tcp.persist_timeout = Duration::MAX;
     let mut cb = stack_config(B_MAC, B_IP, 2);
     cb.tcp.recv_buffer = 8 * 1024;
-    let mut sim = Sim::with_configs(18, LinkConfig::default(), stack_config(A_MAC, A_IP, 1), cb);
+    let mut sim = Sim::with_configs(18, LinkConfig::default(), ca, cb);
     let (a, _b) = establish(&mut sim, 80);
     sim.a.write(a, &[1u8; 64 * 1024]).unwrap();
     sim.a.close(sim.now, a).unwrap();
@@ -520,6 +523,170 @@ fn a_closed_connection_is_not_held_forever_by_a_zero_window() {
         }]
     );
     assert_eq!(sim.a.connection_count(), 0);
+}
+
+/// A pair where B's receive buffer (16 KiB) is full and A has 48 KiB more queued: B's window
+/// is zero. Returns as soon as B's buffer is full: A learns of the zero window (and starts
+/// probing) within a delayed ACK of that.
+fn zero_window_pair(seed: u64) -> (Sim, tcpstack::ConnId, tcpstack::ConnId) {
+    let mut cb = stack_config(B_MAC, B_IP, 2);
+    cb.tcp.recv_buffer = 16 * 1024;
+    let mut sim = Sim::with_configs(
+        seed,
+        LinkConfig::default(),
+        stack_config(A_MAC, A_IP, 1),
+        cb,
+    );
+    let (a, b) = establish(&mut sim, 80);
+    assert_eq!(sim.a.write(a, &[5u8; 64 * 1024]).unwrap(), 64 * 1024);
+    sim.run(Duration::from_secs(5), |s| {
+        s.b.recv_available(b).unwrap() == 16 * 1024
+    });
+    events(&mut sim.a);
+    events(&mut sim.b);
+    (sim, a, b)
+}
+
+#[test]
+fn a_peer_that_never_opens_its_window_is_reset_after_the_persist_timeout() {
+    let (mut sim, a, b) = zero_window_pair(19);
+    let start = sim.now;
+    let timeout = tcpstack::TcpConfig::default().persist_timeout;
+    assert_eq!(timeout, Duration::from_secs(60));
+    // Not before the bound: the peer answers every probe, so nothing else ends it.
+    sim.advance(timeout - Duration::from_secs(2));
+    assert_eq!(sim.a.state(a).unwrap(), State::Established);
+    assert_eq!(events(&mut sim.a), vec![]);
+    assert_eq!(sim.a.stats().get(Counter::ZeroWindowTimeouts), 0);
+    let probes = sim.a.stats().get(Counter::ZeroWindowProbes);
+    assert!(probes >= 5, "{probes} probes in {timeout:?}");
+    assert_eq!(
+        sim.a.stats().get(Counter::RtoTimeouts),
+        0,
+        "probes were answered"
+    );
+    // At the bound: A resets, and the RST reaches B.
+    let (ea, eb) = run_until(&mut sim, Duration::from_secs(10), |ea, eb| {
+        !ea.is_empty() && !eb.is_empty()
+    });
+    let waited = sim.now - start;
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_millis(100),
+        "reset after {waited:?} of zero window, bound {timeout:?}"
+    );
+    assert_eq!(
+        ea,
+        vec![Event::Reset {
+            id: a,
+            reason: ResetReason::ZeroWindowTimeout
+        }]
+    );
+    assert_eq!(
+        eb,
+        vec![Event::Reset {
+            id: b,
+            reason: ResetReason::PeerReset
+        }]
+    );
+    assert_eq!(sim.a.stats().get(Counter::ZeroWindowTimeouts), 1);
+    assert_eq!(sim.a.stats().get(Counter::RstsSent), 1);
+    assert_eq!(
+        sim.a.connection_count(),
+        0,
+        "the connection and its buffers are freed"
+    );
+    assert_eq!(sim.b.connection_count(), 0);
+}
+
+#[test]
+fn a_window_that_opens_before_the_persist_timeout_restarts_its_clock() {
+    let (mut sim, a, b) = zero_window_pair(20);
+    let start = sim.now;
+    let timeout = tcpstack::TcpConfig::default().persist_timeout;
+    sim.advance(timeout - Duration::from_secs(1));
+    // Just before the bound the reader takes 4 KiB: the window opens, A sends, and the
+    // window is zero again at once.
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(sim.b.read(b, &mut buf).unwrap(), 4096);
+    let reopened = sim.now;
+    sim.advance(Duration::from_millis(50));
+    assert_eq!(
+        sim.b.recv_available(b).unwrap(),
+        16 * 1024,
+        "the opening was used"
+    );
+    // Well past the first bound: still up, since the clock restarted at the opening.
+    sim.advance(Duration::from_secs(30));
+    assert_eq!(sim.a.state(a).unwrap(), State::Established);
+    assert_eq!(events(&mut sim.a), vec![]);
+    assert!(sim.now - start > timeout + Duration::from_secs(25));
+    // The new period ends a full bound after the opening.
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(60), |ea, _| !ea.is_empty());
+    assert_eq!(
+        ea,
+        vec![Event::Reset {
+            id: a,
+            reason: ResetReason::ZeroWindowTimeout
+        }]
+    );
+    let waited = sim.now - reopened;
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_millis(100),
+        "reset {waited:?} after the window reopened, bound {timeout:?}"
+    );
+}
+
+#[test]
+fn keepalive_can_be_set_per_connection() {
+    // Off in the stack's configuration, on for one connection.
+    let mut sim = Sim::new(21, LinkConfig::default());
+    let (a, _b) = establish(&mut sim, 80);
+    sim.advance(Duration::from_secs(30));
+    assert_eq!(sim.a.stats().get(Counter::KeepalivesSent), 0);
+    sim.a
+        .set_keepalive(
+            sim.now,
+            a,
+            Some(Keepalive {
+                idle: Duration::from_secs(10),
+                interval: Duration::from_secs(2),
+                probes: 3,
+            }),
+        )
+        .unwrap();
+    sim.advance(Duration::from_secs(9));
+    assert_eq!(
+        sim.a.stats().get(Counter::KeepalivesSent),
+        0,
+        "idle time from the call"
+    );
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(sim.a.stats().get(Counter::KeepalivesSent), 1);
+    sim.cut = true;
+    let set_at = sim.now;
+    let (ea, _) = run_until(&mut sim, Duration::from_secs(60), |ea, _| !ea.is_empty());
+    assert_eq!(
+        ea,
+        vec![Event::Reset {
+            id: a,
+            reason: ResetReason::KeepaliveTimeout
+        }]
+    );
+    assert!(sim.now - set_at <= Duration::from_secs(20));
+    // On, then off again, for another connection of the same stack: no probes.
+    sim.cut = false;
+    let (a2, _) = establish(&mut sim, 81);
+    let k = Keepalive {
+        idle: Duration::from_secs(1),
+        interval: Duration::from_secs(1),
+        probes: 1,
+    };
+    sim.a.set_keepalive(sim.now, a2, Some(k)).unwrap();
+    sim.a.set_keepalive(sim.now, a2, None).unwrap();
+    let sent = sim.a.stats().get(Counter::KeepalivesSent);
+    sim.advance(Duration::from_secs(120));
+    assert_eq!(sim.a.stats().get(Counter::KeepalivesSent), sent);
+    assert_eq!(sim.a.state(a2).unwrap(), State::Established);
 }
 
 #[test]

@@ -36,7 +36,15 @@ pub struct TcpConfig {
     pub syn_retries: u32,
     /// Data retransmissions of one segment before the connection is reset. Default 15.
     pub max_retransmits: u32,
-    /// Keepalive probes; default off.
+    /// How long the peer may keep its window at zero while we have data (or a FIN) to send.
+    /// The clock starts when zero-window probing begins and restarts at any window opening,
+    /// even of one byte; past it the connection is reset (a RST to the peer,
+    /// `ResetReason::ZeroWindowTimeout`), as Linux bounds probing with `tcp_retries2` or
+    /// `TCP_USER_TIMEOUT`. A peer that answers probes but never reads otherwise holds the
+    /// connection and its send buffer forever. Default 60 s; `Duration::MAX` never resets.
+    pub persist_timeout: Duration,
+    /// Keepalive probes for every connection; default off. `Stack::set_keepalive` changes it
+    /// for one connection.
     pub keepalive: Option<Keepalive>,
     /// How long a closed connection stays in TIME-WAIT (2 MSL). Default 60 s.
     pub time_wait: Duration,
@@ -59,6 +67,7 @@ impl Default for TcpConfig {
             initial_window: 10,
             syn_retries: 6,
             max_retransmits: 15,
+            persist_timeout: Duration::from_secs(60),
             keepalive: None,
             time_wait: Duration::from_secs(60),
             fin_wait2_timeout: Duration::from_secs(60),

@@ -7,7 +7,7 @@
 //! deadlines. Events go to the caller's queue.
 
 use super::assembler::Assembler;
-use super::config::TcpConfig;
+use super::config::{Keepalive, TcpConfig};
 use super::ring::Ring;
 use super::rtt::RttEstimator;
 use super::seq::Seq;
@@ -44,6 +44,9 @@ pub enum ResetReason {
     KeepaliveTimeout,
     /// Data arrived after the application closed, or the application closed with unread data.
     DataAfterClose,
+    /// The peer kept a zero window while we had data (or a FIN) to send for longer than
+    /// [`TcpConfig::persist_timeout`]; we sent it a RST.
+    ZeroWindowTimeout,
 }
 
 /// What the connection tells its owner (the stack turns these into [`crate::Event`]s).
@@ -147,9 +150,14 @@ pub struct Conn {
     delack_at: Option<Instant>,
     persist_at: Option<Instant>,
     persist_backoff: u32,
+    /// While the peer's window is zero and we have something to send: when we give up
+    /// (`TcpConfig::persist_timeout` after probing began). Cleared by any window opening.
+    persist_deadline: Option<Instant>,
     orphan_probes: u32,
     keepalive_at: Option<Instant>,
     keepalive_sent: u32,
+    /// This connection's keepalive settings (from `TcpConfig::keepalive`, or set per connection).
+    keepalive: Option<KeepaliveMs>,
     close_at: Option<Instant>,
     retries: u32,
     last_recv: Instant,
@@ -172,6 +180,26 @@ pub struct Conn {
     pub scheduled: Option<Instant>,
     /// Listener this connection came from (passive opens), for backlog accounting.
     pub from_listener: Option<SocketAddrV4>,
+}
+
+/// [`Keepalive`] as a connection keeps it: every connection carries one, so milliseconds in
+/// `u32`s (up to 49 days; at least 1 ms) rather than `Duration`s.
+#[derive(Clone, Copy, Debug)]
+struct KeepaliveMs {
+    idle_ms: u32,
+    interval_ms: u32,
+    probes: u32,
+}
+
+impl KeepaliveMs {
+    fn new(k: &Keepalive) -> Self {
+        let ms = |d: Duration| d.as_millis().clamp(1, u32::MAX as u128) as u32;
+        KeepaliveMs {
+            idle_ms: ms(k.idle),
+            interval_ms: ms(k.interval),
+            probes: k.probes,
+        }
+    }
 }
 
 /// Fixed overhead of the timestamp option in every non-SYN segment.
@@ -243,9 +271,11 @@ impl Conn {
             delack_at: None,
             persist_at: None,
             persist_backoff: 0,
+            persist_deadline: None,
             orphan_probes: 0,
             keepalive_at: None,
             keepalive_sent: 0,
+            keepalive: cfg.keepalive.as_ref().map(KeepaliveMs::new),
             close_at: None,
             retries: 0,
             last_recv: now,
@@ -305,7 +335,7 @@ impl Conn {
         c.snd_wl2 = Seq(ack.ack);
         c.last_ack_sent = c.rcv_nxt;
         c.init_cwnd(cfg);
-        c.arm_keepalive(cfg, now);
+        c.arm_keepalive(now);
         c
     }
 
@@ -410,6 +440,15 @@ impl Conn {
         self.nagle = on;
     }
 
+    /// Replaces this connection's keepalive settings. Turning it on (re)starts the idle time
+    /// at `now`; `None` stops the probes.
+    pub fn set_keepalive(&mut self, keepalive: Option<&Keepalive>, now: Instant) {
+        self.keepalive = keepalive.map(KeepaliveMs::new);
+        self.keepalive_sent = 0;
+        self.keepalive_at = None;
+        self.arm_keepalive(now);
+    }
+
     /// Half-close: a FIN follows the queued data.
     pub fn shutdown_write(&mut self) {
         if self.fin_queued {
@@ -478,6 +517,7 @@ impl Conn {
             self.rto_at,
             self.delack_at,
             self.persist_at,
+            self.persist_deadline,
             self.keepalive_at,
             self.close_at,
         ]
@@ -575,7 +615,7 @@ impl Conn {
             self.rtt.reset_backoff();
             self.init_cwnd(ctx.cfg);
             self.state = State::Established;
-            self.arm_keepalive(ctx.cfg, ctx.now);
+            self.arm_keepalive(ctx.now);
             self.ack_now = true;
             ctx.stats.inc(Counter::ConnectionsConnected);
             ctx.events.push(ConnEvent::Established { passive: false });
@@ -660,7 +700,7 @@ impl Conn {
 
         self.last_recv = ctx.now;
         self.keepalive_sent = 0;
-        self.arm_keepalive(ctx.cfg, ctx.now);
+        self.arm_keepalive(ctx.now);
 
         // Timestamps: remember the peer's clock from the segment at the left window edge
         // (RFC 7323 §4.3).
@@ -727,7 +767,7 @@ impl Conn {
                 self.snd_wl1 = Seq(h.seq);
                 self.snd_wl2 = ack;
                 self.init_cwnd(ctx.cfg);
-                self.arm_keepalive(ctx.cfg, ctx.now);
+                self.arm_keepalive(ctx.now);
                 ctx.stats.inc(Counter::ConnectionsAccepted);
                 ctx.events.push(ConnEvent::Established {
                     passive: self.from_listener.is_some(),
@@ -778,6 +818,8 @@ impl Conn {
             self.snd_wl1 = seq;
             self.snd_wl2 = ack;
             if window > 0 {
+                // Any opening, even of one byte, ends the zero-window period.
+                self.persist_deadline = None;
                 if was_zero {
                     self.persist_at = None;
                     self.persist_backoff = 0;
@@ -991,6 +1033,7 @@ impl Conn {
         self.state = State::TimeWait;
         self.rto_at = None;
         self.persist_at = None;
+        self.persist_deadline = None;
         self.keepalive_at = None;
         self.close_at = Some(ctx.now + ctx.cfg.time_wait);
     }
@@ -1006,17 +1049,18 @@ impl Conn {
         self.rto_at = None;
         self.delack_at = None;
         self.persist_at = None;
+        self.persist_deadline = None;
         self.keepalive_at = None;
         self.close_at = None;
     }
 
-    fn arm_keepalive(&mut self, cfg: &TcpConfig, now: Instant) {
-        if let Some(k) = &cfg.keepalive {
+    fn arm_keepalive(&mut self, now: Instant) {
+        if let Some(k) = &self.keepalive {
             if matches!(
                 self.state,
                 State::Established | State::CloseWait | State::FinWait1 | State::FinWait2
             ) {
-                self.keepalive_at = Some(now + k.idle);
+                self.keepalive_at = Some(now + Duration::from_millis(k.idle_ms.into()));
             }
         }
     }
@@ -1043,10 +1087,21 @@ impl Conn {
                 return;
             }
         }
+        if self.persist_deadline.is_some_and(|t| t <= now) {
+            self.persist_deadline = None;
+            if self.snd_wnd == 0 && self.owes_data() {
+                // The peer is alive (it answers probes) but never opens its window: it would
+                // hold this connection and its send buffer forever. Reset it (Linux bounds
+                // zero-window probing with tcp_retries2 / TCP_USER_TIMEOUT).
+                ctx.stats.inc(Counter::ZeroWindowTimeouts);
+                self.reset(ctx, ResetReason::ZeroWindowTimeout);
+                self.rst_now = true;
+                return;
+            }
+        }
         if self.persist_at.is_some_and(|t| t <= now) {
             self.persist_at = None;
-            let fin_unsent = self.fin_queued && self.snd_nxt <= self.fin_seq();
-            if self.snd_wnd == 0 && (self.unsent() > 0 || fin_unsent) {
+            if self.snd_wnd == 0 && self.waits_for_window() {
                 // An application that closed cannot be held open forever by a peer that never
                 // opens its window (Linux bounds these with tcp_orphan_retries).
                 if self.user_closed {
@@ -1059,9 +1114,11 @@ impl Conn {
                 }
                 self.probe_now = true;
                 self.persist_backoff = (self.persist_backoff + 1).min(10);
+            } else if !self.owes_data() {
+                self.persist_deadline = None;
             }
         }
-        if let (Some(t), Some(k)) = (self.keepalive_at, ctx.cfg.keepalive.clone()) {
+        if let (Some(t), Some(k)) = (self.keepalive_at, self.keepalive) {
             if t <= now {
                 if self.keepalive_sent >= k.probes {
                     ctx.stats.inc(Counter::KeepaliveTimeouts);
@@ -1070,7 +1127,7 @@ impl Conn {
                 }
                 self.keepalive_sent += 1;
                 self.keepalive_now = true;
-                self.keepalive_at = Some(now + k.interval);
+                self.keepalive_at = Some(now + Duration::from_millis(k.interval_ms.into()));
             }
         }
     }
@@ -1110,6 +1167,17 @@ impl Conn {
     }
 
     // ---- output ----
+
+    /// Data or a FIN not yet acknowledged (sent or not).
+    fn owes_data(&self) -> bool {
+        !self.send.is_empty() || (self.fin_queued && self.snd_una <= self.fin_seq())
+    }
+
+    /// Data or a FIN is waiting to be sent.
+    fn waits_for_window(&self) -> bool {
+        let fin_unsent = self.fin_queued && self.snd_nxt <= self.fin_seq();
+        self.unsent() > 0 || fin_unsent
+    }
 
     fn unsent(&self) -> usize {
         let end = self.send_head + self.send.len();
@@ -1199,12 +1267,16 @@ impl Conn {
         }
         if self.rst_now {
             self.rst_now = false;
-            let mut h = self.base_header(now, Flags::RST | Flags::ACK, self.snd_max);
+            // A sequence number the peer accepts (Linux's tcp_acceptable_seq): past its window
+            // (a zero window after probes) the RST would be dropped as out of window.
+            let seq = self.snd_max.min(self.snd_una + self.snd_wnd as usize);
+            let mut h = self.base_header(now, Flags::RST | Flags::ACK, seq);
             h.options = Options::default();
             self.state = State::Closed;
             self.rto_at = None;
             self.delack_at = None;
             self.persist_at = None;
+            self.persist_deadline = None;
             self.keepalive_at = None;
             self.close_at = None;
             ctx.stats.inc(Counter::RstsSent);
@@ -1292,9 +1364,13 @@ impl Conn {
                 && self.snd_nxt == self.snd_una
                 && self.persist_at.is_none()
             {
-                // Zero window with nothing in flight: probe later (RFC 9293 §3.8.6.1).
+                // Zero window with nothing in flight: probe later (RFC 9293 §3.8.6.1), for at
+                // most `persist_timeout` from the first probe timer.
                 let backoff = 1u32 << self.persist_backoff.min(10);
                 self.persist_at = Some(now + (self.rtt.rto() * backoff).min(super::rtt::MAX_RTO));
+                if self.persist_deadline.is_none() {
+                    self.persist_deadline = Some(now + ctx.cfg.persist_timeout);
+                }
             }
         }
 
