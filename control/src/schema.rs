@@ -227,6 +227,30 @@ pub struct Listener {
     /// unset ones keep the defaults in [`Timeouts`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Sp<Timeouts>>,
+    /// TCP keepalive on the connections this listener accepts (see [`Keepalive`]).
+    /// Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<Sp<Keepalive>>,
+}
+
+/// `keepalive = { idle = "60s", interval = "10s", probes = 6 }` on a `[[listener]]`: once
+/// an accepted connection has been silent for `idle`, probe it every `interval`; after
+/// `probes` unanswered probes it is reset (and the proxy ends what it carried). Every key
+/// is optional, with the defaults shown, once the table is present; without the table,
+/// keepalive is off. Durations as in [`Timeouts`] (1 ms to 7 days), `probes` from 1 to 100.
+/// Applies to `tcp`, `http` and `mesh` listeners; the kernel backend sets the socket's
+/// `SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL` and `TCP_KEEPCNT`, in whole seconds
+/// (rounded up, at most 32767 s).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Any integer decodes, so that one out of range gets the range in its error.
+    pub probes: Option<Sp<i64>>,
 }
 
 /// `timeouts = { ... }` on a `[[listener]]`: durations like `"10s"`, `"500ms"`, `"1h"`

@@ -49,6 +49,30 @@ pub struct ListenerRt {
     pub service: Option<ServiceId>,
     pub identity: Option<IdentityId>,
     pub timeouts: Timeouts,
+    /// TCP keepalive for the connections this listener accepts; `None`: off.
+    pub keepalive: Option<KeepaliveRt>,
+}
+
+/// A listener's TCP keepalive, compiled; see [`crate::schema::Keepalive`]. The data plane
+/// turns it into its TCP stack's settings (or the kernel socket's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveRt {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Between unanswered probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is reset.
+    pub probes: u32,
+}
+
+impl Default for KeepaliveRt {
+    fn default() -> Self {
+        KeepaliveRt {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            probes: 6,
+        }
+    }
 }
 
 /// A listener's timeouts, compiled; see [`crate::schema::Timeouts`] for what each covers.
@@ -770,6 +794,16 @@ impl Snapshot {
         self.peer_by_name
             .get(name)
             .and_then(|&id| self.peers.get(id as usize))
+    }
+
+    /// The listener a connection accepted on `local` came through: the one bound to exactly
+    /// that address, else one bound to the unspecified address on its port.
+    pub fn listener_at(&self, local: SocketAddr) -> Option<&ListenerRt> {
+        self.listeners.iter().find(|l| l.bind == local).or_else(|| {
+            self.listeners
+                .iter()
+                .find(|l| l.bind.ip().is_unspecified() && l.bind.port() == local.port())
+        })
     }
 
     /// The service a Host header or TLS SNI names (port and case ignored).

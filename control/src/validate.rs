@@ -17,8 +17,8 @@ use crate::de::Sp;
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::schema::{self, HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
 use crate::snapshot::{
-    AuthzRule, BackendRt, EndpointRt, HashKey, HeaderMatcher, IdSet, IdentityRt, ListenerRt,
-    PathMatcher, PeerRt, RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts,
+    AuthzRule, BackendRt, EndpointRt, HashKey, HeaderMatcher, IdSet, IdentityRt, KeepaliveRt,
+    ListenerRt, PathMatcher, PeerRt, RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts,
 };
 use crate::source::{Source, Span};
 
@@ -500,8 +500,12 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             Some(t) => compile_timeouts(&mut v, t, &k),
             None => Some(Timeouts::default()),
         };
-        if let (Some(bind), Some(service), Some(identity), Some(timeouts)) =
-            (bind, service, identity, timeouts)
+        let keepalive = match &l.keepalive {
+            Some(ka) => compile_keepalive(&mut v, ka, &k).map(Some),
+            None => Some(None),
+        };
+        if let (Some(bind), Some(service), Some(identity), Some(timeouts), Some(keepalive)) =
+            (bind, service, identity, timeouts, keepalive)
         {
             listeners.push(ListenerRt {
                 name: l.name.value.clone(),
@@ -510,6 +514,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 service,
                 identity,
                 timeouts,
+                keepalive,
             });
         }
     }
@@ -1069,6 +1074,9 @@ fn parse_hash_key(v: &mut V<'_>, h: &Sp<String>, key: &(impl KeyPath + ?Sized)) 
 /// Shortest and longest duration a timeout key takes.
 const TIMEOUT_MIN: Duration = Duration::from_millis(1);
 const TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A listener's `keepalive.probes` bounds.
+const KEEPALIVE_PROBES_MIN: u32 = 1;
+const KEEPALIVE_PROBES_MAX: u32 = 100;
 
 /// A timeout like `"10s"`, `"250ms"` or `"1h"`, within [`TIMEOUT_MIN`]..=[`TIMEOUT_MAX`].
 fn check_duration(
@@ -1098,6 +1106,43 @@ fn check_duration(
             None
         }
     }
+}
+
+/// A listener's `keepalive` table over the defaults; `None` when any key is bad (each reported).
+fn compile_keepalive(v: &mut V<'_>, ka: &Sp<schema::Keepalive>, k: &str) -> Option<KeepaliveRt> {
+    let mut out = KeepaliveRt::default();
+    let mut ok = true;
+    for (val, name, slot) in [
+        (&ka.idle, "idle", &mut out.idle),
+        (&ka.interval, "interval", &mut out.interval),
+    ] {
+        if let Some(val) = val {
+            match check_duration(v, val, &format!("{k}.keepalive.{name}")) {
+                Some(d) => *slot = d,
+                None => ok = false,
+            }
+        }
+    }
+    if let Some(p) = &ka.probes {
+        match u32::try_from(p.value) {
+            Ok(n) if (KEEPALIVE_PROBES_MIN..=KEEPALIVE_PROBES_MAX).contains(&n) => out.probes = n,
+            _ => {
+                let hint = format!(
+                    "from {KEEPALIVE_PROBES_MIN} to {KEEPALIVE_PROBES_MAX} unanswered probes \
+                     before the reset (default {})",
+                    KeepaliveRt::default().probes
+                );
+                v.err(
+                    &p.span,
+                    format!("{k}.keepalive.probes"),
+                    format!("{} probes is out of range", p.value),
+                )
+                .set_hint(hint);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 /// A listener's `timeouts` table over the defaults; `None` when any key is bad (each reported).

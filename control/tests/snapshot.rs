@@ -433,3 +433,83 @@ timeout = "40s"
     let r = s.route("a", "GET", "/", NONE).unwrap().route;
     assert_eq!(r.timeout, Some(Duration::from_secs(40)));
 }
+
+#[test]
+fn keepalive_compiles_over_the_defaults_and_is_off_without_the_table() {
+    use control::snapshot::KeepaliveRt;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    let s = compile(
+        r#"
+[[service]]
+name = "a"
+endpoints = [{ address = "10.0.0.1:80" }]
+[[listener]]
+name = "plain"
+bind = "10.0.0.9:80"
+protocol = "http"
+[[listener]]
+name = "defaults"
+bind = "10.0.0.9:81"
+protocol = "http"
+keepalive = {}
+[[listener]]
+name = "tuned"
+bind = "0.0.0.0:82"
+protocol = "tcp"
+service = "a"
+keepalive = { idle = "2m", probes = 3 }
+[[listener]]
+name = "all"
+bind = "10.0.0.9:83"
+protocol = "http"
+keepalive = { idle = "30s", interval = "500ms", probes = 100 }
+"#,
+    );
+    let d = KeepaliveRt::default();
+    assert_eq!(
+        d,
+        KeepaliveRt {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            probes: 6
+        }
+    );
+    assert_eq!(s.listeners[0].keepalive, None, "no table: off");
+    assert_eq!(
+        s.listeners[1].keepalive,
+        Some(d),
+        "an empty table: the defaults"
+    );
+    assert_eq!(
+        s.listeners[2].keepalive,
+        Some(KeepaliveRt {
+            idle: Duration::from_secs(120),
+            probes: 3,
+            ..d
+        }),
+        "unset keys keep their defaults"
+    );
+    assert_eq!(
+        s.listeners[3].keepalive,
+        Some(KeepaliveRt {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_millis(500),
+            probes: 100,
+        })
+    );
+    // The data plane finds a connection's listener by its local address.
+    let at = |a: &str| {
+        s.listener_at(a.parse::<SocketAddr>().unwrap())
+            .map(|l| l.name.as_str())
+    };
+    assert_eq!(at("10.0.0.9:81"), Some("defaults"));
+    assert_eq!(
+        at("10.0.0.9:82"),
+        Some("tuned"),
+        "0.0.0.0 binds every address"
+    );
+    assert_eq!(at("10.0.0.7:82"), Some("tuned"));
+    assert_eq!(at("10.0.0.7:81"), None);
+    assert_eq!(at("10.0.0.9:84"), None);
+}

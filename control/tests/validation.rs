@@ -456,3 +456,40 @@ fn timeouts_are_durations_in_range() {
         "t.toml:6:11: route[0].timeout: \"8d\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
     );
 }
+
+#[test]
+fn keepalive_durations_and_probes_are_in_range() {
+    const L: &str = "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\n";
+    one(
+        &format!("{L}keepalive = {{ probes = 0 }}\n"),
+        "t.toml:5:24: listener[0].keepalive.probes: 0 probes is out of range (hint: from 1 to 100 unanswered probes before the reset (default 6))",
+    );
+    one(
+        &format!("{L}keepalive = {{ idle = \"1m\", probes = 101 }}\n"),
+        "t.toml:5:37: listener[0].keepalive.probes: 101 probes is out of range (hint: from 1 to 100 unanswered probes before the reset (default 6))",
+    );
+    one(
+        &format!("{L}keepalive = {{ idle = \"soon\" }}\n"),
+        "t.toml:5:22: listener[0].keepalive.idle: \"soon\" is not a duration: expected number at 0 (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        &format!("{L}keepalive = {{ interval = \"0s\" }}\n"),
+        "t.toml:5:26: listener[0].keepalive.interval: \"0s\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        &format!("{L}keepalive = {{ probes = -1 }}\n"),
+        "t.toml:5:24: listener[0].keepalive.probes: -1 probes is out of range (hint: from 1 to 100 unanswered probes before the reset (default 6))",
+    );
+    one(
+        &format!("{L}keepalive = {{ intervall = \"5s\" }}\n"),
+        "t.toml:5:15: listener[0].keepalive.intervall: unknown key \"intervall\" (hint: did you mean \"interval\"?)",
+    );
+    // Every bad key is reported, and the listener is not compiled.
+    assert_eq!(
+        errors(&format!(
+            "{L}keepalive = {{ idle = \"x\", interval = \"8d\", probes = 0 }}\n"
+        ))
+        .len(),
+        3
+    );
+}

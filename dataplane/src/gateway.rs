@@ -296,11 +296,14 @@ fn open_worker(
                 Err(e) => return Err(err(addr, e)),
             }
         }
-        worker = worker.with_engine(Engine::new(
+        worker = worker.with_engine(
+            Engine::new(
+                p.publisher.clone(),
+                p.tls.clone(),
+                crate::proxy::random_seed(),
+            ),
             p.publisher.clone(),
-            p.tls.clone(),
-            crate::proxy::random_seed(),
-        ));
+        );
     }
     Ok(worker)
 }

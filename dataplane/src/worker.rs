@@ -308,6 +308,8 @@ pub struct Worker<D: Device> {
     services: HashMap<SocketAddrV4, Builtin>,
     sessions: HashMap<PConn, Session>,
     engine: Option<Engine<PConn>>,
+    /// The engine's tables, for the TCP options of the listener a connection came through.
+    publisher: Option<Arc<control::Publisher>>,
     clock: crate::clock::Clock,
     /// The longest the worker keeps polling after its last work before sleeping on the
     /// devices; the window adapts below it ([`SpinWindow`]). [`hw_config::DEFAULT_SPIN`] by
@@ -334,6 +336,7 @@ impl<D: Device> Worker<D> {
             services: HashMap::new(),
             sessions: HashMap::new(),
             engine: None,
+            publisher: None,
             clock: crate::clock::Clock::start(),
             spin: hw_config::DEFAULT_SPIN,
             stats: WorkerStats::default(),
@@ -356,9 +359,16 @@ impl<D: Device> Worker<D> {
         self
     }
 
-    /// Serves the proxy listeners of the engine's tables.
-    pub fn with_engine(mut self, engine: Engine<PConn>) -> Self {
+    /// Serves the proxy listeners of the engine's tables; `publisher` publishes those tables
+    /// (the one the engine was made with): the worker sets each accepted connection's TCP
+    /// options (`keepalive`) from its listener.
+    pub fn with_engine(
+        mut self,
+        engine: Engine<PConn>,
+        publisher: Arc<control::Publisher>,
+    ) -> Self {
         self.engine = Some(engine);
+        self.publisher = Some(publisher);
         self
     }
 
@@ -674,6 +684,16 @@ impl<D: Device> Worker<D> {
                     _ => {}
                 }
                 continue;
+            }
+            if let (NetEvent::Accepted { conn, local, .. }, Some(p)) = (e, &self.publisher) {
+                // The listener's keepalive, from the tables current at accept time.
+                if let Some(k) = p.load().listener_at(local.into()).and_then(|l| l.keepalive) {
+                    let _ = net.ports[conn.port as usize].stack.set_keepalive(
+                        now,
+                        conn.id,
+                        Some(crate::proxy::tcp_keepalive(&k)),
+                    );
+                }
             }
             let handled = match self.engine.as_mut() {
                 Some(engine) => {

@@ -44,6 +44,38 @@ fn to_v4(a: SocketAddr) -> Option<SocketAddrV4> {
     }
 }
 
+/// Linux's bound on `TCP_KEEPIDLE` and `TCP_KEEPINTVL` (`MAX_TCP_KEEPIDLE`), in seconds.
+const MAX_KEEP_SECS: u64 = 32767;
+
+/// A keepalive duration as the kernel takes it: whole seconds, rounded up, 1 to 32767.
+fn keep_secs(d: Duration) -> libc::c_int {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.clamp(1, MAX_KEEP_SECS) as libc::c_int
+}
+
+fn set_int_opt(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid fd and a c_int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn io_err(e: &io::Error) -> NetError {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::NotConnected => {
@@ -157,6 +189,43 @@ impl KernelNet {
         drop(stream);
         self.free.push(c.slot);
         true
+    }
+
+    /// Turns TCP keepalive on (with the listener's settings) or off for one connection:
+    /// `SO_KEEPALIVE`, and `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`. The kernel counts
+    /// whole seconds: durations round up, to at most 32767 s.
+    pub fn set_keepalive(
+        &mut self,
+        c: KConn,
+        k: Option<&control::snapshot::KeepaliveRt>,
+    ) -> io::Result<()> {
+        let fd = self
+            .stream(c)
+            .and_then(|s| s.stream.as_ref())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?
+            .as_raw_fd();
+        if let Some(k) = k {
+            set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, keep_secs(k.idle))?;
+            set_int_opt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_KEEPINTVL,
+                keep_secs(k.interval),
+            )?;
+            // Linux allows 1..=127 (MAX_TCP_KEEPCNT); the tables allow 1..=100.
+            set_int_opt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_KEEPCNT,
+                k.probes.clamp(1, 127) as libc::c_int,
+            )?;
+        }
+        set_int_opt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            libc::c_int::from(k.is_some()),
+        )
     }
 
     /// Waits for socket readiness up to `timeout` and turns it into events.
@@ -305,6 +374,8 @@ impl Net for KernelNet {
 pub struct KernelWorker {
     pub net: KernelNet,
     pub engine: mesh::engine::Engine<KConn>,
+    /// The engine's tables, for the TCP options of the listener a connection came through.
+    publisher: std::sync::Arc<control::Publisher>,
     clock: crate::clock::Clock,
 }
 
@@ -332,7 +403,8 @@ impl KernelWorker {
         }
         Ok(KernelWorker {
             net,
-            engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
+            engine: mesh::engine::Engine::new(publisher.clone(), tls, super::random_seed()),
+            publisher,
             clock: crate::clock::Clock::start(),
         })
     }
@@ -355,6 +427,13 @@ impl KernelWorker {
             self.engine.handle_timeout(&mut self.net, now);
         }
         while let Some(ev) = self.net.poll_event() {
+            if let NetEvent::Accepted { conn, local, .. } = ev {
+                // The listener's keepalive, from the tables current at accept time.
+                let snap = self.publisher.load();
+                if let Some(k) = snap.listener_at(local.into()).and_then(|l| l.keepalive) {
+                    let _ = self.net.set_keepalive(conn, Some(&k));
+                }
+            }
             if !self.engine.handle(&mut self.net, now, ev) {
                 // Not the engine's (a listener kind it does not serve): refuse.
                 if let NetEvent::Accepted { conn, .. } = ev {
@@ -405,5 +484,136 @@ impl KernelWorker {
         let now = self.now();
         self.engine.abort_all(&mut self.net, now);
         Ok(left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn get_int_opt(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int) -> i32 {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid fd, and a c_int with its size in len.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "getsockopt: {}", io::Error::last_os_error());
+        v
+    }
+
+    /// (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) of a connection's socket.
+    fn keepalive_of(net: &KernelNet, c: KConn) -> (i32, i32, i32, i32) {
+        let s = &net.slots[c.slot as usize];
+        assert_eq!(s.gen, c.gen);
+        let fd = s.stream.as_ref().expect("open").as_raw_fd();
+        (
+            get_int_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+            get_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            get_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            get_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        )
+    }
+
+    #[test]
+    fn keepalive_durations_become_whole_seconds_within_linux_bounds() {
+        assert_eq!(keep_secs(Duration::from_millis(1)), 1);
+        assert_eq!(keep_secs(Duration::from_millis(2500)), 3);
+        assert_eq!(keep_secs(Duration::from_secs(60)), 60);
+        assert_eq!(keep_secs(Duration::from_secs(7 * 24 * 3600)), 32767);
+    }
+
+    /// A kernel worker over the tables: each accepted connection gets its listener's
+    /// keepalive, and one on a listener without it stays without.
+    #[test]
+    fn accepted_sockets_get_their_listeners_keepalive() {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let tables = format!(
+            r#"
+[[service]]
+name = "s"
+endpoints = [{{ address = "127.0.0.1:9" }}]
+[[listener]]
+name = "with"
+bind = "0.0.0.0:{}"
+protocol = "tcp"
+service = "s"
+keepalive = {{ idle = "2500ms", interval = "7s", probes = 4 }}
+[[listener]]
+name = "without"
+bind = "127.0.0.1:{}"
+protocol = "tcp"
+service = "s"
+"#,
+            ports[0], ports[1]
+        );
+        let src = control::Source::new("t.toml", tables.clone());
+        let compiled =
+            control::compile(&src, &control::Context::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        let publisher = Arc::new(control::Publisher::new());
+        publisher.publish(compiled.snapshot, Arc::from(tables.as_str()), "test");
+        let mut w = KernelWorker::new(publisher, Arc::new(mesh::engine::NoMeshTls)).unwrap();
+        let mut kinds = Vec::new();
+        for port in &ports {
+            let _client = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
+            let mut accepted = None;
+            for _ in 0..200 {
+                w.net.poll_io(Some(Duration::from_millis(10))).unwrap();
+                let evs: Vec<_> = std::iter::from_fn(|| w.net.poll_event()).collect();
+                accepted = evs.iter().find_map(|ev| match ev {
+                    NetEvent::Accepted { conn, .. } => Some(*conn),
+                    _ => None,
+                });
+                // Back in the queue: the worker's own accept path (`poll_once`) takes them.
+                w.net.queue.extend(evs);
+                if accepted.is_some() {
+                    break;
+                }
+            }
+            let conn = accepted.expect("accepted within 2 s");
+            w.poll_once(Duration::ZERO).unwrap();
+            kinds.push(keepalive_of(&w.net, conn));
+        }
+        assert_eq!(kinds[0], (1, 3, 7, 4), "2.5 s rounds up to 3 s");
+        assert_eq!(kinds[1].0, 0, "no keepalive table: off");
+    }
+
+    #[test]
+    fn keepalive_can_be_turned_off_again() {
+        let mut net = KernelNet::new().unwrap();
+        net.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = net.listening()[0];
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let mut conn = None;
+        for _ in 0..200 {
+            net.poll_io(Some(Duration::from_millis(10))).unwrap();
+            if let Some(NetEvent::Accepted { conn: c, .. }) = net.poll_event() {
+                conn = Some(c);
+                break;
+            }
+        }
+        let c = conn.expect("accepted within 2 s");
+        let k = control::snapshot::KeepaliveRt::default();
+        net.set_keepalive(c, Some(&k)).unwrap();
+        assert_eq!(keepalive_of(&net, c), (1, 60, 10, 6));
+        net.set_keepalive(c, None).unwrap();
+        assert_eq!(keepalive_of(&net, c).0, 0);
+        net.abort(c);
+        assert!(net.set_keepalive(c, Some(&k)).is_err(), "a stale handle");
     }
 }
