@@ -532,6 +532,10 @@ struct Attempt {
     preamble_len: usize,
     /// A byte of the request reached the upstream: no transparent retry any more.
     sent: bool,
+    /// On a kept-alive connection: the request head of an idempotent request without a
+    /// body, to send again on a fresh connection if the server closed the kept-alive one as
+    /// we reused it (nothing of a response came back).
+    replay: Option<Vec<u8>>,
 }
 
 impl Attempt {
@@ -547,6 +551,7 @@ impl Attempt {
             number: 1,
             preamble_len: 0,
             sent: false,
+            replay: None,
         }
     }
 }
@@ -737,14 +742,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 );
             }
             Expiry::Handshake | Expiry::BodyStall => {
-                if s.attempt.is_some() {
-                    let o = if s.kind.http().is_some_and(|h| h.resp == RespPhase::Body) {
-                        Outcome::ResetMidResponse
-                    } else {
-                        Outcome::Cancelled
-                    };
-                    self.finish_attempt(now, s, o);
-                }
+                // A response body that stopped coming is the upstream's failure; a client that
+                // stopped reading (or sending its body) cancels the attempt.
+                let upstream_stalled = s.kind.http().is_some_and(|h| h.resp == RespPhase::Body)
+                    && s.to_down.is_empty();
+                let o = if upstream_stalled {
+                    Outcome::ResetMidResponse
+                } else {
+                    Outcome::Cancelled
+                };
+                self.finish_attempt(now, s, o);
                 self.teardown(net, now, s, true);
             }
             Expiry::TcpIdle => {
@@ -942,14 +949,33 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         if outcome == Outcome::Complete {
             return;
         }
+        let idle = s.kind.http().is_some_and(|h| h.resp == RespPhase::Idle);
+        if attempt.is_none() && idle {
+            // A kept-alive upstream went away between requests: nothing was in flight.
+            self.drop_upstream(net, s);
+            return;
+        }
+        let no_response_byte = s.u_in.is_empty();
         self.drop_upstream(net, s);
-        let retryable = outcome == Outcome::ConnectFailed
-            && matches!(reason, Refusal::ConnectFailed | Refusal::ConnectTimeout);
-        if let Some(a) = attempt.filter(|a| retryable && !a.sent) {
-            if a.number < MAX_CONNECT_ATTEMPTS && self.retry(net, now, sid, s, a).is_ok() {
-                self.stats.retries += 1;
-                self.dirty.push(sid);
-                return;
+        if let Some(mut a) = attempt.filter(|a| a.number < MAX_CONNECT_ATTEMPTS) {
+            let connect_failed = outcome == Outcome::ConnectFailed
+                && matches!(reason, Refusal::ConnectFailed | Refusal::ConnectTimeout)
+                && !a.sent;
+            let stale = outcome == Outcome::ResetBeforeResponse && no_response_byte;
+            let again = if connect_failed {
+                Some(false)
+            } else if let Some(head) = a.replay.take().filter(|_| stale) {
+                s.to_up = head;
+                Some(true)
+            } else {
+                None
+            };
+            if let Some(same_endpoint) = again {
+                if self.retry(net, now, sid, s, a, same_endpoint).is_ok() {
+                    self.stats.retries += 1;
+                    self.dirty.push(sid);
+                    return;
+                }
             }
         }
         if outcome == Outcome::Cancelled {
@@ -995,8 +1021,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
     }
 
-    /// A new attempt after a connect failure: another endpoint among the same candidates
-    /// where there is one (the failed one otherwise, and always for B's fixed endpoint).
+    /// A new attempt on a new connection: after a connect failure, to another endpoint among
+    /// the same candidates where there is one (the failed one otherwise, and always for B's
+    /// fixed endpoint); with `same_endpoint`, to the same one (a stale kept-alive connection).
     fn retry<N: Net<Conn = C>>(
         &mut self,
         net: &mut N,
@@ -1004,6 +1031,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         sid: usize,
         s: &mut Session<C>,
         a: Attempt,
+        same_endpoint: bool,
     ) -> Result<(), Refusal> {
         s.to_up.drain(..a.preamble_len.min(s.to_up.len()));
         let is_http = s.kind.http().is_some();
@@ -1021,10 +1049,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 } else {
                     &others
                 };
-                let ep = self
-                    .balancer(&snap, svc)
-                    .and_then(|b| b.pick(pool, None, now_duration(now)))
-                    .unwrap_or(failed);
+                let ep = if same_endpoint {
+                    failed
+                } else {
+                    self.balancer(&snap, svc)
+                        .and_then(|b| b.pick(pool, None, now_duration(now)))
+                        .unwrap_or(failed)
+                };
                 let (leg, pre) =
                     self.open_upstream(net, now, &snap, (svc, ep), s.client, is_http)?;
                 let addr = match snap.services[svc as usize].endpoints[ep as usize].address {
@@ -2043,7 +2074,20 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         h.client_keep_alive = head.keep_alive;
         h.method = head.method.clone();
         h.request_timeout = request_timeout;
+        let head_at = s.to_up.len();
         http::write_request_head(head, &mut s.to_up, &[]);
+        let replayable = reuse
+            && head.upgrade.is_none()
+            && !head.body.has_body()
+            && matches!(
+                head.method.as_str(),
+                "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+            );
+        if replayable {
+            if let Some(a) = s.attempt.as_mut() {
+                a.replay = Some(s.to_up[head_at..].to_vec());
+            }
+        }
         if head.upgrade.is_some() {
             // The body, if any, and the tunnel follow once the 101 arrives; until then the
             // request is complete as far as framing goes.

@@ -43,6 +43,11 @@ timeout = "1s"
 service = "web"
 "#;
 
+/// TABLES with EP1 only: every request goes there, so connections are kept and reused.
+fn one_endpoint() -> String {
+    TABLES.replace(", { address = \"10.0.3.2:8080\" }", "")
+}
+
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n";
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
@@ -474,4 +479,60 @@ fn a_timed_out_request_is_an_event_with_its_reason() {
         r.end.saturating_duration_since(r.start),
         Duration::from_secs(1)
     );
+}
+
+#[test]
+fn a_kept_alive_upstream_closed_as_it_is_reused_gets_an_idempotent_request_again() {
+    let mut gw = Gw::new(&one_endpoint());
+    let (c, u) = served(&mut gw);
+    // The next GET reuses the kept-alive connection; the server had closed it meanwhile.
+    gw.send(c, GET);
+    assert!(
+        gw.take(u).starts_with("GET / "),
+        "sent on the kept-alive connection"
+    );
+    gw.net.peer_reset(u);
+    gw.settle();
+    let (u2, to) = gw.pending();
+    assert_eq!(to, EP1);
+    gw.net.peer_accept(u2);
+    gw.settle();
+    assert!(
+        gw.take(u2).starts_with("GET / "),
+        "the same request on a fresh connection"
+    );
+    gw.send(u2, OK);
+    assert_eq!(status(&gw.take(c)), 200);
+    assert_eq!(gw.stats().retries, 1);
+    gw.balanced();
+
+    // A POST is not sent twice: the client gets the 502.
+    gw.send(
+        c,
+        b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(gw.take(u2).starts_with("POST / "));
+    gw.net.peer_reset(u2);
+    gw.settle();
+    assert!(gw.net.pending_connects().is_empty());
+    assert_eq!(status(&gw.take(c)), 502);
+    gw.balanced();
+}
+
+#[test]
+fn an_idle_kept_alive_upstream_that_resets_costs_the_client_nothing() {
+    let mut gw = Gw::new(&one_endpoint());
+    let (c, u) = served(&mut gw);
+    gw.net.peer_reset(u);
+    gw.settle();
+    assert_eq!(gw.net.closed(c), None, "the client keeps its connection");
+    assert_eq!(gw.stats().refused(Refusal::UpstreamReset), 0);
+    // Its next request opens a new upstream.
+    gw.send(c, GET);
+    let (u2, _) = gw.pending();
+    gw.net.peer_accept(u2);
+    gw.settle();
+    gw.take(u2);
+    gw.send(u2, OK);
+    assert_eq!(status(&gw.take(c)), 200);
 }
