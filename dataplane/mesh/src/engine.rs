@@ -1014,11 +1014,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 net.abort(up.conn);
             }
         }
-        s.up_eof = false;
-        s.u_in.clear();
-        if let Some(h) = s.kind.http_mut() {
-            h.up_endpoint = None;
-        }
+        forget_upstream(s);
     }
 
     /// A new attempt on a new connection: after a connect failure, to another endpoint among
@@ -2118,12 +2114,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 net.close(now, up.conn);
             }
         }
-        s.up_eof = false;
-        s.u_in.clear();
+        forget_upstream(s);
         s.to_up.clear();
-        if let Some(h) = s.kind.http_mut() {
-            h.up_endpoint = None;
-        }
     }
 
     fn teardown<N: Net<Conn = C>>(
@@ -2190,6 +2182,15 @@ impl HttpState {
             request_deadline: None,
             close_after: false,
         }
+    }
+}
+
+/// What the session knew of an upstream it no longer has.
+fn forget_upstream<C>(s: &mut Session<C>) {
+    s.up_eof = false;
+    s.u_in.clear();
+    if let Some(h) = s.kind.http_mut() {
+        h.up_endpoint = None;
     }
 }
 
