@@ -266,7 +266,8 @@ pub struct Keepalive {
 /// | `body_stall` | 30 s | no body byte moved in either direction while one is owed | cut |
 /// | `tcp_idle` | 1 h | `tcp` listener (and `tcp` mesh hops): no byte either way | close both sides |
 ///
-/// A `[[route]]`'s `timeout` overrides `request` for the requests it routes.
+/// A `[[route]]`'s `timeout` (or `timeouts = { request, connect, body_stall }`) overrides
+/// those for the requests it routes.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
@@ -436,10 +437,27 @@ pub struct Route {
     /// Default: all endpoints of `service`, weight 1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<Sp<Backend>>,
-    /// The whole request, from routing to the response head, all attempts included
-    /// (`"3s"`): overrides the listener's `timeouts.request` (default 15 s). Expiry: 504.
+    /// The request timeout (`"3s"`): from the end of the request to the response head, all
+    /// attempts included; overrides the listener's `timeouts.request` (default 15 s). Expiry:
+    /// 504. The same as `timeouts.request`; give one of the two.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Sp<String>>,
+    /// The timeouts of a routed request that a route may override: `request`, `connect`,
+    /// `body_stall` (see [`Timeouts`]; the connection-level ones stay the listener's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Sp<RouteTimeouts>>,
+}
+
+/// `timeouts = { ... }` on a `[[route]]`: the listener's values for the requests it routes.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_stall: Option<Sp<String>>,
 }
 
 /// Every given condition must hold.

@@ -363,6 +363,7 @@ fn split(
             matches: None,
             backends,
             timeout: None,
+            timeouts: None,
         }));
         return;
     }
@@ -407,6 +408,7 @@ fn split(
                     matches: Some(Sp::new(rm)),
                     backends: backends.clone(),
                     timeout: None,
+                    timeouts: None,
                 }));
             }
         }

@@ -189,8 +189,13 @@ pub struct RouteRt {
     /// Lower-case names.
     pub headers: Vec<(String, HeaderMatcher)>,
     pub backends: Vec<BackendRt>,
-    /// The route's `timeout` (whole request); `None`: the listener's `timeouts.request`.
+    /// The route's request timeout (`timeout` or `timeouts.request`); `None`: the
+    /// listener's `timeouts.request`.
     pub timeout: Option<Duration>,
+    /// The route's `timeouts.connect`; `None`: the listener's.
+    pub connect_timeout: Option<Duration>,
+    /// The route's `timeouts.body_stall`; `None`: the listener's.
+    pub body_stall_timeout: Option<Duration>,
     /// Running sums of backend weights, for [`RouteRt::pick`].
     cumulative: Vec<u64>,
 }
@@ -223,6 +228,8 @@ impl RouteRt {
             headers,
             backends,
             timeout: None,
+            connect_timeout: None,
+            body_stall_timeout: None,
             cumulative,
         }
     }

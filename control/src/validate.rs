@@ -645,14 +645,41 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             .set_hint("give at least one backend a weight above 0");
             ok = false;
         }
-        let timeout = match &r.timeout {
-            Some(t) => {
-                let d = check_duration(&mut v, t, &Lazy(|| format!("{}.timeout", k())));
-                ok &= d.is_some();
-                d
+        let mut route_duration = |v: &mut V<'_>, d: Option<&Sp<String>>, key: &str| match d {
+            Some(d) => {
+                let x = check_duration(v, d, &Lazy(|| format!("{}.{key}", k())));
+                ok &= x.is_some();
+                x
             }
             None => None,
         };
+        let rto = r.timeouts.as_ref();
+        let mut timeout = route_duration(&mut v, r.timeout.as_ref(), "timeout");
+        let request = route_duration(
+            &mut v,
+            rto.and_then(|t| t.request.as_ref()),
+            "timeouts.request",
+        );
+        let connect = route_duration(
+            &mut v,
+            rto.and_then(|t| t.connect.as_ref()),
+            "timeouts.connect",
+        );
+        let body_stall = route_duration(
+            &mut v,
+            rto.and_then(|t| t.body_stall.as_ref()),
+            "timeouts.body_stall",
+        );
+        if let (Some(_), Some(req)) = (&r.timeout, rto.and_then(|t| t.request.as_ref())) {
+            v.err(
+                &req.span,
+                format!("{}.timeouts.request", k()),
+                "the request timeout is given twice",
+            )
+            .set_hint("keep either timeout = ... or timeouts.request");
+            ok = false;
+        }
+        timeout = timeout.or(request);
         if let (true, Some(sid)) = (ok, sid) {
             let mut rt = RouteRt::new(
                 r.name.as_ref().map(|n| n.value.clone()),
@@ -664,6 +691,8 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 backends,
             );
             rt.timeout = timeout;
+            rt.connect_timeout = connect;
+            rt.body_stall_timeout = body_stall;
             routes.push(rt);
         }
     }

@@ -432,6 +432,22 @@ timeout = "40s"
     assert_eq!(t.connect, d.connect, "unset keys keep their defaults");
     let r = s.route("a", "GET", "/", NONE).unwrap().route;
     assert_eq!(r.timeout, Some(Duration::from_secs(40)));
+    assert_eq!((r.connect_timeout, r.body_stall_timeout), (None, None));
+
+    let s = compile(
+        r#"
+[[service]]
+name = "a"
+endpoints = [{ address = "10.0.0.1:80" }]
+[[route]]
+service = "a"
+timeouts = { request = "3s", connect = "500ms", body_stall = "5s" }
+"#,
+    );
+    let r = s.route("a", "GET", "/", NONE).unwrap().route;
+    assert_eq!(r.timeout, Some(Duration::from_secs(3)));
+    assert_eq!(r.connect_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(r.body_stall_timeout, Some(Duration::from_secs(5)));
 }
 
 #[test]

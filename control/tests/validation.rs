@@ -493,3 +493,20 @@ fn keepalive_durations_and_probes_are_in_range() {
         3
     );
 }
+
+#[test]
+fn route_timeouts_are_checked_and_the_request_timeout_is_given_once() {
+    let svc = "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\" }]\n[[route]]\nservice = \"a\"\n";
+    one(
+        &format!("{svc}timeouts = {{ connect = \"never\" }}\n"),
+        "t.toml:6:24: route[0].timeouts.connect: \"never\" is not a duration: expected number at 0 (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        &format!("{svc}timeout = \"1s\"\ntimeouts = {{ request = \"2s\" }}\n"),
+        "t.toml:7:24: route[0].timeouts.request: the request timeout is given twice (hint: keep either timeout = ... or timeouts.request)",
+    );
+    one(
+        &format!("{svc}timeouts = {{ idle = \"2s\" }}\n"),
+        "t.toml:6:14: route[0].timeouts.idle: unknown key \"idle\" (hint: allowed keys: request, connect, body_stall)",
+    );
+}

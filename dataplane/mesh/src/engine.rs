@@ -471,6 +471,8 @@ struct HttpState {
     record: Option<Box<RequestEvent>>,
     /// The request timeout of the request in flight (the route's, else the listener's).
     request_timeout: Duration,
+    /// The body stall timeout of the request in flight (the route's, else the listener's).
+    body_stall: Duration,
     /// When the request in flight must have its response head: the request timeout counts
     /// from when the request was sent whole (as Envoy's route timeout does), so a slow
     /// upload is bounded by the body stall timeout instead.
@@ -532,6 +534,8 @@ struct Attempt {
     preamble_len: usize,
     /// A byte of the request reached the upstream: no transparent retry any more.
     sent: bool,
+    /// How long this attempt may take to connect (the route's, else the listener's).
+    connect_timeout: Duration,
     /// On a kept-alive connection: the request head of an idempotent request without a
     /// body, to send again on a fresh connection if the server closed the kept-alive one as
     /// we reused it (nothing of a response came back).
@@ -540,7 +544,7 @@ struct Attempt {
 
 impl Attempt {
     /// The first attempt at `endpoint`, connecting from `now`, that no balancer picked.
-    fn first(now: Instant, endpoint: SocketAddrV4) -> Attempt {
+    fn first(now: Instant, endpoint: SocketAddrV4, connect_timeout: Duration) -> Attempt {
         Attempt {
             lb: None,
             gen: 0,
@@ -551,6 +555,7 @@ impl Attempt {
             number: 1,
             preamble_len: 0,
             sent: false,
+            connect_timeout,
             replay: None,
         }
     }
@@ -1088,7 +1093,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             candidates: a.candidates,
             number: a.number + 1,
             preamble_len,
-            ..Attempt::first(now, endpoint)
+            ..Attempt::first(now, endpoint, a.connect_timeout)
         });
         s.attempt = Some(next);
         if let Some(r) = s.kind.http_mut().and_then(|h| h.record.as_mut()) {
@@ -1186,7 +1191,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         session.attempt = Some(self.begin_attempt(Attempt {
                             lb: Some((tsvc, ep)),
                             candidates,
-                            ..Attempt::first(now, addr)
+                            ..Attempt::first(now, addr, session.timeouts.connect)
                         }));
                     }
                     Err(r) => {
@@ -1195,7 +1200,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
             }
             Protocol::Http => {
-                session.kind = Kind::Http(HttpState::new(Target::Route));
+                session.kind =
+                    Kind::Http(HttpState::new(Target::Route, listener.timeouts.body_stall));
             }
             Protocol::Mesh => {
                 let server = listener
@@ -1550,11 +1556,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         if is_http {
             // Authorized per request (methods and paths may matter).
-            let mut h = HttpState::new(Target::Fixed {
-                service: s.snap.services[svc as usize].name.clone(),
-                endpoint: ep,
-                peer,
-            });
+            let mut h = HttpState::new(
+                Target::Fixed {
+                    service: s.snap.services[svc as usize].name.clone(),
+                    endpoint: ep,
+                    peer,
+                },
+                s.timeouts.body_stall,
+            );
             h.req = ReqPhase::Head;
             s.kind = Kind::Http(h);
             return Ok(());
@@ -1575,7 +1584,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.stats.upstream_connects += 1;
         self.by_conn.insert(up, (sid, Side::Up));
         s.up = Some(Leg::plain(up, false));
-        s.attempt = Some(self.begin_attempt(Attempt::first(now, ep)));
+        s.attempt = Some(self.begin_attempt(Attempt::first(now, ep, s.timeouts.connect)));
         // Bytes after the preamble belong to the service.
         s.to_up = std::mem::take(&mut s.d_in);
         s.kind = Kind::Tcp(TcpPhase::Connecting);
@@ -1962,9 +1971,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         // connections too, without dropping them.
         s.snap = self.publisher.load();
         let snap = s.snap.clone();
-        let listener_request = s.timeouts.request;
+        let listener = s.timeouts;
         let mut route_name = None;
-        let (svc, ep, endpoint, candidates, request_timeout) =
+        let (svc, ep, endpoint, candidates, limits) =
             match &s.kind.http().expect("an HTTP session").target {
                 Target::Fixed {
                     service,
@@ -1982,7 +1991,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if !local {
                         return Err(Refusal::EndpointNotLocal);
                     }
-                    (svc, None, *endpoint, Vec::new(), listener_request)
+                    (
+                        svc,
+                        None,
+                        *endpoint,
+                        Vec::new(),
+                        RequestLimits::of(&listener),
+                    )
                 }
                 Target::Route => {
                     let host = head.host().unwrap_or("").to_string();
@@ -1993,14 +2008,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if s.listener.is_some() {
                         route_name = route.name.clone();
                     }
-                    let timeout = route.timeout.unwrap_or(listener_request);
+                    let limits = RequestLimits {
+                        request: route.timeout.unwrap_or(listener.request),
+                        connect: route.connect_timeout.unwrap_or(listener.connect),
+                        body_stall: route.body_stall_timeout.unwrap_or(listener.body_stall),
+                    };
                     let (tsvc, ep, candidates) =
                         self.pick(&snap, route, Some(head), s.client, now)?;
                     let service = &snap.services[tsvc as usize];
                     let SocketAddr::V4(addr) = service.endpoints[ep as usize].address else {
                         return Err(Refusal::NoEndpoint);
                     };
-                    (tsvc, Some(ep), addr, candidates, timeout)
+                    (tsvc, Some(ep), addr, candidates, limits)
                 }
             };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.next_u64());
@@ -2046,7 +2065,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             preamble_len,
             // A kept-alive connection is connected already.
             connected_at: reuse.then_some(now),
-            ..Attempt::first(now, endpoint)
+            ..Attempt::first(now, endpoint, limits.connect)
         });
         s.attempt = Some(attempt);
         let h = s.kind.http_mut().expect("an HTTP session");
@@ -2069,7 +2088,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         h.up_reusable = head.keep_alive;
         h.client_keep_alive = head.keep_alive;
         h.method = head.method.clone();
-        h.request_timeout = request_timeout;
+        h.request_timeout = limits.request;
+        h.body_stall = limits.body_stall;
         let head_at = s.to_up.len();
         http::write_request_head(head, &mut s.to_up, &[]);
         let replayable = reuse
@@ -2095,7 +2115,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             h.req = ReqPhase::Sent;
         }
         if h.req == ReqPhase::Sent {
-            h.request_deadline = Some(now + request_timeout);
+            h.request_deadline = Some(now + limits.request);
         }
         h.resp = RespPhase::Head;
         Ok(())
@@ -2165,7 +2185,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
 }
 
 impl HttpState {
-    fn new(target: Target) -> Self {
+    fn new(target: Target, body_stall: Duration) -> Self {
         HttpState {
             target,
             req: ReqPhase::Head,
@@ -2179,8 +2199,27 @@ impl HttpState {
             head_started: None,
             record: None,
             request_timeout: Duration::ZERO,
+            body_stall,
             request_deadline: None,
             close_after: false,
+        }
+    }
+}
+
+/// The timeouts of one routed request: the route's where it sets them, else the listener's.
+#[derive(Clone, Copy)]
+struct RequestLimits {
+    request: Duration,
+    connect: Duration,
+    body_stall: Duration,
+}
+
+impl RequestLimits {
+    fn of(t: &Timeouts) -> Self {
+        RequestLimits {
+            request: t.request,
+            connect: t.connect,
+            body_stall: t.body_stall,
         }
     }
 }
@@ -2202,7 +2241,7 @@ fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
         Kind::Tcp(TcpPhase::Connecting) => s
             .attempt
             .as_ref()
-            .map(|a| (a.started + t.connect, Expiry::Connect)),
+            .map(|a| (a.started + a.connect_timeout, Expiry::Connect)),
         Kind::Tcp(TcpPhase::Pipe) => Some((s.last_io + t.tcp_idle, Expiry::TcpIdle)),
         Kind::Http(h) => {
             if h.resp == RespPhase::Tunnel {
@@ -2215,7 +2254,7 @@ fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
                 }
             };
             if let Some(a) = s.attempt.as_ref().filter(|a| a.connected_at.is_none()) {
-                take(a.started + t.connect, Expiry::Connect);
+                take(a.started + a.connect_timeout, Expiry::Connect);
             }
             if h.resp == RespPhase::Head {
                 if let Some(d) = h.request_deadline {
@@ -2223,7 +2262,7 @@ fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
                 }
             }
             if h.req == ReqPhase::Body || h.resp == RespPhase::Body {
-                take(s.last_io + t.body_stall, Expiry::BodyStall);
+                take(s.last_io + h.body_stall, Expiry::BodyStall);
             }
             if h.req != ReqPhase::Body && h.resp == RespPhase::Idle {
                 if h.close_after {

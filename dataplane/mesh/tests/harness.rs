@@ -40,6 +40,12 @@ match = { path = { prefix = "/fast" } }
 timeout = "1s"
 
 [[route]]
+name = "impatient"
+service = "web"
+match = { path = { prefix = "/impatient" } }
+timeouts = { connect = "100ms", body_stall = "1s" }
+
+[[route]]
 service = "web"
 "#;
 
@@ -535,4 +541,39 @@ fn an_idle_kept_alive_upstream_that_resets_costs_the_client_nothing() {
     gw.take(u2);
     gw.send(u2, OK);
     assert_eq!(status(&gw.take(c)), 200);
+}
+
+#[test]
+fn a_route_overrides_the_connect_and_body_stall_timeouts() {
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    gw.send(
+        c,
+        b"POST /impatient HTTP/1.1\r\nHost: web.test\r\nContent-Length: 9\r\n\r\n",
+    );
+    // Connect: 100 ms per attempt instead of 2 s.
+    let (u, _) = gw.pending();
+    gw.advance(Duration::from_millis(99));
+    assert_eq!(gw.net.closed(u), None);
+    gw.advance(Duration::from_millis(1));
+    assert_eq!(
+        gw.net.closed(u),
+        Some(EngineClose::Abort),
+        "connect timed out at 100 ms"
+    );
+    let (u2, _) = gw.pending();
+    gw.net.peer_accept(u2);
+    gw.settle();
+    gw.take(u2);
+    // Body stall: 1 s instead of 30 s.
+    gw.advance(Duration::from_millis(999));
+    assert_eq!(gw.net.closed(c), None);
+    gw.advance(Duration::from_millis(1));
+    assert_eq!(
+        gw.net.closed(c),
+        Some(EngineClose::Abort),
+        "body stalled for 1 s"
+    );
+    assert_eq!(gw.stats().timeouts(Expiry::BodyStall), 1);
+    gw.balanced();
 }
