@@ -296,14 +296,11 @@ fn open_worker(
                 Err(e) => return Err(err(addr, e)),
             }
         }
-        worker = worker.with_engine(
-            Engine::new(
-                p.publisher.clone(),
-                p.tls.clone(),
-                crate::proxy::random_seed(),
-            ),
+        worker = worker.with_engine(Engine::new(
             p.publisher.clone(),
-        );
+            p.tls.clone(),
+            crate::proxy::random_seed(),
+        ));
     }
     Ok(worker)
 }
@@ -665,7 +662,7 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
         ),
         (
             "retries",
-            "Upstream attempts made again after a connect failure (before any request byte left).",
+            "Upstream attempts made again: after a connect failure (before any request byte left), or an idempotent request after a kept-alive connection failed before any response byte.",
             |s| s.retries,
         ),
     ];

@@ -308,8 +308,6 @@ pub struct Worker<D: Device> {
     services: HashMap<SocketAddrV4, Builtin>,
     sessions: HashMap<PConn, Session>,
     engine: Option<Engine<PConn>>,
-    /// The engine's tables, for the TCP options of the listener a connection came through.
-    publisher: Option<Arc<control::Publisher>>,
     clock: crate::clock::Clock,
     /// The longest the worker keeps polling after its last work before sleeping on the
     /// devices; the window adapts below it ([`SpinWindow`]). [`hw_config::DEFAULT_SPIN`] by
@@ -336,7 +334,6 @@ impl<D: Device> Worker<D> {
             services: HashMap::new(),
             sessions: HashMap::new(),
             engine: None,
-            publisher: None,
             clock: crate::clock::Clock::start(),
             spin: hw_config::DEFAULT_SPIN,
             stats: WorkerStats::default(),
@@ -359,16 +356,10 @@ impl<D: Device> Worker<D> {
         self
     }
 
-    /// Serves the proxy listeners of the engine's tables; `publisher` publishes those tables
-    /// (the one the engine was made with): the worker sets each accepted connection's TCP
-    /// options (`keepalive`) from its listener.
-    pub fn with_engine(
-        mut self,
-        engine: Engine<PConn>,
-        publisher: Arc<control::Publisher>,
-    ) -> Self {
+    /// Serves the proxy listeners of the engine's tables; each accepted connection gets its
+    /// listener's TCP options (`keepalive`) from them.
+    pub fn with_engine(mut self, engine: Engine<PConn>) -> Self {
         self.engine = Some(engine);
-        self.publisher = Some(publisher);
         self
     }
 
@@ -685,9 +676,10 @@ impl<D: Device> Worker<D> {
                 }
                 continue;
             }
-            if let (NetEvent::Accepted { conn, local, .. }, Some(p)) = (e, &self.publisher) {
+            if let (NetEvent::Accepted { conn, local, .. }, Some(engine)) = (e, &self.engine) {
                 // The listener's keepalive, from the tables current at accept time.
-                if let Some(k) = p.load().listener_at(local.into()).and_then(|l| l.keepalive) {
+                let tables = engine.tables();
+                if let Some(k) = tables.listener_at(local.into()).and_then(|l| l.keepalive) {
                     let _ = net.ports[conn.port as usize].stack.set_keepalive(
                         now,
                         conn.id,

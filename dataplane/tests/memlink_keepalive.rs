@@ -54,12 +54,8 @@ fn probes_sent(tables: &str, port: u16, idle_for: Duration) -> u64 {
         vec![Ipv4Cidr::new(GW, 24)],
         [9; 16],
     );
-    let engine = mesh::engine::Engine::new(
-        publisher.clone(),
-        Arc::new(mesh::engine::NoMeshTls),
-        [1; 32],
-    );
-    let mut w = Worker::new(link.device(0, 0), Stack::new(cfg)).with_engine(engine, publisher);
+    let engine = mesh::engine::Engine::new(publisher, Arc::new(mesh::engine::NoMeshTls), [1; 32]);
+    let mut w = Worker::new(link.device(0, 0), Stack::new(cfg)).with_engine(engine);
     w.listen_proxy(SocketAddrV4::new(GW, port)).unwrap();
     let mut c = Client {
         dev: link.device(1, 0),

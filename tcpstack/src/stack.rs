@@ -425,12 +425,8 @@ impl Stack {
     /// Our keyed ISN (RFC 6528) also grows with time, so the new SYN lies above the old
     /// sequence space (RFC 6191).
     fn time_wait_reusable(&self, now: Instant, tw: &TimeWait) -> bool {
-        let entered = tw
-            .deadline
-            .saturating_duration_since(Instant::ZERO)
-            .saturating_sub(self.cfg.tcp.time_wait);
-        tw.ts.is_some()
-            && now.saturating_duration_since(Instant::ZERO) >= entered + Duration::from_secs(1)
+        // It entered TIME-WAIT at `deadline - time_wait`.
+        tw.ts.is_some() && now + self.cfg.tcp.time_wait >= tw.deadline + Duration::from_secs(1)
     }
 
     fn params(&self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4) -> ConnParams {

@@ -2,10 +2,12 @@
 //! [`Net`]. Sans-IO apart from the transport it is handed: the caller feeds it transport
 //! events and calls [`Engine::progress`]; nothing here sleeps or reads a clock.
 //!
-//! Call order, per loop iteration:
+//! Call order, per loop iteration (the crate's README says more):
 //! ```text
 //! while let Some(ev) = net.poll_event() { engine.handle(&mut net, now, ev) }
+//! if engine.poll_timeout() <= now { engine.handle_timeout(&mut net, now) }
 //! engine.progress(&mut net, now)
+//! while let Some(e) = engine.poll_event() { ... }   // when set_event_capacity(n > 0)
 //! ```
 //!
 //! Sessions:
@@ -30,7 +32,7 @@ use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
 use super::net::{Net, NetEvent};
 use control::schema::Protocol;
-use control::snapshot::{EndpointRt, IdentityRt, ServiceRt, Timeouts};
+use control::snapshot::{IdentityRt, ServiceRt, Timeouts};
 use control::{Publisher, Snapshot};
 use rand::{RngCore, SeedableRng};
 use std::cmp::Reverse;
@@ -354,7 +356,8 @@ pub struct ProxyStats {
     pub refused: [u64; Refusal::ALL.len()],
     /// Upstream attempts by how they ended ([`Outcome`]).
     pub attempts: [u64; Outcome::ALL.len()],
-    /// Attempts made again after a connect failure.
+    /// Attempts made again: after a connect failure, or (an idempotent request) after a
+    /// kept-alive connection failed before any response byte.
     pub retries: u64,
     /// Timeouts that expired, by [`Expiry`].
     pub timeouts: [u64; Expiry::ALL.len()],
@@ -532,8 +535,7 @@ struct Attempt {
     number: u8,
     /// Length of the mesh preamble at the front of `to_up` (replaced on a retry).
     preamble_len: usize,
-    /// A byte of the request reached the upstream: no transparent retry any more.
-    sent: bool,
+
     /// How long this attempt may take to connect (the route's, else the listener's).
     connect_timeout: Duration,
     /// On a kept-alive connection: the request head of an idempotent request without a
@@ -554,7 +556,6 @@ impl Attempt {
             connected_at: None,
             number: 1,
             preamble_len: 0,
-            sent: false,
             connect_timeout,
             replay: None,
         }
@@ -672,17 +673,23 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             let Some(mut s) = self.sessions.get_mut(sid).and_then(Option::take) else {
                 continue;
             };
+            let mut expired = false;
             if s.epoch == epoch && !s.closed && s.scheduled == Some(t) {
                 s.scheduled = None;
                 match deadline(&s) {
-                    // `progress` steps the session and queues its next deadline.
-                    Some((due, what)) if due <= now => self.expire(net, now, sid, &mut s, what),
+                    Some((due, what)) if due <= now => {
+                        self.expire(net, now, sid, &mut s, what);
+                        expired = true;
+                    }
                     _ => self.arm(sid, &mut s),
                 }
             }
             self.sessions[sid] = Some(s);
-            self.dirty.push(sid);
-            self.maybe_release(sid);
+            if expired {
+                // `progress` steps the session and queues its next deadline.
+                self.dirty.push(sid);
+                self.maybe_release(sid);
+            }
         }
     }
 
@@ -711,16 +718,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.stats.timeouts[what as usize] += 1;
         match what {
             Expiry::RequestHead => {
-                // RFC 9110 §15.5.9: 408 and close; nothing of the partial head is kept.
+                // RFC 9110 §15.5.9: 408 and close.
                 self.stats.refuse(Refusal::HeadTimeout);
-                if let Some(h) = s.kind.http_mut() {
-                    h.close_after = true;
-                    h.head_started = None;
-                }
-                s.d_in.clear();
-                s.to_down
-                    .extend_from_slice(&http::error_response(408, Refusal::HeadTimeout.label()));
-                self.answered_without_head(now, s, 408, Refusal::HeadTimeout);
+                let response = http::error_response(408, Refusal::HeadTimeout.label());
+                self.answer_without_head(now, s, &response, 408, Refusal::HeadTimeout);
             }
             Expiry::Idle => {
                 // A keep-alive connection with nothing in flight: close it gracefully.
@@ -749,14 +750,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Expiry::Handshake | Expiry::BodyStall => {
                 // A response body that stopped coming is the upstream's failure; a client that
                 // stopped reading (or sending its body) cancels the attempt.
+                // (`teardown` cancels whatever attempt is left).
                 let upstream_stalled = s.kind.http().is_some_and(|h| h.resp == RespPhase::Body)
                     && s.to_down.is_empty();
-                let o = if upstream_stalled {
-                    Outcome::ResetMidResponse
-                } else {
-                    Outcome::Cancelled
-                };
-                self.finish_attempt(now, s, o);
+                if upstream_stalled {
+                    self.finish_attempt(now, s, Outcome::ResetMidResponse);
+                }
                 self.teardown(net, now, s, true);
             }
             Expiry::TcpIdle => {
@@ -770,6 +769,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// when no balancer of the current tables exists for it yet).
     pub fn outstanding(&self, svc: u32, ep: u32) -> Option<u32> {
         self.balancers.get(&svc).map(|b| b.outstanding(ep))
+    }
+
+    /// The tables current now (what a newly accepted connection is served under).
+    pub fn tables(&self) -> Arc<Snapshot> {
+        self.publisher.load()
     }
 
     /// Sessions in progress.
@@ -859,8 +863,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         c: C,
     ) {
         if side == Side::Down {
-            // The client went away: not a refusal, but the session (and its attempt) ends.
-            self.finish_attempt(now, s, Outcome::Cancelled);
+            // The client went away: not a refusal, but the session ends (`teardown` cancels
+            // its attempt).
             self.teardown(net, now, s, true);
             return;
         }
@@ -963,9 +967,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let no_response_byte = s.u_in.is_empty();
         self.drop_upstream(net, s);
         if let Some(mut a) = attempt.filter(|a| a.number < MAX_CONNECT_ATTEMPTS) {
+            // A connect failure leaves the whole request in `to_up`: nothing is written to an
+            // upstream before it connected (and finished its TLS handshake).
             let connect_failed = outcome == Outcome::ConnectFailed
-                && matches!(reason, Refusal::ConnectFailed | Refusal::ConnectTimeout)
-                && !a.sent;
+                && matches!(reason, Refusal::ConnectFailed | Refusal::ConnectTimeout);
             let stale = outcome == Outcome::ResetBeforeResponse && no_response_byte;
             let again = if connect_failed {
                 Some(false)
@@ -1039,39 +1044,35 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let snap = s.snap.clone();
         let (leg, pre, lb, endpoint) = match a.lb {
             Some((svc, failed)) => {
-                let others: Vec<u32> = a
-                    .candidates
-                    .iter()
-                    .copied()
-                    .filter(|&e| e != failed)
-                    .collect();
-                let pool = if others.is_empty() {
-                    &a.candidates
-                } else {
-                    &others
-                };
                 let ep = if same_endpoint {
                     failed
                 } else {
+                    let others: Vec<u32> = a
+                        .candidates
+                        .iter()
+                        .copied()
+                        .filter(|&e| e != failed)
+                        .collect();
+                    let pool = if others.is_empty() {
+                        &a.candidates
+                    } else {
+                        &others
+                    };
                     self.balancer(&snap, svc)
                         .and_then(|b| b.pick(pool, None, now_duration(now)))
                         .unwrap_or(failed)
                 };
+                let addr = endpoint_addr(&snap, svc, ep)?;
                 let (leg, pre) =
                     self.open_upstream(net, now, &snap, (svc, ep), s.client, is_http)?;
-                let addr = match snap.services[svc as usize].endpoints[ep as usize].address {
-                    SocketAddr::V4(x) => x,
-                    SocketAddr::V6(_) => return Err(Refusal::NoEndpoint),
-                };
                 (leg, pre, Some((svc, ep)), addr)
             }
-            None => {
-                let c = net
-                    .connect(now, a.endpoint)
-                    .map_err(|_| Refusal::ConnectFailed)?;
-                self.stats.upstream_connects += 1;
-                (Leg::plain(c, false), None, None, a.endpoint)
-            }
+            None => (
+                self.connect_plain(net, now, a.endpoint)?,
+                None,
+                None,
+                a.endpoint,
+            ),
         };
         self.by_conn.insert(leg.conn, (sid, Side::Up));
         s.up = Some(leg);
@@ -1112,16 +1113,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         remote: SocketAddrV4,
     ) -> bool {
         let snap = self.publisher.load();
-        let listener = snap
-            .listeners
-            .iter()
-            .find(|l| l.bind == SocketAddr::V4(local))
-            .or_else(|| {
-                snap.listeners
-                    .iter()
-                    .find(|l| l.bind.ip().is_unspecified() && l.bind.port() == local.port())
-            });
-        let Some(listener) = listener else {
+        let Some(listener) = snap.listener_at(SocketAddr::V4(local)) else {
             return false;
         };
         self.stats.accepted += 1;
@@ -1172,15 +1164,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             return self.refuse_accept(net, now, (conn, remote, &listener.name), r)
                         }
                     };
-                let addr = match snap.services[tsvc as usize].endpoints[ep as usize].address {
-                    SocketAddr::V4(a) => a,
-                    SocketAddr::V6(_) => {
-                        return self.refuse_accept(
-                            net,
-                            now,
-                            (conn, remote, &listener.name),
-                            Refusal::NoEndpoint,
-                        )
+                let addr = match endpoint_addr(&snap, tsvc, ep) {
+                    Ok(a) => a,
+                    Err(r) => {
+                        return self.refuse_accept(net, now, (conn, remote, &listener.name), r)
                     }
                 };
                 match self.open_upstream(net, now, &snap, (tsvc, ep), remote, false) {
@@ -1336,21 +1323,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         http: bool,
     ) -> Result<(Leg<C>, Option<Vec<u8>>), Refusal> {
         let service = snap.services.get(svc as usize).ok_or(Refusal::NoService)?;
-        let ep: &EndpointRt = service
-            .endpoints
-            .get(ep as usize)
-            .ok_or(Refusal::NoEndpoint)?;
-        let SocketAddr::V4(ep_addr) = ep.address else {
-            return Err(Refusal::NoEndpoint);
-        };
-        match ep.via {
-            None => {
-                let c = net
-                    .connect(now, ep_addr)
-                    .map_err(|_| Refusal::ConnectFailed)?;
-                self.stats.upstream_connects += 1;
-                Ok((Leg::plain(c, false), None))
-            }
+        let ep_addr = endpoint_addr(snap, svc, ep)?;
+        match service.endpoints[ep as usize].via {
+            None => Ok((self.connect_plain(net, now, ep_addr)?, None)),
             Some(peer) => {
                 let (tls, peer_addr) = self.client_tls(snap, service, peer, client)?;
                 let c = net
@@ -1363,6 +1338,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 ))
             }
         }
+    }
+
+    /// A plain TCP connection to a local endpoint (the transport completes it later).
+    fn connect_plain<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        addr: SocketAddrV4,
+    ) -> Result<Leg<C>, Refusal> {
+        let c = net.connect(now, addr).map_err(|_| Refusal::ConnectFailed)?;
+        self.stats.upstream_connects += 1;
+        Ok(Leg::plain(c, false))
     }
 
     fn client_tls(
@@ -1473,7 +1460,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             self.note_resumption(up);
             if let Some(a) = s.attempt.as_mut() {
                 a.connected_at = Some(now);
-                a.sent = true;
             }
             if let Some(p) = s.preamble.take() {
                 s.to_up.splice(0..0, p);
@@ -1572,18 +1558,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             // L4: the caller learns by close_notify and close, not by a byte of the service.
             self.stats.refuse(Refusal::Denied);
             s.down.finish(net)?;
-            s.closed = true;
-            if self.by_conn.contains_key(&s.down.conn) {
-                net.close(now, s.down.conn);
-            }
+            self.teardown(net, now, s, false);
             return Ok(());
         }
-        let up = net
-            .connect(now, ep)
-            .map_err(|_| StepError::Refused(Refusal::ConnectFailed))?;
-        self.stats.upstream_connects += 1;
-        self.by_conn.insert(up, (sid, Side::Up));
-        s.up = Some(Leg::plain(up, false));
+        let up = self
+            .connect_plain(net, now, ep)
+            .map_err(StepError::Refused)?;
+        self.by_conn.insert(up.conn, (sid, Side::Up));
+        s.up = Some(up);
         s.attempt = Some(self.begin_attempt(Attempt::first(now, ep, s.timeouts.connect)));
         // Bytes after the preamble belong to the service.
         s.to_up = std::mem::take(&mut s.d_in);
@@ -1687,11 +1669,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     let n = up.write(net, &s.to_up).map_err(StepError::Up)?;
                     s.to_up.drain(..n);
                     self.stats.bytes_down_to_up += n as u64;
-                    if n > 0 {
-                        if let Some(a) = s.attempt.as_mut() {
-                            a.sent = true;
-                        }
-                    }
                 } else {
                     up.flush(net).map_err(StepError::Up)?;
                 }
@@ -1914,22 +1891,26 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     fn http_error(&mut self, now: Instant, s: &mut Session<C>, e: HttpError) {
-        let h = s.kind.http_mut().expect("an HTTP session");
-        h.close_after = true;
-        s.to_down.extend_from_slice(&e.response());
-        s.d_in.clear();
-        self.answered_without_head(now, s, e.status(), Refusal::BadRequest);
+        self.answer_without_head(now, s, &e.response(), e.status(), Refusal::BadRequest);
     }
 
-    /// The event of a request the gateway answered before a whole head arrived (400, 431,
-    /// 408): method and target are unknown.
-    fn answered_without_head(
+    /// The gateway answers a request whose head never arrived whole (400, 431, 408) with
+    /// `response` and closes after it; nothing of the partial head is kept. Its event has no
+    /// method or target.
+    fn answer_without_head(
         &mut self,
         now: Instant,
         s: &mut Session<C>,
+        response: &[u8],
         status: u16,
         refusal: Refusal,
     ) {
+        if let Some(h) = s.kind.http_mut() {
+            h.close_after = true;
+            h.head_started = None;
+        }
+        s.d_in.clear();
+        s.to_down.extend_from_slice(response);
         let Some(listener) = s.listener.clone() else {
             return;
         };
@@ -2015,10 +1996,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     };
                     let (tsvc, ep, candidates) =
                         self.pick(&snap, route, Some(head), s.client, now)?;
-                    let service = &snap.services[tsvc as usize];
-                    let SocketAddr::V4(addr) = service.endpoints[ep as usize].address else {
-                        return Err(Refusal::NoEndpoint);
-                    };
+                    let addr = endpoint_addr(&snap, tsvc, ep)?;
                     (tsvc, Some(ep), addr, candidates, limits)
                 }
             };
@@ -2038,13 +2016,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         } else {
             self.release_upstream(net, now, s);
             let (leg, pre) = match &s.kind.http().expect("an HTTP session").target {
-                Target::Fixed { .. } => {
-                    let c = net
-                        .connect(now, endpoint)
-                        .map_err(|_| Refusal::ConnectFailed)?;
-                    self.stats.upstream_connects += 1;
-                    (Leg::plain(c, false), None)
-                }
+                Target::Fixed { .. } => (self.connect_plain(net, now, endpoint)?, None),
                 Target::Route => {
                     let ep = ep.expect("routed requests have an endpoint index");
                     self.open_upstream(net, now, &snap, (svc, ep), s.client, true)?
@@ -2221,6 +2193,21 @@ impl RequestLimits {
             connect: t.connect,
             body_stall: t.body_stall,
         }
+    }
+}
+
+/// The address of endpoint `ep` of service `svc` (IPv4 only).
+fn endpoint_addr(snap: &Snapshot, svc: u32, ep: u32) -> Result<SocketAddrV4, Refusal> {
+    let e = snap
+        .services
+        .get(svc as usize)
+        .ok_or(Refusal::NoService)?
+        .endpoints
+        .get(ep as usize)
+        .ok_or(Refusal::NoEndpoint)?;
+    match e.address {
+        SocketAddr::V4(a) => Ok(a),
+        SocketAddr::V6(_) => Err(Refusal::NoEndpoint),
     }
 }
 

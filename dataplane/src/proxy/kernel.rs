@@ -374,8 +374,6 @@ impl Net for KernelNet {
 pub struct KernelWorker {
     pub net: KernelNet,
     pub engine: mesh::engine::Engine<KConn>,
-    /// The engine's tables, for the TCP options of the listener a connection came through.
-    publisher: std::sync::Arc<control::Publisher>,
     clock: crate::clock::Clock,
 }
 
@@ -403,8 +401,7 @@ impl KernelWorker {
         }
         Ok(KernelWorker {
             net,
-            engine: mesh::engine::Engine::new(publisher.clone(), tls, super::random_seed()),
-            publisher,
+            engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
             clock: crate::clock::Clock::start(),
         })
     }
@@ -429,7 +426,7 @@ impl KernelWorker {
         while let Some(ev) = self.net.poll_event() {
             if let NetEvent::Accepted { conn, local, .. } = ev {
                 // The listener's keepalive, from the tables current at accept time.
-                let snap = self.publisher.load();
+                let snap = self.engine.tables();
                 if let Some(k) = snap.listener_at(local.into()).and_then(|l| l.keepalive) {
                     let _ = self.net.set_keepalive(conn, Some(&k));
                 }
