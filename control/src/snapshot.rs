@@ -131,6 +131,18 @@ pub struct ServiceRt {
     pub authz: Option<Vec<AuthzRule>>,
 }
 
+impl ServiceRt {
+    /// Does an authorization rule of this service name methods or paths? Then only HTTP
+    /// can be checked against it: a raw TCP connection to the service is refused.
+    pub fn has_request_rules(&self) -> bool {
+        self.authz.as_ref().is_some_and(|rules| {
+            rules
+                .iter()
+                .any(|r| !r.methods.is_empty() || !r.paths.is_empty())
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum PathMatcher {
     Exact(String),

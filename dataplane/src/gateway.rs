@@ -721,6 +721,18 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP xdpmesh_proxy_sessions Sessions open now: a client connection each, with its upstream."
+    );
+    let _ = writeln!(out, "# TYPE xdpmesh_proxy_sessions gauge");
+    for (w, s) in engines {
+        let _ = writeln!(
+            out,
+            "xdpmesh_proxy_sessions{{worker=\"{w}\"}} {}",
+            s.sessions
+        );
+    }
 }
 
 /// Everything one worker thread needs.

@@ -45,6 +45,10 @@ use tcpstack::Instant;
 /// Plaintext buffered per direction of a session.
 const BUF: usize = 64 * 1024;
 
+/// How long a closing client connection may take to finish its side after the gateway
+/// finished its own (nginx's `lingering_timeout` is the same 5 s).
+pub const LINGER: Duration = Duration::from_secs(5);
+
 /// The first line on a mesh hop, after the TLS handshake: `XM/1 <endpoint> <tcp|http>\n`.
 pub mod preamble {
     use std::net::SocketAddrV4;
@@ -132,10 +136,24 @@ pub enum Refusal {
     RequestTimeout,
     /// No attempt connected within `timeouts.connect` (503).
     ConnectTimeout,
+    /// A `tcp` preamble for a service whose authorization names methods or paths: a raw
+    /// pipe would carry requests no path rule sees.
+    PolicyNeedsHttp,
+    /// The upstream sent more interim (1xx) responses than [`MAX_INTERIM`] (502 or a cut).
+    InterimFlood,
+    /// A TLS hop ended without close_notify where that end would be taken as the end of
+    /// the data (a close-delimited response, a TCP hop): the client sees a cut, not an end.
+    Truncated,
+    /// The listener's `max_connections` were open.
+    ListenerOverflow,
+    /// The client's address had the listener's `max_connections_per_source` open.
+    SourceOverflow,
+    /// The worker had its `max_sessions` open.
+    WorkerOverflow,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 26] = [
         Refusal::UnsupportedListener,
         Refusal::NoService,
         Refusal::NoRoute,
@@ -156,6 +174,12 @@ impl Refusal {
         Refusal::HeadTimeout,
         Refusal::RequestTimeout,
         Refusal::ConnectTimeout,
+        Refusal::PolicyNeedsHttp,
+        Refusal::InterimFlood,
+        Refusal::Truncated,
+        Refusal::ListenerOverflow,
+        Refusal::SourceOverflow,
+        Refusal::WorkerOverflow,
     ];
 
     pub fn label(self) -> &'static str {
@@ -180,6 +204,12 @@ impl Refusal {
             Refusal::HeadTimeout => "request_head_timeout",
             Refusal::RequestTimeout => "request_timeout",
             Refusal::ConnectTimeout => "connect_timeout",
+            Refusal::PolicyNeedsHttp => "policy_needs_http",
+            Refusal::InterimFlood => "interim_flood",
+            Refusal::Truncated => "truncated",
+            Refusal::ListenerOverflow => "listener_overflow",
+            Refusal::SourceOverflow => "source_overflow",
+            Refusal::WorkerOverflow => "worker_overflow",
         }
     }
 
@@ -189,7 +219,12 @@ impl Refusal {
             Refusal::Denied => 403,
             Refusal::NoRoute | Refusal::NoService | Refusal::UnknownService => 404,
             Refusal::BadRequest => 400,
-            Refusal::NoEndpoint | Refusal::ConnectFailed | Refusal::ConnectTimeout => 503,
+            Refusal::NoEndpoint
+            | Refusal::ConnectFailed
+            | Refusal::ConnectTimeout
+            | Refusal::ListenerOverflow
+            | Refusal::SourceOverflow
+            | Refusal::WorkerOverflow => 503,
             Refusal::HeadTimeout => 408,
             Refusal::RequestTimeout => 504,
             _ => 502,
@@ -249,10 +284,12 @@ pub enum Expiry {
     Handshake,
     BodyStall,
     TcpIdle,
+    /// A closing client connection did not finish within [`LINGER`] of ours.
+    Linger,
 }
 
 impl Expiry {
-    pub const ALL: [Expiry; 7] = [
+    pub const ALL: [Expiry; 8] = [
         Expiry::RequestHead,
         Expiry::Idle,
         Expiry::Request,
@@ -260,6 +297,7 @@ impl Expiry {
         Expiry::Handshake,
         Expiry::BodyStall,
         Expiry::TcpIdle,
+        Expiry::Linger,
     ];
 
     pub fn label(self) -> &'static str {
@@ -271,9 +309,14 @@ impl Expiry {
             Expiry::Handshake => "handshake",
             Expiry::BodyStall => "body_stall",
             Expiry::TcpIdle => "tcp_idle",
+            Expiry::Linger => "linger",
         }
     }
 }
+
+/// Interim (1xx) responses relayed per request; one more is a flood, and the attempt ends
+/// (`interim_flood`). A server sends one 100 Continue, or a few 103 Early Hints.
+pub const MAX_INTERIM: u8 = 8;
 
 /// Attempts per request (or TCP connection) when connects fail before any byte of the
 /// request left: the first and up to two more, on another endpoint where there is one.
@@ -363,6 +406,9 @@ pub struct ProxyStats {
     pub timeouts: [u64; Expiry::ALL.len()],
     /// Events dropped because the queue was full.
     pub events_dropped: u64,
+    /// Sessions open now (a gauge, not a counter): each holds a client connection, and an
+    /// upstream one while it has it.
+    pub sessions: u64,
 }
 
 impl ProxyStats {
@@ -482,6 +528,12 @@ struct HttpState {
     request_deadline: Option<Instant>,
     /// After this response, close the client connection.
     close_after: bool,
+    /// The request in flight asked for an upgrade: only then may a 101 start a tunnel.
+    upgrade_asked: bool,
+    /// Interim (1xx) responses relayed for the request in flight.
+    interim: u8,
+    /// The request in flight is HTTP/1.0 (a kept-alive 1.0 client is told so).
+    client_http10: bool,
 }
 
 struct Session<C> {
@@ -514,6 +566,8 @@ struct Session<C> {
     scheduled: Option<Instant>,
     /// Tells this session's timer entries from those of an earlier session in the slot.
     epoch: u64,
+    /// When the gateway finished its side of a closing client connection (see [`LINGER`]).
+    linger_since: Option<Instant>,
 }
 
 /// One try at an upstream: from the connect (or the reuse of a kept-alive connection) to
@@ -762,6 +816,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 self.finish_attempt(now, s, Outcome::Complete);
                 self.teardown(net, now, s, false);
             }
+            Expiry::Linger => {
+                // The response went out whole; the client just never closed its side.
+                self.stats.completed += 1;
+                self.teardown(net, now, s, false);
+            }
         }
     }
 
@@ -803,6 +862,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         self.by_conn.clear();
         self.free = (0..self.sessions.len()).collect();
+        self.stats.sessions = 0;
     }
 
     /// Feeds one transport event. Returns `false` for a connection the engine does not know
@@ -1138,6 +1198,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             last_io: now,
             scheduled: None,
             epoch: 0,
+            linger_since: None,
         };
         match listener.protocol {
             Protocol::Tcp => {
@@ -1255,6 +1316,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     fn insert(&mut self, mut s: Session<C>) -> usize {
         self.next_epoch += 1;
         s.epoch = self.next_epoch;
+        self.stats.sessions += 1;
         match self.free.pop() {
             Some(i) => {
                 self.sessions[i] = Some(s);
@@ -1554,6 +1616,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             s.kind = Kind::Http(h);
             return Ok(());
         }
+        if s.snap.services[svc as usize].has_request_rules() {
+            // A raw pipe would carry requests that no method or path rule sees.
+            return Err(StepError::Refused(Refusal::PolicyNeedsHttp));
+        }
         if !s.snap.authorize(svc, &peer, None) {
             // L4: the caller learns by close_notify and close, not by a byte of the service.
             self.stats.refuse(Refusal::Denied);
@@ -1662,6 +1728,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
             }
             moved |= self.http_machine(net, now, sid, s)?;
+            if let Some(h) = s.kind.http() {
+                let between = h.req == ReqPhase::Head && h.resp == RespPhase::Idle;
+                if between && (h.close_after || s.down_eof) && !s.d_in.is_empty() {
+                    // The gateway answered and closes, or the client finished: what is left
+                    // (requests pipelined after a close, the body of a refused request, a
+                    // partial head at the client's FIN) is read and discarded, never parsed.
+                    s.d_in.clear();
+                    moved = true;
+                }
+            }
             // Write what is owed.
             let before = (s.to_up.len(), s.to_down.len());
             if let Some(up) = s.up.as_mut() {
@@ -1696,8 +1772,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 s.down.finish(net)?;
             }
             if s.down.done_sending() && s.to_down.is_empty() {
-                self.stats.completed += 1;
-                self.teardown(net, now, s, false);
+                if s.down_eof {
+                    self.stats.completed += 1;
+                    self.teardown(net, now, s, false);
+                } else {
+                    // Our FIN is out: linger until the client's, reading and discarding what
+                    // it still sends, since a close with unread data resets the connection
+                    // and can destroy the response in flight (RFC 9112 §9.6).
+                    s.linger_since.get_or_insert(now);
+                }
             }
         }
         Ok(())
@@ -1734,7 +1817,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         // Request side.
         if h.req == ReqPhase::Head && h.resp == RespPhase::Idle && !h.close_after {
-            match http::parse_request(&s.d_in, &http::Limits::default()) {
+            let limits = match h.target {
+                Target::Route => http::Limits::default(),
+                Target::Fixed { .. } => http::Limits::default().from_peer_gateway(),
+            };
+            match http::parse_request(&s.d_in, &limits) {
                 Err(e) => {
                     self.stats.refuse(Refusal::BadRequest);
                     self.http_error(now, s, e);
@@ -1810,7 +1897,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
         }
         // Response side.
-        if h.resp == RespPhase::Head {
+        // A head is parsed only while the client's buffer has room: interim responses a
+        // client does not read must not grow it.
+        if h.resp == RespPhase::Head && s.to_down.len() < BUF {
             match http::parse_response(&s.u_in, &http::Limits::default(), &h.method) {
                 // A malformed head, or the upstream's end of stream before a whole one: the
                 // client gets a 502 (the attempt ends as reset before the response).
@@ -1818,9 +1907,35 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 Ok(None) if s.up_eof => return Err(StepError::Upstream(Refusal::BadResponse)),
                 Ok(None) => {}
                 Ok(Some((head, len))) => {
+                    // RFC 9110 §15.2.2: a 101 answers an Upgrade the client asked for, and
+                    // the tunnel starts after the whole request (body included) was sent.
+                    if head.status == 101 && !(h.upgrade_asked && h.req == ReqPhase::Sent) {
+                        return Err(StepError::Upstream(Refusal::BadResponse));
+                    }
+                    if head.is_interim() {
+                        h.interim = h.interim.saturating_add(1);
+                        if h.interim > MAX_INTERIM {
+                            return Err(StepError::Upstream(Refusal::InterimFlood));
+                        }
+                    }
                     s.u_in.drain(..len);
                     moved = true;
-                    http::write_response_head(&head, &mut s.to_down, &[]);
+                    if !head.keep_alive && !head.is_interim() {
+                        h.up_reusable = false;
+                        h.close_after = true;
+                    }
+                    let conn = if head.status == 101 {
+                        http::ClientConnection::Upgrade
+                    } else if head.is_interim() {
+                        http::ClientConnection::KeepAlive { http10: false }
+                    } else if h.close_after || !h.client_keep_alive {
+                        http::ClientConnection::Close
+                    } else {
+                        http::ClientConnection::KeepAlive {
+                            http10: h.client_http10,
+                        }
+                    };
+                    http::write_forwarded_response(&head, &mut s.to_down, conn);
                     if head.status == 101 {
                         h.resp = RespPhase::Tunnel;
                         h.request_deadline = None;
@@ -1831,10 +1946,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if head.is_interim() {
                         // 100 Continue and friends: relayed, the final response follows.
                         return Ok(true);
-                    }
-                    if !head.keep_alive {
-                        h.up_reusable = false;
-                        h.close_after |= true;
                     }
                     h.resp_body = Some(BodyFramer::new(head.body));
                     h.resp = RespPhase::Body;
@@ -1953,6 +2064,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s.snap = self.publisher.load();
         let snap = s.snap.clone();
         let listener = s.timeouts;
+        // CONNECT would turn the session into a tunnel that no route or policy sees.
+        if head.method == "CONNECT" {
+            return Err(Refusal::BadRequest);
+        }
+        // Routes and policies match the path the server will serve, not the raw target.
+        let target = http::normalize_target(&head.target).map_err(|_| Refusal::BadRequest)?;
         let mut route_name = None;
         let (svc, ep, endpoint, candidates, limits) =
             match &s.kind.http().expect("an HTTP session").target {
@@ -1962,7 +2079,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     peer,
                 } => {
                     let svc = snap.service_id(service).ok_or(Refusal::UnknownService)?;
-                    if !snap.authorize(svc, peer, Some((&head.method, head.path()))) {
+                    if !snap.authorize(svc, peer, Some((&head.method, &target.matched))) {
                         return Err(Refusal::Denied);
                     }
                     let local = snap.services[svc as usize]
@@ -1983,7 +2100,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 Target::Route => {
                     let host = head.host().unwrap_or("").to_string();
                     let hit = snap
-                        .route(&host, &head.method, head.target.as_str(), &*head)
+                        .route(&host, &head.method, &target.matched, &*head)
                         .ok_or(Refusal::NoRoute)?;
                     let route = hit.route;
                     if s.listener.is_some() {
@@ -2063,7 +2180,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         h.request_timeout = limits.request;
         h.body_stall = limits.body_stall;
         let head_at = s.to_up.len();
-        http::write_request_head(head, &mut s.to_up, &[]);
+        http::write_forwarded_request(head, &target.forward, &mut s.to_up, &[]);
         let replayable = reuse
             && head.upgrade.is_none()
             && !head.body.has_body()
@@ -2076,11 +2193,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 a.replay = Some(s.to_up[head_at..].to_vec());
             }
         }
-        if head.upgrade.is_some() {
-            // The body, if any, and the tunnel follow once the 101 arrives; until then the
-            // request is complete as far as framing goes.
-            h.req = ReqPhase::Sent;
-        } else if head.body.has_body() {
+        // An Upgrade request's body is framed like any other (a body read as the next
+        // request would reach the server unchecked); the tunnel starts only at a 101.
+        h.upgrade_asked = head.upgrade.is_some();
+        h.client_http10 = head.version == 0;
+        h.interim = 0;
+        if head.body.has_body() {
             h.req_body = Some(BodyFramer::new(head.body));
             h.req = ReqPhase::Body;
         } else {
@@ -2152,6 +2270,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         if s.closed && !live(s.down.conn) && !s.up.as_ref().is_some_and(|u| live(u.conn)) {
             self.sessions[sid] = None;
             self.free.push(sid);
+            self.stats.sessions -= 1;
         }
     }
 }
@@ -2174,6 +2293,9 @@ impl HttpState {
             body_stall,
             request_deadline: None,
             close_after: false,
+            upgrade_asked: false,
+            interim: 0,
+            client_http10: false,
         }
     }
 }
@@ -2252,7 +2374,9 @@ fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
                 take(s.last_io + h.body_stall, Expiry::BodyStall);
             }
             if h.req != ReqPhase::Body && h.resp == RespPhase::Idle {
-                if h.close_after {
+                if let Some(since) = s.linger_since {
+                    take(since + LINGER, Expiry::Linger);
+                } else if h.close_after {
                     // Closing: the last response must drain; a client that never reads
                     // is cut like a stalled body.
                     take(s.last_io + t.body_stall, Expiry::BodyStall);

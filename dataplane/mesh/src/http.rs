@@ -47,6 +47,24 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Fields a gateway adds to a request it forwards: `x-request-id`, `traceparent`.
+    pub const ADDED_FIELDS: usize = 2;
+    /// Bytes those fields take at most, with their names and CRLFs (50 + 70), rounded up.
+    pub const ADDED_BYTES: usize = 256;
+
+    /// The limits a gateway applies to requests from a peer gateway: the client's limits
+    /// plus what the first gateway adds, so that one limit holds for what the client sent
+    /// and a request the first gateway accepted is not refused by the second.
+    pub fn from_peer_gateway(&self) -> Limits {
+        Limits {
+            max_head: self.max_head + Self::ADDED_BYTES,
+            max_headers: self.max_headers + Self::ADDED_FIELDS,
+            ..*self
+        }
+    }
+}
+
 /// Why a message was refused. [`HttpError::status`] is what to answer a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
@@ -80,6 +98,8 @@ pub enum HttpError {
     TrailersTooLarge,
     #[error("connection closed inside a message body")]
     Truncated,
+    #[error("bad request target: {0}")]
+    BadTarget(&'static str),
 }
 
 impl HttpError {
@@ -477,8 +497,14 @@ fn request_head(
     // RFC 9110 §10.1.1: ignore 100-continue in an HTTP/1.0 request.
     let expect_continue = version == 1 && has_token(&headers, "expect", "100-continue");
     // RFC 9110 §7.8: Upgrade counts only with the "upgrade" connection option, and
-    // never in HTTP/1.0.
-    let upgrade = if version == 1 && has_token(&headers, "connection", "upgrade") {
+    // never in HTTP/1.0. An `h2c` upgrade is not offered (RFC 9113 §3.1 deprecates it, and
+    // an h2c tunnel would carry requests no route or policy sees): the request is served
+    // as HTTP/1.1 and its Upgrade field, hop-by-hop, is not forwarded.
+    let h2c = list_elements(&headers, "upgrade").any(|e| {
+        let proto = e.split(|&b| b == b'/').next().unwrap_or(e);
+        proto.eq_ignore_ascii_case(b"h2c")
+    });
+    let upgrade = if version == 1 && !h2c && has_token(&headers, "connection", "upgrade") {
         header_of(&headers, "upgrade")
             .map(trim_ows)
             .filter(|v| !v.is_empty())
@@ -996,6 +1022,238 @@ pub fn ensure_traceparent(head: &mut RequestHead, rng: &mut impl RngCore) -> boo
     v.extend_from_slice(b"-01");
     head.headers.push(("traceparent".to_owned(), v));
     true
+}
+
+/// A request target as the gateway routes, authorizes and forwards it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalTarget {
+    /// The target to forward: the scheme and authority of an absolute-form target, the
+    /// normalized path, then the query unchanged.
+    pub forward: String,
+    /// What routes and policies match: the normalized path with each segment's `;`
+    /// parameters cut off before dot segments are removed, no query.
+    pub matched: String,
+}
+
+/// Normalizes a request target (origin-form or absolute-form; `*` stays `*`), so that a
+/// route or a policy sees the path the server will serve (RFC 3986 §6.2.2):
+/// - percent-encoded unreserved characters are decoded (`%61` is `a`), other escapes get
+///   upper-case hex digits; a malformed escape is refused;
+/// - `%2F`, `%5C`, `%00` and `\` are refused: servers disagree on whether an escaped
+///   slash separates segments, so no path rule could be enforced on them;
+/// - runs of `/` merge into one (as nginx's `merge_slashes` does);
+/// - dot segments are removed (RFC 3986 §5.2.4), so `/public/../admin` is `/admin`;
+/// - for matching only, `;parameters` are cut from each segment first (as Tomcat and
+///   Spring do), so `/admin;x=1` and `/public/..;/admin` both match as `/admin`.
+///
+/// The query is never part of the matched path and is forwarded unchanged.
+pub fn normalize_target(target: &str) -> Result<NormalTarget, HttpError> {
+    if target == "*" {
+        return Ok(NormalTarget {
+            forward: target.to_owned(),
+            matched: target.to_owned(),
+        });
+    }
+    let (prefix, rest) = match split_scheme(target) {
+        Some(after) => {
+            let end = after.find(['/', '?']).unwrap_or(after.len());
+            let cut = target.len() - after.len() + end;
+            (&target[..cut], &target[cut..])
+        }
+        None => ("", target),
+    };
+    if rest.contains('#') {
+        return Err(HttpError::BadTarget("fragment in the request target"));
+    }
+    let (path, query) = match rest.find('?') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let path = if path.is_empty() && !prefix.is_empty() {
+        "/"
+    } else {
+        path
+    };
+    if !path.starts_with('/') {
+        return Err(HttpError::BadTarget("the path does not start with /"));
+    }
+    let decoded = decode_unreserved(path)?;
+    let segments: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
+    let trailing = decoded.ends_with('/') && decoded.len() > 1;
+    let forward_path = join_without_dots(segments.iter().copied(), trailing);
+    let matched = join_without_dots(
+        segments
+            .iter()
+            .map(|s| s.split(';').next().unwrap_or(""))
+            .filter(|s| !s.is_empty()),
+        trailing,
+    );
+    Ok(NormalTarget {
+        forward: format!("{prefix}{forward_path}{query}"),
+        matched,
+    })
+}
+
+/// Decodes `%XX` of unreserved characters (RFC 3986 §2.3), upper-cases the hex of the rest.
+fn decode_unreserved(path: &str) -> Result<String, HttpError> {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |j: usize| b.get(j).and_then(|&c| (c as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                    return Err(HttpError::BadTarget("malformed percent-encoding"));
+                };
+                let c = (hi * 16 + lo) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c as char);
+                } else if matches!(c, b'/' | b'\\' | 0) {
+                    return Err(HttpError::BadTarget("escaped slash, backslash or NUL"));
+                } else {
+                    out.push('%');
+                    out.push_str(&format!("{c:02X}"));
+                }
+                i += 3;
+            }
+            b'\\' => return Err(HttpError::BadTarget("backslash in the path")),
+            _ => {
+                // Multi-byte characters pass through whole (httparse allows obs-text).
+                let ch_len = path[i..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&path[i..i + ch_len]);
+                i += ch_len;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `/`-joined segments with `.` and `..` removed (RFC 3986 §5.2.4 on a path without empty
+/// segments); `trailing`: the path ended in `/`, and so does the result. A path whose last
+/// segment is a dot segment ends in `/` too (`/a/..` is `/`, `/a/.` is `/a/`).
+fn join_without_dots<'a>(segments: impl Iterator<Item = &'a str>, trailing: bool) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut dir = trailing;
+    for seg in segments {
+        dir = false;
+        match seg {
+            "." => dir = true,
+            ".." => {
+                kept.pop();
+                dir = true;
+            }
+            _ => kept.push(seg),
+        }
+    }
+    if trailing {
+        dir = true;
+    }
+    let mut out = String::with_capacity(64);
+    for seg in &kept {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() || dir {
+        out.push('/');
+    }
+    out
+}
+
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1), and are never
+/// forwarded: each hop sets its own.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Fields the message's framing or routing rests on: a `Connection` option naming one of
+/// them is ignored, so a client cannot make a hop drop its framing (a desync) or its Host.
+const NEVER_HOP_BY_HOP: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+/// Is `name` a field this hop must not forward, given the message's `Connection` options?
+fn is_hop_by_hop(headers: &[(String, Vec<u8>)], name: &str) -> bool {
+    if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        return true;
+    }
+    !NEVER_HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+        && list_elements(headers, "connection").any(|o| o.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+fn push_end_to_end(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)]) {
+    for (n, v) in headers {
+        if !is_hop_by_hop(headers, n) {
+            push_header(out, n, v);
+        }
+    }
+}
+
+/// Writes a request head for the next hop: the request line with `target`, the end-to-end
+/// fields in order (hop-by-hop ones dropped, RFC 9110 §7.6.1), then `add`. An upgrade the
+/// client asked for goes on as `upgrade` and `connection: upgrade` (RFC 9110 §7.8).
+pub fn write_forwarded_request(
+    head: &RequestHead,
+    target: &str,
+    out: &mut Vec<u8>,
+    add: &[(&str, &[u8])],
+) {
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.push(b' ');
+    push_version(out, head.version);
+    out.extend_from_slice(b"\r\n");
+    push_end_to_end(out, &head.headers);
+    if let Some(u) = &head.upgrade {
+        push_header(out, "upgrade", u.as_bytes());
+        push_header(out, "connection", b"upgrade");
+    }
+    for (n, v) in add {
+        push_header(out, n, v);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the gateway's connection to the client goes on after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientConnection {
+    /// Kept alive (an HTTP/1.0 client is told so: it would assume a close otherwise).
+    KeepAlive { http10: bool },
+    /// Closed after this response: `connection: close`.
+    Close,
+    /// A 101: `connection: upgrade` with the server's `upgrade`.
+    Upgrade,
+}
+
+/// Writes a response head for the client: the status line, the end-to-end fields in order,
+/// then this hop's own `connection` field.
+pub fn write_forwarded_response(head: &ResponseHead, out: &mut Vec<u8>, conn: ClientConnection) {
+    push_version(out, head.version);
+    out.extend_from_slice(format!(" {:03} ", head.status).as_bytes());
+    out.extend_from_slice(head.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    push_end_to_end(out, &head.headers);
+    match conn {
+        ClientConnection::KeepAlive { http10: true } => {
+            push_header(out, "connection", b"keep-alive")
+        }
+        ClientConnection::KeepAlive { http10: false } => {}
+        ClientConnection::Close => push_header(out, "connection", b"close"),
+        ClientConnection::Upgrade => {
+            if let Some(u) = head.header("upgrade") {
+                push_header(out, "upgrade", u);
+            }
+            push_header(out, "connection", b"upgrade");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The usual reason phrase, or "" (the phrase is optional, RFC 9112 §4).
@@ -1895,5 +2153,86 @@ mod tests {
             pieces.push(&data[prev..]);
             prop_assert_eq!(feed(BodyKind::Chunked, &pieces), Ok((body_len, true)));
         }
+    }
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::*;
+
+    #[test]
+    fn targets_normalize_for_matching_and_forwarding() {
+        for (target, forward, matched) in [
+            ("/", "/", "/"),
+            ("/a/b", "/a/b", "/a/b"),
+            ("/a/b/", "/a/b/", "/a/b/"),
+            ("/a/./b/../c", "/a/c", "/a/c"),
+            ("/a/..", "/", "/"),
+            ("/a/.", "/a/", "/a/"),
+            ("/../../a", "/a", "/a"),
+            ("//a///b", "/a/b", "/a/b"),
+            ("/%7euser/%41%2e", "/~user/A.", "/~user/A."),
+            ("/a%2e%2E/b", "/a../b", "/a../b"),
+            ("/%2e%2e/admin", "/admin", "/admin"),
+            ("/a%3bb", "/a%3Bb", "/a%3Bb"),
+            ("/a%20b", "/a%20b", "/a%20b"),
+            ("/admin;x=1/y", "/admin;x=1/y", "/admin/y"),
+            ("/p/..;/admin", "/p/..;/admin", "/admin"),
+            ("/;x/a", "/;x/a", "/a"),
+            ("/a?b=/../c#", "", ""),
+            ("/a?x=%zz&y=/..", "/a?x=%zz&y=/..", "/a"),
+            ("http://h.test", "http://h.test/", "/"),
+            ("http://h.test?q", "http://h.test/?q", "/"),
+            (
+                "https://u@h.test:8/a/../b?q",
+                "https://u@h.test:8/b?q",
+                "/b",
+            ),
+            ("*", "*", "*"),
+        ] {
+            match normalize_target(target) {
+                Ok(t) => {
+                    assert_eq!(
+                        (t.forward.as_str(), t.matched.as_str()),
+                        (forward, matched),
+                        "{target}"
+                    );
+                }
+                Err(e) => assert!(forward.is_empty(), "{target}: {e}"),
+            }
+        }
+        for bad in [
+            "/a%", "/a%4", "/a%g0", "/a%2f", "/a%5c", "/a\\b", "/a%00", "a/b", "", "/a#f",
+        ] {
+            assert!(
+                matches!(normalize_target(bad), Err(HttpError::BadTarget(_))),
+                "{bad}"
+            );
+            assert_eq!(HttpError::BadTarget("x").status(), 400);
+        }
+    }
+
+    #[test]
+    fn normalizing_is_idempotent_and_never_leaves_dot_segments() {
+        let parts = ["a", ".", "..", "", "%2e", "%2E%2e", "b;p", "..;", "%41"];
+        let mut n = 0;
+        for x in parts {
+            for y in parts {
+                for z in parts {
+                    let path = format!("/{x}/{y}/{z}");
+                    let Ok(t) = normalize_target(&path) else {
+                        continue;
+                    };
+                    n += 1;
+                    let again = normalize_target(&t.forward).unwrap();
+                    assert_eq!(again.forward, t.forward, "{path}");
+                    for seg in t.matched.split('/') {
+                        assert!(seg != "." && seg != "..", "{path} -> {}", t.matched);
+                    }
+                    assert!(!t.matched.contains("//"), "{path} -> {}", t.matched);
+                }
+            }
+        }
+        assert_eq!(n, parts.len().pow(3));
     }
 }

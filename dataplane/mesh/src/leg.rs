@@ -16,6 +16,9 @@ pub enum LegError {
     Reset,
     /// TLS failed (handshake, certificate, record): rustls's own error, kept typed.
     Tls(rustls::Error),
+    /// The transport ended without TLS close_notify: whoever cut it may have cut the data
+    /// too (RFC 8446 §6.1), so this is never taken as a clean end.
+    Truncated,
 }
 
 impl LegError {
@@ -24,6 +27,7 @@ impl LegError {
         use crate::engine::Refusal;
         match self {
             LegError::Reset => Refusal::UpstreamReset,
+            LegError::Truncated => Refusal::Truncated,
             LegError::Tls(e) if crate::tls::identity_mismatch(e).is_some() => Refusal::PeerIdentity,
             LegError::Tls(_) => Refusal::TlsHandshake,
         }
@@ -146,17 +150,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         let tls = self.tls.as_mut().expect("checked above");
         match tls.reader().read(buf) {
             Ok(n) => Ok(Ok(n)),
+            // After close_notify rustls reads Ok(0); a transport end without it is a cut: a
+            // close-delimited response or a TCP hop would otherwise end "cleanly" wherever
+            // an attacker on the path dropped the connection.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if net_eof {
-                    // Transport ended without close_notify; rustls reports UnexpectedEof
-                    // next. Treat as the end of the stream (RFC 8446 §6.1 allows it to be
-                    // an error; HTTP framing catches truncation).
-                    Ok(Ok(0))
+                    Err(LegError::Truncated)
                 } else {
                     Ok(Err(NetError::WouldBlock))
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Ok(0)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(LegError::Truncated),
             // rustls's reader fails this way only after an error it already reported.
             Err(e) => Err(LegError::Tls(rustls::Error::General(e.to_string()))),
         }

@@ -371,6 +371,14 @@ fn a_request_timeout_on_one_client_does_not_touch_another() {
     let (fast, _) = served(&mut gw);
     gw.advance(t.request / 2);
     assert_eq!(status(&gw.take(slow)), 504);
+    assert!(gw.net.shut(slow), "the gateway finished its side");
+    assert_eq!(
+        gw.net.closed(slow),
+        None,
+        "and lingers for the client's FIN"
+    );
+    gw.net.peer_shutdown(slow);
+    gw.settle();
     assert_eq!(
         gw.net.closed(fast),
         None,
@@ -413,6 +421,8 @@ fn events_report_connections_and_requests_when_asked_for() {
     gw.send(c, b"GET /fast/x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n");
     assert_eq!(status(&gw.take(c)), 404);
     let _ = u;
+    gw.net.peer_shutdown(c);
+    gw.settle();
     let events: Vec<Event> = std::iter::from_fn(|| gw.engine.poll_event()).collect();
     let Event::Opened {
         listener, client, ..

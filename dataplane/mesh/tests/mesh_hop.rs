@@ -45,6 +45,17 @@ fn write_identity(dir: &Path, name: &str, ca: &Ca, id: &str) {
 
 /// Gateways A and B with certificates from one CA; B allows `allowed` to call `web`.
 fn gateways(dir: &Path, allowed: &str) -> (Gw, Gw) {
+    gateways_with(
+        dir,
+        &format!("[[authorization]]\nservice = \"web\"\nallow = [\"{allowed}\"]\n"),
+    )
+}
+
+/// A's TCP listener for `web` (besides its HTTP one).
+const A_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 5000);
+
+/// Gateways A and B with certificates from one CA and `authz` in B's tables.
+fn gateways_with(dir: &Path, authz: &str) -> (Gw, Gw) {
     let root = ca("mesh");
     std::fs::write(dir.join("ca.pem"), root.cert.pem()).unwrap();
     write_identity(dir, "client", &root, "spiffe://t.mesh/sa/client");
@@ -71,6 +82,11 @@ identity = "spiffe://t.mesh/gateway/gw-b"
 name = "web"
 bind = "{LISTEN}"
 protocol = "http"
+[[listener]]
+name = "web-tcp"
+bind = "{A_TCP}"
+protocol = "tcp"
+service = "web"
 [[service]]
 name = "web"
 hosts = ["web.test"]
@@ -94,9 +110,7 @@ timeouts = {{ handshake = "3s" }}
 [[service]]
 name = "web"
 endpoints = [{{ address = "{SERVER}" }}]
-[[authorization]]
-service = "web"
-allow = ["{allowed}"]
+{authz}
 "#
     );
     let a = Gw::with(publisher(&a_tables, dir), trust(), A_IP);
@@ -110,6 +124,8 @@ struct Hop {
     b: MemConn,
     a_shut: bool,
     b_shut: bool,
+    a_reset: bool,
+    b_reset: bool,
 }
 
 impl Hop {
@@ -124,6 +140,8 @@ impl Hop {
             b: bc,
             a_shut: false,
             b_shut: false,
+            a_reset: false,
+            b_reset: false,
         }
     }
 
@@ -149,6 +167,17 @@ impl Hop {
             if b.net.shut(self.b) && !self.b_shut {
                 self.b_shut = true;
                 a.net.peer_shutdown(self.a);
+                ends = true;
+            }
+            // A reset on one side reaches the other.
+            if b.net.closed(self.b) == Some(EngineClose::Abort) && !self.b_reset {
+                self.b_reset = true;
+                a.net.peer_reset(self.a);
+                ends = true;
+            }
+            if a.net.closed(self.a) == Some(EngineClose::Abort) && !self.a_reset {
+                self.a_reset = true;
+                b.net.peer_reset(self.b);
                 ends = true;
             }
             if ab.is_empty() && ba.is_empty() && !ends {
@@ -242,4 +271,162 @@ fn an_upstream_handshake_that_hangs_is_a_connect_timeout_then_503() {
     assert_eq!(status(&resp), 503, "{resp}");
     assert_eq!(a.stats().refused(Refusal::ConnectTimeout), 1);
     a.balanced();
+}
+
+/// B denies `/admin` to the client; allows the rest.
+const DENY_ADMIN: &str = r#"
+[[authorization]]
+service = "web"
+allow = ["spiffe://t.mesh/sa/client"]
+[[authorization]]
+service = "web"
+deny = ["spiffe://t.mesh/sa/client"]
+paths = [{ prefix = "/admin" }]
+"#;
+
+/// One request from a new client through A and B; returns B's connection to the server if
+/// B opened one (accepted, the request taken) and what the client got when it did not.
+fn through(a: &mut Gw, b: &mut Gw, req: &[u8]) -> (Option<(MemConn, String)>, MemConn, Hop) {
+    let c = a.net.peer_connect(CLIENT, LISTEN);
+    a.settle();
+    a.send(c, req);
+    let mut hop = Hop::open(a, b);
+    hop.carry(a, b);
+    let server = b.net.pending_connects().first().map(|&(s, _)| {
+        b.net.peer_accept(s);
+        hop.carry(a, b);
+        (s, String::from_utf8(b.net.peer_take(s)).unwrap())
+    });
+    (server, c, hop)
+}
+
+#[test]
+fn b_authorizes_the_normalized_path_and_forwards_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = gateways_with(dir.path(), DENY_ADMIN);
+    for target in [
+        "/admin",
+        "/admin?x=1",
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "//admin",
+        "/%61dmin",
+        "/admin;x=1",
+        "/public/..;/admin",
+    ] {
+        let before = b.stats().refused(Refusal::Denied);
+        let req = format!("GET {target} HTTP/1.1\r\nHost: web.test\r\n\r\n");
+        let (server, c, _hop) = through(&mut a, &mut b, req.as_bytes());
+        assert!(server.is_none(), "{target} reached the server");
+        assert_eq!(status(&a.take(c)), 403, "{target}");
+        assert_eq!(b.stats().refused(Refusal::Denied), before + 1, "{target}");
+    }
+    let (server, c, mut hop) = through(
+        &mut a,
+        &mut b,
+        b"GET /public/./x/../y?q=/admin HTTP/1.1\r\nHost: web.test\r\n\r\n",
+    );
+    let (s, req) = server.expect("an allowed path reaches the server");
+    assert!(
+        req.starts_with("GET /public/y?q=/admin HTTP/1.1\r\n"),
+        "{req}"
+    );
+    b.net
+        .peer_send(s, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    hop.carry(&mut a, &mut b);
+    assert_eq!(status(&a.take(c)), 200);
+}
+
+#[test]
+fn a_tcp_hop_to_a_service_with_path_rules_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = gateways_with(dir.path(), DENY_ADMIN);
+    let c = a.net.peer_connect(CLIENT, A_TCP);
+    a.settle();
+    a.send(c, b"GET /admin HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    let mut hop = Hop::open(&mut a, &mut b);
+    hop.carry(&mut a, &mut b);
+    assert!(b.net.pending_connects().is_empty(), "B opened nothing");
+    assert_eq!(b.stats().refused(Refusal::PolicyNeedsHttp), 1);
+    assert_eq!(a.take(c), "", "not a byte of the service");
+    assert!(a.net.closed(c).is_some());
+}
+
+#[test]
+fn a_head_a_accepts_is_not_refused_by_b_for_what_a_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = gateways(dir.path(), "spiffe://t.mesh/sa/client");
+    let limits = mesh::http::Limits::default();
+    // The client's head: the field limit exactly, and within a few bytes of the size limit.
+    let mut req = b"GET /x HTTP/1.1\r\nHost: web.test\r\n".to_vec();
+    for i in 0..limits.max_headers - 2 {
+        req.extend_from_slice(format!("x-f{i:02}: v\r\n").as_bytes());
+    }
+    let pad = limits.max_head - req.len() - "x-pad: \r\n\r\n".len() - 8;
+    req.extend_from_slice(format!("x-pad: {}\r\n\r\n", "p".repeat(pad)).as_bytes());
+    assert_eq!(
+        mesh::http::parse_request(&req, &limits)
+            .unwrap()
+            .unwrap()
+            .0
+            .headers
+            .len(),
+        limits.max_headers
+    );
+    let (server, c, mut hop) = through(&mut a, &mut b, &req);
+    let (s, got) = server.expect("B forwarded what A accepted");
+    assert!(got.contains("x-request-id:") && got.contains("traceparent:"));
+    b.net
+        .peer_send(s, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    hop.carry(&mut a, &mut b);
+    assert_eq!(status(&a.take(c)), 200);
+    // One field more is refused by A, before any hop.
+    let mut more = req.clone();
+    more.truncate(more.len() - 2);
+    more.extend_from_slice(b"x-one: more\r\n\r\n");
+    let c = a.net.peer_connect(CLIENT, LISTEN);
+    a.settle();
+    a.send(c, &more);
+    assert_eq!(status(&a.take(c)), 431);
+}
+
+#[test]
+fn a_hop_cut_without_close_notify_is_a_cut_for_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = gateways(dir.path(), "spiffe://t.mesh/sa/client");
+    let c = a.net.peer_connect(CLIENT, A_TCP);
+    a.settle();
+    a.send(c, b"ping");
+    let mut hop = Hop::open(&mut a, &mut b);
+    hop.carry(&mut a, &mut b);
+    let (s, _) = b.pending();
+    b.net.peer_accept(s);
+    hop.carry(&mut a, &mut b);
+    assert_eq!(b.net.peer_take(s), b"ping");
+    b.net.peer_send(s, b"pong");
+    hop.carry(&mut a, &mut b);
+    assert_eq!(a.take(c), "pong");
+    // Someone on the path ends the hop's TCP connection: no close_notify came.
+    a.net.peer_shutdown(hop.a);
+    a.settle();
+    assert_eq!(
+        a.net.closed(c),
+        Some(EngineClose::Abort),
+        "the client sees a reset, not an end"
+    );
+    assert_eq!(a.stats().refused(Refusal::Truncated), 1);
+    // A close_notify then FIN (the server finishing) is a clean end.
+    let c = a.net.peer_connect(CLIENT, A_TCP);
+    a.settle();
+    let mut hop = Hop::open(&mut a, &mut b);
+    hop.carry(&mut a, &mut b);
+    let (s, _) = b.pending();
+    b.net.peer_accept(s);
+    hop.carry(&mut a, &mut b);
+    b.net.peer_send(s, b"bye");
+    b.net.peer_shutdown(s);
+    hop.carry(&mut a, &mut b);
+    assert_eq!(a.take(c), "bye");
+    assert!(a.net.shut(c), "a FIN for a clean end");
+    assert_ne!(a.net.closed(c), Some(EngineClose::Abort));
 }
