@@ -182,6 +182,8 @@ struct TimeWait {
     snd_nxt: Seq,
     ts: Option<(u32, u32)>, // (ts_recent, ts_offset)
     deadline: Instant,
+    /// When we last answered a segment without data or FIN (`TcpConfig::invalid_ack_interval`).
+    last_ack: Option<Instant>,
 }
 
 enum Control {
@@ -921,6 +923,20 @@ impl Stack {
                 self.time_wait_order.push_back((deadline, tuple));
             }
         }
+        // Anything else is answered with an ACK (RFC 9293 §3.10.7.4), but without data or a
+        // FIN at most once per `invalid_ack_interval`, as in a connection (RFC 5961 erratum 4772):
+        // a retransmitted FIN needs its ACK; a flood of bare ACKs or SYNs does not.
+        if h.flags.syn() || (payload_len == 0 && !h.flags.fin()) {
+            let interval = self.cfg.tcp.invalid_ack_interval;
+            if tw
+                .last_ack
+                .is_some_and(|t| now.saturating_duration_since(t) < interval)
+            {
+                self.stats.inc(Counter::InvalidAcksSuppressed);
+                return false;
+            }
+            tw.last_ack = Some(now);
+        }
         let mut options = Options::default();
         if let Some((recent, off)) = tw.ts {
             options.timestamp = Some(((now.as_millis() as u32).wrapping_add(off), recent));
@@ -1054,6 +1070,7 @@ impl Stack {
                 snd_nxt,
                 ts: ts_ok.then_some((ts_recent, ts_offset)),
                 deadline,
+                last_ack: None,
             },
         );
         self.time_wait_order.push_back((deadline, tuple));

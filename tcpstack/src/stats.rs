@@ -69,6 +69,7 @@ counters! {
         SynCookiesSent => "syncookies_sent",
         SynCookiesAccepted => "syncookies_accepted",
         ChallengeAcks => "challenge_acks",
+        InvalidAcksSuppressed => "invalid_acks_suppressed",
         RstsSent => "rsts_sent",
         RstsReceived => "rsts_received",
         ZeroWindowProbes => "zero_window_probes",
@@ -150,6 +151,24 @@ mod tests {
         labels.sort();
         labels.dedup();
         assert_eq!(labels.len(), DropReason::ALL.len());
+        let mut labels: Vec<_> = Counter::ALL.iter().map(|c| c.label()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), Counter::ALL.len());
+        // Metric labels: snake_case.
+        for l in DropReason::ALL
+            .iter()
+            .map(|r| r.label())
+            .chain(Counter::ALL.iter().map(|c| c.label()))
+        {
+            assert!(
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{l}"
+            );
+        }
+        assert!(Counter::ALL.contains(&Counter::InvalidAcksSuppressed));
     }
 
     #[test]

@@ -43,6 +43,18 @@ pub struct TcpConfig {
     /// `TCP_USER_TIMEOUT`. A peer that answers probes but never reads otherwise holds the
     /// connection and its send buffer forever. Default 60 s; `Duration::MAX` never resets.
     pub persist_timeout: Duration,
+    /// Least time between two ACKs a connection sends in answer to segments it drops: out of
+    /// the receive window or failing PAWS (RFC 9293 §3.10.7.4, RFC 7323 §5.3), or
+    /// acknowledging what we never sent or long ago acknowledged (RFC 5961 §5.2). Each would
+    /// otherwise draw one ACK, so a flood of them draws a flood, and two peers that disagree
+    /// about the sequence space answer each other's ACKs forever: the ACK throttling that
+    /// RFC 9293 §3.10.7.4 points to (RFC 5961 §7 and its erratum 4772). Answers in between are
+    /// not sent but counted (`Counter::InvalidAcksSuppressed`). Old or out-of-window segments
+    /// with data or a FIN are still answered every time: they cannot loop, and a sender whose
+    /// ACKs were lost needs the answer (as Linux's `tcp_oow_rate_limited`). Linux's
+    /// `net.ipv4.tcp_invalid_ratelimit`; default 500 ms, as there. `Duration::ZERO` answers
+    /// every one.
+    pub invalid_ack_interval: Duration,
     /// Keepalive probes for every connection; default off. `Stack::set_keepalive` changes it
     /// for one connection.
     pub keepalive: Option<Keepalive>,
@@ -68,6 +80,7 @@ impl Default for TcpConfig {
             syn_retries: 6,
             max_retransmits: 15,
             persist_timeout: Duration::from_secs(60),
+            invalid_ack_interval: Duration::from_millis(500),
             keepalive: None,
             time_wait: Duration::from_secs(60),
             fin_wait2_timeout: Duration::from_secs(60),

@@ -171,6 +171,8 @@ pub struct Conn {
     rst_now: bool,
     rst_for_bad_ack: Option<Seq>,
     challenge_window: (Instant, u32),
+    /// When we last answered a segment we dropped (`TcpConfig::invalid_ack_interval`).
+    last_invalid_ack: Option<Instant>,
 
     nagle: bool,
     /// The application called close: it will read nothing more.
@@ -287,6 +289,7 @@ impl Conn {
             rst_now: false,
             rst_for_bad_ack: None,
             challenge_window: (now, 0),
+            last_invalid_ack: None,
             nagle: cfg.nagle,
             user_closed: false,
             write_blocked: false,
@@ -565,6 +568,37 @@ impl Conn {
         self.ack_now = true;
     }
 
+    /// Answers a segment we drop with an ACK (RFC 9293 §3.10.7.4, RFC 5961 §5.2), at most one
+    /// per `invalid_ack_interval` (RFC 5961 §7 and erratum 4772; Linux's
+    /// `tcp_invalid_ratelimit`): otherwise a flood of bad ACKs draws an equal flood back, and
+    /// two peers that disagree about the sequence space ACK each other's ACKs forever.
+    fn invalid_ack(&mut self, ctx: &mut Ctx) {
+        if self.ack_now {
+            return; // an ACK goes out anyway and answers this one too
+        }
+        if self
+            .last_invalid_ack
+            .is_some_and(|t| ctx.now.saturating_duration_since(t) < ctx.cfg.invalid_ack_interval)
+        {
+            ctx.stats.inc(Counter::InvalidAcksSuppressed);
+            return;
+        }
+        self.last_invalid_ack = Some(ctx.now);
+        self.ack_now = true;
+    }
+
+    /// `invalid_ack` for a segment that failed the sequence checks, except that one with data
+    /// or a FIN is answered every time, as Linux's `tcp_oow_rate_limited` does: it cannot be
+    /// part of an ACK loop, and a sender retransmitting because our ACKs were lost needs the
+    /// answer (zero-window probes carry a byte, too).
+    fn unacceptable_ack(&mut self, ctx: &mut Ctx, h: &Header, payload_len: usize) {
+        if (payload_len > 0 || h.flags.fin()) && !h.flags.syn() {
+            self.ack_now = true;
+        } else {
+            self.invalid_ack(ctx);
+        }
+    }
+
     /// Processes one segment addressed to this connection (RFC 9293 §3.10.7).
     pub fn handle_segment(&mut self, ctx: &mut Ctx, h: &Header, payload: &[u8]) {
         ctx.stats.inc(Counter::SegmentsIn);
@@ -643,7 +677,7 @@ impl Conn {
             if let Some((val, _)) = h.options.timestamp {
                 if (val.wrapping_sub(self.ts_recent) as i32) < 0 {
                     ctx.stats.drop(DropReason::TcpUnacceptable);
-                    self.ack_now = true;
+                    self.unacceptable_ack(ctx, h, payload.len());
                     return;
                 }
             }
@@ -660,7 +694,7 @@ impl Conn {
                 } else {
                     ctx.stats.drop(DropReason::TcpUnacceptable);
                 }
-                self.ack_now = true;
+                self.unacceptable_ack(ctx, h, payload.len());
             } else {
                 ctx.stats.drop(DropReason::TcpRstOutOfWindow);
             }
@@ -782,15 +816,12 @@ impl Conn {
             }
         }
 
-        // RFC 5961 §5.2: acceptable ACKs lie in [snd_una - max_snd_wnd, snd_max].
-        if ack > self.snd_max {
+        // RFC 5961 §5.2: acceptable ACKs lie in [snd_una - max_snd_wnd, snd_max]. The segment
+        // is dropped with its data, so the answer is rate-limited whatever it carries: a
+        // correct peer never sends one.
+        if ack > self.snd_max || ack < self.snd_una - (self.max_snd_wnd as usize) {
             ctx.stats.drop(DropReason::TcpBadAck);
-            self.ack_now = true;
-            return false;
-        }
-        if ack < self.snd_una - (self.max_snd_wnd as usize) {
-            ctx.stats.drop(DropReason::TcpBadAck);
-            self.ack_now = true;
+            self.invalid_ack(ctx);
             return false;
         }
 
