@@ -231,6 +231,16 @@ pub struct Listener {
     /// Default: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Sp<Keepalive>>,
+    /// Connections open on this listener at once, all workers together; one more is reset
+    /// at accept and counted as `listener_overflow`. 1 to 1,000,000; default 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Sp<i64>>,
+    /// Connections one client address may have open on this listener at once; one more is
+    /// reset at accept and counted as `source_overflow`. 1 to `max_connections`; default
+    /// 2,500, and `max_connections` on a `mesh` listener (a peer gateway carries many
+    /// clients on one address; its handshakes are bounded by `timeouts.handshake`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_source: Option<Sp<i64>>,
 }
 
 /// `keepalive = { idle = "60s", interval = "10s", probes = 6 }` on a `[[listener]]`: once

@@ -51,7 +51,16 @@ pub struct ListenerRt {
     pub timeouts: Timeouts,
     /// TCP keepalive for the connections this listener accepts; `None`: off.
     pub keepalive: Option<KeepaliveRt>,
+    /// Connections open at once on this listener (all workers), and per client address.
+    pub max_connections: u32,
+    pub max_connections_per_source: u32,
 }
+
+/// A listener's `max_connections` when the tables give none.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// A `tcp` or `http` listener's `max_connections_per_source` when the tables give none
+/// (a `mesh` listener's is its `max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: u32 = 2_500;
 
 /// A listener's TCP keepalive, compiled; see [`crate::schema::Keepalive`]. The data plane
 /// turns it into its TCP stack's settings (or the kernel socket's options).

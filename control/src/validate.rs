@@ -19,6 +19,7 @@ use crate::schema::{self, HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Ta
 use crate::snapshot::{
     AuthzRule, BackendRt, EndpointRt, HashKey, HeaderMatcher, IdSet, IdentityRt, KeepaliveRt,
     ListenerRt, PathMatcher, PeerRt, RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
 };
 use crate::source::{Source, Span};
 
@@ -504,8 +505,15 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             Some(ka) => compile_keepalive(&mut v, ka, &k).map(Some),
             None => Some(None),
         };
-        if let (Some(bind), Some(service), Some(identity), Some(timeouts), Some(keepalive)) =
-            (bind, service, identity, timeouts, keepalive)
+        let caps = compile_connection_caps(&mut v, l, proto, &k);
+        if let (
+            Some(bind),
+            Some(service),
+            Some(identity),
+            Some(timeouts),
+            Some(keepalive),
+            Some((max_connections, max_connections_per_source)),
+        ) = (bind, service, identity, timeouts, keepalive, caps)
         {
             listeners.push(ListenerRt {
                 name: l.name.value.clone(),
@@ -515,6 +523,8 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 identity,
                 timeouts,
                 keepalive,
+                max_connections,
+                max_connections_per_source,
             });
         }
     }
@@ -1135,6 +1145,56 @@ fn check_duration(
             None
         }
     }
+}
+
+/// Upper bound of a listener's `max_connections`.
+const MAX_CONNECTIONS_MAX: u32 = 1_000_000;
+
+/// A listener's `max_connections` and `max_connections_per_source` over the defaults;
+/// `None` when either is bad (each reported).
+fn compile_connection_caps(
+    v: &mut V<'_>,
+    l: &schema::Listener,
+    proto: Protocol,
+    k: &str,
+) -> Option<(u32, u32)> {
+    let mut ok = true;
+    let mut check =
+        |v: &mut V<'_>, val: &Sp<i64>, name: &str, max: u32, default: u32| match u32::try_from(
+            val.value,
+        ) {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                v.err(
+                    &val.span,
+                    format!("{k}.{name}"),
+                    format!("{} connections is out of range", val.value),
+                )
+                .set_hint(format!("from 1 to {max} (default {default})"));
+                ok = false;
+                default
+            }
+        };
+    let max = match &l.max_connections {
+        Some(m) => check(
+            v,
+            m,
+            "max_connections",
+            MAX_CONNECTIONS_MAX,
+            DEFAULT_MAX_CONNECTIONS,
+        ),
+        None => DEFAULT_MAX_CONNECTIONS,
+    };
+    let default_per_source = if proto == Protocol::Mesh {
+        max
+    } else {
+        DEFAULT_MAX_CONNECTIONS_PER_SOURCE.min(max)
+    };
+    let per_source = match &l.max_connections_per_source {
+        Some(m) => check(v, m, "max_connections_per_source", max, default_per_source),
+        None => default_per_source,
+    };
+    ok.then_some((max, per_source))
 }
 
 /// A listener's `keepalive` table over the defaults; `None` when any key is bad (each reported).

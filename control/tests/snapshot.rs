@@ -529,3 +529,36 @@ keepalive = { idle = "30s", interval = "500ms", probes = 100 }
     assert_eq!(at("10.0.0.7:81"), None);
     assert_eq!(at("10.0.0.9:84"), None);
 }
+
+#[test]
+fn connection_caps_default_per_protocol() {
+    let s = compile(
+        r#"
+[[service]]
+name = "a"
+endpoints = [{ address = "10.0.0.1:80" }]
+[[listener]]
+name = "plain"
+bind = "10.0.0.9:80"
+protocol = "http"
+[[listener]]
+name = "small"
+bind = "10.0.0.9:81"
+protocol = "tcp"
+service = "a"
+max_connections = 100
+[[listener]]
+name = "set"
+bind = "10.0.0.9:82"
+protocol = "http"
+max_connections = 50000
+max_connections_per_source = 7
+"#,
+    );
+    let caps: Vec<(u32, u32)> = s
+        .listeners
+        .iter()
+        .map(|l| (l.max_connections, l.max_connections_per_source))
+        .collect();
+    assert_eq!(caps, [(10_000, 2_500), (100, 100), (50_000, 7)]);
+}

@@ -510,3 +510,20 @@ fn route_timeouts_are_checked_and_the_request_timeout_is_given_once() {
         "t.toml:6:14: route[0].timeouts.idle: unknown key \"idle\" (hint: allowed keys: request, connect, body_stall)",
     );
 }
+
+#[test]
+fn connection_caps_are_in_range_with_their_defaults() {
+    const L: &str = "[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\n";
+    one(
+        &format!("{L}max_connections = 0\n"),
+        "t.toml:5:19: listener[0].max_connections: 0 connections is out of range (hint: from 1 to 1000000 (default 10000))",
+    );
+    one(
+        &format!("{L}max_connections = 100\nmax_connections_per_source = 101\n"),
+        "t.toml:6:30: listener[0].max_connections_per_source: 101 connections is out of range (hint: from 1 to 100 (default 100))",
+    );
+    one(
+        &format!("{L}max_connections_per_source = -5\n"),
+        "t.toml:5:30: listener[0].max_connections_per_source: -5 connections is out of range (hint: from 1 to 10000 (default 2500))",
+    );
+}

@@ -50,6 +50,8 @@ pub struct ProxySetup {
     pub publisher: Arc<control::Publisher>,
     pub tls: Arc<dyn MeshTls>,
     pub listeners: Vec<SocketAddrV4>,
+    /// The listeners' connection caps, counted across every worker.
+    pub admission: Arc<mesh::admission::Admission>,
 }
 
 impl GatewayConfig {
@@ -296,11 +298,14 @@ fn open_worker(
                 Err(e) => return Err(err(addr, e)),
             }
         }
-        worker = worker.with_engine(Engine::new(
-            p.publisher.clone(),
-            p.tls.clone(),
-            crate::proxy::random_seed(),
-        ));
+        worker = worker.with_engine(
+            Engine::new(
+                p.publisher.clone(),
+                p.tls.clone(),
+                crate::proxy::random_seed(),
+            )
+            .with_admission(p.admission.clone()),
+        );
     }
     Ok(worker)
 }

@@ -271,6 +271,7 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
             publisher: plane.publisher.clone(),
             tls,
             listeners: listeners.proxy,
+            admission: mesh::admission::Admission::new(),
         });
     }
     cfg.on_worker_failure = Some(Arc::new(|w, e| {

@@ -27,6 +27,7 @@
 //! client's source address, SNI naming the service, the first plaintext bytes being the
 //! [`preamble`]; a local endpoint gets plain TCP.
 
+use super::admission::{Admission, Overflow, Ticket};
 use super::http::{self, BodyFramer, HttpError, RequestHead};
 use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
@@ -568,6 +569,8 @@ struct Session<C> {
     epoch: u64,
     /// When the gateway finished its side of a closing client connection (see [`LINGER`]).
     linger_since: Option<Instant>,
+    /// The session's place under its listener's connection caps, given back on drop.
+    _ticket: Option<Ticket>,
 }
 
 /// One try at an upstream: from the connect (or the reuse of a kept-alive connection) to
@@ -638,7 +641,14 @@ pub struct Engine<C> {
     next_epoch: u64,
     events: std::collections::VecDeque<Event>,
     event_capacity: usize,
+    /// The listeners' connection caps (shared with the other workers' engines).
+    admission: Arc<Admission>,
+    max_sessions: usize,
 }
+
+/// Sessions one engine (one worker) holds at most; one more is reset at accept and counted
+/// as `worker_overflow`. With the buffers' caps this bounds a worker's memory.
+pub const MAX_SESSIONS: usize = 20_000;
 
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// `seed` drives weighted picks and request ids: give it from the OS's random source
@@ -661,7 +671,21 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             next_epoch: 0,
             events: std::collections::VecDeque::new(),
             event_capacity: 0,
+            admission: Admission::new(),
+            max_sessions: MAX_SESSIONS,
         }
+    }
+
+    /// Counts connections against the listeners' caps in `admission`, which the other
+    /// workers' engines share (by default each engine counts alone).
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// Sessions this engine holds at most (default [`MAX_SESSIONS`]).
+    pub fn set_max_sessions(&mut self, n: usize) {
+        self.max_sessions = n;
     }
 
     /// Queue up to `n` events for [`Engine::poll_event`] (0, the default: none are built).
@@ -1177,6 +1201,24 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             return false;
         };
         self.stats.accepted += 1;
+        let who = (conn, remote, listener.name.as_str());
+        if self.active() >= self.max_sessions {
+            return self.refuse_accept(net, now, who, Refusal::WorkerOverflow);
+        }
+        let name: Arc<str> = Arc::from(listener.name.as_str());
+        let caps = (
+            listener.max_connections,
+            listener.max_connections_per_source,
+        );
+        let ticket = match self.admission.admit(&name, *remote.ip(), caps) {
+            Ok(t) => t,
+            Err(Overflow::Listener) => {
+                return self.refuse_accept(net, now, who, Refusal::ListenerOverflow)
+            }
+            Err(Overflow::Source) => {
+                return self.refuse_accept(net, now, who, Refusal::SourceOverflow)
+            }
+        };
         let mut session = Session {
             snap: snap.clone(),
             kind: Kind::MeshHandshake,
@@ -1193,12 +1235,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             closed: false,
             attempt: None,
             timeouts: listener.timeouts,
-            listener: self.events_on().then(|| Arc::from(listener.name.as_str())),
+            listener: self.events_on().then(|| name.clone()),
             accepted_at: now,
             last_io: now,
             scheduled: None,
             epoch: 0,
             linger_since: None,
+            _ticket: Some(ticket),
         };
         match listener.protocol {
             Protocol::Tcp => {
@@ -1453,6 +1496,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         let waiting = h.req == ReqPhase::Head && h.resp == RespPhase::Idle;
                         if waiting && !s.d_in.is_empty() && h.head_started.is_none() {
                             h.head_started = Some(now);
+                        }
+                        if waiting {
+                            release_idle_buffers(&mut s);
                         }
                     }
                     self.arm(sid, &mut s);
@@ -2330,6 +2376,24 @@ fn endpoint_addr(snap: &Snapshot, svc: u32, ep: u32) -> Result<SocketAddrV4, Ref
     match e.address {
         SocketAddr::V4(a) => Ok(a),
         SocketAddr::V6(_) => Err(Refusal::NoEndpoint),
+    }
+}
+
+/// Buffers up to this capacity stay with an idle session: a small request and response
+/// reuse them without allocating; larger ones are given back between requests.
+const IDLE_KEEP: usize = 1024;
+
+/// Between requests: an idle keep-alive connection holds no large buffer (it may wait
+/// minutes for its next request, and there may be thousands of them).
+fn release_idle_buffers<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(s: &mut Session<C>) {
+    for v in [&mut s.d_in, &mut s.u_in, &mut s.to_up, &mut s.to_down] {
+        if v.is_empty() && v.capacity() > IDLE_KEEP {
+            *v = Vec::new();
+        }
+    }
+    s.down.release_idle(IDLE_KEEP);
+    if let Some(up) = s.up.as_mut() {
+        up.release_idle(IDLE_KEEP);
     }
 }
 

@@ -252,6 +252,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         self.shut
     }
 
+    /// Gives back buffers larger than `keep` while they are empty (an idle connection).
+    pub fn release_idle(&mut self, keep: usize) {
+        for v in [&mut self.inbuf, &mut self.out] {
+            if v.is_empty() && v.capacity() > keep {
+                *v = Vec::new();
+            }
+        }
+    }
+
     pub fn pending_out(&self) -> usize {
         self.out.len()
     }

@@ -1,11 +1,12 @@
 //! The mesh logic, sans-IO: sessions (inbound mesh, TCP, HTTP) over a [`net::Net`] it is
 //! handed ([`engine`], [`leg`]), the HTTP/1.1 codec ([`http`]), load balancers ([`lb`]) and
 //! the mTLS configurations, SPIFFE identities and SNI mapping of the mesh hop ([`tls`]), and
-//! an in-memory [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]).
+//! the connection caps all workers share ([`admission`]), an in-memory [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]).
 //!
 //! No sockets, threads, files, clock or `getrandom` here: the caller passes `now`, seeds,
 //! table snapshots and certificate material (the data plane is the I/O shell around it).
 
+pub mod admission;
 pub mod engine;
 pub mod http;
 pub mod lb;

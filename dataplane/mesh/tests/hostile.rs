@@ -436,3 +436,55 @@ fn misbehaving_servers_give_502_or_a_cut_and_their_connection_is_not_reused() {
     assert_eq!(s.attempts(Outcome::ResetMidResponse), 2);
     assert_eq!(s.refused(Refusal::BadResponse), 4);
 }
+
+#[test]
+fn connection_caps_per_listener_per_source_and_per_worker() {
+    let tables = TABLES.replace(
+        "protocol = \"http\"\n",
+        "protocol = \"http\"\nmax_connections = 3\nmax_connections_per_source = 2\n",
+    );
+    let mut gw = Gw::new(&tables);
+    let listen = common::LISTEN;
+    let from = |last: u8, port: u16| {
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 1, last), port)
+    };
+    let a1 = gw.net.peer_connect(from(2, 1), listen);
+    let a2 = gw.net.peer_connect(from(2, 2), listen);
+    let a3 = gw.net.peer_connect(from(2, 3), listen);
+    gw.settle();
+    assert_eq!(
+        gw.net.closed(a3),
+        Some(EngineClose::Abort),
+        "third from one address"
+    );
+    assert_eq!(gw.stats().refused(Refusal::SourceOverflow), 1);
+    let b1 = gw.net.peer_connect(from(3, 1), listen);
+    let b2 = gw.net.peer_connect(from(3, 2), listen);
+    gw.settle();
+    assert_eq!(gw.net.closed(b1), None);
+    assert_eq!(
+        gw.net.closed(b2),
+        Some(EngineClose::Abort),
+        "fourth on the listener"
+    );
+    assert_eq!(gw.stats().refused(Refusal::ListenerOverflow), 1);
+    // A slot comes back when its session ends.
+    gw.net.peer_reset(a1);
+    gw.settle();
+    let a4 = gw.net.peer_connect(from(2, 4), listen);
+    gw.settle();
+    assert_eq!(gw.net.closed(a4), None);
+    for c in [a2, b1, a4] {
+        gw.net.peer_reset(c);
+    }
+    gw.settle();
+    assert_eq!(gw.engine.active(), 0);
+
+    gw.engine.set_max_sessions(1);
+    let c1 = gw.net.peer_connect(from(4, 1), listen);
+    let c2 = gw.net.peer_connect(from(5, 1), listen);
+    gw.settle();
+    assert_eq!(gw.net.closed(c1), None);
+    assert_eq!(gw.net.closed(c2), Some(EngineClose::Abort));
+    assert_eq!(gw.stats().refused(Refusal::WorkerOverflow), 1);
+}
