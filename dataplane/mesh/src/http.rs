@@ -1077,6 +1077,14 @@ pub fn normalize_target(target: &str) -> Result<NormalTarget, HttpError> {
     if !path.starts_with('/') {
         return Err(HttpError::BadTarget("the path does not start with /"));
     }
+    // The common case, already normal: no escape, no empty, dot or parameter segment.
+    let plain = !path.contains(['%', ';', '\\']) && !path.contains("//") && !path.contains("/.");
+    if plain && rest.len() == path.len() + query.len() {
+        return Ok(NormalTarget {
+            forward: target.to_owned(),
+            matched: path.to_owned(),
+        });
+    }
     let decoded = decode_unreserved(path)?;
     let segments: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
     let trailing = decoded.ends_with('/') && decoded.len() > 1;
