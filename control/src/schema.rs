@@ -335,6 +335,18 @@ pub struct Service {
     /// Only with `ring-hash`: `source-ip` (default), `header:NAME` or `cookie:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<Sp<String>>,
+    /// The default `retries`, `fault` and `rate_limit` of the routes to this service (a
+    /// route's own table replaces the service's whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Sp<Retries>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Sp<Fault>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Sp<RateLimit>>,
+    /// Caps the retries of requests to this service (see [`RetryBudget`]); default: the
+    /// defaults shown there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<Sp<RetryBudget>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -456,6 +468,107 @@ pub struct Route {
     /// `body_stall` (see [`Timeouts`]; the connection-level ones stay the listener's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Sp<RouteTimeouts>>,
+    /// Retries of the requests this route carries (see [`Retries`]); default: the service's
+    /// `retries`, else none beyond the core's connect retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Sp<Retries>>,
+    /// Injected aborts and delays (see [`Fault`]); default: the service's `fault`, else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Sp<Fault>>,
+    /// A request rate limit (see [`RateLimit`]); default: the service's `rate_limit`, else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Sp<RateLimit>>,
+}
+
+/// `retries = { ... }` on a `[[route]]` or a `[[service]]`: when a request is tried again.
+/// Every key optional once the table is present, with the defaults shown:
+/// `attempts = 3` (attempts in all, the first included; 1 to 10), `per_try_timeout = "1s"`
+/// (each attempt, connect included), `on = ["connect-failure", "reset", "503"]` (also
+/// `timeout` — the per-try timeout —, `gateway-error` — 502, 503 or 504 from the upstream —,
+/// and status codes 400 to 599 as strings), `backoff = "25ms"` (full jitter, doubling per
+/// retry, at most 10× this), `methods = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]` (others
+/// are retried only on `connect-failure`, when nothing was sent), `buffer = 65536` (bytes of
+/// request body kept for a retry; a longer body is not retried but on connect failure).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<Sp<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<Sp<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<Sp<i64>>,
+}
+
+/// `fault = { abort = { percent, status }, delay = { percent, duration }, headers = {...} }`
+/// on a `[[route]]` or a `[[service]]`: for chaos tests. `abort` answers `status` (200 to
+/// 599) to `percent` % of the requests without contacting an upstream; `delay` holds
+/// `percent` % for `duration` before routing them. With `headers` (as in `match.headers`),
+/// only requests carrying them are touched. Give `abort`, `delay` or both.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<Sp<FaultAbort>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Sp<FaultDelay>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Sp<HeaderMatch>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// 0.0 to 100.0.
+    pub percent: Sp<f64>,
+    pub status: Sp<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    /// 0.0 to 100.0.
+    pub percent: Sp<f64>,
+    /// A duration like `"100ms"` (1 ms to 7 days).
+    pub duration: Sp<String>,
+}
+
+/// `rate_limit = { requests_per_second = 500, burst = 100, per = "route" }` on a `[[route]]`
+/// or a `[[service]]`: a token bucket; a request over it gets 429 with `Retry-After`.
+/// `requests_per_second` is required (1 to 1,000,000); `burst` defaults to it (1 to
+/// 1,000,000); `per` is `route` (default: one bucket for the route) or `source-identity`
+/// (one per caller SPIFFE ID). Each worker keeps its own buckets at the rate divided by the
+/// number of workers.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<Sp<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<Sp<String>>,
+}
+
+/// `retry_budget = { ratio = 0.2, min_per_second = 10, ttl = "10s" }` on a `[[service]]`
+/// (Linkerd's model, defaults shown, every key optional): retries to the service may add at
+/// most `ratio` of its requests over the last `ttl`, plus `min_per_second` retries a second.
+/// Kept per worker.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<Sp<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_per_second: Option<Sp<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Sp<String>>,
 }
 
 /// `timeouts = { ... }` on a `[[route]]`: the listener's values for the requests it routes.

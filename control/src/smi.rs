@@ -282,6 +282,10 @@ impl Builder {
                 endpoints: Vec::new(),
                 load_balancer: Sp::default(),
                 hash_key: None,
+                retries: None,
+                fault: None,
+                rate_limit: None,
+                retry_budget: None,
             }));
         }
     }
@@ -364,6 +368,9 @@ fn split(
             backends,
             timeout: None,
             timeouts: None,
+            retries: None,
+            fault: None,
+            rate_limit: None,
         }));
         return;
     }
@@ -409,6 +416,9 @@ fn split(
                     backends: backends.clone(),
                     timeout: None,
                     timeouts: None,
+                    retries: None,
+                    fault: None,
+                    rate_limit: None,
                 }));
             }
         }

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -138,6 +139,119 @@ pub struct ServiceRt {
     pub default_route: RouteRt,
     /// `None`: no `[[authorization]]` names this service, everyone is allowed.
     pub authz: Option<Vec<AuthzRule>>,
+    /// Caps the retries of requests to this service.
+    pub retry_budget: RetryBudgetRt,
+}
+
+/// What a route does to its requests besides routing them: retries, injected faults, a rate
+/// limit (see `schema::Retries`, `schema::Fault`, `schema::RateLimit`).
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    pub retries: Option<RetryRt>,
+    pub fault: Option<FaultRt>,
+    pub rate_limit: Option<RateLimitRt>,
+    /// Tells the route's rate-limit buckets from other routes' (its place in the tables; a
+    /// reload starts buckets afresh).
+    pub id: u32,
+}
+
+impl RoutePolicy {
+    /// Does it do anything?
+    pub fn any(&self) -> bool {
+        self.retries.is_some() || self.fault.is_some() || self.rate_limit.is_some()
+    }
+}
+
+/// Compiled `retries`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryRt {
+    /// Attempts in all, the first included (1 to 10).
+    pub attempts: u8,
+    pub per_try_timeout: Duration,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_timeout: bool,
+    /// Upstream statuses (400 to 599) that make a retry.
+    pub on_status: Vec<u16>,
+    pub backoff: Duration,
+    /// Upper-case methods retried beyond connect failures.
+    pub methods: Vec<String>,
+    /// Bytes of request (head and body) kept for a retry.
+    pub buffer: usize,
+}
+
+impl Default for RetryRt {
+    fn default() -> Self {
+        RetryRt {
+            attempts: 3,
+            per_try_timeout: Duration::from_secs(1),
+            on_connect_failure: true,
+            on_reset: true,
+            on_timeout: false,
+            on_status: vec![503],
+            backoff: Duration::from_millis(25),
+            methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
+                .map(String::from)
+                .to_vec(),
+            buffer: 64 * 1024,
+        }
+    }
+}
+
+impl RetryRt {
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.on_status.contains(&status)
+    }
+
+    pub fn retries_method(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// Compiled `fault`.
+#[derive(Debug, Clone)]
+pub struct FaultRt {
+    /// (percent, status).
+    pub abort: Option<(f64, u16)>,
+    /// (percent, duration).
+    pub delay: Option<(f64, Duration)>,
+    /// Lower-case names; all must match for the fault to apply.
+    pub headers: Vec<(String, HeaderMatcher)>,
+}
+
+impl FaultRt {
+    pub fn applies<H: HeaderLookup + ?Sized>(&self, h: &H) -> bool {
+        self.headers
+            .iter()
+            .all(|(n, m)| h.header(n).is_some_and(|v| m.matches(v)))
+    }
+}
+
+/// Compiled `rate_limit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitRt {
+    pub per_second: f64,
+    pub burst: u32,
+    /// One bucket per caller SPIFFE ID instead of one for the route.
+    pub per_identity: bool,
+}
+
+/// Compiled `retry_budget`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetRt {
+    pub ratio: f64,
+    pub min_per_second: f64,
+    pub ttl: Duration,
+}
+
+impl Default for RetryBudgetRt {
+    fn default() -> Self {
+        RetryBudgetRt {
+            ratio: 0.2,
+            min_per_second: 10.0,
+            ttl: Duration::from_secs(10),
+        }
+    }
 }
 
 impl ServiceRt {
@@ -217,6 +331,8 @@ pub struct RouteRt {
     pub connect_timeout: Option<Duration>,
     /// The route's `timeouts.body_stall`; `None`: the listener's.
     pub body_stall_timeout: Option<Duration>,
+    /// The route's request policies (its own, else its service's); `None`: none.
+    pub policy: Option<Arc<RoutePolicy>>,
     /// Running sums of backend weights, for [`RouteRt::pick`].
     cumulative: Vec<u64>,
 }
@@ -251,6 +367,7 @@ impl RouteRt {
             timeout: None,
             connect_timeout: None,
             body_stall_timeout: None,
+            policy: None,
             cumulative,
         }
     }

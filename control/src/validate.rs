@@ -17,11 +17,13 @@ use crate::de::Sp;
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::schema::{self, HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
 use crate::snapshot::{
-    AuthzRule, BackendRt, EndpointRt, HashKey, HeaderMatcher, IdSet, IdentityRt, KeepaliveRt,
-    ListenerRt, PathMatcher, PeerRt, RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    AuthzRule, BackendRt, EndpointRt, FaultRt, HashKey, HeaderMatcher, IdSet, IdentityRt,
+    KeepaliveRt, ListenerRt, PathMatcher, PeerRt, RateLimitRt, RetryBudgetRt, RetryRt, RoutePolicy,
+    RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
 };
 use crate::source::{Source, Span};
+use std::sync::Arc;
 
 /// What validation needs besides the text.
 #[derive(Debug, Clone)]
@@ -274,11 +276,13 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             hash_key: None,
             default_route: RouteRt::new(None, 0, None, None, None, Vec::new(), Vec::new()),
             authz: None,
+            retry_budget: RetryBudgetRt::default(),
         });
     }
     let svc_names: Vec<&str> = tables.services.iter().map(|s| s.name.as_str()).collect();
 
     // --- endpoints and balancers
+    let mut svc_policies = vec![RoutePolicy::default(); services.len()];
     for (i, s) in tables.services.iter().enumerate() {
         let k = || format!("service[{i}]");
         let Some(&(sid, ref first)) = svc_index.get(s.name.as_str()) else {
@@ -373,6 +377,28 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 weight: 1,
             }],
         );
+        // The service's policies: the default of its routes, and its default route's own.
+        let mut policy = RoutePolicy {
+            id: DEFAULT_ROUTE_POLICY_ID | sid,
+            ..RoutePolicy::default()
+        };
+        if let Some(x) = &s.retries {
+            policy.retries = compile_retries(&mut v, x, &k());
+        }
+        if let Some(x) = &s.fault {
+            policy.fault = compile_fault(&mut v, x, &k());
+        }
+        if let Some(x) = &s.rate_limit {
+            policy.rate_limit = compile_rate_limit(&mut v, x, &k());
+        }
+        if let Some(b) = &s.retry_budget {
+            if let Some(b) = compile_retry_budget(&mut v, b, &k()) {
+                services[sid as usize].retry_budget = b;
+            }
+        }
+        services[sid as usize].default_route.policy =
+            policy.any().then(|| Arc::new(policy.clone()));
+        svc_policies[sid as usize] = policy;
     }
 
     let lookup_service =
@@ -550,46 +576,9 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 method = check_method(&mut v, me, &Lazy(|| format!("{}.method", mk())));
                 ok &= method.is_some();
             }
-            for (name, value) in &m.headers {
-                if !is_token(name) {
-                    v.err(
-                        &value.span,
-                        format!("{}.headers.{name}", mk()),
-                        format!("{name:?} is not a valid header name"),
-                    )
-                    .set_hint(
-                        "header names are letters, digits and !#$%&'*+-.^_`|~ (RFC 9110 §5.1)",
-                    );
-                    ok = false;
-                } else {
-                    match &value.value {
-                        HeaderMatch::Exact(x) => headers.push((
-                            name.to_ascii_lowercase(),
-                            HeaderMatcher::Exact(x.clone().into_bytes()),
-                        )),
-                        HeaderMatch::Regex(r) => {
-                            match regex::bytes::RegexBuilder::new(&format!("^(?:{r})$"))
-                                .size_limit(REGEX_SIZE_LIMIT)
-                                .build()
-                            {
-                                Ok(re) => headers
-                                    .push((name.to_ascii_lowercase(), HeaderMatcher::Regex(re))),
-                                Err(e) => {
-                                    let msg = regex_error_line(&e);
-                                    v.err(
-                                        &value.span,
-                                        format!("{}.headers.{name}.regex", mk()),
-                                        format!("regex does not compile: {msg}"),
-                                    )
-                                    .set_hint(
-                                        "Rust regex syntax; the regex must match the whole value",
-                                    );
-                                    ok = false;
-                                }
-                            }
-                        }
-                    }
-                }
+            match compile_headers(&mut v, &m.headers, &mk()) {
+                Some(h) => headers = h,
+                None => ok = false,
             }
         }
         let mut backends = Vec::with_capacity(r.backends.len().max(1));
@@ -690,6 +679,34 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             ok = false;
         }
         timeout = timeout.or(request);
+        // A route's own policy table replaces its service's, table by table.
+        let inherited = sid.and_then(|sid| svc_policies.get(sid as usize));
+        let mut policy = RoutePolicy {
+            id: i as u32,
+            ..RoutePolicy::default()
+        };
+        match &r.retries {
+            Some(x) => {
+                policy.retries = compile_retries(&mut v, x, &k());
+                ok &= policy.retries.is_some();
+            }
+            None => policy.retries = inherited.and_then(|p| p.retries.clone()),
+        }
+        match &r.fault {
+            Some(x) => {
+                policy.fault = compile_fault(&mut v, x, &k());
+                ok &= policy.fault.is_some();
+            }
+            None => policy.fault = inherited.and_then(|p| p.fault.clone()),
+        }
+        match &r.rate_limit {
+            Some(x) => {
+                policy.rate_limit = compile_rate_limit(&mut v, x, &k());
+                ok &= policy.rate_limit.is_some();
+            }
+            None => policy.rate_limit = inherited.and_then(|p| p.rate_limit),
+        }
+        let policy = policy.any().then(|| Arc::new(policy));
         if let (true, Some(sid)) = (ok, sid) {
             let mut rt = RouteRt::new(
                 r.name.as_ref().map(|n| n.value.clone()),
@@ -703,6 +720,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             rt.timeout = timeout;
             rt.connect_timeout = connect;
             rt.body_stall_timeout = body_stall;
+            rt.policy = policy;
             routes.push(rt);
         }
     }
@@ -1145,6 +1163,327 @@ fn check_duration(
             None
         }
     }
+}
+
+/// Header conditions (`match.headers`, `fault.headers`): names checked, exact values or
+/// anchored regexes compiled; `None` when any is bad (each reported under `prefix`).
+fn compile_headers(
+    v: &mut V<'_>,
+    map: &BTreeMap<String, Sp<HeaderMatch>>,
+    prefix: &str,
+) -> Option<Vec<(String, HeaderMatcher)>> {
+    let mut ok = true;
+    let mut headers = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        if !is_token(name) {
+            v.err(
+                &value.span,
+                format!("{prefix}.headers.{name}"),
+                format!("{name:?} is not a valid header name"),
+            )
+            .set_hint("header names are letters, digits and !#$%&'*+-.^_`|~ (RFC 9110 §5.1)");
+            ok = false;
+        } else {
+            match &value.value {
+                HeaderMatch::Exact(x) => headers.push((
+                    name.to_ascii_lowercase(),
+                    HeaderMatcher::Exact(x.clone().into_bytes()),
+                )),
+                HeaderMatch::Regex(r) => {
+                    match regex::bytes::RegexBuilder::new(&format!("^(?:{r})$"))
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                    {
+                        Ok(re) => {
+                            headers.push((name.to_ascii_lowercase(), HeaderMatcher::Regex(re)))
+                        }
+                        Err(e) => {
+                            let msg = regex_error_line(&e);
+                            v.err(
+                                &value.span,
+                                format!("{prefix}.headers.{name}.regex"),
+                                format!("regex does not compile: {msg}"),
+                            )
+                            .set_hint("Rust regex syntax; the regex must match the whole value");
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ok.then_some(headers)
+}
+
+/// Policy ids of services' default routes (routes take their index in the tables).
+const DEFAULT_ROUTE_POLICY_ID: u32 = 1 << 31;
+
+/// Upper bound of `retries.attempts`.
+const RETRY_ATTEMPTS_MAX: u8 = 10;
+/// Upper bound of `retries.buffer`.
+const RETRY_BUFFER_MAX: usize = 16 << 20;
+/// Upper bound of `rate_limit.requests_per_second` and `burst`.
+const RATE_MAX: f64 = 1_000_000.0;
+
+fn out_of_range(v: &mut V<'_>, span: &Span, key: String, what: String, hint: String) {
+    v.err(span, key, format!("{what} is out of range"))
+        .set_hint(hint);
+}
+
+fn compile_retries(v: &mut V<'_>, r: &Sp<schema::Retries>, k: &str) -> Option<RetryRt> {
+    let mut out = RetryRt::default();
+    let mut ok = true;
+    if let Some(a) = &r.attempts {
+        match u8::try_from(a.value) {
+            Ok(n) if (1..=RETRY_ATTEMPTS_MAX).contains(&n) => out.attempts = n,
+            _ => {
+                out_of_range(
+                    v,
+                    &a.span,
+                    format!("{k}.retries.attempts"),
+                    format!("{} attempts", a.value),
+                    format!("from 1 to {RETRY_ATTEMPTS_MAX} attempts in all, the first included (default 3)"),
+                );
+                ok = false;
+            }
+        }
+    }
+    for (val, name, slot) in [
+        (
+            &r.per_try_timeout,
+            "per_try_timeout",
+            &mut out.per_try_timeout,
+        ),
+        (&r.backoff, "backoff", &mut out.backoff),
+    ] {
+        if let Some(d) = val {
+            match check_duration(v, d, &format!("{k}.retries.{name}")) {
+                Some(d) => *slot = d,
+                None => ok = false,
+            }
+        }
+    }
+    if let Some(on) = &r.on {
+        out.on_connect_failure = false;
+        out.on_reset = false;
+        out.on_status.clear();
+        for (j, cond) in on.iter().enumerate() {
+            match cond.as_str() {
+                "connect-failure" => out.on_connect_failure = true,
+                "reset" => out.on_reset = true,
+                "timeout" => out.on_timeout = true,
+                "gateway-error" => out.on_status.extend([502, 503, 504]),
+                code => match code.parse::<u16>() {
+                    Ok(c) if (400..600).contains(&c) => out.on_status.push(c),
+                    _ => {
+                        v.err(
+                            &cond.span,
+                            format!("{k}.retries.on[{j}]"),
+                            format!("{code:?} is not a retry condition"),
+                        )
+                        .set_hint(
+                            "connect-failure, reset, timeout, gateway-error, or a status from \"400\" to \"599\"",
+                        );
+                        ok = false;
+                    }
+                },
+            }
+        }
+    }
+    if let Some(ms) = &r.methods {
+        out.methods.clear();
+        for (j, m) in ms.iter().enumerate() {
+            match check_method(v, m, &format!("{k}.retries.methods[{j}]")) {
+                Some(m) => out.methods.push(m),
+                None => ok = false,
+            }
+        }
+    }
+    if let Some(b) = &r.buffer {
+        match usize::try_from(b.value) {
+            Ok(n) if n <= RETRY_BUFFER_MAX => out.buffer = n,
+            _ => {
+                out_of_range(
+                    v,
+                    &b.span,
+                    format!("{k}.retries.buffer"),
+                    format!("{} bytes", b.value),
+                    format!("from 0 to {RETRY_BUFFER_MAX} bytes of request kept for a retry (default 65536)"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn check_percent(v: &mut V<'_>, p: &Sp<f64>, key: String) -> Option<f64> {
+    if (0.0..=100.0).contains(&p.value) {
+        Some(p.value)
+    } else {
+        out_of_range(
+            v,
+            &p.span,
+            key,
+            format!("{} %", p.value),
+            "from 0.0 to 100.0".into(),
+        );
+        None
+    }
+}
+
+fn compile_fault(v: &mut V<'_>, f: &Sp<schema::Fault>, k: &str) -> Option<FaultRt> {
+    let mut ok = true;
+    let mut out = FaultRt {
+        abort: None,
+        delay: None,
+        headers: Vec::new(),
+    };
+    if let Some(a) = &f.abort {
+        let p = check_percent(v, &a.percent, format!("{k}.fault.abort.percent"));
+        let status = match u16::try_from(a.status.value) {
+            Ok(s) if (200..600).contains(&s) => Some(s),
+            _ => {
+                out_of_range(
+                    v,
+                    &a.status.span,
+                    format!("{k}.fault.abort.status"),
+                    format!("status {}", a.status.value),
+                    "a status from 200 to 599".into(),
+                );
+                None
+            }
+        };
+        match (p, status) {
+            (Some(p), Some(s)) => out.abort = Some((p, s)),
+            _ => ok = false,
+        }
+    }
+    if let Some(d) = &f.delay {
+        let p = check_percent(v, &d.percent, format!("{k}.fault.delay.percent"));
+        let dur = check_duration(v, &d.duration, &format!("{k}.fault.delay.duration"));
+        match (p, dur) {
+            (Some(p), Some(d)) => out.delay = Some((p, d)),
+            _ => ok = false,
+        }
+    }
+    if f.abort.is_none() && f.delay.is_none() {
+        v.err(&f.span, format!("{k}.fault"), "the fault injects nothing")
+            .set_hint("add abort = { percent, status } or delay = { percent, duration }");
+        ok = false;
+    }
+    match compile_headers(v, &f.headers, &format!("{k}.fault")) {
+        Some(h) => out.headers = h,
+        None => ok = false,
+    }
+    ok.then_some(out)
+}
+
+fn compile_rate_limit(v: &mut V<'_>, r: &Sp<schema::RateLimit>, k: &str) -> Option<RateLimitRt> {
+    let mut ok = true;
+    let rate = match &r.requests_per_second {
+        None => {
+            v.err(
+                &r.span,
+                format!("{k}.rate_limit.requests_per_second"),
+                "missing",
+            )
+            .set_hint("the sustained rate, e.g. requests_per_second = 500");
+            ok = false;
+            1.0
+        }
+        Some(x) if x.value >= 1.0 && x.value <= RATE_MAX => x.value,
+        Some(x) => {
+            out_of_range(
+                v,
+                &x.span,
+                format!("{k}.rate_limit.requests_per_second"),
+                format!("{} requests a second", x.value),
+                "from 1 to 1000000".into(),
+            );
+            ok = false;
+            1.0
+        }
+    };
+    let burst = match &r.burst {
+        None => rate.ceil() as u32,
+        Some(b) if b.value >= 1 && (b.value as f64) <= RATE_MAX => b.value as u32,
+        Some(b) => {
+            out_of_range(
+                v,
+                &b.span,
+                format!("{k}.rate_limit.burst"),
+                format!("a burst of {}", b.value),
+                "from 1 to 1000000 requests (default: requests_per_second)".into(),
+            );
+            ok = false;
+            1
+        }
+    };
+    let per_identity = match r.per.as_ref().map(|p| p.as_str()) {
+        None | Some("route") => false,
+        Some("source-identity") => true,
+        Some(other) => {
+            let p = r.per.as_ref().expect("matched Some");
+            v.err(
+                &p.span,
+                format!("{k}.rate_limit.per"),
+                format!("{other:?} is not a bucket key"),
+            )
+            .set_hint("route (one bucket) or source-identity (one per caller)");
+            ok = false;
+            false
+        }
+    };
+    ok.then_some(RateLimitRt {
+        per_second: rate,
+        burst,
+        per_identity,
+    })
+}
+
+fn compile_retry_budget(
+    v: &mut V<'_>,
+    b: &Sp<schema::RetryBudget>,
+    k: &str,
+) -> Option<RetryBudgetRt> {
+    let mut out = RetryBudgetRt::default();
+    let mut ok = true;
+    if let Some(r) = &b.ratio {
+        if (0.0..=10.0).contains(&r.value) {
+            out.ratio = r.value;
+        } else {
+            out_of_range(
+                v,
+                &r.span,
+                format!("{k}.retry_budget.ratio"),
+                format!("a ratio of {}", r.value),
+                "from 0.0 to 10.0 retries per request (default 0.2)".into(),
+            );
+            ok = false;
+        }
+    }
+    if let Some(m) = &b.min_per_second {
+        if (0.0..=RATE_MAX).contains(&m.value) {
+            out.min_per_second = m.value;
+        } else {
+            out_of_range(
+                v,
+                &m.span,
+                format!("{k}.retry_budget.min_per_second"),
+                format!("{} retries a second", m.value),
+                "from 0 to 1000000 (default 10)".into(),
+            );
+            ok = false;
+        }
+    }
+    if let Some(t) = &b.ttl {
+        match check_duration(v, t, &format!("{k}.retry_budget.ttl")) {
+            Some(d) => out.ttl = d,
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// Upper bound of a listener's `max_connections`.

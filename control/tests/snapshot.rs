@@ -562,3 +562,71 @@ max_connections_per_source = 7
         .collect();
     assert_eq!(caps, [(10_000, 2_500), (100, 100), (50_000, 7)]);
 }
+
+#[test]
+fn route_policies_compile_with_defaults_and_service_fallback() {
+    use control::snapshot::{RetryBudgetRt, RetryRt};
+    use std::time::Duration;
+    let s = compile(
+        r#"
+[[service]]
+name = "a"
+endpoints = [{ address = "10.0.0.1:80" }]
+retries = {}
+rate_limit = { requests_per_second = 50 }
+retry_budget = { ratio = 0.5 }
+[[route]]
+name = "own"
+service = "a"
+match = { path = { prefix = "/own" } }
+retries = { attempts = 5, on = ["gateway-error", "timeout", "429"], methods = ["POST"], buffer = 100 }
+fault = { abort = { percent = 10.0, status = 503 }, delay = { percent = 50.0, duration = "100ms" }, headers = { x-chaos = "on" } }
+[[route]]
+name = "inherits"
+service = "a"
+"#,
+    );
+    let own = s.route("a", "GET", "/own", NONE).unwrap().route;
+    let p = own.policy.as_ref().unwrap();
+    let r = p.retries.as_ref().unwrap();
+    assert_eq!((r.attempts, r.buffer), (5, 100));
+    assert!(r.retries_status(502) && r.retries_status(503) && r.retries_status(504));
+    assert!(!r.retries_status(500) && r.on_timeout && !r.on_reset && !r.on_connect_failure);
+    assert_eq!(r.methods, ["POST"]);
+    let f = p.fault.as_ref().unwrap();
+    assert_eq!(f.abort, Some((10.0, 503)));
+    assert_eq!(f.delay, Some((50.0, Duration::from_millis(100))));
+    assert!(f.applies(&[("X-Chaos", &b"on"[..])][..]));
+    assert!(!f.applies(&[("x-chaos", &b"off"[..])][..]));
+    // The route's own retries replace the service's; its rate limit is the service's.
+    assert_eq!(p.rate_limit.unwrap().per_second, 50.0);
+    assert_eq!(p.rate_limit.unwrap().burst, 50);
+    let inh = s.route("a", "GET", "/x", NONE).unwrap().route;
+    let p = inh.policy.as_ref().unwrap();
+    assert_eq!(p.retries.as_ref(), Some(&RetryRt::default()));
+    assert!(p.fault.is_none());
+    assert_ne!(own.policy.as_ref().unwrap().id, p.id);
+    let d = RetryRt::default();
+    assert_eq!(
+        (d.attempts, d.per_try_timeout, d.backoff, d.buffer),
+        (3, Duration::from_secs(1), Duration::from_millis(25), 65536)
+    );
+    assert!(d.on_connect_failure && d.on_reset && d.retries_status(503) && !d.retries_status(502));
+    assert!(d.retries_method("PUT") && !d.retries_method("POST"));
+    assert_eq!(
+        s.services[0].retry_budget,
+        RetryBudgetRt {
+            ratio: 0.5,
+            ..RetryBudgetRt::default()
+        }
+    );
+    assert_eq!(
+        RetryBudgetRt::default(),
+        RetryBudgetRt {
+            ratio: 0.2,
+            min_per_second: 10.0,
+            ttl: Duration::from_secs(10)
+        }
+    );
+    assert!(s.services[0].default_route.policy.is_some());
+}

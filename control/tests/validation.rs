@@ -13,7 +13,7 @@ fn one(text: &str, expected: &str) {
 fn unknown_key_lists_allowed_keys_or_suggests_one() {
     one(
         "[[service]]\nname = \"a\"\nadress = 1\n",
-        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key)",
+        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, retry_budget)",
     );
     one(
         "[[service]]\nname = \"a\"\nendpoints = [{ adress = \"1.2.3.4:5\" }]\n",
@@ -525,5 +525,38 @@ fn connection_caps_are_in_range_with_their_defaults() {
     one(
         &format!("{L}max_connections_per_source = -5\n"),
         "t.toml:5:30: listener[0].max_connections_per_source: -5 connections is out of range (hint: from 1 to 10000 (default 2500))",
+    );
+}
+
+#[test]
+fn route_policies_are_checked_with_hints() {
+    const S: &str = "[[service]]\nname = \"a\"\nendpoints = [{ address = \"1.2.3.4:5\" }]\n[[route]]\nservice = \"a\"\n";
+    one(
+        &format!("{S}retries = {{ attempts = 11 }}\n"),
+        "t.toml:6:24: route[0].retries.attempts: 11 attempts is out of range (hint: from 1 to 10 attempts in all, the first included (default 3))",
+    );
+    one(
+        &format!("{S}retries = {{ on = [\"reset\", \"302\"] }}\n"),
+        "t.toml:6:28: route[0].retries.on[1]: \"302\" is not a retry condition (hint: connect-failure, reset, timeout, gateway-error, or a status from \"400\" to \"599\")",
+    );
+    one(
+        &format!("{S}fault = {{ abort = {{ percent = 101.0, status = 503 }} }}\n"),
+        "t.toml:6:31: route[0].fault.abort.percent: 101 % is out of range (hint: from 0.0 to 100.0)",
+    );
+    one(
+        &format!("{S}fault = {{ headers = {{ x = \"1\" }} }}\n"),
+        "t.toml:6:9: route[0].fault: the fault injects nothing (hint: add abort = { percent, status } or delay = { percent, duration })",
+    );
+    one(
+        &format!("{S}rate_limit = {{ burst = 5 }}\n"),
+        "t.toml:6:14: route[0].rate_limit.requests_per_second: missing (hint: the sustained rate, e.g. requests_per_second = 500)",
+    );
+    one(
+        &format!("{S}rate_limit = {{ requests_per_second = 5.0, per = \"ip\" }}\n"),
+        "t.toml:6:49: route[0].rate_limit.per: \"ip\" is not a bucket key (hint: route (one bucket) or source-identity (one per caller))",
+    );
+    one(
+        "[[service]]\nname = \"a\"\nretry_budget = { ttl = \"0s\" }\n",
+        "t.toml:3:24: service[0].retry_budget.ttl: \"0s\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
     );
 }
