@@ -52,6 +52,10 @@ pub struct ProxySetup {
     pub listeners: Vec<SocketAddrV4>,
     /// The listeners' connection caps, counted across every worker.
     pub admission: Arc<mesh::admission::Admission>,
+    /// The per-route counters of request policies, shared by every worker.
+    pub policy_stats: Arc<mesh::policy::PolicyStats>,
+    /// Workers sharing each rate limit (set by `Gateway::start`: one per core).
+    pub workers: u32,
 }
 
 impl GatewayConfig {
@@ -130,6 +134,7 @@ pub struct Gateway {
     shutdown: Arc<Shutdown>,
     workers: Vec<Running>,
     steering: Vec<Arc<Steering>>,
+    policy: Option<Arc<mesh::policy::PolicyStats>>,
 }
 
 fn on_iface(iface: &Interface, a: &SocketAddrV4) -> bool {
@@ -298,14 +303,15 @@ fn open_worker(
                 Err(e) => return Err(err(addr, e)),
             }
         }
-        worker = worker.with_engine(
-            Engine::new(
-                p.publisher.clone(),
-                p.tls.clone(),
-                crate::proxy::random_seed(),
-            )
-            .with_admission(p.admission.clone()),
-        );
+        let mut engine = Engine::new(
+            p.publisher.clone(),
+            p.tls.clone(),
+            crate::proxy::random_seed(),
+        )
+        .with_admission(p.admission.clone())
+        .with_policy_stats(p.policy_stats.clone());
+        engine.set_worker_share(p.workers);
+        worker = worker.with_engine(engine);
     }
     Ok(worker)
 }
@@ -347,6 +353,7 @@ impl Gateway {
             shutdown: shutdown.clone(),
             workers: Vec::new(),
             steering: Vec::new(),
+            policy: cfg.proxy.as_ref().map(|p| p.policy_stats.clone()),
         };
         // Cores in order of first use; each gets the queues pinned to it.
         let mut by_core: Vec<(u32, Vec<QueuePlan>)> = Vec::new();
@@ -362,6 +369,10 @@ impl Gateway {
         }
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), GatewayError>>();
         let mut expected = 0;
+        let mut proxy = cfg.proxy.clone();
+        if let Some(p) = proxy.as_mut() {
+            p.workers = by_core.len().max(1) as u32;
+        }
         for (core, plans) in by_core {
             let info = WorkerInfo {
                 core,
@@ -375,7 +386,7 @@ impl Gateway {
                 info: info.clone(),
                 plans,
                 builtins: cfg.listeners.clone(),
-                proxy: cfg.proxy.clone(),
+                proxy: proxy.clone(),
                 on_failure: cfg.on_worker_failure.clone(),
             };
             let (shutdown, ready) = (shutdown.clone(), ready_tx.clone());
@@ -423,6 +434,7 @@ impl Gateway {
         Metrics {
             workers: self.workers().cloned().collect(),
             steering: self.steering.clone(),
+            policy: self.policy.clone(),
         }
     }
 
@@ -464,6 +476,7 @@ impl Drop for Gateway {
 pub struct Metrics {
     workers: Vec<WorkerInfo>,
     steering: Vec<Arc<Steering>>,
+    policy: Option<Arc<mesh::policy::PolicyStats>>,
 }
 
 impl Metrics {
@@ -535,6 +548,9 @@ impl Metrics {
             .map(|(i, s)| (i.core.to_string(), s.proxy))
             .collect();
         render_proxy_stats(&proxy, out);
+        if let Some(p) = &self.policy {
+            render_policy_stats(p, out);
+        }
         render_tcp_stats(&stats, out);
         counter_family(
             out,
@@ -628,6 +644,63 @@ fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
         ),
         |s| s.rings.labeled().to_vec(),
     );
+}
+
+/// Prometheus text for the per-route counters of request policies (only routes where a
+/// policy acted have series).
+pub fn render_policy_stats(stats: &mesh::policy::PolicyStats, out: &mut String) {
+    use mesh::policy::Decision;
+    let all = stats.snapshot();
+    /// A decision's label (key and value), when it belongs to the family.
+    type Pick = fn(&Decision) -> Option<(&'static str, &'static str)>;
+    let families: [(&str, &str, Pick); 4] = [
+        (
+            "xdpmesh_route_retries_total",
+            "Requests tried again by a route's retries, by reason (connect_failure, reset, timeout, status).",
+            |d| match d {
+                Decision::Retry(r) => Some(("reason", r)),
+                _ => None,
+            },
+        ),
+        (
+            "xdpmesh_route_retries_skipped_total",
+            "Retries a route's retries wanted but did not make, by why (method, buffer, budget).",
+            |d| match d {
+                Decision::RetrySkipped(r) => Some(("reason", r)),
+                _ => None,
+            },
+        ),
+        (
+            "xdpmesh_route_faults_total",
+            "Faults injected by a route's fault, by kind (abort, delay).",
+            |d| match d {
+                Decision::Fault(f) => Some(("fault", f)),
+                _ => None,
+            },
+        ),
+        (
+            "xdpmesh_route_rate_limited_total",
+            "Requests a route's rate limit answered 429.",
+            |d| match d {
+                Decision::RateLimited => Some(("", "")),
+                _ => None,
+            },
+        ),
+    ];
+    for (name, help, pick) in families {
+        counter_family(out, name, help);
+        for (route, d, n) in &all {
+            let Some((key, value)) = pick(d) else {
+                continue;
+            };
+            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+            if key.is_empty() {
+                let _ = writeln!(out, "{name}{{route=\"{route}\"}} {n}");
+            } else {
+                let _ = writeln!(out, "{name}{{route=\"{route}\",{key}=\"{value}\"}} {n}");
+            }
+        }
+    }
 }
 
 /// Prometheus text for proxy engines' counters, one label value (`worker`) per engine.

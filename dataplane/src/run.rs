@@ -23,6 +23,7 @@ struct Metrics {
     gateway: OnceLock<gateway::Metrics>,
     certs: OnceLock<Arc<CertWatch>>,
     kernel: OnceLock<Arc<Mutex<mesh::engine::ProxyStats>>>,
+    kernel_policy: OnceLock<Arc<mesh::policy::PolicyStats>>,
 }
 
 impl control::admin::AdminExtension for Metrics {
@@ -33,6 +34,9 @@ impl control::admin::AdminExtension for Metrics {
         if let Some(k) = self.kernel.get() {
             let stats = *k.lock().unwrap_or_else(|e| e.into_inner());
             gateway::render_proxy_stats(&[("kernel".to_string(), stats)], out);
+        }
+        if let Some(p) = self.kernel_policy.get() {
+            gateway::render_policy_stats(p, out);
         }
         if let Some(c) = self.certs.get() {
             c.expiry_metrics(SystemTime::now(), out);
@@ -272,6 +276,8 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
             tls,
             listeners: listeners.proxy,
             admission: mesh::admission::Admission::new(),
+            policy_stats: Default::default(),
+            workers: 1,
         });
     }
     cfg.on_worker_failure = Some(Arc::new(|w, e| {
@@ -367,6 +373,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
     };
     let stats = Arc::new(Mutex::new(worker.engine.stats));
     let _ = ext.kernel.set(stats.clone());
+    let _ = ext.kernel_policy.set(worker.engine.policy_stats().clone());
     let shutdown = Arc::new(Shutdown::default());
     let thread = {
         let shutdown = shutdown.clone();

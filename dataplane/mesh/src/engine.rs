@@ -32,8 +32,9 @@ use super::http::{self, BodyFramer, HttpError, RequestHead};
 use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
 use super::net::{Net, NetEvent};
+use super::policy::{self, Buckets, Budget, Decision, PolicyStats};
 use control::schema::Protocol;
-use control::snapshot::{IdentityRt, ServiceRt, Timeouts};
+use control::snapshot::{IdentityRt, RoutePolicy, ServiceRt, Timeouts};
 use control::{Publisher, Snapshot};
 use rand::{RngCore, SeedableRng};
 use std::cmp::Reverse;
@@ -151,10 +152,16 @@ pub enum Refusal {
     SourceOverflow,
     /// The worker had its `max_sessions` open.
     WorkerOverflow,
+    /// The attempt's `retries.per_try_timeout` passed, and it was the last (504).
+    PerTryTimeout,
+    /// The route's `rate_limit` had no token left (429 with `Retry-After`).
+    RateLimited,
+    /// The route's `fault.abort` answered for the upstream (its configured status).
+    FaultAbort,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 26] = [
+    pub const ALL: [Refusal; 29] = [
         Refusal::UnsupportedListener,
         Refusal::NoService,
         Refusal::NoRoute,
@@ -181,6 +188,9 @@ impl Refusal {
         Refusal::ListenerOverflow,
         Refusal::SourceOverflow,
         Refusal::WorkerOverflow,
+        Refusal::PerTryTimeout,
+        Refusal::RateLimited,
+        Refusal::FaultAbort,
     ];
 
     pub fn label(self) -> &'static str {
@@ -211,6 +221,9 @@ impl Refusal {
             Refusal::ListenerOverflow => "listener_overflow",
             Refusal::SourceOverflow => "source_overflow",
             Refusal::WorkerOverflow => "worker_overflow",
+            Refusal::PerTryTimeout => "per_try_timeout",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::FaultAbort => "fault_abort",
         }
     }
 
@@ -227,7 +240,8 @@ impl Refusal {
             | Refusal::SourceOverflow
             | Refusal::WorkerOverflow => 503,
             Refusal::HeadTimeout => 408,
-            Refusal::RequestTimeout => 504,
+            Refusal::RequestTimeout | Refusal::PerTryTimeout => 504,
+            Refusal::RateLimited => 429,
             _ => 502,
         }
     }
@@ -251,16 +265,20 @@ pub enum Outcome {
     TimedOut,
     /// The client went away, or the gateway shut down, first.
     Cancelled,
+    /// The upstream answered with a status its route retries on: the answer was discarded
+    /// and the request tried again.
+    RetryableStatus,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Complete,
         Outcome::ConnectFailed,
         Outcome::ResetBeforeResponse,
         Outcome::ResetMidResponse,
         Outcome::TimedOut,
         Outcome::Cancelled,
+        Outcome::RetryableStatus,
     ];
 
     pub fn label(self) -> &'static str {
@@ -271,6 +289,7 @@ impl Outcome {
             Outcome::ResetMidResponse => "reset_mid_response",
             Outcome::TimedOut => "timed_out",
             Outcome::Cancelled => "cancelled",
+            Outcome::RetryableStatus => "retryable_status",
         }
     }
 }
@@ -287,10 +306,16 @@ pub enum Expiry {
     TcpIdle,
     /// A closing client connection did not finish within [`LINGER`] of ours.
     Linger,
+    /// An attempt's `retries.per_try_timeout`.
+    PerTry,
+    /// A retry's backoff ended (a wake-up, not counted as a timeout).
+    RetryBackoff,
+    /// An injected delay ended (a wake-up, not counted as a timeout).
+    FaultDelay,
 }
 
 impl Expiry {
-    pub const ALL: [Expiry; 8] = [
+    pub const ALL: [Expiry; 11] = [
         Expiry::RequestHead,
         Expiry::Idle,
         Expiry::Request,
@@ -299,7 +324,15 @@ impl Expiry {
         Expiry::BodyStall,
         Expiry::TcpIdle,
         Expiry::Linger,
+        Expiry::PerTry,
+        Expiry::RetryBackoff,
+        Expiry::FaultDelay,
     ];
+
+    /// Is this a timeout (counted), or a wake-up the session asked for?
+    pub fn is_timeout(self) -> bool {
+        !matches!(self, Expiry::RetryBackoff | Expiry::FaultDelay)
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -311,6 +344,9 @@ impl Expiry {
             Expiry::BodyStall => "body_stall",
             Expiry::TcpIdle => "tcp_idle",
             Expiry::Linger => "linger",
+            Expiry::PerTry => "per_try",
+            Expiry::RetryBackoff => "retry_backoff",
+            Expiry::FaultDelay => "fault_delay",
         }
     }
 }
@@ -488,6 +524,8 @@ enum Target {
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum ReqPhase {
     Head,
+    /// An injected delay holds the request before routing (`fault.delay`).
+    Held,
     Body,
     /// Sent whole; waiting for the response before the next head.
     Sent,
@@ -535,6 +573,25 @@ struct HttpState {
     interim: u8,
     /// The request in flight is HTTP/1.0 (a kept-alive 1.0 client is told so).
     client_http10: bool,
+    /// The request policy of the request in flight (its route's), if any.
+    policy: Option<Arc<RoutePolicy>>,
+    /// The route's name (else its service's) for the policy counters, while it has a policy.
+    route_label: Option<Arc<str>>,
+    /// The service the request went to (its retry budget).
+    service: u32,
+    /// The request as forwarded (head and body so far), kept while retries may need it and
+    /// it fits `retries.buffer`.
+    retry_copy: Option<Vec<u8>>,
+    /// The length of the request head at the front of `retry_copy`.
+    retry_head_len: usize,
+    /// A retry waiting out its backoff: when, and the attempt it follows.
+    pending_retry: Option<(Instant, Attempt)>,
+    /// A request held by an injected delay: until when, and its head.
+    held: Option<(Instant, Box<RequestHead>)>,
+    /// What the gateway answers for the request itself: the status of an injected abort,
+    /// the wait of a rate limit.
+    answer_status: u16,
+    retry_after: Duration,
 }
 
 struct Session<C> {
@@ -595,6 +652,8 @@ struct Attempt {
 
     /// How long this attempt may take to connect (the route's, else the listener's).
     connect_timeout: Duration,
+    /// How long the whole attempt may take (`retries.per_try_timeout`), if bounded.
+    per_try: Option<Duration>,
     /// On a kept-alive connection: the request head of an idempotent request without a
     /// body, to send again on a fresh connection if the server closed the kept-alive one as
     /// we reused it (nothing of a response came back).
@@ -614,6 +673,7 @@ impl Attempt {
             number: 1,
             preamble_len: 0,
             connect_timeout,
+            per_try: None,
             replay: None,
         }
     }
@@ -644,6 +704,14 @@ pub struct Engine<C> {
     /// The listeners' connection caps (shared with the other workers' engines).
     admission: Arc<Admission>,
     max_sessions: usize,
+    /// Rate-limit buckets and retry budgets of this worker (by service, for the tables of
+    /// `budgets_gen`), and the per-route counters of policy decisions (shared).
+    buckets: Buckets,
+    budgets: HashMap<u32, Budget>,
+    budgets_gen: u64,
+    policy_stats: Arc<PolicyStats>,
+    /// Workers that share each rate limit and retry budget floor (this engine keeps 1/n).
+    share: u32,
 }
 
 /// Sessions one engine (one worker) holds at most; one more is reset at accept and counted
@@ -673,7 +741,29 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             event_capacity: 0,
             admission: Admission::new(),
             max_sessions: MAX_SESSIONS,
+            buckets: Buckets::default(),
+            budgets: HashMap::new(),
+            budgets_gen: 0,
+            policy_stats: Arc::new(PolicyStats::default()),
+            share: 1,
         }
+    }
+
+    /// Counts policy decisions in `stats`, which the other workers' engines share.
+    pub fn with_policy_stats(mut self, stats: Arc<PolicyStats>) -> Self {
+        self.policy_stats = stats;
+        self
+    }
+
+    /// The per-route counters of policy decisions.
+    pub fn policy_stats(&self) -> &Arc<PolicyStats> {
+        &self.policy_stats
+    }
+
+    /// This engine is one of `n` workers: it keeps 1/n of each rate limit (and of each retry
+    /// budget's floor), so that together they hold the configured rate.
+    pub fn set_worker_share(&mut self, n: u32) {
+        self.share = n.max(1);
     }
 
     /// Counts connections against the listeners' caps in `admission`, which the other
@@ -793,7 +883,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
         what: Expiry,
     ) {
-        self.stats.timeouts[what as usize] += 1;
+        if what.is_timeout() {
+            self.stats.timeouts[what as usize] += 1;
+        }
         match what {
             Expiry::RequestHead => {
                 // RFC 9110 §15.5.9: 408 and close.
@@ -845,6 +937,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 self.stats.completed += 1;
                 self.teardown(net, now, s, false);
             }
+            Expiry::PerTry => {
+                self.end_attempt(
+                    net,
+                    now,
+                    sid,
+                    s,
+                    (Outcome::TimedOut, Refusal::PerTryTimeout),
+                );
+            }
+            Expiry::RetryBackoff => self.start_pending_retry(net, now, sid, s),
+            // `http_machine` routes the held request once its time has come.
+            Expiry::FaultDelay => {}
         }
     }
 
@@ -1050,15 +1154,26 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         let no_response_byte = s.u_in.is_empty();
         self.drop_upstream(net, s);
-        if let Some(mut a) = attempt.filter(|a| a.number < MAX_CONNECT_ATTEMPTS) {
+        if let Some(mut a) = attempt {
+            let policy = s.kind.http().and_then(|h| h.policy.clone());
+            let retries = policy.as_ref().and_then(|p| p.retries.as_ref());
             // A connect failure leaves the whole request in `to_up`: nothing is written to an
             // upstream before it connected (and finished its TLS handshake).
             let connect_failed = outcome == Outcome::ConnectFailed
                 && matches!(reason, Refusal::ConnectFailed | Refusal::ConnectTimeout);
+            let connect_limit = match retries {
+                Some(r) if r.on_connect_failure => r.attempts,
+                _ => MAX_CONNECT_ATTEMPTS,
+            };
             let stale = outcome == Outcome::ResetBeforeResponse && no_response_byte;
-            let again = if connect_failed {
+            let again = if connect_failed && a.number < connect_limit {
+                self.count_decision(s, Decision::Retry("connect_failure"));
                 Some(false)
-            } else if let Some(head) = a.replay.take().filter(|_| stale) {
+            } else if let Some(head) = a
+                .replay
+                .take()
+                .filter(|_| stale && a.number < MAX_CONNECT_ATTEMPTS)
+            {
                 s.to_up = head;
                 Some(true)
             } else {
@@ -1070,12 +1185,122 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     self.dirty.push(sid);
                     return;
                 }
+            } else if let Some(why) =
+                self.policy_retry(now, s, &a, outcome, reason, no_response_byte)
+            {
+                // Tried again after a backoff with full jitter, on another endpoint.
+                let base = retries.map_or(Duration::ZERO, |r| r.backoff);
+                let unit = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                let at = now + policy::backoff(base, a.number, unit);
+                self.count_decision(s, Decision::Retry(why));
+                s.to_up.clear();
+                let h = s.kind.http_mut().expect("policies are HTTP's");
+                h.pending_retry = Some((at, a));
+                self.dirty.push(sid);
+                return;
             }
         }
         if outcome == Outcome::Cancelled {
             self.teardown(net, now, s, true);
             return;
         }
+        self.fail_request(net, now, sid, s, reason);
+    }
+
+    /// Counts a policy decision under the route of the session's request.
+    fn count_decision(&self, s: &Session<C>, d: Decision) {
+        if let Some(label) = s.kind.http().and_then(|h| h.route_label.as_ref()) {
+            self.policy_stats.count(label, d);
+        }
+    }
+
+    /// Should the route's `retries` try the request again after `outcome`? Returns the
+    /// reason (a counter label) when it should; counts why not when a retry was wanted.
+    fn policy_retry(
+        &mut self,
+        now: Instant,
+        s: &Session<C>,
+        a: &Attempt,
+        outcome: Outcome,
+        reason: Refusal,
+        no_response_byte: bool,
+    ) -> Option<&'static str> {
+        let r = s.kind.http()?.policy.as_ref()?.retries.as_ref()?;
+        let why = match outcome {
+            Outcome::ResetBeforeResponse if no_response_byte && r.on_reset => "reset",
+            Outcome::TimedOut if reason == Refusal::PerTryTimeout && r.on_timeout => "timeout",
+            // Approved when the response head came (`may_retry`).
+            Outcome::RetryableStatus => return Some("status"),
+            _ => return None,
+        };
+        (a.number < r.attempts && self.may_retry(now, s)).then_some(why)
+    }
+
+    /// May the session's request be tried again (beyond a connect failure)? Its method must
+    /// be one the route retries, its bytes kept, and the service's budget must allow it
+    /// (spent here). A refusal is counted with its reason.
+    fn may_retry(&mut self, now: Instant, s: &Session<C>) -> bool {
+        let Some(h) = s.kind.http() else {
+            return false;
+        };
+        let Some(r) = h.policy.as_ref().and_then(|p| p.retries.as_ref()) else {
+            return false;
+        };
+        let skip = if !r.retries_method(&h.method) {
+            Some("method")
+        } else if h.retry_copy.is_none() {
+            Some("buffer")
+        } else {
+            let budget = s
+                .snap
+                .services
+                .get(h.service as usize)
+                .map(|svc| svc.retry_budget)
+                .unwrap_or_default();
+            let b = self.budgets.entry(h.service).or_default();
+            (!b.try_retry(&budget, self.share, now)).then_some("budget")
+        };
+        if let Some(why) = skip {
+            self.count_decision(s, Decision::RetrySkipped(why));
+        }
+        skip.is_none()
+    }
+
+    /// A retry's backoff has passed: the next attempt, with the request as kept.
+    fn start_pending_retry<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        sid: usize,
+        s: &mut Session<C>,
+    ) {
+        let Some(h) = s.kind.http_mut() else {
+            return;
+        };
+        let Some((_, mut a)) = h.pending_retry.take() else {
+            return;
+        };
+        s.to_up = h.retry_copy.clone().unwrap_or_default();
+        a.preamble_len = 0;
+        match self.retry(net, now, sid, s, a, false) {
+            Ok(()) => {
+                self.stats.retries += 1;
+                self.dirty.push(sid);
+            }
+            Err(r) => self.fail_request(net, now, sid, s, r),
+        }
+    }
+
+    /// What the client sees of a request that will not be tried again: an error response
+    /// while nothing of the response reached it, else a cut.
+    fn fail_request<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        sid: usize,
+        s: &mut Session<C>,
+        reason: Refusal,
+    ) {
         self.stats.refuse(reason);
         let answerable = s.kind.http().is_some_and(|h| h.resp == RespPhase::Head);
         if !answerable {
@@ -1092,6 +1317,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         h.req = ReqPhase::Head;
         h.req_body = None;
         h.request_deadline = None;
+        h.pending_retry = None;
+        h.retry_copy = None;
         h.close_after = true;
         s.d_in.clear();
         s.to_up.clear();
@@ -1862,6 +2089,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             return Ok(moved);
         }
         // Request side.
+        if h.req == ReqPhase::Held && h.held.as_ref().is_some_and(|(at, _)| *at <= now) {
+            // An injected delay has passed: route the request now.
+            let (_, mut head) = h.held.take().expect("checked above");
+            h.req = ReqPhase::Head;
+            if let Err(r) = self.dispatch(net, now, sid, s, &mut head, true) {
+                self.refuse_request(now, s, r);
+            }
+            return Ok(true);
+        }
         if h.req == ReqPhase::Head && h.resp == RespPhase::Idle && !h.close_after {
             let limits = match h.target {
                 Target::Route => http::Limits::default(),
@@ -1899,18 +2135,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             identity: None,
                         }));
                     }
-                    match self.dispatch(net, now, sid, s, &mut head) {
-                        Ok(()) => {}
-                        Err(r) => {
-                            self.stats.refuse(r);
-                            let h = s.kind.http_mut().expect("an HTTP session");
-                            h.close_after = true;
-                            s.to_down
-                                .extend_from_slice(&http::error_response(r.status(), r.label()));
-                            self.end_request(now, s, Some(r.status()), Some(r));
-                            // The request's body, if any, is not read: the connection closes.
-                            return Ok(true);
-                        }
+                    if let Err(r) = self.dispatch(net, now, sid, s, &mut head, false) {
+                        self.refuse_request(now, s, r);
+                        return Ok(true);
                     }
                 }
             }
@@ -1921,6 +2148,19 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             match framer.advance(&s.d_in) {
                 Ok(a) => {
                     if a.body_bytes > 0 {
+                        if let Some(copy) = h.retry_copy.as_mut() {
+                            let cap = h
+                                .policy
+                                .as_ref()
+                                .and_then(|p| p.retries.as_ref())
+                                .map_or(0, |r| r.buffer);
+                            if copy.len() + a.body_bytes <= h.retry_head_len + cap {
+                                copy.extend_from_slice(&s.d_in[..a.body_bytes]);
+                            } else {
+                                // Too long to keep: retried only on a connect failure.
+                                h.retry_copy = None;
+                            }
+                        }
                         s.to_up.extend(s.d_in.drain(..a.body_bytes));
                         moved = true;
                         if let Some(r) = h.record.as_mut() {
@@ -1964,6 +2204,27 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             return Err(StepError::Upstream(Refusal::InterimFlood));
                         }
                     }
+                    let retry_status = h
+                        .policy
+                        .as_ref()
+                        .and_then(|p| p.retries.as_ref())
+                        .filter(|r| r.retries_status(head.status))
+                        .map(|r| r.attempts);
+                    let number = s.attempt.as_ref().map_or(1, |a| a.number);
+                    // Discarded when the request is tried again (its answer may differ).
+                    if retry_status.is_some_and(|attempts| number < attempts)
+                        && self.may_retry(now, s)
+                    {
+                        self.end_attempt(
+                            net,
+                            now,
+                            sid,
+                            s,
+                            (Outcome::RetryableStatus, Refusal::BadResponse),
+                        );
+                        return Ok(true);
+                    }
+                    let h = s.kind.http_mut().expect("an HTTP session");
                     s.u_in.drain(..len);
                     moved = true;
                     if !head.keep_alive && !head.is_interim() {
@@ -1981,7 +2242,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             http10: h.client_http10,
                         }
                     };
-                    http::write_forwarded_response(&head, &mut s.to_down, conn);
+                    let attempts = h
+                        .policy
+                        .as_ref()
+                        .filter(|p| p.retries.is_some() && !head.is_interim())
+                        .map(|_| number.to_string());
+                    let extra: &[(&str, &[u8])] = match &attempts {
+                        Some(n) => &[("x-xdpmesh-attempts", n.as_bytes())],
+                        None => &[],
+                    };
+                    http::write_forwarded_response(&head, &mut s.to_down, conn, extra);
                     if head.status == 101 {
                         h.resp = RespPhase::Tunnel;
                         h.request_deadline = None;
@@ -2001,6 +2271,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
             }
         }
+        let h = s.kind.http_mut().expect("an HTTP session");
         if h.resp == RespPhase::Body && s.to_down.len() < BUF {
             let framer = h.resp_body.as_mut().expect("a body phase has a framer");
             let a = framer
@@ -2045,6 +2316,31 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
         }
         Ok(moved)
+    }
+
+    /// The gateway answers a routed request itself (no route, denied, rate limited, an
+    /// injected abort, ...) and closes after it: the request's body, if any, is not read.
+    fn refuse_request(&mut self, now: Instant, s: &mut Session<C>, r: Refusal) {
+        self.stats.refuse(r);
+        let h = s.kind.http_mut().expect("an HTTP session");
+        h.close_after = true;
+        let status = match r {
+            Refusal::FaultAbort => h.answer_status,
+            _ => r.status(),
+        };
+        let mut response = http::error_response(status, r.label());
+        if r == Refusal::RateLimited {
+            // RFC 9110 §10.2.3: whole seconds, at least 1.
+            let secs = h.retry_after.as_secs() + u64::from(h.retry_after.subsec_nanos() > 0);
+            let at = response
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(response.len(), |i| i + 2);
+            let field = format!("retry-after: {}\r\n", secs.max(1));
+            response.splice(at..at, field.into_bytes());
+        }
+        s.to_down.extend_from_slice(&response);
+        self.end_request(now, s, Some(status), Some(r));
     }
 
     fn http_error(&mut self, now: Instant, s: &mut Session<C>, e: HttpError) {
@@ -2103,6 +2399,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         sid: usize,
         s: &mut Session<C>,
         head: &mut RequestHead,
+        resumed: bool,
     ) -> Result<(), Refusal> {
         // A request uses the tables current when its head arrives (a TCP connection keeps
         // the ones it started with): a reload changes routing and policy on kept-alive
@@ -2117,6 +2414,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         // Routes and policies match the path the server will serve, not the raw target.
         let target = http::normalize_target(&head.target).map_err(|_| Refusal::BadRequest)?;
         let mut route_name = None;
+        let mut policy: Option<(Arc<RoutePolicy>, Arc<str>)> = None;
         let (svc, ep, endpoint, candidates, limits) =
             match &s.kind.http().expect("an HTTP session").target {
                 Target::Fixed {
@@ -2157,6 +2455,22 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         connect: route.connect_timeout.unwrap_or(listener.connect),
                         body_stall: route.body_stall_timeout.unwrap_or(listener.body_stall),
                     };
+                    if let Some(p) = &route.policy {
+                        let label: Arc<str> = match &route.name {
+                            Some(n) => Arc::from(n.as_str()),
+                            None => Arc::from(snap.services[route.service as usize].name.as_str()),
+                        };
+                        if !resumed {
+                            if let Some(d) = self.gates(now, s, (p, &label), head)? {
+                                // An injected delay: routed when it has passed.
+                                let h = s.kind.http_mut().expect("an HTTP session");
+                                h.held = Some((now + d, Box::new(head.clone())));
+                                h.req = ReqPhase::Held;
+                                return Ok(());
+                            }
+                        }
+                        policy = Some((p.clone(), label));
+                    }
                     let (tsvc, ep, candidates) =
                         self.pick(&snap, route, Some(head), s.client, now)?;
                     let addr = endpoint_addr(&snap, tsvc, ep)?;
@@ -2194,14 +2508,25 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 s.to_up.extend_from_slice(&p);
             }
         }
+        let retries = policy.as_ref().and_then(|(p, _)| p.retries.as_ref());
         let attempt = self.begin_attempt(Attempt {
             lb: ep.map(|e| (svc, e)),
             candidates,
             preamble_len,
             // A kept-alive connection is connected already.
             connected_at: reuse.then_some(now),
+            per_try: retries.map(|r| r.per_try_timeout),
             ..Attempt::first(now, endpoint, limits.connect)
         });
+        if retries.is_some() {
+            // Retries are spent from the budget of the service the request goes to.
+            if snap.generation != self.budgets_gen {
+                self.budgets.clear();
+                self.budgets_gen = snap.generation;
+            }
+            let budget = snap.services[svc as usize].retry_budget;
+            self.budgets.entry(svc).or_default().request(&budget, now);
+        }
         s.attempt = Some(attempt);
         let h = s.kind.http_mut().expect("an HTTP session");
         if let Some(r) = h.record.as_mut() {
@@ -2227,6 +2552,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         h.body_stall = limits.body_stall;
         let head_at = s.to_up.len();
         http::write_forwarded_request(head, &target.forward, &mut s.to_up, &[]);
+        h.service = svc;
+        // The head is kept whole (it is bounded by the head limit); `buffer` bounds the body.
+        h.retry_copy = match &policy {
+            Some((p, _)) if p.retries.is_some() => Some(s.to_up[head_at..].to_vec()),
+            _ => None,
+        };
+        h.retry_head_len = s.to_up.len() - head_at;
+        h.pending_retry = None;
+        (h.policy, h.route_label) = match policy {
+            Some((p, l)) => (Some(p), Some(l)),
+            None => (None, None),
+        };
         let replayable = reuse
             && head.upgrade.is_none()
             && !head.body.has_body()
@@ -2255,6 +2592,59 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         h.resp = RespPhase::Head;
         Ok(())
+    }
+
+    /// A route's gates before routing: its rate limit (429), then its injected faults (an
+    /// abort answers for the upstream; a delay returns how long to hold the request).
+    fn gates(
+        &mut self,
+        now: Instant,
+        s: &mut Session<C>,
+        (p, label): (&Arc<RoutePolicy>, &Arc<str>),
+        head: &RequestHead,
+    ) -> Result<Option<Duration>, Refusal> {
+        if let Some(rl) = &p.rate_limit {
+            let who = if rl.per_identity {
+                s.snap
+                    .identity_for_source(IpAddr::V4(*s.client.ip()))
+                    .map(|i| i.id.clone())
+            } else {
+                None
+            };
+            let gen = s.snap.generation;
+            if let Err(wait) = self
+                .buckets
+                .take(gen, (p.id, who.as_deref()), rl, self.share, now)
+            {
+                self.policy_stats.count(label, Decision::RateLimited);
+                if let Some(h) = s.kind.http_mut() {
+                    h.retry_after = wait;
+                }
+                return Err(Refusal::RateLimited);
+            }
+        }
+        let Some(f) = p.fault.as_ref().filter(|f| f.applies(head)) else {
+            return Ok(None);
+        };
+        let roll = |rng: &mut rand_chacha::ChaCha8Rng, percent: f64| {
+            (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 100.0 < percent
+        };
+        if let Some((percent, status)) = f.abort {
+            if roll(&mut self.rng, percent) {
+                self.policy_stats.count(label, Decision::Fault("abort"));
+                if let Some(h) = s.kind.http_mut() {
+                    h.answer_status = status;
+                }
+                return Err(Refusal::FaultAbort);
+            }
+        }
+        if let Some((percent, d)) = f.delay {
+            if roll(&mut self.rng, percent) {
+                self.policy_stats.count(label, Decision::Fault("delay"));
+                return Ok(Some(d));
+            }
+        }
+        Ok(None)
     }
 
     /// Lets go of the session's upstream connection (graceful close).
@@ -2342,6 +2732,15 @@ impl HttpState {
             upgrade_asked: false,
             interim: 0,
             client_http10: false,
+            policy: None,
+            route_label: None,
+            service: 0,
+            retry_copy: None,
+            retry_head_len: 0,
+            pending_retry: None,
+            held: None,
+            answer_status: 0,
+            retry_after: Duration::ZERO,
         }
     }
 }
@@ -2428,6 +2827,17 @@ fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
             };
             if let Some(a) = s.attempt.as_ref().filter(|a| a.connected_at.is_none()) {
                 take(a.started + a.connect_timeout, Expiry::Connect);
+            }
+            if let Some(a) = s.attempt.as_ref().filter(|_| h.resp == RespPhase::Head) {
+                if let Some(pt) = a.per_try {
+                    take(a.started + pt, Expiry::PerTry);
+                }
+            }
+            if let Some((at, _)) = &h.pending_retry {
+                take(*at, Expiry::RetryBackoff);
+            }
+            if let Some((at, _)) = &h.held {
+                take(*at, Expiry::FaultDelay);
             }
             if h.resp == RespPhase::Head {
                 if let Some(d) = h.request_deadline {

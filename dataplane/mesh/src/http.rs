@@ -1195,9 +1195,14 @@ fn is_hop_by_hop(headers: &[(String, Vec<u8>)], name: &str) -> bool {
         && list_elements(headers, "connection").any(|o| o.eq_ignore_ascii_case(name.as_bytes()))
 }
 
+/// Fields only the gateway writes: whatever a client or a server sent under these names is
+/// dropped (a client must not make up how many attempts were made).
+const GATEWAY_FIELDS: [&str; 1] = ["x-xdpmesh-attempts"];
+
 fn push_end_to_end(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)]) {
     for (n, v) in headers {
-        if !is_hop_by_hop(headers, n) {
+        let ours = GATEWAY_FIELDS.iter().any(|g| n.eq_ignore_ascii_case(g));
+        if !ours && !is_hop_by_hop(headers, n) {
             push_header(out, n, v);
         }
     }
@@ -1242,7 +1247,12 @@ pub enum ClientConnection {
 
 /// Writes a response head for the client: the status line, the end-to-end fields in order,
 /// then this hop's own `connection` field.
-pub fn write_forwarded_response(head: &ResponseHead, out: &mut Vec<u8>, conn: ClientConnection) {
+pub fn write_forwarded_response(
+    head: &ResponseHead,
+    out: &mut Vec<u8>,
+    conn: ClientConnection,
+    add: &[(&str, &[u8])],
+) {
     push_version(out, head.version);
     out.extend_from_slice(format!(" {:03} ", head.status).as_bytes());
     out.extend_from_slice(head.reason.as_bytes());
@@ -1260,6 +1270,9 @@ pub fn write_forwarded_response(head: &ResponseHead, out: &mut Vec<u8>, conn: Cl
             }
             push_header(out, "connection", b"upgrade");
         }
+    }
+    for (n, v) in add {
+        push_header(out, n, v);
     }
     out.extend_from_slice(b"\r\n");
 }

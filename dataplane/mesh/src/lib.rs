@@ -13,6 +13,7 @@ pub mod lb;
 pub mod leg;
 pub mod memnet;
 pub mod net;
+pub mod policy;
 pub mod tls;
 
 #[cfg(any(test, feature = "test-support"))]
