@@ -2094,7 +2094,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             let (_, mut head) = h.held.take().expect("checked above");
             h.req = ReqPhase::Head;
             if let Err(r) = self.dispatch(net, now, sid, s, &mut head, true) {
-                self.refuse_request(now, s, r);
+                self.refuse_request(now, s, r, keeps_alive(&head));
             }
             return Ok(true);
         }
@@ -2136,7 +2136,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         }));
                     }
                     if let Err(r) = self.dispatch(net, now, sid, s, &mut head, false) {
-                        self.refuse_request(now, s, r);
+                        self.refuse_request(now, s, r, keeps_alive(&head));
                         return Ok(true);
                     }
                 }
@@ -2319,16 +2319,24 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     /// The gateway answers a routed request itself (no route, denied, rate limited, an
-    /// injected abort, ...) and closes after it: the request's body, if any, is not read.
-    fn refuse_request(&mut self, now: Instant, s: &mut Session<C>, r: Refusal) {
+    /// injected abort, ...). A request with a body closes the connection after the answer
+    /// (the body is not read); a bodyless HTTP/1.1 keep-alive one (`keep_alive`) leaves it
+    /// open, so a client that is refused often does not also reconnect each time.
+    fn refuse_request(&mut self, now: Instant, s: &mut Session<C>, r: Refusal, keep_alive: bool) {
         self.stats.refuse(r);
         let h = s.kind.http_mut().expect("an HTTP session");
-        h.close_after = true;
+        h.close_after |= !keep_alive;
         let status = match r {
             Refusal::FaultAbort => h.answer_status,
             _ => r.status(),
         };
         let mut response = http::error_response(status, r.label());
+        if !h.close_after {
+            let close = b"connection: close\r\n";
+            if let Some(i) = response.windows(close.len()).position(|w| w == close) {
+                response.drain(i..i + close.len());
+            }
+        }
         if r == Refusal::RateLimited {
             // RFC 9110 §10.2.3: whole seconds, at least 1.
             let secs = h.retry_after.as_secs() + u64::from(h.retry_after.subsec_nanos() > 0);
@@ -2776,6 +2784,12 @@ fn endpoint_addr(snap: &Snapshot, svc: u32, ep: u32) -> Result<SocketAddrV4, Ref
         SocketAddr::V4(a) => Ok(a),
         SocketAddr::V6(_) => Err(Refusal::NoEndpoint),
     }
+}
+
+/// May the connection stay open after the gateway refused this request? Only when nothing
+/// of it is left unread (no body) and the client keeps the connection (HTTP/1.1).
+fn keeps_alive(head: &RequestHead) -> bool {
+    head.keep_alive && head.version == 1 && !head.body.has_body() && head.upgrade.is_none()
 }
 
 /// Buffers up to this capacity stay with an idle session: a small request and response

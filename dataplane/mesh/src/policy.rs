@@ -94,12 +94,15 @@ impl Buckets {
 #[derive(Debug, Clone)]
 pub struct Budget {
     slices: [(u64, u32, u32); 10],
+    /// The first request seen: the floor grows with the time since, up to `ttl`.
+    since: Option<Instant>,
 }
 
 impl Default for Budget {
     fn default() -> Self {
         Budget {
             slices: [(u64::MAX, 0, 0); 10],
+            since: None,
         }
     }
 }
@@ -125,13 +128,21 @@ impl Budget {
     }
 
     pub fn request(&mut self, b: &RetryBudgetRt, now: Instant) {
+        self.since.get_or_insert(now);
         self.slice(b, now).1 += 1;
     }
 
     /// Spends one retry if the budget allows it.
     pub fn try_retry(&mut self, b: &RetryBudgetRt, share: u32, now: Instant) -> bool {
         let (requests, retries) = self.window(b, now);
-        let floor = b.min_per_second * b.ttl.as_secs_f64() / f64::from(share.max(1));
+        // `min_per_second` a second of the window so far (at most `ttl`), at least one.
+        let span = self
+            .since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+            .min(b.ttl)
+            .as_secs_f64()
+            .max(1.0);
+        let floor = b.min_per_second * span / f64::from(share.max(1));
         if f64::from(retries) < b.ratio * f64::from(requests) + floor {
             self.slice(b, now).2 += 1;
             true
@@ -258,8 +269,12 @@ mod tests {
             budget.request(&b, t(0));
         }
         let allowed = (0..1000).filter(|_| budget.try_retry(&b, 1, t(0))).count();
-        assert_eq!(allowed, 30, "20 % of 100 plus 1/s over 10 s");
-        // After the ttl the window is empty again: the floor alone.
+        assert_eq!(allowed, 21, "20 % of 100 plus 1/s over the first second");
+        let more = (0..1000)
+            .filter(|_| budget.try_retry(&b, 1, t(5_000)))
+            .count();
+        assert_eq!(more, 4, "the floor grows with time: 5 s, 25 in all");
+        // After the ttl the window is empty again: the floor alone, at most ttl's worth.
         let later = (0..1000)
             .filter(|_| budget.try_retry(&b, 1, t(20_000)))
             .count();

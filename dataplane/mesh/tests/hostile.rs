@@ -329,7 +329,10 @@ fn sessions_end_after_an_early_answer_whatever_the_client_sends_after_it() {
 
     // A client that never finishes its side is closed at LINGER.
     let c = gw.client();
-    gw.send(c, b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n");
+    gw.send(
+        c,
+        b"GET / HTTP/1.1\r\nHost: nowhere.test\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status(&gw.take(c)), 404);
     gw.advance(LINGER - Duration::from_millis(1));
     assert_eq!(gw.net.closed(c), None);
@@ -345,6 +348,21 @@ fn sessions_end_after_an_early_answer_whatever_the_client_sends_after_it() {
     assert_eq!(gw.net.closed(c), Some(EngineClose::Close));
     assert_eq!(gw.engine.active(), 0);
     let _ = t;
+
+    // A bodyless keep-alive request the gateway refuses keeps its connection: the next one
+    // on it is served.
+    let c = gw.client();
+    gw.send(c, b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n");
+    let resp = gw.take(c);
+    assert_eq!(status(&resp), 404);
+    assert!(!resp.contains("connection: close"), "{resp}");
+    gw.send(c, b"GET /public HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    let (u, _) = gw.pending();
+    gw.net.peer_accept(u);
+    gw.settle();
+    gw.send(u, OK);
+    assert_eq!(status(&gw.take(c)), 200);
+    all_gone(&mut gw, &[c]);
 }
 
 #[test]
