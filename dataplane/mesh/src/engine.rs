@@ -1761,6 +1761,35 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 self.finish_attempt(now, s, Outcome::Cancelled);
                 self.teardown(net, now, s, true);
             }
+            StepError::BadBody(e) => {
+                // The server got part of a request that can't be finished: that attempt is
+                // over (cancelled: not the upstream's fault), and the client is told why.
+                self.finish_attempt(now, s, Outcome::Cancelled);
+                self.drop_upstream(net, s);
+                let answerable = s.kind.http().is_some_and(|h| h.resp == RespPhase::Head);
+                if !answerable {
+                    self.stats.refuse(Refusal::BadRequest);
+                    self.end_request(now, s, None, Some(Refusal::BadRequest));
+                    self.teardown(net, now, s, true);
+                    return;
+                }
+                let h = s.kind.http_mut().expect("checked above");
+                h.resp = RespPhase::Idle;
+                h.req = ReqPhase::Head;
+                h.req_body = None;
+                h.request_deadline = None;
+                h.pending_retry = None;
+                h.retry_copy = None;
+                s.to_up.clear();
+                self.stats.refuse(Refusal::BadRequest);
+                let response = e.response();
+                let h = s.kind.http_mut().expect("checked above");
+                h.close_after = true;
+                s.d_in.clear();
+                s.to_down.extend_from_slice(&response);
+                self.end_request(now, s, Some(e.status()), Some(Refusal::BadRequest));
+                self.dirty.push(sid);
+            }
             StepError::Leg(le) => {
                 self.stats.refuse(le.refusal());
                 self.finish_attempt(now, s, Outcome::Cancelled);
@@ -2179,7 +2208,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         return Err(StepError::Refused(Refusal::BadRequest));
                     }
                 }
-                Err(_) => return Err(StepError::Refused(Refusal::BadRequest)),
+                Err(e) => return Err(StepError::BadBody(e)),
             }
         }
         // Response side.
@@ -2885,6 +2914,9 @@ fn now_duration(now: Instant) -> Duration {
 
 enum StepError {
     Refused(Refusal),
+    /// The client's request body broke its framing (a bad chunk): 400 while nothing of the
+    /// response went out, else a cut.
+    BadBody(HttpError),
     /// The client's leg (or, in a TCP pipe, either leg) failed.
     Leg(LegError),
     /// The upstream leg failed.

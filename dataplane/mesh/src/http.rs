@@ -637,8 +637,10 @@ enum Chunk {
         value: u64,
     },
     /// In chunk extensions, up to CR.
+    /// In chunk extensions (RFC 9112 §7.1.1), up to CR.
     Ext {
         value: u64,
+        at: Ext,
     },
     /// CR of the size line seen.
     SizeLf {
@@ -657,6 +659,25 @@ enum Chunk {
     TrailerLf,
     EndLf,
     Finished,
+}
+
+/// Where in `*( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )` a byte falls;
+/// `chunk-ext-val = token / quoted-string`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// After `;`: BWS, then a name.
+    Start,
+    Name,
+    /// BWS after a name: `=`, `;` or CR.
+    AfterName,
+    /// After `=`: BWS, then a token or a quoted string.
+    ValueStart,
+    Token,
+    Quoted,
+    /// After `\` in a quoted string.
+    QuotedPair,
+    /// BWS after a value: `;` or CR.
+    AfterValue,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -819,7 +840,10 @@ impl BodyFramer {
                 },
                 None if !digits => return Err(BadChunk("chunk size is not hex")),
                 None => match b {
-                    b';' => Chunk::Ext { value },
+                    b';' => Chunk::Ext {
+                        value,
+                        at: Ext::Start,
+                    },
                     b' ' | b'\t' => Chunk::SizeWs { value },
                     b'\r' => Chunk::SizeLf { value },
                     _ => return Err(BadChunk("invalid byte after chunk size")),
@@ -827,15 +851,39 @@ impl BodyFramer {
             },
             Chunk::SizeWs { value } => match b {
                 b' ' | b'\t' => Chunk::SizeWs { value },
-                b';' => Chunk::Ext { value },
+                b';' => Chunk::Ext {
+                    value,
+                    at: Ext::Start,
+                },
                 b'\r' => Chunk::SizeLf { value },
                 _ => return Err(BadChunk("invalid byte after chunk size")),
             },
-            Chunk::Ext { value } => match b {
-                b'\r' => Chunk::SizeLf { value },
-                b if is_field_byte(b) => Chunk::Ext { value },
-                _ => return Err(BadChunk("invalid byte in chunk extension")),
-            },
+            Chunk::Ext { value, at } => {
+                let ws = b == b' ' || b == b'\t';
+                let next = match (at, b) {
+                    (Ext::Start, _) if ws => Ext::Start,
+                    (Ext::Start, b) if is_tchar(b) => Ext::Name,
+                    (Ext::Name, b) if is_tchar(b) => Ext::Name,
+                    (Ext::Name | Ext::AfterName, _) if ws => Ext::AfterName,
+                    (Ext::Name | Ext::AfterName, b'=') => Ext::ValueStart,
+                    (Ext::ValueStart, _) if ws => Ext::ValueStart,
+                    (Ext::ValueStart, b'"') => Ext::Quoted,
+                    (Ext::ValueStart | Ext::Token, b) if is_tchar(b) => Ext::Token,
+                    (Ext::Quoted, b'"') => Ext::AfterValue,
+                    (Ext::Quoted, b'\\') => Ext::QuotedPair,
+                    (Ext::Quoted, b'\r') => {
+                        return Err(BadChunk("unterminated quoted chunk extension"))
+                    }
+                    (Ext::Quoted | Ext::QuotedPair, b) if is_field_byte(b) => Ext::Quoted,
+                    (Ext::Token | Ext::AfterValue, _) if ws => Ext::AfterValue,
+                    (Ext::Name | Ext::AfterName | Ext::Token | Ext::AfterValue, b';') => Ext::Start,
+                    (Ext::Name | Ext::AfterName | Ext::Token | Ext::AfterValue, b'\r') => {
+                        return Ok(Chunk::SizeLf { value })
+                    }
+                    _ => return Err(BadChunk("invalid byte in chunk extension")),
+                };
+                Chunk::Ext { value, at: next }
+            }
             Chunk::SizeLf { value } => {
                 if b != b'\n' {
                     return Err(BadChunk("chunk-size line not ended by CRLF"));
@@ -2255,5 +2303,46 @@ mod normalize_tests {
             }
         }
         assert_eq!(n, parts.len().pow(3));
+    }
+}
+
+#[cfg(test)]
+mod chunk_ext_tests {
+    use super::*;
+
+    fn ext(line: &str) -> Result<(), HttpError> {
+        let mut f = BodyFramer::new(BodyKind::Chunked);
+        let body = format!("{line}\r\nhello\r\n0\r\n\r\n");
+        let a = f.advance(body.as_bytes())?;
+        assert!(a.done && a.body_bytes == body.len(), "{line}");
+        Ok(())
+    }
+
+    #[test]
+    fn chunk_extensions_follow_the_grammar_of_rfc_9112_7_1_1() {
+        for good in [
+            "5;a",
+            "5;a=b",
+            "5 ;a=b;c",
+            "5; a = b ; c",
+            "5;a=\"\"",
+            "5;a=\"x y;z=\\\"q\\\\\"",
+            "5;a=\"\t\u{e9}\"",
+        ] {
+            assert_eq!(ext(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("5;", "invalid byte in chunk extension"),
+            ("5;=b", "invalid byte in chunk extension"),
+            ("5;a=", "invalid byte in chunk extension"),
+            ("5;a=b c", "invalid byte in chunk extension"),
+            ("5;a=\"open", "unterminated quoted chunk extension"),
+            ("5;a=\"x\"y", "invalid byte in chunk extension"),
+            ("5;a b", "invalid byte in chunk extension"),
+            ("5;a=(b)", "invalid byte in chunk extension"),
+            ("5;a=\"\u{1}\"", "invalid byte in chunk extension"),
+        ] {
+            assert_eq!(ext(bad), Err(HttpError::BadChunk(why)), "{bad}");
+        }
     }
 }

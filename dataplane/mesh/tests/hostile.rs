@@ -506,3 +506,40 @@ fn connection_caps_per_listener_per_source_and_per_worker() {
     assert_eq!(gw.net.closed(c2), Some(EngineClose::Abort));
     assert_eq!(gw.stats().refused(Refusal::WorkerOverflow), 1);
 }
+
+#[test]
+fn a_request_body_with_bad_chunk_framing_gets_400_not_a_reset() {
+    let mut gw = Gw::new(TABLES);
+    for (body, what) in [
+        (&b"-1\r\n"[..], "a negative size"),
+        (b"0x5\r\nhello\r\n0\r\n\r\n", "a 0x prefix"),
+        (b"10000000000000000\r\n", "an overflow"),
+        (
+            b"5;a=\"open\r\nhello\r\n0\r\n\r\n",
+            "an unterminated quoted extension",
+        ),
+        (
+            b"5;a\x01\r\nhello\r\n0\r\n\r\n",
+            "a control byte in an extension",
+        ),
+        (b"5;=x\r\nhello\r\n0\r\n\r\n", "an extension without a name"),
+    ] {
+        let (c, u, _) = forwarded(
+            &mut gw,
+            b"POST /public HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        gw.send(c, body);
+        let resp = gw.take(c);
+        assert_eq!(status(&resp), 400, "{what}: {resp}");
+        assert_eq!(gw.net.closed(u), Some(EngineClose::Abort), "{what}");
+        all_gone(&mut gw, &[c]);
+    }
+    // Well-formed extensions, quoted ones included, pass.
+    let (c, u, got) = forwarded(
+        &mut gw,
+        b"POST /public HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n5 ; a = \"x\\\"y;z\" ; b ;c=d\r\nhello\r\n0\r\n\r\n",
+    );
+    assert!(got.ends_with("hello\r\n0\r\n\r\n"), "{got}");
+    gw.send(u, OK);
+    assert_eq!(status(&gw.take(c)), 200);
+}
