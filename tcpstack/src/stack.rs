@@ -231,6 +231,11 @@ pub struct Stack {
     control: VecDeque<Control>,
     dirty: VecDeque<u32>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// (when, slot, generation): connections with an emptied buffer to give back, at most one
+    /// entry each, in the order they asked. Times are `buffer_release_delay` after the asking
+    /// (or after the last segment in), so nearly in order; one behind a later one waits for
+    /// it, at most one delay more.
+    release_order: VecDeque<(Instant, u32, u32)>,
     events: VecDeque<Event>,
     scratch_events: Vec<ConnEvent>,
     port_counter: u32,
@@ -255,6 +260,7 @@ impl Stack {
             control: VecDeque::new(),
             dirty: VecDeque::new(),
             timers: BinaryHeap::new(),
+            release_order: VecDeque::new(),
             events: VecDeque::new(),
             scratch_events: Vec::new(),
             port_counter: 0,
@@ -526,7 +532,10 @@ impl Stack {
 
     /// Reads received bytes. `Ok(0)` means end of stream; `WouldBlock` means wait for `Readable`.
     pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, Error> {
-        let (slot, c) = self.conn_mut(id)?;
+        let slot = self.slot_of(id)?;
+        let Some(c) = self.slots[slot as usize].conn.as_mut() else {
+            return Err(Error::InvalidHandle);
+        };
         if c.recv_len() == 0 {
             return if c.at_eof() || buf.is_empty() {
                 Ok(0)
@@ -534,9 +543,14 @@ impl Stack {
                 Err(Error::WouldBlock)
             };
         }
-        let n = c.read(buf);
+        let n = c.read(&self.cfg.tcp, buf);
+        let drained = c.recv_len() == 0;
         if c.has_output() {
             self.mark_dirty(slot);
+        }
+        if drained {
+            // The connection may have set a time to give the storage back.
+            self.queue_release(slot);
         }
         Ok(n)
     }
@@ -623,7 +637,8 @@ impl Stack {
         }
         let t = self.timers.peek().map(|Reverse((t, _, _))| *t);
         let tw = self.time_wait_order.front().map(|(t, _)| *t);
-        [t, tw, self.neigh.next_deadline()]
+        let release = self.release_order.front().map(|(t, _, _)| *t);
+        [t, tw, release, self.neigh.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -1040,6 +1055,21 @@ impl Stack {
             }
             return;
         }
+        self.schedule(slot);
+        self.queue_release(slot);
+    }
+
+    fn queue_release(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if let Some(t) = s.conn.as_mut().and_then(|c| c.release_to_queue()) {
+            self.release_order.push_back((t, slot, s.gen));
+        }
+    }
+
+    /// Puts the connection's next deadline on the timer heap, unless an earlier one is there.
+    fn schedule(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        let Some(c) = s.conn.as_mut() else { return };
         if let Some(d) = c.next_deadline() {
             if c.scheduled.is_none_or(|s| d < s) {
                 c.scheduled = Some(d);
@@ -1097,6 +1127,19 @@ impl Stack {
         }
         if self.timers.len() > 4 * self.live + 1024 {
             self.rebuild_timers();
+        }
+        while let Some(&(t, slot, gen)) = self.release_order.front() {
+            if t > now {
+                break;
+            }
+            self.release_order.pop_front();
+            let s = &mut self.slots[slot as usize];
+            if s.gen != gen {
+                continue; // the connection is gone, and its buffers with it
+            }
+            if let Some(later) = s.conn.as_mut().and_then(|c| c.release_due(now)) {
+                self.release_order.push_back((later, slot, gen));
+            }
         }
         if self.neigh.next_deadline().is_some_and(|t| t <= now) {
             self.neigh.on_timer(now, &mut self.stats);
@@ -1311,6 +1354,15 @@ impl Stack {
                 return sent;
             }
         }
+    }
+
+    /// Bytes of send and receive buffer storage all connections hold (a walk over them).
+    pub fn buffers_allocated(&self) -> usize {
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref())
+            .map(|c| c.buffers_allocated())
+            .sum()
     }
 
     /// Bytes of state one connection holds in the stack, not counting its buffers and the

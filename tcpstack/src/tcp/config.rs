@@ -14,9 +14,20 @@ pub struct Keepalive {
 #[derive(Clone, Debug)]
 pub struct TcpConfig {
     /// Send buffer cap in bytes (default 256 KiB). Writes beyond it are refused: backpressure.
+    /// Storage grows to it as data needs room (see `buffer_release_delay`).
     pub send_buffer: usize,
     /// Receive buffer cap in bytes (default 256 KiB); also bounds the advertised window.
+    /// Storage grows to it as data needs room (see `buffer_release_delay`).
     pub recv_buffer: usize,
+    /// How long a connection keeps the storage of a send or receive buffer that has emptied
+    /// (storage starts at 4 KiB and doubles as data needs room, up to the caps above): it goes
+    /// this long after the buffer emptied, if the buffer is empty then. A connection that
+    /// moves data empties its buffers many times a second; giving them back each time would
+    /// cost an allocation (and a regrowth) each time. A receive buffer is freed as soon as the
+    /// peer's FIN is in and the data before it read, a send buffer as soon as the application
+    /// has shut down its side and everything is acknowledged; a connection that closes or
+    /// resets frees both. Default 1 s.
+    pub buffer_release_delay: Duration,
     /// Offer window scaling (RFC 7323 §2). Default on.
     pub window_scaling: bool,
     /// Offer SACK-permitted and report SACK blocks (RFC 2018). Default on.
@@ -70,6 +81,7 @@ impl Default for TcpConfig {
         TcpConfig {
             send_buffer: 256 * 1024,
             recv_buffer: 256 * 1024,
+            buffer_release_delay: Duration::from_secs(1),
             window_scaling: true,
             sack: true,
             timestamps: true,

@@ -159,6 +159,10 @@ pub struct Conn {
     /// This connection's keepalive settings (from `TcpConfig::keepalive`, or set per connection).
     keepalive: Option<KeepaliveMs>,
     close_at: Option<Instant>,
+    /// When to give back the storage of an emptied buffer (`TcpConfig::buffer_release_delay`).
+    release_at: Option<Instant>,
+    /// The stack's release queue holds an entry for this connection.
+    release_queued: bool,
     retries: u32,
     last_recv: Instant,
 
@@ -279,6 +283,8 @@ impl Conn {
             keepalive_sent: 0,
             keepalive: cfg.keepalive.as_ref().map(KeepaliveMs::new),
             close_at: None,
+            release_at: None,
+            release_queued: false,
             retries: 0,
             last_recv: now,
             ack_now: false,
@@ -415,8 +421,16 @@ impl Conn {
 
     /// Copies received bytes out. The window may open: an update is sent when it grew enough
     /// (receiver-side silly window avoidance, RFC 9293 §3.8.6.2.2).
-    pub fn read(&mut self, dst: &mut [u8]) -> usize {
+    pub fn read(&mut self, cfg: &TcpConfig, dst: &mut [u8]) -> usize {
         let n = self.recv.pop(dst);
+        if n > 0 && self.recv.is_idle() && self.recv.allocated() > 0 {
+            if self.fin_received {
+                self.recv.release_if_idle(); // nothing more will arrive
+            } else {
+                // No `now` here: the delay runs from the last segment, which brought these bytes.
+                self.release_later(self.last_recv + cfg.buffer_release_delay);
+            }
+        }
         if n > 0 && self.is_established() && !self.fin_received {
             let wnd = self.window_to_advertise();
             let threshold = (self.recv.capacity() / 2).min(2 * self.our_mss as usize) as u32;
@@ -516,17 +530,19 @@ impl Conn {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.rto_at,
-            self.delack_at,
-            self.persist_at,
-            self.persist_deadline,
-            self.keepalive_at,
-            self.close_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // Called after every event: plain comparisons, cheaper than `flatten().min()`.
+        fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, None) => a,
+                (None, b) => b,
+            }
+        }
+        let t = earlier(self.rto_at, self.delack_at);
+        let t = earlier(t, self.persist_at);
+        let t = earlier(t, self.persist_deadline);
+        let t = earlier(t, self.keepalive_at);
+        earlier(t, self.close_at)
     }
 
     pub fn has_output(&self) -> bool {
@@ -900,6 +916,13 @@ impl Conn {
         };
         self.send.consume(data_acked);
         self.send_head = self.send_head + data_acked;
+        if data_acked > 0 && self.send.is_idle() && self.send.allocated() > 0 {
+            if self.fin_queued {
+                self.send.release_if_idle(); // nothing more will be written
+            } else {
+                self.release_later(ctx.now + ctx.cfg.buffer_release_delay);
+            }
+        }
         self.snd_una = ack;
         if self.snd_nxt < ack {
             self.snd_nxt = ack;
@@ -1062,6 +1085,8 @@ impl Conn {
 
     fn enter_time_wait(&mut self, ctx: &mut Ctx) {
         self.state = State::TimeWait;
+        // Both FINs are in: neither buffer takes more bytes. Unread data stays readable.
+        self.release_buffers();
         self.rto_at = None;
         self.persist_at = None;
         self.persist_deadline = None;
@@ -1074,15 +1099,54 @@ impl Conn {
         ctx.events.push(ConnEvent::Reset(reason));
     }
 
-    /// CLOSED with every timer stopped.
+    /// CLOSED with every timer stopped, and the buffers freed but for unread data.
     fn enter_closed(&mut self) {
         self.state = State::Closed;
+        self.send.clear(); // never to be sent
+        self.release_buffers();
         self.rto_at = None;
         self.delack_at = None;
         self.persist_at = None;
         self.persist_deadline = None;
         self.keepalive_at = None;
         self.close_at = None;
+    }
+
+    /// Gives back the storage of an empty buffer at `at`, unless a release is already due.
+    fn release_later(&mut self, at: Instant) {
+        self.release_at = Some(self.release_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// A release time for the stack's release queue, when the queue holds none for this
+    /// connection. (A queue rather than the timer heap: a connection that moves data re-arms
+    /// its release every time a buffer empties, and heap entries would pile up.)
+    pub fn release_to_queue(&mut self) -> Option<Instant> {
+        if self.release_queued {
+            return None;
+        }
+        let t = self.release_at?;
+        self.release_queued = true;
+        Some(t)
+    }
+
+    /// The release queue reached this connection: gives back the storage of the empty buffers
+    /// if their time has come, or returns the later time to queue again.
+    pub fn release_due(&mut self, now: Instant) -> Option<Instant> {
+        match self.release_at {
+            Some(t) if t > now => Some(t),
+            _ => {
+                self.release_queued = false;
+                self.release_buffers();
+                None
+            }
+        }
+    }
+
+    /// Gives back the storage of each buffer that is empty.
+    fn release_buffers(&mut self) {
+        self.release_at = None;
+        self.send.release_if_idle();
+        self.recv.release_if_idle();
     }
 
     fn arm_keepalive(&mut self, now: Instant) {
@@ -1303,13 +1367,7 @@ impl Conn {
             let seq = self.snd_max.min(self.snd_una + self.snd_wnd as usize);
             let mut h = self.base_header(now, Flags::RST | Flags::ACK, seq);
             h.options = Options::default();
-            self.state = State::Closed;
-            self.rto_at = None;
-            self.delack_at = None;
-            self.persist_at = None;
-            self.persist_deadline = None;
-            self.keepalive_at = None;
-            self.close_at = None;
+            self.enter_closed();
             ctx.stats.inc(Counter::RstsSent);
             return Some(Outgoing {
                 is_rst: true,
