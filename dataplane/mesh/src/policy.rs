@@ -135,14 +135,17 @@ impl Budget {
     /// Spends one retry if the budget allows it.
     pub fn try_retry(&mut self, b: &RetryBudgetRt, share: u32, now: Instant) -> bool {
         let (requests, retries) = self.window(b, now);
-        // `min_per_second` a second of the window so far (at most `ttl`).
+        // `min_per_second` a second of the window so far (at least one second, at most `ttl`):
+        // a fresh gateway may retry at once, and a short burst gets no more than its time's worth.
         let span = self
             .since
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
             .min(b.ttl)
-            .as_secs_f64();
+            .as_secs_f64()
+            .max(1.0);
         let floor = b.min_per_second * span / f64::from(share.max(1));
-        if f64::from(retries) < b.ratio * f64::from(requests) + floor {
+        // This retry included: retries never exceed the budget, even by one.
+        if f64::from(retries) + 1.0 <= b.ratio * f64::from(requests) + floor {
             self.slice(b, now).2 += 1;
             true
         } else {
@@ -268,11 +271,14 @@ mod tests {
             budget.request(&b, t(0));
         }
         let allowed = (0..1000).filter(|_| budget.try_retry(&b, 1, t(0))).count();
-        assert_eq!(allowed, 20, "20 % of 100, and no floor yet");
+        assert_eq!(allowed, 21, "20 % of 100 plus 1/s over the first second");
         let more = (0..1000)
             .filter(|_| budget.try_retry(&b, 1, t(5_000)))
             .count();
-        assert_eq!(more, 5, "the floor grows with time: 1/s over 5 s");
+        assert_eq!(
+            more, 4,
+            "the floor grows with time: 1/s over 5 s, 25 in all"
+        );
         // After the ttl the window is empty again: the floor alone, at most ttl's worth.
         let later = (0..1000)
             .filter(|_| budget.try_retry(&b, 1, t(20_000)))
