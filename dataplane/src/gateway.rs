@@ -604,6 +604,26 @@ fn per_worker_labeled(
 /// Prometheus text for the stacks' drop reasons and events and the rings' kernel counters.
 fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
     use tcpstack::{Counter, DropReason};
+    type Gauge = (&'static str, &'static str, fn(&WorkerStats) -> u64);
+    const GAUGES: [Gauge; 2] = [
+        (
+            "xdpmesh_tcp_connections",
+            "Connections the worker's stacks hold now (TIME-WAIT excluded).",
+            |s| s.tcp_connections,
+        ),
+        (
+            "xdpmesh_tcp_buffer_bytes",
+            "Bytes the worker's connections hold in send and receive buffers now (allocated as data needs them, given back when idle).",
+            |s| s.tcp_buffer_bytes,
+        ),
+    ];
+    for (name, help, get) in GAUGES {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (i, s) in stats {
+            let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", i.core, get(s));
+        }
+    }
     per_worker_labeled(
         out,
         stats,

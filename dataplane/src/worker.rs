@@ -92,6 +92,10 @@ pub struct WorkerStats {
     /// The kernel's ring drop counters, summed over this worker's ports; read at most
     /// every [`RING_STATS_EVERY`].
     pub rings: crate::device::RingDrops,
+    /// Bytes the stacks' connections hold in send and receive buffers now (a gauge).
+    pub tcp_buffer_bytes: u64,
+    /// Connections the stacks hold now, TIME-WAIT excluded (a gauge).
+    pub tcp_connections: u64,
 }
 
 /// How often a worker asks the kernel for its rings' drop counters (a system call each).
@@ -318,6 +322,9 @@ pub struct Worker<D: Device> {
     pub stats_out: Option<Arc<Mutex<WorkerStats>>>,
     /// When `stats.rings` was last read from the kernel.
     rings_read_at: Option<WallInstant>,
+    /// When the allocator was last trimmed, and the most memory held since (see
+    /// `trim_if_shrunk`).
+    trim_mark: (WallInstant, u64),
     scratch: Vec<u8>,
     ids: Vec<PConn>,
 }
@@ -339,6 +346,7 @@ impl<D: Device> Worker<D> {
             stats: WorkerStats::default(),
             stats_out: None,
             rings_read_at: None,
+            trim_mark: (WallInstant::now(), 0),
             scratch: vec![0; 64 * 1024],
             ids: Vec::new(),
         }
@@ -386,10 +394,15 @@ impl<D: Device> Worker<D> {
             self.stats.proxy = e.stats;
         }
         let mut tcp = tcpstack::Stats::default();
+        let (mut bufs, mut conns) = (0, 0);
         for p in &self.ports {
             tcp.add(p.stack.stats());
+            bufs += p.stack.buffers_allocated() as u64;
+            conns += p.stack.connection_count() as u64;
         }
         self.stats.tcp = tcp;
+        self.stats.tcp_buffer_bytes = bufs;
+        self.stats.tcp_connections = conns;
         let now = WallInstant::now();
         if self
             .rings_read_at
@@ -497,6 +510,7 @@ impl<D: Device> Worker<D> {
                 };
                 self.stats.sleeps += 1;
                 self.publish_stats();
+                self.trim_if_shrunk(polled_at);
                 self.sleep(wait)?;
             } else {
                 if self.stats.iterations % 4096 == 0 {
@@ -512,6 +526,25 @@ impl<D: Device> Worker<D> {
         }
         self.publish_stats();
         Ok(())
+    }
+
+    /// About to sleep: if the connections' memory shrank a lot since the last look (closed
+    /// sessions, buffers given back), hand the freed pages back to the kernel. The allocator
+    /// keeps freed memory otherwise, and a burst of connections would pin its peak for good.
+    /// At most once a second, and only while idle, so no request waits on it.
+    fn trim_if_shrunk(&mut self, now: WallInstant) {
+        let held = self.stats.tcp_buffer_bytes + self.stats.proxy.sessions * 16 * 1024;
+        let (at, peak) = self.trim_mark;
+        if held > peak {
+            self.trim_mark.1 = held;
+            return;
+        }
+        if now.saturating_duration_since(at) < Duration::from_secs(1) || peak - held < 1 << 20 {
+            return;
+        }
+        // SAFETY: malloc_trim only returns free memory of the allocator's arenas.
+        unsafe { libc::malloc_trim(0) };
+        self.trim_mark = (now, held);
     }
 
     /// Sleeps on every port's device and hand-off wakeup.
