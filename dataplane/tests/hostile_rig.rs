@@ -1569,9 +1569,20 @@ fn case_memory(c: &Ctx) {
             errs.first()
         ),
     );
-    let (ra1, rb1) = (c.rss_kib(Gw::A), c.rss_kib(Gw::B));
+    // Idle: tcpstack gives buffers back 1 s after they empty, and an idle worker hands
+    // freed pages back to the kernel; measure once both gateways' RSS has settled.
+    for gw in [Gw::A, Gw::B] {
+        // AF_XDP only (the kernel backend has no tcpstack): buffers of idle connections go.
+        poll(Duration::from_secs(5), Duration::from_millis(200), || {
+            let bufs = c.metrics(gw).sum("xdpmesh_tcp_buffer_bytes", &[]);
+            bufs.is_none_or(|b| b < (n * 256) as f64).then_some(())
+        });
+    }
+    let (ra1, rb1) = (c.settled_rss_kib(Gw::A), c.settled_rss_kib(Gw::B));
+    let bufs = c.metrics(Gw::A).sum("xdpmesh_tcp_buffer_bytes", &[]);
+    let conns = c.metrics(Gw::A).sum("xdpmesh_tcp_connections", &[]);
     println!(
-        "memory: {} A idle http conn: {:.1} KiB/conn (N={}, RSS {ra0} → {ra1} KiB; includes its mesh hop to B)",
+        "memory: {} A idle http conn: {:.1} KiB/conn (N={}, RSS {ra0} → {ra1} KiB; includes its mesh hop to B; tcpstack: {conns:?} connections, {bufs:?} buffer bytes)",
         c.backend,
         per(ra0, ra1),
         idle.len()
@@ -2025,6 +2036,20 @@ impl Ctx {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// VmRSS once it stopped falling: two readings 600 ms apart that agree within 1 %, or
+    /// the last one after 6 s.
+    fn settled_rss_kib(&self, gw: Gw) -> u64 {
+        let mut last: Option<u64> = None;
+        let settled = poll(Duration::from_secs(6), Duration::from_millis(600), || {
+            let now = self.rss_kib(gw);
+            let stable = last.is_some_and(|l| now.abs_diff(l) * 100 <= l);
+            last = Some(now);
+            stable.then_some(now)
+        });
+        let last = last.unwrap_or(0);
+        settled.unwrap_or(last)
     }
 
     fn fd_count(&self, gw: Gw) -> usize {
