@@ -1639,7 +1639,7 @@ fn case_memory(c: &Ctx) {
             base.1
         ),
     );
-    let (ra3, rb3) = (c.rss_kib(Gw::A), c.rss_kib(Gw::B));
+    let (ra3, rb3) = (c.settled_rss_kib(Gw::A), c.settled_rss_kib(Gw::B));
     println!("memory: {} A after closing them: RSS {ra3} KiB (baseline {ra0}, peak {ra2}); B {rb3} KiB (baseline {rb0})", c.backend);
 
     // Idle mTLS hops at B, as a peer gateway would hold them; fresh gateways again.
@@ -1679,7 +1679,7 @@ fn case_memory(c: &Ctx) {
             errs.first()
         ),
     );
-    let rb5 = c.rss_kib(Gw::B);
+    let rb5 = c.settled_rss_kib(Gw::B);
     println!(
         "memory: {} B idle mTLS hop: {:.1} KiB/conn (N={}, RSS {rb4} → {rb5} KiB; includes its upstream connection)",
         c.backend,
@@ -1702,7 +1702,7 @@ fn case_memory(c: &Ctx) {
     println!(
         "memory: {} B after closing the hops: RSS {} KiB (baseline {rb4}, peak {rb5})",
         c.backend,
-        c.rss_kib(Gw::B)
+        c.settled_rss_kib(Gw::B)
     );
     ck.done();
 }
