@@ -1280,7 +1280,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let Some((_, mut a)) = h.pending_retry.take() else {
             return;
         };
-        s.to_up = h.retry_copy.clone().unwrap_or_default();
+        let Some(copy) = h.retry_copy.clone() else {
+            // Cannot happen while the body waits during the backoff; never send a body
+            // without its head.
+            self.fail_request(net, now, sid, s, Refusal::UpstreamReset);
+            return;
+        };
+        s.to_up = copy;
         a.preamble_len = 0;
         match self.retry(net, now, sid, s, a, false) {
             Ok(()) => {
@@ -1405,8 +1411,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             candidates: a.candidates,
             number: a.number + 1,
             preamble_len,
+            per_try: a.per_try,
             ..Attempt::first(now, endpoint, a.connect_timeout)
         });
+        if let Some(h) = s.kind.http_mut() {
+            // Interim responses are counted per attempt.
+            h.interim = 0;
+        }
         s.attempt = Some(next);
         if let Some(r) = s.kind.http_mut().and_then(|h| h.record.as_mut()) {
             r.attempts = a.number + 1;
@@ -2032,7 +2043,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             moved |= self.http_machine(net, now, sid, s)?;
             if let Some(h) = s.kind.http() {
                 let between = h.req == ReqPhase::Head && h.resp == RespPhase::Idle;
-                if between && (h.close_after || s.down_eof) && !s.d_in.is_empty() {
+                // After the client's FIN only what can never become a request goes: a whole
+                // head pipelined before the FIN is still served.
+                let incomplete = || {
+                    matches!(
+                        http::parse_request(&s.d_in, &http::Limits::default().from_peer_gateway()),
+                        Ok(None)
+                    )
+                };
+                if between && !s.d_in.is_empty() && (h.close_after || (s.down_eof && incomplete()))
+                {
                     // The gateway answered and closes, or the client finished: what is left
                     // (requests pipelined after a close, the body of a refused request, a
                     // partial head at the client's FIN) is read and discarded, never parsed.
@@ -2172,7 +2192,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
         }
         let h = s.kind.http_mut().expect("an HTTP session");
-        if h.req == ReqPhase::Body && s.to_up.len() < BUF {
+        // During a retry's backoff the body waits: the next attempt takes the kept copy
+        // first, then what follows.
+        if h.req == ReqPhase::Body && s.to_up.len() < BUF && h.pending_retry.is_none() {
             let framer = h.req_body.as_mut().expect("a body phase has a framer");
             match framer.advance(&s.d_in) {
                 Ok(a) => {
@@ -2818,7 +2840,12 @@ fn endpoint_addr(snap: &Snapshot, svc: u32, ep: u32) -> Result<SocketAddrV4, Ref
 /// May the connection stay open after the gateway refused this request? Only when nothing
 /// of it is left unread (no body) and the client keeps the connection (HTTP/1.1).
 fn keeps_alive(head: &RequestHead) -> bool {
-    head.keep_alive && head.version == 1 && !head.body.has_body() && head.upgrade.is_none()
+    // Not for HEAD: the error response's body would be read as the next response.
+    head.keep_alive
+        && head.version == 1
+        && !head.body.has_body()
+        && head.upgrade.is_none()
+        && head.method != "HEAD"
 }
 
 /// Buffers up to this capacity stay with an idle session: a small request and response
@@ -2890,7 +2917,8 @@ fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
             if h.req == ReqPhase::Body || h.resp == RespPhase::Body {
                 take(s.last_io + h.body_stall, Expiry::BodyStall);
             }
-            if h.req != ReqPhase::Body && h.resp == RespPhase::Idle {
+            // (A request held by an injected delay waits for its own wake-up only.)
+            if h.req == ReqPhase::Head && h.resp == RespPhase::Idle {
                 if let Some(since) = s.linger_since {
                     take(since + LINGER, Expiry::Linger);
                 } else if h.close_after {

@@ -315,3 +315,57 @@ fn a_rate_limit_answers_429_with_retry_after_and_refills() {
         assert_eq!(status(&gw.take(c)), 200);
     }
 }
+
+#[test]
+fn every_attempt_has_its_per_try_timeout_and_a_body_waits_out_the_backoff() {
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    gw.send(c, b"GET /r HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    for _ in 0..3 {
+        let (u, _, _) = next_upstream(&mut gw);
+        gw.advance(Duration::from_secs(1));
+        assert_eq!(
+            gw.net.closed(u),
+            Some(EngineClose::Abort),
+            "each attempt is cut at 1 s"
+        );
+        gw.advance(Duration::from_millis(100));
+    }
+    assert_eq!(status(&gw.take(c)), 504);
+    assert_eq!(gw.stats().attempts(Outcome::TimedOut), 3);
+
+    // A PUT whose body keeps coming while its retry waits: the next attempt gets the head
+    // and the whole body, in order.
+    let c = gw.client();
+    gw.send(
+        c,
+        b"PUT /r HTTP/1.1\r\nHost: web.test\r\nContent-Length: 6\r\n\r\nab",
+    );
+    let (u, _, _) = next_upstream(&mut gw);
+    gw.send(u, UNAVAILABLE);
+    gw.send(c, b"cd");
+    assert!(gw.net.pending_connects().is_empty(), "backing off");
+    gw.send(c, b"ef");
+    gw.advance(Duration::from_millis(20));
+    let (u, _, got) = next_upstream(&mut gw);
+    assert!(got.starts_with("PUT /r HTTP/1.1\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\nabcdef"), "{got}");
+    gw.send(u, OK);
+    assert_eq!(status(&gw.take(c)), 200);
+}
+
+#[test]
+fn a_delay_longer_than_the_idle_timeout_still_ends_in_the_request() {
+    let tables = TABLES.replace("duration = \"100ms\"", "duration = \"90s\"");
+    let mut gw = Gw::new(&tables);
+    let c = gw.client();
+    gw.send(
+        c,
+        b"GET /delay HTTP/1.1\r\nHost: web.test\r\nx-chaos: on\r\n\r\n",
+    );
+    gw.advance(Duration::from_secs(90));
+    assert_eq!(gw.net.closed(c), None, "held, not closed as idle");
+    let (u, _, _) = next_upstream(&mut gw);
+    gw.send(u, OK);
+    assert_eq!(status(&gw.take(c)), 200);
+}
