@@ -620,6 +620,9 @@ struct Session<C> {
     accepted_at: Instant,
     /// The last time bytes moved either way (idle, body stall and tcp_idle timeouts).
     last_io: Instant,
+    /// The last time bytes were handed on to either leg (the body stall timeout): a server
+    /// that reads nothing stalls an upload even while the client still fills our buffers.
+    last_delivery: Instant,
     /// The earliest timer entry queued for this session, if any (see `Engine::arm`).
     scheduled: Option<Instant>,
     /// Tells this session's timer entries from those of an earlier session in the slot.
@@ -1476,6 +1479,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             listener: self.events_on().then(|| name.clone()),
             accepted_at: now,
             last_io: now,
+            last_delivery: now,
             scheduled: None,
             epoch: 0,
             linger_since: None,
@@ -1727,8 +1731,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if let Err(e) = self.step(net, now, sid, &mut s) {
                         self.step_failed(net, now, sid, &mut s, e);
                     }
-                    if self.io_mark(&s) != before {
+                    let after = self.io_mark(&s);
+                    if after != before {
                         s.last_io = now;
+                    }
+                    // The engine's byte counters move exactly when a leg takes bytes.
+                    if (after.0, after.1) != (before.0, before.1) {
+                        s.last_delivery = now;
                     }
                     if let Some(h) = s.kind.http_mut() {
                         let waiting = h.req == ReqPhase::Head && h.resp == RespPhase::Idle;
@@ -2915,7 +2924,7 @@ fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
                 }
             }
             if h.req == ReqPhase::Body || h.resp == RespPhase::Body {
-                take(s.last_io + h.body_stall, Expiry::BodyStall);
+                take(s.last_delivery + h.body_stall, Expiry::BodyStall);
             }
             // (A request held by an injected delay waits for its own wake-up only.)
             if h.req == ReqPhase::Head && h.resp == RespPhase::Idle {
@@ -2924,7 +2933,7 @@ fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
                 } else if h.close_after {
                     // Closing: the last response must drain; a client that never reads
                     // is cut like a stalled body.
-                    take(s.last_io + t.body_stall, Expiry::BodyStall);
+                    take(s.last_delivery + t.body_stall, Expiry::BodyStall);
                 } else if let Some(st) = h.head_started {
                     take(st + t.request_head, Expiry::RequestHead);
                 } else {

@@ -578,3 +578,29 @@ fn a_whole_request_pipelined_before_the_fin_is_served_and_a_refused_head_closes(
     assert!(resp.contains("connection: close"), "{resp}");
     assert!(gw.net.shut(c));
 }
+
+#[test]
+fn an_upload_to_a_server_that_reads_nothing_is_cut_even_while_the_client_trickles() {
+    let t = Timeouts::default();
+    let mut gw = Gw::new(TABLES);
+    gw.net.window = 64;
+    let (c, u, _) = forwarded(
+        &mut gw,
+        b"POST /public HTTP/1.1\r\nHost: web.test\r\nContent-Length: 1000000\r\n\r\n",
+    );
+    // The server takes nothing more; the client keeps sending a byte every 2 s, which our
+    // buffers still have room for.
+    let mut waited = Duration::ZERO;
+    while gw.net.closed(c).is_none() && waited < t.body_stall * 3 {
+        gw.send(c, b"x");
+        gw.advance(Duration::from_secs(2));
+        waited += Duration::from_secs(2);
+    }
+    assert_eq!(gw.net.closed(c), Some(EngineClose::Abort), "cut");
+    assert!(
+        waited <= t.body_stall + Duration::from_secs(2),
+        "within body_stall of the last byte the server took: {waited:?}"
+    );
+    assert_eq!(gw.net.closed(u), Some(EngineClose::Abort));
+    assert_eq!(gw.engine.active(), 0);
+}
