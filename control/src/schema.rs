@@ -273,7 +273,7 @@ pub struct Keepalive {
 /// | `request` | 15 s | from the end of the request (head, or body when it has one) to the response head, all attempts | 504 |
 /// | `connect` | 2 s | upstream SYN to established, TLS handshake included on mesh hops | next attempt, else 503 |
 /// | `handshake` | 5 s | `mesh` listener: TLS handshake and preamble | close |
-/// | `body_stall` | 30 s | no body byte moved in either direction while one is owed | cut |
+/// | `body_stall` | 30 s | no byte handed on to the client or the upstream while a body is owed (a server that reads nothing stalls an upload even while the client still fills the gateway's buffers) | cut |
 /// | `tcp_idle` | 1 h | `tcp` listener (and `tcp` mesh hops): no byte either way | close both sides |
 ///
 /// A `[[route]]`'s `timeout` (or `timeouts = { request, connect, body_stall }`) overrides
