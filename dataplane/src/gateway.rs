@@ -581,8 +581,13 @@ impl Metrics {
 
 /// The HELP and TYPE lines of one counter family.
 fn counter_family(out: &mut String, name: &str, help: &str) {
+    family(out, name, help, "counter");
+}
+
+/// The HELP and TYPE lines of one family of `kind` (counter, gauge).
+fn family(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// A counter family with one series per worker and label value: `name{core="..",key=".."}`.
@@ -618,8 +623,7 @@ fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
         ),
     ];
     for (name, help, get) in GAUGES {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+        family(out, name, help, "gauge");
         for (i, s) in stats {
             let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", i.core, get(s));
         }
@@ -819,11 +823,12 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
             );
         }
     }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP xdpmesh_proxy_sessions Sessions open now: a client connection each, with its upstream."
+        "xdpmesh_proxy_sessions",
+        "Sessions open now: a client connection each, with its upstream.",
+        "gauge",
     );
-    let _ = writeln!(out, "# TYPE xdpmesh_proxy_sessions gauge");
     for (w, s) in engines {
         let _ = writeln!(
             out,

@@ -36,7 +36,7 @@ use super::policy::{self, Buckets, Budget, Decision, PolicyStats};
 use control::schema::Protocol;
 use control::snapshot::{IdentityRt, RoutePolicy, ServiceRt, Timeouts};
 use control::{Publisher, Snapshot};
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -1193,8 +1193,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             {
                 // Tried again after a backoff with full jitter, on another endpoint.
                 let base = retries.map_or(Duration::ZERO, |r| r.backoff);
-                let unit = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                let at = now + policy::backoff(base, a.number, unit);
+                let at = now + policy::backoff(base, a.number, self.rng.gen::<f64>());
                 self.count_decision(s, Decision::Retry(why));
                 s.to_up.clear();
                 let h = s.kind.http_mut().expect("policies are HTTP's");
@@ -1310,6 +1309,21 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
         reason: Refusal,
     ) {
+        let response = http::error_response(reason.status(), reason.label());
+        self.answer_or_cut(net, now, sid, s, reason, (&response, reason.status()));
+    }
+
+    /// The gateway ends a request with `response` (its `status`) while nothing of the
+    /// upstream's response reached the client, else with a cut; counted as `reason`.
+    fn answer_or_cut<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        sid: usize,
+        s: &mut Session<C>,
+        reason: Refusal,
+        (response, status): (&[u8], u16),
+    ) {
         self.stats.refuse(reason);
         let answerable = s.kind.http().is_some_and(|h| h.resp == RespPhase::Head);
         if !answerable {
@@ -1331,9 +1345,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         h.close_after = true;
         s.d_in.clear();
         s.to_up.clear();
-        s.to_down
-            .extend_from_slice(&http::error_response(reason.status(), reason.label()));
-        self.end_request(now, s, Some(reason.status()), Some(reason));
+        s.to_down.extend_from_slice(response);
+        self.end_request(now, s, Some(status), Some(reason));
         self.dirty.push(sid);
     }
 
@@ -1786,29 +1799,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 // over (cancelled: not the upstream's fault), and the client is told why.
                 self.finish_attempt(now, s, Outcome::Cancelled);
                 self.drop_upstream(net, s);
-                let answerable = s.kind.http().is_some_and(|h| h.resp == RespPhase::Head);
-                if !answerable {
-                    self.stats.refuse(Refusal::BadRequest);
-                    self.end_request(now, s, None, Some(Refusal::BadRequest));
-                    self.teardown(net, now, s, true);
-                    return;
-                }
-                let h = s.kind.http_mut().expect("checked above");
-                h.resp = RespPhase::Idle;
-                h.req = ReqPhase::Head;
-                h.req_body = None;
-                h.request_deadline = None;
-                h.pending_retry = None;
-                h.retry_copy = None;
-                s.to_up.clear();
-                self.stats.refuse(Refusal::BadRequest);
                 let response = e.response();
-                let h = s.kind.http_mut().expect("checked above");
-                h.close_after = true;
-                s.d_in.clear();
-                s.to_down.extend_from_slice(&response);
-                self.end_request(now, s, Some(e.status()), Some(Refusal::BadRequest));
-                self.dirty.push(sid);
+                self.answer_or_cut(
+                    net,
+                    now,
+                    sid,
+                    s,
+                    Refusal::BadRequest,
+                    (&response, e.status()),
+                );
             }
             StepError::Leg(le) => {
                 self.stats.refuse(le.refusal());
@@ -2390,23 +2389,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Refusal::FaultAbort => h.answer_status,
             _ => r.status(),
         };
-        let mut response = http::error_response(status, r.label());
-        if !h.close_after {
-            let close = b"connection: close\r\n";
-            if let Some(i) = response.windows(close.len()).position(|w| w == close) {
-                response.drain(i..i + close.len());
-            }
-        }
-        if r == Refusal::RateLimited {
-            // RFC 9110 §10.2.3: whole seconds, at least 1.
-            let secs = h.retry_after.as_secs() + u64::from(h.retry_after.subsec_nanos() > 0);
-            let at = response
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map_or(response.len(), |i| i + 2);
-            let field = format!("retry-after: {}\r\n", secs.max(1));
-            response.splice(at..at, field.into_bytes());
-        }
+        // RFC 9110 §10.2.3: whole seconds, at least 1.
+        let secs = h.retry_after.as_secs() + u64::from(h.retry_after.subsec_nanos() > 0);
+        let retry_after = secs.max(1).to_string();
+        let add: &[(&str, &[u8])] = match r {
+            Refusal::RateLimited => &[("retry-after", retry_after.as_bytes())],
+            _ => &[],
+        };
+        let response = http::gateway_response(status, r.label(), h.close_after, add);
         s.to_down.extend_from_slice(&response);
         self.end_request(now, s, Some(status), Some(r));
     }
@@ -2694,9 +2684,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let Some(f) = p.fault.as_ref().filter(|f| f.applies(head)) else {
             return Ok(None);
         };
-        let roll = |rng: &mut rand_chacha::ChaCha8Rng, percent: f64| {
-            (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 100.0 < percent
-        };
+        let roll =
+            |rng: &mut rand_chacha::ChaCha8Rng, percent: f64| rng.gen::<f64>() * 100.0 < percent;
         if let Some((percent, status)) = f.abort {
             if roll(&mut self.rng, percent) {
                 self.policy_stats.count(label, Decision::Fault("abort"));

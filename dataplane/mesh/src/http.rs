@@ -1396,6 +1396,11 @@ pub fn simple_response(status: u16, reason: &str, body: &[u8]) -> Vec<u8> {
 /// The response the gateway itself gives when it cannot serve a request: `status`, the
 /// reason in an `x-xdpmesh-error` header and as the body, `connection: close`.
 pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
+    gateway_response(status, reason, true, &[])
+}
+
+/// [`error_response`], with `connection: close` only when `close`, and `add` after it.
+pub fn gateway_response(status: u16, reason: &str, close: bool, add: &[(&str, &[u8])]) -> Vec<u8> {
     // 204 and 304 (which an injected abort may give) have no body (RFC 9110 §6.4.1).
     let bodyless = status == 204 || status == 304;
     let body = if bodyless {
@@ -1414,7 +1419,12 @@ pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
         push_header(&mut out, "content-type", b"text/plain; charset=utf-8");
     }
     push_header(&mut out, "x-xdpmesh-error", reason.as_bytes());
-    push_header(&mut out, "connection", b"close");
+    if close {
+        push_header(&mut out, "connection", b"close");
+    }
+    for (n, v) in add {
+        push_header(&mut out, n, v);
+    }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
     out
