@@ -335,14 +335,16 @@ pub struct Service {
     /// Only with `ring-hash`: `source-ip` (default), `header:NAME` or `cookie:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<Sp<String>>,
-    /// The default `retries`, `fault` and `rate_limit` of the routes to this service (a
-    /// route's own table replaces the service's whole).
+    /// The default `retries`, `fault`, `rate_limit` and `mirror` of the routes to this
+    /// service (a route's own table replaces the service's whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Sp<Retries>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Sp<Fault>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Sp<RateLimit>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Sp<Mirror>>,
     /// Caps the retries of requests to this service (see [`RetryBudget`]); default: the
     /// defaults shown there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -478,6 +480,10 @@ pub struct Route {
     /// A request rate limit (see [`RateLimit`]); default: the service's `rate_limit`, else none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Sp<RateLimit>>,
+    /// Copies of requests sent to another service (see [`Mirror`]); default: the service's
+    /// `mirror`, else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Sp<Mirror>>,
 }
 
 /// `retries = { ... }` on a `[[route]]` or a `[[service]]`: when a request is tried again.
@@ -554,6 +560,22 @@ pub struct RateLimit {
     pub burst: Option<Sp<i64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per: Option<Sp<String>>,
+}
+
+/// `mirror = { service = "web-shadow", percent = 100.0 }` on a `[[route]]` or a `[[service]]`:
+/// a copy of `percent` % of the requests (drawn per request) goes to `service`, the name of a
+/// `[[service]]` (the route's own allowed; one with no endpoints too, its copies are counted
+/// as skipped), once the original request was received whole; the copy's response is read
+/// and discarded, never reaching the client. `service` is required; `percent` is above 0.0
+/// and at most 100.0, default 100.0.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// The `[[service]]` the copies go to, to an endpoint its balancer picks. Required.
+    pub service: Sp<String>,
+    /// Above 0.0, at most 100.0. Default: 100.0 (every request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<Sp<f64>>,
 }
 
 /// `retry_budget = { ratio = 0.2, min_per_second = 10, ttl = "10s" }` on a `[[service]]`

@@ -285,6 +285,7 @@ impl Builder {
                 retries: None,
                 fault: None,
                 rate_limit: None,
+                mirror: None,
                 retry_budget: None,
             }));
         }
@@ -371,6 +372,7 @@ fn split(
             retries: None,
             fault: None,
             rate_limit: None,
+            mirror: None,
         }));
         return;
     }
@@ -419,6 +421,7 @@ fn split(
                     retries: None,
                     fault: None,
                     rate_limit: None,
+                    mirror: None,
                 }));
             }
         }

@@ -144,12 +144,14 @@ pub struct ServiceRt {
 }
 
 /// What a route does to its requests besides routing them: retries, injected faults, a rate
-/// limit (see `schema::Retries`, `schema::Fault`, `schema::RateLimit`).
+/// limit, a mirror (see `schema::Retries`, `schema::Fault`, `schema::RateLimit`,
+/// `schema::Mirror`).
 #[derive(Debug, Clone, Default)]
 pub struct RoutePolicy {
     pub retries: Option<RetryRt>,
     pub fault: Option<FaultRt>,
     pub rate_limit: Option<RateLimitRt>,
+    pub mirror: Option<MirrorRt>,
     /// Tells the route's rate-limit buckets from other routes' (its place in the tables; a
     /// reload starts buckets afresh).
     pub id: u32,
@@ -158,8 +160,20 @@ pub struct RoutePolicy {
 impl RoutePolicy {
     /// Does it do anything?
     pub fn any(&self) -> bool {
-        self.retries.is_some() || self.fault.is_some() || self.rate_limit.is_some()
+        self.retries.is_some()
+            || self.fault.is_some()
+            || self.rate_limit.is_some()
+            || self.mirror.is_some()
     }
+}
+
+/// Compiled `mirror`: a copy of `percent` % of the route's requests goes to `service` (its
+/// index in the snapshot's services); the copy's response is read and discarded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorRt {
+    pub service: u32,
+    /// 0 < percent <= 100.
+    pub percent: f64,
 }
 
 /// Compiled `retries`.

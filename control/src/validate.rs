@@ -18,8 +18,8 @@ use crate::diag::{did_you_mean, Diagnostic};
 use crate::schema::{self, HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
 use crate::snapshot::{
     AuthzRule, BackendRt, EndpointRt, FaultRt, HashKey, HeaderMatcher, IdSet, IdentityRt,
-    KeepaliveRt, ListenerRt, PathMatcher, PeerRt, RateLimitRt, RetryBudgetRt, RetryRt, RoutePolicy,
-    RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts, DEFAULT_MAX_CONNECTIONS,
+    KeepaliveRt, ListenerRt, MirrorRt, PathMatcher, PeerRt, RateLimitRt, RetryBudgetRt, RetryRt,
+    RoutePolicy, RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
 };
 use crate::source::{Source, Span};
@@ -280,6 +280,24 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         });
     }
     let svc_names: Vec<&str> = tables.services.iter().map(|s| s.name.as_str()).collect();
+    // Every service is known from here on: a service's `mirror` may name any of them.
+    let lookup_service =
+        |v: &mut V<'_>, name: &Sp<String>, key: &dyn KeyPath| -> Option<ServiceId> {
+            match svc_index.get(name.as_str()) {
+                Some((sid, _)) => Some(*sid),
+                None => {
+                    let hint = did_you_mean(name, svc_names.iter().copied())
+                        .unwrap_or_else(|| "define it in a [[service]] table".into());
+                    v.err(
+                        &name.span,
+                        key.path(),
+                        format!("unknown service {:?}", **name),
+                    )
+                    .set_hint(hint);
+                    None
+                }
+            }
+        };
 
     // --- endpoints and balancers
     let mut svc_policies = vec![RoutePolicy::default(); services.len()];
@@ -391,6 +409,10 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         if let Some(x) = &s.rate_limit {
             policy.rate_limit = compile_rate_limit(&mut v, x, &k());
         }
+        if let Some(x) = &s.mirror {
+            let to = lookup_service(&mut v, &x.service, &format!("{}.mirror.service", k()));
+            policy.mirror = compile_mirror(&mut v, x, to, &k());
+        }
         if let Some(b) = &s.retry_budget {
             if let Some(b) = compile_retry_budget(&mut v, b, &k()) {
                 services[sid as usize].retry_budget = b;
@@ -400,24 +422,6 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             policy.any().then(|| Arc::new(policy.clone()));
         svc_policies[sid as usize] = policy;
     }
-
-    let lookup_service =
-        |v: &mut V<'_>, name: &Sp<String>, key: &dyn KeyPath| -> Option<ServiceId> {
-            match svc_index.get(name.as_str()) {
-                Some((sid, _)) => Some(*sid),
-                None => {
-                    let hint = did_you_mean(name, svc_names.iter().copied())
-                        .unwrap_or_else(|| "define it in a [[service]] table".into());
-                    v.err(
-                        &name.span,
-                        key.path(),
-                        format!("unknown service {:?}", **name),
-                    )
-                    .set_hint(hint);
-                    None
-                }
-            }
-        };
 
     // --- listeners
     let mut listeners = Vec::new();
@@ -705,6 +709,14 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 ok &= policy.rate_limit.is_some();
             }
             None => policy.rate_limit = inherited.and_then(|p| p.rate_limit),
+        }
+        match &r.mirror {
+            Some(x) => {
+                let to = lookup_service(&mut v, &x.service, &format!("{}.mirror.service", k()));
+                policy.mirror = compile_mirror(&mut v, x, to, &k());
+                ok &= policy.mirror.is_some();
+            }
+            None => policy.mirror = inherited.and_then(|p| p.mirror.clone()),
         }
         let policy = policy.any().then(|| Arc::new(policy));
         if let (true, Some(sid)) = (ok, sid) {
@@ -1439,6 +1451,34 @@ fn compile_rate_limit(v: &mut V<'_>, r: &Sp<schema::RateLimit>, k: &str) -> Opti
         per_second: rate,
         burst,
         per_identity,
+    })
+}
+
+/// `mirror`, its `service` looked up already as `to` (any service, the route's own included,
+/// with or without endpoints); `percent` above 0 and at most 100 (default 100).
+fn compile_mirror(
+    v: &mut V<'_>,
+    m: &Sp<schema::Mirror>,
+    to: Option<ServiceId>,
+    k: &str,
+) -> Option<MirrorRt> {
+    let percent = match &m.percent {
+        None => Some(100.0),
+        Some(p) if p.value > 0.0 && p.value <= 100.0 => Some(p.value),
+        Some(p) => {
+            out_of_range(
+                v,
+                &p.span,
+                format!("{k}.mirror.percent"),
+                format!("{} %", p.value),
+                "above 0.0, at most 100.0 (default 100.0)".into(),
+            );
+            None
+        }
+    };
+    Some(MirrorRt {
+        service: to?,
+        percent: percent?,
     })
 }
 

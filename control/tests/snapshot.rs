@@ -630,3 +630,109 @@ service = "a"
     );
     assert!(s.services[0].default_route.policy.is_some());
 }
+
+#[test]
+fn mirror_compiles_with_its_default_percent_and_the_service_fallback() {
+    use control::snapshot::MirrorRt;
+    let text = r#"
+[[service]]
+name = "web"
+endpoints = [{ address = "10.0.0.1:80" }]
+rate_limit = { requests_per_second = 50 }
+mirror = { service = "web-shadow", percent = 25 }
+[[service]]
+name = "web-shadow"
+endpoints = [{ address = "10.0.0.2:80" }]
+[[service]]
+name = "canary"
+[[service]]
+name = "api"
+endpoints = [{ address = "10.0.0.3:80" }]
+[[route]]
+name = "own"
+service = "web"
+match = { path = { prefix = "/own" } }
+mirror = { service = "canary" }
+[[route]]
+name = "self"
+service = "web"
+match = { path = { prefix = "/self" } }
+mirror = { service = "web", percent = 0.5 }
+[[route]]
+name = "fault-only"
+service = "web"
+match = { path = { prefix = "/fault" } }
+fault = { abort = { percent = 1.0, status = 503 } }
+[[route]]
+name = "inherits"
+service = "web"
+[[route]]
+name = "plain"
+service = "api"
+"#;
+    let s = compile(text);
+    let id = |name: &str| s.service_id(name).expect("service");
+    let policy = |host: &str, path: &str| {
+        s.route(host, "GET", path, NONE)
+            .expect("route")
+            .route
+            .policy
+            .clone()
+    };
+    let mirror = |host: &str, path: &str| policy(host, path).and_then(|p| p.mirror.clone());
+    // The route's own, with percent defaulting to 100; its rate limit is still the service's.
+    assert_eq!(
+        mirror("web", "/own"),
+        Some(MirrorRt {
+            service: id("canary"),
+            percent: 100.0
+        })
+    );
+    assert_eq!(
+        policy("web", "/own")
+            .unwrap()
+            .rate_limit
+            .unwrap()
+            .per_second,
+        50.0
+    );
+    // The route's own service may be its mirror.
+    assert_eq!(
+        mirror("web", "/self"),
+        Some(MirrorRt {
+            service: id("web"),
+            percent: 0.5
+        })
+    );
+    // Another table of the route's own leaves the service's mirror in place.
+    let shadow = Some(MirrorRt {
+        service: id("web-shadow"),
+        percent: 25.0,
+    });
+    assert_eq!(mirror("web", "/fault"), shadow);
+    assert!(policy("web", "/fault").unwrap().fault.is_some());
+    assert_eq!(mirror("web", "/x"), shadow);
+    assert_eq!(
+        s.route("web", "GET", "/x", NONE)
+            .unwrap()
+            .route
+            .name
+            .as_deref(),
+        Some("inherits")
+    );
+    // The service's default route carries the service's mirror.
+    let web = s.service("web").expect("web");
+    assert_eq!(
+        web.default_route
+            .policy
+            .as_ref()
+            .and_then(|p| p.mirror.clone()),
+        shadow
+    );
+    // No mirror anywhere: no policy at all.
+    assert!(policy("api", "/").is_none());
+    // Both decoders read it alike, and it is written back as it was read.
+    assert_eq!(control::fastde::disagreement(text), None);
+    let t = control::fastde::tables(text).expect("fast path");
+    assert_eq!(control::fastde::tables(&t.to_toml()), Some(t));
+}

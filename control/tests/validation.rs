@@ -13,7 +13,7 @@ fn one(text: &str, expected: &str) {
 fn unknown_key_lists_allowed_keys_or_suggests_one() {
     one(
         "[[service]]\nname = \"a\"\nadress = 1\n",
-        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, retry_budget)",
+        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget)",
     );
     one(
         "[[service]]\nname = \"a\"\nendpoints = [{ adress = \"1.2.3.4:5\" }]\n",
@@ -559,4 +559,95 @@ fn route_policies_are_checked_with_hints() {
         "[[service]]\nname = \"a\"\nretry_budget = { ttl = \"0s\" }\n",
         "t.toml:3:24: service[0].retry_budget.ttl: \"0s\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
     );
+}
+
+#[test]
+fn mirror_is_checked_with_hints() {
+    const S: &str = "[[service]]\nname = \"web\"\nendpoints = [{ address = \"1.2.3.4:5\" }]\n[[service]]\nname = \"web-shadow\"\n[[route]]\nservice = \"web\"\n";
+    one(
+        &format!("{S}mirror = {{ service = \"web-shadw\" }}\n"),
+        "t.toml:8:22: route[0].mirror.service: unknown service \"web-shadw\" (hint: did you mean \"web-shadow\"?)",
+    );
+    one(
+        &format!("{S}mirror = {{ service = \"zzz\", percent = 50.0 }}\n"),
+        "t.toml:8:22: route[0].mirror.service: unknown service \"zzz\" (hint: define it in a [[service]] table)",
+    );
+    for (p, shown) in [
+        ("0.0", "0"),
+        ("-5", "-5"),
+        ("100.5", "100.5"),
+        ("nan", "NaN"),
+        ("inf", "inf"),
+    ] {
+        one(
+            &format!("{S}mirror = {{ service = \"web-shadow\", percent = {p} }}\n"),
+            &format!("t.toml:8:46: route[0].mirror.percent: {shown} % is out of range (hint: above 0.0, at most 100.0 (default 100.0))"),
+        );
+    }
+    one(
+        &format!("{S}mirror = {{ percent = 50.0 }}\n"),
+        "t.toml:8:10: route[0].mirror.service: missing required key \"service\" (hint: add service = ...)",
+    );
+    one(
+        &format!("{S}mirror = {{ service = \"web-shadow\", precent = 50.0 }}\n"),
+        "t.toml:8:36: route[0].mirror.precent: unknown key \"precent\" (hint: did you mean \"percent\"?)",
+    );
+    one(
+        &format!("{S}mirror = {{ service = \"web-shadow\", percent = \"50\" }}\n"),
+        "t.toml:8:46: route[0].mirror.percent: expected a number, found a string",
+    );
+    one(
+        &format!("{S}mirror = \"web-shadow\"\n"),
+        "t.toml:8:10: route[0].mirror: expected a table, found a string",
+    );
+    // On a service, as its routes' default: the same checks, under the service's key.
+    one(
+        "[[service]]\nname = \"web\"\nmirror = { service = \"web-shadw\", percent = 50 }\n[[service]]\nname = \"web-shadow\"\n",
+        "t.toml:3:22: service[0].mirror.service: unknown service \"web-shadw\" (hint: did you mean \"web-shadow\"?)",
+    );
+    assert_eq!(
+        errors("[[service]]\nname = \"web\"\nmirror = { service = \"nope\", percent = 200 }\n"),
+        [
+            "t.toml:3:22: service[0].mirror.service: unknown service \"nope\" (hint: define it in a [[service]] table)",
+            "t.toml:3:40: service[0].mirror.percent: 200 % is out of range (hint: above 0.0, at most 100.0 (default 100.0))",
+        ]
+    );
+}
+
+/// What `mirror` allows: the route's own service, a service with no endpoints (the engine
+/// counts its copies as skipped), a service whose endpoints are all behind peers, and an
+/// integer percent.
+#[test]
+fn mirror_allows_its_own_service_an_empty_one_and_one_behind_peers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    control::ca::init(&dir.path().join("ca"), &Default::default()).expect("ca");
+    let text = r#"
+[trust]
+roots = ["ca/ca.pem"]
+[[peer]]
+name = "gw-b"
+address = "10.10.2.2:15443"
+identity = "spiffe://m/gateway/gw-b"
+[[service]]
+name = "web"
+endpoints = [{ address = "10.0.0.1:80" }]
+mirror = { service = "web" }
+[[service]]
+name = "empty"
+[[service]]
+name = "remote"
+endpoints = [{ address = "10.10.3.2:80", via = "gw-b" }, { address = "10.10.3.3:80", via = "gw-b" }]
+[[route]]
+service = "web"
+mirror = { service = "empty", percent = 1 }
+[[route]]
+service = "web"
+mirror = { service = "remote", percent = 100 }
+[[route]]
+service = "empty"
+mirror = { service = "empty" }
+"#;
+    if let Err(e) = common::compile_in(dir.path(), text) {
+        panic!("{e}");
+    }
 }
