@@ -40,6 +40,8 @@ pub struct PeerRt {
     pub name: String,
     pub address: SocketAddr,
     pub identity: String,
+    /// Idle mTLS hops to this peer each worker keeps open (`min_idle`, default 0).
+    pub min_idle: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +143,114 @@ pub struct ServiceRt {
     pub authz: Option<Vec<AuthzRule>>,
     /// Caps the retries of requests to this service.
     pub retry_budget: RetryBudgetRt,
+    /// Caps on connections and requests to this service, per worker (`circuit_breaker`).
+    pub circuit_breaker: CircuitBreakerRt,
+    /// Passive outlier detection (`outlier`); `None`: turned off (`enabled = false`).
+    pub outlier: Option<OutlierRt>,
+    /// Active health checks of the endpoints this gateway owns (`health_check`); `None`: off.
+    pub health_check: Option<HealthCheckRt>,
+    /// Idle upstream connections kept for reuse (`pool`).
+    pub pool: PoolRt,
+}
+
+/// Compiled `circuit_breaker`: beyond these a request gets 503 at once (`overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreakerRt {
+    /// Upstream connections open to the service's endpoints (in use or idle in the pool).
+    pub max_connections: u32,
+    /// Requests waiting for a connection (connecting, or in a retry's backoff).
+    pub max_pending: u32,
+    /// Requests in flight to the service.
+    pub max_requests: u32,
+}
+
+impl Default for CircuitBreakerRt {
+    fn default() -> Self {
+        CircuitBreakerRt {
+            max_connections: 1024,
+            max_pending: 256,
+            max_requests: 1024,
+        }
+    }
+}
+
+/// Compiled `outlier`: passive outlier detection from attempt outcomes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierRt {
+    /// Consecutive failures that eject an endpoint (0: this rule is off).
+    pub consecutive_failures: u32,
+    /// How often success rates are evaluated (and their window).
+    pub interval: Duration,
+    /// The first ejection's length; the n-th lasts n times as long.
+    pub base_ejection: Duration,
+    /// At most this share of a service's endpoints is ejected at once (0 to 100).
+    pub max_ejected_percent: u8,
+    /// Below this share of healthy endpoints, balance over all of them (0 to 100).
+    pub panic_threshold: u8,
+    /// Success-rate ejection: an endpoint needs this many requests in an interval to be judged
+    /// (0: this rule is off).
+    pub success_rate_min_requests: u32,
+    /// ... and is ejected when its rate is this many standard deviations below the mean.
+    pub success_rate_stdev_factor: f64,
+}
+
+impl Default for OutlierRt {
+    fn default() -> Self {
+        OutlierRt {
+            consecutive_failures: 5,
+            interval: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(30),
+            max_ejected_percent: 50,
+            panic_threshold: 50,
+            success_rate_min_requests: 100,
+            success_rate_stdev_factor: 1.9,
+        }
+    }
+}
+
+/// How an active health check probes an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// The TCP handshake completes.
+    Tcp,
+    /// `GET path` answers one of `expect`.
+    Http { path: String, expect: Vec<u16> },
+}
+
+/// Compiled `health_check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckRt {
+    pub probe: HealthProbe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes that make a healthy endpoint unhealthy.
+    pub unhealthy: u32,
+    /// Consecutive good probes that make an unhealthy endpoint healthy.
+    pub healthy: u32,
+}
+
+/// Compiled `pool`: idle upstream connections kept per worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolRt {
+    /// Idle connections kept per endpoint.
+    pub max_idle_per_endpoint: u32,
+    /// An idle connection unused this long is closed.
+    pub idle_timeout: Duration,
+    /// Requests one connection carries at most, then it is closed.
+    pub max_requests: u32,
+    /// A connection older than this is not reused.
+    pub max_lifetime: Duration,
+}
+
+impl Default for PoolRt {
+    fn default() -> Self {
+        PoolRt {
+            max_idle_per_endpoint: 64,
+            idle_timeout: Duration::from_secs(60),
+            max_requests: 10_000,
+            max_lifetime: Duration::from_secs(600),
+        }
+    }
 }
 
 /// What a route does to its requests besides routing them: retries, injected faults, a rate

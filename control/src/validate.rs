@@ -209,6 +209,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 name: p.name.value.clone(),
                 address,
                 identity: p.identity.value.clone(),
+                min_idle: 0,
             });
         }
     }
@@ -277,6 +278,10 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             default_route: RouteRt::new(None, 0, None, None, None, Vec::new(), Vec::new()),
             authz: None,
             retry_budget: RetryBudgetRt::default(),
+            circuit_breaker: Default::default(),
+            outlier: Some(Default::default()),
+            health_check: None,
+            pool: Default::default(),
         });
     }
     let svc_names: Vec<&str> = tables.services.iter().map(|s| s.name.as_str()).collect();
