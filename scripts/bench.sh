@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mesh benchmark (issue #5 "Benchmark", issue #6 "scripts/bench.sh"), as root:
 #
-#   sudo scripts/bench.sh [--quick] [--no-build] [--wait SECONDS] [--out DIR]
+#   sudo scripts/bench.sh [--quick] [--no-build] [--wait SECONDS] [--out DIR] [--policies]
 #
 # Brings the rig up (scripts/rig.sh) and measures, in one run, four paths from xm-cli to xm-srv:
 #   direct          client -> server by kernel forwarding, no proxy
@@ -40,6 +40,20 @@
 #             toward T while requests keep arriving within it, so the gateways poll while their
 #             own traffic flows and sleep during the other paths' rounds; T = 200us is a fixed
 #             200us window.
+# --policies  instead of the above, the cost of request policies (issue #15): only the xdpmesh
+#             pair, once per backend (kernel, then afxdp), carries web at two paths that differ
+#             only by a `retries` table with nothing to retry (scripts/rig/gwa-tables.toml: the
+#             route "web-retry" for /retry, every key at its default; the route "web" for the
+#             rest, no policy), measured interleaved:
+#               plain        http://10.10.1.1/
+#               retries      http://10.10.1.1/retry/
+#               plain-again  http://10.10.1.1/ again: an A/A control, its ratio to plain is noise
+#             the HTTP keep-alive GET latency at each rate and wrk req/s and p99 as above (no
+#             HAProxy, no TCP, no bulk). Checks first that only /retry/ answers carry
+#             x-xdpmesh-attempts; reports gateway A's retry counters after each backend (nothing
+#             failed: they stay 0). Prints a table per backend with the ratios to plain; saves
+#             under --out bench-STAMP-policies.{txt,json}, bench-STAMP-policies-BACKEND-http-RATE.svg.
+#             Only nginx runs in xm-srv. About 8 minutes (--quick: 2) after the build.
 # Environment: XDPMESH_BIN, XDPMESH_BENCH_BIN (default target/release/...), XM_RIG_STATE
 # (default /run/xdpmesh-bench).
 set -euo pipefail
@@ -53,6 +67,7 @@ BUILD=1
 WAIT=0
 GW_SPIN=
 OUT=benches/results
+POLICIES=0
 ARGS="$*"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -61,6 +76,7 @@ while [ $# -gt 0 ]; do
     --wait) WAIT=${2:-}; shift 2 ;;
     --gw-spin) GW_SPIN=${2:-}; shift 2 ;;
     --out) OUT=${2:-}; shift 2 ;;
+    --policies) POLICIES=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) xm_log "bench.sh: unknown argument $1 (see --help)"; exit 64 ;;
   esac
@@ -184,13 +200,17 @@ mkdir -p "$STATE/nginx-tmp" "$STATE/haproxy"
 sed "s|@STATE@|$STATE|g" scripts/bench/nginx.conf >"$STATE/nginx.conf"
 ip netns exec xm-srv nginx -q -e "$STATE/nginx-error.log" -p "$STATE" -c "$STATE/nginx.conf" &
 PIDS+=($!)
-ip netns exec xm-srv "$BENCH_BIN" serve echo --listen 10.10.3.2:5001 >"$STATE/echo.log" 2>&1 &
-PIDS+=($!)
-ip netns exec xm-srv iperf3 -s -B 10.10.3.2 -p 5201 >"$STATE/iperf3.log" 2>&1 &
-PIDS+=($!)
+if [ "$POLICIES" -eq 0 ]; then
+  ip netns exec xm-srv "$BENCH_BIN" serve echo --listen 10.10.3.2:5001 >"$STATE/echo.log" 2>&1 &
+  PIDS+=($!)
+  ip netns exec xm-srv iperf3 -s -B 10.10.3.2 -p 5201 >"$STATE/iperf3.log" 2>&1 &
+  PIDS+=($!)
+fi
 wait_listen xm-srv 8080
-wait_listen xm-srv 5001
-wait_listen xm-srv 5201
+if [ "$POLICIES" -eq 0 ]; then
+  wait_listen xm-srv 5001
+  wait_listen xm-srv 5201
+fi
 
 ( while :; do echo "$(date +%s) $(cut -d' ' -f1 /proc/loadavg)"; sleep 5; done ) >"$RAW/load.txt" &
 PIDS+=($!)
@@ -270,10 +290,12 @@ measure() {
     [ "$rate" = max ] && proxy_cpu_end "$phase" "$started"
     asked=$rate
     [ "$rate" = max ] && asked=$MAX_RATE
-    echo "-- $phase: TCP 64 B echo, $asked req/s, $TCP_CONNS connections, $ROUNDS rounds"
-    ip netns exec xm-cli "$BENCH_BIN" run --mode tcp --compare "${tcp[@]}" -r "$asked" -c "$TCP_CONNS" -d "$DURATION" \
-      --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress --save "$RAW/$phase/tcp-$rate.json" \
-      | tee -a "$RAW/$phase/harness.txt"
+    if [ "$POLICIES" -eq 0 ]; then
+      echo "-- $phase: TCP 64 B echo, $asked req/s, $TCP_CONNS connections, $ROUNDS rounds"
+      ip netns exec xm-cli "$BENCH_BIN" run --mode tcp --compare "${tcp[@]}" -r "$asked" -c "$TCP_CONNS" -d "$DURATION" \
+        --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress --save "$RAW/$phase/tcp-$rate.json" \
+        | tee -a "$RAW/$phase/harness.txt"
+    fi
     echo "-- $phase: HTTP keep-alive GET, $asked req/s, $HTTP_CONNS connections, $ROUNDS rounds"
     ip netns exec xm-cli "$BENCH_BIN" run --mode http --compare "${http[@]}" -r "$asked" -c "$HTTP_CONNS" -d "$DURATION" \
       --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress --save "$RAW/$phase/http-$rate.json" \
@@ -288,6 +310,7 @@ measure() {
         >"$RAW/$phase/wrk-$name-r$r.txt" 2>&1 || true
       grep -E 'Requests/sec|errors|Non-2xx' "$RAW/$phase/wrk-$name-r$r.txt" | sed 's/^/   /' || true
     done
+    [ "$POLICIES" -eq 1 ] && continue
     for line in "${bulk[@]}"; do
       # shellcheck disable=SC2086
       set -- $line
@@ -311,14 +334,39 @@ AFXDP_TARGETS=(
   "xdpmesh-afxdp xdpmesh 10.10.1.1:5001 http://10.10.1.1/ 10.10.1.1 5201"
 )
 
+# --policies: one service (web) at two paths of gateway A's tables, on the same gateways; the
+# second "plain" is the control (A/A): how far two identical targets land apart in one run.
+POLICY_TARGETS=(
+  "plain plain - http://10.10.1.1/ - -"
+  "retries retries - http://10.10.1.1/retry/ - -"
+  "plain-again control - http://10.10.1.1/ - -"
+)
+KERNEL_ABOUT="no XDP program attached: direct, HAProxy pair, xdpmesh pair on kernel sockets"
+AFXDP_ABOUT="xdpmesh pair on AF_XDP (XDP attached on the gateways' veths; adaptive polling, at most ${GW_SPIN:-2ms} after the last work): direct, HAProxy pair, xdpmesh pair"
+SERVERS="nginx 1 worker return 200 on 10.10.3.2:8080; xdpmesh-bench serve echo on :5001; iperf3 -s on :5201"
+MODE_JSON=
+if [ "$POLICIES" -eq 1 ]; then
+  SERVERS="nginx 1 worker return 200 on 10.10.3.2:8080"
+  KERNEL_TARGETS=("${POLICY_TARGETS[@]}")
+  AFXDP_TARGETS=("${POLICY_TARGETS[@]}")
+  KERNEL_ABOUT="xdpmesh pair on kernel sockets (--backend kernel), web plain vs the route with retries (no failures)"
+  AFXDP_ABOUT="xdpmesh pair on AF_XDP (--backend afxdp; adaptive polling, at most ${GW_SPIN:-2ms} after the last work), web plain vs the route with retries (no failures)"
+  MODE_JSON=$'\n  "mode": "policies",\n  "routes": {"plain": "web (no policy)", "retries": "web-retry: retries, every key at its default", "tables": "scripts/rig/gwa-tables.toml"},'
+fi
+
 targets_json() {
   local line sep=""
   printf '['
   for line in "$@"; do
     # shellcheck disable=SC2086
     set -- $line
-    printf '%s{"name": "%s", "role": "%s", "tcp": "%s", "http": "%s", "bulk": "%s:%s"}' \
-      "$sep" "$1" "$2" "$3" "$4" "$5" "$6"
+    if [ "$3" = - ]; then
+      # --policies: HTTP only.
+      printf '%s{"name": "%s", "role": "%s", "http": "%s"}' "$sep" "$1" "$2" "$4"
+    else
+      printf '%s{"name": "%s", "role": "%s", "tcp": "%s", "http": "%s", "bulk": "%s:%s"}' \
+        "$sep" "$1" "$2" "$3" "$4" "$5" "$6"
+    fi
     sep=", "
   done
   printf ']'
@@ -326,7 +374,7 @@ targets_json() {
 rates_json=$(printf '"%s",' "${RATES[@]}")
 cat >"$RAW/meta.json" <<JSON
 {
-  "command": "scripts/bench.sh $ARGS",
+  "command": "scripts/bench.sh $ARGS",$MODE_JSON
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "quick": $([ "$QUICK" -eq 1 ] && echo true || echo false),
   "rates": [${rates_json%,}],
@@ -339,17 +387,69 @@ cat >"$RAW/meta.json" <<JSON
   "wrk_seconds_per_round": $WRK_SECONDS,
   "iperf3_seconds_per_round": $IPERF_SECONDS,
   "clk_tck": $(getconf CLK_TCK),
-  "servers": "nginx 1 worker return 200 on 10.10.3.2:8080; xdpmesh-bench serve echo on :5001; iperf3 -s on :5201",
+  "servers": "$SERVERS",
   "haproxy": "$(haproxy -v | head -1 | cut -d' ' -f1-3)",
   "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo '+dirty')",
   "phases": [
-    {"name": "kernel", "about": "no XDP program attached: direct, HAProxy pair, xdpmesh pair on kernel sockets",
+    {"name": "kernel", "about": "$KERNEL_ABOUT",
      "targets": $(targets_json "${KERNEL_TARGETS[@]}")},
-    {"name": "afxdp", "about": "xdpmesh pair on AF_XDP (XDP attached on the gateways' veths; adaptive polling, at most ${GW_SPIN:-2ms} after the last work): direct, HAProxy pair, xdpmesh pair",
+    {"name": "afxdp", "about": "$AFXDP_ABOUT",
      "targets": $(targets_json "${AFXDP_TARGETS[@]}")}
   ]
 }
 JSON
+
+# --policies: what is compared is in force, i.e. gateway A's tables route /retry/ by a route
+# with retries and / by one without (only answers to the former say how many attempts).
+check_policy_routes() {
+  local plain retry
+  plain=$(ip netns exec xm-cli curl -sS -D - -o /dev/null --max-time 5 http://10.10.1.1/)
+  retry=$(ip netns exec xm-cli curl -sS -D - -o /dev/null --max-time 5 http://10.10.1.1/retry/)
+  if ! head -1 <<<"$plain" | grep -q ' 200' || ! head -1 <<<"$retry" | grep -q ' 200' ||
+    grep -qi '^x-xdpmesh-attempts:' <<<"$plain" || ! grep -qi '^x-xdpmesh-attempts: 1' <<<"$retry"; then
+    xm_log "bench.sh --policies: expected 200 from http://10.10.1.1/ without x-xdpmesh-attempts and"
+    xm_log "bench.sh --policies: 200 from http://10.10.1.1/retry/ with x-xdpmesh-attempts: 1 (the routes"
+    xm_log "bench.sh --policies: web-retry and web of scripts/rig/gwa-tables.toml); got:"
+    printf '%s\n---\n%s\n' "$plain" "$retry" | sed 's/^/  /' >&2
+    return 1
+  fi
+  echo "routes: http://10.10.1.1/ -> web (no policy); http://10.10.1.1/retry/ -> web-retry (retries, x-xdpmesh-attempts: 1)"
+}
+
+# --policies: the whole flow, both backends; the results as the default mode's, named -policies.
+run_policies() {
+  local phase rate
+  for phase in kernel afxdp; do
+    xm_section "backend $phase: xdpmesh pair, web plain vs the route with retries (no failures)"
+    if [ "$phase" = afxdp ]; then
+      bash scripts/rig.sh mesh --backend afxdp ${GW_SPIN:+--spin "$GW_SPIN"}
+    else
+      bash scripts/rig.sh mesh --backend kernel
+    fi
+    check_policy_routes
+    measure "$phase" "${POLICY_TARGETS[@]}"
+    # Nothing failed, so nothing may have been retried: gateway A's counters say so.
+    ip netns exec xm-gwa curl -sf --max-time 5 http://127.0.0.1:9901/metrics >"$RAW/$phase/gwa-metrics.txt" ||
+      xm_log "bench.sh --policies: gateway A's /metrics did not answer"
+    bash scripts/rig.sh stop
+  done
+  xm_section "results"
+  mkdir -p "$OUT"
+  python3 scripts/bench/report.py "$RAW" "$OUT/bench-$STAMP-policies.json" | tee "$OUT/bench-$STAMP-policies.txt"
+  for phase in kernel afxdp; do
+    for rate in "${RATES[@]}"; do
+      "$BENCH_BIN" plot -o "$OUT/bench-$STAMP-policies-$phase-http-$rate.svg" \
+        --title "HTTP keep-alive GET, $rate req/s, xdpmesh pair ($phase): web plain, with retries (no failures), plain again" \
+        "$RAW/$phase/http-$rate.json"
+    done
+  done
+  echo "saved: $OUT/bench-$STAMP-policies.json, $OUT/bench-$STAMP-policies.txt, $OUT/bench-$STAMP-policies-*.svg"
+}
+
+if [ "$POLICIES" -eq 1 ]; then
+  run_policies
+  exit 0
+fi
 
 xm_section "phase kernel: direct, HAProxy pair, xdpmesh pair (--backend kernel)"
 bash scripts/rig.sh mesh --backend kernel

@@ -5,6 +5,11 @@ the summary JSON (machine, load, every figure, the goals of issue #5).
 Usage: report.py RAW_DIR OUT_JSON
        report.py SUMMARY.json OUT_JSON     (print a saved summary again, goals recomputed)
 
+With bench.sh --policies (meta.json "mode": "policies") the phases hold the xdpmesh pair alone
+at web's plain path, its path with retries, and the plain path again (the control), and the
+tables are those of print_policies: ratios to plain, no goals. There PHASE/gwa-metrics.txt is
+gateway A's /metrics after the phase (its retry counters must be zero: nothing failed).
+
 RAW_DIR holds what bench.sh wrote:
   meta.json                      command, date, quick, rates, phases and their targets
   load.txt                       "epoch load1" samples taken during the run
@@ -15,6 +20,7 @@ RAW_DIR holds what bench.sh wrote:
   PHASE/cpu-{start,end}.txt      "NAME PID TICKS": the proxies' user + system CPU time before
                                  and after the phase's fixed-rate latency runs ("-": gone)
   PHASE/seconds.txt              those runs' wall time
+  PHASE/gwa-metrics.txt          (--policies) gateway A's /metrics after the phase
 """
 
 import json
@@ -168,6 +174,8 @@ def collect(raw, meta):
                 "rounds": iperf,
             }
         res["proxy_cpu"] = proxy_cpu(pdir, meta.get("clk_tck", 100))
+        if meta.get("mode") == "policies":
+            res["gateway_a_policy_counters"] = policy_counters(os.path.join(pdir, "gwa-metrics.txt"))
         phases[pname] = res
     return phases
 
@@ -203,6 +211,31 @@ def proxy_cpu(pdir, clk_tck):
     except (OSError, ValueError):
         wall = None
     return {"cpu_seconds": used, "wall_seconds": wall} if used else None
+
+
+def policy_counters(path):
+    """Gateway A's request-policy counters (xdpmesh_route_*_total series, summed per family),
+    or None when its /metrics text was not saved. A family with no series counted nothing."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return None
+    if "xdpmesh_" not in text:
+        return None
+    out = {"series": []}
+    for fam in ("xdpmesh_route_retries_total", "xdpmesh_route_retries_skipped_total",
+                "xdpmesh_route_faults_total", "xdpmesh_route_rate_limited_total"):
+        total = 0
+        for line in text.splitlines():
+            if line.startswith(fam + "{") or line.startswith(fam + " "):
+                out["series"].append(line)
+                try:
+                    total += int(float(line.rsplit(" ", 1)[1]))
+                except ValueError:
+                    pass
+        out[fam] = total
+    return out
 
 
 def role(phase, r):
@@ -315,6 +348,71 @@ def print_tables(summary):
     print_machine(summary)
 
 
+def spread(xs, nd=0):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    return "%s-%s" % (fmt(min(xs), nd), fmt(max(xs), nd))
+
+
+def print_policies(summary):
+    """--policies: per backend, each path against plain (ratio = path / plain)."""
+    meta = summary["meta"]
+    for pname, ph in summary["phases"].items():
+        t = ph["targets"]
+        base = role(ph, "plain")
+        print("\n== backend %s: %s" % (pname, ph["about"]))
+        print("   plain = http://10.10.1.1/ (route web, no policy); retries = http://10.10.1.1/retry/ (route")
+        print("   web-retry, retries at their defaults); plain-again = plain once more (A/A control)")
+        print("\nHTTP keep-alive GET latency (xdpmesh-bench, %s connections, open loop), µs; x = ratio to plain"
+              % meta["http_connections"])
+        print("  %-12s %7s %9s %8s %8s %8s %7s %7s %7s" % ("path", "rate", "achieved", "p50", "p99", "p99.9", "p50 x", "p99 x", "errors"))
+        for rate in meta["rates"]:
+            k = str(rate)
+            b = t.get(base, {}).get("http", {}).get(k)
+            for name, tt in t.items():
+                r = tt.get("http", {}).get(k)
+                if not r:
+                    print("  %-12s %7s  (no result)" % (name, rate))
+                    continue
+                ok = r["ok"] > 0 and b and b["ok"] > 0
+                x50 = ratio(r["p50_us"], b["p50_us"]) if ok and name != base else None
+                x99 = ratio(r["p99_us"], b["p99_us"]) if ok and name != base else None
+                flag = " *" if r.get("warning") else ""
+                print(
+                    "  %-12s %7s %9s %8s %8s %8s %7s %7s %7s%s"
+                    % (name, rate, fmt(r["achieved_rate"], 0), fmt(r["p50_us"]), fmt(r["p99_us"]),
+                       fmt(r["p999_us"]), fmt(x50, 3), fmt(x99, 3), sum(r["errors"].values()), flag)
+                )
+        bw = t.get(base, {}).get("wrk", {})
+        print("\nHTTP req/s, wrk -t1 -c32 (closed loop), %s rounds of %s s per path, interleaved: mean"
+              % (meta["rounds"], meta["wrk_seconds_per_round"]))
+        print("of the rounds, and the rounds' range; x = ratio to plain")
+        print("  %-12s %9s %15s %7s %8s %15s %7s %8s %7s" % ("path", "req/s", "rounds", "x", "p99 µs", "rounds", "x", "p50 µs", "non-2xx"))
+        for name, tt in t.items():
+            w = tt.get("wrk", {})
+            rounds = w.get("rounds", [])
+            print(
+                "  %-12s %9s %15s %7s %8s %15s %7s %8s %7s"
+                % (name, fmt(w.get("req_per_s"), 0), spread([x["req_per_s"] for x in rounds]),
+                   fmt(ratio(w.get("req_per_s"), bw.get("req_per_s")), 3) if name != base else "",
+                   fmt(w.get("p99_us")), spread([x["p99_us"] for x in rounds], 1),
+                   fmt(ratio(w.get("p99_us"), bw.get("p99_us")), 3) if name != base else "",
+                   fmt(w.get("p50_us")), sum(x["non_2xx"] for x in rounds))
+            )
+        c = ph.get("gateway_a_policy_counters")
+        if c is None:
+            print("\ngateway A's policy counters: not read (its /metrics did not answer)")
+        else:
+            print("\ngateway A's policy counters after the backend's runs: retries %d, retries skipped %d,"
+                  " faults %d, rate-limited %d" % (c["xdpmesh_route_retries_total"], c["xdpmesh_route_retries_skipped_total"],
+                                                   c["xdpmesh_route_faults_total"], c["xdpmesh_route_rate_limited_total"]))
+    print("\n'*' = the harness warned (rate not carried: see JSON); 'max' asks %s req/s, so its" % meta["max_rate_asked"])
+    print("percentiles include the queueing and its achieved rate is the ceiling (of the path or the harness).")
+    print("plain-again/plain is what two identical targets differ by in this run: the noise.")
+    print_machine(summary)
+
+
 def print_proxy_cpu(summary):
     rows = [(p, ph["proxy_cpu"]) for p, ph in summary["phases"].items() if ph.get("proxy_cpu")]
     if not rows:
@@ -405,6 +503,15 @@ def goals(summary):
     return out
 
 
+def report(summary):
+    """Print the tables (and recompute the goals) of the summary's mode."""
+    if summary["meta"].get("mode") == "policies":
+        print_policies(summary)
+        return
+    summary["goals"] = goals(summary)
+    print_tables(summary)
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: report.py RAW_DIR|SUMMARY.json OUT_JSON")
@@ -413,8 +520,7 @@ def main():
         # A saved summary: print its tables again (and recompute the goals) without the raw files.
         with open(raw, encoding="utf-8") as f:
             summary = json.load(f)
-        summary["goals"] = goals(summary)
-        print_tables(summary)
+        report(summary)
         with open(out, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, ensure_ascii=False)
             f.write("\n")
@@ -429,8 +535,7 @@ def main():
         "load_average_1m": load_stats(os.path.join(raw, "load.txt")),
         "phases": collect(raw, meta),
     }
-    summary["goals"] = goals(summary)
-    print_tables(summary)
+    report(summary)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, ensure_ascii=False)
         f.write("\n")
