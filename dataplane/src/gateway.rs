@@ -677,7 +677,7 @@ pub fn render_policy_stats(stats: &mesh::policy::PolicyStats, out: &mut String) 
     let all = stats.snapshot();
     /// A decision's label (key and value), when it belongs to the family.
     type Pick = fn(&Decision) -> Option<(&'static str, &'static str)>;
-    let families: [(&str, &str, Pick); 4] = [
+    let families: [(&str, &str, Pick); 7] = [
         (
             "xdpmesh_route_retries_total",
             "Requests tried again by a route's retries, by reason (connect_failure, reset, timeout, status).",
@@ -707,6 +707,30 @@ pub fn render_policy_stats(stats: &mesh::policy::PolicyStats, out: &mut String) 
             "Requests a route's rate limit answered 429.",
             |d| match d {
                 Decision::RateLimited => Some(("", "")),
+                _ => None,
+            },
+        ),
+        (
+            "xdpmesh_route_mirrored_total",
+            "Copies of requests a route's mirror sent to its mirror service.",
+            |d| match d {
+                Decision::Mirrored => Some(("", "")),
+                _ => None,
+            },
+        ),
+        (
+            "xdpmesh_route_mirrors_skipped_total",
+            "Copies a route's mirror wanted but did not send, by why (body: over 64 KiB, upgrade, overflow: 1,024 in flight on the worker, no_endpoint).",
+            |d| match d {
+                Decision::MirrorSkipped(r) => Some(("reason", r)),
+                _ => None,
+            },
+        ),
+        (
+            "xdpmesh_route_mirror_failures_total",
+            "Copies that got no whole response from the mirror service (connect failure, reset, bad response, the route's request timeout).",
+            |d| match d {
+                Decision::MirrorFailed => Some(("", "")),
                 _ => None,
             },
         ),

@@ -8,7 +8,9 @@
 //! retry budget holds upstream requests to (1 + ratio) × client requests + min_per_second × time;
 //! a 10 % abort gives 10 ± 2 % injected 503s that no server saw; a 100 ms delay on 60 % of the
 //! requests carrying a header moves their p50 by ~100 ms and not their p25, and leaves other
-//! requests alone; a 500/s rate limit (burst 100) offered 1,000/s for 10 s accepts 500/s ± 5 %
+//! requests alone (on 50 %: half are held, the p25 stays and the p75 moves); a mirror sends
+//! one copy of each request to its shadow service, whose 503s never reach a client, and a
+//! shadow with nothing listening costs the clients nothing; a 500/s rate limit (burst 100) offered 1,000/s for 10 s accepts 500/s ± 5 %
 //! and answers 429 to the rest; a reload that turns retries off and on under load changes the
 //! responses (`x-xdpmesh-attempts`) with no failed request. Needs root; under CI=true it must
 //! run. The rig's namespaces are fixed: one test, one backend after the other.
@@ -65,6 +67,8 @@ impl Drop for RigGuard {
 }
 
 const PORTS: [u16; 3] = [8101, 8102, 8103];
+/// The mirror service's one endpoint (service `polshadow`), served beside the three.
+const SHADOW_PORT: u16 = 8104;
 const OK_MODE: u8 = 0;
 /// Every tenth request: 3 of them answer 503 (30 %).
 const FLAKY: u8 = 1;
@@ -79,22 +83,24 @@ struct Endpoint {
     failed: AtomicU64,
     /// Requests per path prefix: /abort and /delay.
     aborts_path: AtomicU64,
+    /// Requests whose Host ends in `-shadow` (a mirror's copies).
+    shadow_host: AtomicU64,
 }
 
 /// The three endpoints in xm-srv, each an HTTP/1.1 keep-alive server answering `200 ok` (or
-/// 503 by its mode). Stopped on drop.
+/// 503 by its mode), and the mirror service's (the fourth). Stopped on drop.
 struct Servers {
-    eps: Arc<[Endpoint; 3]>,
+    eps: Arc<[Endpoint; 4]>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Servers {
     fn start(srv: &NetNs) -> Servers {
-        let eps: Arc<[Endpoint; 3]> = Arc::new(Default::default());
+        let eps: Arc<[Endpoint; 4]> = Arc::new(Default::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (i, port) in PORTS.iter().enumerate() {
+        for (i, port) in PORTS.iter().chain([&SHADOW_PORT]).enumerate() {
             let l = srv.run(|| TcpListener::bind(("10.10.3.2", *port)).expect("bind"));
             l.set_nonblocking(true).unwrap();
             let (eps, stop) = (eps.clone(), stop.clone());
@@ -117,15 +123,20 @@ impl Servers {
         Servers { eps, stop, threads }
     }
 
+    /// Requests the three endpoints of `pol` saw.
     fn total(&self) -> u64 {
-        self.eps
-            .iter()
-            .map(|e| e.requests.load(Ordering::SeqCst))
-            .sum()
+        self.sum(|e| &e.requests)
     }
 
     fn sum(&self, f: impl Fn(&Endpoint) -> &AtomicU64) -> u64 {
-        self.eps.iter().map(|e| f(e).load(Ordering::SeqCst)).sum()
+        self.eps[..PORTS.len()]
+            .iter()
+            .map(|e| f(e).load(Ordering::SeqCst))
+            .sum()
+    }
+
+    fn shadow(&self) -> &Endpoint {
+        &self.eps[PORTS.len()]
     }
 
     fn set(&self, modes: [u8; 3]) {
@@ -172,6 +183,9 @@ fn serve(c: TcpStream, ep: &Endpoint, stop: &AtomicBool) {
             if let Some((k, v)) = l.split_once(':') {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse().unwrap_or(0);
+                }
+                if k.eq_ignore_ascii_case("host") && v.trim().ends_with("-shadow") {
+                    ep.shadow_host.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }
@@ -437,11 +451,39 @@ match = {{ path = {{ prefix = "/delay" }} }}
 fault = {{ delay = {{ percent = 60.0, duration = "100ms" }}, headers = {{ x-chaos = "on" }} }}
 
 [[route]]
+name = "delay50"
+service = "pol"
+match = {{ path = {{ prefix = "/half-delay" }} }}
+fault = {{ delay = {{ percent = 50.0, duration = "100ms" }} }}
+
+[[route]]
 name = "limit"
 service = "pol"
 match = {{ path = {{ prefix = "/limit" }} }}
 rate_limit = {{ requests_per_second = 500, burst = 100 }}
+
+[[service]]
+name = "polshadow"
+endpoints = [{{ address = "10.10.3.2:{shadow}", via = "gw-b" }}]
+
+# Nothing listens there: B answers each copy 503.
+[[service]]
+name = "polgone"
+endpoints = [{{ address = "10.10.3.2:8109", via = "gw-b" }}]
+
+[[route]]
+name = "mirror"
+service = "pol"
+match = {{ path = {{ prefix = "/mirror" }} }}
+mirror = {{ service = "polshadow" }}
+
+[[route]]
+name = "mirror-gone"
+service = "pol"
+match = {{ path = {{ prefix = "/gone" }} }}
+mirror = {{ service = "polgone" }}
 "#,
+        shadow = SHADOW_PORT,
         base = include_str!("../../scripts/rig/gwa-tables.toml"),
         eps = endpoints(true),
     )
@@ -449,10 +491,16 @@ rate_limit = {{ requests_per_second = 500, burst = 100 }}
 
 fn b_tables() -> String {
     let mut t = include_str!("../../scripts/rig/gwb-tables.toml").to_owned();
-    for svc in ["pol", "polb"] {
+    let shadow = format!("[{{ address = \"10.10.3.2:{SHADOW_PORT}\" }}]");
+    let gone = "[{ address = \"10.10.3.2:8109\" }]".to_owned();
+    for (svc, eps) in [
+        ("pol", endpoints(false)),
+        ("polb", endpoints(false)),
+        ("polshadow", shadow),
+        ("polgone", gone),
+    ] {
         t.push_str(&format!(
-            "\n[[service]]\nname = \"{svc}\"\nendpoints = {}\n\n[[authorization]]\nservice = \"{svc}\"\nallow = [\"spiffe://rig.mesh/sa/client\"]\n",
-            endpoints(false)
+            "\n[[service]]\nname = \"{svc}\"\nendpoints = {eps}\n\n[[authorization]]\nservice = \"{svc}\"\nallow = [\"spiffe://rig.mesh/sa/client\"]\n",
         ));
     }
     t
@@ -603,6 +651,103 @@ fn run_backend(backend: &str, work: &Path) {
         "p50 did not move by ~100 ms: {p50:?} → {c50:?}"
     );
     assert!(c50 < p50 + Duration::from_millis(200), "{p50:?} → {c50:?}");
+    // And at the issue's 50 %: half are held (the counter), the p25 stays, the p75 moves by
+    // ~100 ms; the p50 sits on the edge between the two groups.
+    let before = metric(&gwa, "xdpmesh_route_faults_total", "route=\"delay50\"");
+    let half = load(
+        &cli,
+        100,
+        4.0,
+        10,
+        b"GET /half-delay HTTP/1.1\r\nHost: pol.rig.mesh\r\n\r\n",
+    );
+    let held = metric(&gwa, "xdpmesh_route_faults_total", "route=\"delay50\"") - before;
+    let (h25, h50, h75) = (
+        percentile(&half, 0.25),
+        percentile(&half, 0.5),
+        percentile(&half, 0.75),
+    );
+    let p75 = percentile(&plain, 0.75);
+    println!(
+        "delay 50 %: {held} of {} held; p25 {h25:?} p50 {h50:?} p75 {h75:?} (untouched p75 {p75:?})",
+        half.len()
+    );
+    assert_eq!(count(&half, 200), half.len());
+    let share = held as f64 / half.len() as f64;
+    assert!(
+        (0.42..=0.58).contains(&share),
+        "{held} of {} held",
+        half.len()
+    );
+    assert!(
+        h25 < p25 + Duration::from_millis(40),
+        "p25 moved: {p25:?} → {h25:?}"
+    );
+    assert!(
+        h75 >= p75 + Duration::from_millis(60) && h75 < p75 + Duration::from_millis(200),
+        "p75 did not move by ~100 ms: {p75:?} → {h75:?}"
+    );
+
+    // Mirror: every request's copy reaches the shadow (Host suffixed -shadow), whose 503s
+    // never reach a client; a mirror service with nothing listening costs the clients nothing.
+    servers.shadow().mode.store(DOWN, Ordering::SeqCst);
+    let counter = |name| metric(&gwa, name, "route=\"mirror\"");
+    let (m0, f0, s0) = (
+        counter("xdpmesh_route_mirrored_total"),
+        counter("xdpmesh_route_mirror_failures_total"),
+        servers.shadow().requests.load(Ordering::SeqCst),
+    );
+    let seen = load(
+        &cli,
+        200,
+        5.0,
+        10,
+        b"GET /mirror HTTP/1.1\r\nHost: pol.rig.mesh\r\n\r\n",
+    );
+    let n = seen.len() as u64;
+    let copies = wait_for(Duration::from_secs(10), || {
+        let got = servers.shadow().requests.load(Ordering::SeqCst) - s0;
+        (got >= n).then_some(got)
+    });
+    let mirrored = counter("xdpmesh_route_mirrored_total") - m0;
+    println!(
+        "mirror: {} of {n} ok; the shadow saw {copies:?} copies; A counted {mirrored} mirrored, {} failed",
+        count(&seen, 200),
+        counter("xdpmesh_route_mirror_failures_total") - f0
+    );
+    assert_eq!(
+        count(&seen, 200) as u64,
+        n,
+        "the shadow's 503s reached a client"
+    );
+    assert_eq!(copies, Some(n), "one copy per request");
+    assert_eq!(mirrored, n);
+    assert_eq!(
+        servers.shadow().shadow_host.load(Ordering::SeqCst) - s0,
+        n,
+        "each copy's Host ends in -shadow"
+    );
+    assert_eq!(counter("xdpmesh_route_mirror_failures_total"), f0);
+    let seen = load(
+        &cli,
+        200,
+        3.0,
+        10,
+        b"GET /gone HTTP/1.1\r\nHost: pol.rig.mesh\r\n\r\n",
+    );
+    assert_eq!(
+        count(&seen, 200),
+        seen.len(),
+        "a dead shadow failed a client"
+    );
+    assert_eq!(
+        metric(
+            &gwa,
+            "xdpmesh_route_mirrored_total",
+            "route=\"mirror-gone\""
+        ),
+        seen.len() as u64
+    );
 
     // Rate limit 500/s, burst 100, offered 1,000/s for 10 s.
     let t = Instant::now();

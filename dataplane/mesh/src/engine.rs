@@ -31,6 +31,7 @@ use super::admission::{Admission, Overflow, Ticket};
 use super::http::{self, BodyFramer, HttpError, RequestHead};
 use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
+use super::mirror::{self, Mirror, MirrorError, Pending};
 use super::net::{Net, NetEvent};
 use super::policy::{self, Buckets, Budget, Decision, PolicyStats};
 use control::schema::Protocol;
@@ -470,6 +471,8 @@ impl ProxyStats {
 enum Side {
     Down,
     Up,
+    /// A mirror's upstream (the slot is in `Engine::mirrors`, not `sessions`).
+    Mirror,
 }
 
 /// What a session is, with the state of that kind. An inbound mesh session starts as
@@ -592,6 +595,9 @@ struct HttpState {
     /// the wait of a rate limit.
     answer_status: u16,
     retry_after: Duration,
+    /// The copy of the request in flight for the route's mirror, sent once the request is
+    /// whole.
+    mirror: Option<Box<Pending>>,
 }
 
 struct Session<C> {
@@ -715,6 +721,12 @@ pub struct Engine<C> {
     policy_stats: Arc<PolicyStats>,
     /// Workers that share each rate limit and retry budget floor (this engine keeps 1/n).
     share: u32,
+    /// Copies of requests in flight to mirror services (see [`mirror`]), their free slots,
+    /// those with events, and their deadlines (deadline, slot, epoch).
+    mirrors: Vec<Option<Mirror<C>>>,
+    mirror_free: Vec<usize>,
+    mirror_dirty: Vec<usize>,
+    mirror_timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
 }
 
 /// Sessions one engine (one worker) holds at most; one more is reset at accept and counted
@@ -749,6 +761,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             budgets_gen: 0,
             policy_stats: Arc::new(PolicyStats::default()),
             share: 1,
+            mirrors: Vec::new(),
+            mirror_free: Vec::new(),
+            mirror_dirty: Vec::new(),
+            mirror_timers: BinaryHeap::new(),
         }
     }
 
@@ -830,12 +846,28 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// The earliest instant at which [`Engine::handle_timeout`] has work: sleep no longer
     /// than this (nor than the transport's own timers).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
+        let first = |h: &BinaryHeap<Reverse<(Instant, usize, u64)>>| h.peek().map(|r| r.0 .0);
+        match (first(&self.timers), first(&self.mirror_timers)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Expires what is due at `now`: call it when [`Engine::poll_timeout`] has passed (an
     /// early call does nothing), then `progress`.
     pub fn handle_timeout<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
+        while let Some(&Reverse((t, slot, epoch))) = self.mirror_timers.peek() {
+            if t > now {
+                break;
+            }
+            self.mirror_timers.pop();
+            if self.mirrors[slot]
+                .as_ref()
+                .is_some_and(|m| m.epoch == epoch)
+            {
+                self.end_mirror(net, now, slot, Err(MirrorError::TimedOut));
+            }
+        }
         while let Some(&Reverse((t, sid, epoch))) = self.timers.peek() {
             if t > now {
                 break;
@@ -991,6 +1023,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
             }
         }
+        for slot in 0..self.mirrors.len() {
+            if self.mirrors[slot].is_some() {
+                self.end_mirror(net, now, slot, Err(MirrorError::Stopped));
+            }
+        }
         self.by_conn.clear();
         self.free = (0..self.sessions.len()).collect();
         self.stats.sessions = 0;
@@ -1009,6 +1046,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let Some(&(sid, side)) = self.by_conn.get(&c) else {
                     return false;
                 };
+                if side == Side::Mirror {
+                    if let Some(m) = self.mirrors[sid].as_mut() {
+                        m.up.connected = true;
+                    }
+                    self.mirror_dirty.push(sid);
+                    return true;
+                }
                 if let Some(s) = self.sessions[sid].as_mut() {
                     if side == Side::Up {
                         if let Some(up) = s.up.as_mut().filter(|u| u.conn == c) {
@@ -1020,16 +1064,25 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 true
             }
             NetEvent::Readable(c) | NetEvent::Writable(c) => {
-                let Some(&(sid, _)) = self.by_conn.get(&c) else {
+                let Some(&(sid, side)) = self.by_conn.get(&c) else {
                     return false;
                 };
-                self.dirty.push(sid);
+                if side == Side::Mirror {
+                    self.mirror_dirty.push(sid);
+                } else {
+                    self.dirty.push(sid);
+                }
                 true
             }
             NetEvent::Closed(c) | NetEvent::Reset(c) => {
                 let Some((sid, side)) = self.by_conn.remove(&c) else {
                     return false;
                 };
+                if side == Side::Mirror {
+                    let e = MirrorError::Leg(LegError::Reset);
+                    self.end_mirror(net, now, sid, Err(e));
+                    return true;
+                }
                 let reset = matches!(ev, NetEvent::Reset(_));
                 if let Some(mut s) = self.sessions[sid].take() {
                     if reset && !s.closed {
@@ -1767,6 +1820,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 self.maybe_release(sid);
             }
         }
+        // Copies launched just now included.
+        self.progress_mirrors(net, now);
     }
 
     /// A step failed: an upstream failure ends the attempt (which decides between a retry,
@@ -2220,6 +2275,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                                 h.retry_copy = None;
                             }
                         }
+                        if let Some(m) = h.mirror.as_mut() {
+                            if !m.keep(&s.d_in[..a.body_bytes]) {
+                                self.policy_stats
+                                    .count(&m.label, Decision::MirrorSkipped("body"));
+                                h.mirror = None;
+                            }
+                        }
                         s.to_up.extend(s.d_in.drain(..a.body_bytes));
                         moved = true;
                         if let Some(r) = h.record.as_mut() {
@@ -2233,6 +2295,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             h.request_deadline = Some(now + h.request_timeout);
                         }
                         moved = true;
+                        self.launch_mirror(net, now, s);
                     } else if s.down_eof && s.d_in.is_empty() {
                         // The client stopped mid-body: nothing good can follow.
                         return Err(StepError::Refused(Refusal::BadRequest));
@@ -2242,6 +2305,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
         }
         // Response side.
+        let h = s.kind.http_mut().expect("an HTTP session");
         // A head is parsed only while the client's buffer has room: interim responses a
         // client does not read must not grow it.
         if h.resp == RespPhase::Head && s.to_down.len() < BUF {
@@ -2610,6 +2674,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         h.body_stall = limits.body_stall;
         let head_at = s.to_up.len();
         http::write_forwarded_request(head, &target.forward, &mut s.to_up, &[]);
+        h.mirror = policy
+            .as_ref()
+            .and_then(|(p, l)| self.plan_mirror(p, l, head, &target.forward, limits.request));
         h.service = svc;
         // The head is kept whole (it is bounded by the head limit); `buffer` bounds the body.
         h.retry_copy = match &policy {
@@ -2649,6 +2716,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             h.request_deadline = Some(now + limits.request);
         }
         h.resp = RespPhase::Head;
+        if h.req == ReqPhase::Sent {
+            self.launch_mirror(net, now, s);
+        }
         Ok(())
     }
 
@@ -2702,6 +2772,150 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
         }
         Ok(None)
+    }
+
+    /// Whether the request just routed gets a copy for its route's `mirror`: the copy's head,
+    /// to which the body is added as it passes (see [`mirror`]).
+    fn plan_mirror(
+        &mut self,
+        p: &RoutePolicy,
+        label: &Arc<str>,
+        head: &RequestHead,
+        forward: &str,
+        timeout: Duration,
+    ) -> Option<Box<Pending>> {
+        let m = p.mirror.as_ref()?;
+        if self.rng.gen::<f64>() * 100.0 >= m.percent {
+            return None;
+        }
+        let skip = if head.upgrade.is_some() {
+            Some("upgrade")
+        } else if matches!(head.body, http::BodyKind::Length(n) if n > mirror::MIRROR_BODY_CAP as u64)
+        {
+            Some("body")
+        } else {
+            None
+        };
+        if let Some(why) = skip {
+            self.policy_stats.count(label, Decision::MirrorSkipped(why));
+            return None;
+        }
+        let mut bytes = Vec::new();
+        mirror::copy_head(head, forward, &mut bytes);
+        Some(Box::new(Pending {
+            label: label.clone(),
+            service: m.service,
+            head_len: bytes.len(),
+            bytes,
+            timeout,
+            head_request: head.method == "HEAD",
+        }))
+    }
+
+    /// The request is whole: sends its copy, if it has one, to an endpoint of the mirror
+    /// service picked by that service's balancer.
+    fn launch_mirror<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant, s: &mut Session<C>) {
+        let Some(p) = s.kind.http_mut().and_then(|h| h.mirror.take()) else {
+            return;
+        };
+        if self.mirrors.len() - self.mirror_free.len() >= mirror::MAX_MIRRORS {
+            self.policy_stats
+                .count(&p.label, Decision::MirrorSkipped("overflow"));
+            return;
+        }
+        let snap = s.snap.clone();
+        let n = snap
+            .services
+            .get(p.service as usize)
+            .map_or(0, |svc| svc.endpoints.len() as u32);
+        let candidates: Vec<u32> = (0..n).collect();
+        let at = now_duration(now);
+        let Some(ep) = self
+            .balancer(&snap, p.service)
+            .and_then(|b| b.pick(&candidates, None, at))
+        else {
+            self.policy_stats
+                .count(&p.label, Decision::MirrorSkipped("no_endpoint"));
+            return;
+        };
+        self.policy_stats.count(&p.label, Decision::Mirrored);
+        let (leg, preamble) =
+            match self.open_upstream(net, now, &snap, (p.service, ep), s.client, true) {
+                Ok(x) => x,
+                Err(_) => {
+                    self.policy_stats.count(&p.label, Decision::MirrorFailed);
+                    return;
+                }
+            };
+        if let Some(b) = self.balancers.get_mut(&p.service) {
+            b.start(ep);
+        }
+        let mut out = preamble.unwrap_or_default();
+        out.extend_from_slice(&p.bytes);
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let m = Mirror::new(leg, out, &p, now, (p.service, ep, self.balancer_gen), epoch);
+        let slot = match self.mirror_free.pop() {
+            Some(i) => i,
+            None => {
+                self.mirrors.push(None);
+                self.mirrors.len() - 1
+            }
+        };
+        self.by_conn.insert(m.up.conn, (slot, Side::Mirror));
+        self.mirror_timers.push(Reverse((m.deadline, slot, epoch)));
+        self.mirrors[slot] = Some(m);
+        self.mirror_dirty.push(slot);
+    }
+
+    /// Moves bytes on every mirror that had an event.
+    fn progress_mirrors<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
+        while let Some(slot) = self.mirror_dirty.pop() {
+            let Some(m) = self.mirrors.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            match m.step(net, &mut self.buf, &mut self.scratch) {
+                Ok(false) => {}
+                Ok(true) => self.end_mirror(net, now, slot, Ok(())),
+                Err(e) => self.end_mirror(net, now, slot, Err(e)),
+            }
+        }
+    }
+
+    /// The one place a mirror ends: its balancer's bookkeeping, the counter, the connection.
+    fn end_mirror<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        slot: usize,
+        result: Result<(), MirrorError>,
+    ) {
+        let Some(mut m) = self.mirrors.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.mirror_free.push(slot);
+        let (svc, ep, gen) = m.lb;
+        if gen == self.balancer_gen {
+            if let Some(b) = self.balancers.get_mut(&svc) {
+                let at = now_duration(now);
+                match &result {
+                    Ok(()) => b.finish(ep, now.saturating_duration_since(m.started), at),
+                    Err(MirrorError::Stopped) => b.cancel(ep),
+                    Err(_) => b.fail(ep, at),
+                }
+            }
+        }
+        if !matches!(result, Ok(()) | Err(MirrorError::Stopped)) {
+            self.policy_stats.count(&m.label, Decision::MirrorFailed);
+        }
+        if self.by_conn.remove(&m.up.conn).is_some() {
+            if result.is_ok() {
+                let _ = m.up.finish(net);
+                net.close(now, m.up.conn);
+            } else {
+                net.abort(m.up.conn);
+            }
+        }
     }
 
     /// Lets go of the session's upstream connection (graceful close).
@@ -2793,6 +3007,7 @@ impl HttpState {
             route_label: None,
             service: 0,
             retry_copy: None,
+            mirror: None,
             retry_head_len: 0,
             pending_retry: None,
             held: None,

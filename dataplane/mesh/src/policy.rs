@@ -171,6 +171,12 @@ pub enum Decision {
     RetrySkipped(&'static str),
     Fault(&'static str),
     RateLimited,
+    /// A copy of the request went to the route's mirror service.
+    Mirrored,
+    /// A copy the route's mirror wanted but did not send, by why.
+    MirrorSkipped(&'static str),
+    /// A copy that got no whole response (connect failure, reset, timeout, bad response).
+    MirrorFailed,
 }
 
 /// Per-route counters of policy decisions, shared by every worker's engine. Touched only
