@@ -163,6 +163,10 @@ pub struct Peer {
     pub address: Sp<String>,
     /// The SPIFFE ID its certificate must carry.
     pub identity: Sp<String>,
+    /// Idle mTLS hops to this peer that each worker keeps open, ready for requests (warm-up).
+    /// 0 to 1,000; default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_idle: Option<Sp<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -349,6 +353,20 @@ pub struct Service {
     /// defaults shown there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<Sp<RetryBudget>>,
+    /// Caps on connections and requests to this service (see [`CircuitBreaker`]); default:
+    /// the defaults shown there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<Sp<CircuitBreaker>>,
+    /// Passive outlier detection (see [`Outlier`]); default: on, with the defaults shown there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<Sp<Outlier>>,
+    /// Active health checks (see [`HealthCheck`]); default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<Sp<HealthCheck>>,
+    /// Idle upstream connections kept for reuse (see [`Pool`]); default: the defaults shown
+    /// there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Sp<Pool>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -591,6 +609,117 @@ pub struct RetryBudget {
     pub min_per_second: Option<Sp<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Sp<String>>,
+}
+
+/// `circuit_breaker = { max_connections = 1024, max_pending = 256, max_requests = 1024 }` on a
+/// `[[service]]` (defaults shown, every key optional, each 1 to 1,000,000): upstream
+/// connections open to the service's endpoints (in use or idle in the pool), requests waiting
+/// for a connection, and requests in flight. Beyond any of them a request gets 503 at once.
+/// Counted per worker, like the rate limit.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Any integer decodes, so that one out of range gets the range in its error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<Sp<i64>>,
+}
+
+/// `outlier = { ... }` on a `[[service]]`: passive outlier detection from the outcomes of
+/// requests' attempts, kept per worker. On by default with these values (every key optional):
+///
+/// | key | default | range | |
+/// |---|---|---|---|
+/// | `enabled` | `true` | | `false` turns outlier detection off (then no other key) |
+/// | `consecutive_failures` | 5 | 0 to 1,000,000 | failures in a row that eject an endpoint; 0: this rule is off |
+/// | `interval` | `"10s"` | 1 ms to 7 days | how often success rates are judged, over what window |
+/// | `base_ejection` | `"30s"` | 1 ms to 7 days | the first ejection's length; the n-th lasts n times as long |
+/// | `max_ejected_percent` | 50 | 0 to 100 | at most this share of the service's endpoints ejected at once |
+/// | `panic_threshold` | 50 | 0 to 100 | below this share of healthy endpoints, balance over all |
+/// | `success_rate_min_requests` | 100 | 0 to 1,000,000 | requests in an interval for an endpoint's success rate to be judged; 0: success-rate ejection is off |
+/// | `success_rate_stdev_factor` | 1.9 | above 0, finite | eject an endpoint whose rate is this many standard deviations below the mean |
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outlier {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<Sp<bool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_min_requests: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_stdev_factor: Option<Sp<f64>>,
+}
+
+/// `health_check = { http = { path = "/healthz", expect = [200] }, interval = "5s",
+/// timeout = "1s", unhealthy = 3, healthy = 2 }` on a `[[service]]`, or `tcp = true` in place
+/// of `http`: active probes of the service's endpoints, run by the gateway that owns them (for
+/// endpoints without `via`). Off without the table. Exactly one of `http` (a `GET path`
+/// answered with a status in `expect`; `path` required, an origin-form target of at most
+/// 1024 bytes; `expect` default `[200]`, statuses 100 to 599) and `tcp = true` (the handshake
+/// completes). The rest optional with the defaults shown: `interval` and `timeout` durations
+/// (1 ms to 7 days, `timeout` shorter than `interval`); `unhealthy` failed probes in a row make
+/// an endpoint unhealthy, `healthy` good ones make it healthy again (each 1 to 100).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Sp<HttpCheck>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Sp<bool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<Sp<i64>>,
+}
+
+/// `http = { path = "/healthz", expect = [200] }` in a `health_check`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    /// The request target: starts with `/`; letters, digits and the other characters of RFC
+    /// 3986 (`%` only as an escape); at most 1024 bytes. Required (checked by validation, so
+    /// that a missing path is one error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<Sp<String>>,
+    /// The statuses that mean healthy, 100 to 599. Default: `[200]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Vec<Sp<i64>>>,
+}
+
+/// `pool = { max_idle_per_endpoint = 64, idle_timeout = "60s", max_requests = 10000,
+/// max_lifetime = "10m" }` on a `[[service]]` (defaults shown, every key optional): idle
+/// upstream connections kept per worker, per endpoint and identity, and shared by the
+/// worker's client connections. `max_idle_per_endpoint` 0 to 10,000 (0: no pooling);
+/// `idle_timeout`: an idle connection unused this long is closed; `max_requests` (1 to
+/// 10,000,000) per connection, then it is closed; `max_lifetime`: an older connection is not
+/// reused. Durations from 1 ms to 7 days.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_endpoint: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<Sp<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<Sp<String>>,
 }
 
 /// `timeouts = { ... }` on a `[[route]]`: the listener's values for the requests it routes.

@@ -287,6 +287,10 @@ impl Builder {
                 rate_limit: None,
                 mirror: None,
                 retry_budget: None,
+                circuit_breaker: None,
+                outlier: None,
+                health_check: None,
+                pool: None,
             }));
         }
     }

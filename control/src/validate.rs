@@ -17,9 +17,10 @@ use crate::de::Sp;
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::schema::{self, HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
 use crate::snapshot::{
-    AuthzRule, BackendRt, EndpointRt, FaultRt, HashKey, HeaderMatcher, IdSet, IdentityRt,
-    KeepaliveRt, ListenerRt, MirrorRt, PathMatcher, PeerRt, RateLimitRt, RetryBudgetRt, RetryRt,
-    RoutePolicy, RouteRt, ServiceId, ServiceRt, Snapshot, Timeouts, DEFAULT_MAX_CONNECTIONS,
+    AuthzRule, BackendRt, CircuitBreakerRt, EndpointRt, FaultRt, HashKey, HeaderMatcher,
+    HealthCheckRt, HealthProbe, IdSet, IdentityRt, KeepaliveRt, ListenerRt, MirrorRt, OutlierRt,
+    PathMatcher, PeerRt, PoolRt, RateLimitRt, RetryBudgetRt, RetryRt, RoutePolicy, RouteRt,
+    ServiceId, ServiceRt, Snapshot, Timeouts, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
 };
 use crate::source::{Source, Span};
@@ -204,12 +205,23 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         }
         let addr = parse_socket(&mut v, &p.address, &format!("{k}.address"));
         let id_ok = check_spiffe_id(&mut v, &p.identity, &format!("{k}.identity"));
-        if let (Some(address), true) = (addr, id_ok) {
+        let min_idle = match &p.min_idle {
+            Some(m) => check_count(
+                &mut v,
+                m,
+                format!("{k}.min_idle"),
+                "idle hops",
+                0..=MIN_IDLE_MAX,
+                "each worker keeps open to this peer, mTLS handshake done (default 0)",
+            ),
+            None => Some(0),
+        };
+        if let (Some(address), true, Some(min_idle)) = (addr, id_ok, min_idle) {
             peers.push(PeerRt {
                 name: p.name.value.clone(),
                 address,
                 identity: p.identity.value.clone(),
-                min_idle: 0,
+                min_idle,
             });
         }
     }
@@ -278,10 +290,10 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             default_route: RouteRt::new(None, 0, None, None, None, Vec::new(), Vec::new()),
             authz: None,
             retry_budget: RetryBudgetRt::default(),
-            circuit_breaker: Default::default(),
-            outlier: Some(Default::default()),
+            circuit_breaker: CircuitBreakerRt::default(),
+            outlier: Some(OutlierRt::default()),
             health_check: None,
-            pool: Default::default(),
+            pool: PoolRt::default(),
         });
     }
     let svc_names: Vec<&str> = tables.services.iter().map(|s| s.name.as_str()).collect();
@@ -421,6 +433,27 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         if let Some(b) = &s.retry_budget {
             if let Some(b) = compile_retry_budget(&mut v, b, &k()) {
                 services[sid as usize].retry_budget = b;
+            }
+        }
+        // Endpoint health: a bad table leaves the default in place (the errors refuse the
+        // tables anyway).
+        let svc = &mut services[sid as usize];
+        if let Some(x) = &s.circuit_breaker {
+            if let Some(x) = compile_circuit_breaker(&mut v, x, &k()) {
+                svc.circuit_breaker = x;
+            }
+        }
+        if let Some(x) = &s.outlier {
+            if let Some(x) = compile_outlier(&mut v, x, &k()) {
+                svc.outlier = x;
+            }
+        }
+        if let Some(x) = &s.health_check {
+            svc.health_check = compile_health_check(&mut v, x, &k());
+        }
+        if let Some(x) = &s.pool {
+            if let Some(x) = compile_pool(&mut v, x, &k()) {
+                svc.pool = x;
             }
         }
         services[sid as usize].default_route.policy =
@@ -1528,6 +1561,497 @@ fn compile_retry_budget(
             None => ok = false,
         }
     }
+    ok.then_some(out)
+}
+
+/// Upper bound of a peer's `min_idle`.
+const MIN_IDLE_MAX: u32 = 1_000;
+/// Upper bound of the `circuit_breaker` caps.
+const CIRCUIT_BREAKER_MAX: u32 = 1_000_000;
+/// Upper bound of `outlier.consecutive_failures` and `outlier.success_rate_min_requests`.
+const OUTLIER_COUNT_MAX: u32 = 1_000_000;
+/// A health check's defaults (its probe has none: `http` or `tcp` is required).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+const HEALTH_UNHEALTHY: u32 = 3;
+const HEALTH_HEALTHY: u32 = 2;
+/// Upper bound of `health_check.unhealthy` and `healthy`.
+const HEALTH_THRESHOLD_MAX: u32 = 100;
+/// Longest `health_check.http.path`, in bytes.
+const HEALTH_PATH_MAX: usize = 1024;
+/// Upper bound of `pool.max_idle_per_endpoint`.
+const POOL_IDLE_MAX: u32 = 10_000;
+/// Upper bound of `pool.max_requests`.
+const POOL_REQUESTS_MAX: u32 = 10_000_000;
+
+/// An integer key within `range`, else `N {unit} is out of range (hint: from A to B {what})`.
+fn check_count(
+    v: &mut V<'_>,
+    n: &Sp<i64>,
+    key: String,
+    unit: &str,
+    range: std::ops::RangeInclusive<u32>,
+    what: &str,
+) -> Option<u32> {
+    match u32::try_from(n.value) {
+        Ok(x) if range.contains(&x) => Some(x),
+        _ => {
+            v.err(&n.span, key, format!("{} {unit} is out of range", n.value))
+                .set_hint(format!(
+                    "from {} to {} {unit} {what}",
+                    range.start(),
+                    range.end()
+                ));
+            None
+        }
+    }
+}
+
+/// Compiles an optional integer key over `slot` with [`check_count`]; false when it is bad.
+fn count_into(
+    v: &mut V<'_>,
+    n: &Option<Sp<i64>>,
+    slot: &mut u32,
+    key: String,
+    unit: &str,
+    range: std::ops::RangeInclusive<u32>,
+    what: &str,
+) -> bool {
+    let Some(n) = n else {
+        return true;
+    };
+    match check_count(v, n, key, unit, range, what) {
+        Some(x) => {
+            *slot = x;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Compiles an optional duration key over `slot`; false when it is bad.
+fn duration_into(v: &mut V<'_>, d: &Option<Sp<String>>, slot: &mut Duration, key: String) -> bool {
+    let Some(d) = d else {
+        return true;
+    };
+    match check_duration(v, d, &key) {
+        Some(x) => {
+            *slot = x;
+            true
+        }
+        None => false,
+    }
+}
+
+fn compile_circuit_breaker(
+    v: &mut V<'_>,
+    c: &Sp<schema::CircuitBreaker>,
+    k: &str,
+) -> Option<CircuitBreakerRt> {
+    let mut out = CircuitBreakerRt::default();
+    let d = CircuitBreakerRt::default();
+    let keys = [
+        (
+            &c.max_connections,
+            "max_connections",
+            &mut out.max_connections,
+            "connections",
+            format!(
+                "open to the service's endpoints, per worker (default {})",
+                d.max_connections
+            ),
+        ),
+        (
+            &c.max_pending,
+            "max_pending",
+            &mut out.max_pending,
+            "requests",
+            format!(
+                "waiting for a connection, per worker (default {})",
+                d.max_pending
+            ),
+        ),
+        (
+            &c.max_requests,
+            "max_requests",
+            &mut out.max_requests,
+            "requests",
+            format!("in flight, per worker (default {})", d.max_requests),
+        ),
+    ];
+    let mut ok = true;
+    for (val, name, slot, unit, what) in keys {
+        ok &= count_into(
+            v,
+            val,
+            slot,
+            format!("{k}.circuit_breaker.{name}"),
+            unit,
+            1..=CIRCUIT_BREAKER_MAX,
+            &what,
+        );
+    }
+    ok.then_some(out)
+}
+
+/// `outlier`: `Some(None)` for `enabled = false`, `None` when a key is bad (each reported).
+fn compile_outlier(v: &mut V<'_>, o: &Sp<schema::Outlier>, k: &str) -> Option<Option<OutlierRt>> {
+    let key = |name: &str| format!("{k}.outlier.{name}");
+    if o.enabled.as_ref().is_some_and(|e| !e.value) {
+        // Off: every other key would do nothing.
+        let spans = [
+            (
+                "consecutive_failures",
+                o.consecutive_failures.as_ref().map(|x| &x.span),
+            ),
+            ("interval", o.interval.as_ref().map(|x| &x.span)),
+            ("base_ejection", o.base_ejection.as_ref().map(|x| &x.span)),
+            (
+                "max_ejected_percent",
+                o.max_ejected_percent.as_ref().map(|x| &x.span),
+            ),
+            (
+                "panic_threshold",
+                o.panic_threshold.as_ref().map(|x| &x.span),
+            ),
+            (
+                "success_rate_min_requests",
+                o.success_rate_min_requests.as_ref().map(|x| &x.span),
+            ),
+            (
+                "success_rate_stdev_factor",
+                o.success_rate_stdev_factor.as_ref().map(|x| &x.span),
+            ),
+        ];
+        let mut ok = true;
+        for (name, span) in spans {
+            if let Some(span) = span {
+                v.err(
+                    span,
+                    key(name),
+                    format!("{name} does nothing with enabled = false"),
+                )
+                .set_hint("remove it, or remove enabled = false");
+                ok = false;
+            }
+        }
+        return ok.then_some(None);
+    }
+    let mut out = OutlierRt::default();
+    let d = OutlierRt::default();
+    let mut ok = true;
+    ok &= count_into(
+        v,
+        &o.consecutive_failures,
+        &mut out.consecutive_failures,
+        key("consecutive_failures"),
+        "failures",
+        0..=OUTLIER_COUNT_MAX,
+        &format!(
+            "in a row that eject an endpoint; 0: this rule is off (default {})",
+            d.consecutive_failures
+        ),
+    );
+    ok &= duration_into(v, &o.interval, &mut out.interval, key("interval"));
+    ok &= duration_into(
+        v,
+        &o.base_ejection,
+        &mut out.base_ejection,
+        key("base_ejection"),
+    );
+    for (val, name, slot, what) in [
+        (
+            &o.max_ejected_percent,
+            "max_ejected_percent",
+            &mut out.max_ejected_percent,
+            "of the service's endpoints ejected at once",
+        ),
+        (
+            &o.panic_threshold,
+            "panic_threshold",
+            &mut out.panic_threshold,
+            "of healthy endpoints, below which all of them are balanced over",
+        ),
+    ] {
+        let Some(val) = val else {
+            continue;
+        };
+        let what = format!("{what} (default {})", *slot);
+        match check_count(v, val, key(name), "%", 0..=100, &what) {
+            // Within 0..=100.
+            Some(x) => *slot = x as u8,
+            None => ok = false,
+        }
+    }
+    ok &= count_into(
+        v,
+        &o.success_rate_min_requests,
+        &mut out.success_rate_min_requests,
+        key("success_rate_min_requests"),
+        "requests",
+        0..=OUTLIER_COUNT_MAX,
+        &format!(
+            "in an interval for an endpoint's success rate to be judged; 0: success-rate \
+             ejection is off (default {})",
+            d.success_rate_min_requests
+        ),
+    );
+    if let Some(f) = &o.success_rate_stdev_factor {
+        if f.value.is_finite() && f.value > 0.0 {
+            out.success_rate_stdev_factor = f.value;
+        } else {
+            out_of_range(
+                v,
+                &f.span,
+                key("success_rate_stdev_factor"),
+                format!("a factor of {}", f.value),
+                format!(
+                    "a finite number above 0.0: standard deviations below the mean success \
+                     rate (default {})",
+                    d.success_rate_stdev_factor
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(Some(out))
+}
+
+/// `health_check`: exactly one probe (`http` or `tcp = true`), the rest over the defaults;
+/// `None` when anything is bad (each reported).
+fn compile_health_check(
+    v: &mut V<'_>,
+    h: &Sp<schema::HealthCheck>,
+    k: &str,
+) -> Option<HealthCheckRt> {
+    let key = |name: &str| format!("{k}.health_check.{name}");
+    let mut ok = true;
+    let http = h.http.as_ref().map(|x| compile_http_probe(v, x, k));
+    let probe = match (http, &h.tcp) {
+        (http, Some(t)) if !t.value => {
+            let hint = if http.is_some() {
+                "remove it"
+            } else {
+                "write tcp = true for a TCP probe, or http = { path = \"/healthz\" } for an HTTP one"
+            };
+            v.err(&t.span, key("tcp"), "tcp = false does nothing")
+                .set_hint(hint);
+            None
+        }
+        (Some(_), Some(t)) => {
+            v.err(
+                &t.span,
+                key("tcp"),
+                "a health check probes with http or tcp, not both",
+            )
+            .set_hint("remove one of them");
+            None
+        }
+        (Some(p), None) => p,
+        (None, Some(_)) => Some(HealthProbe::Tcp),
+        (None, None) => {
+            v.err(
+                &h.span,
+                format!("{k}.health_check"),
+                "the health check has no probe",
+            )
+            .set_hint("add http = { path = \"/healthz\" } or tcp = true");
+            None
+        }
+    };
+    let mut interval = HEALTH_INTERVAL;
+    let mut timeout = HEALTH_TIMEOUT;
+    let intervals_ok = duration_into(v, &h.interval, &mut interval, key("interval"))
+        & duration_into(v, &h.timeout, &mut timeout, key("timeout"));
+    if intervals_ok && timeout >= interval {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        // At the key written: the timeout if it is, else the interval that undercuts the
+        // default timeout (the defaults themselves are in order).
+        let (span, name) = match (&h.timeout, &h.interval) {
+            (Some(t), _) => (&t.span, "timeout"),
+            (None, Some(i)) => (&i.span, "interval"),
+            (None, None) => (&h.span, "timeout"),
+        };
+        v.err(
+            span,
+            key(name),
+            format!(
+                "the timeout ({}) is not shorter than the interval ({})",
+                show(timeout),
+                show(interval)
+            ),
+        )
+        .set_hint(format!(
+            "a probe must end before the next starts: timeout below interval (defaults {} and {})",
+            show(HEALTH_TIMEOUT),
+            show(HEALTH_INTERVAL)
+        ));
+        ok = false;
+    }
+    ok &= intervals_ok;
+    let mut unhealthy = HEALTH_UNHEALTHY;
+    let mut healthy = HEALTH_HEALTHY;
+    ok &= count_into(
+        v,
+        &h.unhealthy,
+        &mut unhealthy,
+        key("unhealthy"),
+        "probes",
+        1..=HEALTH_THRESHOLD_MAX,
+        &format!("failed in a row that make an endpoint unhealthy (default {HEALTH_UNHEALTHY})"),
+    );
+    ok &= count_into(
+        v,
+        &h.healthy,
+        &mut healthy,
+        key("healthy"),
+        "probes",
+        1..=HEALTH_THRESHOLD_MAX,
+        &format!("passed in a row that make an endpoint healthy again (default {HEALTH_HEALTHY})"),
+    );
+    let probe = probe?;
+    ok.then_some(HealthCheckRt {
+        probe,
+        interval,
+        timeout,
+        unhealthy,
+        healthy,
+    })
+}
+
+/// `health_check.http`: its path checked, its statuses in range (default `[200]`, duplicates
+/// dropped).
+fn compile_http_probe(v: &mut V<'_>, h: &Sp<schema::HttpCheck>, k: &str) -> Option<HealthProbe> {
+    let key = format!("{k}.health_check.http.path");
+    let mut ok = match &h.path {
+        Some(p) => check_probe_path(v, p, key),
+        None => {
+            v.err(&h.span, key, "missing")
+                .set_hint("the request target probed, e.g. path = \"/healthz\"");
+            false
+        }
+    };
+    let mut expect = Vec::new();
+    match &h.expect {
+        None => expect.push(200),
+        Some(list) if list.is_empty() => {
+            v.err(
+                &h.span,
+                format!("{k}.health_check.http.expect"),
+                "expect lists no status",
+            )
+            .set_hint("list the statuses that mean healthy, e.g. expect = [200] (the default)");
+            ok = false;
+        }
+        Some(list) => {
+            for (j, st) in list.iter().enumerate() {
+                match u16::try_from(st.value) {
+                    Ok(c) if (100..600).contains(&c) => {
+                        if !expect.contains(&c) {
+                            expect.push(c);
+                        }
+                    }
+                    _ => {
+                        out_of_range(
+                            v,
+                            &st.span,
+                            format!("{k}.health_check.http.expect[{j}]"),
+                            format!("status {}", st.value),
+                            "a status from 100 to 599".into(),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    let path = h.path.as_ref().map(|p| p.value.clone());
+    path.filter(|_| ok)
+        .map(|path| HealthProbe::Http { path, expect })
+}
+
+/// RFC 3986 characters of a request target besides letters and digits: unreserved,
+/// sub-delims, `:`, `@`, `/`, `?` and `%` (which must start an escape).
+const TARGET_PUNCT: &[u8] = b"-._~!$&'()*+,;=:@/?%";
+
+/// A health check's request target: origin-form (`/path`, optionally `?query`), characters a
+/// request line can carry as they are, at most [`HEALTH_PATH_MAX`] bytes.
+fn check_probe_path(v: &mut V<'_>, p: &Sp<String>, key: String) -> bool {
+    let s = p.as_str();
+    let bytes = s.as_bytes();
+    let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !s.starts_with('/') {
+        v.err(&p.span, key, format!("path {s:?} does not start with '/'"))
+            .set_hint(format!("write \"/{s}\""));
+    } else if s.len() > HEALTH_PATH_MAX {
+        v.err(
+            &p.span,
+            key,
+            format!("path is longer than {HEALTH_PATH_MAX} bytes"),
+        )
+        .set_hint(format!(
+            "at most {HEALTH_PATH_MAX} bytes, the query included"
+        ));
+    } else if let Some(c) = s.chars().find(|&c| {
+        !(c.is_ascii_alphanumeric() || (c.is_ascii() && TARGET_PUNCT.contains(&(c as u8))))
+    }) {
+        v.err(
+            &p.span,
+            key,
+            format!("path {s:?} has a character a request target cannot carry: {c:?}"),
+        )
+        .set_hint("percent-encode it (RFC 3986), e.g. a space as %20");
+    } else if bad_escape {
+        v.err(&p.span, key, format!("path {s:?} has a malformed %-escape"))
+            .set_hint("'%' starts an escape of two hex digits; write '%' itself as %25");
+    } else {
+        return true;
+    }
+    false
+}
+
+fn compile_pool(v: &mut V<'_>, p: &Sp<schema::Pool>, k: &str) -> Option<PoolRt> {
+    let mut out = PoolRt::default();
+    let d = PoolRt::default();
+    let key = |name: &str| format!("{k}.pool.{name}");
+    let mut ok = count_into(
+        v,
+        &p.max_idle_per_endpoint,
+        &mut out.max_idle_per_endpoint,
+        key("max_idle_per_endpoint"),
+        "connections",
+        0..=POOL_IDLE_MAX,
+        &format!(
+            "kept idle per endpoint, per worker; 0: no pooling (default {})",
+            d.max_idle_per_endpoint
+        ),
+    );
+    ok &= duration_into(
+        v,
+        &p.idle_timeout,
+        &mut out.idle_timeout,
+        key("idle_timeout"),
+    );
+    ok &= count_into(
+        v,
+        &p.max_requests,
+        &mut out.max_requests,
+        key("max_requests"),
+        "requests",
+        1..=POOL_REQUESTS_MAX,
+        &format!("carried by one connection (default {})", d.max_requests),
+    );
+    ok &= duration_into(
+        v,
+        &p.max_lifetime,
+        &mut out.max_lifetime,
+        key("max_lifetime"),
+    );
     ok.then_some(out)
 }
 

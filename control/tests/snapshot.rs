@@ -736,3 +736,180 @@ service = "api"
     let t = control::fastde::tables(text).expect("fast path");
     assert_eq!(control::fastde::tables(&t.to_toml()), Some(t));
 }
+
+#[test]
+fn endpoint_health_compiles_over_the_defaults() {
+    use control::snapshot::{CircuitBreakerRt, HealthCheckRt, HealthProbe, OutlierRt, PoolRt};
+    use std::time::Duration;
+    let long_path = format!("/{}", "a".repeat(1023));
+    let text = format!(
+        r#"
+[[peer]]
+name = "gw-b"
+address = "10.0.0.2:15443"
+identity = "spiffe://m/gw-b"
+[[peer]]
+name = "gw-c"
+address = "10.0.0.3:15443"
+identity = "spiffe://m/gw-c"
+min_idle = 1
+[[service]]
+name = "plain"
+endpoints = [{{ address = "10.0.0.1:80" }}]
+[[service]]
+name = "empty-tables"
+circuit_breaker = {{}}
+outlier = {{}}
+pool = {{}}
+health_check = {{ tcp = true }}
+[[service]]
+name = "tuned"
+circuit_breaker = {{ max_pending = 10 }}
+outlier = {{ consecutive_failures = 0, interval = "1s", max_ejected_percent = 100, panic_threshold = 0, success_rate_stdev_factor = 2 }}
+health_check = {{ http = {{ path = "/healthz?deep=1&x=%2F" }}, interval = "2s", timeout = "1999ms", unhealthy = 1, healthy = 100 }}
+pool = {{ max_idle_per_endpoint = 0, idle_timeout = "5s", max_requests = 1, max_lifetime = "1h" }}
+[[service]]
+name = "all"
+circuit_breaker = {{ max_connections = 1, max_pending = 1000000, max_requests = 7 }}
+outlier = {{ enabled = true, success_rate_min_requests = 0, base_ejection = "1m" }}
+health_check = {{ http = {{ path = "{long_path}", expect = [204, 200, 204, 599, 100] }} }}
+pool = {{ max_idle_per_endpoint = 10000, max_requests = 10000000 }}
+[[service]]
+name = "off"
+outlier = {{ enabled = false }}
+"#
+    );
+    let s = compile(&text);
+    // The defaults, as the tables' reference states them.
+    assert_eq!(
+        CircuitBreakerRt::default(),
+        CircuitBreakerRt {
+            max_connections: 1024,
+            max_pending: 256,
+            max_requests: 1024
+        }
+    );
+    let d = OutlierRt::default();
+    assert_eq!(
+        d,
+        OutlierRt {
+            consecutive_failures: 5,
+            interval: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(30),
+            max_ejected_percent: 50,
+            panic_threshold: 50,
+            success_rate_min_requests: 100,
+            success_rate_stdev_factor: 1.9,
+        }
+    );
+    assert_eq!(
+        PoolRt::default(),
+        PoolRt {
+            max_idle_per_endpoint: 64,
+            idle_timeout: Duration::from_secs(60),
+            max_requests: 10_000,
+            max_lifetime: Duration::from_secs(600),
+        }
+    );
+    let peers: Vec<u32> = s.peers.iter().map(|p| p.min_idle).collect();
+    assert_eq!(peers, [0, 1], "min_idle defaults to 0");
+
+    // No tables: the defaults, outlier detection on, no health checks.
+    let plain = s.service("plain").expect("plain");
+    assert_eq!(plain.circuit_breaker, CircuitBreakerRt::default());
+    assert_eq!(plain.outlier, Some(d.clone()));
+    assert_eq!(plain.health_check, None);
+    assert_eq!(plain.pool, PoolRt::default());
+    // Empty tables: the same (a health check needs its probe).
+    let empty = s.service("empty-tables").expect("empty-tables");
+    assert_eq!(empty.circuit_breaker, CircuitBreakerRt::default());
+    assert_eq!(empty.outlier, Some(d.clone()));
+    assert_eq!(empty.pool, PoolRt::default());
+    assert_eq!(
+        empty.health_check,
+        Some(HealthCheckRt {
+            probe: HealthProbe::Tcp,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            unhealthy: 3,
+            healthy: 2,
+        })
+    );
+    // Unset keys keep their defaults.
+    let tuned = s.service("tuned").expect("tuned");
+    assert_eq!(
+        tuned.circuit_breaker,
+        CircuitBreakerRt {
+            max_pending: 10,
+            ..CircuitBreakerRt::default()
+        }
+    );
+    assert_eq!(
+        tuned.outlier,
+        Some(OutlierRt {
+            consecutive_failures: 0,
+            interval: Duration::from_secs(1),
+            max_ejected_percent: 100,
+            panic_threshold: 0,
+            success_rate_stdev_factor: 2.0,
+            ..d.clone()
+        })
+    );
+    assert_eq!(
+        tuned.health_check,
+        Some(HealthCheckRt {
+            probe: HealthProbe::Http {
+                path: "/healthz?deep=1&x=%2F".into(),
+                expect: vec![200],
+            },
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(1999),
+            unhealthy: 1,
+            healthy: 100,
+        })
+    );
+    assert_eq!(
+        tuned.pool,
+        PoolRt {
+            max_idle_per_endpoint: 0,
+            idle_timeout: Duration::from_secs(5),
+            max_requests: 1,
+            max_lifetime: Duration::from_secs(3600),
+        }
+    );
+    // The bounds themselves are accepted; duplicate statuses are dropped, in order.
+    let all = s.service("all").expect("all");
+    assert_eq!(
+        all.circuit_breaker,
+        CircuitBreakerRt {
+            max_connections: 1,
+            max_pending: 1_000_000,
+            max_requests: 7
+        }
+    );
+    assert_eq!(
+        all.outlier,
+        Some(OutlierRt {
+            success_rate_min_requests: 0,
+            base_ejection: Duration::from_secs(60),
+            ..d
+        })
+    );
+    assert_eq!(
+        all.health_check.as_ref().map(|h| &h.probe),
+        Some(&HealthProbe::Http {
+            path: long_path.clone(),
+            expect: vec![204, 200, 599, 100],
+        })
+    );
+    assert_eq!(
+        (all.pool.max_idle_per_endpoint, all.pool.max_requests),
+        (10_000, 10_000_000)
+    );
+    // `enabled = false` turns outlier detection off.
+    assert_eq!(s.service("off").expect("off").outlier, None);
+    // Both decoders read it alike, and it is written back as it was read.
+    assert_eq!(control::fastde::disagreement(&text), None);
+    let t = control::fastde::tables(&text).expect("fast path");
+    assert_eq!(control::fastde::tables(&t.to_toml()), Some(t));
+}

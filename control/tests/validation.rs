@@ -13,7 +13,7 @@ fn one(text: &str, expected: &str) {
 fn unknown_key_lists_allowed_keys_or_suggests_one() {
     one(
         "[[service]]\nname = \"a\"\nadress = 1\n",
-        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget)",
+        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget, circuit_breaker, outlier, health_check, pool)",
     );
     one(
         "[[service]]\nname = \"a\"\nendpoints = [{ adress = \"1.2.3.4:5\" }]\n",
@@ -650,4 +650,270 @@ mirror = { service = "empty" }
     if let Err(e) = common::compile_in(dir.path(), text) {
         panic!("{e}");
     }
+}
+
+#[test]
+fn peer_min_idle_is_in_range() {
+    const P: &str =
+        "[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.2:15443\"\nidentity = \"spiffe://m/gw-b\"\n";
+    one(
+        &format!("{P}min_idle = 1001\n"),
+        "t.toml:5:12: peer[0].min_idle: 1001 idle hops is out of range (hint: from 0 to 1000 idle hops each worker keeps open to this peer, mTLS handshake done (default 0))",
+    );
+    one(
+        &format!("{P}min_idle = -1\n"),
+        "t.toml:5:12: peer[0].min_idle: -1 idle hops is out of range (hint: from 0 to 1000 idle hops each worker keeps open to this peer, mTLS handshake done (default 0))",
+    );
+    one(
+        &format!("{P}min_idel = 1\n"),
+        "t.toml:5:1: peer[0].min_idel: unknown key \"min_idel\" (hint: did you mean \"min_idle\"?)",
+    );
+    one(
+        "[[peer]]\nname = \"gw-b\"\nadress = \"10.0.0.2:15443\"\nidentity = \"spiffe://m/gw-b\"\n",
+        "t.toml:3:1: peer[0].adress: unknown key \"adress\" (hint: did you mean \"address\"?)",
+    );
+    one(
+        "[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.2:15443\"\nidentity = \"spiffe://m/gw-b\"\nwarm = 1\n",
+        "t.toml:5:1: peer[0].warm: unknown key \"warm\" (hint: allowed keys: name, address, identity, min_idle)",
+    );
+}
+
+#[test]
+fn circuit_breaker_caps_are_in_range() {
+    const S: &str = "[[service]]\nname = \"a\"\n";
+    one(
+        &format!("{S}circuit_breaker = {{ max_connections = 0 }}\n"),
+        "t.toml:3:39: service[0].circuit_breaker.max_connections: 0 connections is out of range (hint: from 1 to 1000000 connections open to the service's endpoints, per worker (default 1024))",
+    );
+    one(
+        &format!("{S}circuit_breaker = {{ max_pending = 1000001 }}\n"),
+        "t.toml:3:35: service[0].circuit_breaker.max_pending: 1000001 requests is out of range (hint: from 1 to 1000000 requests waiting for a connection, per worker (default 256))",
+    );
+    one(
+        &format!("{S}circuit_breaker = {{ max_requests = -3 }}\n"),
+        "t.toml:3:36: service[0].circuit_breaker.max_requests: -3 requests is out of range (hint: from 1 to 1000000 requests in flight, per worker (default 1024))",
+    );
+    one(
+        &format!("{S}circuit_breaker = {{ max_retries = 3 }}\n"),
+        "t.toml:3:21: service[0].circuit_breaker.max_retries: unknown key \"max_retries\" (hint: did you mean \"max_requests\"?)",
+    );
+    one(
+        &format!("{S}circuit_breaker = {{ max_pending = \"10\" }}\n"),
+        "t.toml:3:35: service[0].circuit_breaker.max_pending: expected an integer, found a string (hint: remove the quotes: 10)",
+    );
+    one(
+        &format!("{S}circuit_breaker = 10\n"),
+        "t.toml:3:19: service[0].circuit_breaker: expected a table, found an integer",
+    );
+    // Every bad key is reported.
+    assert_eq!(
+        errors(&format!(
+            "{S}circuit_breaker = {{ max_connections = 0, max_pending = 0, max_requests = 0 }}\n"
+        ))
+        .len(),
+        3
+    );
+}
+
+#[test]
+fn outlier_keys_are_in_range_and_nothing_goes_with_enabled_false() {
+    const S: &str = "[[service]]\nname = \"a\"\n";
+    one(
+        &format!("{S}outlier = {{ consecutive_failures = 1000001 }}\n"),
+        "t.toml:3:36: service[0].outlier.consecutive_failures: 1000001 failures is out of range (hint: from 0 to 1000000 failures in a row that eject an endpoint; 0: this rule is off (default 5))",
+    );
+    one(
+        &format!("{S}outlier = {{ interval = \"0s\" }}\n"),
+        "t.toml:3:24: service[0].outlier.interval: \"0s\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        &format!("{S}outlier = {{ base_ejection = \"forever\" }}\n"),
+        "t.toml:3:29: service[0].outlier.base_ejection: \"forever\" is not a duration: expected number at 0 (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        &format!("{S}outlier = {{ max_ejected_percent = 101 }}\n"),
+        "t.toml:3:35: service[0].outlier.max_ejected_percent: 101 % is out of range (hint: from 0 to 100 % of the service's endpoints ejected at once (default 50))",
+    );
+    one(
+        &format!("{S}outlier = {{ panic_threshold = -1 }}\n"),
+        "t.toml:3:31: service[0].outlier.panic_threshold: -1 % is out of range (hint: from 0 to 100 % of healthy endpoints, below which all of them are balanced over (default 50))",
+    );
+    one(
+        &format!("{S}outlier = {{ max_ejected_percent = 50.0 }}\n"),
+        "t.toml:3:35: service[0].outlier.max_ejected_percent: expected an integer, found a float",
+    );
+    one(
+        &format!("{S}outlier = {{ success_rate_min_requests = 2000000 }}\n"),
+        "t.toml:3:41: service[0].outlier.success_rate_min_requests: 2000000 requests is out of range (hint: from 0 to 1000000 requests in an interval for an endpoint's success rate to be judged; 0: success-rate ejection is off (default 100))",
+    );
+    for (f, shown) in [
+        ("0.0", "0"),
+        ("-1.5", "-1.5"),
+        ("nan", "NaN"),
+        ("inf", "inf"),
+    ] {
+        one(
+            &format!("{S}outlier = {{ success_rate_stdev_factor = {f} }}\n"),
+            &format!("t.toml:3:41: service[0].outlier.success_rate_stdev_factor: a factor of {shown} is out of range (hint: a finite number above 0.0: standard deviations below the mean success rate (default 1.9))"),
+        );
+    }
+    one(
+        &format!("{S}outlier = {{ enabled = \"no\" }}\n"),
+        "t.toml:3:23: service[0].outlier.enabled: expected a boolean, found a string",
+    );
+    one(
+        &format!("{S}outlier = {{ enable = false }}\n"),
+        "t.toml:3:13: service[0].outlier.enable: unknown key \"enable\" (hint: did you mean \"enabled\"?)",
+    );
+    // Off: any other key would do nothing, and each is reported where it is written.
+    assert_eq!(
+        errors(&format!(
+            "{S}outlier = {{ enabled = false, consecutive_failures = 3, interval = \"5s\" }}\n"
+        )),
+        [
+            "t.toml:3:53: service[0].outlier.consecutive_failures: consecutive_failures does nothing with enabled = false (hint: remove it, or remove enabled = false)",
+            "t.toml:3:67: service[0].outlier.interval: interval does nothing with enabled = false (hint: remove it, or remove enabled = false)",
+        ]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{S}outlier = {{ consecutive_failures = -1, max_ejected_percent = 200, success_rate_stdev_factor = 0 }}\n"
+        ))
+        .len(),
+        3
+    );
+}
+
+#[test]
+fn health_check_takes_one_probe_a_plain_path_and_a_timeout_below_the_interval() {
+    const S: &str = "[[service]]\nname = \"a\"\n";
+    one(
+        &format!("{S}health_check = {{}}\n"),
+        "t.toml:3:16: service[0].health_check: the health check has no probe (hint: add http = { path = \"/healthz\" } or tcp = true)",
+    );
+    one(
+        &format!("{S}health_check = {{ interval = \"2s\" }}\n"),
+        "t.toml:3:16: service[0].health_check: the health check has no probe (hint: add http = { path = \"/healthz\" } or tcp = true)",
+    );
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"/healthz\" }}, tcp = true }}\n"),
+        "t.toml:3:54: service[0].health_check.tcp: a health check probes with http or tcp, not both (hint: remove one of them)",
+    );
+    one(
+        &format!("{S}health_check = {{ tcp = false }}\n"),
+        "t.toml:3:24: service[0].health_check.tcp: tcp = false does nothing (hint: write tcp = true for a TCP probe, or http = { path = \"/healthz\" } for an HTTP one)",
+    );
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"/healthz\" }}, tcp = false }}\n"),
+        "t.toml:3:54: service[0].health_check.tcp: tcp = false does nothing (hint: remove it)",
+    );
+    one(
+        &format!("{S}health_check = {{ http = {{ expect = [200] }} }}\n"),
+        "t.toml:3:25: service[0].health_check.http.path: missing (hint: the request target probed, e.g. path = \"/healthz\")",
+    );
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"healthz\" }} }}\n"),
+        "t.toml:3:34: service[0].health_check.http.path: path \"healthz\" does not start with '/' (hint: write \"/healthz\")",
+    );
+    // A character that could split the request line, or that a target carries only escaped:
+    // (as written in TOML, as decoded, the character named).
+    for (toml, value, c) in [
+        ("/a b", "/a b", "' '"),
+        (r"/a\r\nHost: x", "/a\r\nHost: x", r"'\r'"),
+        (r"/a\u0000", "/a\0", r"'\0'"),
+        ("/ü", "/ü", "'ü'"),
+        ("/a#top", "/a#top", "'#'"),
+        (r#"/a\""#, "/a\"", "'\"'"),
+    ] {
+        one(
+            &format!("{S}health_check = {{ http = {{ path = \"{toml}\" }} }}\n"),
+            &format!("t.toml:3:34: service[0].health_check.http.path: path {value:?} has a character a request target cannot carry: {c} (hint: percent-encode it (RFC 3986), e.g. a space as %20)"),
+        );
+    }
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"/a%2\" }} }}\n"),
+        "t.toml:3:34: service[0].health_check.http.path: path \"/a%2\" has a malformed %-escape (hint: '%' starts an escape of two hex digits; write '%' itself as %25)",
+    );
+    let long = format!("/{}", "a".repeat(1024));
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"{long}\" }} }}\n"),
+        "t.toml:3:34: service[0].health_check.http.path: path is longer than 1024 bytes (hint: at most 1024 bytes, the query included)",
+    );
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"/healthz\", expect = [200, 600] }} }}\n"),
+        "t.toml:3:61: service[0].health_check.http.expect[1]: status 600 is out of range (hint: a status from 100 to 599)",
+    );
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"/healthz\", expect = [99] }} }}\n"),
+        "t.toml:3:56: service[0].health_check.http.expect[0]: status 99 is out of range (hint: a status from 100 to 599)",
+    );
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"/healthz\", expect = [] }} }}\n"),
+        "t.toml:3:25: service[0].health_check.http.expect: expect lists no status (hint: list the statuses that mean healthy, e.g. expect = [200] (the default))",
+    );
+    one(
+        &format!("{S}health_check = {{ http = {{ path = \"/healthz\", status = [200] }} }}\n"),
+        "t.toml:3:46: service[0].health_check.http.status: unknown key \"status\" (hint: allowed keys: path, expect)",
+    );
+    one(
+        &format!("{S}health_check = {{ tcp = true, timeout = \"5s\" }}\n"),
+        "t.toml:3:40: service[0].health_check.timeout: the timeout (5s) is not shorter than the interval (5s) (hint: a probe must end before the next starts: timeout below interval (defaults 1s and 5s))",
+    );
+    one(
+        &format!("{S}health_check = {{ tcp = true, interval = \"500ms\" }}\n"),
+        "t.toml:3:41: service[0].health_check.interval: the timeout (1s) is not shorter than the interval (500ms) (hint: a probe must end before the next starts: timeout below interval (defaults 1s and 5s))",
+    );
+    one(
+        &format!("{S}health_check = {{ tcp = true, interval = \"8d\" }}\n"),
+        "t.toml:3:41: service[0].health_check.interval: \"8d\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        &format!("{S}health_check = {{ tcp = true, unhealthy = 0 }}\n"),
+        "t.toml:3:42: service[0].health_check.unhealthy: 0 probes is out of range (hint: from 1 to 100 probes failed in a row that make an endpoint unhealthy (default 3))",
+    );
+    one(
+        &format!("{S}health_check = {{ tcp = true, healthy = 101 }}\n"),
+        "t.toml:3:40: service[0].health_check.healthy: 101 probes is out of range (hint: from 1 to 100 probes passed in a row that make an endpoint healthy again (default 2))",
+    );
+    one(
+        &format!("{S}health_check = {{ tcp = true, intervall = \"1s\" }}\n"),
+        "t.toml:3:30: service[0].health_check.intervall: unknown key \"intervall\" (hint: did you mean \"interval\"?)",
+    );
+    one(
+        &format!("{S}health_check = {{ tcp = true, grpc = true }}\n"),
+        "t.toml:3:30: service[0].health_check.grpc: unknown key \"grpc\" (hint: allowed keys: http, tcp, interval, timeout, unhealthy, healthy)",
+    );
+    // Every bad key is reported, the probe's included.
+    assert_eq!(
+        errors(&format!(
+            "{S}health_check = {{ http = {{ path = \"x\", expect = [0] }}, timeout = \"0s\", healthy = 0 }}\n"
+        ))
+        .len(),
+        4
+    );
+}
+
+#[test]
+fn pool_keys_are_in_range() {
+    const S: &str = "[[service]]\nname = \"a\"\n";
+    one(
+        &format!("{S}pool = {{ max_idle_per_endpoint = 10001 }}\n"),
+        "t.toml:3:34: service[0].pool.max_idle_per_endpoint: 10001 connections is out of range (hint: from 0 to 10000 connections kept idle per endpoint, per worker; 0: no pooling (default 64))",
+    );
+    one(
+        &format!("{S}pool = {{ max_requests = 0 }}\n"),
+        "t.toml:3:25: service[0].pool.max_requests: 0 requests is out of range (hint: from 1 to 10000000 requests carried by one connection (default 10000))",
+    );
+    one(
+        &format!("{S}pool = {{ idle_timeout = \"-1s\" }}\n"),
+        "t.toml:3:25: service[0].pool.idle_timeout: \"-1s\" is not a duration: expected number at 0 (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        &format!("{S}pool = {{ max_lifetime = \"30d\" }}\n"),
+        "t.toml:3:25: service[0].pool.max_lifetime: \"30d\" is out of range (hint: a duration like \"10s\", \"250ms\" or \"1h\", from 1ms to 7 days)",
+    );
+    one(
+        &format!("{S}pool = {{ max_idle = 4 }}\n"),
+        "t.toml:3:10: service[0].pool.max_idle: unknown key \"max_idle\" (hint: did you mean \"max_idle_per_endpoint\"?)",
+    );
 }
