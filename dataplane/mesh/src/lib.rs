@@ -1,7 +1,7 @@
 //! The mesh logic, sans-IO: sessions (inbound mesh, TCP, HTTP) over a [`net::Net`] it is
 //! handed ([`engine`], [`leg`]), the HTTP/1.1 codec ([`http`]), load balancers ([`lb`]) and
 //! the mTLS configurations, SPIFFE identities and SNI mapping of the mesh hop ([`tls`]), and
-//! the connection caps all workers share ([`admission`]), request mirroring ([`mirror`]), an in-memory [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]).
+//! the connection caps all workers share ([`admission`]), request mirroring ([`mirror`]), outlier detection and endpoint health ([`outlier`]), an in-memory [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]).
 //!
 //! No sockets, threads, files, clock or `getrandom` here: the caller passes `now`, seeds,
 //! table snapshots and certificate material (the data plane is the I/O shell around it).
@@ -14,6 +14,7 @@ pub mod leg;
 pub mod memnet;
 pub mod mirror;
 pub mod net;
+pub mod outlier;
 pub mod policy;
 pub mod tls;
 
