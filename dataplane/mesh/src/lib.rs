@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod engine;
+pub mod healthcheck;
 pub mod http;
 pub mod lb;
 pub mod leg;
