@@ -56,6 +56,10 @@ pub struct ProxySetup {
     pub policy_stats: Arc<mesh::policy::PolicyStats>,
     /// Workers sharing each rate limit (set by `Gateway::start`: one per core).
     pub workers: u32,
+    /// Endpoint health shared by the workers; worker 0 runs the active health checks.
+    pub health: Arc<mesh::health::HealthBoard>,
+    /// This worker's place among them (set by `Gateway::start`).
+    pub worker_index: usize,
 }
 
 impl GatewayConfig {
@@ -309,7 +313,8 @@ fn open_worker(
             crate::proxy::random_seed(),
         )
         .with_admission(p.admission.clone())
-        .with_policy_stats(p.policy_stats.clone());
+        .with_policy_stats(p.policy_stats.clone())
+        .with_health(p.health.clone(), p.worker_index, p.worker_index == 0);
         engine.set_worker_share(p.workers);
         worker = worker.with_engine(engine);
     }
@@ -373,7 +378,10 @@ impl Gateway {
         if let Some(p) = proxy.as_mut() {
             p.workers = by_core.len().max(1) as u32;
         }
-        for (core, plans) in by_core {
+        for (index, (core, plans)) in by_core.into_iter().enumerate() {
+            if let Some(p) = proxy.as_mut() {
+                p.worker_index = index;
+            }
             let info = WorkerInfo {
                 core,
                 ports: plans
@@ -677,7 +685,7 @@ pub fn render_policy_stats(stats: &mesh::policy::PolicyStats, out: &mut String) 
     let all = stats.snapshot();
     /// A decision's label (key and value), when it belongs to the family.
     type Pick = fn(&Decision) -> Option<(&'static str, &'static str)>;
-    let families: [(&str, &str, Pick); 7] = [
+    let families: [(&str, &str, Pick); 8] = [
         (
             "xdpmesh_route_retries_total",
             "Requests tried again by a route's retries, by reason (connect_failure, reset, timeout, status).",
@@ -727,6 +735,14 @@ pub fn render_policy_stats(stats: &mesh::policy::PolicyStats, out: &mut String) 
             },
         ),
         (
+            "xdpmesh_service_overflow_total",
+            "Requests a service's circuit breaker answered 503 at once, by the cap that tripped (max_connections, max_pending, max_requests).",
+            |d| match d {
+                Decision::Overflow(l) => Some(("limit", l)),
+                _ => None,
+            },
+        ),
+        (
             "xdpmesh_route_mirror_failures_total",
             "Copies that got no whole response from the mirror service (connect failure, reset, bad response, the route's request timeout).",
             |d| match d {
@@ -742,18 +758,97 @@ pub fn render_policy_stats(stats: &mesh::policy::PolicyStats, out: &mut String) 
                 continue;
             };
             let route = route.replace('\\', "\\\\").replace('"', "\\\"");
-            if key.is_empty() {
-                let _ = writeln!(out, "{name}{{route=\"{route}\"}} {n}");
+            // Overflows are counted under the service's name.
+            let whose = if matches!(d, Decision::Overflow(_)) {
+                "service"
             } else {
-                let _ = writeln!(out, "{name}{{route=\"{route}\",{key}=\"{value}\"}} {n}");
+                "route"
+            };
+            if key.is_empty() {
+                let _ = writeln!(out, "{name}{{{whose}=\"{route}\"}} {n}");
+            } else {
+                let _ = writeln!(out, "{name}{{{whose}=\"{route}\",{key}=\"{value}\"}} {n}");
             }
         }
     }
 }
 
+/// Prometheus text for endpoint health: per endpoint, whether it is healthy (the health
+/// checks' verdict, or a peer gateway's), ejected by outlier detection (on any worker) and its
+/// requests in flight; per service, ejections by reason and returns.
+pub fn render_endpoint_health(board: &mesh::health::HealthBoard, out: &mut String) {
+    let rows = board.merged();
+    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    type Gauge = fn(&mesh::health::EndpointReport, Option<&mesh::health::CheckReport>) -> u64;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        (
+            "xdpmesh_endpoint_healthy",
+            "1 unless the health checks (or a peer gateway) find the endpoint unhealthy.",
+            |m, c| u64::from(!(m.unhealthy || c.is_some_and(|c| c.health == "unhealthy"))),
+        ),
+        (
+            "xdpmesh_endpoint_ejected",
+            "1 while outlier detection has the endpoint ejected on any worker.",
+            |m, _| u64::from(m.ejected_for.is_some()),
+        ),
+        (
+            "xdpmesh_endpoint_outstanding",
+            "Requests in flight to the endpoint, all workers.",
+            |m, _| u64::from(m.outstanding),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        family(out, name, help, "gauge");
+        for (m, c) in &rows {
+            let Some(ep) = m.endpoint else { continue };
+            let _ = writeln!(
+                out,
+                "{name}{{service=\"{}\",endpoint=\"{ep}\"}} {}",
+                esc(&m.service),
+                get(m, c.as_ref())
+            );
+        }
+    }
+    let mut per_service: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
+    for (m, _) in &rows {
+        let e = per_service.entry(&m.service).or_default();
+        e.0 += m.ejections_consecutive;
+        e.1 += m.ejections_success_rate;
+        e.2 += m.returns;
+    }
+    counter_family(
+        out,
+        "xdpmesh_service_ejections_total",
+        "Endpoints ejected by outlier detection, by rule (consecutive failures, success rate), all workers.",
+    );
+    for (svc, (c, r, _)) in &per_service {
+        let svc = esc(svc);
+        let _ = writeln!(
+            out,
+            "xdpmesh_service_ejections_total{{service=\"{svc}\",reason=\"consecutive\"}} {c}"
+        );
+        let _ = writeln!(
+            out,
+            "xdpmesh_service_ejections_total{{service=\"{svc}\",reason=\"success_rate\"}} {r}"
+        );
+    }
+    counter_family(
+        out,
+        "xdpmesh_service_returns_total",
+        "Ejected endpoints back in service (time up, or healthy again), all workers.",
+    );
+    for (svc, (_, _, n)) in &per_service {
+        let _ = writeln!(
+            out,
+            "xdpmesh_service_returns_total{{service=\"{}\"}} {n}",
+            esc(svc)
+        );
+    }
+}
+
 /// Prometheus text for proxy engines' counters, one label value (`worker`) per engine.
 pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &mut String) {
-    use mesh::engine::{Expiry, Outcome, ProxyStats, Refusal};
+    use mesh::engine::{Expiry, Outcome, PoolClose, ProxyStats, Refusal};
     type Field = (&'static str, &'static str, fn(&ProxyStats) -> u64);
     const FIELDS: [Field; 9] = [
         (
@@ -767,7 +862,7 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
         }),
         (
             "upstream_reused",
-            "HTTP requests sent on a kept-alive upstream connection.",
+            "HTTP requests sent on an upstream connection that carried one before (the session's own, or one from the worker's pool).",
             |s| s.upstream_reused,
         ),
         (
@@ -788,7 +883,7 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
         ),
         (
             "retries",
-            "Upstream attempts made again: after a connect failure (before any request byte left), or an idempotent request after a kept-alive connection failed before any response byte.",
+            "Upstream attempts made again: after a connect failure (before any request byte left), or a request after a reused connection failed before any response byte.",
             |s| s.retries,
         ),
     ];
@@ -847,18 +942,37 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
             );
         }
     }
-    family(
+    counter_family(
         out,
-        "xdpmesh_proxy_sessions",
-        "Sessions open now: a client connection each, with its upstream.",
-        "gauge",
+        "xdpmesh_proxy_pool_closes_total",
+        "Reusable upstream connections closed instead of reused, by why (idle_timeout, retired: max_lifetime or max_requests, peer_closed: the server closed it while idle, full: max_idle_per_endpoint or the worker's cap).",
     );
     for (w, s) in engines {
-        let _ = writeln!(
-            out,
-            "xdpmesh_proxy_sessions{{worker=\"{w}\"}} {}",
-            s.sessions
-        );
+        for c in PoolClose::ALL {
+            let _ = writeln!(
+                out,
+                "xdpmesh_proxy_pool_closes_total{{worker=\"{w}\",reason=\"{}\"}} {}",
+                c.label(),
+                s.pool_closes[c as usize]
+            );
+        }
+    }
+    for (name, help, get) in [
+        (
+            "xdpmesh_proxy_sessions",
+            "Sessions open now: a client connection each, with its upstream.",
+            (|s| s.sessions) as fn(&ProxyStats) -> u64,
+        ),
+        (
+            "xdpmesh_proxy_pooled_connections",
+            "Upstream connections idle in the worker's pool now.",
+            |s| s.pooled,
+        ),
+    ] {
+        family(out, name, help, "gauge");
+        for (w, s) in engines {
+            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", get(s));
+        }
     }
 }
 

@@ -24,10 +24,32 @@ struct Metrics {
     certs: OnceLock<Arc<CertWatch>>,
     kernel: OnceLock<Arc<Mutex<mesh::engine::ProxyStats>>>,
     kernel_policy: OnceLock<Arc<mesh::policy::PolicyStats>>,
+    /// Endpoint health, shared by the workers (`GET /endpoints`).
+    health: Arc<mesh::health::HealthBoard>,
 }
 
 impl control::admin::AdminExtension for Metrics {
+    fn handle(&self, req: &control::admin::Request<'_>) -> Option<control::admin::Response> {
+        use control::admin::Response;
+        match (req.path, req.method) {
+            ("/endpoints", "GET") => Some(Response {
+                status: 200,
+                content_type: "application/json",
+                headers: Vec::new(),
+                body: self.health.json().into_bytes(),
+            }),
+            ("/endpoints", _) => Some(Response {
+                status: 405,
+                content_type: "text/plain; charset=utf-8",
+                headers: vec![("allow".into(), "GET".into())],
+                body: b"method not allowed\n".to_vec(),
+            }),
+            _ => None,
+        }
+    }
+
     fn metrics(&self, out: &mut String) {
+        gateway::render_endpoint_health(&self.health, out);
         if let Some(m) = self.gateway.get() {
             m.render(out);
         }
@@ -278,6 +300,8 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
             admission: mesh::admission::Admission::new(),
             policy_stats: Default::default(),
             workers: 1,
+            health: ext.health.clone(),
+            worker_index: 0,
         });
     }
     cfg.on_worker_failure = Some(Arc::new(|w, e| {
@@ -371,6 +395,8 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
             return FAILED;
         }
     };
+    // One thread: it runs the health checks too.
+    worker.engine.set_health(ext.health.clone(), 0, true);
     let stats = Arc::new(Mutex::new(worker.engine.stats));
     let _ = ext.kernel.set(stats.clone());
     let _ = ext.kernel_policy.set(worker.engine.policy_stats().clone());

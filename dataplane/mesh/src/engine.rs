@@ -28,18 +28,23 @@
 //! [`preamble`]; a local endpoint gets plain TCP.
 
 use super::admission::{Admission, Overflow, Ticket};
+use super::breaker::{Breakers, Held, Limit};
+use super::health::{CheckReport, EndpointReport, HealthBoard};
+use super::healthcheck::Checker;
 use super::http::{self, BodyFramer, HttpError, RequestHead};
 use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
 use super::mirror::{self, Mirror, MirrorError, Pending};
-use super::net::{Net, NetEvent};
+use super::net::{Net, NetError, NetEvent};
+use super::outlier::Detector;
 use super::policy::{self, Buckets, Budget, Decision, PolicyStats};
+use super::pool::{Pool, PoolKey, UpMeta};
 use control::schema::Protocol;
 use control::snapshot::{IdentityRt, RoutePolicy, ServiceRt, Timeouts};
 use control::{Publisher, Snapshot};
 use rand::{Rng, RngCore, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +52,10 @@ use tcpstack::Instant;
 
 /// Plaintext buffered per direction of a session.
 const BUF: usize = 64 * 1024;
+
+/// Request body kept to send a request again when a reused upstream connection turns out
+/// closed before any response byte (longer bodies are not sent again).
+const REPLAY_BODY_CAP: usize = 64 * 1024;
 
 /// How long a closing client connection may take to finish its side after the gateway
 /// finished its own (nginx's `lingering_timeout` is the same 5 s).
@@ -159,10 +168,15 @@ pub enum Refusal {
     RateLimited,
     /// The route's `fault.abort` answered for the upstream (its configured status).
     FaultAbort,
+    /// The service's `circuit_breaker` had a cap reached (503 at once).
+    Overflow,
+    /// Gateway B: this gateway's health checks find the endpoint unhealthy (503 at once;
+    /// gateway A tries another endpoint).
+    EndpointUnhealthy,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 29] = [
+    pub const ALL: [Refusal; 31] = [
         Refusal::UnsupportedListener,
         Refusal::NoService,
         Refusal::NoRoute,
@@ -192,6 +206,8 @@ impl Refusal {
         Refusal::PerTryTimeout,
         Refusal::RateLimited,
         Refusal::FaultAbort,
+        Refusal::Overflow,
+        Refusal::EndpointUnhealthy,
     ];
 
     pub fn label(self) -> &'static str {
@@ -225,6 +241,8 @@ impl Refusal {
             Refusal::PerTryTimeout => "per_try_timeout",
             Refusal::RateLimited => "rate_limited",
             Refusal::FaultAbort => "fault_abort",
+            Refusal::Overflow => "overflow",
+            Refusal::EndpointUnhealthy => "endpoint_unhealthy",
         }
     }
 
@@ -239,7 +257,9 @@ impl Refusal {
             | Refusal::ConnectTimeout
             | Refusal::ListenerOverflow
             | Refusal::SourceOverflow
-            | Refusal::WorkerOverflow => 503,
+            | Refusal::WorkerOverflow
+            | Refusal::Overflow
+            | Refusal::EndpointUnhealthy => 503,
             Refusal::HeadTimeout => 408,
             Refusal::RequestTimeout | Refusal::PerTryTimeout => 504,
             Refusal::RateLimited => 429,
@@ -447,6 +467,41 @@ pub struct ProxyStats {
     /// Sessions open now (a gauge, not a counter): each holds a client connection, and an
     /// upstream one while it has it.
     pub sessions: u64,
+    /// Upstream connections idle in the pool now (a gauge).
+    pub pooled: u64,
+    /// Upstream connections the pool let go, by why ([`PoolClose`]).
+    pub pool_closes: [u64; PoolClose::ALL.len()],
+}
+
+/// Why an upstream connection that could have been reused was closed instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolClose {
+    /// Idle in the pool for `pool.idle_timeout`.
+    IdleTimeout,
+    /// Older than `pool.max_lifetime`, or carried `pool.max_requests`.
+    Retired,
+    /// The server closed it (or sent something) while it was idle.
+    PeerClosed,
+    /// Its endpoint's `pool.max_idle_per_endpoint`, or the worker's cap, was reached.
+    Full,
+}
+
+impl PoolClose {
+    pub const ALL: [PoolClose; 4] = [
+        PoolClose::IdleTimeout,
+        PoolClose::Retired,
+        PoolClose::PeerClosed,
+        PoolClose::Full,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PoolClose::IdleTimeout => "idle_timeout",
+            PoolClose::Retired => "retired",
+            PoolClose::PeerClosed => "peer_closed",
+            PoolClose::Full => "full",
+        }
+    }
 }
 
 impl ProxyStats {
@@ -471,6 +526,8 @@ impl ProxyStats {
 enum Side {
     Down,
     Up,
+    /// Idle in the pool (the slot is in `Engine::pool`).
+    Pool,
     /// A mirror's upstream (the slot is in `Engine::mirrors`, not `sessions`).
     Mirror,
 }
@@ -556,6 +613,12 @@ struct HttpState {
     /// The endpoint the current upstream connection goes to, and whether it may be reused.
     up_endpoint: Option<SocketAddrV4>,
     up_reusable: bool,
+    /// What the current upstream connection is bound to and its life so far (pooling).
+    up_meta: Option<UpMeta>,
+    /// The request in flight's places under its service's circuit breaker: in flight until
+    /// its response ends, pending until its response head (dropped by `progress`).
+    inflight: Option<Held>,
+    pending: Option<Held>,
     /// When the current request head's first byte arrived (request_head timeout).
     head_started: Option<Instant>,
     /// The request in flight, as its event will report it (only while events are on).
@@ -650,6 +713,8 @@ struct Attempt {
     gen: u64,
     /// The endpoints the pick chose from (a retry picks again among them).
     candidates: Vec<u32>,
+    /// The service the attempt goes to (its index in the session's tables).
+    svc: u32,
     endpoint: SocketAddrV4,
     started: Instant,
     /// When the transport (and TLS) completed; `None` while connecting.
@@ -663,10 +728,15 @@ struct Attempt {
     connect_timeout: Duration,
     /// How long the whole attempt may take (`retries.per_try_timeout`), if bounded.
     per_try: Option<Duration>,
-    /// On a kept-alive connection: the request head of an idempotent request without a
-    /// body, to send again on a fresh connection if the server closed the kept-alive one as
-    /// we reused it (nothing of a response came back).
+    /// The request as sent (head, and body up to `REPLAY_BODY_CAP`), to send again when
+    /// nothing was processed: a reused connection the server had closed, or a peer gateway
+    /// that could not reach the endpoint.
     replay: Option<Vec<u8>>,
+    /// The final response head's status, once it came.
+    status: Option<u16>,
+    /// Ended by a peer gateway's verdict on the endpoint, not by the endpoint itself: not an
+    /// outlier-detection failure.
+    peer_verdict: bool,
 }
 
 impl Attempt {
@@ -676,6 +746,7 @@ impl Attempt {
             lb: None,
             gen: 0,
             candidates: Vec::new(),
+            svc: u32::MAX,
             endpoint,
             started: now,
             connected_at: None,
@@ -684,8 +755,25 @@ impl Attempt {
             connect_timeout,
             per_try: None,
             replay: None,
+            status: None,
+            peer_verdict: false,
         }
     }
+}
+
+/// How long gateway A skips an endpoint a peer gateway said it cannot reach (its health
+/// checks, or its connect failing): then one request tries it again.
+pub const PEER_HOLD: Duration = Duration::from_secs(1);
+
+/// Warm hops (`[[peer]] min_idle`) a worker keeps at most, all peers together.
+pub const MAX_WARM: usize = 256;
+
+/// Outlier detection and health of one service on this worker.
+struct SvcHealth {
+    det: Detector,
+    /// The tables generation its endpoint indices follow, and the board version applied.
+    gen: u64,
+    board: u64,
 }
 
 /// The proxy of one worker.
@@ -727,6 +815,25 @@ pub struct Engine<C> {
     mirror_free: Vec<usize>,
     mirror_dirty: Vec<usize>,
     mirror_timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Idle upstream connections any session may take, and those with events.
+    pool: Pool<C>,
+    pool_dirty: Vec<usize>,
+    /// Circuit-breaker counts per service.
+    breakers: Breakers,
+    /// Endpoint health per service name (it carries across reloads).
+    health: HashMap<String, SvcHealth>,
+    /// Endpoints a peer gateway could not reach, skipped until: (until, service, address).
+    holds: Vec<(Instant, String, SocketAddrV4)>,
+    /// Health shared by the gateway's workers, the verdicts read from it last and their
+    /// version.
+    board: Option<Arc<HealthBoard>>,
+    board_version: u64,
+    unhealthy: Arc<HashSet<(String, SocketAddrV4)>>,
+    /// This worker runs the gateway's active health checks.
+    checker: Option<Checker<C>>,
+    checker_gen: u64,
+    worker_id: usize,
+    next_report: Option<Instant>,
 }
 
 /// Sessions one engine (one worker) holds at most; one more is reset at accept and counted
@@ -765,7 +872,36 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             mirror_free: Vec::new(),
             mirror_dirty: Vec::new(),
             mirror_timers: BinaryHeap::new(),
+            pool: Pool::new(),
+            pool_dirty: Vec::new(),
+            breakers: Breakers::default(),
+            health: HashMap::new(),
+            holds: Vec::new(),
+            board: None,
+            board_version: 0,
+            unhealthy: Arc::new(HashSet::new()),
+            checker: None,
+            checker_gen: 0,
+            worker_id: 0,
+            next_report: None,
         }
+    }
+
+    /// Shares endpoint health with the gateway's other workers through `board` (this one is
+    /// worker `worker`); `run_checks`: this worker runs the active health checks (one per
+    /// gateway).
+    pub fn with_health(mut self, board: Arc<HealthBoard>, worker: usize, run_checks: bool) -> Self {
+        self.set_health(board, worker, run_checks);
+        self
+    }
+
+    /// [`Engine::with_health`] on an engine in place.
+    pub fn set_health(&mut self, board: Arc<HealthBoard>, worker: usize, run_checks: bool) {
+        self.board = Some(board);
+        self.worker_id = worker;
+        self.checker = run_checks.then(|| Checker::new(self.rng.next_u64()));
+        self.checker_gen = 0;
+        self.next_report = None;
     }
 
     /// Counts policy decisions in `stats`, which the other workers' engines share.
@@ -847,15 +983,33 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// than this (nor than the transport's own timers).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let first = |h: &BinaryHeap<Reverse<(Instant, usize, u64)>>| h.peek().map(|r| r.0 .0);
-        match (first(&self.timers), first(&self.mirror_timers)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            first(&self.timers),
+            first(&self.mirror_timers),
+            self.pool.poll_timeout(),
+            self.checker.as_ref().and_then(Checker::poll_timeout),
+            self.next_report,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expires what is due at `now`: call it when [`Engine::poll_timeout`] has passed (an
     /// early call does nothing), then `progress`.
     pub fn handle_timeout<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
+        self.health_work(net, now);
+        while let Some(mut idle) = self.pool.expired(now) {
+            let retired = !idle.meta.reusable(now);
+            self.stats.pool_closes[if retired {
+                PoolClose::Retired
+            } else {
+                PoolClose::IdleTimeout
+            } as usize] += 1;
+            self.by_conn.remove(&idle.leg.conn);
+            let _ = idle.leg.finish(net);
+            net.close(now, idle.leg.conn);
+        }
         while let Some(&Reverse((t, slot, epoch))) = self.mirror_timers.peek() {
             if t > now {
                 break;
@@ -998,6 +1152,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.publisher.load()
     }
 
+    /// Upstream connections idle in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.idle()
+    }
+
     /// Sessions in progress.
     pub fn active(&self) -> usize {
         self.sessions.len() - self.free.len()
@@ -1028,6 +1187,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 self.end_mirror(net, now, slot, Err(MirrorError::Stopped));
             }
         }
+        for idle in self.pool.drain() {
+            net.abort(idle.leg.conn);
+        }
         self.by_conn.clear();
         self.free = (0..self.sessions.len()).collect();
         self.stats.sessions = 0;
@@ -1036,6 +1198,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// Feeds one transport event. Returns `false` for a connection the engine does not know
     /// (the caller may own it, e.g. a built-in service).
     pub fn handle<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant, ev: NetEvent<C>) -> bool {
+        if !matches!(ev, NetEvent::Accepted { .. }) && !self.by_conn.contains_key(&ev.conn()) {
+            // A health probe's connection, or none of ours.
+            let Some(checker) = self.checker.as_mut() else {
+                return false;
+            };
+            let ours = checker.handle(net, now, ev);
+            if ours {
+                self.publish_checks(now);
+            }
+            return ours;
+        }
         match ev {
             NetEvent::Accepted {
                 conn,
@@ -1053,6 +1226,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     self.mirror_dirty.push(sid);
                     return true;
                 }
+                if side == Side::Pool {
+                    // A warm hop connected: its handshake goes on in `progress_pool`.
+                    if let Some(idle) = self.pool.get_mut(sid) {
+                        idle.leg.connected = true;
+                    }
+                    self.pool_dirty.push(sid);
+                    return true;
+                }
                 if let Some(s) = self.sessions[sid].as_mut() {
                     if side == Side::Up {
                         if let Some(up) = s.up.as_mut().filter(|u| u.conn == c) {
@@ -1067,10 +1248,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let Some(&(sid, side)) = self.by_conn.get(&c) else {
                     return false;
                 };
-                if side == Side::Mirror {
-                    self.mirror_dirty.push(sid);
-                } else {
-                    self.dirty.push(sid);
+                match side {
+                    Side::Mirror => self.mirror_dirty.push(sid),
+                    Side::Pool => self.pool_dirty.push(sid),
+                    Side::Up | Side::Down => self.dirty.push(sid),
                 }
                 true
             }
@@ -1081,6 +1262,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 if side == Side::Mirror {
                     let e = MirrorError::Leg(LegError::Reset);
                     self.end_mirror(net, now, sid, Err(e));
+                    return true;
+                }
+                if side == Side::Pool {
+                    // Gone while idle: nothing was in flight on it.
+                    if self.pool.remove(sid).is_some() {
+                        self.stats.pool_closes[PoolClose::PeerClosed as usize] += 1;
+                    }
                     return true;
                 }
                 let reset = matches!(ev, NetEvent::Reset(_));
@@ -1183,6 +1371,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
             }
         }
+        self.record_outcome(s, &a, outcome, now);
         Some(a)
     }
 
@@ -1222,16 +1411,21 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 _ => MAX_CONNECT_ATTEMPTS,
             };
             let stale = outcome == Outcome::ResetBeforeResponse && no_response_byte;
+            // A peer gateway could not reach the endpoint: nothing was processed, so the
+            // request goes to another endpoint whatever its method.
+            let peer_refused = reason == Refusal::EndpointUnhealthy;
             let again = if connect_failed && a.number < connect_limit {
                 self.count_decision(s, Decision::Retry("connect_failure"));
                 Some(false)
             } else if let Some(head) = a
                 .replay
                 .take()
-                .filter(|_| stale && a.number < MAX_CONNECT_ATTEMPTS)
+                .filter(|_| (stale || peer_refused) && a.number < MAX_CONNECT_ATTEMPTS)
             {
+                // The copy holds the request alone: no preamble of the old hop to take off.
                 s.to_up = head;
-                Some(true)
+                a.preamble_len = 0;
+                Some(!peer_refused)
             } else {
                 None
             };
@@ -1454,7 +1648,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 (leg, pre, Some((svc, ep)), addr)
             }
             None => (
-                self.connect_plain(net, now, a.endpoint)?,
+                self.connect_plain(net, now, a.endpoint, snap.services.get(a.svc as usize))?,
                 None,
                 None,
                 a.endpoint,
@@ -1475,9 +1669,20 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             None => s.preamble = pre,
         }
+        if let Some(h) = s.kind.http_mut() {
+            let svc_rt = &snap.services[a.svc as usize];
+            let ep_index = lb.map(|(_, e)| e);
+            h.up_meta = Some(UpMeta {
+                key: pool_key(&snap, a.svc, ep_index, endpoint, s.client),
+                born: now,
+                requests: 1,
+                cfg: svc_rt.pool,
+            });
+        }
         let next = self.begin_attempt(Attempt {
             lb,
             candidates: a.candidates,
+            svc: a.svc,
             number: a.number + 1,
             preamble_len,
             per_try: a.per_try,
@@ -1589,6 +1794,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         session.preamble = preamble;
                         session.attempt = Some(self.begin_attempt(Attempt {
                             lb: Some((tsvc, ep)),
+                            svc: tsvc,
                             candidates,
                             ..Attempt::first(now, addr, session.timeouts.connect)
                         }));
@@ -1717,7 +1923,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             .hash_key
             .as_ref()
             .and_then(|k| lb::request_hash(k, head, IpAddr::V4(*client.ip())));
-        let candidates = backend.endpoints.clone();
+        let candidates = self.usable(snap, target, &backend.endpoints, now);
         let ep = self
             .balancer(snap, target)
             .and_then(|b| b.pick(&candidates, hash, now_duration(now)))
@@ -1738,31 +1944,40 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let service = snap.services.get(svc as usize).ok_or(Refusal::NoService)?;
         let ep_addr = endpoint_addr(snap, svc, ep)?;
         match service.endpoints[ep as usize].via {
-            None => Ok((self.connect_plain(net, now, ep_addr)?, None)),
+            None => Ok((self.connect_plain(net, now, ep_addr, Some(service))?, None)),
             Some(peer) => {
                 let (tls, peer_addr) = self.client_tls(snap, service, peer, client)?;
+                let held =
+                    self.hold(&service.name, Limit::Connections, &service.circuit_breaker)?;
                 let c = net
                     .connect(now, peer_addr)
                     .map_err(|_| Refusal::ConnectFailed)?;
                 self.stats.upstream_connects += 1;
-                Ok((
-                    Leg::tls(c, tls.into(), false),
-                    Some(preamble::encode(ep_addr, http)),
-                ))
+                let mut leg = Leg::tls(c, tls.into(), false);
+                leg.held = Some(held);
+                Ok((leg, Some(preamble::encode(ep_addr, http))))
             }
         }
     }
 
-    /// A plain TCP connection to a local endpoint (the transport completes it later).
+    /// A plain TCP connection to a local endpoint of `service` (the transport completes
+    /// it later), within the service's `circuit_breaker.max_connections`.
     fn connect_plain<N: Net<Conn = C>>(
         &mut self,
         net: &mut N,
         now: Instant,
         addr: SocketAddrV4,
+        service: Option<&ServiceRt>,
     ) -> Result<Leg<C>, Refusal> {
+        let held = match service {
+            Some(svc) => Some(self.hold(&svc.name, Limit::Connections, &svc.circuit_breaker)?),
+            None => None,
+        };
         let c = net.connect(now, addr).map_err(|_| Refusal::ConnectFailed)?;
         self.stats.upstream_connects += 1;
-        Ok(Leg::plain(c, false))
+        let mut leg = Leg::plain(c, false);
+        leg.held = held;
+        Ok(leg)
     }
 
     fn client_tls(
@@ -1806,6 +2021,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         s.last_delivery = now;
                     }
                     if let Some(h) = s.kind.http_mut() {
+                        // A request's circuit-breaker places last as long as its state says.
+                        if h.resp != RespPhase::Head {
+                            h.pending = None;
+                        }
+                        if h.resp == RespPhase::Idle {
+                            h.inflight = None;
+                        }
                         let waiting = h.req == ReqPhase::Head && h.resp == RespPhase::Idle;
                         if waiting && !s.d_in.is_empty() && h.head_started.is_none() {
                             h.head_started = Some(now);
@@ -1822,6 +2044,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         // Copies launched just now included.
         self.progress_mirrors(net, now);
+        self.progress_pool(net, now);
+        // New tables give the health checks new targets; a worker's first report starts
+        // its once-a-second schedule.
+        let checks_stale =
+            self.checker.is_some() && self.publisher.load().generation != self.checker_gen;
+        if checks_stale || (self.board.is_some() && self.next_report.is_none()) {
+            self.health_work(net, now);
+        }
     }
 
     /// A step failed: an upstream failure ends the attempt (which decides between a retry,
@@ -2003,12 +2233,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             self.teardown(net, now, s, false);
             return Ok(());
         }
+        let snap = s.snap.clone();
         let up = self
-            .connect_plain(net, now, ep)
+            .connect_plain(net, now, ep, snap.services.get(svc as usize))
             .map_err(StepError::Refused)?;
         self.by_conn.insert(up.conn, (sid, Side::Up));
         s.up = Some(up);
-        s.attempt = Some(self.begin_attempt(Attempt::first(now, ep, s.timeouts.connect)));
+        s.attempt = Some(self.begin_attempt(Attempt {
+            svc,
+            ..Attempt::first(now, ep, s.timeouts.connect)
+        }));
         // Bytes after the preamble belong to the service.
         s.to_up = std::mem::take(&mut s.d_in);
         s.kind = Kind::Tcp(TcpPhase::Connecting);
@@ -2275,6 +2509,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                                 h.retry_copy = None;
                             }
                         }
+                        if let Some(at) = s.attempt.as_mut() {
+                            if let Some(r) = at.replay.as_mut() {
+                                if r.len() + a.body_bytes <= h.retry_head_len + REPLAY_BODY_CAP {
+                                    r.extend_from_slice(&s.d_in[..a.body_bytes]);
+                                } else {
+                                    at.replay = None;
+                                }
+                            }
+                        }
                         if let Some(m) = h.mirror.as_mut() {
                             if !m.keep(&s.d_in[..a.body_bytes]) {
                                 self.policy_stats
@@ -2327,6 +2570,45 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             return Err(StepError::Upstream(Refusal::InterimFlood));
                         }
                     }
+                    let hop = h.up_meta.as_ref().is_some_and(|m| m.key.hop.is_some());
+                    if let Some(a) = s.attempt.as_mut().filter(|_| !head.is_interim()) {
+                        a.status = Some(head.status);
+                    }
+                    // Gateway B answers 503 for an endpoint it cannot reach (its health
+                    // checks, or its connect failing); only B writes that field (it drops a
+                    // server's), so it is B's word, and says nothing was processed.
+                    let peer_refused = hop
+                        && head.status == 503
+                        && head.header("x-xdpmesh-error").is_some_and(|v| {
+                            matches!(
+                                v,
+                                b"endpoint_unhealthy" | b"connect_failed" | b"connect_timeout"
+                            )
+                        });
+                    if peer_refused {
+                        let snap = s.snap.clone();
+                        if let Some(a) = s.attempt.as_mut() {
+                            a.peer_verdict = true;
+                            if let Some((svc, ep)) = a.lb {
+                                self.hold_endpoint(&snap, svc, ep, now);
+                            }
+                        }
+                        let replayable = s
+                            .attempt
+                            .as_ref()
+                            .is_some_and(|a| a.replay.is_some() && a.number < MAX_CONNECT_ATTEMPTS);
+                        if replayable {
+                            self.end_attempt(
+                                net,
+                                now,
+                                sid,
+                                s,
+                                (Outcome::ConnectFailed, Refusal::EndpointUnhealthy),
+                            );
+                            return Ok(true);
+                        }
+                    }
+                    let h = s.kind.http_mut().expect("an HTTP session");
                     let retry_status = h
                         .policy
                         .as_ref()
@@ -2370,10 +2652,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         .as_ref()
                         .filter(|p| p.retries.is_some() && !head.is_interim())
                         .map(|_| number.to_string());
-                    let extra: &[(&str, &[u8])] = match &attempts {
-                        Some(n) => &[("x-xdpmesh-attempts", n.as_bytes())],
-                        None => &[],
-                    };
+                    // A peer gateway's reason goes on to the client (a server's was dropped
+                    // at B).
+                    let reason = head.header("x-xdpmesh-error").filter(|_| hop);
+                    let mut extra: Vec<(&str, &[u8])> = Vec::with_capacity(2);
+                    if let Some(n) = &attempts {
+                        extra.push(("x-xdpmesh-attempts", n.as_bytes()));
+                    }
+                    if let Some(r) = reason {
+                        extra.push(("x-xdpmesh-error", r));
+                    }
+                    let extra = &extra[..];
                     http::write_forwarded_response(&head, &mut s.to_down, conn, extra);
                     if head.status == 101 {
                         h.resp = RespPhase::Tunnel;
@@ -2431,6 +2720,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
                 if !h.up_reusable || s.up_eof {
                     self.release_upstream(net, now, s);
+                } else if h.close_after {
+                    // The client connection closes: its upstream goes back to the pool now.
+                    self.park_upstream(net, now, s);
                 }
                 moved = true;
             } else if s.up_eof && s.u_in.is_empty() {
@@ -2555,6 +2847,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if !local {
                         return Err(Refusal::EndpointNotLocal);
                     }
+                    if self.locally_unhealthy(service, *endpoint) {
+                        return Err(Refusal::EndpointUnhealthy);
+                    }
                     (
                         svc,
                         None,
@@ -2604,35 +2899,91 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             http::ensure_request_id(head, &mut rng);
             http::ensure_traceparent(head, &mut rng);
         }
-        // Reuse the upstream connection when it goes to the same endpoint and is idle.
-        let reuse = {
+        // The service's circuit breaker: requests in flight, then those awaiting a head.
+        let svc_rt = &snap.services[svc as usize];
+        let cb = svc_rt.circuit_breaker;
+        let inflight = self.hold(&svc_rt.name, Limit::Requests, &cb)?;
+        let pending = self.hold(&svc_rt.name, Limit::Pending, &cb)?;
+        // What the connection must be bound to: gateway B binds a hop to the service its
+        // SNI named and the identity it presented, for the hop's whole life.
+        let hop = ep.is_some_and(|e| svc_rt.endpoints[e as usize].via.is_some());
+        let identity = hop
+            .then(|| snap.identity_for_source(IpAddr::V4(*s.client.ip())))
+            .flatten()
+            .map(|i| i.id.as_str());
+        let fits = |k: &PoolKey| {
+            k.endpoint == endpoint
+                && match &k.hop {
+                    None => !hop,
+                    Some((sv, id)) => hop && **sv == *svc_rt.name && Some(&**id) == identity,
+                }
+        };
+        // Reuse the session's own upstream connection when it fits and is idle, else one
+        // from the worker's pool, else open one.
+        let mut reuse = {
             let h = s.kind.http().expect("an HTTP session");
-            h.up_endpoint == Some(endpoint) && h.up_reusable && !s.up_eof && s.up.is_some()
+            h.up_reusable
+                && !s.up_eof
+                && s.up.is_some()
+                && h.up_meta
+                    .as_ref()
+                    .is_some_and(|m| fits(&m.key) && m.reusable(now))
         };
         let mut preamble_len = 0;
         if reuse {
             self.stats.upstream_reused += 1;
         } else {
-            self.release_upstream(net, now, s);
-            let (leg, pre) = match &s.kind.http().expect("an HTTP session").target {
-                Target::Fixed { .. } => (self.connect_plain(net, now, endpoint)?, None),
-                Target::Route => {
-                    let ep = ep.expect("routed requests have an endpoint index");
-                    self.open_upstream(net, now, &snap, (svc, ep), s.client, true)?
+            if !self.park_upstream(net, now, s) {
+                self.release_upstream(net, now, s);
+            }
+            let key = pool_key(&snap, svc, ep, endpoint, s.client);
+            let (leg, meta) = match self.take_pooled(net, now, &key) {
+                Some(pooled) => {
+                    self.stats.upstream_reused += 1;
+                    reuse = true;
+                    pooled
+                }
+                None => {
+                    let (leg, pre) = match &s.kind.http().expect("an HTTP session").target {
+                        Target::Fixed { .. } => {
+                            (self.connect_plain(net, now, endpoint, Some(svc_rt))?, None)
+                        }
+                        Target::Route => {
+                            let ep = ep.expect("routed requests have an endpoint index");
+                            self.open_upstream(net, now, &snap, (svc, ep), s.client, true)?
+                        }
+                    };
+                    if let Some(p) = pre {
+                        preamble_len = p.len();
+                        s.to_up.extend_from_slice(&p);
+                    }
+                    let meta = UpMeta {
+                        key,
+                        born: now,
+                        requests: 0,
+                        cfg: svc_rt.pool,
+                    };
+                    (leg, meta)
                 }
             };
             self.by_conn.insert(leg.conn, (sid, Side::Up));
             s.up = Some(leg);
             s.up_eof = false;
             s.u_in.clear();
-            if let Some(p) = pre {
-                preamble_len = p.len();
-                s.to_up.extend_from_slice(&p);
+            s.kind.http_mut().expect("an HTTP session").up_meta = Some(meta);
+        }
+        {
+            let h = s.kind.http_mut().expect("an HTTP session");
+            if let Some(m) = h.up_meta.as_mut() {
+                m.requests += 1;
             }
+            h.inflight = Some(inflight);
+            h.pending = Some(pending);
         }
         let retries = policy.as_ref().and_then(|(p, _)| p.retries.as_ref());
         let attempt = self.begin_attempt(Attempt {
             lb: ep.map(|e| (svc, e)),
+            svc,
             candidates,
             preamble_len,
             // A kept-alive connection is connected already.
@@ -2667,7 +3018,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             };
         }
         h.up_endpoint = Some(endpoint);
-        h.up_reusable = head.keep_alive;
+        // The hop-by-hop `Connection` is not forwarded: an HTTP/1.1 request leaves the
+        // upstream connection open whatever the client asked of its own (the response says
+        // otherwise if the server closes); an HTTP/1.0 one only if it asked for keep-alive.
+        h.up_reusable = head.version == 1 || head.keep_alive;
         h.client_keep_alive = head.keep_alive;
         h.method = head.method.clone();
         h.request_timeout = limits.request;
@@ -2689,13 +3043,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Some((p, l)) => (Some(p), Some(l)),
             None => (None, None),
         };
-        let replayable = reuse
+        // A reused connection the server closed as the request went out processed nothing:
+        // the request goes again on a fresh one, whatever its method (its body up to
+        // REPLAY_BODY_CAP is kept for that as it passes).
+        let replayable = (reuse || hop)
             && head.upgrade.is_none()
-            && !head.body.has_body()
-            && matches!(
-                head.method.as_str(),
-                "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-            );
+            && !matches!(head.body, http::BodyKind::Length(n) if n > REPLAY_BODY_CAP as u64);
         if replayable {
             if let Some(a) = s.attempt.as_mut() {
                 a.replay = Some(s.to_up[head_at..].to_vec());
@@ -2918,6 +3271,522 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
     }
 
+    /// The endpoints among `all` (indices into service `svc`'s) a balancer may pick: neither
+    /// ejected by outlier detection nor found unhealthy, unless too few are left (the
+    /// service's panic threshold), then all of them.
+    fn usable(&mut self, snap: &Snapshot, svc: u32, all: &[u32], now: Instant) -> Vec<u32> {
+        let Some(service) = snap.services.get(svc as usize) else {
+            return all.to_vec();
+        };
+        if !self.holds.is_empty() {
+            self.expire_holds(snap, now);
+        }
+        let default_cfg;
+        let cfg = match &service.outlier {
+            Some(c) => c,
+            None => {
+                default_cfg = control::snapshot::OutlierRt::default();
+                &default_cfg
+            }
+        };
+        let h = self.svc_health(snap, svc, now);
+        let mut out = Vec::with_capacity(all.len());
+        h.det.filter(cfg, all, now, &mut out);
+        out
+    }
+
+    /// The health of service `svc` on this worker, its endpoint indices those of `snap`, the
+    /// board's verdicts applied to the endpoints this gateway owns.
+    fn svc_health(&mut self, snap: &Snapshot, svc: u32, now: Instant) -> &mut SvcHealth {
+        self.refresh_board();
+        let service = &snap.services[svc as usize];
+        let addrs = || -> Vec<SocketAddrV4> {
+            service
+                .endpoints
+                .iter()
+                .map(|e| match e.address {
+                    SocketAddr::V4(a) => a,
+                    SocketAddr::V6(_) => SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                })
+                .collect()
+        };
+        if !self.health.contains_key(&service.name) {
+            let det = Detector::new(&addrs(), now);
+            let fresh = SvcHealth {
+                det,
+                gen: snap.generation,
+                board: u64::MAX,
+            };
+            self.health.insert(service.name.clone(), fresh);
+        }
+        let version = self.board_version;
+        let unhealthy = self.unhealthy.clone();
+        let h = self.health.get_mut(&service.name).expect("inserted above");
+        if h.gen != snap.generation {
+            h.det.sync(&addrs());
+            h.gen = snap.generation;
+            h.board = u64::MAX;
+        }
+        if h.board != version {
+            for (i, e) in service.endpoints.iter().enumerate() {
+                if let (None, SocketAddr::V4(a)) = (e.via, e.address) {
+                    let bad = unhealthy.contains(&(service.name.clone(), a));
+                    h.det.set_healthy(i as u32, !bad);
+                }
+            }
+            h.board = version;
+        }
+        h
+    }
+
+    /// Reads the health checks' verdicts again when they changed.
+    fn refresh_board(&mut self) {
+        if let Some(b) = &self.board {
+            let v = b.version();
+            if v != self.board_version {
+                self.unhealthy = b.unhealthy();
+                self.board_version = v;
+            }
+        }
+    }
+
+    /// Gateway B: do this gateway's health checks find `endpoint` of `service` unhealthy?
+    fn locally_unhealthy(&mut self, service: &str, endpoint: SocketAddrV4) -> bool {
+        self.refresh_board();
+        !self.unhealthy.is_empty()
+            && self
+                .unhealthy
+                .iter()
+                .any(|(s, a)| *a == endpoint && s == service)
+    }
+
+    /// Gateway A: a peer gateway could not reach endpoint `ep` of service `svc` (its health
+    /// checks, or its connect failed): skip it for [`PEER_HOLD`].
+    fn hold_endpoint(&mut self, snap: &Snapshot, svc: u32, ep: u32, now: Instant) {
+        let Some(service) = snap.services.get(svc as usize) else {
+            return;
+        };
+        let Ok(addr) = endpoint_addr(snap, svc, ep) else {
+            return;
+        };
+        let until = now + PEER_HOLD;
+        match self
+            .holds
+            .iter_mut()
+            .find(|(_, s, a)| *a == addr && *s == service.name)
+        {
+            Some(h) => h.0 = until,
+            None => self.holds.push((until, service.name.clone(), addr)),
+        }
+        self.svc_health(snap, svc, now).det.set_healthy(ep, false);
+    }
+
+    /// Ends the holds whose time is up: those endpoints are tried again.
+    fn expire_holds(&mut self, snap: &Snapshot, now: Instant) {
+        let mut i = 0;
+        while i < self.holds.len() {
+            if self.holds[i].0 > now {
+                i += 1;
+                continue;
+            }
+            let (_, service, addr) = self.holds.swap_remove(i);
+            let Some(svc) = snap.service_id(&service) else {
+                continue;
+            };
+            let eps: Vec<u32> = snap.services[svc as usize]
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.address == SocketAddr::V4(addr))
+                .map(|(i, _)| i as u32)
+                .collect();
+            let h = self.svc_health(snap, svc, now);
+            for ep in eps {
+                h.det.set_healthy(ep, true);
+            }
+        }
+    }
+
+    /// An attempt's outcome, for outlier detection of the endpoint a balancer picked.
+    fn record_outcome(&mut self, s: &Session<C>, a: &Attempt, outcome: Outcome, now: Instant) {
+        let Some((svc, ep)) = a.lb else {
+            return;
+        };
+        if a.peer_verdict || s.snap.generation != a.gen {
+            return;
+        }
+        let ok = match outcome {
+            Outcome::Complete => a.status.is_none_or(|st| st < 500),
+            Outcome::RetryableStatus => a.status.is_some_and(|st| st < 500),
+            Outcome::Cancelled => return,
+            _ => false,
+        };
+        let snap = s.snap.clone();
+        let Some(cfg) = snap
+            .services
+            .get(svc as usize)
+            .and_then(|x| x.outlier.as_ref())
+        else {
+            return;
+        };
+        self.svc_health(&snap, svc, now)
+            .det
+            .record(cfg, ep, ok, now);
+    }
+
+    /// The active health checks (when this worker runs them) and the worker's report to the
+    /// board, at most once a second.
+    fn health_work<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
+        if let Some(mut checker) = self.checker.take() {
+            let snap = self.publisher.load();
+            if snap.generation != self.checker_gen {
+                // This gateway checks the endpoints it owns (no `via`).
+                let targets: Vec<_> = snap
+                    .services
+                    .iter()
+                    .filter_map(|svc| svc.health_check.as_ref().map(|hc| (svc, hc)))
+                    .flat_map(|(svc, hc)| {
+                        svc.endpoints
+                            .iter()
+                            .filter_map(move |e| match (e.via, e.address) {
+                                (None, SocketAddr::V4(a)) => {
+                                    Some((svc.name.clone(), a, hc.clone()))
+                                }
+                                _ => None,
+                            })
+                    })
+                    .collect();
+                checker.sync(net, now, &targets);
+                self.checker_gen = snap.generation;
+            }
+            checker.handle_timeout(net, now);
+            self.checker = Some(checker);
+            self.publish_checks(now);
+        }
+        let Some(board) = self.board.clone() else {
+            return;
+        };
+        if self.next_report.is_some_and(|t| t > now) {
+            return;
+        }
+        self.next_report = Some(now + Duration::from_secs(1));
+        let snap = self.publisher.load();
+        self.warm_up(net, now, &snap);
+        let at = now_duration(now);
+        let mut report = Vec::new();
+        for (name, h) in self.health.iter_mut() {
+            let Some(svc) = snap.service_id(name) else {
+                continue;
+            };
+            if h.gen != snap.generation {
+                continue;
+            }
+            let service = &snap.services[svc as usize];
+            if let Some(cfg) = &service.outlier {
+                h.det.tick(cfg, now);
+            }
+            let b = self
+                .balancers
+                .get(&svc)
+                .filter(|_| self.balancer_gen == snap.generation);
+            for ep in 0..h.det.len() as u32 {
+                let Some(v) = h.det.view(ep) else { continue };
+                let key = pool_key(
+                    &snap,
+                    svc,
+                    Some(ep),
+                    v.address,
+                    SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                );
+                let pooled = if key.hop.is_none() {
+                    self.pool.idle_for(&key) as u32
+                } else {
+                    0
+                };
+                report.push(EndpointReport {
+                    service: name.clone(),
+                    endpoint: Some(v.address),
+                    ejected_for: v.ejected_until.map(|t| t.saturating_duration_since(now)),
+                    ejections: v.ejections,
+                    ejections_consecutive: 0,
+                    ejections_success_rate: 0,
+                    returns: 0,
+                    unhealthy: !v.healthy,
+                    consecutive_failures: v.consecutive_failures,
+                    outstanding: b.map_or(0, |b| b.outstanding(ep)),
+                    ewma: b
+                        .and_then(|b| b.rtt_estimate(ep, at))
+                        .filter(|_| service.load_balancer == control::schema::LbPolicy::P2cEwma),
+                    pooled,
+                });
+            }
+            if let Some(first) = report.iter_mut().rev().find(|r| r.service == *name) {
+                // The service's counters ride on one of its rows.
+                let c = h.det.counters();
+                first.ejections_consecutive = c.ejections_consecutive;
+                first.ejections_success_rate = c.ejections_success_rate;
+                first.returns = c.returns;
+            }
+        }
+        board.set_worker(self.worker_id, report);
+    }
+
+    /// Opens mTLS hops so that each peer's `min_idle` wait idle in the pool for each service
+    /// endpoint behind it and each client identity (at most [`MAX_WARM`] per worker; once a
+    /// second). A warm hop carries its preamble from the start, like any pooled hop.
+    fn warm_up<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant, snap: &Snapshot) {
+        if !snap.peers.iter().any(|p| p.min_idle > 0) {
+            return;
+        }
+        let mut budget = MAX_WARM;
+        for (pi, peer) in snap.peers.iter().enumerate() {
+            if peer.min_idle == 0 {
+                continue;
+            }
+            for (si, svc) in snap.services.iter().enumerate() {
+                let want = peer.min_idle.min(svc.pool.max_idle_per_endpoint) as usize;
+                for (ei, e) in svc.endpoints.iter().enumerate() {
+                    let (Some(via), SocketAddr::V4(addr)) = (e.via, e.address) else {
+                        continue;
+                    };
+                    if via as usize != pi {
+                        continue;
+                    }
+                    for ident in snap.identities.iter().filter(|i| !i.sources.is_empty()) {
+                        let key = PoolKey {
+                            endpoint: addr,
+                            hop: Some((Arc::from(svc.name.as_str()), Arc::from(ident.id.as_str()))),
+                        };
+                        for _ in self.pool.idle_for(&key)..want {
+                            if budget == 0 {
+                                return;
+                            }
+                            budget -= 1;
+                            if self
+                                .open_warm_hop(net, now, snap, (si as u32, ei as u32), ident, &key)
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_warm_hop<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        snap: &Snapshot,
+        (svc, ep): (u32, u32),
+        ident: &IdentityRt,
+        key: &PoolKey,
+    ) -> Result<(), Refusal> {
+        let service = &snap.services[svc as usize];
+        let peer = service.endpoints[ep as usize]
+            .via
+            .and_then(|p| snap.peers.get(p as usize))
+            .ok_or(Refusal::UnknownPeer)?;
+        let SocketAddr::V4(peer_addr) = peer.address else {
+            return Err(Refusal::UnknownPeer);
+        };
+        let cfg = self
+            .tls
+            .client(ident, &peer.identity)
+            .ok_or(Refusal::NoTlsConfig)?;
+        let sni = super::tls::sni_for_service(&service.name).map_err(|_| Refusal::NoTlsConfig)?;
+        let mut tls = rustls::ClientConnection::new(cfg, sni).map_err(|_| Refusal::NoTlsConfig)?;
+        // rustls holds plaintext written before the handshake and sends it right after.
+        use std::io::Write as _;
+        tls.writer()
+            .write_all(&preamble::encode(key.endpoint, true))
+            .map_err(|_| Refusal::NoTlsConfig)?;
+        let held = self.hold(&service.name, Limit::Connections, &service.circuit_breaker)?;
+        let c = net
+            .connect(now, peer_addr)
+            .map_err(|_| Refusal::ConnectFailed)?;
+        self.stats.upstream_connects += 1;
+        let mut leg = Leg::tls(c, tls.into(), false);
+        leg.held = Some(held);
+        let meta = UpMeta {
+            key: key.clone(),
+            born: now,
+            requests: 0,
+            cfg: service.pool,
+        };
+        match self.pool.put(leg, meta, now) {
+            Ok(slot) => {
+                self.by_conn.insert(c, (slot, Side::Pool));
+                Ok(())
+            }
+            Err(_) => {
+                net.abort(c);
+                Err(Refusal::Overflow)
+            }
+        }
+    }
+
+    /// The checking worker: verdicts that changed go to its own detectors at once and to
+    /// the board (the other workers read them from there).
+    fn publish_checks(&mut self, _now: Instant) {
+        let Some(checker) = self.checker.as_mut() else {
+            return;
+        };
+        let mut changed = false;
+        while checker.poll_change().is_some() {
+            changed = true;
+        }
+        if !changed && self.next_report.is_some() {
+            return;
+        }
+        let checks: Vec<CheckReport> = checker
+            .targets()
+            .map(|(service, addr, st)| CheckReport {
+                service: service.to_owned(),
+                endpoint: addr,
+                health: st.health.as_str(),
+                last_failure: st.last_failure.map(|f| f.as_str()),
+            })
+            .collect();
+        if let Some(b) = &self.board {
+            b.set_checks(checks);
+        }
+    }
+
+    /// One unit of `limit` of `service`'s circuit breaker, or `overflow` (counted).
+    fn hold(
+        &mut self,
+        service: &str,
+        limit: Limit,
+        cfg: &control::snapshot::CircuitBreakerRt,
+    ) -> Result<Held, Refusal> {
+        self.breakers.hold(service, limit, cfg).ok_or_else(|| {
+            self.policy_stats
+                .count(service, Decision::Overflow(limit.label()));
+            Refusal::Overflow
+        })
+    }
+
+    /// Is the idle connection still open with nothing unasked-for on it? A read that would
+    /// block says yes (TLS records without data, such as session tickets, are taken in
+    /// passing); an end of stream, data or an error says it can carry no request.
+    fn still_open<N: Net<Conn = C>>(&mut self, net: &mut N, leg: &mut Leg<C>) -> bool {
+        let r = leg.read(net, &mut self.buf, &mut self.scratch);
+        matches!(r, Ok(Err(NetError::WouldBlock))) && leg.flush(net).is_ok()
+    }
+
+    /// Hands the session's upstream connection to the worker's pool when it can carry
+    /// another request: its last response ended whole and nothing is owed either way.
+    /// Returns whether the session let go of it (pooled, or closed as retired or surplus).
+    fn park_upstream<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        s: &mut Session<C>,
+    ) -> bool {
+        let Some(h) = s.kind.http_mut() else {
+            return false;
+        };
+        let between = h.up_reusable
+            && h.resp == RespPhase::Idle
+            && h.req == ReqPhase::Head
+            && s.attempt.is_none()
+            && !s.up_eof
+            && s.u_in.is_empty()
+            && s.to_up.is_empty();
+        let quiet = s.up.as_ref().is_some_and(|u| {
+            u.connected && !u.is_handshaking() && !u.is_finishing() && u.pending_out() == 0
+        });
+        if !(between && quiet && h.up_meta.is_some()) {
+            return false;
+        }
+        let meta = h.up_meta.take().expect("checked above");
+        let leg = s.up.take().expect("checked above");
+        forget_upstream(s);
+        let conn = leg.conn;
+        self.by_conn.remove(&conn);
+        let retired = !meta.reusable(now);
+        match self.pool.put(leg, meta, now) {
+            Ok(slot) => {
+                self.by_conn.insert(conn, (slot, Side::Pool));
+            }
+            Err(mut leg) => {
+                let why = if retired {
+                    PoolClose::Retired
+                } else {
+                    PoolClose::Full
+                };
+                self.stats.pool_closes[why as usize] += 1;
+                let _ = leg.finish(net);
+                net.close(now, conn);
+            }
+        }
+        true
+    }
+
+    /// An idle connection from the pool bound to `key`, checked open; those found closed or
+    /// past their lifetime are closed on the way.
+    fn take_pooled<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        key: &PoolKey,
+    ) -> Option<(Leg<C>, UpMeta)> {
+        let ready = |l: &Leg<C>| l.connected && !l.is_handshaking();
+        while let Some(mut idle) = self.pool.take(key, ready) {
+            self.by_conn.remove(&idle.leg.conn);
+            let retired = !idle.meta.reusable(now);
+            if !retired && self.still_open(net, &mut idle.leg) {
+                return Some((idle.leg, idle.meta));
+            }
+            let why = if retired {
+                PoolClose::Retired
+            } else {
+                PoolClose::PeerClosed
+            };
+            self.stats.pool_closes[why as usize] += 1;
+            let _ = idle.leg.finish(net);
+            net.close(now, idle.leg.conn);
+        }
+        None
+    }
+
+    /// Idle pooled connections that had an event: one the server closed (or sent anything
+    /// on) is closed and forgotten, never handed out.
+    fn progress_pool<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
+        while let Some(slot) = self.pool_dirty.pop() {
+            if self.pool.get_mut(slot).is_some_and(|i| !i.leg.connected) {
+                continue;
+            }
+            let Some(mut idle) = self.pool.remove(slot) else {
+                continue;
+            };
+            if self.still_open(net, &mut idle.leg) {
+                // Put back where it was (same key, same life so far).
+                let conn = idle.leg.conn;
+                let since = idle.since();
+                match self.pool.put(idle.leg, idle.meta, since) {
+                    Ok(slot) => {
+                        self.by_conn.insert(conn, (slot, Side::Pool));
+                    }
+                    Err(mut leg) => {
+                        self.by_conn.remove(&conn);
+                        let _ = leg.finish(net);
+                        net.close(now, conn);
+                    }
+                }
+                continue;
+            }
+            self.stats.pool_closes[PoolClose::PeerClosed as usize] += 1;
+            self.by_conn.remove(&idle.leg.conn);
+            let _ = idle.leg.finish(net);
+            net.close(now, idle.leg.conn);
+        }
+        self.stats.pooled = self.pool.idle() as u64;
+    }
+
     /// Lets go of the session's upstream connection (graceful close).
     fn release_upstream<N: Net<Conn = C>>(
         &mut self,
@@ -2945,6 +3814,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.finish_attempt(now, s, Outcome::Cancelled);
         // A request still in flight was cut (or its client went away).
         self.end_request(now, s, None, None);
+        if !abort {
+            // An idle upstream outlives its client connection in the pool.
+            self.park_upstream(net, now, s);
+        }
         if let Some(l) = s.listener.clone() {
             self.emit(Event::Closed {
                 listener: l,
@@ -2994,6 +3867,9 @@ impl HttpState {
             client_keep_alive: true,
             up_endpoint: None,
             up_reusable: false,
+            up_meta: None,
+            inflight: None,
+            pending: None,
             head_started: None,
             record: None,
             request_timeout: Duration::ZERO,
@@ -3080,11 +3956,35 @@ fn release_idle_buffers<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(s: &mu
 }
 
 /// What the session knew of an upstream it no longer has.
+/// What a connection to endpoint `ep` (index, when a balancer picked it) of service `svc`
+/// at `endpoint` is bound to: a hop through a peer to the service and the identity of the
+/// client's source; a local endpoint to its address alone.
+fn pool_key(
+    snap: &Snapshot,
+    svc: u32,
+    ep: Option<u32>,
+    endpoint: SocketAddrV4,
+    client: SocketAddrV4,
+) -> PoolKey {
+    let service = snap.services.get(svc as usize);
+    let via = ep
+        .and_then(|e| service.and_then(|s| s.endpoints.get(e as usize)))
+        .is_some_and(|e| e.via.is_some());
+    let hop = service.filter(|_| via).map(|s| {
+        let id = snap
+            .identity_for_source(IpAddr::V4(*client.ip()))
+            .map_or("", |i| i.id.as_str());
+        (Arc::from(s.name.as_str()), Arc::from(id))
+    });
+    PoolKey { endpoint, hop }
+}
+
 fn forget_upstream<C>(s: &mut Session<C>) {
     s.up_eof = false;
     s.u_in.clear();
     if let Some(h) = s.kind.http_mut() {
         h.up_endpoint = None;
+        h.up_meta = None;
     }
 }
 

@@ -1259,7 +1259,7 @@ fn is_hop_by_hop(headers: &[(String, Vec<u8>)], name: &str) -> bool {
 
 /// Fields only the gateway writes: whatever a client or a server sent under these names is
 /// dropped (a client must not make up how many attempts were made).
-const GATEWAY_FIELDS: [&str; 1] = ["x-xdpmesh-attempts"];
+const GATEWAY_FIELDS: [&str; 2] = ["x-xdpmesh-attempts", "x-xdpmesh-error"];
 
 fn push_end_to_end(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)]) {
     for (n, v) in headers {

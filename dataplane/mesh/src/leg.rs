@@ -47,6 +47,9 @@ pub struct Leg<C> {
     shut: bool,
     /// The transport connection completed (always true for accepted ones).
     pub connected: bool,
+    /// An upstream connection's place under its service's `circuit_breaker.max_connections`,
+    /// given back when the leg is dropped.
+    pub held: Option<crate::breaker::Held>,
 }
 
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
@@ -60,6 +63,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
             finishing: false,
             shut: false,
             connected,
+            held: None,
         }
     }
 
@@ -245,6 +249,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
             }
         }
         self.flush(net)
+    }
+
+    /// We asked to finish our direction.
+    pub fn is_finishing(&self) -> bool {
+        self.finishing
     }
 
     /// Our direction is finished and everything is handed to the transport.

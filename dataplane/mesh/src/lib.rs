@@ -1,13 +1,19 @@
 //! The mesh logic, sans-IO: sessions (inbound mesh, TCP, HTTP) over a [`net::Net`] it is
 //! handed ([`engine`], [`leg`]), the HTTP/1.1 codec ([`http`]), load balancers ([`lb`]) and
-//! the mTLS configurations, SPIFFE identities and SNI mapping of the mesh hop ([`tls`]), and
-//! the connection caps all workers share ([`admission`]), request mirroring ([`mirror`]), outlier detection and endpoint health ([`outlier`]), an in-memory [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]).
+//! the mTLS configurations, SPIFFE identities and SNI mapping of the mesh hop ([`tls`]); a
+//! route's request policies ([`policy`]) and mirror ([`mirror`]); endpoint health: the pool of
+//! upstream connections ([`pool`]), circuit breaking ([`breaker`]), outlier detection
+//! ([`outlier`]), active health checks ([`healthcheck`]) and what the workers share of it
+//! ([`health`]); the connection caps all workers share ([`admission`]), and an in-memory
+//! [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]).
 //!
 //! No sockets, threads, files, clock or `getrandom` here: the caller passes `now`, seeds,
 //! table snapshots and certificate material (the data plane is the I/O shell around it).
 
 pub mod admission;
+pub mod breaker;
 pub mod engine;
+pub mod health;
 pub mod healthcheck;
 pub mod http;
 pub mod lb;
@@ -17,6 +23,7 @@ pub mod mirror;
 pub mod net;
 pub mod outlier;
 pub mod policy;
+pub mod pool;
 pub mod tls;
 
 #[cfg(any(test, feature = "test-support"))]

@@ -105,6 +105,24 @@ impl MemNet {
         v
     }
 
+    /// The far end of `c`.
+    pub fn remote(&self, c: MemConn) -> Option<SocketAddrV4> {
+        self.conns.get(&c).map(|x| x.remote)
+    }
+
+    /// Connections the engine opened (not accepted) that carry bytes the peer has not
+    /// taken, oldest first: where a request went when it reused a pooled connection.
+    pub fn outgoing_with_data(&self) -> Vec<MemConn> {
+        let mut v: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.local.ip() == &self.local_ip && !c.tx.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Every connection the engine opened to `remote`, oldest first.
     pub fn connects_to(&self, remote: SocketAddrV4) -> Vec<MemConn> {
         let mut v: Vec<_> = self

@@ -177,6 +177,9 @@ pub enum Decision {
     MirrorSkipped(&'static str),
     /// A copy that got no whole response (connect failure, reset, timeout, bad response).
     MirrorFailed,
+    /// A request the service's circuit breaker refused, by the cap that tripped (counted
+    /// under the service's name, not a route's).
+    Overflow(&'static str),
 }
 
 /// Per-route counters of policy decisions, shared by every worker's engine. Touched only

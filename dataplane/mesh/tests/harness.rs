@@ -61,9 +61,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 fn served(gw: &mut Gw) -> (MemConn, MemConn) {
     let c = gw.client();
     gw.send(c, GET);
-    let (u, _) = gw.pending();
-    gw.net.peer_accept(u);
-    gw.settle();
+    let (u, _) = gw.upstream();
     assert!(gw.take(u).starts_with("GET / HTTP/1.1\r\n"));
     gw.send(u, OK);
     assert_eq!(status(&gw.take(c)), 200);
@@ -498,7 +496,7 @@ fn a_timed_out_request_is_an_event_with_its_reason() {
 }
 
 #[test]
-fn a_kept_alive_upstream_closed_as_it_is_reused_gets_an_idempotent_request_again() {
+fn a_kept_alive_upstream_closed_as_it_is_reused_gets_the_request_again_once() {
     let mut gw = Gw::new(&one_endpoint());
     let (c, u) = served(&mut gw);
     // The next GET reuses the kept-alive connection; the server had closed it meanwhile.
@@ -522,13 +520,39 @@ fn a_kept_alive_upstream_closed_as_it_is_reused_gets_an_idempotent_request_again
     assert_eq!(gw.stats().retries, 1);
     gw.balanced();
 
-    // A POST is not sent twice: the client gets the 502.
+    // A POST too, body and all: the server closed the reused connection before any byte
+    // of a response, so it processed nothing (issue #16).
+    gw.send(
+        c,
+        b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 4\r\n\r\nbody",
+    );
+    assert!(gw.take(u2).starts_with("POST / "));
+    gw.net.peer_reset(u2);
+    gw.settle();
+    let (u3, _) = gw.pending();
+    gw.net.peer_accept(u3);
+    gw.settle();
+    let again = gw.take(u3);
+    assert!(
+        again.starts_with("POST / ") && again.ends_with("\r\n\r\nbody"),
+        "{again}"
+    );
+    gw.send(u3, OK);
+    assert_eq!(status(&gw.take(c)), 200);
+    assert_eq!(gw.stats().retries, 2);
+    // Once: the fresh connection failing too reaches the client.
     gw.send(
         c,
         b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 0\r\n\r\n",
     );
-    assert!(gw.take(u2).starts_with("POST / "));
-    gw.net.peer_reset(u2);
+    assert!(gw.take(u3).starts_with("POST / "));
+    gw.net.peer_reset(u3);
+    gw.settle();
+    let (u4, _) = gw.pending();
+    gw.net.peer_accept(u4);
+    gw.settle();
+    let _ = gw.take(u4);
+    gw.net.peer_reset(u4);
     gw.settle();
     assert!(gw.net.pending_connects().is_empty());
     assert_eq!(status(&gw.take(c)), 502);

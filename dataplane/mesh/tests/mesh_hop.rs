@@ -56,6 +56,15 @@ const A_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 5000);
 
 /// Gateways A and B with certificates from one CA and `authz` in B's tables.
 fn gateways_with(dir: &Path, authz: &str) -> (Gw, Gw) {
+    gateways_custom(dir, authz, |a, b| (a, b))
+}
+
+/// As [`gateways_with`], with A's and B's tables changed by `fix` first.
+fn gateways_custom(
+    dir: &Path,
+    authz: &str,
+    fix: impl Fn(String, String) -> (String, String),
+) -> (Gw, Gw) {
     let root = ca("mesh");
     std::fs::write(dir.join("ca.pem"), root.cert.pem()).unwrap();
     write_identity(dir, "client", &root, "spiffe://t.mesh/sa/client");
@@ -113,6 +122,7 @@ endpoints = [{{ address = "{SERVER}" }}]
 {authz}
 "#
     );
+    let (a_tables, b_tables) = fix(a_tables, b_tables);
     let a = Gw::with(publisher(&a_tables, dir), trust(), A_IP);
     let b = Gw::with(publisher(&b_tables, dir), trust(), B_IP);
     (a, b)
@@ -429,4 +439,199 @@ fn a_hop_cut_without_close_notify_is_a_cut_for_the_client() {
     assert_eq!(a.take(c), "bye");
     assert!(a.net.shut(c), "a FIN for a clean end");
     assert_ne!(a.net.closed(c), Some(EngineClose::Abort));
+}
+
+#[test]
+fn a_hop_outlives_its_client_and_carries_the_next_clients_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = gateways(dir.path(), "spiffe://t.mesh/sa/client");
+    let (server, c, mut hop) =
+        through(&mut a, &mut b, b"GET /1 HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    let (s, _) = server.expect("B reached the server");
+    b.net
+        .peer_send(s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    hop.carry(&mut a, &mut b);
+    assert_eq!(status(&a.take(c)), 200);
+    a.net.peer_shutdown(c);
+    hop.carry(&mut a, &mut b);
+    assert_eq!(a.net.closed(c), Some(EngineClose::Close));
+    assert_eq!(a.engine.pooled(), 1, "the hop waits in A's pool");
+    assert!(a.net.closed(hop.a).is_none());
+    // The next clients take it: no new hop at A, no new connection at B.
+    for i in 2..5 {
+        let c = a.net.peer_connect(CLIENT, LISTEN);
+        a.settle();
+        a.send(
+            c,
+            format!("GET /{i} HTTP/1.1\r\nHost: web.test\r\n\r\n").as_bytes(),
+        );
+        assert!(a.net.pending_connects().is_empty(), "no new hop");
+        hop.carry(&mut a, &mut b);
+        assert!(
+            b.net.pending_connects().is_empty(),
+            "B reuses its server connection"
+        );
+        let got = String::from_utf8(b.net.peer_take(s)).unwrap();
+        assert!(got.starts_with(&format!("GET /{i} ")), "{got}");
+        b.net
+            .peer_send(s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        hop.carry(&mut a, &mut b);
+        assert_eq!(status(&a.take(c)), 200);
+        a.net.peer_shutdown(c);
+        hop.carry(&mut a, &mut b);
+    }
+    assert_eq!(a.stats().upstream_connects, 1);
+    assert_eq!(b.stats().upstream_connects, 1);
+    assert_eq!(a.stats().upstream_reused, 3);
+    // B closing the idle hop: A drops it from its pool, and the next client gets a new one.
+    b.engine.drain_idle();
+    hop.carry(&mut a, &mut b);
+    assert_eq!(a.engine.pooled(), 0);
+    let c = a.net.peer_connect(CLIENT, LISTEN);
+    a.settle();
+    a.send(c, b"GET /5 HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    assert_eq!(a.net.pending_connects().len(), 1, "a fresh hop");
+}
+
+#[test]
+fn b_refuses_an_endpoint_its_checks_find_unhealthy_and_a_goes_to_another() {
+    const OTHER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 3), 8080);
+    let dir = tempfile::tempdir().unwrap();
+    let two = format!("endpoints = [{{ address = \"{SERVER}\", via = \"gw-b\" }}, {{ address = \"{OTHER}\", via = \"gw-b\" }}]");
+    let (mut a, mut b) = gateways_custom(
+        dir.path(),
+        "[[authorization]]\nservice = \"web\"\nallow = [\"spiffe://t.mesh/sa/client\"]\n",
+        |at, bt| {
+            let at = at.replace(
+                &format!("endpoints = [{{ address = \"{SERVER}\", via = \"gw-b\" }}]"),
+                &two,
+            );
+            let bt = bt.replace(
+                &format!("endpoints = [{{ address = \"{SERVER}\" }}]"),
+                &format!("endpoints = [{{ address = \"{SERVER}\" }}, {{ address = \"{OTHER}\" }}]\nhealth_check = {{ tcp = true, interval = \"1s\", timeout = \"500ms\", unhealthy = 1, healthy = 1 }}"),
+            );
+            (at, bt)
+        },
+    );
+    let board = mesh::health::HealthBoard::new();
+    b.engine.set_health(board.clone(), 0, true);
+    // B's probes: SERVER refuses, OTHER accepts, until B's verdict is in.
+    for _ in 0..20 {
+        b.advance(Duration::from_millis(100));
+        for (p, to) in b.net.pending_connects() {
+            if to == SERVER {
+                b.net.peer_reset(p);
+            } else {
+                b.net.peer_accept(p);
+            }
+        }
+        b.settle();
+    }
+    assert!(board.unhealthy().contains(&("web".to_string(), SERVER)));
+    // Requests from A: those A sends to SERVER are refused by B, and A sends them on to
+    // OTHER; the client sees 200 for every one, POST included.
+    let mut hops: Vec<Hop> = Vec::new();
+    let mut refused_before = 0;
+    for i in 0..4 {
+        let c = a.net.peer_connect(CLIENT, LISTEN);
+        a.settle();
+        let req = format!("POST /{i} HTTP/1.1\r\nHost: web.test\r\nContent-Length: 2\r\n\r\nhi");
+        a.send(c, req.as_bytes());
+        // Carry every hop A opens (one per endpoint tried) until the client has its answer.
+        for _ in 0..4 {
+            for (h, to) in a.net.pending_connects() {
+                assert_eq!(to, B_MESH);
+                let _ = h;
+                hops.push(Hop::open(&mut a, &mut b));
+            }
+            for hop in hops.iter_mut() {
+                hop.carry(&mut a, &mut b);
+            }
+            for (s, to) in b.net.pending_connects() {
+                assert_eq!(to, OTHER, "B never connects to the unhealthy endpoint");
+                b.net.peer_accept(s);
+            }
+            for hop in hops.iter_mut() {
+                hop.carry(&mut a, &mut b);
+            }
+            for s in b.net.connects_to(OTHER) {
+                let got = b.net.peer_take(s);
+                if !got.is_empty() {
+                    assert!(got.ends_with(b"hi"), "the body came along");
+                    b.net
+                        .peer_send(s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            }
+            for hop in hops.iter_mut() {
+                hop.carry(&mut a, &mut b);
+            }
+        }
+        let resp = a.take(c);
+        assert_eq!(status(&resp), 200, "request {i}: {resp}");
+        let refused = b.stats().refused(Refusal::EndpointUnhealthy);
+        assert!(refused >= refused_before);
+        refused_before = refused;
+    }
+    assert!(
+        refused_before >= 1,
+        "B refused the unhealthy endpoint at least once"
+    );
+    assert!(a.stats().retries >= 1);
+}
+
+#[test]
+fn a_peers_min_idle_hops_are_open_before_the_first_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = gateways_custom(
+        dir.path(),
+        "[[authorization]]\nservice = \"web\"\nallow = [\"spiffe://t.mesh/sa/client\"]\n",
+        |at, bt| {
+            let at = at.replace(
+                "identity = \"spiffe://t.mesh/gateway/gw-b\"\n[[listener]]",
+                "identity = \"spiffe://t.mesh/gateway/gw-b\"\nmin_idle = 1\n[[listener]]",
+            );
+            assert!(at.contains("min_idle = 1"));
+            (at, bt)
+        },
+    );
+    a.engine
+        .set_health(mesh::health::HealthBoard::new(), 0, false);
+    a.settle();
+    // The warm hop: connected, handshaken, its preamble sent, idle in A's pool.
+    let mut hop = Hop::open(&mut a, &mut b);
+    hop.carry(&mut a, &mut b);
+    assert_eq!(a.engine.pooled(), 1);
+    assert_eq!(
+        b.engine.active(),
+        1,
+        "B holds the hop, waiting for a request"
+    );
+    assert!(b.net.pending_connects().is_empty());
+    // A second round of the warm-up adds none: the one there is enough.
+    a.advance(Duration::from_secs(2));
+    assert!(a.net.pending_connects().is_empty());
+    // The first request takes it: no connect, no handshake on its way.
+    let c = a.net.peer_connect(CLIENT, LISTEN);
+    a.settle();
+    a.send(c, b"GET /warm HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    assert!(
+        a.net.pending_connects().is_empty(),
+        "the warm hop carried it"
+    );
+    hop.carry(&mut a, &mut b);
+    let (s, to) = b.pending();
+    assert_eq!(to, SERVER);
+    b.net.peer_accept(s);
+    hop.carry(&mut a, &mut b);
+    assert!(String::from_utf8(b.net.peer_take(s))
+        .unwrap()
+        .starts_with("GET /warm "));
+    b.net
+        .peer_send(s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    hop.carry(&mut a, &mut b);
+    assert_eq!(status(&a.take(c)), 200);
+    assert_eq!(a.stats().upstream_connects, 1);
+    // While it is in use, the warm-up opens another one for the pool.
+    a.advance(Duration::from_secs(1));
+    assert_eq!(a.net.pending_connects().len(), 1);
 }

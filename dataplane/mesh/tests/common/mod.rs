@@ -110,6 +110,22 @@ impl Gw {
         p[0]
     }
 
+    /// Where the request just sent went: the one pending connect, accepted (`true`: a new
+    /// connection), else the one upstream connection it was written on (from the pool or
+    /// kept by the session).
+    pub fn upstream(&mut self) -> (MemConn, bool) {
+        let p = self.net.pending_connects();
+        if let [(u, _)] = p[..] {
+            self.net.peer_accept(u);
+            self.settle();
+            return (u, true);
+        }
+        assert!(p.is_empty(), "more than one connect pending: {p:?}");
+        let w = self.net.outgoing_with_data();
+        assert_eq!(w.len(), 1, "one upstream connection written on: {w:?}");
+        (w[0], false)
+    }
+
     pub fn stats(&self) -> ProxyStats {
         self.engine.stats
     }
