@@ -3474,6 +3474,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.warm_up(net, now, &snap);
         let at = now_duration(now);
         let mut report = Vec::new();
+        let idle = self.pool.idle_by_endpoint();
         for (name, h) in self.health.iter_mut() {
             let Some(svc) = snap.service_id(name) else {
                 continue;
@@ -3491,18 +3492,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 .filter(|_| self.balancer_gen == snap.generation);
             for ep in 0..h.det.len() as u32 {
                 let Some(v) = h.det.view(ep) else { continue };
-                let key = pool_key(
-                    &snap,
-                    svc,
-                    Some(ep),
-                    v.address,
-                    SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
-                );
-                let pooled = if key.hop.is_none() {
-                    self.pool.idle_for(&key) as u32
-                } else {
-                    0
-                };
+                let pooled = idle.get(&v.address).copied().unwrap_or(0);
                 report.push(EndpointReport {
                     service: name.clone(),
                     endpoint: Some(v.address),

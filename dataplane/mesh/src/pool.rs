@@ -90,6 +90,15 @@ impl<C> Pool<C> {
         self.idle
     }
 
+    /// Idle connections per endpoint, whatever they are bound to.
+    pub fn idle_by_endpoint(&self) -> HashMap<SocketAddrV4, u32> {
+        let mut m = HashMap::new();
+        for (k, v) in &self.by_key {
+            *m.entry(k.endpoint).or_insert(0) += v.len() as u32;
+        }
+        m
+    }
+
     /// Idle connections for `key`.
     pub fn idle_for(&self, key: &PoolKey) -> usize {
         self.by_key.get(key).map_or(0, Vec::len)
