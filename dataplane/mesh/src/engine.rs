@@ -834,6 +834,9 @@ pub struct Engine<C> {
     checker_gen: u64,
     worker_id: usize,
     next_report: Option<Instant>,
+    /// A hop's pool key names by (service, identity) index, for the tables of `hop_names_gen`.
+    hop_names: HashMap<(u32, u32), (Arc<str>, Arc<str>)>,
+    hop_names_gen: u64,
 }
 
 /// Sessions one engine (one worker) holds at most; one more is reset at accept and counted
@@ -884,6 +887,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             checker_gen: 0,
             worker_id: 0,
             next_report: None,
+            hop_names: HashMap::new(),
+            hop_names_gen: 0,
         }
     }
 
@@ -1205,7 +1210,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             };
             let ours = checker.handle(net, now, ev);
             if ours {
-                self.publish_checks(now);
+                self.publish_checks(false);
             }
             return ours;
         }
@@ -1673,7 +1678,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             let svc_rt = &snap.services[a.svc as usize];
             let ep_index = lb.map(|(_, e)| e);
             h.up_meta = Some(UpMeta {
-                key: pool_key(&snap, a.svc, ep_index, endpoint, s.client),
+                key: self.pool_key(&snap, a.svc, ep_index, endpoint, s.client),
                 born: now,
                 requests: 1,
                 cfg: svc_rt.pool,
@@ -2720,8 +2725,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 }
                 if !h.up_reusable || s.up_eof {
                     self.release_upstream(net, now, s);
-                } else if h.close_after {
-                    // The client connection closes: its upstream goes back to the pool now.
+                } else {
+                    // Idle upstreams are the worker's, not the client connection's: an idle
+                    // keep-alive client holds none, and the next request of any session
+                    // takes one from the pool (most likely this one).
                     self.park_upstream(net, now, s);
                 }
                 moved = true;
@@ -2936,7 +2943,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if !self.park_upstream(net, now, s) {
                 self.release_upstream(net, now, s);
             }
-            let key = pool_key(&snap, svc, ep, endpoint, s.client);
+            let key = self.pool_key(&snap, svc, ep, endpoint, s.client);
             let (leg, meta) = match self.take_pooled(net, now, &key) {
                 Some(pooled) => {
                     self.stats.upstream_reused += 1;
@@ -3439,7 +3446,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     fn health_work<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
         if let Some(mut checker) = self.checker.take() {
             let snap = self.publisher.load();
+            // New targets, or the once-a-second report: the verdicts go out whole (a new
+            // endpoint's first verdict is no transition, and a target no longer checked
+            // must take its old verdict with it).
+            let mut whole = self.next_report.is_none_or(|t| t <= now);
             if snap.generation != self.checker_gen {
+                whole = true;
                 // This gateway checks the endpoints it owns (no `via`).
                 let targets: Vec<_> = snap
                     .services
@@ -3461,7 +3473,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             checker.handle_timeout(net, now);
             self.checker = Some(checker);
-            self.publish_checks(now);
+            self.publish_checks(whole);
         }
         let Some(board) = self.board.clone() else {
             return;
@@ -3620,7 +3632,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
 
     /// The checking worker: verdicts that changed go to its own detectors at once and to
     /// the board (the other workers read them from there).
-    fn publish_checks(&mut self, _now: Instant) {
+    fn publish_checks(&mut self, whole: bool) {
         let Some(checker) = self.checker.as_mut() else {
             return;
         };
@@ -3628,7 +3640,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         while checker.poll_change().is_some() {
             changed = true;
         }
-        if !changed && self.next_report.is_some() {
+        if !changed && !whole {
             return;
         }
         let checks: Vec<CheckReport> = checker
@@ -3642,6 +3654,59 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             .collect();
         if let Some(b) = &self.board {
             b.set_checks(checks);
+        }
+    }
+
+    /// What a connection to endpoint `ep` (index, when a balancer picked it) of service
+    /// `svc` at `endpoint` is bound to: a hop through a peer to the service and the identity
+    /// of the client's source; a local endpoint to its address alone. The names are shared
+    /// per tables generation, so a key costs no allocation per request.
+    fn pool_key(
+        &mut self,
+        snap: &Snapshot,
+        svc: u32,
+        ep: Option<u32>,
+        endpoint: SocketAddrV4,
+        client: SocketAddrV4,
+    ) -> PoolKey {
+        let Some(service) = snap.services.get(svc as usize) else {
+            return PoolKey {
+                endpoint,
+                hop: None,
+            };
+        };
+        let via = ep
+            .and_then(|e| service.endpoints.get(e as usize))
+            .is_some_and(|e| e.via.is_some());
+        if !via {
+            return PoolKey {
+                endpoint,
+                hop: None,
+            };
+        }
+        if self.hop_names_gen != snap.generation {
+            self.hop_names.clear();
+            self.hop_names_gen = snap.generation;
+        }
+        let ident = snap.identity_for_source(IpAddr::V4(*client.ip()));
+        let ident_ix = ident.and_then(|i| {
+            snap.identities
+                .iter()
+                .position(|x| std::ptr::eq(x, i))
+                .map(|p| p as u32)
+        });
+        let names = self
+            .hop_names
+            .entry((svc, ident_ix.unwrap_or(u32::MAX)))
+            .or_insert_with(|| {
+                (
+                    Arc::from(service.name.as_str()),
+                    Arc::from(ident.map_or("", |i| i.id.as_str())),
+                )
+            });
+        PoolKey {
+            endpoint,
+            hop: Some(names.clone()),
         }
     }
 
@@ -3949,26 +4014,6 @@ fn release_idle_buffers<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(s: &mu
 /// What a connection to endpoint `ep` (index, when a balancer picked it) of service `svc`
 /// at `endpoint` is bound to: a hop through a peer to the service and the identity of the
 /// client's source; a local endpoint to its address alone.
-fn pool_key(
-    snap: &Snapshot,
-    svc: u32,
-    ep: Option<u32>,
-    endpoint: SocketAddrV4,
-    client: SocketAddrV4,
-) -> PoolKey {
-    let service = snap.services.get(svc as usize);
-    let via = ep
-        .and_then(|e| service.and_then(|s| s.endpoints.get(e as usize)))
-        .is_some_and(|e| e.via.is_some());
-    let hop = service.filter(|_| via).map(|s| {
-        let id = snap
-            .identity_for_source(IpAddr::V4(*client.ip()))
-            .map_or("", |i| i.id.as_str());
-        (Arc::from(s.name.as_str()), Arc::from(id))
-    });
-    PoolKey { endpoint, hop }
-}
-
 fn forget_upstream<C>(s: &mut Session<C>) {
     s.up_eof = false;
     s.u_in.clear();

@@ -116,3 +116,51 @@ fn health_checks_skip_an_unhealthy_endpoint_and_take_it_back() {
     }
     assert!(other.net.pending_connects().is_empty(), "no probes from it");
 }
+
+#[test]
+fn every_verdict_is_published_and_one_no_longer_checked_goes_with_its_check() {
+    use mesh::engine::NoMeshTls;
+    use std::sync::Arc;
+    let checked = format!(
+        "{TABLES}health_check = {{ tcp = true, interval = \"1s\", timeout = \"500ms\", unhealthy = 1, healthy = 1 }}\n"
+    );
+    let publisher = common::publisher(&checked, std::path::Path::new("."));
+    let mut gw = Gw::with(
+        publisher.clone(),
+        Arc::new(NoMeshTls),
+        Ipv4Addr::new(10, 0, 3, 100),
+    );
+    let board = HealthBoard::new();
+    gw.engine.set_health(board.clone(), 0, true);
+    let probe = |gw: &mut Gw, bad_up: bool| {
+        for _ in 0..15 {
+            gw.advance(Duration::from_millis(100));
+            for (p, to) in gw.net.pending_connects() {
+                if to == BAD && !bad_up {
+                    gw.net.peer_reset(p);
+                } else {
+                    gw.net.peer_accept(p);
+                }
+            }
+            gw.settle();
+        }
+    };
+    // Endpoints that only ever pass are shown healthy (their first verdict is no change).
+    probe(&mut gw, true);
+    let json = board.json();
+    assert_eq!(json.matches("\"health\": \"healthy\"").count(), 3, "{json}");
+    probe(&mut gw, false);
+    assert!(board.unhealthy().contains(&("web".to_string(), BAD)));
+    // The check is taken out of the tables: its verdict goes with it.
+    let src = control::Source::new("t.toml", TABLES.to_string());
+    let compiled = control::compile(&src, &control::Context::new(std::path::Path::new(".")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    publisher.publish(compiled.snapshot, Arc::from(TABLES), "test");
+    gw.advance(Duration::from_millis(100));
+    assert!(
+        board.unhealthy().is_empty(),
+        "a stale verdict outlived its check"
+    );
+    let back = (0..6).filter(|_| get(&mut gw, None).0 == BAD).count();
+    assert_eq!(back, 2);
+}

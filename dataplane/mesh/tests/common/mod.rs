@@ -126,6 +126,12 @@ impl Gw {
         (w[0], false)
     }
 
+    /// Did the request just sent go to an upstream: a connect pending, or bytes written on an
+    /// upstream connection (a pooled one)?
+    pub fn sent_upstream(&self) -> bool {
+        !self.net.pending_connects().is_empty() || !self.net.outgoing_with_data().is_empty()
+    }
+
     pub fn stats(&self) -> ProxyStats {
         self.engine.stats
     }
