@@ -1255,7 +1255,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 };
                 match side {
                     Side::Mirror => self.mirror_dirty.push(sid),
-                    Side::Pool => self.pool_dirty.push(sid),
+                    // An idle connection matters when it has something to read (an end, or
+                    // bytes unasked for), or output of its own to finish (a warm hop's
+                    // handshake); the send space a request left behind does not.
+                    Side::Pool => {
+                        let busy = self
+                            .pool
+                            .get_mut(sid)
+                            .is_some_and(|i| i.leg.pending_out() > 0 || i.leg.is_handshaking());
+                        if matches!(ev, NetEvent::Readable(_)) || busy {
+                            self.pool_dirty.push(sid);
+                        }
+                    }
                     Side::Up | Side::Down => self.dirty.push(sid),
                 }
                 true
@@ -3724,14 +3735,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         })
     }
 
-    /// Is the idle connection still open with nothing unasked-for on it? A read that would
-    /// block says yes (TLS records without data, such as session tickets, are taken in
-    /// passing); an end of stream, data or an error says it can carry no request.
-    fn still_open<N: Net<Conn = C>>(&mut self, net: &mut N, leg: &mut Leg<C>) -> bool {
-        let r = leg.read(net, &mut self.buf, &mut self.scratch);
-        matches!(r, Ok(Err(NetError::WouldBlock))) && leg.flush(net).is_ok()
-    }
-
     /// Hands the session's upstream connection to the worker's pool when it can carry
     /// another request: its last response ended whole and nothing is owed either way.
     /// Returns whether the session let go of it (pooled, or closed as retired or surplus).
@@ -3793,7 +3796,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         while let Some(mut idle) = self.pool.take(key, ready) {
             self.by_conn.remove(&idle.leg.conn);
             let retired = !idle.meta.reusable(now);
-            if !retired && self.still_open(net, &mut idle.leg) {
+            if !retired && leg_still_open(net, &mut idle.leg, &mut self.buf, &mut self.scratch) {
                 return Some((idle.leg, idle.meta));
             }
             let why = if retired {
@@ -3812,28 +3815,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// on) is closed and forgotten, never handed out.
     fn progress_pool<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
         while let Some(slot) = self.pool_dirty.pop() {
-            if self.pool.get_mut(slot).is_some_and(|i| !i.leg.connected) {
+            let (buf, scratch) = (&mut self.buf, &mut self.scratch);
+            let Some(i) = self.pool.get_mut(slot) else {
+                continue;
+            };
+            // A warm hop still connecting waits for its `Connected`.
+            if !i.leg.connected || leg_still_open(net, &mut i.leg, buf, scratch) {
                 continue;
             }
             let Some(mut idle) = self.pool.remove(slot) else {
                 continue;
             };
-            if self.still_open(net, &mut idle.leg) {
-                // Put back where it was (same key, same life so far).
-                let conn = idle.leg.conn;
-                let since = idle.since();
-                match self.pool.put(idle.leg, idle.meta, since) {
-                    Ok(slot) => {
-                        self.by_conn.insert(conn, (slot, Side::Pool));
-                    }
-                    Err(mut leg) => {
-                        self.by_conn.remove(&conn);
-                        let _ = leg.finish(net);
-                        net.close(now, conn);
-                    }
-                }
-                continue;
-            }
             self.stats.pool_closes[PoolClose::PeerClosed as usize] += 1;
             self.by_conn.remove(&idle.leg.conn);
             let _ = idle.leg.finish(net);
@@ -4021,6 +4013,20 @@ fn forget_upstream<C>(s: &mut Session<C>) {
         h.up_endpoint = None;
         h.up_meta = None;
     }
+}
+
+/// Is the idle connection still open with nothing unasked-for on it? A read that would
+/// block says yes (TLS records without data, such as session tickets, are taken in passing,
+/// and what TLS owes in return is flushed); an end of stream, data or an error says it can
+/// carry no request.
+fn leg_still_open<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
+    net: &mut N,
+    leg: &mut Leg<C>,
+    buf: &mut [u8],
+    scratch: &mut [u8],
+) -> bool {
+    let r = leg.read(net, buf, scratch);
+    matches!(r, Ok(Err(NetError::WouldBlock))) && leg.flush(net).is_ok()
 }
 
 /// The session's next deadline and which timeout it is, from its state alone.
