@@ -2649,8 +2649,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     s.u_in.drain(..len);
                     moved = true;
                     if !head.keep_alive && !head.is_interim() {
+                        // The server closes its connection, not the client's (`Connection`
+                        // is hop-by-hop): only a body that ends at that close (RFC 9112
+                        // §6.3) ends the client connection too. (A pooled connection meets
+                        // a server's per-connection request limit sooner or later.)
                         h.up_reusable = false;
-                        h.close_after = true;
+                        if head.body == http::BodyKind::UntilClose {
+                            h.close_after = true;
+                        }
                     }
                     let conn = if head.status == 101 {
                         http::ClientConnection::Upgrade

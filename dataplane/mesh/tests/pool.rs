@@ -257,3 +257,39 @@ fn max_connections_caps_open_upstream_connections() {
     let (_, fresh) = one_request(&mut gw, GET);
     assert!(!fresh);
 }
+
+#[test]
+fn a_server_closing_its_connection_does_not_close_the_clients() {
+    let mut gw = Gw::new(TABLES);
+    let c = gw.client();
+    gw.send(c, GET);
+    let (u, _) = gw.upstream();
+    let _ = gw.take(u);
+    // nginx after its keepalive_requests: a framed response, then its close.
+    gw.send(
+        u,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    );
+    let resp = gw.take(c);
+    assert_eq!(status(&resp), 200);
+    assert!(!resp.contains("connection: close"), "{resp}");
+    assert!(gw.net.closed(c).is_none(), "the client connection goes on");
+    assert!(gw.net.closed(u).is_some(), "that upstream is not reused");
+    gw.send(c, GET);
+    let (u2, fresh) = gw.upstream();
+    assert!(fresh && u2 != u);
+    let _ = gw.take(u2);
+    // A body that ends at the server's close ends the client connection too.
+    gw.send(
+        u2,
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+    );
+    gw.net.peer_shutdown(u2);
+    gw.settle();
+    let resp = gw.take(c);
+    assert!(
+        resp.contains("connection: close") && resp.ends_with("until the end"),
+        "{resp}"
+    );
+    assert!(gw.net.shut(c), "the gateway finished the client connection");
+}
