@@ -945,7 +945,7 @@ pub fn render_proxy_stats(engines: &[(String, mesh::engine::ProxyStats)], out: &
     counter_family(
         out,
         "xdpmesh_proxy_pool_closes_total",
-        "Reusable upstream connections closed instead of reused, by why (idle_timeout, retired: max_lifetime or max_requests, peer_closed: the server closed it while idle, full: max_idle_per_endpoint or the worker's cap).",
+        "Reusable upstream connections closed instead of reused, by why (idle_timeout, retired: max_lifetime or max_requests, peer_closed: the server closed it while idle, full: max_idle_per_endpoint or the worker's cap, evicted: closed to make room under the service's max_connections).",
     );
     for (w, s) in engines {
         for c in PoolClose::ALL {

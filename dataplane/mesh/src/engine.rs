@@ -38,7 +38,7 @@ use super::mirror::{self, Mirror, MirrorError, Pending};
 use super::net::{Net, NetError, NetEvent};
 use super::outlier::Detector;
 use super::policy::{self, Buckets, Budget, Decision, PolicyStats};
-use super::pool::{Pool, PoolKey, UpMeta};
+use super::pool::{HopId, Pool, PoolKey, UpMeta};
 use control::schema::Protocol;
 use control::snapshot::{IdentityRt, RoutePolicy, ServiceRt, Timeouts};
 use control::{Publisher, Snapshot};
@@ -484,14 +484,18 @@ pub enum PoolClose {
     PeerClosed,
     /// Its endpoint's `pool.max_idle_per_endpoint`, or the worker's cap, was reached.
     Full,
+    /// Closed to make room under its service's `circuit_breaker.max_connections` for a
+    /// request that needed a connection.
+    Evicted,
 }
 
 impl PoolClose {
-    pub const ALL: [PoolClose; 4] = [
+    pub const ALL: [PoolClose; 5] = [
         PoolClose::IdleTimeout,
         PoolClose::Retired,
         PoolClose::PeerClosed,
         PoolClose::Full,
+        PoolClose::Evicted,
     ];
 
     pub fn label(self) -> &'static str {
@@ -500,6 +504,7 @@ impl PoolClose {
             PoolClose::Retired => "retired",
             PoolClose::PeerClosed => "peer_closed",
             PoolClose::Full => "full",
+            PoolClose::Evicted => "evicted",
         }
     }
 }
@@ -737,6 +742,11 @@ struct Attempt {
     /// Ended by a peer gateway's verdict on the endpoint, not by the endpoint itself: not an
     /// outlier-detection failure.
     peer_verdict: bool,
+    /// On a connection that carried a request before (the session's or the pool's).
+    reused: bool,
+    /// Some response byte came back (an interim response counts): the server had the
+    /// request, so it is never sent again unasked.
+    responded: bool,
 }
 
 impl Attempt {
@@ -757,6 +767,8 @@ impl Attempt {
             replay: None,
             status: None,
             peer_verdict: false,
+            reused: false,
+            responded: false,
         }
     }
 }
@@ -834,9 +846,12 @@ pub struct Engine<C> {
     checker_gen: u64,
     worker_id: usize,
     next_report: Option<Instant>,
-    /// A hop's pool key names by (service, identity) index, for the tables of `hop_names_gen`.
-    hop_names: HashMap<(u32, u32), (Arc<str>, Arc<str>)>,
-    hop_names_gen: u64,
+    /// Pool key names by (kind: service, identity, peer identity; index), for the tables of
+    /// `names_gen`.
+    names: HashMap<(u8, u32), Arc<str>>,
+    names_gen: u64,
+    /// Draining: no warm hops are opened any more.
+    draining: bool,
 }
 
 /// Sessions one engine (one worker) holds at most; one more is reset at accept and counted
@@ -887,8 +902,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             checker_gen: 0,
             worker_id: 0,
             next_report: None,
-            hop_names: HashMap::new(),
-            hop_names_gen: 0,
+            names: HashMap::new(),
+            names_gen: 0,
+            draining: false,
         }
     }
 
@@ -1170,6 +1186,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// Start of a drain: HTTP sessions between requests close now; one in a request closes
     /// after its response. TCP sessions run on until they end or the drain's deadline.
     pub fn drain_idle(&mut self) {
+        self.draining = true;
         for (sid, s) in self.sessions.iter_mut().enumerate() {
             if let Some(h) = s.as_mut().and_then(|s| s.kind.http_mut()) {
                 h.close_after = true;
@@ -1194,6 +1211,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         for idle in self.pool.drain() {
             net.abort(idle.leg.conn);
+        }
+        if let Some(c) = self.checker.as_mut() {
+            // No targets: every probe in flight is aborted.
+            c.sync(net, now, &[]);
         }
         self.by_conn.clear();
         self.free = (0..self.sessions.len()).collect();
@@ -1413,7 +1434,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             self.drop_upstream(net, s);
             return;
         }
-        let no_response_byte = s.u_in.is_empty();
+        let no_response_byte = s.u_in.is_empty() && !attempt.as_ref().is_some_and(|a| a.responded);
         self.drop_upstream(net, s);
         if let Some(mut a) = attempt {
             let policy = s.kind.http().and_then(|h| h.policy.clone());
@@ -1426,12 +1447,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 Some(r) if r.on_connect_failure => r.attempts,
                 _ => MAX_CONNECT_ATTEMPTS,
             };
-            let stale = outcome == Outcome::ResetBeforeResponse && no_response_byte;
+            // A reused connection the server closed as the request went out: nothing was
+            // processed (a fresh one that fails may have been: the method rules apply).
+            let stale = outcome == Outcome::ResetBeforeResponse && no_response_byte && a.reused;
             // A peer gateway could not reach the endpoint: nothing was processed, so the
             // request goes to another endpoint whatever its method.
             let peer_refused = reason == Refusal::EndpointUnhealthy;
+            let mut keep = None;
             let again = if connect_failed && a.number < connect_limit {
                 self.count_decision(s, Decision::Retry("connect_failure"));
+                // (The whole request is still in `to_up`; the copy goes on for later.)
+                keep = a.replay.take();
                 Some(false)
             } else if let Some(head) = a
                 .replay
@@ -1439,14 +1465,19 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 .filter(|_| (stale || peer_refused) && a.number < MAX_CONNECT_ATTEMPTS)
             {
                 // The copy holds the request alone: no preamble of the old hop to take off.
-                s.to_up = head;
+                s.to_up = head.clone();
                 a.preamble_len = 0;
+                // A peer may refuse the next endpoint too: the copy stays for that.
+                keep = peer_refused.then_some(head);
                 Some(!peer_refused)
             } else {
                 None
             };
             if let Some(same_endpoint) = again {
-                if self.retry(net, now, sid, s, a, same_endpoint).is_ok() {
+                if self
+                    .retry(net, now, sid, s, a, (same_endpoint, keep))
+                    .is_ok()
+                {
                     self.stats.retries += 1;
                     self.dirty.push(sid);
                     return;
@@ -1551,9 +1582,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             self.fail_request(net, now, sid, s, Refusal::UpstreamReset);
             return;
         };
-        s.to_up = copy;
+        // (The copy also goes with the attempt: a peer gateway may refuse its endpoint.)
+        s.to_up = copy.clone();
         a.preamble_len = 0;
-        match self.retry(net, now, sid, s, a, false) {
+        match self.retry(net, now, sid, s, a, (false, Some(copy))) {
             Ok(()) => {
                 self.stats.retries += 1;
                 self.dirty.push(sid);
@@ -1633,7 +1665,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         sid: usize,
         s: &mut Session<C>,
         a: Attempt,
-        same_endpoint: bool,
+        (same_endpoint, replay): (bool, Option<Vec<u8>>),
     ) -> Result<(), Refusal> {
         s.to_up.drain(..a.preamble_len.min(s.to_up.len()));
         let is_http = s.kind.http().is_some();
@@ -1643,12 +1675,28 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let ep = if same_endpoint {
                     failed
                 } else {
-                    let others: Vec<u32> = a
+                    // Not the one that failed, nor one a peer gateway just refused.
+                    let service = &snap.services[svc as usize];
+                    let held = |e: u32| {
+                        let addr = service.endpoints.get(e as usize).map(|x| x.address);
+                        self.holds.iter().any(|(until, sv, h)| {
+                            *until > now && *sv == service.name && addr == Some(SocketAddr::V4(*h))
+                        })
+                    };
+                    let mut others: Vec<u32> = a
                         .candidates
                         .iter()
                         .copied()
-                        .filter(|&e| e != failed)
+                        .filter(|&e| e != failed && !held(e))
                         .collect();
+                    if others.is_empty() {
+                        others = a
+                            .candidates
+                            .iter()
+                            .copied()
+                            .filter(|&e| e != failed)
+                            .collect();
+                    }
                     let pool = if others.is_empty() {
                         &a.candidates
                     } else {
@@ -1702,6 +1750,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             number: a.number + 1,
             preamble_len,
             per_try: a.per_try,
+            replay,
             ..Attempt::first(now, endpoint, a.connect_timeout)
         });
         if let Some(h) = s.kind.http_mut() {
@@ -1963,8 +2012,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             None => Ok((self.connect_plain(net, now, ep_addr, Some(service))?, None)),
             Some(peer) => {
                 let (tls, peer_addr) = self.client_tls(snap, service, peer, client)?;
-                let held =
-                    self.hold(&service.name, Limit::Connections, &service.circuit_breaker)?;
+                let held = self.hold(
+                    (&mut *net, now),
+                    &service.name,
+                    Limit::Connections,
+                    &service.circuit_breaker,
+                )?;
                 let c = net
                     .connect(now, peer_addr)
                     .map_err(|_| Refusal::ConnectFailed)?;
@@ -1986,7 +2039,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         service: Option<&ServiceRt>,
     ) -> Result<Leg<C>, Refusal> {
         let held = match service {
-            Some(svc) => Some(self.hold(&svc.name, Limit::Connections, &svc.circuit_breaker)?),
+            Some(svc) => Some(self.hold(
+                (net, now),
+                &svc.name,
+                Limit::Connections,
+                &svc.circuit_breaker,
+            )?),
             None => None,
         };
         let c = net.connect(now, addr).map_err(|_| Refusal::ConnectFailed)?;
@@ -2587,8 +2645,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         }
                     }
                     let hop = h.up_meta.as_ref().is_some_and(|m| m.key.hop.is_some());
-                    if let Some(a) = s.attempt.as_mut().filter(|_| !head.is_interim()) {
-                        a.status = Some(head.status);
+                    if let Some(a) = s.attempt.as_mut() {
+                        a.responded = true;
+                        if !head.is_interim() {
+                            a.status = Some(head.status);
+                        }
                     }
                     // Gateway B answers 503 for an endpoint it cannot reach (its health
                     // checks, or its connect failing); only B writes that field (it drops a
@@ -2727,6 +2788,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 h.resp = RespPhase::Idle;
                 h.resp_body = None;
                 h.request_deadline = None;
+                if !s.u_in.is_empty() {
+                    // Bytes nobody asked for after a whole response: that connection is not
+                    // to be trusted with another request.
+                    h.up_reusable = false;
+                }
                 let status = h.record.as_ref().and_then(|r| r.status);
                 self.finish_attempt(now, s, Outcome::Complete);
                 self.end_request(now, s, status, None);
@@ -2926,22 +2992,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         // The service's circuit breaker: requests in flight, then those awaiting a head.
         let svc_rt = &snap.services[svc as usize];
         let cb = svc_rt.circuit_breaker;
-        let inflight = self.hold(&svc_rt.name, Limit::Requests, &cb)?;
-        let pending = self.hold(&svc_rt.name, Limit::Pending, &cb)?;
+        let inflight = self.hold((net, now), &svc_rt.name, Limit::Requests, &cb)?;
+        let pending = self.hold((net, now), &svc_rt.name, Limit::Pending, &cb)?;
         // What the connection must be bound to: gateway B binds a hop to the service its
         // SNI named and the identity it presented, for the hop's whole life.
-        let hop = ep.is_some_and(|e| svc_rt.endpoints[e as usize].via.is_some());
-        let identity = hop
-            .then(|| snap.identity_for_source(IpAddr::V4(*s.client.ip())))
-            .flatten()
-            .map(|i| i.id.as_str());
-        let fits = |k: &PoolKey| {
-            k.endpoint == endpoint
-                && match &k.hop {
-                    None => !hop,
-                    Some((sv, id)) => hop && **sv == *svc_rt.name && Some(&**id) == identity,
-                }
-        };
+        let key = self.pool_key(&snap, svc, ep, endpoint, s.client);
+        let hop = key.hop.is_some();
         // Reuse the session's own upstream connection when it fits and is idle, else one
         // from the worker's pool, else open one.
         let mut reuse = {
@@ -2951,7 +3007,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 && s.up.is_some()
                 && h.up_meta
                     .as_ref()
-                    .is_some_and(|m| fits(&m.key) && m.reusable(now))
+                    .is_some_and(|m| m.key == key && m.reusable(now))
         };
         let mut preamble_len = 0;
         if reuse {
@@ -2960,8 +3016,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if !self.park_upstream(net, now, s) {
                 self.release_upstream(net, now, s);
             }
-            let key = self.pool_key(&snap, svc, ep, endpoint, s.client);
-            let (leg, meta) = match self.take_pooled(net, now, &key) {
+            let (leg, meta) = match self.take_pooled(net, now, &key, svc_rt.pool) {
                 Some(pooled) => {
                     self.stats.upstream_reused += 1;
                     reuse = true;
@@ -3012,6 +3067,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             preamble_len,
             // A kept-alive connection is connected already.
             connected_at: reuse.then_some(now),
+            reused: reuse,
             per_try: retries.map(|r| r.per_try_timeout),
             ..Attempt::first(now, endpoint, limits.connect)
         });
@@ -3303,7 +3359,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             return all.to_vec();
         };
         if !self.holds.is_empty() {
-            self.expire_holds(snap, now);
+            self.expire_holds(now);
         }
         let default_cfg;
         let cfg = match &service.outlier {
@@ -3316,6 +3372,19 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let h = self.svc_health(snap, svc, now);
         let mut out = Vec::with_capacity(all.len());
         h.det.filter(cfg, all, now, &mut out);
+        // Endpoints a peer gateway could not reach a moment ago wait out their hold, unless
+        // nothing else is left. (A hold is its own thing: its end must not end an ejection.)
+        if self.holds.iter().any(|(_, sv, _)| *sv == service.name) {
+            let held = |ep: &u32| {
+                let addr = service.endpoints.get(*ep as usize).map(|e| e.address);
+                self.holds
+                    .iter()
+                    .any(|(_, sv, a)| *sv == service.name && addr == Some(SocketAddr::V4(*a)))
+            };
+            if out.iter().any(|e| !held(e)) {
+                out.retain(|e| !held(e));
+            }
+        }
         out
     }
 
@@ -3402,33 +3471,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Some(h) => h.0 = until,
             None => self.holds.push((until, service.name.clone(), addr)),
         }
-        self.svc_health(snap, svc, now).det.set_healthy(ep, false);
     }
 
     /// Ends the holds whose time is up: those endpoints are tried again.
-    fn expire_holds(&mut self, snap: &Snapshot, now: Instant) {
-        let mut i = 0;
-        while i < self.holds.len() {
-            if self.holds[i].0 > now {
-                i += 1;
-                continue;
-            }
-            let (_, service, addr) = self.holds.swap_remove(i);
-            let Some(svc) = snap.service_id(&service) else {
-                continue;
-            };
-            let eps: Vec<u32> = snap.services[svc as usize]
-                .endpoints
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.address == SocketAddr::V4(addr))
-                .map(|(i, _)| i as u32)
-                .collect();
-            let h = self.svc_health(snap, svc, now);
-            for ep in eps {
-                h.det.set_healthy(ep, true);
-            }
-        }
+    fn expire_holds(&mut self, now: Instant) {
+        self.holds.retain(|(until, _, _)| *until > now);
     }
 
     /// An attempt's outcome, for outlier detection of the endpoint a balancer picked.
@@ -3530,7 +3577,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     ejections_consecutive: 0,
                     ejections_success_rate: 0,
                     returns: 0,
-                    unhealthy: !v.healthy,
+                    unhealthy: !v.healthy
+                        || self
+                            .holds
+                            .iter()
+                            .any(|(until, sv, a)| *until > now && sv == name && *a == v.address),
                     consecutive_failures: v.consecutive_failures,
                     outstanding: b.map_or(0, |b| b.outstanding(ep)),
                     ewma: b
@@ -3554,9 +3605,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// endpoint behind it and each client identity (at most [`MAX_WARM`] per worker; once a
     /// second). A warm hop carries its preamble from the start, like any pooled hop.
     fn warm_up<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant, snap: &Snapshot) {
-        if !snap.peers.iter().any(|p| p.min_idle > 0) {
+        if self.draining || !snap.peers.iter().any(|p| p.min_idle > 0) {
             return;
         }
+        // At most MAX_WARM warm hops in all: those already idle count.
         let mut budget = MAX_WARM;
         for (pi, peer) in snap.peers.iter().enumerate() {
             if peer.min_idle == 0 {
@@ -3571,12 +3623,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if via as usize != pi {
                         continue;
                     }
-                    for ident in snap.identities.iter().filter(|i| !i.sources.is_empty()) {
-                        let key = PoolKey {
-                            endpoint: addr,
-                            hop: Some((Arc::from(svc.name.as_str()), Arc::from(ident.id.as_str()))),
-                        };
-                        for _ in self.pool.idle_for(&key)..want {
+                    for (ii, ident) in snap.identities.iter().enumerate() {
+                        if ident.sources.is_empty() {
+                            continue;
+                        }
+                        let key =
+                            self.key_for(snap, si as u32, Some(ei as u32), addr, Some(ii as u32));
+                        let have = self.pool.idle_for(&key);
+                        budget = budget.saturating_sub(have.min(want));
+                        for _ in have..want {
                             if budget == 0 {
                                 return;
                             }
@@ -3622,7 +3677,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         tls.writer()
             .write_all(&preamble::encode(key.endpoint, true))
             .map_err(|_| Refusal::NoTlsConfig)?;
-        let held = self.hold(&service.name, Limit::Connections, &service.circuit_breaker)?;
+        // No request waits on a warm hop: at the service's cap it is not opened, uncounted.
+        let held = self
+            .breakers
+            .hold(&service.name, Limit::Connections, &service.circuit_breaker)
+            .ok_or(Refusal::Overflow)?;
         let c = net
             .connect(now, peer_addr)
             .map_err(|_| Refusal::ConnectFailed)?;
@@ -3675,8 +3734,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     /// What a connection to endpoint `ep` (index, when a balancer picked it) of service
-    /// `svc` at `endpoint` is bound to: a hop through a peer to the service and the identity
-    /// of the client's source; a local endpoint to its address alone. The names are shared
+    /// `svc` at `endpoint` is bound to: its service, and for a hop through a peer the
+    /// identity of the client's source and the peer (see [`PoolKey`]). The names are shared
     /// per tables generation, so a key costs no allocation per request.
     fn pool_key(
         &mut self,
@@ -3686,59 +3745,98 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         endpoint: SocketAddrV4,
         client: SocketAddrV4,
     ) -> PoolKey {
+        let ident = snap
+            .identity_for_source(IpAddr::V4(*client.ip()))
+            .and_then(|i| {
+                snap.identities
+                    .iter()
+                    .position(|x| std::ptr::eq(x, i))
+                    .map(|p| p as u32)
+            });
+        self.key_for(snap, svc, ep, endpoint, ident)
+    }
+
+    /// [`Engine::pool_key`] for the client identity at index `ident` of the tables.
+    fn key_for(
+        &mut self,
+        snap: &Snapshot,
+        svc: u32,
+        ep: Option<u32>,
+        endpoint: SocketAddrV4,
+        ident: Option<u32>,
+    ) -> PoolKey {
+        if self.names_gen != snap.generation {
+            self.names.clear();
+            self.names_gen = snap.generation;
+        }
+        let mut name = |kind: u8, i: u32, s: &str| -> Arc<str> {
+            self.names
+                .entry((kind, i))
+                .or_insert_with(|| Arc::from(s))
+                .clone()
+        };
         let Some(service) = snap.services.get(svc as usize) else {
             return PoolKey {
                 endpoint,
+                service: Arc::from(""),
                 hop: None,
             };
         };
-        let via = ep
+        let service_name = name(0, svc, &service.name);
+        let peer = ep
             .and_then(|e| service.endpoints.get(e as usize))
-            .is_some_and(|e| e.via.is_some());
-        if !via {
-            return PoolKey {
-                endpoint,
-                hop: None,
+            .and_then(|e| e.via)
+            .and_then(|p| snap.peers.get(p as usize).map(|peer| (p, peer)));
+        let hop = peer.map(|(p, peer)| {
+            let identity = match ident.and_then(|i| snap.identities.get(i as usize)) {
+                Some(id) => name(1, ident.unwrap_or(u32::MAX), &id.id),
+                None => name(1, u32::MAX, ""),
             };
-        }
-        if self.hop_names_gen != snap.generation {
-            self.hop_names.clear();
-            self.hop_names_gen = snap.generation;
-        }
-        let ident = snap.identity_for_source(IpAddr::V4(*client.ip()));
-        let ident_ix = ident.and_then(|i| {
-            snap.identities
-                .iter()
-                .position(|x| std::ptr::eq(x, i))
-                .map(|p| p as u32)
+            HopId {
+                identity,
+                peer: match peer.address {
+                    SocketAddr::V4(a) => a,
+                    SocketAddr::V6(_) => SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                },
+                peer_identity: name(2, p, &peer.identity),
+            }
         });
-        let names = self
-            .hop_names
-            .entry((svc, ident_ix.unwrap_or(u32::MAX)))
-            .or_insert_with(|| {
-                (
-                    Arc::from(service.name.as_str()),
-                    Arc::from(ident.map_or("", |i| i.id.as_str())),
-                )
-            });
         PoolKey {
             endpoint,
-            hop: Some(names.clone()),
+            service: service_name,
+            hop,
         }
     }
 
     /// One unit of `limit` of `service`'s circuit breaker, or `overflow` (counted).
-    fn hold(
+    fn hold<N: Net<Conn = C>>(
         &mut self,
+        (net, now): (&mut N, Instant),
         service: &str,
         limit: Limit,
         cfg: &control::snapshot::CircuitBreakerRt,
     ) -> Result<Held, Refusal> {
-        self.breakers.hold(service, limit, cfg).ok_or_else(|| {
-            self.policy_stats
-                .count(service, Decision::Overflow(limit.label()));
-            Refusal::Overflow
-        })
+        if let Some(h) = self.breakers.hold(service, limit, cfg) {
+            return Ok(h);
+        }
+        // Idle connections of the service count under max_connections; one waiting longest
+        // (perhaps to an endpoint no longer picked) makes room for a request that needs one.
+        if limit == Limit::Connections {
+            if let Some(mut idle) = self.pool.oldest_of(service) {
+                self.stats.pool_closes[PoolClose::Evicted as usize] += 1;
+                self.by_conn.remove(&idle.leg.conn);
+                let _ = idle.leg.finish(net);
+                net.close(now, idle.leg.conn);
+                // Its token goes back with it.
+                drop(idle);
+                if let Some(h) = self.breakers.hold(service, limit, cfg) {
+                    return Ok(h);
+                }
+            }
+        }
+        self.policy_stats
+            .count(service, Decision::Overflow(limit.label()));
+        Err(Refusal::Overflow)
     }
 
     /// Hands the session's upstream connection to the worker's pool when it can carry
@@ -3797,10 +3895,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         net: &mut N,
         now: Instant,
         key: &PoolKey,
+        cfg: control::snapshot::PoolRt,
     ) -> Option<(Leg<C>, UpMeta)> {
         let ready = |l: &Leg<C>| l.connected && !l.is_handshaking();
         while let Some(mut idle) = self.pool.take(key, ready) {
             self.by_conn.remove(&idle.leg.conn);
+            // The service's settings as the tables say now.
+            idle.meta.cfg = cfg;
             let retired = !idle.meta.reusable(now);
             if !retired && leg_still_open(net, &mut idle.leg, &mut self.buf, &mut self.scratch) {
                 return Some((idle.leg, idle.meta));

@@ -19,9 +19,21 @@ pub const MAX_IDLE_TOTAL: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub endpoint: SocketAddrV4,
-    /// A mesh hop: (the service it was opened for, the identity it presented). `None`: a
-    /// plain connection to a local endpoint.
-    pub hop: Option<(Arc<str>, Arc<str>)>,
+    /// The service it was opened for: its circuit breaker counts it, its `pool` settings
+    /// apply, and only its requests take it.
+    pub service: Arc<str>,
+    /// A mesh hop: what gateway B bound it to and what A verified. `None`: a plain
+    /// connection to a local endpoint.
+    pub hop: Option<HopId>,
+}
+
+/// A mesh hop's identities: the client identity it presented (B authorizes by it for the
+/// hop's life), and the peer gateway it went to (address and SPIFFE ID it was checked as).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HopId {
+    pub identity: Arc<str>,
+    pub peer: SocketAddrV4,
+    pub peer_identity: Arc<str>,
 }
 
 /// A connection's life so far, carried with it between sessions and the pool.
@@ -52,11 +64,6 @@ pub(crate) struct Idle<C> {
 }
 
 impl<C> Idle<C> {
-    /// When it went idle.
-    pub fn since(&self) -> Instant {
-        self.since
-    }
-
     fn deadline(&self) -> Instant {
         (self.since + self.meta.cfg.idle_timeout).min(self.meta.born + self.meta.cfg.max_lifetime)
     }
@@ -129,7 +136,15 @@ impl<C> Pool<C> {
                 self.slots.len() - 1
             }
         };
-        self.timers.push(Reverse((idle.deadline(), slot, epoch)));
+        let deadline = idle.deadline();
+        self.by_key
+            .entry(idle.meta.key.clone())
+            .or_default()
+            .push(slot);
+        // In its slot before the timer goes in: a rebuild below works from the slots.
+        self.slots[slot] = Some(idle);
+        self.idle += 1;
+        self.timers.push(Reverse((deadline, slot, epoch)));
         // A connection taken again leaves its entry behind until its deadline; at tens of
         // thousands of parks a second those would pile up, so rebuild from the live ones.
         if self.timers.len() > 2 * self.idle + 1024 {
@@ -140,12 +155,6 @@ impl<C> Pool<C> {
                 .filter_map(|(i, s)| s.as_ref().map(|s| Reverse((s.deadline(), i, s.epoch))))
                 .collect();
         }
-        self.by_key
-            .entry(idle.meta.key.clone())
-            .or_default()
-            .push(slot);
-        self.slots[slot] = Some(idle);
-        self.idle += 1;
         Ok(slot)
     }
 
@@ -162,6 +171,18 @@ impl<C> Pool<C> {
             self.by_key.remove(key);
         }
         self.release(slot)
+    }
+
+    /// The idle connection of `service` that has waited longest, removed (to make room under
+    /// the service's `max_connections`).
+    pub fn oldest_of(&mut self, service: &str) -> Option<Idle<C>> {
+        let slot = self
+            .by_key
+            .iter()
+            .filter(|(k, _)| &*k.service == service)
+            .flat_map(|(_, v)| v.iter().copied())
+            .min_by_key(|&slot| self.slots[slot].as_ref().map(|i| i.since))?;
+        self.remove(slot)
     }
 
     /// The connection in `slot`, left in place.

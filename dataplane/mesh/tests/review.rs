@@ -1,7 +1,6 @@
 //! Hostile review of the endpoint-health changes (pool, circuit breaker, outlier detection,
-//! health checks, mirrors): each test proves one bug on the virtual clock. A test that fails
-//! on the current engine is `#[ignore = "bug: ..."]` so the suite stays green; run them with
-//! `cargo test -p mesh --test review -- --ignored`.
+//! health checks, mirrors): each test proved one bug on the virtual clock, and guards its fix
+//! now. (The comment above each test says what the bug was.)
 
 mod common;
 
@@ -45,13 +44,12 @@ fn one_request(gw: &mut Gw, req: &[u8]) -> (MemConn, bool) {
     (u, fresh)
 }
 
-// Bug: `Pool::put` pushes the new connection's deadline, then — when stale entries have piled
+// Was a bug: `Pool::put` pushes the new connection's deadline, then — when stale entries have piled
 // up (> 2 × idle + 1024) — rebuilds the heap from `slots` *before* the new connection is
 // stored in its slot. The connection parked at that moment has no timer: `idle_timeout` and
 // `max_lifetime` never close it (the pool's `poll_timeout` no longer names it). With 1,024
 // requests (no rebuild) this test passes.
 #[test]
-#[ignore = "bug: the pool's timer rebuild drops the deadline of the connection being parked"]
 fn the_connection_parked_at_a_timer_rebuild_still_idles_out() {
     let mut gw = Gw::new(TABLES);
     let c = gw.client();
@@ -79,13 +77,12 @@ fn the_connection_parked_at_a_timer_rebuild_still_idles_out() {
     assert_eq!(gw.stats().pool_closes[PoolClose::IdleTimeout as usize], 1);
 }
 
-// Bug: `end_attempt` takes "no response byte" from `s.u_in.is_empty()`, but an interim
+// Was a bug: `end_attempt` takes "no response byte" from `s.u_in.is_empty()`, but an interim
 // response (100 Continue, 103 Early Hints) is parsed, relayed to the client and drained from
 // `u_in` while the attempt stays in `RespPhase::Head`. A reused connection that the server
 // resets after its `100 Continue` (so after reading the request, body included) is taken for
 // a stale one and the POST goes again on a fresh connection: the server may run it twice.
 #[test]
-#[ignore = "bug: a POST is replayed after the server answered 100 Continue on a reused connection"]
 fn a_post_is_not_replayed_after_an_interim_response() {
     let mut gw = Gw::new(TABLES);
     let (u, _) = one_request(&mut gw, GET);
@@ -300,14 +297,13 @@ fn one_local_endpoint() -> String {
     format!("[[service]]\nname = \"web\"\nendpoints = [{{ address = \"{SERVER}\" }}]\n")
 }
 
-// Bug: `dispatch` keeps a replay copy for every request on a hop (`reuse || hop`), and
+// Was a bug: `dispatch` keeps a replay copy for every request on a hop (`reuse || hop`), and
 // `end_attempt` replays it on any reset before the response (`stale`), whether or not the
 // hop was a reused one. A POST on a *fresh* hop that B forwarded to its server, after which
 // the hop dies (B crashed, a middlebox reset), is sent again: the server may run it twice.
 // Issue #15 says POST failures reach the client unretried (except connect failures), and
 // issue #16 allows a replay only for a *reused* connection.
 #[test]
-#[ignore = "bug: a POST on a fresh hop is replayed after the hop is reset mid-request"]
 fn a_post_on_a_fresh_hop_is_not_replayed_when_the_hop_dies() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b, _) = gateways(
@@ -395,14 +391,13 @@ fn three_endpoints(via: &str) -> String {
     )
 }
 
-// Bug: a peer gateway's refusal (503 `connect_failed` / `endpoint_unhealthy`) is sent to
+// Was a bug: a peer gateway's refusal (503 `connect_failed` / `endpoint_unhealthy`) is sent to
 // another endpoint only while the attempt has a replay copy, and `retry()` builds the next
 // attempt with `..Attempt::first(..)`, i.e. `replay: None`. So the *second* attempt's refusal
 // goes to the client as a 503 although `MAX_CONNECT_ATTEMPTS` (3) allows a third attempt and
 // E2 is healthy. (Same after a connect-failure retry: attempt 2 of a hop never has a copy.)
 // Docs (control/README.md "Endpoint health"): A "sends the request to another one".
 #[test]
-#[ignore = "bug: a second peer refusal reaches the client; the retried attempt has no replay copy"]
 fn a_second_peer_refusal_goes_to_a_third_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b, _) = gateways(
@@ -424,13 +419,12 @@ fn a_second_peer_refusal_goes_to_a_third_endpoint() {
     }
 }
 
-// Bug: a hop's `PoolKey` is (endpoint, service, client identity): it does not name the peer
+// Was a bug: a hop's `PoolKey` is (endpoint, service, client identity): it does not name the peer
 // gateway (its address, its identity) the hop goes to. After a reload that puts the
 // endpoint behind another gateway (or moves `gw-b` to a new address, or changes the identity
 // it must present), requests keep going over pooled hops to the old gateway — for as long
 // as they are reused (up to `max_lifetime`, 10 min by default, or `max_requests`).
 #[test]
-#[ignore = "bug: a pooled hop is still used after a reload moves its peer gateway"]
 fn a_reload_that_moves_the_peer_does_not_reuse_hops_to_the_old_one() {
     const NEW_MESH: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 15443);
     let dir = tempfile::tempdir().unwrap();
@@ -490,12 +484,11 @@ endpoints = [{ address = "10.0.3.1:8080" }]
 
 const GET_OTHER: &[u8] = b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n";
 
-// Bug: a plain connection's `PoolKey` is its address alone, and `take_pooled` judges it by
+// Was a bug: a plain connection's `PoolKey` is its address alone, and `take_pooled` judges it by
 // the pool settings of the service that *opened* it (`meta.cfg`). `web` says
 // `max_idle_per_endpoint = 0` ("0: no pooling", control/README.md), yet its requests ride
 // connections `other` parked. (See the next test for the circuit breaker.)
 #[test]
-#[ignore = "bug: a service with pooling off takes another service's pooled connection"]
 fn a_service_with_pooling_off_never_reuses_a_connection() {
     let mut gw = Gw::new(SHARED);
     let (u, fresh) = one_request(&mut gw, GET_OTHER);
@@ -508,11 +501,10 @@ fn a_service_with_pooling_off_never_reuses_a_connection() {
     );
 }
 
-// Bug: the same sharing breaks `circuit_breaker.max_connections`: the token a connection
+// Was a bug: the same sharing breaks `circuit_breaker.max_connections`: the token a connection
 // holds stays with the service that opened it, so `web` (max_connections = 1) runs two
 // requests at once over two connections `other` opened, and its own count stays 0.
 #[test]
-#[ignore = "bug: max_connections of a service does not count pooled connections it takes from another service"]
 fn max_connections_caps_a_service_using_another_services_connections() {
     let mut gw = Gw::new(&SHARED.replace("pool = { max_idle_per_endpoint = 0 }\n", ""));
     // Two `other` requests at once: two connections, both parked afterwards.
@@ -561,14 +553,13 @@ circuit_breaker = { max_connections = 2 }
 outlier = { consecutive_failures = 1 }
 "#;
 
-// Bug: idle pooled connections hold `max_connections` tokens, and nothing evicts them when a
+// Was a bug: idle pooled connections hold `max_connections` tokens, and nothing evicts them when a
 // request needs a connection to another endpoint. Once an endpoint is ejected, its idle
 // connections are never taken again, yet for `idle_timeout` (60 s) they keep the service
 // under its cap: requests to the healthy endpoint get 503 `overflow` while nothing but one
 // request is in flight. (Same after a reload adds an endpoint, or with many endpoints ×
 // `max_idle_per_endpoint` above `max_connections`.)
 #[test]
-#[ignore = "bug: idle connections to an ejected endpoint starve max_connections for idle_timeout"]
 fn idle_connections_to_an_ejected_endpoint_do_not_starve_the_others() {
     const BAD: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 2), 8080);
     let mut gw = Gw::new(TWO);
@@ -617,7 +608,6 @@ fn idle_connections_to_an_ejected_endpoint_do_not_starve_the_others() {
 // behind a peer (× client identities) the worker opens 256 more every second, up to all of
 // them (here 300; the pool's own cap is 4,096).
 #[test]
-#[ignore = "bug: warm hops are capped per round, not per worker as documented"]
 fn warm_hops_stay_within_256_per_worker() {
     let dir = tempfile::tempdir().unwrap();
     let eps: Vec<String> = (0..300)
@@ -701,13 +691,12 @@ fn get(a: &mut Gw) -> MemConn {
     c
 }
 
-// Bug: a peer gateway's refusal holds the endpoint out with `det.set_healthy(ep, false)` and
+// Was a bug: a peer gateway's refusal holds the endpoint out with `det.set_healthy(ep, false)` and
 // the hold's end calls `set_healthy(ep, true)`, which the detector takes for a health-check
 // recovery — and "a recovery ends an ejection". An endpoint ejected by outlier detection for
 // 30 s that also gets one peer refusal (a request in flight to it when B found it down) is
 // back after 1 s.
 #[test]
-#[ignore = "bug: the end of a 1 s peer hold ends a 30 s outlier ejection"]
 fn a_peer_hold_does_not_end_an_outlier_ejection() {
     let dir = tempfile::tempdir().unwrap();
     let two = |via: &str, extra: &str| {
@@ -801,7 +790,6 @@ fn a_peer_hold_does_not_end_an_outlier_ejection() {
 // client's next request (response desync), while the pool's rule is that anything unasked
 // for closes the connection.
 #[test]
-#[ignore = "bug: bytes after a whole response leave the connection in use; the next request gets them"]
 fn bytes_after_a_whole_response_end_that_connection() {
     let mut gw = Gw::new(TABLES);
     let c = gw.client();
@@ -827,7 +815,6 @@ fn bytes_after_a_whole_response_end_that_connection() {
 // requests refused with 503) whenever the cap is reached. A service at its cap counts one
 // more "refused request" per warm key every second with no request at all.
 #[test]
-#[ignore = "bug: the warm-up counts overflows (refused requests) every second without requests"]
 fn the_warm_up_counts_no_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let service = format!(
