@@ -53,7 +53,7 @@
 #             x-xdpmesh-attempts; reports gateway A's retry counters after each backend (nothing
 #             failed: they stay 0). Prints a table per backend with the ratios to plain; saves
 #             under --out bench-STAMP-policies.{txt,json}, bench-STAMP-policies-BACKEND-http-RATE.svg.
-#             Only nginx runs in xm-srv. About 8 minutes (--quick: 2) after the build.
+#             Only nginx runs in xm-srv. About 9 minutes (--quick: 2) after the build.
 # Environment: XDPMESH_BIN, XDPMESH_BENCH_BIN (default target/release/...), XM_RIG_STATE
 # (default /run/xdpmesh-bench).
 set -euo pipefail
