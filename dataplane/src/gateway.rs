@@ -685,7 +685,15 @@ pub fn render_policy_stats(stats: &mesh::policy::PolicyStats, out: &mut String) 
     let all = stats.snapshot();
     /// A decision's label (key and value), when it belongs to the family.
     type Pick = fn(&Decision) -> Option<(&'static str, &'static str)>;
-    let families: [(&str, &str, Pick); 8] = [
+    let families: [(&str, &str, Pick); 9] = [
+        (
+            "xdpmesh_route_attempts_total",
+            "Upstream attempts of the requests of a route with a request policy (the first of each request, and every retry).",
+            |d| match d {
+                Decision::Attempt => Some(("", "")),
+                _ => None,
+            },
+        ),
         (
             "xdpmesh_route_retries_total",
             "Requests tried again by a route's retries, by reason (connect_failure, reset, timeout, status).",

@@ -1758,6 +1758,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             h.interim = 0;
         }
         s.attempt = Some(next);
+        self.count_decision(s, Decision::Attempt);
         if let Some(r) = s.kind.http_mut().and_then(|h| h.record.as_mut()) {
             r.attempts = a.number + 1;
             r.endpoint = Some(endpoint);
@@ -3123,6 +3124,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Some((p, l)) => (Some(p), Some(l)),
             None => (None, None),
         };
+        if let Some(l) = &h.route_label {
+            self.policy_stats.count(l, Decision::Attempt);
+        }
         // A reused connection the server closed as the request went out processed nothing:
         // the request goes again on a fresh one, whatever its method (its body up to
         // REPLAY_BODY_CAP is kept for that as it passes).

@@ -171,6 +171,8 @@ pub enum Decision {
     RetrySkipped(&'static str),
     Fault(&'static str),
     RateLimited,
+    /// An upstream attempt of the route's request (the first, and each retry).
+    Attempt,
     /// A copy of the request went to the route's mirror service.
     Mirrored,
     /// A copy the route's mirror wanted but did not send, by why.

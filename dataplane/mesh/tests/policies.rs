@@ -93,6 +93,7 @@ fn a_503_is_retried_on_the_other_endpoint_after_a_backoff() {
     assert_eq!(status(&resp), 200, "{resp}");
     assert!(resp.contains("x-xdpmesh-attempts: 2\r\n"), "{resp}");
     assert_eq!(counted(&gw, "retry", Decision::Retry("status")), 1);
+    assert_eq!(counted(&gw, "retry", Decision::Attempt), 2, "two attempts");
     let s = gw.stats();
     assert_eq!(s.attempts(Outcome::RetryableStatus), 1);
     assert_eq!(s.attempts(Outcome::Complete), 1);
