@@ -662,3 +662,25 @@ fn a_peers_min_idle_hops_are_open_before_the_first_request() {
     assert_eq!(status(&a.take(c)), 200);
     assert!(a.engine.pooled() >= 1, "the used hop is back in the pool");
 }
+
+#[test]
+fn an_interim_flood_behind_b_ends_the_clients_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = gateways(dir.path(), "spiffe://t.mesh/sa/client");
+    let (server, c, mut hop) =
+        through(&mut a, &mut b, b"GET /f HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    let (s, _) = server.expect("B reached the server");
+    for _ in 0..20 {
+        b.net.peer_send(s, b"HTTP/1.1 100 Continue\r\n\r\n");
+        hop.carry(&mut a, &mut b);
+    }
+    // B relays 8 and answers 502 interim_flood; A relays all of it and keeps the client.
+    let got = a.take(c);
+    assert_eq!(got.matches("100 Continue").count(), 8, "{got}");
+    assert!(
+        got.contains(" 502 ") && got.contains("x-xdpmesh-error: interim_flood"),
+        "{got}"
+    );
+    assert_eq!(b.stats().refused(Refusal::InterimFlood), 1);
+    assert!(a.net.closed(c).is_none());
+}
