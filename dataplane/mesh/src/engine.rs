@@ -2985,10 +2985,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     (tsvc, Some(ep), addr, candidates, limits)
                 }
             };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.next_u64());
         if matches!(s.kind.http().map(|h| &h.target), Some(Target::Route)) {
-            http::ensure_request_id(head, &mut rng);
-            http::ensure_traceparent(head, &mut rng);
+            http::ensure_request_id(head, &mut self.rng);
+            http::ensure_traceparent(head, &mut self.rng);
         }
         // The service's circuit breaker: requests in flight, then those awaiting a head.
         let svc_rt = &snap.services[svc as usize];
@@ -4126,16 +4125,21 @@ fn forget_upstream<C>(s: &mut Session<C>) {
     }
 }
 
-/// Is the idle connection still open with nothing unasked-for on it? A read that would
-/// block says yes (TLS records without data, such as session tickets, are taken in passing,
-/// and what TLS owes in return is flushed); an end of stream, data or an error says it can
-/// carry no request.
+/// Is the idle connection still open with nothing unasked-for on it? When the transport
+/// knows nothing arrived since its last empty read, yes, without a system call (what lands
+/// after the transport last looked is the reused connection's replay's job). Otherwise a read
+/// that would block says yes (TLS records without data, such as session tickets, are taken in
+/// passing, and what TLS owes in return is flushed); an end of stream, data or an error says
+/// it can carry no request.
 fn leg_still_open<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
     net: &mut N,
     leg: &mut Leg<C>,
     buf: &mut [u8],
     scratch: &mut [u8],
 ) -> bool {
+    if leg.known_quiet(net) {
+        return leg.flush(net).is_ok();
+    }
     let r = leg.read(net, buf, scratch);
     matches!(r, Ok(Err(NetError::WouldBlock))) && leg.flush(net).is_ok()
 }

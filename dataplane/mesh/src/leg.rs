@@ -36,7 +36,8 @@ impl LegError {
 
 pub struct Leg<C> {
     pub conn: C,
-    tls: Option<rustls::Connection>,
+    // Boxed: a connection is ~1.2 KiB and a leg moves in and out of sessions and the pool.
+    tls: Option<Box<rustls::Connection>>,
     /// Ciphertext read from the transport that rustls has not taken yet.
     inbuf: Vec<u8>,
     out: Vec<u8>,
@@ -69,12 +70,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
 
     pub fn tls(conn: C, tls: rustls::Connection, connected: bool) -> Self {
         let mut l = Self::plain(conn, connected);
-        l.tls = Some(tls);
+        l.tls = Some(Box::new(tls));
         l
     }
 
     pub fn tls_state(&self) -> Option<&rustls::Connection> {
-        self.tls.as_ref()
+        self.tls.as_deref()
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -89,7 +90,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         net: &mut N,
         scratch: &mut [u8],
     ) -> Result<(), LegError> {
-        let Some(tls) = self.tls.as_mut() else {
+        let Some(tls) = self.tls.as_deref_mut() else {
             return Ok(());
         };
         let result = loop {
@@ -126,12 +127,27 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
     }
 
     fn queue_tls_output(&mut self) {
-        if let Some(tls) = self.tls.as_mut() {
+        if let Some(tls) = self.tls.as_deref_mut() {
             while tls.wants_write() {
                 if tls.write_tls(&mut self.out).is_err() {
                     break;
                 }
             }
+        }
+    }
+
+    /// Nothing to read, known without reading: the transport saw nothing since a read came
+    /// back empty ([`Net::may_have_input`]), no ciphertext waits here and rustls holds no
+    /// plaintext nor a peer's close.
+    pub fn known_quiet<N: Net<Conn = C>>(&mut self, net: &N) -> bool {
+        if net.may_have_input(self.conn) || !self.inbuf.is_empty() || self.net_eof {
+            return false;
+        }
+        match self.tls.as_deref_mut() {
+            None => true,
+            Some(tls) => tls
+                .process_new_packets()
+                .is_ok_and(|s| s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed()),
         }
     }
 
@@ -151,7 +167,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         }
         self.pump_in(net, scratch)?;
         let net_eof = self.net_eof;
-        let tls = self.tls.as_mut().expect("checked above");
+        let tls = self.tls.as_deref_mut().expect("checked above");
         match tls.reader().read(buf) {
             Ok(n) => Ok(Ok(n)),
             // After close_notify rustls reads Ok(0); a transport end without it is a cut: a
@@ -189,7 +205,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         if self.out.len() >= OUT_LIMIT || !self.connected {
             return Ok(0);
         }
-        let n = match self.tls.as_mut() {
+        let n = match self.tls.as_deref_mut() {
             None => {
                 if self.out.is_empty() {
                     match net.write(self.conn, data) {
@@ -244,7 +260,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
     pub fn finish<N: Net<Conn = C>>(&mut self, net: &mut N) -> Result<(), LegError> {
         if !self.finishing {
             self.finishing = true;
-            if let Some(tls) = self.tls.as_mut() {
+            if let Some(tls) = self.tls.as_deref_mut() {
                 tls.send_close_notify();
             }
         }

@@ -66,4 +66,13 @@ pub trait Net {
     /// Reset; `Closed` or `Reset` may follow.
     fn abort(&mut self, c: Self::Conn);
     fn poll_event(&mut self) -> Option<NetEvent<Self::Conn>>;
+    /// Could a read on `c` find anything (data, an end of stream, an error)? `false` only when
+    /// the transport knows nothing arrived since a read last came back empty, as a
+    /// readiness-driven transport does without a system call. The engine asks before handing
+    /// out a pooled connection; what arrives after the transport last looked is caught by the
+    /// replay of a request that fails on a reused connection. Default: `true` (read to see).
+    fn may_have_input(&self, c: Self::Conn) -> bool {
+        let _ = c;
+        true
+    }
 }

@@ -23,6 +23,9 @@ struct Slot {
     gen: u32,
     stream: Option<TcpStream>,
     connecting: bool,
+    /// A read came back empty and epoll has not said readable since (edge-triggered: any
+    /// later data, FIN or error raises a new event), so a read now would find nothing.
+    drained: bool,
 }
 
 /// Listener tokens are `0..LISTENER_TOKENS`; connections start above.
@@ -131,6 +134,7 @@ impl KernelNet {
                     gen: 0,
                     stream: None,
                     connecting: false,
+                    drained: false,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -145,6 +149,7 @@ impl KernelNet {
         s.gen = s.gen.wrapping_add(1);
         s.stream = Some(stream);
         s.connecting = connecting;
+        s.drained = false;
         Ok(KConn { slot, gen: s.gen })
     }
 
@@ -278,6 +283,7 @@ impl KernelNet {
                 continue;
             }
             if readable {
+                s.drained = false;
                 self.queue.push_back(NetEvent::Readable(c));
             }
             if writable {
@@ -325,12 +331,23 @@ impl Net for KernelNet {
 
     fn read(&mut self, c: KConn, buf: &mut [u8]) -> Result<usize, NetError> {
         let stream = self.connected(c)?;
-        loop {
+        let r = loop {
             match stream.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r.map_err(|e| io_err(&e)),
+                r => break r.map_err(|e| io_err(&e)),
             }
+        };
+        if let Some(s) = self.stream(c) {
+            s.drained = matches!(r, Err(NetError::WouldBlock));
         }
+        r
+    }
+
+    fn may_have_input(&self, c: KConn) -> bool {
+        self.slots
+            .get(c.slot as usize)
+            .filter(|s| s.gen == c.gen && s.stream.is_some() && !s.connecting)
+            .is_none_or(|s| !s.drained)
     }
 
     fn write(&mut self, c: KConn, data: &[u8]) -> Result<usize, NetError> {
@@ -612,5 +629,55 @@ service = "s"
         assert_eq!(keepalive_of(&net, c).0, 0);
         net.abort(c);
         assert!(net.set_keepalive(c, Some(&k)).is_err(), "a stale handle");
+    }
+
+    /// Polls until `want` shows up for `c` (other events are dropped), at most 2 s.
+    fn await_event(net: &mut KernelNet, want: fn(&NetEvent<KConn>, KConn) -> bool, c: KConn) {
+        for _ in 0..200 {
+            net.poll_io(Some(Duration::from_millis(10))).unwrap();
+            while let Some(ev) = net.poll_event() {
+                if want(&ev, c) {
+                    return;
+                }
+            }
+        }
+        panic!("no such event for {c:?}");
+    }
+
+    /// What a pooled connection's check relies on: after an empty read the socket is known
+    /// quiet until epoll reports it readable, for data and for the peer's FIN alike.
+    #[test]
+    fn a_drained_socket_is_known_quiet_until_epoll_says_readable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let mut net = KernelNet::new().unwrap();
+        let c = net.connect(Instant::ZERO, addr).unwrap();
+        assert!(net.may_have_input(c), "connecting: unknown");
+        await_event(&mut net, |e, c| *e == NetEvent::Connected(c), c);
+        let (mut peer, _) = listener.accept().unwrap();
+        assert!(net.may_have_input(c), "never read: unknown");
+        let mut buf = [0u8; 64];
+        assert_eq!(net.read(c, &mut buf), Err(NetError::WouldBlock));
+        assert!(!net.may_have_input(c), "drained, no event since");
+
+        peer.write_all(b"hi").unwrap();
+        await_event(&mut net, |e, c| *e == NetEvent::Readable(c), c);
+        assert!(net.may_have_input(c), "readable after data");
+        assert_eq!(net.read(c, &mut buf), Ok(2));
+        assert!(
+            net.may_have_input(c),
+            "a read that found data proves nothing"
+        );
+        assert_eq!(net.read(c, &mut buf), Err(NetError::WouldBlock));
+        assert!(!net.may_have_input(c));
+
+        drop(peer);
+        await_event(&mut net, |e, c| *e == NetEvent::Readable(c), c);
+        assert!(net.may_have_input(c), "the FIN is input");
+        assert_eq!(net.read(c, &mut buf), Ok(0));
+        net.abort(c);
+        assert!(net.may_have_input(c), "a stale handle: unknown");
     }
 }
