@@ -6,7 +6,6 @@
 //! one, and gives it back when dropped, so no path that ends one can forget to count it.
 
 use control::snapshot::CircuitBreakerRt;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -67,7 +66,7 @@ impl Drop for Held {
 /// The counts of every service this worker sent to, by name (so they carry across reloads).
 #[derive(Default)]
 pub struct Breakers {
-    by_service: HashMap<String, Arc<Counts>>,
+    by_service: rustc_hash::FxHashMap<String, Arc<Counts>>,
 }
 
 impl Breakers {

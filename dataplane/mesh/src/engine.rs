@@ -44,7 +44,10 @@ use control::snapshot::{IdentityRt, RoutePolicy, ServiceRt, Timeouts};
 use control::{Publisher, Snapshot};
 use rand::{Rng, RngCore, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+// Fx, not SipHash: the keys (connection handles, table indices and names) are ours or the
+// operator's, never a client's, and these maps are read on every event.
+use rustc_hash::FxHashMap;
+use std::collections::{BinaryHeap, HashSet};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -794,10 +797,10 @@ pub struct Engine<C> {
     tls: Arc<dyn MeshTls>,
     sessions: Vec<Option<Session<C>>>,
     free: Vec<usize>,
-    by_conn: HashMap<C, (usize, Side)>,
+    by_conn: FxHashMap<C, (usize, Side)>,
     dirty: Vec<usize>,
     /// One balancer per service of the current generation (each worker has its own).
-    balancers: HashMap<u32, Balancer>,
+    balancers: FxHashMap<u32, Balancer>,
     balancer_gen: u64,
     rng: rand_chacha::ChaCha8Rng,
     pub stats: ProxyStats,
@@ -816,7 +819,7 @@ pub struct Engine<C> {
     /// Rate-limit buckets and retry budgets of this worker (by service, for the tables of
     /// `budgets_gen`), and the per-route counters of policy decisions (shared).
     buckets: Buckets,
-    budgets: HashMap<u32, Budget>,
+    budgets: FxHashMap<u32, Budget>,
     budgets_gen: u64,
     policy_stats: Arc<PolicyStats>,
     /// Workers that share each rate limit and retry budget floor (this engine keeps 1/n).
@@ -833,7 +836,7 @@ pub struct Engine<C> {
     /// Circuit-breaker counts per service.
     breakers: Breakers,
     /// Endpoint health per service name (it carries across reloads).
-    health: HashMap<String, SvcHealth>,
+    health: FxHashMap<String, SvcHealth>,
     /// Endpoints a peer gateway could not reach, skipped until: (until, service, address).
     holds: Vec<(Instant, String, SocketAddrV4)>,
     /// Health shared by the gateway's workers, the verdicts read from it last and their
@@ -848,7 +851,7 @@ pub struct Engine<C> {
     next_report: Option<Instant>,
     /// Pool key names by (kind: service, identity, peer identity; index), for the tables of
     /// `names_gen`.
-    names: HashMap<(u8, u32), Arc<str>>,
+    names: FxHashMap<(u8, u32), Arc<str>>,
     names_gen: u64,
     /// Draining: no warm hops are opened any more.
     draining: bool,
@@ -867,9 +870,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             tls,
             sessions: Vec::new(),
             free: Vec::new(),
-            by_conn: HashMap::new(),
+            by_conn: FxHashMap::default(),
             dirty: Vec::new(),
-            balancers: HashMap::new(),
+            balancers: FxHashMap::default(),
             balancer_gen: 0,
             rng: rand_chacha::ChaCha8Rng::from_seed(seed),
             stats: ProxyStats::default(),
@@ -882,7 +885,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             admission: Admission::new(),
             max_sessions: MAX_SESSIONS,
             buckets: Buckets::default(),
-            budgets: HashMap::new(),
+            budgets: FxHashMap::default(),
             budgets_gen: 0,
             policy_stats: Arc::new(PolicyStats::default()),
             share: 1,
@@ -893,7 +896,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             pool: Pool::new(),
             pool_dirty: Vec::new(),
             breakers: Breakers::default(),
-            health: HashMap::new(),
+            health: FxHashMap::default(),
             holds: Vec::new(),
             board: None,
             board_version: 0,
@@ -902,7 +905,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             checker_gen: 0,
             worker_id: 0,
             next_report: None,
-            names: HashMap::new(),
+            names: FxHashMap::default(),
             names_gen: 0,
             draining: false,
         }

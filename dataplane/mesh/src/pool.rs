@@ -6,6 +6,7 @@
 
 use super::leg::Leg;
 use control::snapshot::PoolRt;
+use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddrV4;
@@ -74,7 +75,7 @@ pub(crate) struct Pool<C> {
     slots: Vec<Option<Idle<C>>>,
     free: Vec<usize>,
     /// Slots per key, most recently parked last (taken first: its TCP state is warmest).
-    by_key: HashMap<PoolKey, Vec<usize>>,
+    by_key: FxHashMap<PoolKey, Vec<usize>>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     next_epoch: u64,
     idle: usize,
@@ -85,7 +86,7 @@ impl<C> Pool<C> {
         Pool {
             slots: Vec::new(),
             free: Vec::new(),
-            by_key: HashMap::new(),
+            by_key: FxHashMap::default(),
             timers: BinaryHeap::new(),
             next_epoch: 0,
             idle: 0,
