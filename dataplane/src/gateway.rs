@@ -54,6 +54,8 @@ pub struct ProxySetup {
     pub admission: Arc<mesh::admission::Admission>,
     /// The per-route counters of request policies, shared by every worker.
     pub policy_stats: Arc<mesh::policy::PolicyStats>,
+    /// The golden metrics: each worker's engine registers its shard here.
+    pub golden: Arc<mesh::golden::Golden>,
     /// Workers sharing each rate limit (set by `Gateway::start`: one per core).
     pub workers: u32,
     /// Endpoint health shared by the workers; worker 0 runs the active health checks.
@@ -314,6 +316,7 @@ fn open_worker(
         )
         .with_admission(p.admission.clone())
         .with_policy_stats(p.policy_stats.clone())
+        .with_golden(&p.golden)
         .with_health(p.health.clone(), p.worker_index, p.worker_index == 0);
         engine.set_worker_share(p.workers);
         worker = worker.with_engine(engine);
@@ -545,7 +548,7 @@ impl Metrics {
             for (i, s) in &stats {
                 let _ = writeln!(
                     out,
-                    "xdpmesh_worker_{name}_total{{core=\"{}\"}} {}",
+                    "xdpmesh_worker_{name}_total{{worker=\"{}\"}} {}",
                     i.core,
                     get(s)
                 );
@@ -609,7 +612,7 @@ fn per_worker_labeled(
     counter_family(out, name, help);
     for (i, s) in stats {
         for (label, v) in series(s) {
-            let _ = writeln!(out, "{name}{{core=\"{}\",{key}=\"{label}\"}} {v}", i.core);
+            let _ = writeln!(out, "{name}{{worker=\"{}\",{key}=\"{label}\"}} {v}", i.core);
         }
     }
 }
@@ -633,7 +636,7 @@ fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
     for (name, help, get) in GAUGES {
         family(out, name, help, "gauge");
         for (i, s) in stats {
-            let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", i.core, get(s));
+            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", i.core, get(s));
         }
     }
     per_worker_labeled(
@@ -680,6 +683,77 @@ fn render_tcp_stats(stats: &[(&WorkerInfo, WorkerStats)], out: &mut String) {
 
 /// Prometheus text for the per-route counters of request policies (only routes where a
 /// policy acted have series).
+/// `xdpmesh_build_info` and the process families every Prometheus client library exports
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`,
+/// `process_start_time_seconds`), read from `/proc/self` at scrape time.
+pub fn render_process(out: &mut String) {
+    let _ = write!(
+        out,
+        "# HELP xdpmesh_build_info The running build: version and git commit.\n\
+         # TYPE xdpmesh_build_info gauge\n\
+         xdpmesh_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("XDPMESH_COMMIT").unwrap_or("unknown")
+    );
+    // SAFETY: sysconf has no preconditions.
+    let (tck, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, so utime
+    // (14), stime (15) and starttime (22) are at 11, 12 and 19 here.
+    let rest: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    let field = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok());
+    if tck > 0 {
+        if let (Some(u), Some(s)) = (field(11), field(12)) {
+            let _ = write!(
+                out,
+                "# HELP process_cpu_seconds_total User and system CPU time of the gateway.\n\
+                 # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n",
+                (u + s) / tck as f64
+            );
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(start), Some(boot)) = (field(19), boot) {
+            let _ = write!(
+                out,
+                "# HELP process_start_time_seconds When the gateway started (Unix time).\n\
+                 # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n",
+                boot + start / tck as f64
+            );
+        }
+    }
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split(' ').nth(1).and_then(|v| v.parse::<u64>().ok()));
+    if let (Some(pages), true) = (rss, page > 0) {
+        let _ = write!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory of the gateway.\n\
+             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+            pages * page as u64
+        );
+    }
+    if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+        let _ = write!(
+            out,
+            "# HELP process_open_fds Open file descriptors of the gateway.\n\
+             # TYPE process_open_fds gauge\nprocess_open_fds {}\n",
+            d.count()
+        );
+    }
+}
+
 pub fn render_policy_stats(stats: &mesh::policy::PolicyStats, out: &mut String) {
     use mesh::policy::Decision;
     let all = stats.snapshot();
@@ -1053,4 +1127,35 @@ pub fn orphan_listeners(cfg: &GatewayConfig) -> Vec<SocketAddrV4> {
                     .any(|i| i.addresses.iter().any(|n| n.addr() == *a.ip()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The process families read real values from /proc: this test process has used CPU,
+    /// holds memory and has descriptors open.
+    #[test]
+    fn process_families_read_proc() {
+        let mut out = String::new();
+        super::render_process(&mut out);
+        let value = |name: &str| -> f64 {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in\n{out}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = value("process_start_time_seconds");
+        assert!(
+            start <= now + 1.0 && start > now - 3600.0,
+            "{start} vs {now}"
+        );
+        assert!(out.contains("xdpmesh_build_info{version=\""));
+    }
 }

@@ -26,6 +26,8 @@ struct Metrics {
     kernel_policy: OnceLock<Arc<mesh::policy::PolicyStats>>,
     /// Endpoint health, shared by the workers (`GET /endpoints`).
     health: Arc<mesh::health::HealthBoard>,
+    /// Requests, latency and bytes per route, service, endpoint and identity.
+    golden: Arc<mesh::golden::Golden>,
 }
 
 impl control::admin::AdminExtension for Metrics {
@@ -49,6 +51,8 @@ impl control::admin::AdminExtension for Metrics {
     }
 
     fn metrics(&self, out: &mut String) {
+        gateway::render_process(out);
+        self.golden.render(out);
         gateway::render_endpoint_health(&self.health, out);
         if let Some(m) = self.gateway.get() {
             m.render(out);
@@ -299,6 +303,7 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
             listeners: listeners.proxy,
             admission: mesh::admission::Admission::new(),
             policy_stats: Default::default(),
+            golden: ext.golden.clone(),
             workers: 1,
             health: ext.health.clone(),
             worker_index: 0,
@@ -397,6 +402,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
     };
     // One thread: it runs the health checks too.
     worker.engine.set_health(ext.health.clone(), 0, true);
+    worker.engine.count_golden(&ext.golden);
     let stats = Arc::new(Mutex::new(worker.engine.stats));
     let _ = ext.kernel.set(stats.clone());
     let _ = ext.kernel_policy.set(worker.engine.policy_stats().clone());

@@ -123,7 +123,7 @@ fn per_queue(m: &HashMap<String, u64>, name: &str, core: u32) -> u64 {
     m.iter()
         .filter(|(k, _)| {
             k.starts_with(&format!("xdpmesh_worker_{name}_total{{"))
-                && k.contains(&format!("core=\"{core}\""))
+                && k.contains(&format!("worker=\"{core}\""))
         })
         .map(|(_, v)| *v)
         .sum()
@@ -217,8 +217,10 @@ fn run_serves_on_two_queues_drains_on_sigterm_and_restarts() {
     // written: an operator sees drops and retransmissions without a debugger.
     let t = metrics(&pair.a, "xdpmesh_");
     let series = |name: &str, core: u32, label: &str| {
-        t.get(&format!("xdpmesh_{name}_total{{core=\"{core}\",{label}}}"))
-            .copied()
+        t.get(&format!(
+            "xdpmesh_{name}_total{{worker=\"{core}\",{label}}}"
+        ))
+        .copied()
     };
     let mut segments = 0;
     for q in [0, 1] {

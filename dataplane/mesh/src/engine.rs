@@ -29,6 +29,7 @@
 
 use super::admission::{Admission, Overflow, Ticket};
 use super::breaker::{Breakers, Held, Limit};
+use super::golden;
 use super::health::{CheckReport, EndpointReport, HealthBoard};
 use super::healthcheck::Checker;
 use super::http::{self, BodyFramer, HttpError, RequestHead};
@@ -609,6 +610,19 @@ enum RespPhase {
     Tunnel,
 }
 
+/// A request's labels (as table indices) and sizes for [`golden`]: kept from its head to
+/// its end.
+#[derive(Clone, Copy, Debug)]
+struct Tally {
+    start: Instant,
+    route: Option<u32>,
+    service: Option<u32>,
+    endpoint: Option<SocketAddrV4>,
+    status: u16,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
 struct HttpState {
     target: Target,
     req: ReqPhase,
@@ -631,6 +645,8 @@ struct HttpState {
     head_started: Option<Instant>,
     /// The request in flight, as its event will report it (only while events are on).
     record: Option<Box<RequestEvent>>,
+    /// The request in flight as the golden metrics count it (always; no allocation).
+    tally: Option<Tally>,
     /// The request timeout of the request in flight (the route's, else the listener's).
     request_timeout: Duration,
     /// The body stall timeout of the request in flight (the route's, else the listener's).
@@ -690,6 +706,14 @@ struct Session<C> {
     closed: bool,
     /// The upstream attempt in flight, if any: ended exactly once by `end_attempt`.
     attempt: Option<Attempt>,
+    /// A TCP session's golden-metrics series, from its upstream's connect to its close.
+    tcp_cell: Option<Arc<golden::TcpCell>>,
+    /// Bytes to the upstream that are the mesh preamble, not the client's: not counted.
+    tcp_preamble: u64,
+    /// An inbound TCP session's caller (the peer gateway's client identity).
+    tcp_caller: Option<Box<str>>,
+    /// The listener's name, interned (the golden metrics' key and label).
+    lname: Arc<str>,
     /// The listener's timeouts (from the tables the connection was accepted under).
     timeouts: Timeouts,
     /// The listener's name, while events are on.
@@ -822,6 +846,10 @@ pub struct Engine<C> {
     budgets: FxHashMap<u32, Budget>,
     budgets_gen: u64,
     policy_stats: Arc<PolicyStats>,
+    /// The golden metrics' recorder of this worker, and the identities the current tables
+    /// name (label values; anyone else is `other`).
+    golden: Option<golden::Recorder>,
+    known_ids: (u64, FxHashMap<Arc<str>, golden::IdRef>, Vec<Arc<str>>),
     /// Workers that share each rate limit and retry budget floor (this engine keeps 1/n).
     share: u32,
     /// Copies of requests in flight to mirror services (see [`mirror`]), their free slots,
@@ -888,6 +916,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             budgets: FxHashMap::default(),
             budgets_gen: 0,
             policy_stats: Arc::new(PolicyStats::default()),
+            golden: None,
+            known_ids: (u64::MAX, FxHashMap::default(), Vec::new()),
             share: 1,
             mirrors: Vec::new(),
             mirror_free: Vec::new(),
@@ -929,6 +959,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     /// Counts policy decisions in `stats`, which the other workers' engines share.
+    /// Counts golden metrics (requests, latency, bytes; TCP connections) into `g`.
+    pub fn with_golden(mut self, g: &golden::Golden) -> Self {
+        self.count_golden(g);
+        self
+    }
+
+    /// As [`Engine::with_golden`], on an engine already made.
+    pub fn count_golden(&mut self, g: &golden::Golden) {
+        self.golden = Some(g.recorder());
+    }
+
     pub fn with_policy_stats(mut self, stats: Arc<PolicyStats>) -> Self {
         self.policy_stats = stats;
         self
@@ -985,6 +1026,151 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.events.push_back(e);
     }
 
+    /// Counts a request that ended in the golden metrics.
+    fn count_request(&mut self, now: Instant, s: &Session<C>, t: Tally, status: Option<u16>) {
+        let Some(mut rec) = self.golden.take() else {
+            return;
+        };
+        let snap = &s.snap;
+        rec.set_generation(snap.generation);
+        let src = match s.kind.http().map(|h| &h.target) {
+            Some(Target::Fixed { peer, .. }) => self.id_ref(snap, peer),
+            _ => source_ref(snap, s.client),
+        };
+        let key = golden::Key {
+            listener: Arc::as_ptr(&s.lname) as *const u8 as usize,
+            route: t.route,
+            service: t.service,
+            endpoint: t.endpoint,
+            src,
+        };
+        let cell = rec.http(key, status.unwrap_or(0), || {
+            self.golden_labels(snap, &s.lname, (t.route, t.service, t.endpoint), src)
+        });
+        cell.requests.add(1);
+        cell.duration
+            .observe(now.saturating_duration_since(t.start));
+        cell.request_bytes.add(t.request_bytes);
+        cell.response_bytes.add(t.response_bytes);
+        self.golden = Some(rec);
+    }
+
+    /// A TCP session whose upstream connected starts counting in its series.
+    fn open_tcp_series(&mut self, s: &mut Session<C>) {
+        let Some(mut rec) = self.golden.take() else {
+            return;
+        };
+        let snap = s.snap.clone();
+        rec.set_generation(snap.generation);
+        let src = match s.tcp_caller.as_deref() {
+            Some(peer) => self.id_ref(&snap, peer),
+            None => source_ref(&snap, s.client),
+        };
+        let (svc, ep) = match s.attempt.as_ref() {
+            Some(a) => (Some(a.svc), Some(a.endpoint)),
+            None => (None, None),
+        };
+        let key = golden::Key {
+            listener: Arc::as_ptr(&s.lname) as *const u8 as usize,
+            route: None,
+            service: svc,
+            endpoint: ep,
+            src,
+        };
+        let cell = rec.tcp(key, || {
+            self.golden_labels(&snap, &s.lname, (None, svc, ep), src)
+        });
+        cell.opened.add(1);
+        s.tcp_cell = Some(cell);
+        self.golden = Some(rec);
+    }
+
+    /// A caller's identity as a label: one the tables name, else `other`.
+    fn id_ref(&mut self, snap: &Snapshot, id: &str) -> golden::IdRef {
+        if self.known_ids.0 != snap.generation {
+            let (_, map, names) = &mut self.known_ids;
+            map.clear();
+            names.clear();
+            for (i, ident) in snap.identities.iter().enumerate() {
+                map.insert(Arc::from(ident.id.as_str()), golden::IdRef::Local(i as u32));
+            }
+            let named = snap.peers.iter().map(|p| p.identity.as_str()).chain(
+                snap.services
+                    .iter()
+                    .filter_map(|s| s.authz.as_ref())
+                    .flatten()
+                    .flat_map(|r| r.allow.exact.iter().map(String::as_str)),
+            );
+            for id in named {
+                if !map.contains_key(id) {
+                    let name: Arc<str> = Arc::from(id);
+                    map.insert(name.clone(), golden::IdRef::Known(names.len() as u32));
+                    names.push(name);
+                }
+            }
+            self.known_ids.0 = snap.generation;
+        }
+        self.known_ids
+            .1
+            .get(id)
+            .copied()
+            .unwrap_or(golden::IdRef::Other)
+    }
+
+    /// The label values of a key: names from the tables the key's indices refer to.
+    fn golden_labels(
+        &self,
+        snap: &Snapshot,
+        listener: &Arc<str>,
+        (route, svc, ep): (Option<u32>, Option<u32>, Option<SocketAddrV4>),
+        src: golden::IdRef,
+    ) -> golden::Labels {
+        let l = snap.listeners.iter().find(|l| *l.name == **listener);
+        let inbound = l.is_some_and(|l| l.protocol == Protocol::Mesh);
+        let service = svc.and_then(|i| snap.services.get(i as usize));
+        let id_of = |i: u32| snap.identities.get(i as usize).map(|x| x.id.as_str());
+        let dst = if inbound {
+            l.and_then(|l| l.identity).and_then(id_of)
+        } else {
+            // Outbound to a peer gateway: the peer's SPIFFE ID.
+            service
+                .zip(ep)
+                .and_then(|(s, a)| s.endpoints.iter().find(|e| e.address == SocketAddr::V4(a)))
+                .and_then(|e| e.via)
+                .and_then(|p| snap.peers.get(p as usize))
+                .map(|p| p.identity.as_str())
+        };
+        let src: Arc<str> = match src {
+            golden::IdRef::None => Arc::from(""),
+            golden::IdRef::Local(i) => Arc::from(id_of(i).unwrap_or("")),
+            golden::IdRef::Known(i) => self
+                .known_ids
+                .2
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| Arc::from("")),
+            golden::IdRef::Other => Arc::from("other"),
+        };
+        golden::Labels {
+            direction: if inbound {
+                golden::Direction::Inbound
+            } else {
+                golden::Direction::Outbound
+            },
+            listener: listener.clone(),
+            route: Arc::from(
+                route
+                    .and_then(|r| snap.routes.get(r as usize))
+                    .and_then(|r| r.name.as_deref())
+                    .unwrap_or(""),
+            ),
+            service: Arc::from(service.map_or("", |s| s.name.as_str())),
+            endpoint: Arc::from(ep.map(|a| a.to_string()).unwrap_or_default().as_str()),
+            src_identity: src,
+            dst_identity: Arc::from(dst.unwrap_or("")),
+        }
+    }
+
     /// Ends the session's current request record: `status` is what the client got (`None`:
     /// cut), `refusal` why the gateway answered itself or cut.
     fn end_request(
@@ -994,6 +1180,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         status: Option<u16>,
         refusal: Option<Refusal>,
     ) {
+        if let Some(t) = s.kind.http_mut().and_then(|h| h.tally.take()) {
+            self.count_request(now, s, t, status);
+        }
         let Some(mut r) = s.kind.http_mut().and_then(|h| h.record.take()) else {
             return;
         };
@@ -1815,8 +2004,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             preamble: None,
             closed: false,
             attempt: None,
+            tcp_cell: None,
+            tcp_preamble: 0,
+            tcp_caller: None,
             timeouts: listener.timeouts,
             listener: self.events_on().then(|| name.clone()),
+            lname: name.clone(),
             accepted_at: now,
             last_io: now,
             last_delivery: now,
@@ -2208,9 +2401,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 a.connected_at = Some(now);
             }
             if let Some(p) = s.preamble.take() {
+                s.tcp_preamble = p.len() as u64;
                 s.to_up.splice(0..0, p);
             }
             s.kind = Kind::Tcp(TcpPhase::Pipe);
+            self.open_tcp_series(s);
         }
         match s.kind {
             Kind::Tcp(TcpPhase::Pipe) => self.pipe(net, now, s),
@@ -2312,6 +2507,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             return Ok(());
         }
         let snap = s.snap.clone();
+        if self.golden.is_some() {
+            s.tcp_caller = Some(peer.as_str().into());
+        }
         let up = self
             .connect_plain(net, now, ep, snap.services.get(svc as usize))
             .map_err(StepError::Refused)?;
@@ -2335,6 +2533,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
     ) -> Result<(), StepError> {
         let up = s.up.as_mut().expect("a piping session has an upstream");
+        let before = (self.stats.bytes_down_to_up, self.stats.bytes_up_to_down);
         loop {
             let mut moved = false;
             let down_to_up = Flow {
@@ -2356,6 +2555,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if !moved {
                 break;
             }
+        }
+        if let Some(c) = s.tcp_cell.as_ref() {
+            let sent = self.stats.bytes_down_to_up - before.0;
+            let preamble = sent.min(s.tcp_preamble);
+            s.tcp_preamble -= preamble;
+            c.sent_bytes.add(sent - preamble);
+            c.received_bytes.add(self.stats.bytes_up_to_down - before.1);
         }
         if s.down_eof
             && s.up_eof
@@ -2539,6 +2745,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     self.stats.requests += 1;
                     moved = true;
                     h.head_started = None;
+                    if self.golden.is_some() {
+                        h.tally = Some(Tally {
+                            start: now,
+                            route: None,
+                            service: None,
+                            endpoint: None,
+                            status: 0,
+                            request_bytes: 0,
+                            response_bytes: 0,
+                        });
+                    }
                     if let Some(l) = s.listener.clone() {
                         h.record = Some(Box::new(RequestEvent {
                             listener: l,
@@ -2607,6 +2824,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         moved = true;
                         if let Some(r) = h.record.as_mut() {
                             r.request_body_bytes += a.body_bytes as u64;
+                        }
+                        if let Some(t) = h.tally.as_mut() {
+                            t.request_bytes += a.body_bytes as u64;
                         }
                     }
                     if a.done {
@@ -2767,6 +2987,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     if let Some(r) = h.record.as_mut() {
                         r.status = Some(head.status);
                     }
+                    if let Some(t) = h.tally.as_mut() {
+                        t.status = head.status;
+                    }
                 }
             }
         }
@@ -2781,6 +3004,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 moved = true;
                 if let Some(r) = h.record.as_mut() {
                     r.response_body_bytes += a.body_bytes as u64;
+                }
+                if let Some(t) = h.tally.as_mut() {
+                    t.response_bytes += a.body_bytes as u64;
                 }
             }
             let ended_by_close = s.up_eof && s.u_in.is_empty() && framer.eof().is_ok();
@@ -2797,7 +3023,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     // to be trusted with another request.
                     h.up_reusable = false;
                 }
-                let status = h.record.as_ref().and_then(|r| r.status);
+                let status = h
+                    .tally
+                    .map(|t| t.status)
+                    .filter(|&c| c != 0)
+                    .or(h.record.as_ref().and_then(|r| r.status));
                 self.finish_attempt(now, s, Outcome::Complete);
                 self.end_request(now, s, status, None);
                 let h = s.kind.http_mut().expect("an HTTP session");
@@ -2872,6 +3102,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         s.d_in.clear();
         s.to_down.extend_from_slice(response);
+        if self.golden.is_some() {
+            let t = Tally {
+                start: now,
+                route: None,
+                service: None,
+                endpoint: None,
+                status,
+                request_bytes: 0,
+                response_bytes: 0,
+            };
+            self.count_request(now, s, t, Some(status));
+        }
         let Some(listener) = s.listener.clone() else {
             return;
         };
@@ -2922,6 +3164,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         // Routes and policies match the path the server will serve, not the raw target.
         let target = http::normalize_target(&head.target).map_err(|_| Refusal::BadRequest)?;
         let mut route_name = None;
+        let mut route_id = None;
         let mut policy: Option<(Arc<RoutePolicy>, Arc<str>)> = None;
         let (svc, ep, endpoint, candidates, limits) =
             match &s.kind.http().expect("an HTTP session").target {
@@ -2958,6 +3201,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         .route(&host, &head.method, &target.matched, &*head)
                         .ok_or(Refusal::NoRoute)?;
                     let route = hit.route;
+                    route_id = hit.id;
                     if s.listener.is_some() {
                         route_name = route.name.clone();
                     }
@@ -3085,6 +3329,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         }
         s.attempt = Some(attempt);
         let h = s.kind.http_mut().expect("an HTTP session");
+        if let Some(t) = h.tally.as_mut() {
+            t.route = route_id;
+            t.service = Some(svc);
+            t.endpoint = Some(endpoint);
+        }
         if let Some(r) = h.record.as_mut() {
             r.service = Some(snap.services[svc as usize].name.clone());
             r.route = route_name;
@@ -3974,6 +4223,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.finish_attempt(now, s, Outcome::Cancelled);
         // A request still in flight was cut (or its client went away).
         self.end_request(now, s, None, None);
+        if let Some(c) = s.tcp_cell.take() {
+            if abort {
+                &c.closed_error
+            } else {
+                &c.closed_clean
+            }
+            .add(1);
+            c.duration
+                .observe(now.saturating_duration_since(s.accepted_at));
+        }
         if !abort {
             // An idle upstream outlives its client connection in the pool.
             self.park_upstream(net, now, s);
@@ -4032,6 +4291,7 @@ impl HttpState {
             pending: None,
             head_started: None,
             record: None,
+            tally: None,
             request_timeout: Duration::ZERO,
             body_stall,
             request_deadline: None,
@@ -4145,6 +4405,13 @@ fn leg_still_open<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn 
     }
     let r = leg.read(net, buf, scratch);
     matches!(r, Ok(Err(NetError::WouldBlock))) && leg.flush(net).is_ok()
+}
+
+/// An outbound caller's identity: the one the tables give the client's address, if any.
+fn source_ref(snap: &Snapshot, client: SocketAddrV4) -> golden::IdRef {
+    snap.identity_for_source(IpAddr::V4(*client.ip()))
+        .and_then(|i| snap.identities.iter().position(|x| std::ptr::eq(x, i)))
+        .map_or(golden::IdRef::None, |i| golden::IdRef::Local(i as u32))
 }
 
 /// The session's next deadline and which timeout it is, from its state alone.

@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod breaker;
 pub mod engine;
+pub mod golden;
 pub mod health;
 pub mod healthcheck;
 pub mod http;

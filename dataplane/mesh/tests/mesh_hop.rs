@@ -684,3 +684,134 @@ fn an_interim_flood_behind_b_ends_the_clients_request() {
     assert_eq!(b.stats().refused(Refusal::InterimFlood), 1);
     assert!(a.net.closed(c).is_none());
 }
+
+/// The golden metrics on both gateways (issue #17): one request answered 200 after 30 ms and
+/// one answered 503, labelled by route, service, endpoint and both identities; A counts them
+/// outbound, B inbound; a TCP connection through A's TCP listener has its own series.
+#[test]
+fn golden_metrics_label_requests_and_connections_on_both_gateways() {
+    use mesh::golden::Golden;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = gateways_custom(
+        dir.path(),
+        "[[authorization]]\nservice = \"web\"\nallow = [\"spiffe://t.mesh/sa/client\"]\n",
+        |a, b| {
+            (
+                a.replace(
+                    "[[service]]\nname = \"web\"",
+                    "[[route]]\nname = \"canary\"\nservice = \"web\"\n\
+                     [[service]]\nname = \"web\"",
+                ),
+                b,
+            )
+        },
+    );
+    let (ga, gb) = (Golden::default(), Golden::default());
+    a.engine.count_golden(&ga);
+    b.engine.count_golden(&gb);
+    let c = a.net.peer_connect(CLIENT, LISTEN);
+    a.settle();
+    a.send(c, b"GET /x HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    let mut hop = Hop::open(&mut a, &mut b);
+    hop.carry(&mut a, &mut b);
+    let (s, _) = b.pending();
+    b.net.peer_accept(s);
+    hop.carry(&mut a, &mut b);
+    b.net.peer_take(s);
+    a.advance(Duration::from_millis(30));
+    b.advance(Duration::from_millis(30));
+    b.net
+        .peer_send(s, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+    hop.carry(&mut a, &mut b);
+    assert_eq!(status(&a.take(c)), 200);
+    a.send(c, b"GET /y HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    hop.carry(&mut a, &mut b);
+    b.net.peer_take(s);
+    b.net
+        .peer_send(s, b"HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n");
+    hop.carry(&mut a, &mut b);
+    assert_eq!(status(&a.take(c)), 503);
+
+    let render = |g: &Golden| {
+        let mut out = String::new();
+        g.render(&mut out);
+        out
+    };
+    let (ma, mb) = (render(&ga), render(&gb));
+    let a_labels = format!(
+        "direction=\"outbound\",listener=\"web\",route=\"canary\",service=\"web\",\
+         endpoint=\"{SERVER}\",src_identity=\"spiffe://t.mesh/sa/client\",\
+         dst_identity=\"spiffe://t.mesh/gateway/gw-b\""
+    );
+    for (code, class) in [("200", "success"), ("503", "failure")] {
+        let line = format!(
+            "xdpmesh_requests_total{{{a_labels},code=\"{code}\",class=\"{}xx\",\
+             classification=\"{class}\"}} 1",
+            &code[..1]
+        );
+        assert!(ma.contains(&line), "{line} not in\n{ma}");
+    }
+    // 30 ms: above the 25 ms bound, within 50 ms.
+    let bucket = |le: &str| {
+        format!(
+            "xdpmesh_request_duration_seconds_bucket{{{a_labels},code=\"200\",class=\"2xx\",\
+             classification=\"success\",le=\"{le}\"}}"
+        )
+    };
+    assert!(ma.contains(&format!("{} 0", bucket("0.025"))), "{ma}");
+    assert!(ma.contains(&format!("{} 1", bucket("0.05"))), "{ma}");
+    assert!(ma.contains(&format!(
+        "xdpmesh_response_bytes_total{{{a_labels},code=\"200\",class=\"2xx\",\
+         classification=\"success\"}} 5"
+    )));
+    let b_labels = format!(
+        "direction=\"inbound\",listener=\"mesh\",route=\"\",service=\"web\",\
+         endpoint=\"{SERVER}\",src_identity=\"spiffe://t.mesh/sa/client\",\
+         dst_identity=\"spiffe://t.mesh/gateway/gw-b\""
+    );
+    assert!(
+        mb.contains(&format!(
+            "xdpmesh_requests_total{{{b_labels},code=\"503\",class=\"5xx\",\
+             classification=\"failure\"}} 1"
+        )),
+        "{mb}"
+    );
+
+    // TCP through A's TCP listener: opened when the upstream connects, closed at the end.
+    let t = a.net.peer_connect(CLIENT, A_TCP);
+    a.settle();
+    let mut hop2 = Hop::open(&mut a, &mut b);
+    hop2.carry(&mut a, &mut b);
+    let (s2, _) = b.pending();
+    b.net.peer_accept(s2);
+    hop2.carry(&mut a, &mut b);
+    a.send(t, b"ping");
+    hop2.carry(&mut a, &mut b);
+    assert_eq!(b.net.peer_take(s2), b"ping");
+    let m = render(&ga);
+    let tcp_labels = format!(
+        "direction=\"outbound\",listener=\"web-tcp\",route=\"\",service=\"web\",\
+         endpoint=\"{SERVER}\",src_identity=\"spiffe://t.mesh/sa/client\",\
+         dst_identity=\"spiffe://t.mesh/gateway/gw-b\""
+    );
+    assert!(
+        m.contains(&format!("xdpmesh_tcp_connections_active{{{tcp_labels}}} 1")),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("xdpmesh_tcp_sent_bytes_total{{{tcp_labels}}} 4")),
+        "{m}"
+    );
+    a.net.peer_shutdown(t);
+    hop2.carry(&mut a, &mut b);
+    b.net.peer_shutdown(s2);
+    hop2.carry(&mut a, &mut b);
+    let m = render(&ga);
+    assert!(
+        m.contains(&format!("xdpmesh_tcp_connections_active{{{tcp_labels}}} 0")),
+        "{m}"
+    );
+    assert!(m.contains(&format!(
+        "xdpmesh_tcp_connections_closed_total{{{tcp_labels},outcome=\"clean\"}} 1"
+    )));
+}
