@@ -766,6 +766,33 @@ fn route(req: &Request<'_>, shared: &Shared) -> Response {
             if let Some(ext) = &shared.ext {
                 ext.metrics(&mut out);
             }
+            let accept = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("accept"))
+                .filter_map(|h| std::str::from_utf8(h.value).ok());
+            if accept.into_iter().any(crate::openmetrics::wanted) {
+                match crate::openmetrics::from_text(&out) {
+                    Ok(om) => {
+                        return Response {
+                            status: 200,
+                            content_type: crate::openmetrics::CONTENT_TYPE,
+                            headers: Vec::new(),
+                            body: om.into_bytes(),
+                        }
+                    }
+                    // Our own text that does not read back is a bug: the 0.0.4 text still
+                    // serves (Prometheus takes it), and the reason is in the response.
+                    Err(e) => {
+                        return Response {
+                            status: 200,
+                            content_type: "text/plain; version=0.0.4; charset=utf-8",
+                            headers: vec![("x-openmetrics-error".into(), e.to_string())],
+                            body: out.into_bytes(),
+                        }
+                    }
+                }
+            }
             Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -19,6 +19,7 @@ pub mod diag;
 pub mod fastde;
 pub mod load;
 pub mod node;
+pub mod openmetrics;
 pub mod plane;
 pub mod publish;
 pub mod schema;

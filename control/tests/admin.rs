@@ -159,6 +159,33 @@ fn metrics_are_prometheus_text() {
         .contains("# TYPE xdpmesh_tables_reloads_total counter\n"));
 }
 
+/// Prometheus's own Accept gets OpenMetrics text, encoded by prometheus-client from the same
+/// families: counters named without `_total`, samples with it, and `# EOF` at the end.
+#[test]
+fn metrics_are_openmetrics_when_asked() {
+    let r = rig(None, true);
+    let accept = "accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                  version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+    let m = req(r.server.local_addr(), "GET", "/metrics", accept, "");
+    assert!(
+        m.head
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{}",
+        m.head
+    );
+    assert!(
+        m.body.contains("# TYPE xdpmesh_tables_reloads counter\n"),
+        "{}",
+        m.body
+    );
+    assert!(
+        m.body.contains("\nxdpmesh_tables_reloads_total"),
+        "{}",
+        m.body
+    );
+    assert!(m.body.ends_with("# EOF\n"), "{}", m.body);
+}
+
 #[test]
 fn token_guards_put() {
     let r = rig(Some("s3cret"), true);
