@@ -850,6 +850,8 @@ pub struct Engine<C> {
     /// name (label values; anyone else is `other`).
     golden: Option<golden::Recorder>,
     known_ids: (u64, FxHashMap<Arc<str>, golden::IdRef>, Vec<Arc<str>>),
+    /// The tables generation `health` was last pruned for.
+    health_gen: u64,
     /// Workers that share each rate limit and retry budget floor (this engine keeps 1/n).
     share: u32,
     /// Copies of requests in flight to mirror services (see [`mirror`]), their free slots,
@@ -918,6 +920,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             policy_stats: Arc::new(PolicyStats::default()),
             golden: None,
             known_ids: (u64::MAX, FxHashMap::default(), Vec::new()),
+            health_gen: u64::MAX,
             share: 1,
             mirrors: Vec::new(),
             mirror_free: Vec::new(),
@@ -3658,6 +3661,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 })
                 .collect()
         };
+        if self.health_gen != snap.generation {
+            // Services gone from the tables take their state with them.
+            self.health
+                .retain(|name, _| snap.service_id(name).is_some());
+            self.health_gen = snap.generation;
+        }
         if !self.health.contains_key(&service.name) {
             let det = Detector::new(&addrs(), now);
             let fresh = SvcHealth {
@@ -4587,5 +4596,45 @@ mod tests {
         ] {
             assert_eq!(preamble::decode(bad), Err(()), "{bad:?}");
         }
+    }
+
+    /// Per-service health state follows the tables: a service removed by a reload takes
+    /// its state with it (else a worker's map grows with every service ever configured).
+    #[test]
+    fn health_state_of_removed_services_is_dropped_at_reload() {
+        use super::{Engine, NoMeshTls};
+        use std::sync::Arc;
+        let tables = |names: &[&str]| {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    format!(
+                        "[[service]]\nname = \"{n}\"\nendpoints = [{{ address = \"10.0.0.{}:80\" }}]\n",
+                        i + 1
+                    )
+                })
+                .collect::<String>()
+        };
+        let publisher = Arc::new(control::Publisher::new());
+        let publish = |t: String| {
+            let src = control::Source::new("t.toml", t.clone());
+            let c = control::compile(&src, &control::Context::new("."))
+                .unwrap_or_else(|e| panic!("{e}"));
+            publisher.publish(c.snapshot, Arc::from(t.as_str()), "test");
+        };
+        publish(tables(&["a", "b", "c"]));
+        let mut e: Engine<u32> = Engine::new(publisher.clone(), Arc::new(NoMeshTls), [7; 32]);
+        let now = tcpstack::Instant::from_micros(1_000_000);
+        let snap = publisher.load();
+        for svc in 0..3 {
+            e.svc_health(&snap, svc, now);
+        }
+        assert_eq!(e.health.len(), 3);
+        publish(tables(&["c"]));
+        let snap = publisher.load();
+        e.svc_health(&snap, 0, now);
+        let kept: Vec<&String> = e.health.keys().collect();
+        assert_eq!(kept, ["c"]);
     }
 }

@@ -767,7 +767,10 @@ fn golden_metrics_label_requests_and_connections_on_both_gateways() {
     // The same families read back and encoded as OpenMetrics (what Prometheus asks for).
     let om = control::openmetrics::from_text(&ma).unwrap();
     assert!(om.contains("# TYPE xdpmesh_requests counter\n"), "{om}");
-    assert!(om.contains("xdpmesh_request_duration_seconds_bucket{le=\"+Inf\","), "{om}");
+    assert!(
+        om.contains("xdpmesh_request_duration_seconds_bucket{le=\"+Inf\","),
+        "{om}"
+    );
     assert!(om.ends_with("# EOF\n"));
     let b_labels = format!(
         "direction=\"inbound\",listener=\"mesh\",route=\"\",service=\"web\",\
