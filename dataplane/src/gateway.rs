@@ -116,6 +116,8 @@ pub struct WorkerInfo {
     pub ports: Vec<(String, u32)>,
     /// Updated by the worker when it sleeps and every few thousand iterations.
     pub stats: Arc<Mutex<WorkerStats>>,
+    /// Where the admin API asks for the worker's connections.
+    pub inspect: Arc<crate::inspect::Inspect>,
 }
 
 impl WorkerInfo {
@@ -392,6 +394,7 @@ impl Gateway {
                     .map(|p| (p.interface.clone(), p.queue))
                     .collect(),
                 stats: Arc::new(Mutex::new(WorkerStats::default())),
+                inspect: Default::default(),
             };
             let job = Job {
                 info: info.clone(),
@@ -491,6 +494,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Every worker's connections (`GET /connections`), each asked in turn.
+    pub fn connections(&self) -> Vec<(String, Option<Vec<mesh::engine::ConnView>>)> {
+        self.workers
+            .iter()
+            .map(|w| {
+                (
+                    w.core.to_string(),
+                    w.inspect.ask(std::time::Duration::from_millis(500)),
+                )
+            })
+            .collect()
+    }
+
     pub fn render(&self, out: &mut String) {
         type Field = (&'static str, &'static str, fn(&WorkerStats) -> u64);
         const FIELDS: [Field; 11] = [
@@ -1110,6 +1126,7 @@ impl Job {
         }
         let mut worker = open_worker(self.plans, &self.builtins, self.proxy.as_ref())?;
         worker.stats_out = Some(info.stats.clone());
+        worker.inspect = Some(info.inspect.clone());
         Ok(worker)
     }
 }

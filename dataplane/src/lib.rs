@@ -8,6 +8,7 @@ pub mod certwatch;
 pub mod clock;
 pub mod device;
 pub mod gateway;
+pub mod inspect;
 pub mod memlink;
 pub mod netns;
 pub mod proxy;

@@ -24,6 +24,7 @@ struct Metrics {
     certs: OnceLock<Arc<CertWatch>>,
     kernel: OnceLock<Arc<Mutex<mesh::engine::ProxyStats>>>,
     kernel_policy: OnceLock<Arc<mesh::policy::PolicyStats>>,
+    kernel_inspect: OnceLock<Arc<dataplane::inspect::Inspect>>,
     /// Endpoint health, shared by the workers (`GET /endpoints`).
     health: Arc<mesh::health::HealthBoard>,
     /// Requests, latency and bytes per route, service, endpoint and identity.
@@ -40,7 +41,23 @@ impl control::admin::AdminExtension for Metrics {
                 headers: Vec::new(),
                 body: self.health.json().into_bytes(),
             }),
-            ("/endpoints", _) => Some(Response {
+            ("/connections", "GET") => {
+                let mut workers = self
+                    .gateway
+                    .get()
+                    .map(|g| g.connections())
+                    .unwrap_or_default();
+                if let Some(k) = self.kernel_inspect.get() {
+                    workers.push(("kernel".into(), k.ask(Duration::from_millis(500))));
+                }
+                Some(Response {
+                    status: 200,
+                    content_type: "application/json",
+                    headers: Vec::new(),
+                    body: dataplane::inspect::json(&workers).into_bytes(),
+                })
+            }
+            ("/endpoints" | "/connections", _) => Some(Response {
                 status: 405,
                 content_type: "text/plain; charset=utf-8",
                 headers: vec![("allow".into(), "GET".into())],
@@ -406,6 +423,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
     let stats = Arc::new(Mutex::new(worker.engine.stats));
     let _ = ext.kernel.set(stats.clone());
     let _ = ext.kernel_policy.set(worker.engine.policy_stats().clone());
+    let _ = ext.kernel_inspect.set(worker.inspect.clone());
     let shutdown = Arc::new(Shutdown::default());
     let thread = {
         let shutdown = shutdown.clone();

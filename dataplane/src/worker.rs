@@ -281,6 +281,26 @@ impl<D: Device> Net for StackNet<'_, D> {
         }
     }
 
+    fn addrs(&self, c: PConn) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        let st = &self.ports.get(c.port as usize)?.stack;
+        Some((st.local_addr(c.id).ok()?, st.remote_addr(c.id).ok()?))
+    }
+
+    fn tcp_info(&self, c: PConn) -> Option<mesh::net::TcpInfo> {
+        let i = self
+            .ports
+            .get(c.port as usize)?
+            .stack
+            .conn_info(c.id)
+            .ok()?;
+        Some(mesh::net::TcpInfo {
+            state: format!("{:?}", i.state).to_lowercase(),
+            rtt: i.srtt,
+            cwnd_bytes: Some(i.cwnd as u64),
+            retransmits: u64::from(i.retransmits),
+        })
+    }
+
     fn poll_event(&mut self) -> Option<NetEvent<PConn>> {
         let n = self.ports.len();
         for k in 0..n {
@@ -320,6 +340,8 @@ pub struct Worker<D: Device> {
     pub stats: WorkerStats,
     /// Where the worker copies its counters now and then, for readers on other threads.
     pub stats_out: Option<Arc<Mutex<WorkerStats>>>,
+    /// Answers the admin API's `GET /connections` from the loop.
+    pub inspect: Option<Arc<crate::inspect::Inspect>>,
     /// When `stats.rings` was last read from the kernel.
     rings_read_at: Option<WallInstant>,
     /// When the allocator was last trimmed, and the most memory held since (see
@@ -345,6 +367,7 @@ impl<D: Device> Worker<D> {
             spin: hw_config::DEFAULT_SPIN,
             stats: WorkerStats::default(),
             stats_out: None,
+            inspect: None,
             rings_read_at: None,
             trim_mark: (WallInstant::now(), 0),
             scratch: vec![0; 64 * 1024],
@@ -417,6 +440,17 @@ impl<D: Device> Worker<D> {
         }
         if let Some(out) = &self.stats_out {
             *out.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;
+        }
+        if let (Some(i), Some(engine)) = (&self.inspect, self.engine.as_ref()) {
+            let now = self.clock.now();
+            i.serve(|| {
+                let net = StackNet {
+                    ports: &mut self.ports,
+                    now,
+                    next: 0,
+                };
+                engine.connections(&net, now)
+            });
         }
     }
 

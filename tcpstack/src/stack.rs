@@ -521,6 +521,10 @@ impl Stack {
     pub fn state(&self, id: ConnId) -> Result<State, Error> {
         Ok(self.conn(id)?.state)
     }
+    /// The connection's state, RTT, congestion window and retransmits.
+    pub fn conn_info(&self, id: ConnId) -> Result<crate::tcp::ConnInfo, Error> {
+        Ok(self.conn(id)?.info())
+    }
     /// Bytes ready to read.
     pub fn recv_available(&self, id: ConnId) -> Result<usize, Error> {
         Ok(self.conn(id)?.recv_len())

@@ -447,6 +447,29 @@ pub struct RequestEvent {
     pub identity: Option<String>,
 }
 
+/// One connection as `GET /connections` shows it ([`Engine::connections`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnView {
+    /// `client`, `upstream` (a session's) or `idle` (pooled upstream).
+    pub role: &'static str,
+    /// The listener a client connection came in on (and an upstream's session's).
+    pub listener: Option<Arc<str>>,
+    /// (local, remote), when the transport says.
+    pub addrs: Option<(SocketAddrV4, SocketAddrV4)>,
+    /// What the proxy does with it: `mesh_handshake`, `tcp_connecting`, `tcp`, `http`,
+    /// `http_tunnel`, `idle`.
+    pub state: &'static str,
+    pub age: Duration,
+    /// Bytes the proxy handed to this connection and, for its session's other leg, to the
+    /// other one (a session's client and upstream report the same pair, seen each way).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// An upstream's endpoint and service.
+    pub endpoint: Option<SocketAddrV4>,
+    pub service: Option<Arc<str>>,
+    pub tcp: Option<super::net::TcpInfo>,
+}
+
 /// Counters of one engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProxyStats {
@@ -710,6 +733,9 @@ struct Session<C> {
     tcp_cell: Option<Arc<golden::TcpCell>>,
     /// Bytes to the upstream that are the mesh preamble, not the client's: not counted.
     tcp_preamble: u64,
+    /// Bytes handed to the upstream and to the client so far (`GET /connections`).
+    bytes_up: u64,
+    bytes_down: u64,
     /// An inbound TCP session's caller (the peer gateway's client identity).
     tcp_caller: Option<Box<str>>,
     /// The listener's name, interned (the golden metrics' key and label).
@@ -1027,6 +1053,67 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             self.stats.events_dropped += 1;
         }
         self.events.push_back(e);
+    }
+
+    /// Every connection this engine holds: each session's client and upstream, and the
+    /// pool's idle upstreams.
+    pub fn connections<N: Net<Conn = C>>(&self, net: &N, now: Instant) -> Vec<ConnView> {
+        let mut out = Vec::new();
+        for s in self.sessions.iter().flatten() {
+            let state = match &s.kind {
+                Kind::MeshHandshake => "mesh_handshake",
+                Kind::Tcp(TcpPhase::Connecting) => "tcp_connecting",
+                Kind::Tcp(TcpPhase::Pipe) => "tcp",
+                Kind::Http(h) if h.resp == RespPhase::Tunnel => "http_tunnel",
+                Kind::Http(_) => "http",
+            };
+            out.push(ConnView {
+                role: "client",
+                listener: Some(s.lname.clone()),
+                addrs: net.addrs(s.down.conn),
+                state,
+                age: now.saturating_duration_since(s.accepted_at),
+                bytes_sent: s.bytes_down,
+                bytes_received: s.bytes_up,
+                endpoint: None,
+                service: None,
+                tcp: net.tcp_info(s.down.conn),
+            });
+            if let Some(up) = s.up.as_ref() {
+                let a = s.attempt.as_ref();
+                out.push(ConnView {
+                    role: "upstream",
+                    listener: Some(s.lname.clone()),
+                    addrs: net.addrs(up.conn),
+                    state,
+                    age: a.map_or(Duration::ZERO, |a| now.saturating_duration_since(a.started)),
+                    bytes_sent: s.bytes_up,
+                    bytes_received: s.bytes_down,
+                    endpoint: a
+                        .map(|a| a.endpoint)
+                        .or(s.kind.http().and_then(|h| h.up_endpoint)),
+                    service: a
+                        .and_then(|a| s.snap.services.get(a.svc as usize))
+                        .map(|svc| Arc::from(svc.name.as_str())),
+                    tcp: net.tcp_info(up.conn),
+                });
+            }
+        }
+        for (leg, meta) in self.pool.idle_legs() {
+            out.push(ConnView {
+                role: "idle",
+                listener: None,
+                addrs: net.addrs(leg.conn),
+                state: "idle",
+                age: now.saturating_duration_since(meta.born),
+                bytes_sent: 0,
+                bytes_received: 0,
+                endpoint: Some(meta.key.endpoint),
+                service: Some(meta.key.service.clone()),
+                tcp: net.tcp_info(leg.conn),
+            });
+        }
+        out
     }
 
     /// Counts a request that ended in the golden metrics.
@@ -2009,6 +2096,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             attempt: None,
             tcp_cell: None,
             tcp_preamble: 0,
+            bytes_up: 0,
+            bytes_down: 0,
             tcp_caller: None,
             timeouts: listener.timeouts,
             listener: self.events_on().then(|| name.clone()),
@@ -2559,6 +2648,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 break;
             }
         }
+        s.bytes_up += self.stats.bytes_down_to_up - before.0;
+        s.bytes_down += self.stats.bytes_up_to_down - before.1;
         if let Some(c) = s.tcp_cell.as_ref() {
             let sent = self.stats.bytes_down_to_up - before.0;
             let preamble = sent.min(s.tcp_preamble);
@@ -2651,6 +2742,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     let n = up.write(net, &s.to_up).map_err(StepError::Up)?;
                     s.to_up.drain(..n);
                     self.stats.bytes_down_to_up += n as u64;
+                    s.bytes_up += n as u64;
                 } else {
                     up.flush(net).map_err(StepError::Up)?;
                 }
@@ -2659,6 +2751,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let n = s.down.write(net, &s.to_down)?;
                 s.to_down.drain(..n);
                 self.stats.bytes_up_to_down += n as u64;
+                s.bytes_down += n as u64;
             } else {
                 s.down.flush(net)?;
             }

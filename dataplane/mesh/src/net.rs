@@ -75,4 +75,27 @@ pub trait Net {
         let _ = c;
         true
     }
+    /// The connection's (local, remote) addresses, for inspection; `None` when unknown.
+    fn addrs(&self, c: Self::Conn) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        let _ = c;
+        None
+    }
+    /// The transport's view of the connection (RTT, congestion window, retransmits), for
+    /// inspection; `None` when the transport does not say.
+    fn tcp_info(&self, c: Self::Conn) -> Option<TcpInfo> {
+        let _ = c;
+        None
+    }
+}
+
+/// A TCP connection as the transport sees it (`GET /connections`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TcpInfo {
+    /// The TCP state's name, as the transport calls it.
+    pub state: String,
+    /// Smoothed round-trip time, once measured.
+    pub rtt: Option<std::time::Duration>,
+    /// Congestion window in bytes (the kernel's segments times its MSS).
+    pub cwnd_bytes: Option<u64>,
+    pub retransmits: u64,
 }

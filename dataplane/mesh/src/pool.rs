@@ -70,6 +70,13 @@ impl<C> Idle<C> {
     }
 }
 
+impl<C> Pool<C> {
+    /// Every idle connection.
+    pub fn idle_legs(&self) -> impl Iterator<Item = (&Leg<C>, &UpMeta)> {
+        self.slots.iter().flatten().map(|i| (&i.leg, &i.meta))
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Pool<C> {
     slots: Vec<Option<Idle<C>>>,

@@ -343,6 +343,57 @@ impl Net for KernelNet {
         r
     }
 
+    fn addrs(&self, c: KConn) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        let s = self.slots.get(c.slot as usize).filter(|s| s.gen == c.gen)?;
+        let st = s.stream.as_ref()?;
+        Some((to_v4(st.local_addr().ok()?)?, to_v4(st.peer_addr().ok()?)?))
+    }
+
+    fn tcp_info(&self, c: KConn) -> Option<mesh::net::TcpInfo> {
+        let s = self.slots.get(c.slot as usize).filter(|s| s.gen == c.gen)?;
+        let fd = s.stream.as_ref()?.as_raw_fd();
+        // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes of it.
+        let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: a valid fd, and a buffer of `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut ti as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return None;
+        }
+        // The kernel's states (include/net/tcp_states.h).
+        const STATES: [&str; 12] = [
+            "?",
+            "established",
+            "syn_sent",
+            "syn_recv",
+            "fin_wait1",
+            "fin_wait2",
+            "time_wait",
+            "close",
+            "close_wait",
+            "last_ack",
+            "listen",
+            "closing",
+        ];
+        Some(mesh::net::TcpInfo {
+            state: STATES
+                .get(ti.tcpi_state as usize)
+                .unwrap_or(&"?")
+                .to_string(),
+            rtt: (ti.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(ti.tcpi_rtt))),
+            cwnd_bytes: Some(u64::from(ti.tcpi_snd_cwnd) * u64::from(ti.tcpi_snd_mss)),
+            retransmits: u64::from(ti.tcpi_total_retrans),
+        })
+    }
+
     fn may_have_input(&self, c: KConn) -> bool {
         self.slots
             .get(c.slot as usize)
@@ -392,6 +443,8 @@ pub struct KernelWorker {
     pub net: KernelNet,
     pub engine: mesh::engine::Engine<KConn>,
     clock: crate::clock::Clock,
+    /// Answers the admin API's `GET /connections` from the loop.
+    pub inspect: std::sync::Arc<crate::inspect::Inspect>,
 }
 
 impl KernelWorker {
@@ -420,6 +473,7 @@ impl KernelWorker {
             net,
             engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
             clock: crate::clock::Clock::start(),
+            inspect: Default::default(),
         })
     }
 
@@ -476,6 +530,9 @@ impl KernelWorker {
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             self.poll_once(Duration::from_millis(50))?;
             *out.lock().unwrap_or_else(|e| e.into_inner()) = self.engine.stats;
+            let now = self.now();
+            self.inspect
+                .serve(|| self.engine.connections(&self.net, now));
         }
         Ok(())
     }
@@ -679,5 +736,78 @@ service = "s"
         assert_eq!(net.read(c, &mut buf), Ok(0));
         net.abort(c);
         assert!(net.may_have_input(c), "a stale handle: unknown");
+    }
+
+    /// `GET /connections` on the kernel backend: the worker answers from its loop with the
+    /// client connection, its upstream (both with the kernel's TCP_INFO) and their bytes.
+    #[test]
+    fn the_worker_shows_its_connections_when_asked() {
+        use std::io::Read as _;
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(up) = server.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tables = format!(
+            "[[service]]\nname = \"s\"\nendpoints = [{{ address = \"{up}\" }}]\n\
+             [[listener]]\nname = \"t\"\nbind = \"127.0.0.1:{port}\"\nprotocol = \"tcp\"\n\
+             service = \"s\"\n"
+        );
+        let src = control::Source::new("t.toml", tables.clone());
+        let compiled =
+            control::compile(&src, &control::Context::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        let publisher = Arc::new(control::Publisher::new());
+        publisher.publish(compiled.snapshot, Arc::from(tables.as_str()), "test");
+        let mut w = KernelWorker::new(publisher, Arc::new(mesh::engine::NoMeshTls)).unwrap();
+        let inspect = w.inspect.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let out = std::sync::Mutex::new(Default::default());
+                w.run_publishing(&stop, &out).unwrap();
+            })
+        };
+        struct Stop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(stop.clone());
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut upstream, _) = server.accept().unwrap();
+        client.write_all(b"hello").unwrap();
+        let mut got = [0u8; 5];
+        upstream.read_exact(&mut got).unwrap();
+        let conns = inspect
+            .ask(Duration::from_secs(5))
+            .expect("the worker answers");
+        let c = conns.iter().find(|c| c.role == "client").expect("a client");
+        assert_eq!(c.addrs.map(|a| a.1), to_v4(client.local_addr().unwrap()));
+        assert_eq!(c.state, "tcp");
+        assert_eq!(
+            c.bytes_received, 5,
+            "bytes from the client, handed upstream"
+        );
+        let t = c.tcp.as_ref().expect("TCP_INFO");
+        assert_eq!(t.state, "established");
+        assert!(t.cwnd_bytes.is_some_and(|b| b > 0));
+        let u = conns
+            .iter()
+            .find(|c| c.role == "upstream")
+            .expect("an upstream");
+        assert_eq!(u.endpoint, Some(up));
+        assert_eq!(u.addrs.map(|a| a.1), Some(up));
+        assert_eq!(u.service.as_deref(), Some("s"));
+        let json = crate::inspect::json(&[("kernel".into(), Some(conns))]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["workers"][0]["connections"].as_array().unwrap().len(), 2);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        thread.join().unwrap();
     }
 }

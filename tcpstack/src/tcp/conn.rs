@@ -31,6 +31,17 @@ pub enum State {
     Closed,
 }
 
+/// A connection as [`Conn::info`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub state: State,
+    /// Smoothed round-trip time (RFC 6298), once measured.
+    pub srtt: Option<Duration>,
+    /// Congestion window, bytes.
+    pub cwnd: usize,
+    pub retransmits: u32,
+}
+
 /// Why a connection ended abnormally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetReason {
@@ -142,6 +153,8 @@ pub struct Conn {
     recover: Seq,
     in_recovery: bool,
     rtt: RttEstimator,
+    /// Segments sent again (fast retransmit, timeouts, probes of old data): for inspection.
+    retransmits: u32,
     /// Karn's algorithm: one timed segment at a time, never a retransmitted one.
     rtt_probe: Option<(Seq, Instant)>,
 
@@ -272,6 +285,7 @@ impl Conn {
             recover: p.iss,
             in_recovery: false,
             rtt: RttEstimator::new(cfg.min_rto),
+            retransmits: 0,
             rtt_probe: None,
             rto_at: None,
             delack_at: None,
@@ -1516,6 +1530,7 @@ impl Conn {
         let is_rexmit = retransmit || seq < self.snd_max;
         if is_rexmit {
             ctx.stats.inc(Counter::Retransmits);
+            self.retransmits = self.retransmits.saturating_add(1);
             if self.rtt_probe.is_some_and(|(s, _)| s >= seq) {
                 self.rtt_probe = None; // Karn: never time a retransmitted range
             }
@@ -1551,6 +1566,16 @@ impl Conn {
     /// Bytes of memory this connection holds beyond its two buffers.
     pub fn state_size() -> usize {
         core::mem::size_of::<Conn>()
+    }
+
+    /// What an operator inspects: state, smoothed RTT, congestion window, retransmits.
+    pub fn info(&self) -> ConnInfo {
+        ConnInfo {
+            state: self.state,
+            srtt: self.rtt.srtt(),
+            cwnd: self.cwnd,
+            retransmits: self.retransmits,
+        }
     }
 
     pub fn buffers_allocated(&self) -> usize {

@@ -10,4 +10,4 @@ pub mod rtt;
 pub mod seq;
 
 pub use config::{Keepalive, TcpConfig};
-pub use conn::{ResetReason, State};
+pub use conn::{ConnInfo, ResetReason, State};
