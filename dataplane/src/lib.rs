@@ -6,6 +6,7 @@
 
 pub mod certwatch;
 pub mod clock;
+pub mod config_dump;
 pub mod device;
 pub mod gateway;
 pub mod inspect;

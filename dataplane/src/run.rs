@@ -25,6 +25,8 @@ struct Metrics {
     kernel: OnceLock<Arc<Mutex<mesh::engine::ProxyStats>>>,
     kernel_policy: OnceLock<Arc<mesh::policy::PolicyStats>>,
     kernel_inspect: OnceLock<Arc<dataplane::inspect::Inspect>>,
+    /// The tables in force (`GET /config_dump`).
+    publisher: OnceLock<Arc<control::Publisher>>,
     /// Endpoint health, shared by the workers (`GET /endpoints`).
     health: Arc<mesh::health::HealthBoard>,
     /// Requests, latency and bytes per route, service, endpoint and identity.
@@ -57,7 +59,25 @@ impl control::admin::AdminExtension for Metrics {
                     body: dataplane::inspect::json(&workers).into_bytes(),
                 })
             }
-            ("/endpoints" | "/connections", _) => Some(Response {
+            ("/config_dump", "GET") => {
+                let snap = self.publisher.get()?.load();
+                let certs = self.certs.get().map(|c| {
+                    dataplane::config_dump::dataplane_certs::MeshCertsView::of(&c.current())
+                });
+                let body = dataplane::config_dump::json(
+                    &snap,
+                    certs.as_ref(),
+                    &self.health.json(),
+                    SystemTime::now(),
+                );
+                Some(Response {
+                    status: 200,
+                    content_type: "application/json",
+                    headers: Vec::new(),
+                    body: body.into_bytes(),
+                })
+            }
+            ("/endpoints" | "/connections" | "/config_dump", _) => Some(Response {
                 status: 405,
                 content_type: "text/plain; charset=utf-8",
                 headers: vec![("allow".into(), "GET".into())],
@@ -168,6 +188,7 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Ok(p) => p,
         Err(e) => return fail(err, &e),
     };
+    let _ = ext.publisher.set(plane.publisher.clone());
     let snap = plane.publisher.load();
     let listeners = match listeners(&snap) {
         Ok(l) => l,
