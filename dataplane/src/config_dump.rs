@@ -28,6 +28,7 @@ pub fn json(
     snap: &Snapshot,
     certs: Option<&dataplane_certs::MeshCertsView>,
     endpoints: &str,
+    dataplane: Value,
     now: SystemTime,
 ) -> String {
     let now_s = unix_now(now);
@@ -121,6 +122,8 @@ pub fn json(
                 "id": i.id,
                 "sources": i.sources.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 "cert": i.cert_path.display().to_string(),
+                // The path, for `xdpmesh check` on this host; never the key itself.
+                "key": i.key_path.display().to_string(),
                 "validity": loaded.map(|l| validity(l.1, l.2, now_s)),
             })
         })
@@ -148,6 +151,8 @@ pub fn json(
         "peers": peers,
         "identities": identities,
         "trust_roots": roots,
+        "trust_files": snap.trust_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "dataplane": dataplane,
         "endpoints": endpoints,
     });
     serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into()) + "\n"
@@ -236,7 +241,7 @@ service = "web"
         let snap = compiled.snapshot;
         let watch = CertWatch::new(snap.trust_roots.clone(), &snap.identities).unwrap();
         let view = dataplane_certs::MeshCertsView::of(&watch.current());
-        let out = json(&snap, Some(&view), "[]", SystemTime::now());
+        let out = json(&snap, Some(&view), "[]", Value::Null, SystemTime::now());
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["listeners"][0]["name"], "web");
         assert_eq!(v["services"][0]["endpoints"][0]["via"], "gw-b");

@@ -494,6 +494,29 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The workers, the (interface, queue) pairs each serves, and each interface's XDP mode
+    /// (`GET /config_dump`; `xdpmesh check --admin` compares them with the machine).
+    pub fn topology(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": "afxdp",
+            "workers": self.workers.iter().map(|w| serde_json::json!({
+                "worker": w.core,
+                "ports": w.ports.iter().map(|(i, q)| serde_json::json!({
+                    "interface": i, "queue": q,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "interfaces": self.steering.iter().map(|s| serde_json::json!({
+                "name": s.ifname(),
+                "xdp_mode": s.mode().to_string(),
+                "queues_served": self.workers.iter()
+                    .flat_map(|w| w.ports.iter())
+                    .filter(|(i, _)| i == s.ifname())
+                    .map(|(_, q)| *q)
+                    .collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     /// Every worker's connections (`GET /connections`), each asked in turn.
     pub fn connections(&self) -> Vec<(String, Option<Vec<mesh::engine::ConnView>>)> {
         self.workers

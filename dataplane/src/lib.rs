@@ -10,6 +10,7 @@ pub mod config_dump;
 pub mod device;
 pub mod gateway;
 pub mod inspect;
+pub mod livecheck;
 pub mod memlink;
 pub mod netns;
 pub mod proxy;

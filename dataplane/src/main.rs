@@ -26,7 +26,9 @@ struct Cli {
 enum Command {
     /// Run the gateway from a node file until SIGTERM or SIGINT, then drain and exit.
     Run(RunArgs),
-    /// Check a node file and the tables it names; print every error, one per line.
+    /// Check a node file and the tables it names; print every error, one per line. With
+    /// --admin: check a running gateway instead (tables, certificates, peers, endpoints,
+    /// interfaces), one finding per line with a hint; exit 1 on any error.
     Check(CheckArgs),
     /// Convert other formats into xdpmesh tables.
     #[command(subcommand)]
@@ -78,8 +80,15 @@ struct CaIssueArgs {
 #[derive(Args)]
 struct CheckArgs {
     /// The node file (its [node] table names the tables file).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "admin")]
+    config: Option<PathBuf>,
+    /// A running gateway's admin API (e.g. 127.0.0.1:9901): check it live. Run it where the
+    /// gateway runs (`ip netns exec NS ...`): peers and key files are reached from here.
+    #[arg(long, conflicts_with_all = ["config", "system"])]
+    admin: Option<String>,
+    /// The admin API's bearer token, when its reads need one (else $XDPMESH_ADMIN_TOKEN).
+    #[arg(long, requires = "admin")]
+    token: Option<String>,
     /// The node file describes this machine: every [[interface]] must exist here.
     /// Without it, only interfaces present here are checked against the machine.
     #[arg(long)]
@@ -147,6 +156,31 @@ fn run(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 }
 
 fn check(a: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    if let Some(admin) = &a.admin {
+        let mut o = dataplane::livecheck::Options::new(admin.clone());
+        o.token = a
+            .token
+            .clone()
+            .or_else(|| std::env::var("XDPMESH_ADMIN_TOKEN").ok());
+        let found = dataplane::livecheck::check(&o);
+        for f in &found {
+            let _ = writeln!(out, "{}", f.line());
+        }
+        let errors = found
+            .iter()
+            .filter(|f| f.level == dataplane::livecheck::Level::Error)
+            .count();
+        let warnings = found
+            .iter()
+            .filter(|f| f.level == dataplane::livecheck::Level::Warn)
+            .count();
+        let _ = writeln!(out, "{errors} errors, {warnings} warnings");
+        return if errors == 0 { OK } else { FAILED };
+    }
+    let Some(config) = a.config.as_ref() else {
+        let _ = writeln!(err, "check: --config or --admin");
+        return FAILED;
+    };
     // hw-config checks [[interface]]; its errors print with control's, its notes
     // (warnings) as `note:` lines that do not change the exit code.
     let checks = if a.system {
@@ -154,13 +188,13 @@ fn check(a: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     } else {
         hw_config::SystemChecks::IfPresent
     };
-    let hw = control::node::load(&a.config)
+    let hw = control::node::load(config)
         .map(|n| hw_config::check(&n, checks))
         .unwrap_or_default();
     for note in &hw.notes {
         let _ = writeln!(err, "note: {note}");
     }
-    let checked = control::check::check_node(&a.config, SystemTime::now()).and_then(|r| {
+    let checked = control::check::check_node(config, SystemTime::now()).and_then(|r| {
         if hw.errors.is_empty() {
             Ok(r)
         } else {
@@ -173,7 +207,7 @@ fn check(a: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             let _ = writeln!(
                 out,
                 "{}: ok: node {}, tables {}: {} identities, {} peers, {} listeners, {} services, {} routes",
-                a.config.display(),
+                config.display(),
                 node.name,
                 node.tables.display(),
                 s.identities.len(),

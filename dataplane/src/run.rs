@@ -64,10 +64,15 @@ impl control::admin::AdminExtension for Metrics {
                 let certs = self.certs.get().map(|c| {
                     dataplane::config_dump::dataplane_certs::MeshCertsView::of(&c.current())
                 });
+                let topology = match self.gateway.get() {
+                    Some(g) => g.topology(),
+                    None => serde_json::json!({ "backend": "kernel" }),
+                };
                 let body = dataplane::config_dump::json(
                     &snap,
                     certs.as_ref(),
                     &self.health.json(),
+                    topology,
                     SystemTime::now(),
                 );
                 Some(Response {
