@@ -399,6 +399,8 @@ pub enum Event {
         opened: Instant,
         at: Instant,
         clean: bool,
+        /// What the connection carried and, for a TCP proxy, where it went.
+        conn: Box<ConnRecord>,
     },
     /// A connection was refused at accept (no service, no endpoint, no TLS configuration...).
     Refused {
@@ -441,6 +443,34 @@ pub struct RequestEvent {
     /// The caller's SPIFFE ID: the peer gateway's client identity on a mesh listener, the
     /// identity of the client's source address on an outbound one.
     pub identity: Option<String>,
+    /// The authority the request is for (absolute-form target, else `Host`).
+    pub authority: Option<String>,
+    /// `traceparent` as forwarded (the client's, or the one gateway A made).
+    pub traceparent: Option<String>,
+    /// From the start of the attempt that answered (its connect, or the reuse of a kept-alive
+    /// connection) to its response head.
+    pub upstream: Option<Duration>,
+    /// The peer gateway's SPIFFE ID when the endpoint is reached through one (`via`).
+    pub dst_identity: Option<String>,
+}
+
+/// One client connection, as [`Event::Closed`] reports it. Built only while events are on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnRecord {
+    /// TCP proxy: the service and endpoint of the last attempt (HTTP: per request).
+    pub service: Option<String>,
+    pub endpoint: Option<SocketAddrV4>,
+    pub attempts: u8,
+    /// TCP proxy: bytes from the client (to the upstream) and to the client.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// TCP proxy: from the start of the last attempt to its established connection.
+    pub upstream: Option<Duration>,
+    pub identity: Option<String>,
+    pub dst_identity: Option<String>,
+    /// How the last upstream attempt ended, and why the gateway refused or cut, if it did.
+    pub outcome: Option<Outcome>,
+    pub reason: Option<Refusal>,
 }
 
 /// Counters of one engine.
@@ -691,6 +721,8 @@ struct Session<C> {
     timeouts: Timeouts,
     /// The listener's name, while events are on.
     listener: Option<Arc<str>>,
+    /// The connection's record for [`Event::Closed`], while events are on.
+    conn: Option<Box<ConnRecord>>,
     accepted_at: Instant,
     /// The last time bytes moved either way (idle, body stall and tcp_idle timeouts).
     last_io: Instant,
@@ -1390,6 +1422,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     ) -> Option<Attempt> {
         let a = s.attempt.take()?;
         self.stats.attempts[outcome as usize] += 1;
+        if let Some(c) = s.conn.as_mut() {
+            c.outcome = Some(outcome);
+        }
         if let Some((svc, ep)) = a.lb.filter(|_| a.gen == self.balancer_gen) {
             if let Some(b) = self.balancers.get_mut(&svc) {
                 let at = now_duration(now);
@@ -1424,6 +1459,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
         (outcome, reason): (Outcome, Refusal),
     ) {
+        if let Some(c) = s.conn.as_mut().filter(|_| outcome != Outcome::Complete) {
+            c.reason = Some(reason);
+        }
         let attempt = self.finish_attempt(now, s, outcome);
         if outcome == Outcome::Complete {
             return;
@@ -1762,6 +1800,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         if let Some(r) = s.kind.http_mut().and_then(|h| h.record.as_mut()) {
             r.attempts = a.number + 1;
             r.endpoint = Some(endpoint);
+            r.dst_identity = via_identity(&snap, a.svc, lb.map(|(_, e)| e));
+        }
+        if let Some(c) = s.conn.as_mut().filter(|_| !is_http) {
+            c.attempts = a.number + 1;
+            c.endpoint = Some(endpoint);
+            c.dst_identity = via_identity(&snap, a.svc, lb.map(|(_, e)| e));
         }
         Ok(())
     }
@@ -1814,6 +1858,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             attempt: None,
             timeouts: listener.timeouts,
             listener: self.events_on().then(|| name.clone()),
+            conn: self.events_on().then(Box::default),
             accepted_at: now,
             last_io: now,
             last_delivery: now,
@@ -1864,6 +1909,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             candidates,
                             ..Attempt::first(now, addr, session.timeouts.connect)
                         }));
+                        if let Some(c) = session.conn.as_mut() {
+                            c.service = Some(snap.services[tsvc as usize].name.clone());
+                            c.endpoint = Some(addr);
+                            c.attempts = 1;
+                            c.identity = snap
+                                .identity_for_source(IpAddr::V4(*remote.ip()))
+                                .map(|i| i.id.clone());
+                            c.dst_identity = via_identity(&snap, tsvc, Some(ep));
+                        }
                     }
                     Err(r) => {
                         return self.refuse_accept(net, now, (conn, remote, &listener.name), r)
@@ -2151,6 +2205,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             StepError::Refused(r) => {
                 self.stats.refuse(r);
+                if let Some(c) = s.conn.as_mut() {
+                    c.reason = Some(r);
+                }
                 self.finish_attempt(now, s, Outcome::Cancelled);
                 self.teardown(net, now, s, true);
             }
@@ -2171,6 +2228,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             StepError::Leg(le) => {
                 self.stats.refuse(le.refusal());
+                if let Some(c) = s.conn.as_mut() {
+                    c.reason = Some(le.refusal());
+                }
                 self.finish_attempt(now, s, Outcome::Cancelled);
                 self.teardown(net, now, s, true);
             }
@@ -2318,6 +2378,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             svc,
             ..Attempt::first(now, ep, s.timeouts.connect)
         }));
+        if let Some(c) = s.conn.as_mut() {
+            c.service = Some(snap.services[svc as usize].name.clone());
+            c.endpoint = Some(ep);
+            c.attempts = 1;
+            c.identity = Some(peer);
+        }
         // Bytes after the preamble belong to the service.
         s.to_up = std::mem::take(&mut s.d_in);
         s.kind = Kind::Tcp(TcpPhase::Connecting);
@@ -2332,6 +2398,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
     ) -> Result<(), StepError> {
         let up = s.up.as_mut().expect("a piping session has an upstream");
+        let mark = s
+            .conn
+            .is_some()
+            .then_some((self.stats.bytes_down_to_up, self.stats.bytes_up_to_down));
         loop {
             let mut moved = false;
             let down_to_up = Flow {
@@ -2352,6 +2422,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             moved |= pump(net, up_to_down, &mut self.buf, &mut self.scratch)?;
             if !moved {
                 break;
+            }
+        }
+        if let (Some(c), Some((d, u))) = (s.conn.as_mut(), mark) {
+            c.bytes_in += self.stats.bytes_down_to_up - d;
+            c.bytes_out += self.stats.bytes_up_to_down - u;
+            if c.upstream.is_none() {
+                c.upstream = s
+                    .attempt
+                    .as_ref()
+                    .and_then(|a| Some(a.connected_at?.saturating_duration_since(a.started)));
             }
         }
         if s.down_eof
@@ -2554,6 +2634,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             end: now,
                             request_id: None,
                             identity: None,
+                            authority: head.host().map(str::to_owned),
+                            traceparent: None,
+                            upstream: None,
+                            dst_identity: None,
                         }));
                     }
                     if let Err(r) = self.dispatch(net, now, sid, s, &mut head, false) {
@@ -2763,6 +2847,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     h.resp = RespPhase::Body;
                     if let Some(r) = h.record.as_mut() {
                         r.status = Some(head.status);
+                        r.upstream = s
+                            .attempt
+                            .as_ref()
+                            .map(|a| now.saturating_duration_since(a.started));
                     }
                 }
             }
@@ -2893,6 +2981,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             end: now,
             request_id: None,
             identity,
+            authority: None,
+            traceparent: None,
+            upstream: None,
+            dst_identity: None,
         })));
     }
 
@@ -3090,6 +3182,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             r.request_id = head
                 .header("x-request-id")
                 .map(|v| String::from_utf8_lossy(v).into_owned());
+            r.traceparent = head
+                .header("traceparent")
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            r.dst_identity = via_identity(&snap, svc, ep);
             r.identity = match &h.target {
                 Target::Fixed { peer, .. } => Some(peer.clone()),
                 Target::Route => snap
@@ -3982,6 +4078,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 opened: s.accepted_at,
                 at: now,
                 clean: !abort,
+                conn: s.conn.take().unwrap_or_default(),
             });
         }
         s.closed = true;
@@ -4069,6 +4166,16 @@ impl RequestLimits {
 }
 
 /// The address of endpoint `ep` of service `svc` (IPv4 only).
+/// The SPIFFE ID of the peer gateway an endpoint is reached through, if any (events only).
+fn via_identity(snap: &Snapshot, svc: u32, ep: Option<u32>) -> Option<String> {
+    let e = snap
+        .services
+        .get(svc as usize)?
+        .endpoints
+        .get(ep? as usize)?;
+    Some(snap.peers.get(e.via? as usize)?.identity.clone())
+}
+
 fn endpoint_addr(snap: &Snapshot, svc: u32, ep: u32) -> Result<SocketAddrV4, Refusal> {
     let e = snap
         .services
