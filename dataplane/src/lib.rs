@@ -4,10 +4,12 @@
 //! starts it all from a node file, test support for network namespaces, and the `xdpmesh`
 //! binary.
 
+pub mod accesslog;
 pub mod certwatch;
 pub mod clock;
 pub mod device;
 pub mod gateway;
+pub mod logging;
 pub mod memlink;
 pub mod netns;
 pub mod proxy;

@@ -392,6 +392,8 @@ pub struct KernelWorker {
     pub net: KernelNet,
     pub engine: mesh::engine::Engine<KConn>,
     clock: crate::clock::Clock,
+    /// The engine's events go here as access log lines, when on.
+    access_log: Option<crate::accesslog::Sink>,
 }
 
 impl KernelWorker {
@@ -420,7 +422,14 @@ impl KernelWorker {
             net,
             engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
             clock: crate::clock::Clock::start(),
+            access_log: None,
         })
+    }
+
+    /// Sends the engine's events to the access log.
+    pub fn set_access_log(&mut self, sink: crate::accesslog::Sink) {
+        crate::accesslog::Sink::enable(&mut self.engine);
+        self.access_log = Some(sink);
     }
 
     fn now(&self) -> Instant {
@@ -456,6 +465,9 @@ impl KernelWorker {
             }
         }
         self.engine.progress(&mut self.net, now);
+        if let Some(log) = self.access_log.as_mut() {
+            log.drain(&mut self.engine, &self.clock);
+        }
         Ok(())
     }
 
@@ -497,6 +509,10 @@ impl KernelWorker {
         let left = self.engine.active();
         let now = self.now();
         self.engine.abort_all(&mut self.net, now);
+        // The connections just reset get their lines too.
+        if let Some(log) = self.access_log.as_mut() {
+            log.drain(&mut self.engine, &self.clock);
+        }
         Ok(left)
     }
 }
