@@ -36,6 +36,7 @@ struct Metrics {
 impl control::admin::AdminExtension for Metrics {
     fn handle(&self, req: &control::admin::Request<'_>) -> Option<control::admin::Response> {
         use control::admin::Response;
+        tracing::debug!(method = req.method, path = req.path, "admin request");
         if let Some(r) = self.logging.get().and_then(|l| l.admin(req)) {
             return Some(r);
         }

@@ -461,7 +461,8 @@ pub struct ConnRecord {
     pub service: Option<String>,
     pub endpoint: Option<SocketAddrV4>,
     pub attempts: u8,
-    /// TCP proxy: bytes from the client (to the upstream) and to the client.
+    /// Bytes from the client passed upstream (HTTP: heads as forwarded, bodies) and bytes
+    /// written to the client.
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// TCP proxy: from the start of the last attempt to its established connection.
@@ -2519,6 +2520,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     let n = up.write(net, &s.to_up).map_err(StepError::Up)?;
                     s.to_up.drain(..n);
                     self.stats.bytes_down_to_up += n as u64;
+                    if let Some(c) = s.conn.as_mut() {
+                        c.bytes_in += n as u64;
+                    }
                 } else {
                     up.flush(net).map_err(StepError::Up)?;
                 }
@@ -2527,6 +2531,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 let n = s.down.write(net, &s.to_down)?;
                 s.to_down.drain(..n);
                 self.stats.bytes_up_to_down += n as u64;
+                if let Some(c) = s.conn.as_mut() {
+                    c.bytes_out += n as u64;
+                }
             } else {
                 s.down.flush(net)?;
             }
