@@ -7,6 +7,10 @@
 //! admin = "127.0.0.1:9901"         # default; a non-loopback address needs admin_token_file
 //! admin_token_file = "admin.token" # bearer token for write endpoints; optional on loopback
 //!
+//! [access_log]                     # optional; off without this table
+//! path = "/var/log/xdpmesh/access.log"  # or "stdout"; relative to this file; reopened on SIGHUP
+//! sample = 1.0                     # share of lines written, 0.0 to 1.0 (default 1.0)
+//!
 //! [[interface]]                    # hw-config's; handed on undecoded (see NodeConfig::interfaces)
 //! name = "eth1"
 //! ```
@@ -34,6 +38,8 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 #[serde(deny_unknown_fields)]
 struct NodeFile {
     node: Sp<NodeSection>,
+    #[serde(default)]
+    access_log: Option<Sp<AccessLogSection>>,
     /// Checked by hw-config, not here.
     #[serde(default)]
     #[allow(dead_code)]
@@ -51,6 +57,33 @@ struct NodeSection {
     admin_token_file: Option<Sp<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogSection {
+    path: Sp<String>,
+    #[serde(default)]
+    sample: Option<Sp<f64>>,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLogTarget {
+    Stdout,
+    /// Resolved against the node file's directory.
+    File(PathBuf),
+}
+
+/// `[access_log]`: one JSON line per HTTP request and per connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    pub target: AccessLogTarget,
+    /// The share of lines written, 0.0 to 1.0 (default [`DEFAULT_ACCESS_LOG_SAMPLE`]).
+    pub sample: f64,
+}
+
+/// `[access_log] sample` when absent: every line.
+pub const DEFAULT_ACCESS_LOG_SAMPLE: f64 = 1.0;
+
 /// A checked node file.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -64,6 +97,8 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     /// The `[[interface]]` entries, undecoded, for hw-config.
     pub interfaces: Vec<tree::Node>,
+    /// `[access_log]`; `None`: off (the default).
+    pub access_log: Option<AccessLogConfig>,
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -178,6 +213,35 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
                 .hint("e.g. tables = \"tables.toml\""),
         );
     }
+    let access_log = file.access_log.as_ref().and_then(|a| {
+        let sample = a.sample.as_ref().map_or(DEFAULT_ACCESS_LOG_SAMPLE, |s| **s);
+        let mut ok = true;
+        if let Some(s) = a.sample.as_ref().filter(|s| !(0.0..=1.0).contains(&***s)) {
+            ok = false;
+            errors.push(
+                Diagnostic::at(
+                    &src,
+                    &s.span,
+                    "access_log.sample",
+                    format!("{} is not a ratio from 0.0 to 1.0", **s),
+                )
+                .hint("e.g. sample = 0.1 writes one line in ten"),
+            );
+        }
+        let target = match a.path.trim() {
+            "" => {
+                ok = false;
+                errors.push(
+                    Diagnostic::at(&src, &a.path.span, "access_log.path", "path is empty")
+                        .hint("a file, e.g. \"/var/log/xdpmesh/access.log\", or \"stdout\""),
+                );
+                AccessLogTarget::Stdout
+            }
+            "stdout" => AccessLogTarget::Stdout,
+            p => AccessLogTarget::File(resolve(base_dir, p)),
+        };
+        ok.then_some(AccessLogConfig { target, sample })
+    });
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -192,6 +256,7 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
         admin: admin.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
         admin_token,
         interfaces,
+        access_log,
         source: src,
     })
 }

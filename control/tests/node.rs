@@ -70,3 +70,36 @@ fn interfaces_decode_with_positions_in_the_node_file() {
     let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(lines, vec!["node.toml:7:1: interface[0].queus: unknown key \"queus\" (hint: did you mean \"queues\"?)"]);
 }
+
+#[test]
+fn access_log_is_off_by_default_and_checked_with_positions() {
+    let base = "[node]\nname = \"a\"\ntables = \"t.toml\"\n";
+    assert_eq!(parse(base).expect("valid").access_log, None);
+    let n = parse(&format!("{base}[access_log]\npath = \"logs/access.log\"\n")).expect("valid");
+    assert_eq!(
+        n.access_log,
+        Some(node::AccessLogConfig {
+            target: node::AccessLogTarget::File("/etc/xdpmesh/logs/access.log".into()),
+            sample: node::DEFAULT_ACCESS_LOG_SAMPLE,
+        })
+    );
+    let n = parse(&format!(
+        "{base}[access_log]\npath = \"stdout\"\nsample = 0.25\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        n.access_log.map(|a| (a.target, a.sample)),
+        Some((node::AccessLogTarget::Stdout, 0.25))
+    );
+    assert_eq!(
+        parse(&format!("{base}[access_log]\npath = \"\"\nsample = 1.5\n")).expect_err("bad"),
+        vec![
+            "node.toml:6:10: access_log.sample: 1.5 is not a ratio from 0.0 to 1.0 (hint: e.g. sample = 0.1 writes one line in ten)",
+            "node.toml:5:8: access_log.path: path is empty (hint: a file, e.g. \"/var/log/xdpmesh/access.log\", or \"stdout\")",
+        ]
+    );
+    assert_eq!(
+        parse(&format!("{base}[access_log]\nfile = \"x\"\npath = \"x\"\n")).expect_err("bad"),
+        vec!["node.toml:5:1: access_log.file: unknown key \"file\" (hint: allowed keys: path, sample)"]
+    );
+}

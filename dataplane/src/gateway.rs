@@ -62,6 +62,8 @@ pub struct ProxySetup {
     pub health: Arc<mesh::health::HealthBoard>,
     /// This worker's place among them (set by `Gateway::start`).
     pub worker_index: usize,
+    /// Where the workers send access log lines; `None`: no access log (no events built).
+    pub access_log: Option<crate::accesslog::Sink>,
 }
 
 impl GatewayConfig {
@@ -322,6 +324,9 @@ fn open_worker(
         .with_health(p.health.clone(), p.worker_index, p.worker_index == 0);
         engine.set_worker_share(p.workers);
         worker = worker.with_engine(engine);
+        if let Some(sink) = &p.access_log {
+            worker = worker.with_access_log(sink.clone());
+        }
     }
     Ok(worker)
 }

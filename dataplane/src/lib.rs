@@ -4,6 +4,7 @@
 //! starts it all from a node file, test support for network namespaces, and the `xdpmesh`
 //! binary.
 
+pub mod accesslog;
 pub mod certwatch;
 pub mod clock;
 pub mod config_dump;
@@ -11,6 +12,7 @@ pub mod device;
 pub mod gateway;
 pub mod inspect;
 pub mod livecheck;
+pub mod logging;
 pub mod memlink;
 pub mod netns;
 pub mod proxy;

@@ -107,6 +107,19 @@ struct RunArgs {
     /// kernel sockets (no spare NIC needed; built-in listeners are not served).
     #[arg(long, value_enum, default_value = "afxdp")]
     backend: Backend,
+    /// Log lines on stderr: human (default) or json (one object per line).
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    /// Log filter in RUST_LOG syntax (e.g. `info,mesh=debug`); default: RUST_LOG, else
+    /// `info`. Changeable while running: `PUT /logging?level=FILTER` on the admin API.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -138,11 +151,9 @@ pub(crate) const FAILED: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = run(
-        cli.command,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    );
+    // Not locked for the whole command: the log and access log writer threads write to
+    // stderr and stdout too.
+    let code = run(cli.command, &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }
 

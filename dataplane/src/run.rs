@@ -1,10 +1,12 @@
 //! `xdpmesh run` (a module of the binary): load the node file and its tables, start the
 //! control plane, the certificate watch and the workers, wait for SIGTERM/SIGINT, drain.
 
-use super::{Backend, RunArgs, FAILED, OK};
+use super::{Backend, LogFormat, RunArgs, FAILED, OK};
 use control::schema::Protocol;
+use dataplane::accesslog::{AccessLog, AccessLogStats};
 use dataplane::certwatch::CertWatch;
 use dataplane::gateway::{self, Gateway, GatewayConfig, ProxySetup};
+use dataplane::logging::{self, LogControl, Logging};
 use dataplane::proxy::identity::MeshIdentity;
 use dataplane::proxy::kernel::KernelWorker;
 use dataplane::shutdown::Shutdown;
@@ -31,11 +33,18 @@ struct Metrics {
     health: Arc<mesh::health::HealthBoard>,
     /// Requests, latency and bytes per route, service, endpoint and identity.
     golden: Arc<mesh::golden::Golden>,
+    /// `GET/PUT /logging`, `xdpmesh_log_lines_dropped_total`.
+    logging: OnceLock<LogControl>,
+    access_log: OnceLock<AccessLogStats>,
 }
 
 impl control::admin::AdminExtension for Metrics {
     fn handle(&self, req: &control::admin::Request<'_>) -> Option<control::admin::Response> {
         use control::admin::Response;
+        tracing::debug!(method = req.method, path = req.path, "admin request");
+        if let Some(r) = self.logging.get().and_then(|l| l.admin(req)) {
+            return Some(r);
+        }
         match (req.path, req.method) {
             ("/endpoints", "GET") => Some(Response {
                 status: 200,
@@ -109,6 +118,12 @@ impl control::admin::AdminExtension for Metrics {
         if let Some(c) = self.certs.get() {
             c.expiry_metrics(SystemTime::now(), out);
         }
+        if let Some(l) = self.logging.get() {
+            l.render_metrics(out);
+        }
+        if let Some(a) = self.access_log.get() {
+            a.render_metrics(out);
+        }
     }
 }
 
@@ -161,9 +176,24 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Ok(s) => s,
         Err(e) => return fail(err, &format!("cannot handle signals: {e}")),
     };
+    let format = match a.log_format {
+        LogFormat::Human => logging::Format::Human,
+        LogFormat::Json => logging::Format::Json,
+    };
+    // Kept to the end of `run`: dropping it flushes the queued lines.
+    let logs = match Logging::init(format, a.log_level.as_deref()) {
+        Ok(l) => l,
+        Err(e) => return fail(err, &e),
+    };
     let node = match control::node::load(&a.config) {
         Ok(n) => n,
         Err(d) => return fail(err, &d),
+    };
+    // Started before the workers, whose sinks it hands out; dropped after them (its drop
+    // writes what they queued).
+    let access_log = match node.access_log.as_ref().map(AccessLog::start).transpose() {
+        Ok(l) => l,
+        Err(e) => return fail(err, &e),
     };
     let hw = hw_config::check(
         &node,
@@ -174,7 +204,7 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         },
     );
     for note in &hw.notes {
-        let _ = writeln!(err, "note: {note}");
+        tracing::warn!("{note}");
     }
     if !hw.errors.is_empty() {
         return fail(err, &control::Diagnostics(hw.errors));
@@ -189,6 +219,10 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         );
     }
     let ext = Arc::new(Metrics::default());
+    let _ = ext.logging.set(logs.control.clone());
+    if let Some(l) = &access_log {
+        let _ = ext.access_log.set(l.stats());
+    }
     let plane = match control::ControlPlane::start(&node, Some(ext.clone())) {
         Ok(p) => p,
         Err(e) => return fail(err, &e),
@@ -217,7 +251,7 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         };
         let _ = ext.certs.set(certs.clone());
         for w in certs.warnings(SystemTime::now()) {
-            let _ = writeln!(err, "warning: {w}");
+            tracing::warn!("{w}");
         }
         watcher = Some(spawn_cert_watch(
             certs.clone(),
@@ -233,6 +267,7 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         plane: &plane,
         tls,
         ext: &ext,
+        access_log: access_log.as_ref().and_then(AccessLog::sink),
         signals: &mut signals,
         out,
         err,
@@ -247,7 +282,9 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         let _ = w.join();
     }
     drop(plane);
+    drop(access_log);
     let _ = writeln!(out, "xdpmesh: stopped");
+    drop(logs);
     code
 }
 
@@ -269,15 +306,15 @@ fn spawn_cert_watch(
             }
             let report = certs.poll();
             for id in &report.reloaded {
-                eprintln!("xdpmesh: certificates reloaded: {id}");
+                tracing::info!(identity = %id, "certificates reloaded");
             }
             for e in &report.errors {
-                eprintln!("xdpmesh: certificate reload refused (old ones stay): {e}");
+                tracing::warn!("certificate reload refused (old ones stay): {e}");
             }
             let now = SystemTime::now();
             if now.duration_since(warned).unwrap_or_default() > Duration::from_secs(3600) {
                 for w in certs.warnings(now) {
-                    eprintln!("warning: {w}");
+                    tracing::warn!("{w}");
                 }
                 warned = now;
             }
@@ -321,6 +358,8 @@ struct Ctx<'r> {
     plane: &'r control::ControlPlane,
     tls: Arc<dyn MeshTls>,
     ext: &'r Metrics,
+    /// The workers' end of the access log, when there is one.
+    access_log: Option<dataplane::accesslog::Sink>,
     signals: &'r mut signal_hook::iterator::Signals,
     out: &'r mut dyn Write,
     err: &'r mut dyn Write,
@@ -333,6 +372,7 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
         plane,
         tls,
         ext,
+        access_log,
         signals,
         out,
         err,
@@ -350,10 +390,11 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
             workers: 1,
             health: ext.health.clone(),
             worker_index: 0,
+            access_log,
         });
     }
     cfg.on_worker_failure = Some(Arc::new(|w, e| {
-        eprintln!(
+        tracing::error!(
             "worker for {}: failed: {e}; stopping the gateway",
             w.describe()
         );
@@ -372,7 +413,7 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
         return FAILED;
     }
     for w in cfg.warnings() {
-        let _ = writeln!(err, "warning: {w}");
+        tracing::warn!("{w}");
     }
     let gw = match Gateway::start(&cfg) {
         Ok(g) => g,
@@ -424,6 +465,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
         plane,
         tls,
         ext,
+        access_log,
         signals,
         out,
         err,
@@ -446,6 +488,9 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
     // One thread: it runs the health checks too.
     worker.engine.set_health(ext.health.clone(), 0, true);
     worker.engine.count_golden(&ext.golden);
+    if let Some(sink) = access_log {
+        worker.set_access_log(sink);
+    }
     let stats = Arc::new(Mutex::new(worker.engine.stats));
     let _ = ext.kernel.set(stats.clone());
     let _ = ext.kernel_policy.set(worker.engine.policy_stats().clone());
@@ -457,7 +502,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
             move || -> std::io::Result<usize> {
                 let mut arrival = shutdown.arrival();
                 if let Err(e) = worker.run_publishing(shutdown.flag(), &stats) {
-                    eprintln!("kernel worker failed: {e}; stopping the gateway");
+                    tracing::error!("kernel worker failed: {e}; stopping the gateway");
                     let _ = signal_hook::low_level::raise(SIGTERM);
                     return Err(e);
                 }

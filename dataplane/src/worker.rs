@@ -332,6 +332,8 @@ pub struct Worker<D: Device> {
     services: HashMap<SocketAddrV4, Builtin>,
     sessions: HashMap<PConn, Session>,
     engine: Option<Engine<PConn>>,
+    /// The engine's events go here as access log lines, when on.
+    access_log: Option<crate::accesslog::Sink>,
     clock: crate::clock::Clock,
     /// The longest the worker keeps polling after its last work before sleeping on the
     /// devices; the window adapts below it ([`SpinWindow`]). [`hw_config::DEFAULT_SPIN`] by
@@ -363,6 +365,7 @@ impl<D: Device> Worker<D> {
             services: HashMap::new(),
             sessions: HashMap::new(),
             engine: None,
+            access_log: None,
             clock: crate::clock::Clock::start(),
             spin: hw_config::DEFAULT_SPIN,
             stats: WorkerStats::default(),
@@ -391,6 +394,15 @@ impl<D: Device> Worker<D> {
     /// listener's TCP options (`keepalive`) from them.
     pub fn with_engine(mut self, engine: Engine<PConn>) -> Self {
         self.engine = Some(engine);
+        self
+    }
+
+    /// Sends the engine's events to the access log (call after `with_engine`).
+    pub fn with_access_log(mut self, sink: crate::accesslog::Sink) -> Self {
+        if let Some(e) = self.engine.as_mut() {
+            crate::accesslog::Sink::enable(e);
+        }
+        self.access_log = Some(sink);
         self
     }
 
@@ -778,6 +790,9 @@ impl<D: Device> Worker<D> {
                 did = true;
             }
             engine.progress(&mut net, now);
+            if let Some(log) = self.access_log.as_mut() {
+                log.drain(engine, &self.clock);
+            }
         }
         // A reused list: no allocation per loop iteration.
         let mut ids = std::mem::take(&mut self.ids);

@@ -403,6 +403,8 @@ pub enum Event {
         opened: Instant,
         at: Instant,
         clean: bool,
+        /// What the connection carried and, for a TCP proxy, where it went.
+        conn: Box<ConnRecord>,
     },
     /// A connection was refused at accept (no service, no endpoint, no TLS configuration...).
     Refused {
@@ -445,6 +447,35 @@ pub struct RequestEvent {
     /// The caller's SPIFFE ID: the peer gateway's client identity on a mesh listener, the
     /// identity of the client's source address on an outbound one.
     pub identity: Option<String>,
+    /// The authority the request is for (absolute-form target, else `Host`).
+    pub authority: Option<String>,
+    /// `traceparent` as forwarded (the client's, or the one gateway A made).
+    pub traceparent: Option<String>,
+    /// From the start of the attempt that answered (its connect, or the reuse of a kept-alive
+    /// connection) to its response head.
+    pub upstream: Option<Duration>,
+    /// The peer gateway's SPIFFE ID when the endpoint is reached through one (`via`).
+    pub dst_identity: Option<String>,
+}
+
+/// One client connection, as [`Event::Closed`] reports it. Built only while events are on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnRecord {
+    /// TCP proxy: the service and endpoint of the last attempt (HTTP: per request).
+    pub service: Option<String>,
+    pub endpoint: Option<SocketAddrV4>,
+    pub attempts: u8,
+    /// Bytes from the client passed upstream (HTTP: heads as forwarded, bodies) and bytes
+    /// written to the client.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// TCP proxy: from the start of the last attempt to its established connection.
+    pub upstream: Option<Duration>,
+    pub identity: Option<String>,
+    pub dst_identity: Option<String>,
+    /// How the last upstream attempt ended, and why the gateway refused or cut, if it did.
+    pub outcome: Option<Outcome>,
+    pub reason: Option<Refusal>,
 }
 
 /// One connection as `GET /connections` shows it ([`Engine::connections`]).
@@ -744,6 +775,8 @@ struct Session<C> {
     timeouts: Timeouts,
     /// The listener's name, while events are on.
     listener: Option<Arc<str>>,
+    /// The connection's record for [`Event::Closed`], while events are on.
+    conn: Option<Box<ConnRecord>>,
     accepted_at: Instant,
     /// The last time bytes moved either way (idle, body stall and tcp_idle timeouts).
     last_io: Instant,
@@ -1672,6 +1705,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     ) -> Option<Attempt> {
         let a = s.attempt.take()?;
         self.stats.attempts[outcome as usize] += 1;
+        if let Some(c) = s.conn.as_mut() {
+            c.outcome = Some(outcome);
+        }
         if let Some((svc, ep)) = a.lb.filter(|_| a.gen == self.balancer_gen) {
             if let Some(b) = self.balancers.get_mut(&svc) {
                 let at = now_duration(now);
@@ -1706,6 +1742,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
         (outcome, reason): (Outcome, Refusal),
     ) {
+        if let Some(c) = s.conn.as_mut().filter(|_| outcome != Outcome::Complete) {
+            c.reason = Some(reason);
+        }
         let attempt = self.finish_attempt(now, s, outcome);
         if outcome == Outcome::Complete {
             return;
@@ -2044,6 +2083,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         if let Some(r) = s.kind.http_mut().and_then(|h| h.record.as_mut()) {
             r.attempts = a.number + 1;
             r.endpoint = Some(endpoint);
+            r.dst_identity = via_identity(&snap, a.svc, lb.map(|(_, e)| e));
+        }
+        if let Some(c) = s.conn.as_mut().filter(|_| !is_http) {
+            c.attempts = a.number + 1;
+            c.endpoint = Some(endpoint);
+            c.dst_identity = via_identity(&snap, a.svc, lb.map(|(_, e)| e));
         }
         Ok(())
     }
@@ -2102,6 +2147,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             timeouts: listener.timeouts,
             listener: self.events_on().then(|| name.clone()),
             lname: name.clone(),
+            conn: self.events_on().then(Box::default),
             accepted_at: now,
             last_io: now,
             last_delivery: now,
@@ -2152,6 +2198,15 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             candidates,
                             ..Attempt::first(now, addr, session.timeouts.connect)
                         }));
+                        if let Some(c) = session.conn.as_mut() {
+                            c.service = Some(snap.services[tsvc as usize].name.clone());
+                            c.endpoint = Some(addr);
+                            c.attempts = 1;
+                            c.identity = snap
+                                .identity_for_source(IpAddr::V4(*remote.ip()))
+                                .map(|i| i.id.clone());
+                            c.dst_identity = via_identity(&snap, tsvc, Some(ep));
+                        }
                     }
                     Err(r) => {
                         return self.refuse_accept(net, now, (conn, remote, &listener.name), r)
@@ -2439,6 +2494,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             StepError::Refused(r) => {
                 self.stats.refuse(r);
+                if let Some(c) = s.conn.as_mut() {
+                    c.reason = Some(r);
+                }
                 self.finish_attempt(now, s, Outcome::Cancelled);
                 self.teardown(net, now, s, true);
             }
@@ -2459,6 +2517,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             }
             StepError::Leg(le) => {
                 self.stats.refuse(le.refusal());
+                if let Some(c) = s.conn.as_mut() {
+                    c.reason = Some(le.refusal());
+                }
                 self.finish_attempt(now, s, Outcome::Cancelled);
                 self.teardown(net, now, s, true);
             }
@@ -2611,6 +2672,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             svc,
             ..Attempt::first(now, ep, s.timeouts.connect)
         }));
+        if let Some(c) = s.conn.as_mut() {
+            c.service = Some(snap.services[svc as usize].name.clone());
+            c.endpoint = Some(ep);
+            c.attempts = 1;
+            c.identity = Some(peer);
+        }
         // Bytes after the preamble belong to the service.
         s.to_up = std::mem::take(&mut s.d_in);
         s.kind = Kind::Tcp(TcpPhase::Connecting);
@@ -2648,14 +2715,27 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 break;
             }
         }
-        s.bytes_up += self.stats.bytes_down_to_up - before.0;
-        s.bytes_down += self.stats.bytes_up_to_down - before.1;
+        let (sent, received) = (
+            self.stats.bytes_down_to_up - before.0,
+            self.stats.bytes_up_to_down - before.1,
+        );
+        s.bytes_up += sent;
+        s.bytes_down += received;
         if let Some(c) = s.tcp_cell.as_ref() {
-            let sent = self.stats.bytes_down_to_up - before.0;
             let preamble = sent.min(s.tcp_preamble);
             s.tcp_preamble -= preamble;
             c.sent_bytes.add(sent - preamble);
-            c.received_bytes.add(self.stats.bytes_up_to_down - before.1);
+            c.received_bytes.add(received);
+        }
+        if let Some(c) = s.conn.as_mut() {
+            c.bytes_in += sent;
+            c.bytes_out += received;
+            if c.upstream.is_none() {
+                c.upstream = s
+                    .attempt
+                    .as_ref()
+                    .and_then(|a| Some(a.connected_at?.saturating_duration_since(a.started)));
+            }
         }
         if s.down_eof
             && s.up_eof
@@ -2743,6 +2823,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     s.to_up.drain(..n);
                     self.stats.bytes_down_to_up += n as u64;
                     s.bytes_up += n as u64;
+                    if let Some(c) = s.conn.as_mut() {
+                        c.bytes_in += n as u64;
+                    }
                 } else {
                     up.flush(net).map_err(StepError::Up)?;
                 }
@@ -2752,6 +2835,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 s.to_down.drain(..n);
                 self.stats.bytes_up_to_down += n as u64;
                 s.bytes_down += n as u64;
+                if let Some(c) = s.conn.as_mut() {
+                    c.bytes_out += n as u64;
+                }
             } else {
                 s.down.flush(net)?;
             }
@@ -2870,6 +2956,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             end: now,
                             request_id: None,
                             identity: None,
+                            authority: head.host().map(str::to_owned),
+                            traceparent: None,
+                            upstream: None,
+                            dst_identity: None,
                         }));
                     }
                     if let Err(r) = self.dispatch(net, now, sid, s, &mut head, false) {
@@ -3082,6 +3172,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     h.resp = RespPhase::Body;
                     if let Some(r) = h.record.as_mut() {
                         r.status = Some(head.status);
+                        r.upstream = s
+                            .attempt
+                            .as_ref()
+                            .map(|a| now.saturating_duration_since(a.started));
                     }
                     if let Some(t) = h.tally.as_mut() {
                         t.status = head.status;
@@ -3234,6 +3328,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             end: now,
             request_id: None,
             identity,
+            authority: None,
+            traceparent: None,
+            upstream: None,
+            dst_identity: None,
         })));
     }
 
@@ -3438,6 +3536,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             r.request_id = head
                 .header("x-request-id")
                 .map(|v| String::from_utf8_lossy(v).into_owned());
+            r.traceparent = head
+                .header("traceparent")
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            r.dst_identity = via_identity(&snap, svc, ep);
             r.identity = match &h.target {
                 Target::Fixed { peer, .. } => Some(peer.clone()),
                 Target::Route => snap
@@ -4346,6 +4448,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 opened: s.accepted_at,
                 at: now,
                 clean: !abort,
+                conn: s.conn.take().unwrap_or_default(),
             });
         }
         s.closed = true;
@@ -4434,6 +4537,16 @@ impl RequestLimits {
 }
 
 /// The address of endpoint `ep` of service `svc` (IPv4 only).
+/// The SPIFFE ID of the peer gateway an endpoint is reached through, if any (events only).
+fn via_identity(snap: &Snapshot, svc: u32, ep: Option<u32>) -> Option<String> {
+    let e = snap
+        .services
+        .get(svc as usize)?
+        .endpoints
+        .get(ep? as usize)?;
+    Some(snap.peers.get(e.via? as usize)?.identity.clone())
+}
+
 fn endpoint_addr(snap: &Snapshot, svc: u32, ep: u32) -> Result<SocketAddrV4, Refusal> {
     let e = snap
         .services

@@ -445,6 +445,13 @@ fn events_report_connections_and_requests_when_asked_for() {
     assert_eq!((ok.attempts, ok.response_body_bytes), (1, 2));
     assert!(ok.request_id.as_deref().is_some_and(|id| id.len() == 32));
     assert_eq!(ok.refusal, None);
+    assert_eq!(ok.authority.as_deref(), Some("web.test"));
+    assert!(ok.traceparent.as_deref().is_some_and(|t| t.len() == 55));
+    assert!(ok.upstream.is_some());
+    assert_eq!(
+        ok.dst_identity, None,
+        "a local endpoint has no peer gateway"
+    );
     let miss = requests[1];
     assert_eq!(
         (miss.status, miss.refusal),
@@ -465,6 +472,40 @@ fn events_report_connections_and_requests_when_asked_for() {
     gw.engine.set_event_capacity(0);
     served(&mut gw);
     assert!(gw.engine.poll_event().is_none());
+}
+
+#[test]
+fn a_tcp_connection_closes_with_its_service_endpoint_attempts_and_bytes() {
+    use mesh::engine::Event;
+    let mut gw = Gw::new(TABLES);
+    gw.engine.set_event_capacity(16);
+    let c = gw.net.peer_connect(CLIENT, TCP_LISTEN);
+    gw.settle();
+    let (u1, _) = gw.pending();
+    gw.net.peer_reset(u1);
+    gw.settle();
+    let (u2, second) = gw.pending();
+    gw.net.peer_accept(u2);
+    gw.send(c, b"ping");
+    assert_eq!(gw.take(u2), "ping");
+    gw.send(u2, b"pong!");
+    assert_eq!(gw.take(c), "pong!");
+    gw.net.peer_shutdown(c);
+    gw.net.peer_shutdown(u2);
+    gw.settle();
+    let closed = std::iter::from_fn(|| gw.engine.poll_event())
+        .find_map(|e| match e {
+            Event::Closed { conn, clean, .. } => Some((conn, clean)),
+            _ => None,
+        })
+        .expect("a closed event");
+    let (conn, clean) = closed;
+    assert!(clean);
+    assert_eq!(conn.service.as_deref(), Some("web"));
+    assert_eq!((conn.endpoint, conn.attempts), (Some(second), 2));
+    assert_eq!((conn.bytes_in, conn.bytes_out), (4, 5));
+    assert_eq!(conn.outcome, Some(Outcome::Complete));
+    assert!(conn.upstream.is_some());
 }
 
 #[test]

@@ -445,6 +445,8 @@ pub struct KernelWorker {
     clock: crate::clock::Clock,
     /// Answers the admin API's `GET /connections` from the loop.
     pub inspect: std::sync::Arc<crate::inspect::Inspect>,
+    /// The engine's events go here as access log lines, when on.
+    access_log: Option<crate::accesslog::Sink>,
 }
 
 impl KernelWorker {
@@ -474,7 +476,14 @@ impl KernelWorker {
             engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
             clock: crate::clock::Clock::start(),
             inspect: Default::default(),
+            access_log: None,
         })
+    }
+
+    /// Sends the engine's events to the access log.
+    pub fn set_access_log(&mut self, sink: crate::accesslog::Sink) {
+        crate::accesslog::Sink::enable(&mut self.engine);
+        self.access_log = Some(sink);
     }
 
     fn now(&self) -> Instant {
@@ -510,6 +519,9 @@ impl KernelWorker {
             }
         }
         self.engine.progress(&mut self.net, now);
+        if let Some(log) = self.access_log.as_mut() {
+            log.drain(&mut self.engine, &self.clock);
+        }
         Ok(())
     }
 
@@ -554,6 +566,10 @@ impl KernelWorker {
         let left = self.engine.active();
         let now = self.now();
         self.engine.abort_all(&mut self.net, now);
+        // The connections just reset get their lines too.
+        if let Some(log) = self.access_log.as_mut() {
+            log.drain(&mut self.engine, &self.clock);
+        }
         Ok(left)
     }
 }
