@@ -10,7 +10,8 @@
 #      route, a call from an identity B does not allow (403, counted), and a live table reload
 #      to 50/50 under load without a failed request;
 #   5. measures http://10.10.1.1/ through the mesh with the latency harness (xdpmesh-bench);
-#   6. says where the metrics and the admin API are;
+#   6. says where the metrics, the admin API and the Grafana dashboard are (the split's golden
+#      metrics, v1/v2 requests, success and p50/p99, are shown from gw-a's /metrics in step 4);
 #   7. tears down what it started (gateways, nginx, rig, temp files) on exit, failure or Ctrl-C.
 # Exits 0 when every check passed; otherwise prints what failed and exits non-zero.
 #
@@ -131,6 +132,49 @@ requests() {
 count() {
   awk '{ t++ } $2 == 200 { ok++ } $1 == "v1" { a++ } $1 == "v2" { b++ }
     END { printf "%d %d %d %d\n", a, b, ok, t }' "$1"
+}
+
+# golden_split: gateway A's golden metrics of the route "split", read from its /metrics, one
+# line per endpoint: "endpoint requests successes p50_seconds p99_seconds" (the quantiles as
+# Prometheus's histogram_quantile interpolates them in xdpmesh_request_duration_seconds).
+golden_split() {
+  ip netns exec xm-gwa curl -fsS --max-time 5 http://127.0.0.1:9901/metrics | awk '
+    function lab(k) {
+      if (!match($0, k "=\"[^\"]*\"")) return ""
+      return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 3)
+    }
+    function q(ep, p,   i, le, c, rank, lo, plo) {
+      rank = p * b[ep, "+Inf"]; lo = 0; plo = 0
+      for (i = 1; i <= nle; i++) {
+        le = sle[i]; c = b[ep, le]
+        if (c >= rank && c > 0) {
+          if (le == "+Inf") return lo
+          return lo + (le - lo) * (rank - plo) / (c - plo)
+        }
+        lo = le; plo = c
+      }
+      return lo
+    }
+    index($0, "route=\"split\"") == 0 { next }
+    /^xdpmesh_requests_total[{]/ {
+      ep = lab("endpoint"); eps[ep] = 1; n[ep] += $NF
+      if (lab("classification") == "success") ok[ep] += $NF
+    }
+    /^xdpmesh_request_duration_seconds_bucket[{]/ {
+      ep = lab("endpoint"); le = lab("le"); b[ep, le] += $NF
+      if (!(le in seen)) { seen[le] = 1; sle[++nle] = le }
+    }
+    END {
+      for (ep in eps) printf "%s %d %d %.6f %.6f\n", ep, n[ep], ok[ep], q(ep, 0.5), q(ep, 0.99)
+    }' | sort
+}
+
+# split_counted V1 V2: gateway A counted V1 requests of the split on v1 (10.10.3.2:8080) and
+# V2 on v2 (10.10.3.2:8081), every one a success.
+split_counted() {
+  golden_split >"$WORK/golden.out" || return 1
+  [ "$(awk '{ printf "%s %d %d;", $1, $2, $3 }' "$WORK/golden.out")" = \
+    "10.10.3.2:8080 $1 $1;10.10.3.2:8081 $2 $2;" ]
 }
 
 # gwa_tables V2_WEIGHT: scripts/rig/split-gwa-tables.toml (web split v1/v2, a header route
@@ -272,6 +316,15 @@ echo "   v1: $v1   v2: $v2   (HTTP 200: $ok of $total, in $ms ms)"
 if [ "$ok" -ne "$n" ] || [ "$total" -ne "$n" ]; then fail "only $ok of $n requests got 200"; fi
 # 10 % of 500 is 50 (standard deviation 6.7): 25..80 holds unless the split is wrong.
 if [ "$v2" -lt 25 ] || [ "$v2" -gt 80 ]; then fail "v2 got $v2 of $n, not about 10 %"; fi
+echo "-- the split's golden metrics, from gw-a's /metrics (not from the bodies above):"
+echo "   xdpmesh_requests_total and xdpmesh_request_duration_seconds{route=\"split\"} per endpoint"
+wait_for 5 "gw-a's xdpmesh_requests_total{route=\"split\"} to count v1 $v1 and v2 $v2, all successes" \
+  split_counted "$v1" "$v2"
+awk 'BEGIN { printf "   %-16s %-7s %8s %8s %10s %10s\n", "endpoint", "version", "requests", "success", "p50", "p99" }
+  { printf "   %-16s %-7s %8d %7.1f%% %7.3f ms %7.3f ms\n", $1, ($1 ~ /:8080$/ ? "v1" : "v2"),
+      $2, 100 * $3 / $2, 1000 * $4, 1000 * $5 }' "$WORK/golden.out"
+echo "   (PromQL: sum by (endpoint) (rate(xdpmesh_requests_total{route=\"split\"}[1m])), and"
+echo "    histogram_quantile(0.99, sum by (endpoint, le) (rate(xdpmesh_request_duration_seconds_bucket{route=\"split\"}[1m]))))"
 
 echo "-- header route: 20 requests with 'city: berlin'"
 requests 20 -H 'city: berlin' >"$WORK/berlin.out" || fail "curl through the mesh failed"
@@ -361,6 +414,11 @@ Each gateway serves its admin API on 127.0.0.1:9901 inside its own namespace:
   ip netns exec xm-gwa curl -s -X PUT --data-binary @FILE 127.0.0.1:9901/tables   # check and swap
   ip netns exec xm-gwb curl -s 127.0.0.1:9901/metrics       # gateway B likewise
 Also /healthz, /readyz and /config/errors. Logs: $XM_RIG_STATE/gwa.log, gwb.log.
+Golden metrics (README, "Telemetry"): xdpmesh_requests_total, xdpmesh_request_duration_seconds,
+xdpmesh_tcp_* by direction, listener, route, service, endpoint and identities, on both /metrics.
+Grafana: import scripts/grafana/xdpmesh.json (Prometheus as its datasource variable) and let
+Prometheus scrape each gateway's 127.0.0.1:9901 from inside its namespace (or through a
+forward, as dataplane/tests/telemetry_rig.rs does).
 A few of gateway B's metrics now:
 TXT
 ip netns exec xm-gwb curl -fsS --max-time 5 http://127.0.0.1:9901/metrics |

@@ -11,12 +11,13 @@
 #   latency harness plots:  fonts-dejavu-core (plotters renders text with DejaVu Sans)
 #   benchmark baseline:     haproxy (scripts/bench.sh runs an HAProxy pair doing mTLS)
 #   benchmark report:       python3 (scripts/bench/report.py reads the runs' JSON, prints the table)
+#   telemetry:              prometheus (dataplane/tests/telemetry_rig.rs scrapes the gateways with it)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
   iproute2 iputils-ping nftables ethtool procps
   iperf3 curl nginx-light tcpdump wrk
   openssl shellcheck fonts-dejavu-core
-  haproxy python3
+  haproxy python3 prometheus
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }
@@ -39,8 +40,9 @@ xm_missing_packages() {
 }
 
 # Installs whatever is missing from XM_DEB_PACKAGES (needs root when something is missing).
-# nginx-light must not start a system nginx on port 80: the tests and the demo start their own
-# nginx inside the rig's namespaces. A policy-rc.d that refuses service starts is put in place for
+# nginx-light must not start a system nginx on port 80, nor prometheus a system Prometheus on
+# port 9090: the tests and the demo start their own (nginx inside the rig's namespaces, Prometheus
+# with its own configuration and storage). A policy-rc.d that refuses service starts is put in place for
 # the duration of the install only (unless the machine already has one).
 xm_install_deps() {
   local missing
@@ -78,14 +80,17 @@ xm_install_deps() {
     xm_log "deps: apt-get failed (exit $rc)"
     return "$rc"
   fi
-  case " $missing " in
-    *" nginx-light "*)
-      # Where systemd runs, keep the packaged nginx from starting at boot and holding port 80.
-      if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        systemctl disable --now nginx >/dev/null 2>&1 || true
-      fi
-      ;;
-  esac
+  local unit
+  for unit in nginx prometheus; do
+    case " $missing " in
+      *" $unit "* | *" $unit-light "*)
+        # Where systemd runs, keep the packaged service from starting at boot and holding its port.
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+          systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        fi
+        ;;
+    esac
+  done
   missing=$(xm_missing_packages)
   if [ -n "$missing" ]; then
     xm_log "deps: still missing after install: $missing"
