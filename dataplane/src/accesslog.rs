@@ -530,6 +530,7 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             upstream: Some(Duration::from_micros(1_200)),
             dst_identity: Some("spiffe://corp.mesh/gateway/gw-b".into()),
+            trace: None,
         }
     }
 

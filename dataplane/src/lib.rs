@@ -20,6 +20,7 @@ pub mod shard;
 pub mod shutdown;
 pub mod spin;
 pub mod tap;
+pub mod traces;
 pub mod wake;
 pub mod worker;
 pub mod xdp;

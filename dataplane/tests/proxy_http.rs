@@ -1,7 +1,8 @@
 //! The proxy engine's HTTP/1.1 behaviour, over kernel sockets on loopback (no root needed):
 //! keep-alive on both sides, routing by path and header, a chunked request body streamed
-//! through, `Expect: 100-continue`, an upgrade turned into a tunnel, `x-request-id` and
-//! `traceparent` added when absent and kept when present, 400 for bad framing; connects that
+//! through, `Expect: 100-continue`, an upgrade turned into a tunnel, `x-request-id` added
+//! when absent and kept when present, `traceparent` naming the gateway's span (a child of
+//! the client's when it sent one), 400 for bad framing; connects that
 //! fail retried on another endpoint, 503 when every attempt failed, 504 at the request
 //! timeout, 408 for a head that never ends, idle keep-alive connections closed. Timeouts are
 //! set short in the tables; every wait is a blocking read with a 10 s bound, not a sleep.
@@ -245,7 +246,8 @@ fn http_through_the_proxy() {
     assert_eq!(tp.len(), 55, "{tp}");
     assert!(tp.starts_with("00-") && tp.ends_with("-01"));
 
-    // Kept when present.
+    // A request id is kept; a trace is continued: its trace id kept, the gateway's span as
+    // the parent (W3C Trace Context §3.2.2.4).
     let mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     get(
         &mut w,
@@ -255,7 +257,15 @@ fn http_through_the_proxy() {
     let (_, _, body) = response(&mut r);
     let body = String::from_utf8(body).unwrap();
     assert!(body.contains("x-request-id: abc"), "{body}");
-    assert!(body.contains(&format!("traceparent: {mine}")), "{body}");
+    let tp = body
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .expect("traceparent forwarded");
+    assert!(
+        tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && tp.ends_with("-01"),
+        "{tp}"
+    );
+    assert_ne!(tp, mine, "the parent is the gateway's span");
     assert_eq!(body.matches("x-request-id").count(), 1);
 
     // Path and header routes go to b.

@@ -15,13 +15,13 @@
 //! - outbound `http` listener: parse each request head, route it by host, path, method and
 //!   headers, pick a weighted backend and an endpoint by the service's balancer, stream the
 //!   body both ways; keep-alive, `Expect: 100-continue` (interim responses are relayed) and
-//!   upgrades (a 101 turns the session into a tunnel); `x-request-id` and `traceparent` are
-//!   added when absent;
+//!   upgrades (a 101 turns the session into a tunnel); `x-request-id` is added when absent,
+//!   and `traceparent` names this gateway's span ([`crate::trace`]: a client span);
 //! - inbound `mesh` listener: TLS server requiring a mesh client certificate; the SNI names
 //!   the service, the preamble the endpoint (which must be a local endpoint of that service)
 //!   and whether the hop carries HTTP; the caller's SPIFFE ID is authorized (per request for
 //!   HTTP: 403; per connection for TCP: close_notify and close), then bytes go to the
-//!   endpoint over plain TCP.
+//!   endpoint over plain TCP; an HTTP request's `traceparent` names B's span (a server span).
 //!
 //! Outbound, an endpoint `via` a peer gateway is reached over TLS 1.3 as the identity of the
 //! client's source address, SNI naming the service, the first plaintext bytes being the
@@ -40,6 +40,7 @@ use super::net::{Net, NetError, NetEvent};
 use super::outlier::Detector;
 use super::policy::{self, Buckets, Budget, Decision, PolicyStats};
 use super::pool::{HopId, Pool, PoolKey, UpMeta};
+use super::trace::{self, Sampler, SpanContext, SpanKind};
 use control::schema::Protocol;
 use control::snapshot::{IdentityRt, RoutePolicy, ServiceRt, Timeouts};
 use control::{Publisher, Snapshot};
@@ -456,6 +457,9 @@ pub struct RequestEvent {
     pub upstream: Option<Duration>,
     /// The peer gateway's SPIFFE ID when the endpoint is reached through one (`via`).
     pub dst_identity: Option<String>,
+    /// This gateway's span for the request ([`crate::trace`]); `None` when the gateway
+    /// answered before it could read a request head.
+    pub trace: Option<SpanContext>,
 }
 
 /// One client connection, as [`Event::Closed`] reports it. Built only while events are on.
@@ -699,6 +703,8 @@ struct HttpState {
     head_started: Option<Instant>,
     /// The request in flight, as its event will report it (only while events are on).
     record: Option<Box<RequestEvent>>,
+    /// This gateway's span for the request in flight (its `traceparent` is forwarded).
+    span: Option<SpanContext>,
     /// The request in flight as the golden metrics count it (always; no allocation).
     tally: Option<Tally>,
     /// The request timeout of the request in flight (the route's, else the listener's).
@@ -944,6 +950,8 @@ pub struct Engine<C> {
     names_gen: u64,
     /// Draining: no warm hops are opened any more.
     draining: bool,
+    /// Which new traces are sampled (the `sampled` flag forwarded; a caller's is kept).
+    sampler: Sampler,
 }
 
 /// Sessions one engine (one worker) holds at most; one more is reset at accept and counted
@@ -1000,6 +1008,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             names: FxHashMap::default(),
             names_gen: 0,
             draining: false,
+            sampler: Sampler::ALWAYS,
         }
     }
 
@@ -1058,6 +1067,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// Sessions this engine holds at most (default [`MAX_SESSIONS`]).
     pub fn set_max_sessions(&mut self, n: usize) {
         self.max_sessions = n;
+    }
+
+    /// Sample a share `ratio` (0..=1) of the traces this gateway starts (default 1: every
+    /// one, OpenTelemetry's default `ParentBased(AlwaysOn)`); a request that arrives with a
+    /// valid `traceparent` keeps its caller's decision ([`crate::trace`]).
+    pub fn set_trace_sampling(&mut self, ratio: f64) {
+        self.sampler = Sampler::ratio(ratio);
     }
 
     /// Queue up to `n` events for [`Engine::poll_event`] (0, the default: none are built).
@@ -2938,6 +2954,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             response_bytes: 0,
                         });
                     }
+                    let kind = match h.target {
+                        Target::Route => SpanKind::Client,
+                        Target::Fixed { .. } => SpanKind::Server,
+                    };
+                    let span = trace::start_span(&head, kind, &mut self.rng, &self.sampler);
+                    h.span = Some(span);
                     if let Some(l) = s.listener.clone() {
                         h.record = Some(Box::new(RequestEvent {
                             listener: l,
@@ -2960,6 +2982,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             traceparent: None,
                             upstream: None,
                             dst_identity: None,
+                            trace: Some(span),
                         }));
                     }
                     if let Err(r) = self.dispatch(net, now, sid, s, &mut head, false) {
@@ -3332,6 +3355,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             traceparent: None,
             upstream: None,
             dst_identity: None,
+            trace: None,
         })));
     }
 
@@ -3426,9 +3450,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     (tsvc, Some(ep), addr, candidates, limits)
                 }
             };
-        if matches!(s.kind.http().map(|h| &h.target), Some(Target::Route)) {
-            http::ensure_request_id(head, &mut self.rng);
-            http::ensure_traceparent(head, &mut self.rng);
+        if let Some(h) = s.kind.http() {
+            if matches!(h.target, Target::Route) {
+                http::ensure_request_id(head, &mut self.rng);
+            }
+            if let Some(span) = &h.span {
+                trace::forward(head, span);
+            }
         }
         // The service's circuit breaker: requests in flight, then those awaiting a head.
         let svc_rt = &snap.services[svc as usize];
@@ -4496,6 +4524,7 @@ impl HttpState {
             pending: None,
             head_started: None,
             record: None,
+            span: None,
             tally: None,
             request_timeout: Duration::ZERO,
             body_stall,

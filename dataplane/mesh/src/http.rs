@@ -984,7 +984,7 @@ pub fn write_response_head(head: &ResponseHead, out: &mut Vec<u8>, add: &[(&str,
     out.extend_from_slice(b"\r\n");
 }
 
-fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(HEX[usize::from(b >> 4)]);
@@ -994,7 +994,7 @@ fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// `n` random bytes, never all zero (W3C Trace Context §3.2.2.3–4: all-zero ids
 /// are invalid); a zero draw gets its last bit set rather than a retry loop.
-fn random_nonzero<const N: usize>(rng: &mut impl RngCore) -> [u8; N] {
+pub(crate) fn random_nonzero<const N: usize>(rng: &mut impl RngCore) -> [u8; N] {
     let mut b = [0u8; N];
     rng.fill_bytes(&mut b);
     if b.iter().all(|&x| x == 0) {
@@ -1044,32 +1044,6 @@ pub fn traceparent_is_valid(v: &[u8]) -> bool {
         && is_lower_hex(flags)
         && trace_id.iter().any(|&b| b != b'0')
         && parent_id.iter().any(|&b| b != b'0')
-}
-
-/// Pass a valid `traceparent` on unchanged (forwarding, W3C Trace Context §4);
-/// otherwise start a trace with a new `00-<trace-id>-<parent-id>-01`. A missing,
-/// malformed or repeated traceparent restarts the trace, and any `tracestate` goes
-/// with it: it describes the trace that could not be parsed (§3.3: a vendor that
-/// failed to parse traceparent must not use tracestate; §4.3: an invalid
-/// traceparent restarts the trace). Returns whether the header was added or replaced.
-pub fn ensure_traceparent(head: &mut RequestHead, rng: &mut impl RngCore) -> bool {
-    let n = count(&head.headers, "traceparent");
-    if n == 1 && head.header("traceparent").is_some_and(traceparent_is_valid) {
-        return false;
-    }
-    if n > 0 {
-        head.headers.retain(|(name, _)| {
-            !name.eq_ignore_ascii_case("traceparent") && !name.eq_ignore_ascii_case("tracestate")
-        });
-    }
-    let mut v = Vec::with_capacity(55);
-    v.extend_from_slice(b"00-");
-    hex_into(&mut v, &random_nonzero::<16>(rng));
-    v.push(b'-');
-    hex_into(&mut v, &random_nonzero::<8>(rng));
-    v.extend_from_slice(b"-01");
-    head.headers.push(("traceparent".to_owned(), v));
-    true
 }
 
 /// A request target as the gateway routes, authorizes and forwards it.
@@ -2095,49 +2069,15 @@ mod tests {
     }
 
     #[test]
-    fn traceparent_added_kept_or_replaced() {
-        const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
+    fn ids_from_a_zero_source_are_not_zero() {
         let mut h = req_ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(ensure_traceparent(&mut h, &mut rng));
-        let tp = h.header("traceparent").unwrap().to_vec();
-        assert!(
-            traceparent_is_valid(&tp),
-            "{}",
-            String::from_utf8_lossy(&tp)
+        let span = crate::trace::start_span(
+            &h,
+            crate::trace::SpanKind::Client,
+            &mut Zeros,
+            &crate::trace::Sampler::ALWAYS,
         );
-        assert!(tp.starts_with(b"00-") && tp.ends_with(b"-01"));
-
-        let mut h = req_ok(&format!(
-            "GET / HTTP/1.1\r\nHost: a\r\nTraceparent: {GOOD}\r\ntracestate: v=1\r\n\r\n"
-        ));
-        assert!(!ensure_traceparent(&mut h, &mut rng));
-        assert_eq!(h.header("traceparent"), Some(GOOD.as_bytes()));
-        assert_eq!(h.header("tracestate"), Some(&b"v=1"[..]));
-
-        for bad in [
-            "traceparent: 00-zz\r\ntracestate: v=1\r\n".to_owned(),
-            format!("traceparent: {GOOD}\r\ntraceparent: {GOOD}\r\n"),
-        ] {
-            let mut h = req_ok(&format!("GET / HTTP/1.1\r\nHost: a\r\n{bad}\r\n"));
-            assert!(ensure_traceparent(&mut h, &mut rng));
-            let tps: Vec<_> = h
-                .headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("traceparent"))
-                .collect();
-            assert_eq!(tps.len(), 1);
-            assert!(traceparent_is_valid(&tps[0].1));
-            assert_ne!(tps[0].1, GOOD.as_bytes());
-            assert_eq!(
-                h.header("tracestate"),
-                None,
-                "state of an unparsable trace is dropped"
-            );
-        }
-
-        let mut h = req_ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-        ensure_traceparent(&mut h, &mut Zeros);
+        crate::trace::forward(&mut h, &span);
         ensure_request_id(&mut h, &mut Zeros);
         assert!(traceparent_is_valid(h.header("traceparent").unwrap()));
         assert_eq!(

@@ -5,7 +5,8 @@
 //! upstream connections ([`pool`]), circuit breaking ([`breaker`]), outlier detection
 //! ([`outlier`]), active health checks ([`healthcheck`]) and what the workers share of it
 //! ([`health`]); the connection caps all workers share ([`admission`]), and an in-memory
-//! [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]).
+//! [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]); one span per request
+//! and its W3C trace context ([`trace`]), and their OTLP/JSON encoding ([`otlp`]).
 //!
 //! No sockets, threads, files, clock or `getrandom` here: the caller passes `now`, seeds,
 //! table snapshots and certificate material (the data plane is the I/O shell around it).
@@ -22,10 +23,12 @@ pub mod leg;
 pub mod memnet;
 pub mod mirror;
 pub mod net;
+pub mod otlp;
 pub mod outlier;
 pub mod policy;
 pub mod pool;
 pub mod tls;
+pub mod trace;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;

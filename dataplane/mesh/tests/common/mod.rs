@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod hop;
+
 use mesh::engine::{Engine, MeshTls, NoMeshTls, ProxyStats};
 use mesh::memnet::{MemConn, MemNet};
 use mesh::net::Net;
@@ -45,8 +47,19 @@ impl Gw {
         tls: Arc<dyn MeshTls>,
         local_ip: Ipv4Addr,
     ) -> Gw {
+        Gw::seeded(publisher, tls, local_ip, [7; 32])
+    }
+
+    /// As [`Gw::with`], the engine seeded with `seed` (two gateways in one test draw
+    /// different ids, as real ones do from the OS).
+    pub fn seeded(
+        publisher: Arc<control::Publisher>,
+        tls: Arc<dyn MeshTls>,
+        local_ip: Ipv4Addr,
+        seed: [u8; 32],
+    ) -> Gw {
         Gw {
-            engine: Engine::new(publisher, tls, [7; 32]),
+            engine: Engine::new(publisher, tls, seed),
             net: MemNet::new(local_ip),
             now: Instant::from_micros(1_000_000),
         }
