@@ -4,6 +4,8 @@
 
 # The one list of Debian packages the project needs.
 #   xsk-rs (AF_XDP) build:  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
+#                           make (libbpf-sys builds the vendored libbpf with it; a minimal
+#                           Debian 12 lacks it)
 #   rig and network tests:  iproute2 (ip, nstat, ss) iputils-ping nftables ethtool procps (sysctl)
 #   traffic and servers:    iperf3 curl nginx-light tcpdump wrk (wrk: dataplane/benches/http.rs)
 #   certificate checks:     openssl (control/tests/ca.rs verifies issued chains with it)
@@ -12,7 +14,7 @@
 #   benchmark baseline:     haproxy (scripts/bench.sh runs an HAProxy pair doing mTLS)
 #   benchmark report:       python3 (scripts/bench/report.py reads the runs' JSON, prints the table)
 XM_DEB_PACKAGES=(
-  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
+  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib make
   iproute2 iputils-ping nftables ethtool procps
   iperf3 curl nginx-light tcpdump wrk
   openssl shellcheck fonts-dejavu-core
