@@ -94,18 +94,3 @@ xm_install_deps() {
     return 1
   fi
 }
-
-# rustfmt and clippy, added with rustup when missing.
-xm_install_rust_components() {
-  local want=()
-  cargo fmt --version >/dev/null 2>&1 || want+=(rustfmt)
-  cargo clippy --version >/dev/null 2>&1 || want+=(clippy)
-  if [ "${#want[@]}" -gt 0 ]; then
-    if ! command -v rustup >/dev/null 2>&1; then
-      xm_log "deps: cargo ${want[*]} missing and rustup not found"
-      return 1
-    fi
-    xm_log "deps: rustup component add ${want[*]}"
-    rustup component add "${want[@]}"
-  fi
-}
