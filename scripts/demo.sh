@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # xdpmesh's main job on a fresh Debian 12 machine, as root:  sudo scripts/demo.sh
 #
-#   1. installs missing Debian packages, builds xdpmesh and the latency harness (release);
+#   1. installs missing Debian packages and, when no Rust toolchain >= Cargo.toml's rust-version
+#      is found, Debian's rustc-web/cargo-web (scripts/lib/toolchain.sh); builds xdpmesh and the
+#      latency harness (release) as $SUDO_USER under sudo, so target/ stays theirs;
 #   2. brings up the four-namespace veth rig (scripts/rig.sh up) and starts nginx in xm-srv:
 #      version v1 of the service "web" on 10.10.3.2:8080, version v2 on 10.10.3.2:8081;
 #   3. makes a CA and the identities with `xdpmesh ca` and starts gateway A (xm-gwa) and
@@ -15,14 +17,40 @@
 #   7. tears down what it started (gateways, nginx, rig, temp files) on exit, failure or Ctrl-C.
 # Exits 0 when every check passed; otherwise prints what failed and exits non-zero.
 #
+# Usage: scripts/demo.sh [--keep-logs[=DIR]]
+#   --keep-logs   keep the demo's output, both gateways' logs, nginx's error log, the tables it
+#                 used and each step's raw results in DIR (default
+#                 /var/tmp/xdpmesh-demo-YYYYmmdd-HHMMSS); the last line says where. Without
+#                 it, everything goes with the temp directory at exit (on failure the last
+#                 gateway log lines are printed first).
 # Environment: XM_DEMO_BACKEND=afxdp|kernel (default afxdp): the gateways' packet I/O.
 #              XM_DEMO_HOLD=1: after the last step, keep the mesh up until Enter or Ctrl-C.
+#              XM_DEMO_KEEP_LOGS=1 or =DIR: as --keep-logs.
 #              CARGO_TARGET_DIR is honoured, as cargo does.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib/deps.sh
 . scripts/lib/deps.sh
+# shellcheck source-path=SCRIPTDIR source=lib/toolchain.sh
+. scripts/lib/toolchain.sh
+
+KEEP_LOGS=${XM_DEMO_KEEP_LOGS:-}
+for arg in "$@"; do
+  case $arg in
+    --keep-logs) KEEP_LOGS=1 ;;
+    --keep-logs=*) KEEP_LOGS=${arg#--keep-logs=} ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) xm_log "demo.sh: unknown argument '$arg' (usage: scripts/demo.sh [--keep-logs[=DIR]])"; exit 64 ;;
+  esac
+done
+case $KEEP_LOGS in
+  "" | 0) KEEP_LOGS="" ;;
+  1) KEEP_LOGS=/var/tmp/xdpmesh-demo-$(date +%Y%m%d-%H%M%S) ;;
+esac
 
 if ! xm_is_root; then
   xm_log "demo.sh needs root (network namespaces, veth, AF_XDP): sudo scripts/demo.sh"
@@ -75,14 +103,35 @@ cleanup() {
     bash scripts/rig.sh down >/dev/null 2>&1 || true
     echo "demo: gateways and servers stopped, rig torn down"
   fi
-  if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
   if [ "$rc" -eq 0 ]; then
     echo "demo: done in $((SECONDS - started)) s"
   else
     echo "demo: exit $rc after $((SECONDS - started)) s"
   fi
+  if [ -n "$KEEP_LOGS" ]; then keep_logs; fi
+  if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
   exit "$rc"
 }
+# keep_logs: what --keep-logs keeps, copied out of $WORK before it goes (no keys, no 16 MiB blob).
+keep_logs() {
+  local f inv
+  if [ -n "$WORK" ]; then
+    for f in "$WORK"/state/*.log "$WORK"/state/*.toml "$WORK"/*.log "$WORK"/*.out "$WORK"/*.err \
+      "$WORK"/*.toml "$WORK"/nginx.conf; do
+      [ -f "$f" ] && cp "$f" "$KEEP_LOGS/"
+    done
+  fi
+  inv=$(xm_invoker)
+  if [ -n "$inv" ]; then chown -R "$inv:" "$KEEP_LOGS" 2>/dev/null || true; fi
+  echo "demo: logs kept in $KEEP_LOGS (demo.log is this output; gwa.log, gwb.log the gateways')"
+}
+
+if [ -n "$KEEP_LOGS" ]; then
+  mkdir -p "$KEEP_LOGS"
+  # Everything the demo prints, also into demo.log.
+  exec > >(tee -a "$KEEP_LOGS/demo.log") 2>&1
+fi
+
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -211,11 +260,13 @@ fi
 # ---------------------------------------------------------------------------------------------
 step "1/7 dependencies and build"
 xm_install_deps
-if ! command -v cargo >/dev/null 2>&1; then
-  fail "cargo not found: install Rust (https://rustup.rs), then run the demo again"
-fi
-cargo build --release --locked -p dataplane -p benches --bin xdpmesh --bin xdpmesh-bench
+xm_install_toolchain || fail "no usable Rust toolchain (see above)"
+# Under sudo, as $SUDO_USER when the toolchain is theirs (target/ stays theirs), else as root;
+# files root made in target/ are given back to $SUDO_USER first.
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+xm_give_back "$TARGET_DIR"
+echo "building as $XM_RUST_OWNER with $XM_RUST_FROM"
+xm_as_builder cargo build --release --locked -p dataplane -p benches --bin xdpmesh --bin xdpmesh-bench
 XDPMESH_BIN=$(realpath "$TARGET_DIR/release/xdpmesh")
 BENCH=$(realpath "$TARGET_DIR/release/xdpmesh-bench")
 export XDPMESH_BIN

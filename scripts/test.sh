@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # xdpmesh's test entry point (README; .ci/run execs it). Run as root on Debian 12:
 #   sudo scripts/test.sh
-# 1. installs missing Debian packages (scripts/lib/deps.sh) and the rustfmt/clippy components;
+# 1. installs missing Debian packages (scripts/lib/deps.sh); finds a Rust toolchain at least as
+#    new as Cargo.toml's rust-version, or installs Debian's rustc-web/cargo-web, and clippy and
+#    rustfmt for it (scripts/lib/toolchain.sh);
 # 2. shellcheck of the scripts; cargo fmt --check, cargo clippy -D warnings, cargo test for the
 #    whole workspace;
 # 3. a smoke check of the veth rig (scripts/rig.sh);
@@ -9,11 +11,15 @@
 # 5. scripts/fuzz.sh when it exists and is executable.
 # Tests that need root (network namespaces, TAP, veth) skip with a message when not root, except
 # when CI=true or XDPMESH_REQUIRE_ROOT_TESTS=1: then they must run, and fail when they cannot.
+# Under sudo, cargo runs as root (the tests need it); on exit, whatever root created in the
+# checkout (target/, fuzz corpora) and in CARGO_TARGET_DIR is given back to $SUDO_USER.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib/deps.sh
 . scripts/lib/deps.sh
+# shellcheck source-path=SCRIPTDIR source=lib/toolchain.sh
+. scripts/lib/toolchain.sh
 
 started=$SECONDS
 step() {
@@ -31,9 +37,12 @@ if ! xm_is_root; then
   xm_log "test.sh: not root: tests that need network namespaces will be skipped (run: sudo scripts/test.sh)"
 fi
 
+trap 'xm_give_back . "${CARGO_TARGET_DIR:-target}"' EXIT
+
 step "dependencies"
 xm_install_deps
-xm_install_rust_components
+xm_install_toolchain
+xm_install_lint_tools
 cargo --version
 rustc --version
 
@@ -44,7 +53,15 @@ step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# Lints come with clippy: a toolchain newer than the newest one checked (XM_RUST_CHECKED) may
+# bring new ones. Say so instead of leaving a bare lint failure.
+if ! cargo clippy --workspace --all-targets --locked -- -D warnings; then
+  if ! xm_version_ge "$XM_RUST_CHECKED" "$XM_RUST_VERSION"; then
+    xm_log "test.sh: clippy $XM_RUST_VERSION is newer than the newest checked ($XM_RUST_CHECKED): the"
+    xm_log "  lints above may be new in it. Fix them, or use rustc $XM_RUST_CHECKED (README, \"The two commands\")."
+  fi
+  exit 1
+fi
 
 step "cargo test --workspace --all-targets"
 cargo test --workspace --all-targets --locked

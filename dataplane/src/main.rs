@@ -8,7 +8,12 @@ use std::time::SystemTime;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod docs;
 mod run;
+
+/// `xdpmesh --version`: the crate's version and the git commit it was built from (build.rs;
+/// "unknown commit" outside a git checkout unless XDPMESH_COMMIT is set at build time).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("XDPMESH_COMMIT"), ")");
 
 // mimalloc: table reloads allocate and free about a million small objects; with glibc's
 // allocator malloc/free were ~30 % of text → snapshot (benches/README.md, control).
@@ -16,7 +21,7 @@ mod run;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "xdpmesh", version, about = "AF_XDP service-mesh gateway")]
+#[command(name = "xdpmesh", version = VERSION, about = "AF_XDP service-mesh gateway")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +41,10 @@ enum Command {
     /// The mesh's own certificate authority: a root, and leaf certificates for SPIFFE IDs.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff), or write every page into a directory with --out.
+    Man(docs::ManArgs),
 }
 
 #[derive(Subcommand)]
@@ -163,6 +172,8 @@ fn run(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Check(a) => check(&a, out, err),
         Command::Import(ImportCommand::Smi(a)) => import_smi(&a, out, err),
         Command::Ca(c) => ca(c, out, err),
+        Command::Completions(a) => docs::completions(&a, out),
+        Command::Man(a) => docs::man(&a, out, err),
     }
 }
 

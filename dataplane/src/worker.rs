@@ -559,7 +559,7 @@ impl<D: Device> Worker<D> {
                 self.trim_if_shrunk(polled_at);
                 self.sleep(wait)?;
             } else {
-                if self.stats.iterations % 4096 == 0 {
+                if self.stats.iterations.is_multiple_of(4096) {
                     self.publish_stats();
                 }
                 // Adaptive polling uses a core that would otherwise idle: a thread that is

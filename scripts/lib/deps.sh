@@ -4,6 +4,8 @@
 
 # The one list of Debian packages the project needs.
 #   xsk-rs (AF_XDP) build:  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
+#                           make (libbpf-sys builds the vendored libbpf with it; a minimal
+#                           Debian 12 lacks it)
 #   rig and network tests:  iproute2 (ip, nstat, ss) iputils-ping nftables ethtool procps (sysctl)
 #   traffic and servers:    iperf3 curl nginx-light tcpdump wrk (wrk: dataplane/benches/http.rs)
 #   certificate checks:     openssl (control/tests/ca.rs verifies issued chains with it)
@@ -13,7 +15,7 @@
 #   benchmark report:       python3 (scripts/bench/report.py reads the runs' JSON, prints the table)
 #   telemetry:              prometheus (dataplane/tests/telemetry_rig.rs scrapes the gateways with it)
 XM_DEB_PACKAGES=(
-  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib
+  clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib make
   iproute2 iputils-ping nftables ethtool procps
   iperf3 curl nginx-light tcpdump wrk
   openssl shellcheck fonts-dejavu-core
@@ -95,20 +97,5 @@ xm_install_deps() {
   if [ -n "$missing" ]; then
     xm_log "deps: still missing after install: $missing"
     return 1
-  fi
-}
-
-# rustfmt and clippy, added with rustup when missing.
-xm_install_rust_components() {
-  local want=()
-  cargo fmt --version >/dev/null 2>&1 || want+=(rustfmt)
-  cargo clippy --version >/dev/null 2>&1 || want+=(clippy)
-  if [ "${#want[@]}" -gt 0 ]; then
-    if ! command -v rustup >/dev/null 2>&1; then
-      xm_log "deps: cargo ${want[*]} missing and rustup not found"
-      return 1
-    fi
-    xm_log "deps: rustup component add ${want[*]}"
-    rustup component add "${want[@]}"
   fi
 }

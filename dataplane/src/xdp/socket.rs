@@ -142,7 +142,9 @@ fn socket_err(cfg: &XskConfig, reason: impl Into<String>, source: Option<io::Err
             " (hint: the driver has no zero-copy support; veth never has: use copy mode)"
         }
         Some(libc::EINVAL) => " (hint: does the interface have this queue? `ethtool -l`)",
-        Some(libc::EPERM) => " (hint: needs root or CAP_NET_ADMIN + CAP_BPF)",
+        Some(libc::EPERM) => {
+            " (hint: needs root, or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_PERFMON, CAP_IPC_LOCK)"
+        }
         _ => "",
     };
     XdpError::Socket {

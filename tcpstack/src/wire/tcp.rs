@@ -145,7 +145,7 @@ impl Options {
                 (2, 4) => o.mss = Some(u16::from_be_bytes([body[0], body[1]])),
                 (3, 3) => o.window_scale = Some(body[0].min(MAX_WINDOW_SHIFT)),
                 (4, 2) => o.sack_permitted = true,
-                (5, _) if (len - 2) % 8 == 0 && len > 2 => {
+                (5, _) if (len - 2).is_multiple_of(8) && len > 2 => {
                     for b in body.chunks_exact(8) {
                         let l = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
                         let r = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
@@ -399,7 +399,7 @@ mod tests {
         ] {
             let mut buf = vec![0u8; 20];
             buf.extend_from_slice(opts);
-            while buf.len() % 4 != 0 {
+            while !buf.len().is_multiple_of(4) {
                 buf.push(0);
             }
             buf[12] = ((buf.len() / 4) as u8) << 4;
