@@ -11,6 +11,15 @@
 //! path = "/var/log/xdpmesh/access.log"  # or "stdout"; relative to this file; reopened on SIGHUP
 //! sample = 1.0                     # share of lines written, 0.0 to 1.0 (default 1.0)
 //!
+//! [traces]                         # optional; off without this table (OTLP/HTTP JSON)
+//! endpoint = "http://127.0.0.1:4318/v1/traces"  # default; a collector on the node
+//! sampling = 1.0                   # share of new traces sampled (default 1.0)
+//! queue = 2048                     # spans waiting at most; more are dropped, counted
+//! batch = 512                      # spans per post at most
+//! flush_interval = "5s"            # a span waits at most this long for its batch
+//! timeout = "10s"                  # connect, write and read of one post, each
+//! retries = 3                      # further tries of a failed post
+//!
 //! [[interface]]                    # hw-config's; handed on undecoded (see NodeConfig::interfaces)
 //! name = "eth1"
 //! ```
@@ -40,6 +49,8 @@ struct NodeFile {
     node: Sp<NodeSection>,
     #[serde(default)]
     access_log: Option<Sp<AccessLogSection>>,
+    #[serde(default)]
+    traces: Option<Sp<TracesSection>>,
     /// Checked by hw-config, not here.
     #[serde(default)]
     #[allow(dead_code)]
@@ -63,6 +74,40 @@ struct AccessLogSection {
     path: Sp<String>,
     #[serde(default)]
     sample: Option<Sp<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TracesSection {
+    #[serde(default)]
+    endpoint: Option<Sp<String>>,
+    #[serde(default)]
+    sampling: Option<Sp<f64>>,
+    #[serde(default)]
+    queue: Option<Sp<u32>>,
+    #[serde(default)]
+    batch: Option<Sp<u32>>,
+    #[serde(default)]
+    flush_interval: Option<Sp<String>>,
+    #[serde(default)]
+    timeout: Option<Sp<String>>,
+    #[serde(default)]
+    retries: Option<Sp<u32>>,
+}
+
+/// `[traces]`: request spans exported with OTLP/HTTP. A key left out takes the exporter's
+/// default (`dataplane::traces::TraceConfig`, the OpenTelemetry SDKs' defaults: endpoint
+/// `http://127.0.0.1:4318/v1/traces`, sampling 1.0, queue 2,048, batch 512, flush 5 s,
+/// timeout 10 s, 3 retries).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TracesConfig {
+    pub endpoint: Option<String>,
+    pub sampling: Option<f64>,
+    pub queue: Option<u32>,
+    pub batch: Option<u32>,
+    pub flush_interval: Option<std::time::Duration>,
+    pub timeout: Option<std::time::Duration>,
+    pub retries: Option<u32>,
 }
 
 /// Where access log lines go.
@@ -99,6 +144,8 @@ pub struct NodeConfig {
     pub interfaces: Vec<tree::Node>,
     /// `[access_log]`; `None`: off (the default).
     pub access_log: Option<AccessLogConfig>,
+    /// `[traces]`; `None`: off (the default).
+    pub traces: Option<TracesConfig>,
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -242,6 +289,70 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
         };
         ok.then_some(AccessLogConfig { target, sample })
     });
+    let traces = file.traces.as_ref().and_then(|t| {
+        let mut ok = true;
+        if let Some(s) = t.sampling.as_ref().filter(|s| !(0.0..=1.0).contains(&***s)) {
+            ok = false;
+            errors.push(
+                Diagnostic::at(
+                    &src,
+                    &s.span,
+                    "traces.sampling",
+                    format!("{} is not a ratio from 0.0 to 1.0", **s),
+                )
+                .hint("e.g. sampling = 0.01 samples one new trace in a hundred"),
+            );
+        }
+        for (key, v) in [("traces.queue", &t.queue), ("traces.batch", &t.batch)] {
+            if let Some(v) = v.as_ref().filter(|v| ***v == 0) {
+                ok = false;
+                errors.push(Diagnostic::at(&src, &v.span, key, "must be at least 1"));
+            }
+        }
+        if let (Some(q), Some(b)) = (&t.queue, &t.batch) {
+            if **b > **q {
+                ok = false;
+                errors.push(Diagnostic::at(
+                    &src,
+                    &b.span,
+                    "traces.batch",
+                    format!("a batch of {} is larger than the queue ({})", **b, **q),
+                ));
+            }
+        }
+        let mut duration = |key: &'static str, v: &Option<Sp<String>>| {
+            let v = v.as_ref()?;
+            match humantime::parse_duration(v.trim()) {
+                Ok(d) if !d.is_zero() => Some(d),
+                _ => {
+                    ok = false;
+                    errors.push(
+                        Diagnostic::at(&src, &v.span, key, format!("{:?} is not a duration above zero", v.value))
+                            .hint("e.g. \"5s\" or \"500ms\""),
+                    );
+                    None
+                }
+            }
+        };
+        let flush_interval = duration("traces.flush_interval", &t.flush_interval);
+        let timeout = duration("traces.timeout", &t.timeout);
+        if let Some(e) = t.endpoint.as_ref().filter(|e| !e.trim().starts_with("http://")) {
+            ok = false;
+            errors.push(
+                Diagnostic::at(&src, &e.span, "traces.endpoint", "not an http:// URL")
+                    .hint("OTLP/HTTP without TLS to a collector on the node, e.g. \"http://127.0.0.1:4318/v1/traces\""),
+            );
+        }
+        ok.then(|| TracesConfig {
+            endpoint: t.endpoint.as_ref().map(|e| e.trim().to_string()),
+            sampling: t.sampling.as_ref().map(|s| **s),
+            queue: t.queue.as_ref().map(|v| **v),
+            batch: t.batch.as_ref().map(|v| **v),
+            flush_interval,
+            timeout,
+            retries: t.retries.as_ref().map(|v| **v),
+        })
+    });
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -257,6 +368,7 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
         admin_token,
         interfaces,
         access_log,
+        traces,
         source: src,
     })
 }

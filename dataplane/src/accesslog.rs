@@ -54,14 +54,17 @@ struct Counters {
     write_errors: AtomicU64,
 }
 
-/// A worker's end: cloned into each worker.
+/// A worker's end of the engine's events: the access log's channel and the trace exporter's,
+/// either or both (the events are drained once). Cloned into each worker.
 #[derive(Clone)]
 pub struct Sink {
-    tx: Sender<Entry>,
+    /// `None`: no access log, traces only.
+    tx: Option<Sender<Entry>>,
     counters: Arc<Counters>,
     /// Lines are kept when a uniform draw in `0..2^64` is below this.
     threshold: u64,
     rng: u64,
+    traces: Option<crate::traces::TraceSink>,
 }
 
 impl Sink {
@@ -76,7 +79,8 @@ impl Sink {
             0
         };
         Sink {
-            tx,
+            tx: Some(tx),
+            traces: None,
             counters,
             threshold,
             rng: u64::from_le_bytes(
@@ -84,6 +88,23 @@ impl Sink {
                     .try_into()
                     .unwrap_or_default(),
             ) | 1,
+        }
+    }
+
+    /// Request spans go to `traces` too.
+    pub fn with_traces(mut self, traces: crate::traces::TraceSink) -> Sink {
+        self.traces = Some(traces);
+        self
+    }
+
+    /// Spans only, no access log.
+    pub fn traces_only(traces: crate::traces::TraceSink) -> Sink {
+        Sink {
+            tx: None,
+            counters: Arc::default(),
+            threshold: 0,
+            rng: 1,
+            traces: Some(traces),
         }
     }
 
@@ -100,14 +121,19 @@ impl Sink {
         clock: &Clock,
     ) {
         while let Some(event) = engine.poll_event() {
-            if matches!(event, Event::Opened { .. }) || !self.sampled() {
+            if let (Some(t), Event::Request(r)) = (&self.traces, &event) {
+                // The span's own sampling decides; this never waits.
+                let _ = t.offer(r, clock.anchor());
+            }
+            if matches!(event, Event::Opened { .. }) || self.tx.is_none() || !self.sampled() {
                 continue;
             }
             let e = Entry {
                 event,
                 clock: *clock,
             };
-            match self.tx.try_send(e) {
+            let Some(tx) = &self.tx else { continue };
+            match tx.try_send(e) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);

@@ -20,6 +20,11 @@ impl Clock {
         }
     }
 
+    /// The (monotonic, wall) pair trace timestamps are converted with.
+    pub fn anchor(&self) -> mesh::otlp::Anchor {
+        mesh::otlp::Anchor::new(tcpstack::Instant::from_micros(0), self.wall)
+    }
+
     /// The wall-clock time of an instant of this clock (an event's, for its log line).
     pub fn wall(&self, at: tcpstack::Instant) -> SystemTime {
         self.wall + Duration::from_micros(at.as_micros())

@@ -64,6 +64,8 @@ pub struct ProxySetup {
     pub worker_index: usize,
     /// Where the workers send access log lines; `None`: no access log (no events built).
     pub access_log: Option<crate::accesslog::Sink>,
+    /// The share of new traces sampled (`[traces] sampling`; 1.0 without it).
+    pub trace_sampling: f64,
 }
 
 impl GatewayConfig {
@@ -321,6 +323,7 @@ fn open_worker(
         .with_admission(p.admission.clone())
         .with_policy_stats(p.policy_stats.clone())
         .with_golden(&p.golden)
+        .with_trace_sampling(p.trace_sampling)
         .with_health(p.health.clone(), p.worker_index, p.worker_index == 0);
         engine.set_worker_share(p.workers);
         worker = worker.with_engine(engine);

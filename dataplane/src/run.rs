@@ -36,6 +36,7 @@ struct Metrics {
     /// `GET/PUT /logging`, `xdpmesh_log_lines_dropped_total`.
     logging: OnceLock<LogControl>,
     access_log: OnceLock<AccessLogStats>,
+    traces: OnceLock<Arc<dataplane::traces::TraceStats>>,
 }
 
 impl control::admin::AdminExtension for Metrics {
@@ -124,6 +125,9 @@ impl control::admin::AdminExtension for Metrics {
         if let Some(a) = self.access_log.get() {
             a.render_metrics(out);
         }
+        if let Some(t) = self.traces.get() {
+            t.render(out);
+        }
     }
 }
 
@@ -195,6 +199,23 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Ok(l) => l,
         Err(e) => return fail(err, &e),
     };
+    // Spans: the exporter thread starts before the workers and drains after them.
+    let trace_cfg = node.traces.as_ref().map(trace_config);
+    let traces = match trace_cfg
+        .as_ref()
+        .map(|c| {
+            dataplane::traces::TraceExporter::start(
+                c,
+                mesh::otlp::Resource {
+                    gateway: node.name.clone(),
+                },
+            )
+        })
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => return fail(err, &format!("{}: [traces]: {e}", a.config.display())),
+    };
     let hw = hw_config::check(
         &node,
         if a.backend == Backend::Afxdp {
@@ -222,6 +243,9 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let _ = ext.logging.set(logs.control.clone());
     if let Some(l) = &access_log {
         let _ = ext.access_log.set(l.stats());
+    }
+    if let Some(t) = &traces {
+        let _ = ext.traces.set(t.stats().clone());
     }
     let plane = match control::ControlPlane::start(&node, Some(ext.clone())) {
         Ok(p) => p,
@@ -267,7 +291,16 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         plane: &plane,
         tls,
         ext: &ext,
-        access_log: access_log.as_ref().and_then(AccessLog::sink),
+        access_log: match (
+            access_log.as_ref().and_then(AccessLog::sink),
+            traces.as_ref().map(dataplane::traces::TraceExporter::sink),
+        ) {
+            (Some(log), Some(t)) => Some(log.with_traces(t)),
+            (Some(log), None) => Some(log),
+            (None, Some(t)) => Some(dataplane::accesslog::Sink::traces_only(t)),
+            (None, None) => None,
+        },
+        trace_sampling: trace_cfg.as_ref().map_or(1.0, |c| c.sampling),
         signals: &mut signals,
         out,
         err,
@@ -283,9 +316,27 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
     drop(plane);
     drop(access_log);
+    if let Some(t) = traces {
+        t.shutdown();
+    }
     let _ = writeln!(out, "xdpmesh: stopped");
     drop(logs);
     code
+}
+
+/// The exporter's settings: the node file's `[traces]`, the rest defaults.
+fn trace_config(t: &control::node::TracesConfig) -> dataplane::traces::TraceConfig {
+    let d = dataplane::traces::TraceConfig::default();
+    dataplane::traces::TraceConfig {
+        endpoint: t.endpoint.clone().unwrap_or(d.endpoint),
+        sampling: t.sampling.unwrap_or(d.sampling),
+        queue: t.queue.map_or(d.queue, |q| q as usize),
+        batch: t.batch.map_or(d.batch, |b| b as usize),
+        flush_interval: t.flush_interval.unwrap_or(d.flush_interval),
+        timeout: t.timeout.unwrap_or(d.timeout),
+        retries: t.retries.unwrap_or(d.retries),
+        backoff: d.backoff,
+    }
 }
 
 /// Once a second: reload changed certificate and trust files; take up the identities of
@@ -359,7 +410,10 @@ struct Ctx<'r> {
     tls: Arc<dyn MeshTls>,
     ext: &'r Metrics,
     /// The workers' end of the access log, when there is one.
+    /// The engine's events' consumers (access log, trace exporter), when any.
     access_log: Option<dataplane::accesslog::Sink>,
+    /// `[traces] sampling`: the share of new traces sampled.
+    trace_sampling: f64,
     signals: &'r mut signal_hook::iterator::Signals,
     out: &'r mut dyn Write,
     err: &'r mut dyn Write,
@@ -373,6 +427,7 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
         tls,
         ext,
         access_log,
+        trace_sampling,
         signals,
         out,
         err,
@@ -391,6 +446,7 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
             health: ext.health.clone(),
             worker_index: 0,
             access_log,
+            trace_sampling,
         });
     }
     cfg.on_worker_failure = Some(Arc::new(|w, e| {
@@ -466,6 +522,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
         tls,
         ext,
         access_log,
+        trace_sampling,
         signals,
         out,
         err,
@@ -488,6 +545,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
     // One thread: it runs the health checks too.
     worker.engine.set_health(ext.health.clone(), 0, true);
     worker.engine.count_golden(&ext.golden);
+    worker.engine.set_trace_sampling(trace_sampling);
     if let Some(sink) = access_log {
         worker.set_access_log(sink);
     }

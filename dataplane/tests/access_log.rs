@@ -397,3 +397,117 @@ fn put_logging_changes_what_is_logged() {
         .all(|v| v["timestamp"].is_string() && v["level"].is_string()));
     drop(gw);
 }
+
+/// An OTLP/HTTP collector on 127.0.0.1: keeps each POST's JSON body, answers 200 `{}`.
+fn collector() -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().map_while(Result::ok) {
+            let g = g.clone();
+            std::thread::spawn(move || loop {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_end = loop {
+                    if let Some(e) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break e + 4;
+                    }
+                    match c.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match c.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = &buf[head_end..head_end + len];
+                if let Ok(v) = serde_json::from_slice::<Value>(body) {
+                    g.lock().unwrap().push(v);
+                }
+                if c.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                    .is_err()
+                {
+                    return;
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// `[traces]` in the node file: a running gateway exports one span per request to the
+/// collector, continuing a client's trace (its trace id, its span as the parent) and naming
+/// its own span in the `traceparent` it forwards, which the access log shows.
+#[test]
+fn a_running_gateway_exports_request_spans_to_the_collector() {
+    let Setup { dir, node, web, .. } = setup("traces");
+    let (otlp, got) = collector();
+    let mut text = std::fs::read_to_string(&node).unwrap();
+    text.push_str(&format!(
+        "\n[traces]\nendpoint = \"http://{otlp}/v1/traces\"\nflush_interval = \"100ms\"\n"
+    ));
+    std::fs::write(&node, text).unwrap();
+    let _gw = Gateway::start(&node);
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = http(
+        web,
+        &format!("GET /traced HTTP/1.1\r\nhost: app.test\r\ntraceparent: {parent}\r\nconnection: close\r\n\r\n"),
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let spans = wait_for(DEADLINE, || {
+        let spans: Vec<Value> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                b["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        (!spans.is_empty()).then_some(spans)
+    })
+    .expect("a span reached the collector");
+    let s = &spans[0];
+    assert_eq!(s["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(s["parentSpanId"], "b7ad6b7169203331");
+    assert_eq!(s["kind"], 3, "a client span on a routing listener");
+    let span_id = s["spanId"].as_str().unwrap().to_string();
+    assert_eq!(span_id.len(), 16);
+    assert_ne!(span_id, "b7ad6b7169203331");
+    let attr = |k: &str| {
+        s["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == k)
+            .map(|a| a["value"].clone())
+    };
+    assert_eq!(
+        attr("http.response.status_code").and_then(|v| v["intValue"].as_str().map(String::from)),
+        Some("200".to_string())
+    );
+    // The access log shows the traceparent as forwarded: this gateway's span.
+    let logged = wait_for(DEADLINE, || {
+        lines(&dir.0.join("access.log"))
+            .into_iter()
+            .find(|l| l["type"] == "http")
+    })
+    .expect("an access log line");
+    assert_eq!(
+        logged["traceparent"],
+        format!("00-0af7651916cd43dd8448eb211c80319c-{span_id}-01")
+    );
+}

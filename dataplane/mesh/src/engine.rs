@@ -1076,6 +1076,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.sampler = Sampler::ratio(ratio);
     }
 
+    /// As [`Engine::set_trace_sampling`], when building.
+    pub fn with_trace_sampling(mut self, ratio: f64) -> Self {
+        self.set_trace_sampling(ratio);
+        self
+    }
+
     /// Queue up to `n` events for [`Engine::poll_event`] (0, the default: none are built).
     pub fn set_event_capacity(&mut self, n: usize) {
         self.event_capacity = n;
