@@ -884,7 +884,9 @@ struct SvcHealth {
 pub struct Engine<C> {
     publisher: Arc<Publisher>,
     tls: Arc<dyn MeshTls>,
-    sessions: Vec<Option<Session<C>>>,
+    /// Boxed: a session is ~1.5 KiB, and the loop takes it out of its slot and puts it
+    /// back for every event; a box moves as a pointer.
+    sessions: Vec<Option<Box<Session<C>>>>,
     free: Vec<usize>,
     by_conn: FxHashMap<C, (usize, Side)>,
     dirty: Vec<usize>,
@@ -2307,11 +2309,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         self.stats.sessions += 1;
         match self.free.pop() {
             Some(i) => {
-                self.sessions[i] = Some(s);
+                self.sessions[i] = Some(Box::new(s));
                 i
             }
             None => {
-                self.sessions.push(Some(s));
+                self.sessions.push(Some(Box::new(s)));
                 self.sessions.len() - 1
             }
         }
