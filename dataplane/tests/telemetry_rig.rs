@@ -727,6 +727,52 @@ fn run_backend(backend: &str, work: &Path, findings: &mut Findings) {
         "pay warm-up: {pay:?}"
     );
     assert!(echo_once(&cli), "echo through A's TCP listener");
+    // `xdpmesh check --admin` (issue #18) from inside each gateway's namespace: all well,
+    // and A proves B by an mTLS handshake.
+    for (ns, name) in [(&gwa, "gw-a"), (&gwb, "gw-b")] {
+        let out = ns
+            .command(env!("CARGO_BIN_EXE_xdpmesh"))
+            .args(["check", "--admin", "127.0.0.1:9901"])
+            .output()
+            .expect("xdpmesh check");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        println!("[{backend}] xdpmesh check --admin on {name}:\n{text}");
+        findings.check(
+            backend,
+            out.status.success() && text.contains("0 errors"),
+            format!("xdpmesh check --admin on {name} finds no error"),
+        );
+        if name == "gw-a" {
+            findings.check(
+                backend,
+                text.contains("peer gw-b at 10.10.2.2:15443 proves spiffe://"),
+                "check proves gw-b's SPIFFE ID by an mTLS handshake".into(),
+            );
+        }
+    }
+    // `GET /connections` (issue #18): A's pooled hops to B, with the transport's view.
+    let conns = gwa
+        .exec_ok(["curl", "-s", "http://127.0.0.1:9901/connections"])
+        .unwrap_or_default();
+    let conns: Value = serde_json::from_str(&conns).unwrap_or(Value::Null);
+    let hops: Vec<&Value> = conns["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|w| w["connections"].as_array().into_iter().flatten())
+        .filter(|c| c["remote"] == "10.10.2.2:15443")
+        .collect();
+    findings.check(
+        backend,
+        !hops.is_empty()
+            && hops
+                .iter()
+                .all(|c| c["tcp_state"] == "established" && c["rtt_us"].as_u64().is_some()),
+        format!(
+            "/connections on gw-a lists its hops to gw-b with state and RTT ({} hops)",
+            hops.len()
+        ),
+    );
     caught_up(&prom, &gwa, "gw-a");
     let base = caught_up(&prom, &gwb, "gw-b");
     let before = (servers.count(V1), servers.count(V2));
