@@ -9,6 +9,10 @@
 //! | `GET /metrics` | Prometheus text: generation, reloads, failures, last reload time, the admin API's own counters |
 //! | `GET /config/errors` | errors of the last failed reload, one per line (empty if none) |
 //!
+//! The data plane adds (through [`AdminExtension`]): `GET /endpoints`, `GET /connections`,
+//! `GET /config_dump`, `GET`/`PUT /logging`, and its families on `/metrics` (OpenMetrics text
+//! when `Accept` asks for it).
+//!
 //! One request per connection (`Connection: close`), one thread per connection, at most
 //! [`AdminConfig::max_connections`] of them (the slots). Every stage has one deadline for the
 //! whole of it, not per read: the head must arrive within `head_timeout` of accept and the
