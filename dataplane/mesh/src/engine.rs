@@ -4240,14 +4240,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         endpoint: SocketAddrV4,
         client: SocketAddrV4,
     ) -> PoolKey {
-        let ident = snap
-            .identity_for_source(IpAddr::V4(*client.ip()))
-            .and_then(|i| {
-                snap.identities
-                    .iter()
-                    .position(|x| std::ptr::eq(x, i))
-                    .map(|p| p as u32)
-            });
+        let ident = source_identity(snap, client);
         self.key_for(snap, svc, ep, endpoint, ident)
     }
 
@@ -4661,9 +4654,14 @@ fn leg_still_open<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn 
 
 /// An outbound caller's identity: the one the tables give the client's address, if any.
 fn source_ref(snap: &Snapshot, client: SocketAddrV4) -> golden::IdRef {
+    source_identity(snap, client).map_or(golden::IdRef::None, golden::IdRef::Local)
+}
+
+/// The index in `snap.identities` of the identity the tables give the client's address.
+fn source_identity(snap: &Snapshot, client: SocketAddrV4) -> Option<u32> {
     snap.identity_for_source(IpAddr::V4(*client.ip()))
         .and_then(|i| snap.identities.iter().position(|x| std::ptr::eq(x, i)))
-        .map_or(golden::IdRef::None, |i| golden::IdRef::Local(i as u32))
+        .map(|i| i as u32)
 }
 
 /// The session's next deadline and which timeout it is, from its state alone.
