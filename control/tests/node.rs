@@ -103,3 +103,40 @@ fn access_log_is_off_by_default_and_checked_with_positions() {
         vec!["node.toml:5:1: access_log.file: unknown key \"file\" (hint: allowed keys: path, sample)"]
     );
 }
+
+/// `[traces]`: off by default, every key optional; bad values are errors with positions.
+#[test]
+fn traces_are_off_by_default_and_checked_with_positions() {
+    let base = "[node]\nname = \"a\"\ntables = \"t.toml\"\n";
+    assert_eq!(parse(base).expect("valid").traces, None);
+    let n = parse(&format!("{base}[traces]\n")).expect("valid");
+    assert_eq!(n.traces, Some(node::TracesConfig::default()));
+    let n = parse(&format!(
+        "{base}[traces]\nsampling = 0.5\nflush_interval = \"100ms\"\nqueue = 10\nbatch = 5\n"
+    ))
+    .expect("valid");
+    let t = n.traces.expect("on");
+    assert_eq!(t.sampling, Some(0.5));
+    assert_eq!(
+        t.flush_interval,
+        Some(std::time::Duration::from_millis(100))
+    );
+    let errs = parse(&format!(
+        "{base}[traces]\nendpoint = \"https://x\"\nsampling = 2.0\nqueue = 4\nbatch = 8\ntimeout = \"0s\"\n"
+    ))
+    .expect_err("bad");
+    let keys: Vec<&str> = [
+        "traces.sampling",
+        "traces.batch",
+        "traces.timeout",
+        "traces.endpoint",
+    ]
+    .into_iter()
+    .filter(|k| !errs.iter().any(|e| e.contains(&format!(": {k}: "))))
+    .collect();
+    assert!(keys.is_empty(), "no error for {keys:?} in {errs:#?}");
+    assert!(
+        errs.iter().all(|e| e.starts_with("node.toml:")),
+        "{errs:#?}"
+    );
+}
