@@ -64,6 +64,8 @@ pub struct ProxySetup {
     pub worker_index: usize,
     /// Where the workers send access log lines; `None`: no access log (no events built).
     pub access_log: Option<crate::accesslog::Sink>,
+    /// `GET /tap`: the workers offer requests here while someone taps.
+    pub tap: Option<Arc<crate::tap_hub::TapHub>>,
 }
 
 impl GatewayConfig {
@@ -326,6 +328,9 @@ fn open_worker(
         worker = worker.with_engine(engine);
         if let Some(sink) = &p.access_log {
             worker = worker.with_access_log(sink.clone());
+        }
+        if let Some(hub) = &p.tap {
+            worker = worker.with_tap(hub.clone());
         }
     }
     Ok(worker)
