@@ -469,8 +469,7 @@ fn connection(mut stream: TcpStream, id: u64, accepted: Instant, shared: &Shared
         None => return,
         Some(Answer::Whole(r)) => r,
         Some(Answer::Stream(s)) => {
-            if stream_body(&mut stream, id, s, shared).is_ok() && shared.enter(id, Phase::Closing)
-            {
+            if stream_body(&mut stream, id, s, shared).is_ok() && shared.enter(id, Phase::Closing) {
                 linger_close(&mut stream);
             }
             return;

@@ -305,10 +305,7 @@ impl Drop for Lines {
 
 struct Streams(Arc<std::sync::atomic::AtomicUsize>);
 impl AdminExtension for Streams {
-    fn stream(
-        &self,
-        req: &Request<'_>,
-    ) -> Option<Result<control::admin::Streaming, Response>> {
+    fn stream(&self, req: &Request<'_>) -> Option<Result<control::admin::Streaming, Response>> {
         let n = match req.path {
             "/three" => 3,
             "/forever" => 0,
@@ -351,14 +348,17 @@ fn streams_are_chunked_bounded_and_end_when_the_client_leaves() {
     let mut cfg = AdminConfig::new("127.0.0.1:0".parse().expect("addr"), None);
     cfg.max_stream = Duration::from_millis(600);
     let drops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let server = AdminServer::start(cfg, store, Some(Arc::new(Streams(drops.clone()))))
-        .expect("start");
+    let server =
+        AdminServer::start(cfg, store, Some(Arc::new(Streams(drops.clone())))).expect("start");
     let a = server.local_addr();
     let r = req(a, "GET", "/three", "", "");
     assert_eq!(r.status, 200);
     assert!(r.head.contains("transfer-encoding: chunked"), "{}", r.head);
     assert!(!r.head.contains("content-length"), "{}", r.head);
-    assert_eq!(unchunk(&r.body), "{\"line\":1}\n{\"line\":2}\n{\"line\":3}\n");
+    assert_eq!(
+        unchunk(&r.body),
+        "{\"line\":1}\n{\"line\":2}\n{\"line\":3}\n"
+    );
     // A refusal is a whole response; other paths go on to the API.
     assert_eq!(req(a, "GET", "/refused", "", "").status, 503);
     assert_eq!(req(a, "GET", "/healthz", "", "").status, 200);

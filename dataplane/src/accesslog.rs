@@ -701,7 +701,9 @@ pub(crate) mod tests {
     }
 
     /// An engine with events on, over an in-memory net, for the sink's tests.
-    pub(crate) fn engine_with_events(n: usize) -> (Engine<mesh::memnet::MemConn>, mesh::memnet::MemNet) {
+    pub(crate) fn engine_with_events(
+        n: usize,
+    ) -> (Engine<mesh::memnet::MemConn>, mesh::memnet::MemNet) {
         let tables = "[[listener]]\nname = \"raw\"\nbind = \"10.0.0.1:5000\"\nprotocol = \"tcp\"\nservice = \"s\"\n\n[[service]]\nname = \"s\"\nendpoints = [{ address = \"10.0.3.1:8080\" }]\n";
         let compiled = control::compile(
             &control::Source::new("t.toml", tables),

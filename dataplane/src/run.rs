@@ -57,8 +57,7 @@ impl control::admin::AdminExtension for Metrics {
                 body: b"method not allowed\n".to_vec(),
             }));
         }
-        let sub = dataplane::tap_hub::Query::parse(req.query)
-            .and_then(|q| self.tap.subscribe(q));
+        let sub = dataplane::tap_hub::Query::parse(req.query).and_then(|q| self.tap.subscribe(q));
         Some(match sub {
             Ok(s) => Ok(control::admin::Streaming {
                 content_type: "application/x-ndjson",

@@ -372,10 +372,7 @@ impl Subscription {
         if now >= self.deadline {
             return self.end(out, "seconds");
         }
-        let first = self
-            .rx
-            .recv_timeout(wait.min(self.deadline - now))
-            .ok();
+        let first = self.rx.recv_timeout(wait.min(self.deadline - now)).ok();
         self.report_drops(out);
         let mut next = first;
         while let Some(t) = next {
@@ -396,7 +393,11 @@ impl Subscription {
         let d = self.sub.dropped.load(Ordering::Relaxed);
         if d > self.reported {
             out.extend_from_slice(
-                format!("{{\"type\":\"dropped\",\"dropped\":{}}}\n", d - self.reported).as_bytes(),
+                format!(
+                    "{{\"type\":\"dropped\",\"dropped\":{}}}\n",
+                    d - self.reported
+                )
+                .as_bytes(),
             );
             self.reported = d;
         }
@@ -531,10 +532,19 @@ mod tests {
         assert_eq!(x.filter.service.as_deref(), Some("reviews"));
         assert_eq!(x.filter.path_prefix.as_deref(), Some("/api"));
         assert_eq!(x.filter.status, Some(StatusMatch::Class(500)));
-        assert_eq!(x.filter.identity.as_deref(), Some("spiffe://corp.mesh/sa/a"));
+        assert_eq!(
+            x.filter.identity.as_deref(),
+            Some("spiffe://corp.mesh/sa/a")
+        );
         assert_eq!((x.limit, x.seconds), (Some(3), Duration::from_secs(5)));
-        assert_eq!(q("status=503").unwrap().filter.status, Some(StatusMatch::Code(503)));
-        assert_eq!(q("status=cut").unwrap().filter.status, Some(StatusMatch::Cut));
+        assert_eq!(
+            q("status=503").unwrap().filter.status,
+            Some(StatusMatch::Code(503))
+        );
+        assert_eq!(
+            q("status=cut").unwrap().filter.status,
+            Some(StatusMatch::Cut)
+        );
         assert_eq!(q("service=").unwrap().filter.service, None);
         for (bad, err) in [
             ("servce=x", TapError::Unknown("servce".into())),
@@ -542,8 +552,14 @@ mod tests {
             ("limit=0", TapError::Bad("limit", "from 1 to 1000000")),
             ("limit=-1", TapError::Bad("limit", "not a whole number")),
             ("seconds=601", TapError::Bad("seconds", "from 1 to 600")),
-            ("status=600", TapError::Bad("status", "a code (503), a class (5xx) or cut")),
-            ("status=5x", TapError::Bad("status", "a code (503), a class (5xx) or cut")),
+            (
+                "status=600",
+                TapError::Bad("status", "a code (503), a class (5xx) or cut"),
+            ),
+            (
+                "status=5x",
+                TapError::Bad("status", "a code (503), a class (5xx) or cut"),
+            ),
             ("path_prefix=%zz", TapError::Encoding("path_prefix")),
             ("path_prefix=%ff", TapError::Encoding("path_prefix")),
             ("path_prefix=%2", TapError::Encoding("path_prefix")),
@@ -584,10 +600,7 @@ mod tests {
             .map(|_| hub.subscribe(Query::default()).expect("a place"))
             .collect();
         assert!(hub.active());
-        assert_eq!(
-            hub.subscribe(Query::default()).err(),
-            Some(TapError::Full)
-        );
+        assert_eq!(hub.subscribe(Query::default()).err(), Some(TapError::Full));
         taps.pop();
         assert!(hub.subscribe(Query::default()).is_ok());
         taps.clear();
@@ -607,7 +620,10 @@ mod tests {
         assert!(!all.next_lines(&mut out, Duration::ZERO));
         let l = lines(&out);
         assert_eq!(l.len(), 3, "{l:?}");
-        assert_eq!((l[0]["type"].as_str(), l[0]["service"].as_str()), (Some("http"), Some("reviews")));
+        assert_eq!(
+            (l[0]["type"].as_str(), l[0]["service"].as_str()),
+            (Some("http"), Some("reviews"))
+        );
         assert_eq!(l[0]["duration_us"], 2_000);
         assert_eq!(l[1]["service"], "ratings");
         assert_eq!(

@@ -162,7 +162,10 @@ impl Lines {
                 let n = usize::from_str_radix(size.split(';').next().unwrap_or(""), 16)
                     .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
                 if n > MAX_CHUNK {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk too large"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "chunk too large",
+                    ));
                 }
                 if n == 0 {
                     self.done = true;
@@ -251,7 +254,11 @@ pub fn tap(req: &TapRequest, json: bool, out: &mut dyn Write, err: &mut dyn Writ
                 let w = if json {
                     writeln!(out, "{l}")
                 } else {
-                    match serde_json::from_str::<Value>(&l).ok().as_ref().and_then(tap_row) {
+                    match serde_json::from_str::<Value>(&l)
+                        .ok()
+                        .as_ref()
+                        .and_then(tap_row)
+                    {
                         Some(row) => writeln!(out, "{row}"),
                         None => Ok(()),
                     }
@@ -270,10 +277,13 @@ pub fn tap(req: &TapRequest, json: bool, out: &mut dyn Write, err: &mut dyn Writ
     }
 }
 
+/// What `top` groups by: service, route, method, path without the query.
+type Key = (String, String, String, String);
+
 /// One request as `top` counts it.
 struct Sample {
     at: Instant,
-    key: (String, String, String, String),
+    key: Key,
     ok: bool,
     duration_us: u64,
 }
@@ -325,8 +335,7 @@ impl Window {
         {
             self.samples.pop_front();
         }
-        let mut rows: HashMap<&(String, String, String, String), (u64, u64, Vec<u64>)> =
-            HashMap::new();
+        let mut rows: HashMap<&Key, (u64, u64, Vec<u64>)> = HashMap::new();
         for s in &self.samples {
             let r = rows.entry(&s.key).or_default();
             r.0 += 1;
@@ -379,7 +388,8 @@ pub fn top(o: &TopOptions, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     // The first connection in the foreground: a refusal is an error at once.
     let mut req = o.request.clone();
     req.params.retain(|(k, _)| *k != "seconds" && *k != "limit");
-    req.params.push(("seconds", crate::tap_hub::MAX_SECONDS.to_string()));
+    req.params
+        .push(("seconds", crate::tap_hub::MAX_SECONDS.to_string()));
     let first = match req.open() {
         Ok(l) => l,
         Err(e) => {
@@ -396,10 +406,11 @@ pub fn top(o: &TopOptions, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Some(n) => {
             for i in 0..n {
                 std::thread::sleep(o.interval);
-                let t = win
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .render(Instant::now(), TOP_WINDOW, started.elapsed());
+                let t = win.lock().unwrap_or_else(PoisonError::into_inner).render(
+                    Instant::now(),
+                    TOP_WINDOW,
+                    started.elapsed(),
+                );
                 if write!(out, "{t}").and_then(|()| out.flush()).is_err() {
                     break;
                 }
@@ -469,7 +480,9 @@ impl RawTerm {
         // SAFETY: isatty and tcgetattr only read fd 0's state into the zeroed struct.
         let saved = unsafe {
             if libc::isatty(0) != 1 {
-                return Err(io::Error::other("stdin is not a terminal (use --iterations N)"));
+                return Err(io::Error::other(
+                    "stdin is not a terminal (use --iterations N)",
+                ));
             }
             let mut t: libc::termios = std::mem::zeroed();
             if libc::tcgetattr(0, &mut t) != 0 {
@@ -549,10 +562,11 @@ fn interactive(
         }
         let now = Instant::now();
         if now >= next {
-            let t = win
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .render(now, TOP_WINDOW, started.elapsed());
+            let t = win.lock().unwrap_or_else(PoisonError::into_inner).render(
+                now,
+                TOP_WINDOW,
+                started.elapsed(),
+            );
             let head = format!(
                 "xdpmesh top — {}  (last {} s, every {}; q quits)\n\n",
                 o.request.admin,
@@ -560,12 +574,19 @@ fn interactive(
                 humantime::format_duration(o.interval)
             );
             let screen = format!("\x1b[H\x1b[2J{head}{t}").replace('\n', "\r\n");
-            if out.write_all(screen.as_bytes()).and_then(|()| out.flush()).is_err() {
+            if out
+                .write_all(screen.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
                 break;
             }
             next = now + o.interval;
         }
-        if term.quit_pressed(next.saturating_duration_since(Instant::now()).min(Duration::from_millis(200))) {
+        if term.quit_pressed(
+            next.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200)),
+        ) {
             break;
         }
     }
@@ -582,9 +603,15 @@ mod tests {
         let r = TapRequest {
             admin: "x".into(),
             token: None,
-            params: vec![("path_prefix", "/a b&c".into()), ("identity", "spiffe://d/e".into())],
+            params: vec![
+                ("path_prefix", "/a b&c".into()),
+                ("identity", "spiffe://d/e".into()),
+            ],
         };
-        assert_eq!(r.target(), "/tap?path_prefix=/a%20b%26c&identity=spiffe://d/e");
+        assert_eq!(
+            r.target(),
+            "/tap?path_prefix=/a%20b%26c&identity=spiffe://d/e"
+        );
     }
 
     #[test]
@@ -593,8 +620,14 @@ mod tests {
             "service":"reviews","route":"canary","endpoint":"10.0.3.2:8080","path":"/a?b","status":503,
             "duration_us":1500,"upstream_us":null,"attempts":1,"outcome":"error","reason":"connect_failed"});
         let row = tap_row(&v).unwrap();
-        assert!(row.starts_with("12:34:56.789  503    GET     reviews"), "{row}");
-        assert!(row.contains("1.5ms") && row.contains("error:connect_failed") && row.ends_with("/a?b"), "{row}");
+        assert!(
+            row.starts_with("12:34:56.789  503    GET     reviews"),
+            "{row}"
+        );
+        assert!(
+            row.contains("1.5ms") && row.contains("error:connect_failed") && row.ends_with("/a?b"),
+            "{row}"
+        );
         assert!(tap_row(&serde_json::json!({"type":"end"})).is_none());
         let mut w = Window::default();
         let now = Instant::now();
@@ -606,11 +639,21 @@ mod tests {
         }
         let t = w.render(now, TOP_WINDOW, Duration::from_secs(5));
         let row = t.lines().nth(1).unwrap();
-        assert!(row.starts_with("reviews          canary           GET     /a "), "{t}");
+        assert!(
+            row.starts_with("reviews          canary           GET     /a "),
+            "{t}"
+        );
         // 10 requests over 5 s: 2/s; 80 % success; p50 5 ms, p99 10 ms.
-        assert!(row.contains("      2.0    80.0%     5.0ms    10.0ms"), "{t}");
+        assert!(
+            row.contains("      2.0    80.0%     5.0ms    10.0ms"),
+            "{t}"
+        );
         // Later than the window: gone.
-        let t = w.render(now + TOP_WINDOW + Duration::from_secs(1), TOP_WINDOW, Duration::from_secs(60));
+        let t = w.render(
+            now + TOP_WINDOW + Duration::from_secs(1),
+            TOP_WINDOW,
+            Duration::from_secs(60),
+        );
         assert_eq!(t.lines().count(), 1, "{t}");
     }
 }

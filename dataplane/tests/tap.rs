@@ -94,7 +94,11 @@ fn load(web: SocketAddr) -> Load {
         let mut r = BufReader::new(c.try_clone().unwrap());
         let mut i = 0u64;
         while !s.load(Ordering::SeqCst) {
-            let host = if i % 2 == 0 { "app.test" } else { "other.test" };
+            let host = if i.is_multiple_of(2) {
+                "app.test"
+            } else {
+                "other.test"
+            };
             let req = format!("GET /api/{i} HTTP/1.1\r\nhost: {host}\r\n\r\n");
             if c.write_all(req.as_bytes()).is_err() {
                 return;
@@ -184,7 +188,11 @@ fn setup() -> Setup {
             .any(|l| l.contains(" ready"))
             .then_some(())
     });
-    assert!(ready.is_some(), "not ready: {:?}", gw.stdout.lock().unwrap());
+    assert!(
+        ready.is_some(),
+        "not ready: {:?}",
+        gw.stdout.lock().unwrap()
+    );
     Setup {
         _dir: Dir(dir),
         gw,
@@ -247,22 +255,44 @@ fn tap_streams_filters_ends_and_refuses_a_fifth() {
     } = setup();
     let load = load(web);
     assert!(
-        wait_for(DEADLINE, || (load.1.load(Ordering::SeqCst) > 20).then_some(())).is_some(),
+        wait_for(DEADLINE, || (load.1.load(Ordering::SeqCst) > 20)
+            .then_some(()))
+        .is_some(),
         "no requests flow"
     );
 
     // Three lines, then the end; all of them the access log's http line.
     let t = tap(admin, "?limit=3");
     assert_eq!(t.status, 200, "{}", t.head);
-    assert!(t.head.contains("content-type: application/x-ndjson"), "{}", t.head);
+    assert!(
+        t.head.contains("content-type: application/x-ndjson"),
+        "{}",
+        t.head
+    );
     assert_eq!(t.lines.len(), 4, "{:?}", t.lines);
     for l in &t.lines[..3] {
         assert_eq!(l["type"], "http", "{l}");
-        assert_eq!((l["listener"].as_str(), l["status"].as_u64()), (Some("web"), Some(200)));
+        assert_eq!(
+            (l["listener"].as_str(), l["status"].as_u64()),
+            (Some("web"), Some(200))
+        );
         assert!(l["path"].as_str().unwrap().starts_with("/api/"), "{l}");
-        for k in ["time", "route", "service", "endpoint", "method", "authority", "duration_us",
-            "upstream_us", "attempts", "src_identity", "dst_identity", "request_id", "outcome",
-            "reason"] {
+        for k in [
+            "time",
+            "route",
+            "service",
+            "endpoint",
+            "method",
+            "authority",
+            "duration_us",
+            "upstream_us",
+            "attempts",
+            "src_identity",
+            "dst_identity",
+            "request_id",
+            "outcome",
+            "reason",
+        ] {
             assert!(l.get(k).is_some(), "{k} missing: {l}");
         }
     }
@@ -274,9 +304,18 @@ fn tap_streams_filters_ends_and_refuses_a_fifth() {
     // A filter: only `other` (by service, and by route), never `app`.
     let t = tap(admin, "?service=other&limit=5");
     assert_eq!(t.lines.len(), 6);
-    assert!(t.lines[..5].iter().all(|l| l["service"] == "other" && l["route"] == "to-other"));
-    let t = tap(admin, "?route=to-app&method=GET&path_prefix=%2Fapi%2F&status=2xx&limit=2");
-    assert!(t.lines[..2].iter().all(|l| l["service"] == "app"), "{:?}", t.lines);
+    assert!(t.lines[..5]
+        .iter()
+        .all(|l| l["service"] == "other" && l["route"] == "to-other"));
+    let t = tap(
+        admin,
+        "?route=to-app&method=GET&path_prefix=%2Fapi%2F&status=2xx&limit=2",
+    );
+    assert!(
+        t.lines[..2].iter().all(|l| l["service"] == "app"),
+        "{:?}",
+        t.lines
+    );
 
     // `seconds` ends a stream nothing matches.
     let started = Instant::now();
@@ -284,12 +323,19 @@ fn tap_streams_filters_ends_and_refuses_a_fifth() {
     let took = started.elapsed();
     assert_eq!(t.lines.len(), 1, "{:?}", t.lines);
     assert_eq!(t.lines[0]["reason"], "seconds");
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
 
     // Bad queries: 400 with the reason; other methods 405.
     let t = tap(admin, "?servce=app");
     assert_eq!(t.status, 400);
-    assert!(t.lines[0].as_str().unwrap().contains("unknown parameter"), "{:?}", t.lines);
+    assert!(
+        t.lines[0].as_str().unwrap().contains("unknown parameter"),
+        "{:?}",
+        t.lines
+    );
     assert_eq!(tap(admin, "?seconds=601").status, 400);
 
     // Four at once; the fifth gets 503 with a clear message; one leaves, one more may come.
@@ -307,7 +353,10 @@ fn tap_streams_filters_ends_and_refuses_a_fifth() {
     let t = tap(admin, "?limit=1");
     assert_eq!(t.status, 503);
     assert!(
-        t.lines[0].as_str().unwrap().contains("4 taps are running already"),
+        t.lines[0]
+            .as_str()
+            .unwrap()
+            .contains("4 taps are running already"),
         "{:?}",
         t.lines
     );
@@ -323,13 +372,24 @@ fn tap_streams_filters_ends_and_refuses_a_fifth() {
 
     // The CLI: raw JSON lines, and a table.
     let out = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
-        .args(["tap", "--json", "--limit", "2", "--service", "app", "--admin"])
+        .args([
+            "tap",
+            "--json",
+            "--limit",
+            "2",
+            "--service",
+            "app",
+            "--admin",
+        ])
         .arg(admin.to_string())
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[..2].iter().all(|l| l["service"] == "app"), "{text}");
     assert_eq!(lines[2]["reason"], "limit");
@@ -343,8 +403,16 @@ fn tap_streams_filters_ends_and_refuses_a_fifth() {
     let text = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<&str> = text.lines().collect();
     assert_eq!(rows.len(), 3, "{text}");
-    assert!(rows[0].starts_with("TIME") && rows[0].contains("STATUS"), "{text}");
-    assert!(rows[1..].iter().all(|r| r.contains(" 200 ") && r.contains("/api/")), "{text}");
+    assert!(
+        rows[0].starts_with("TIME") && rows[0].contains("STATUS"),
+        "{text}"
+    );
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|r| r.contains(" 200 ") && r.contains("/api/")),
+        "{text}"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
         .args(["top", "--iterations", "2", "--interval", "1s", "--admin"])
@@ -354,7 +422,10 @@ fn tap_streams_filters_ends_and_refuses_a_fifth() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.matches("SERVICE").count(), 2, "{text}");
-    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("app ") || l.starts_with("other ")).collect();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("app ") || l.starts_with("other "))
+        .collect();
     assert!(rows.len() >= 4, "{text}");
     assert!(rows.iter().all(|r| r.contains("100.0%")), "{text}");
 
@@ -365,5 +436,8 @@ fn tap_streams_filters_ends_and_refuses_a_fifth() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("400: tap: status"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("400: tap: status"),
+        "{out:?}"
+    );
 }
