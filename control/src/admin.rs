@@ -33,6 +33,13 @@
 //! `/readyz`, which stay open for probes and tell nothing but ok / ready / not ready. The
 //! token is checked on the head, before any body is read, in constant time.
 //!
+//! Streams (`GET /tap`): an extension may answer with a body it makes while it is sent
+//! ([`AdminExtension::stream`]), written with chunked transfer coding. It holds its slot (in
+//! a phase evicted only after every other evictable one) until the body ends, the client
+//! closes, or [`AdminConfig::max_stream`] passes (then the body is ended where it is); each
+//! chunk must be taken within `write_timeout`, else the connection is cut. A client closing
+//! its end is noticed within [`STREAM_POLL`] even while the body has nothing to send.
+//!
 //! What it refused is counted in `xdpmesh_admin_refused_total{reason}` on `/metrics`.
 //! Defaults: control/README.md, "Admin API". Other crates add endpoints and metrics through
 //! [`AdminExtension`].
@@ -51,6 +58,12 @@ use crate::store::{PutError, TableStore};
 const LINGER: Duration = Duration::from_millis(500);
 /// ...and at most this many bytes.
 const LINGER_BYTES: usize = 256 * 1024;
+/// While a streamed body has nothing to send, whether the client is still there is checked
+/// this often.
+pub const STREAM_POLL: Duration = Duration::from_millis(250);
+/// What a streaming client may send after its request (it should send nothing) before it is
+/// cut.
+const STREAM_INPUT: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -70,7 +83,10 @@ pub struct AdminConfig {
     /// The whole request, body included, must have arrived this long after accept; else 408.
     pub request_timeout: Duration,
     /// The client must have taken the whole response this long after it was ready; else cut.
+    /// For a streamed body: each chunk.
     pub write_timeout: Duration,
+    /// A streamed body ends at the latest this long after its head was sent.
+    pub max_stream: Duration,
 }
 
 impl AdminConfig {
@@ -85,6 +101,8 @@ impl AdminConfig {
             head_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            // Above /tap's own longest (600 s), so a tap ends itself with its last line.
+            max_stream: Duration::from_secs(610),
         }
     }
 
@@ -127,11 +145,30 @@ impl Response {
     }
 }
 
+/// A response body made while it is sent (see [`AdminExtension::stream`]).
+pub trait BodyStream: Send {
+    /// Waits at most `wait` for more of the body and appends it to `out` (nothing: nothing
+    /// yet). `false` once the body is complete, after appending its last piece.
+    fn next(&mut self, out: &mut Vec<u8>, wait: Duration) -> bool;
+}
+
+/// A 200 whose body is a [`BodyStream`], sent with `transfer-encoding: chunked`.
+pub struct Streaming {
+    pub content_type: &'static str,
+    pub body: Box<dyn BodyStream>,
+}
+
 /// Hooks for endpoints and metrics owned by other crates (the data plane's
 /// `/dashboard`, worker counters).
 pub trait AdminExtension: Send + Sync {
     /// Answer a request the control API does not know, or `None` for 404.
     fn handle(&self, _req: &Request<'_>) -> Option<Response> {
+        None
+    }
+    /// Asked before [`AdminExtension::handle`]: `Some(Ok(_))` streams a body to the client
+    /// (until it ends, the client leaves, or [`AdminConfig::max_stream`]); `Some(Err(_))`
+    /// answers with a whole response instead (a refusal); `None`: not a streaming request.
+    fn stream(&self, _req: &Request<'_>) -> Option<Result<Streaming, Response>> {
         None
     }
     /// Append Prometheus text to `/metrics`.
@@ -217,6 +254,8 @@ enum Phase {
     Handling,
     /// Its response is being written.
     Writing,
+    /// Its body is being streamed (bounded by `max_stream`).
+    Streaming,
     /// Draining after the response.
     Closing,
 }
@@ -228,6 +267,7 @@ impl Phase {
             Phase::Closing => Some(0),
             Phase::Reading => Some(1),
             Phase::Writing => Some(2),
+            Phase::Streaming => Some(3),
             Phase::Handling => None,
         }
     }
@@ -419,12 +459,25 @@ fn refuse_busy(mut stream: TcpStream) {
     }
 }
 
+/// What a request gets.
+enum Answer {
+    Whole(Response),
+    Stream(Streaming),
+}
+
 /// One connection: read a request, answer it, close.
 fn connection(mut stream: TcpStream, id: u64, accepted: Instant, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     // None: the client closed, or the connection was evicted: nothing to answer.
-    let Some(resp) = serve(&mut stream, id, accepted, shared) else {
-        return;
+    let resp = match serve(&mut stream, id, accepted, shared) {
+        None => return,
+        Some(Answer::Whole(r)) => r,
+        Some(Answer::Stream(s)) => {
+            if stream_body(&mut stream, id, s, shared).is_ok() && shared.enter(id, Phase::Closing) {
+                linger_close(&mut stream);
+            }
+            return;
+        }
     };
     if !shared.enter(id, Phase::Writing) {
         return;
@@ -439,6 +492,79 @@ fn connection(mut stream: TcpStream, id: u64, accepted: Instant, shared: &Shared
     if shared.enter(id, Phase::Closing) {
         linger_close(&mut stream);
     }
+}
+
+/// Sends a streamed body in chunks until it ends, the client leaves (`Err`), the slot is
+/// taken (`Err`) or `max_stream` passes (the body is ended where it is).
+fn stream_body(
+    stream: &mut TcpStream,
+    id: u64,
+    mut s: Streaming,
+    shared: &Shared,
+) -> Result<(), ()> {
+    if !shared.enter(id, Phase::Streaming) {
+        return Err(());
+    }
+    let cfg = &shared.cfg;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ntransfer-encoding: chunked\r\n\
+         cache-control: no-store\r\nx-content-type-options: nosniff\r\nconnection: close\r\n\r\n",
+        s.content_type
+    );
+    let cut = |e: io::Error| {
+        if e.kind() == io::ErrorKind::TimedOut {
+            shared.counters.refuse(Refusal::WriteDeadline);
+        }
+    };
+    write_by(stream, head.as_bytes(), Instant::now() + cfg.write_timeout).map_err(cut)?;
+    let end = Instant::now() + cfg.max_stream;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut input = 0usize;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        buf.clear();
+        let more = s.body.next(&mut buf, left.min(STREAM_POLL));
+        if !buf.is_empty() {
+            let mut chunk = format!("{:x}\r\n", buf.len()).into_bytes();
+            chunk.extend_from_slice(&buf);
+            chunk.extend_from_slice(b"\r\n");
+            write_by(stream, &chunk, Instant::now() + cfg.write_timeout).map_err(cut)?;
+        }
+        if !more {
+            break;
+        }
+        if client_left(stream, &mut input) || !shared.enter(id, Phase::Streaming) {
+            return Err(());
+        }
+    }
+    write_by(stream, b"0\r\n\r\n", Instant::now() + cfg.write_timeout).map_err(cut)
+}
+
+/// Whether a streaming client closed its end (or sent more than [`STREAM_INPUT`] after its
+/// request); what it sent is read and discarded. Never blocks.
+fn client_left(stream: &mut TcpStream, input: &mut usize) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut sink = [0u8; 4096];
+    let left = loop {
+        match stream.read(&mut sink) {
+            Ok(0) => break true,
+            Ok(n) => {
+                *input += n;
+                if *input > STREAM_INPUT {
+                    break true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break true,
+        }
+    };
+    stream.set_nonblocking(false).is_err() || left
 }
 
 /// What a read with a deadline gave.
@@ -599,11 +725,11 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
 
 /// Read one request by its deadlines and answer it: `None` when there is nothing to
 /// answer (the client closed, or the connection was evicted).
-fn serve(stream: &mut TcpStream, id: u64, accepted: Instant, shared: &Shared) -> Option<Response> {
+fn serve(stream: &mut TcpStream, id: u64, accepted: Instant, shared: &Shared) -> Option<Answer> {
     let cfg = &shared.cfg;
     let refuse = |why: Refusal, resp: Response| {
         shared.counters.refuse(why);
-        Some(resp)
+        Some(Answer::Whole(resp))
     };
     let head_deadline = accepted + cfg.head_timeout;
     let max_head = cfg.max_head.max(1);
@@ -735,7 +861,14 @@ fn serve(stream: &mut TcpStream, id: u64, accepted: Instant, shared: &Shared) ->
         headers: req.headers,
         body: &buf[head_len..total],
     };
-    Some(route(&request, shared))
+    if let Some(ext) = &shared.ext {
+        match ext.stream(&request) {
+            Some(Ok(s)) => return Some(Answer::Stream(s)),
+            Some(Err(r)) => return Some(Answer::Whole(r)),
+            None => {}
+        }
+    }
+    Some(Answer::Whole(route(&request, shared)))
 }
 
 fn route(req: &Request<'_>, shared: &Shared) -> Response {

@@ -276,6 +276,117 @@ fn extensions_add_endpoints_and_metrics() {
         .contains("xdpmesh_worker_up 1\n"));
 }
 
+/// A stream of `n` lines, one per call; counts its drops (the connection's end).
+struct Lines {
+    n: usize,
+    sent: usize,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl control::admin::BodyStream for Lines {
+    fn next(&mut self, out: &mut Vec<u8>, wait: Duration) -> bool {
+        if self.sent == self.n {
+            // Endless when n is 0 ... after nothing: wait like a quiet tap.
+            std::thread::sleep(wait);
+            return self.n == 0;
+        }
+        self.sent += 1;
+        out.extend_from_slice(format!("{{\"line\":{}}}\n", self.sent).as_bytes());
+        self.sent < self.n
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+struct Streams(Arc<std::sync::atomic::AtomicUsize>);
+impl AdminExtension for Streams {
+    fn stream(&self, req: &Request<'_>) -> Option<Result<control::admin::Streaming, Response>> {
+        let n = match req.path {
+            "/three" => 3,
+            "/forever" => 0,
+            "/refused" => return Some(Err(Response::text(503, "full\n"))),
+            _ => return None,
+        };
+        Some(Ok(control::admin::Streaming {
+            content_type: "application/x-ndjson",
+            body: Box::new(Lines {
+                n,
+                sent: 0,
+                dropped: self.0.clone(),
+            }),
+        }))
+    }
+}
+
+/// The chunked body of a whole response, decoded.
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
+        let n = usize::from_str_radix(size, 16).expect("hex size");
+        if n == 0 {
+            assert_eq!(rest, "\r\n", "the last chunk ends the body");
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        assert_eq!(&rest[n..n + 2], "\r\n");
+        body = &rest[n + 2..];
+    }
+}
+
+#[test]
+fn streams_are_chunked_bounded_and_end_when_the_client_leaves() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("tables.toml");
+    std::fs::write(&path, GOOD).expect("write");
+    let store = Arc::new(TableStore::new(&path, Arc::new(Publisher::new())));
+    let mut cfg = AdminConfig::new("127.0.0.1:0".parse().expect("addr"), None);
+    cfg.max_stream = Duration::from_millis(600);
+    let drops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server =
+        AdminServer::start(cfg, store, Some(Arc::new(Streams(drops.clone())))).expect("start");
+    let a = server.local_addr();
+    let r = req(a, "GET", "/three", "", "");
+    assert_eq!(r.status, 200);
+    assert!(r.head.contains("transfer-encoding: chunked"), "{}", r.head);
+    assert!(!r.head.contains("content-length"), "{}", r.head);
+    assert_eq!(
+        unchunk(&r.body),
+        "{\"line\":1}\n{\"line\":2}\n{\"line\":3}\n"
+    );
+    // A refusal is a whole response; other paths go on to the API.
+    assert_eq!(req(a, "GET", "/refused", "", "").status, 503);
+    assert_eq!(req(a, "GET", "/healthz", "", "").status, 200);
+    // An endless body is ended (cleanly) at max_stream.
+    let t = std::time::Instant::now();
+    let r = req(a, "GET", "/forever", "", "");
+    assert_eq!((r.status, unchunk(&r.body).as_str()), (200, ""));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // A client that leaves ends its stream (and frees what it held) within a poll or two.
+    let before = drops.load(std::sync::atomic::Ordering::SeqCst);
+    let mut s = TcpStream::connect(a).expect("connect");
+    s.write_all(b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("send");
+    let mut head = [0u8; 64];
+    let _ = s.read(&mut head).expect("the head");
+    drop(s);
+    let t = std::time::Instant::now();
+    while drops.load(std::sync::atomic::Ordering::SeqCst) == before {
+        assert!(t.elapsed() < Duration::from_millis(1500), "not noticed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m = req(a, "GET", "/metrics", "", "").body;
+    assert!(
+        m.contains("xdpmesh_admin_refused_total{reason=\"write_deadline\"} 0"),
+        "{m}"
+    );
+}
+
 /// The same with curl, as an operator would.
 #[test]
 fn curl_put_and_get() {

@@ -121,23 +121,30 @@ impl Sink {
         clock: &Clock,
     ) {
         while let Some(event) = engine.poll_event() {
-            if let (Some(t), Event::Request(r)) = (&self.traces, &event) {
-                // The span's own sampling decides; this never waits.
-                let _ = t.offer(r, clock.anchor());
-            }
-            if matches!(event, Event::Opened { .. }) || self.tx.is_none() || !self.sampled() {
-                continue;
-            }
-            let e = Entry {
-                event,
-                clock: *clock,
-            };
-            let Some(tx) = &self.tx else { continue };
-            match tx.try_send(e) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            self.take(event, clock);
+        }
+    }
+
+    /// One event: offered to the trace exporter, sampled and handed to the access-log writer,
+    /// neither waiting (a full channel drops and counts). For loops that also show the event
+    /// elsewhere (`tap_hub::drain`).
+    pub fn take(&mut self, event: Event, clock: &Clock) {
+        if let (Some(t), Event::Request(r)) = (&self.traces, &event) {
+            // The span's own sampling decides; this never waits.
+            let _ = t.offer(r, clock.anchor());
+        }
+        if matches!(event, Event::Opened { .. }) || self.tx.is_none() || !self.sampled() {
+            return;
+        }
+        let e = Entry {
+            event,
+            clock: *clock,
+        };
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(e) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -455,6 +462,14 @@ fn write_line(out: &mut Vec<u8>, e: &Entry) -> Result<(), ()> {
     Ok(())
 }
 
+/// Appends a request's access log line (`"type":"http"`, and a newline) to `out`: the tap's
+/// lines are these (`tap_hub`).
+pub fn request_json(out: &mut Vec<u8>, r: &RequestEvent, clock: &Clock) {
+    if serde_json::to_writer(&mut *out, &request_line(r, clock)).is_ok() {
+        out.push(b'\n');
+    }
+}
+
 fn request_line<'a>(r: &'a RequestEvent, clock: &Clock) -> Line<'a> {
     let outcome = match (r.status, r.refusal) {
         (None, _) => "cut",
@@ -525,7 +540,7 @@ fn conn_line<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mesh::engine::{Outcome, Refusal};
     use tcpstack::Instant;
@@ -713,7 +728,9 @@ mod tests {
     }
 
     /// An engine with events on, over an in-memory net, for the sink's tests.
-    fn engine_with_events(n: usize) -> (Engine<mesh::memnet::MemConn>, mesh::memnet::MemNet) {
+    pub(crate) fn engine_with_events(
+        n: usize,
+    ) -> (Engine<mesh::memnet::MemConn>, mesh::memnet::MemNet) {
         let tables = "[[listener]]\nname = \"raw\"\nbind = \"10.0.0.1:5000\"\nprotocol = \"tcp\"\nservice = \"s\"\n\n[[service]]\nname = \"s\"\nendpoints = [{ address = \"10.0.3.1:8080\" }]\n";
         let compiled = control::compile(
             &control::Source::new("t.toml", tables),

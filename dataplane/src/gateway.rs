@@ -66,6 +66,8 @@ pub struct ProxySetup {
     pub access_log: Option<crate::accesslog::Sink>,
     /// The share of new traces sampled (`[traces] sampling`; 1.0 without it).
     pub trace_sampling: f64,
+    /// `GET /tap`: the workers offer requests here while someone taps.
+    pub tap: Option<Arc<crate::tap_hub::TapHub>>,
 }
 
 impl GatewayConfig {
@@ -329,6 +331,9 @@ fn open_worker(
         worker = worker.with_engine(engine);
         if let Some(sink) = &p.access_log {
             worker = worker.with_access_log(sink.clone());
+        }
+        if let Some(hub) = &p.tap {
+            worker = worker.with_tap(hub.clone());
         }
     }
     Ok(worker)

@@ -20,6 +20,8 @@ pub mod shard;
 pub mod shutdown;
 pub mod spin;
 pub mod tap;
+pub mod tap_hub;
+pub mod tapcli;
 pub mod traces;
 pub mod wake;
 pub mod worker;

@@ -35,6 +35,12 @@ enum Command {
     /// --admin: check a running gateway instead (tables, certificates, peers, endpoints,
     /// interfaces), one finding per line with a hint; exit 1 on any error.
     Check(CheckArgs),
+    /// Stream a running gateway's requests as they complete (GET /tap): a table, or the
+    /// JSON lines with --json. Ends after --limit requests or --seconds.
+    Tap(TapArgs),
+    /// The busiest routes and paths of a running gateway (from GET /tap): rate, success,
+    /// p50/p99 over the last 10 s, refreshed every --interval; q quits.
+    Top(TopArgs),
     /// Convert other formats into xdpmesh tables.
     #[command(subcommand)]
     Import(ImportCommand),
@@ -104,6 +110,92 @@ struct CheckArgs {
     system: bool,
 }
 
+/// Where the admin API is, and the filters of a tap.
+#[derive(Args)]
+struct TapFilterArgs {
+    /// The gateway's admin API (host:port); run where it listens (`ip netns exec NS ...`).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// The admin API's bearer token, when its reads need one (else $XDPMESH_ADMIN_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// Only requests to this service.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only requests that matched this route (by name).
+    #[arg(long)]
+    route: Option<String>,
+    /// Only this method (GET, POST, ...).
+    #[arg(long)]
+    method: Option<String>,
+    /// Only targets starting with this (`/api`).
+    #[arg(long)]
+    path_prefix: Option<String>,
+    /// Only this status: a code (503), a class (5xx) or `cut`.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only requests whose caller or peer gateway has this SPIFFE ID.
+    #[arg(long)]
+    identity: Option<String>,
+}
+
+impl TapFilterArgs {
+    fn request(&self) -> dataplane::tapcli::TapRequest {
+        let mut params = Vec::new();
+        for (k, v) in [
+            ("service", &self.service),
+            ("route", &self.route),
+            ("method", &self.method),
+            ("path_prefix", &self.path_prefix),
+            ("status", &self.status),
+            ("identity", &self.identity),
+        ] {
+            if let Some(v) = v {
+                params.push((k, v.clone()));
+            }
+        }
+        dataplane::tapcli::TapRequest {
+            admin: self.admin.clone(),
+            token: self
+                .token
+                .clone()
+                .or_else(|| std::env::var("XDPMESH_ADMIN_TOKEN").ok()),
+            params,
+        }
+    }
+}
+
+#[derive(Args)]
+struct TapArgs {
+    #[command(flatten)]
+    f: TapFilterArgs,
+    /// End after this many requests (1 to 1000000).
+    #[arg(long)]
+    limit: Option<u64>,
+    /// End after this many seconds (1 to 600; the gateway's default: 60).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Print the stream's JSON lines as they come (request, `dropped` and `end` lines).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TopArgs {
+    #[command(flatten)]
+    f: TapFilterArgs,
+    /// How often the table is drawn.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    /// Print the table this many times, one interval apart, without taking over the
+    /// terminal (scripts, tests), then exit.
+    #[arg(long, conflicts_with = "once")]
+    iterations: Option<u64>,
+    /// The same as --iterations 1.
+    #[arg(long)]
+    once: bool,
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// The node file: its [[interface]] tables and the tables file it names.
@@ -170,6 +262,24 @@ fn run(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     match command {
         Command::Run(a) => run::run(&a, out, err),
         Command::Check(a) => check(&a, out, err),
+        Command::Tap(a) => {
+            let mut r = a.f.request();
+            if let Some(n) = a.limit {
+                r.params.push(("limit", n.to_string()));
+            }
+            if let Some(n) = a.seconds {
+                r.params.push(("seconds", n.to_string()));
+            }
+            dataplane::tapcli::tap(&r, a.json, out, err)
+        }
+        Command::Top(a) => {
+            let o = dataplane::tapcli::TopOptions {
+                request: a.f.request(),
+                interval: a.interval.max(std::time::Duration::from_millis(100)),
+                iterations: if a.once { Some(1) } else { a.iterations },
+            };
+            dataplane::tapcli::top(&o, out, err)
+        }
         Command::Import(ImportCommand::Smi(a)) => import_smi(&a, out, err),
         Command::Ca(c) => ca(c, out, err),
         Command::Completions(a) => docs::completions(&a, out),

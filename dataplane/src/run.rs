@@ -37,9 +37,37 @@ struct Metrics {
     logging: OnceLock<LogControl>,
     access_log: OnceLock<AccessLogStats>,
     traces: OnceLock<Arc<dataplane::traces::TraceStats>>,
+    /// `GET /tap`: the workers' requests while someone taps.
+    tap: Arc<dataplane::tap_hub::TapHub>,
 }
 
 impl control::admin::AdminExtension for Metrics {
+    fn stream(
+        &self,
+        req: &control::admin::Request<'_>,
+    ) -> Option<Result<control::admin::Streaming, control::admin::Response>> {
+        use control::admin::Response;
+        if req.path != "/tap" {
+            return None;
+        }
+        if req.method != "GET" {
+            return Some(Err(Response {
+                status: 405,
+                content_type: "text/plain; charset=utf-8",
+                headers: vec![("allow".into(), "GET".into())],
+                body: b"method not allowed\n".to_vec(),
+            }));
+        }
+        let sub = dataplane::tap_hub::Query::parse(req.query).and_then(|q| self.tap.subscribe(q));
+        Some(match sub {
+            Ok(s) => Ok(control::admin::Streaming {
+                content_type: "application/x-ndjson",
+                body: Box::new(s),
+            }),
+            Err(e) => Err(Response::text(e.status(), format!("tap: {e}\n"))),
+        })
+    }
+
     fn handle(&self, req: &control::admin::Request<'_>) -> Option<control::admin::Response> {
         use control::admin::Response;
         tracing::debug!(method = req.method, path = req.path, "admin request");
@@ -447,6 +475,7 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
             worker_index: 0,
             access_log,
             trace_sampling,
+            tap: Some(ext.tap.clone()),
         });
     }
     cfg.on_worker_failure = Some(Arc::new(|w, e| {
@@ -493,6 +522,7 @@ fn run_afxdp(cx: Ctx<'_>, interfaces: Vec<hw_config::Interface>, listeners: List
         plane.admin.local_addr(),
     );
     let sig = wait_signal(signals);
+    ext.tap.close();
     gw.stop_accepting(a.drain_timeout);
     say_draining(out, sig, a.drain_timeout);
     let mut code = OK;
@@ -549,6 +579,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
     if let Some(sink) = access_log {
         worker.set_access_log(sink);
     }
+    worker.set_tap(ext.tap.clone());
     let stats = Arc::new(Mutex::new(worker.engine.stats));
     let _ = ext.kernel.set(stats.clone());
     let _ = ext.kernel_policy.set(worker.engine.policy_stats().clone());
@@ -584,6 +615,7 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
         plane.admin.local_addr(),
     );
     let sig = wait_signal(signals);
+    ext.tap.close();
     shutdown.begin(a.drain_timeout, 1);
     say_draining(out, sig, a.drain_timeout);
     match thread.join() {

@@ -334,6 +334,8 @@ pub struct Worker<D: Device> {
     engine: Option<Engine<PConn>>,
     /// The engine's events go here as access log lines, when on.
     access_log: Option<crate::accesslog::Sink>,
+    /// Requests go to `GET /tap` while someone taps, when on.
+    tap: Option<crate::tap_hub::TapPort>,
     clock: crate::clock::Clock,
     /// The longest the worker keeps polling after its last work before sleeping on the
     /// devices; the window adapts below it ([`SpinWindow`]). [`hw_config::DEFAULT_SPIN`] by
@@ -366,6 +368,7 @@ impl<D: Device> Worker<D> {
             sessions: HashMap::new(),
             engine: None,
             access_log: None,
+            tap: None,
             clock: crate::clock::Clock::start(),
             spin: hw_config::DEFAULT_SPIN,
             stats: WorkerStats::default(),
@@ -403,6 +406,13 @@ impl<D: Device> Worker<D> {
             crate::accesslog::Sink::enable(e);
         }
         self.access_log = Some(sink);
+        self
+    }
+
+    /// Offers the engine's requests to `GET /tap` while someone taps (events are built
+    /// only then, unless the access log keeps them on).
+    pub fn with_tap(mut self, hub: Arc<crate::tap_hub::TapHub>) -> Self {
+        self.tap = Some(crate::tap_hub::TapPort::new(hub));
         self
     }
 
@@ -790,9 +800,12 @@ impl<D: Device> Worker<D> {
                 did = true;
             }
             engine.progress(&mut net, now);
-            if let Some(log) = self.access_log.as_mut() {
-                log.drain(engine, &self.clock);
-            }
+            crate::tap_hub::drain(
+                engine,
+                self.access_log.as_mut(),
+                self.tap.as_mut(),
+                &self.clock,
+            );
         }
         // A reused list: no allocation per loop iteration.
         let mut ids = std::mem::take(&mut self.ids);

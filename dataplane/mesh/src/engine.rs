@@ -2968,7 +2968,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     };
                     let span = trace::start_span(&head, kind, &mut self.rng, &self.sampler);
                     h.span = Some(span);
-                    if let Some(l) = s.listener.clone() {
+                    // Decided per request, not per connection: a tap turned on while a
+                    // keep-alive connection is open sees its next requests.
+                    if self.events_on() {
+                        let l = s.lname.clone();
                         h.record = Some(Box::new(RequestEvent {
                             listener: l,
                             client: s.client,
@@ -3335,9 +3338,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             };
             self.count_request(now, s, t, Some(status));
         }
-        let Some(listener) = s.listener.clone() else {
+        if !self.events_on() {
             return;
-        };
+        }
+        let listener = s.lname.clone();
         let identity = match s.kind.http().map(|h| &h.target) {
             Some(Target::Fixed { peer, .. }) => Some(peer.clone()),
             _ => None,
@@ -3428,7 +3432,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         .ok_or(Refusal::NoRoute)?;
                     let route = hit.route;
                     route_id = hit.id;
-                    if s.listener.is_some() {
+                    if self.events_on() {
                         route_name = route.name.clone();
                     }
                     let limits = RequestLimits {

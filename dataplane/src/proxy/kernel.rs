@@ -447,6 +447,8 @@ pub struct KernelWorker {
     pub inspect: std::sync::Arc<crate::inspect::Inspect>,
     /// The engine's events go here as access log lines, when on.
     access_log: Option<crate::accesslog::Sink>,
+    /// Requests go to `GET /tap` while someone taps, when on.
+    tap: Option<crate::tap_hub::TapPort>,
 }
 
 impl KernelWorker {
@@ -477,6 +479,7 @@ impl KernelWorker {
             clock: crate::clock::Clock::start(),
             inspect: Default::default(),
             access_log: None,
+            tap: None,
         })
     }
 
@@ -484,6 +487,11 @@ impl KernelWorker {
     pub fn set_access_log(&mut self, sink: crate::accesslog::Sink) {
         crate::accesslog::Sink::enable(&mut self.engine);
         self.access_log = Some(sink);
+    }
+
+    /// Offers the engine's requests to `GET /tap` while someone taps.
+    pub fn set_tap(&mut self, hub: std::sync::Arc<crate::tap_hub::TapHub>) {
+        self.tap = Some(crate::tap_hub::TapPort::new(hub));
     }
 
     fn now(&self) -> Instant {
@@ -519,9 +527,12 @@ impl KernelWorker {
             }
         }
         self.engine.progress(&mut self.net, now);
-        if let Some(log) = self.access_log.as_mut() {
-            log.drain(&mut self.engine, &self.clock);
-        }
+        crate::tap_hub::drain(
+            &mut self.engine,
+            self.access_log.as_mut(),
+            self.tap.as_mut(),
+            &self.clock,
+        );
         Ok(())
     }
 
@@ -567,9 +578,12 @@ impl KernelWorker {
         let now = self.now();
         self.engine.abort_all(&mut self.net, now);
         // The connections just reset get their lines too.
-        if let Some(log) = self.access_log.as_mut() {
-            log.drain(&mut self.engine, &self.clock);
-        }
+        crate::tap_hub::drain(
+            &mut self.engine,
+            self.access_log.as_mut(),
+            self.tap.as_mut(),
+            &self.clock,
+        );
         Ok(left)
     }
 }
