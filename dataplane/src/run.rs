@@ -91,6 +91,21 @@ impl control::admin::AdminExtension for Metrics {
                     body: body.into_bytes(),
                 })
             }
+            (path, "GET") if dataplane::dashboard::is_dashboard_path(path) => {
+                let a = dataplane::dashboard::asset(path)?;
+                Some(Response {
+                    status: 200,
+                    content_type: a.content_type,
+                    headers: dataplane::dashboard::headers(),
+                    body: a.body.as_bytes().to_vec(),
+                })
+            }
+            (path, _) if dataplane::dashboard::is_dashboard_path(path) => Some(Response {
+                status: 405,
+                content_type: "text/plain; charset=utf-8",
+                headers: vec![("allow".into(), "GET".into())],
+                body: b"method not allowed\n".to_vec(),
+            }),
             ("/endpoints" | "/connections" | "/config_dump", _) => Some(Response {
                 status: 405,
                 content_type: "text/plain; charset=utf-8",
