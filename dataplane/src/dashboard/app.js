@@ -11,6 +11,7 @@ const TAP_SECONDS = Math.max(1, Number(params.get("tap_seconds")) || 30);
 const TAP_LIMIT = 1000;
 const TAP_ROWS = 50;
 const LIFETIME_WARN = 0.2;
+const MIN_WINDOW = 10;
 
 // ------------------------------------------------------------------------------------------
 // Prometheus text format 0.0.4.
@@ -149,8 +150,11 @@ function group(samples, name, keyOf) {
   return out;
 }
 
-// The golden metrics of one grouping: requests, successes and the latency buckets.
-function golden(samples, keyOf) {
+// The golden metrics of one grouping: requests, successes and the latency buckets. Over the
+// window when it holds at least MIN_WINDOW requests (fewer say little), else since the
+// gateway started (`basis`); `basisOf(labels)`, when given, imposes another grouping's basis
+// (a route's on its endpoints, so that their shares add up).
+function golden(samples, keyOf, basisOf) {
   const all = group(samples, "xdpmesh_requests_total", keyOf);
   const ok = group(samples, "xdpmesh_requests_total",
     (l) => (l.classification === "success" ? keyOf(l) : null));
@@ -162,16 +166,17 @@ function golden(samples, keyOf) {
     let per = buckets.get(k);
     if (!per) { per = new Map(); buckets.set(k, per); }
     const le = parseValue(s.labels.le);
-    const b = per.get(le) || { total: 0, delta: 0, windowed: false };
+    const b = per.get(le) || { total: 0, delta: 0 };
     b.total += s.value;
-    if (s.delta !== null) { b.delta += s.delta; b.windowed = true; }
+    if (s.delta !== null) b.delta += s.delta;
     per.set(le, b);
   }
   const rows = new Map();
   for (const [k, g] of all) {
+    const basis = basisOf ? basisOf(g.labels) : g.delta !== null && g.delta >= MIN_WINDOW ? "window" : "total";
+    const windowed = basis === "window";
+    const n = windowed ? g.delta || 0 : g.total;
     const o = ok.get(k);
-    const windowed = g.delta !== null && g.delta > 0;
-    const n = windowed ? g.delta : g.total;
     const good = o ? (windowed ? o.delta || 0 : o.total) : 0;
     const per = buckets.get(k) || new Map();
     const pairs = [...per].map(([le, b]) => [le, windowed ? b.delta : b.total]);
@@ -179,7 +184,8 @@ function golden(samples, keyOf) {
       labels: g.labels,
       total: g.total,
       delta: g.delta,
-      basis: windowed ? "window" : "total",
+      n,
+      basis,
       success: n > 0 ? good / n : NaN,
       p50: histogramQuantile(0.5, pairs),
       p99: histogramQuantile(0.99, pairs),
@@ -259,7 +265,10 @@ function goldenCells(g, seconds) {
   const rate = seconds && g.delta !== null ? g.delta / seconds : null;
   return [
     num(fmtRate(rate), { "data-rate": rate === null ? "" : attrNum(rate) }),
-    num(fmtPct(g.success), { class: successClass(g.success), "data-success": attrNum(g.success), "data-basis": g.basis }),
+    num(fmtPct(g.success) + (g.basis === "total" ? " ∑" : ""), {
+      class: successClass(g.success), "data-success": attrNum(g.success), "data-basis": g.basis,
+      title: g.basis === "total" ? "since the gateway started: fewer than " + MIN_WINDOW + " requests in the window" : "over the window",
+    }),
     num(fmtSeconds(g.p50), { "data-p50": attrNum(g.p50) }),
     num(fmtSeconds(g.p99), { "data-p99": attrNum(g.p99) }),
     num(String(g.total), { "data-total": g.total }),
@@ -279,8 +288,10 @@ function renderServices(samples, seconds) {
 }
 
 function renderRoutes(samples, seconds) {
-  const routes = golden(samples, byLabels("direction", "route", "service"));
-  const endpoints = golden(samples, byLabels("direction", "route", "service", "endpoint"));
+  const routeKey = byLabels("direction", "route", "service");
+  const routes = golden(samples, routeKey);
+  const endpoints = golden(samples, byLabels("direction", "route", "service", "endpoint"),
+    (l) => (routes.get(routeKey(l)) || { basis: "total" }).basis);
   const rows = [];
   for (const [rk, r] of [...routes].sort(([a], [b]) => a.localeCompare(b))) {
     const route = r.labels.route || "";
@@ -291,17 +302,15 @@ function renderRoutes(samples, seconds) {
       el("td", {}, ""), ...goldenCells(r, seconds)));
     const mine = [...endpoints].filter(([k]) => k.startsWith(rk.slice(0, -1) + ","))
       .sort(([a], [b]) => a.localeCompare(b));
-    const basis = r.basis === "window" ? "delta" : "total";
-    const routeN = r[basis] || 0;
     for (const [, e] of mine) {
-      const share = routeN > 0 ? (e[basis] || 0) / routeN : NaN;
+      const share = r.n > 0 ? e.n / r.n : NaN;
       const bar = el("span", { class: "share" });
       bar.style.width = (Number.isFinite(share) ? share * 6 : 0).toFixed(2) + "em";
+      const cell = el("td", { class: "share-cell", "data-share": attrNum(share), "data-basis": r.basis });
+      cell.append(bar, fmtPct(share));
       rows.push(el("tr", { class: "endpoint", "data-route": route, "data-direction": dir, "data-service": svc, "data-endpoint": e.labels.endpoint || "" },
         el("td", {}, ""), el("td", { class: "name" }, e.labels.endpoint || "(none)"), el("td", {}, svc),
-        num("", { "data-share": attrNum(share) }), ...goldenCells(e, seconds)));
-      const cell = rows[rows.length - 1].children[3];
-      cell.append(bar, fmtPct(share));
+        cell, ...goldenCells(e, seconds)));
     }
   }
   replaceRows("#routes", rows, "no requests yet", 9);
