@@ -441,6 +441,7 @@ function tapRow(o) {
 async function tap() {
   const body = document.querySelector("#tap tbody");
   let lost = 0;
+  let ended = null;
   const url = "/tap?limit=" + TAP_LIMIT + "&seconds=" + TAP_SECONDS;
   try {
     const r = await fetch(url, { cache: "no-store" });
@@ -465,17 +466,23 @@ async function tap() {
         let o;
         try { o = JSON.parse(line.startsWith("data:") ? line.slice(5) : line); } catch (_) { continue; }
         if (o === null || typeof o !== "object") continue;
-        const n = Number(o.lost ?? o.dropped);
-        if (Number.isFinite(n) && o.route === undefined && o.status === undefined) {
-          lost += n;
+        // {"type":"dropped","dropped":N}: N lines lost to a slow reader since the last report;
+        // {"type":"end","reason":R,...}: the stream's last line; anything else is a request.
+        if (o.type === "dropped") {
+          lost += Number(o.dropped) || 0;
           tapStatus("streaming", "streaming " + url + " · " + lost + " lines lost (a slow reader)");
+          continue;
+        }
+        if (o.type === "end") {
+          ended = String(o.reason || "");
           continue;
         }
         body.prepend(tapRow(o));
         while (body.children.length > TAP_ROWS) body.lastElementChild.remove();
       }
     }
-    tapStatus("reconnecting", "tap stream ended; reconnecting");
+    tapStatus("reconnecting", "tap stream ended (" + (ended === null ? "cut" : ended) + ")" +
+      (lost > 0 ? ", " + lost + " lines lost" : "") + "; reconnecting");
     setTimeout(tap, 1000);
   } catch (e) {
     tapStatus("error", "tap failed: " + (e && e.message ? e.message : String(e)) + "; retrying in 5 s");
