@@ -8,6 +8,7 @@ pub mod accesslog;
 pub mod certwatch;
 pub mod clock;
 pub mod config_dump;
+pub mod dashboard;
 pub mod device;
 pub mod gateway;
 pub mod inspect;

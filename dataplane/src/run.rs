@@ -41,6 +41,22 @@ struct Metrics {
     tap: Arc<dataplane::tap_hub::TapHub>,
 }
 
+impl Metrics {
+    /// `GET /endpoints`: the health board, with every IPv4 endpoint the tables name.
+    fn endpoints_json(&self) -> String {
+        let Some(p) = self.publisher.get() else {
+            return self.health.json();
+        };
+        let snap = p.load();
+        self.health.json_with(snap.services.iter().flat_map(|s| {
+            s.endpoints.iter().filter_map(|e| match e.address {
+                std::net::SocketAddr::V4(a) => Some((s.name.clone(), a)),
+                std::net::SocketAddr::V6(_) => None,
+            })
+        }))
+    }
+}
+
 impl control::admin::AdminExtension for Metrics {
     fn stream(
         &self,
@@ -79,7 +95,7 @@ impl control::admin::AdminExtension for Metrics {
                 status: 200,
                 content_type: "application/json",
                 headers: Vec::new(),
-                body: self.health.json().into_bytes(),
+                body: self.endpoints_json().into_bytes(),
             }),
             ("/connections", "GET") => {
                 let mut workers = self
@@ -109,7 +125,7 @@ impl control::admin::AdminExtension for Metrics {
                 let body = dataplane::config_dump::json(
                     &snap,
                     certs.as_ref(),
-                    &self.health.json(),
+                    &self.endpoints_json(),
                     topology,
                     SystemTime::now(),
                 );
@@ -120,6 +136,21 @@ impl control::admin::AdminExtension for Metrics {
                     body: body.into_bytes(),
                 })
             }
+            (path, "GET") if dataplane::dashboard::is_dashboard_path(path) => {
+                let a = dataplane::dashboard::asset(path)?;
+                Some(Response {
+                    status: 200,
+                    content_type: a.content_type,
+                    headers: dataplane::dashboard::headers(),
+                    body: a.body.as_bytes().to_vec(),
+                })
+            }
+            (path, _) if dataplane::dashboard::is_dashboard_path(path) => Some(Response {
+                status: 405,
+                content_type: "text/plain; charset=utf-8",
+                headers: vec![("allow".into(), "GET".into())],
+                body: b"method not allowed\n".to_vec(),
+            }),
             ("/endpoints" | "/connections" | "/config_dump", _) => Some(Response {
                 status: 405,
                 content_type: "text/plain; charset=utf-8",

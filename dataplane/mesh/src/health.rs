@@ -97,6 +97,16 @@ impl HealthBoard {
     /// ejected while any worker ejects it (for the longest), outstanding requests and pooled
     /// connections summed, latency averaged over the workers that have one.
     pub fn merged(&self) -> Vec<(EndpointReport, Option<CheckReport>)> {
+        self.merged_with(std::iter::empty())
+    }
+
+    /// [`Self::merged`], plus a row for each `(service, endpoint)` of `tables` that neither a
+    /// worker nor a health check has reported yet: an operator looks for every endpoint the
+    /// tables name, not only those a request has reached.
+    pub fn merged_with(
+        &self,
+        tables: impl IntoIterator<Item = (String, SocketAddrV4)>,
+    ) -> Vec<(EndpointReport, Option<CheckReport>)> {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         let mut by: BTreeMap<(String, Option<SocketAddrV4>), (EndpointReport, u32)> =
             BTreeMap::new();
@@ -161,13 +171,32 @@ impl HealthBoard {
                 out.push((m, Some(c)));
             }
         }
+        let mut seen: HashSet<(String, Option<SocketAddrV4>)> = out
+            .iter()
+            .map(|(m, _)| (m.service.clone(), m.endpoint))
+            .collect();
+        for (service, endpoint) in tables {
+            if seen.insert((service.clone(), Some(endpoint))) {
+                let m = EndpointReport {
+                    service,
+                    endpoint: Some(endpoint),
+                    ..Default::default()
+                };
+                out.push((m, None));
+            }
+        }
         out
     }
 
     /// `GET /endpoints`: a JSON array, one object per (service, endpoint).
     pub fn json(&self) -> String {
+        self.json_with(std::iter::empty())
+    }
+
+    /// `GET /endpoints` with every endpoint of `tables` listed (see [`Self::merged_with`]).
+    pub fn json_with(&self, tables: impl IntoIterator<Item = (String, SocketAddrV4)>) -> String {
         let mut out = String::from("[");
-        for (i, (m, c)) in self.merged().iter().enumerate() {
+        for (i, (m, c)) in self.merged_with(tables).iter().enumerate() {
             let health = match (c, m.unhealthy) {
                 (Some(c), _) => c.health,
                 (None, true) => "unhealthy",
@@ -226,6 +255,32 @@ mod tests {
 
     fn ep(p: u16) -> SocketAddrV4 {
         SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 0, 1), p)
+    }
+
+    #[test]
+    fn endpoints_of_the_tables_are_listed_before_any_request_reaches_them() {
+        let b = HealthBoard::new();
+        b.set_worker(
+            0,
+            vec![EndpointReport {
+                service: "web".into(),
+                endpoint: Some(ep(1)),
+                outstanding: 3,
+                ..Default::default()
+            }],
+        );
+        let tables = [("web".to_string(), ep(1)), ("web".to_string(), ep(2))];
+        let rows = b.merged_with(tables.clone());
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].0.outstanding, 3, "the worker's row is kept");
+        assert_eq!(
+            (rows[1].0.endpoint, rows[1].0.outstanding),
+            (Some(ep(2)), 0)
+        );
+        let json: serde_json::Value = serde_json::from_str(&b.json_with(tables)).unwrap();
+        assert_eq!(json[1]["endpoint"], "10.0.0.1:2");
+        assert_eq!(json[1]["health"], "unchecked");
+        assert_eq!(b.merged().len(), 1);
     }
 
     #[test]
