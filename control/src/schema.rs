@@ -167,6 +167,10 @@ pub struct Peer {
     /// 0 to 1,000; default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_idle: Option<Sp<i64>>,
+    /// `IP:PORT` of its admin API, where `xdpmesh check --all` checks it too. Default: none
+    /// (the check proves the peer by an mTLS handshake only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Sp<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]

@@ -42,6 +42,8 @@ pub struct PeerRt {
     pub identity: String,
     /// Idle mTLS hops to this peer each worker keeps open (`min_idle`, default 0).
     pub min_idle: u32,
+    /// Its admin API (`admin`), for `xdpmesh check --all`.
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

@@ -216,12 +216,17 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             ),
             None => Some(0),
         };
-        if let (Some(address), true, Some(min_idle)) = (addr, id_ok, min_idle) {
+        let admin = match &p.admin {
+            Some(a) => parse_socket(&mut v, a, &format!("{k}.admin")).map(Some),
+            None => Some(None),
+        };
+        if let (Some(address), true, Some(min_idle), Some(admin)) = (addr, id_ok, min_idle, admin) {
             peers.push(PeerRt {
                 name: p.name.value.clone(),
                 address,
                 identity: p.identity.value.clone(),
                 min_idle,
+                admin,
             });
         }
     }

@@ -674,7 +674,17 @@ fn peer_min_idle_is_in_range() {
     );
     one(
         "[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.2:15443\"\nidentity = \"spiffe://m/gw-b\"\nwarm = 1\n",
-        "t.toml:5:1: peer[0].warm: unknown key \"warm\" (hint: allowed keys: name, address, identity, min_idle)",
+        "t.toml:5:1: peer[0].warm: unknown key \"warm\" (hint: allowed keys: name, address, identity, min_idle, admin)",
+    );
+}
+
+#[test]
+fn peer_admin_is_an_address() {
+    const P: &str =
+        "[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.2:15443\"\nidentity = \"spiffe://m/gw-b\"\n";
+    one(
+        &format!("{P}admin = \"10.0.0.2\"\n"),
+        "t.toml:5:9: peer[0].admin: \"10.0.0.2\" is not an IP:PORT address (hint: add a port: \"10.0.0.2:PORT\")",
     );
 }
 

@@ -110,6 +110,7 @@ pub fn json(
                 "address": p.address.to_string(),
                 "identity": p.identity,
                 "min_idle": p.min_idle,
+                "admin": p.admin.map(|a| a.to_string()),
             })
         })
         .collect();

@@ -79,6 +79,9 @@ pub struct Options {
     pub timeout: Duration,
     /// Where interfaces' queues are listed (`/sys/class/net`; tests give their own).
     pub sys_class_net: PathBuf,
+    /// A peer's admin API checked from another gateway's host (`--all`): its peers'
+    /// handshakes and its interfaces belong to its own host, so they are not checked here.
+    pub remote: bool,
 }
 
 impl Options {
@@ -88,6 +91,7 @@ impl Options {
             token: None,
             timeout: Duration::from_secs(3),
             sys_class_net: PathBuf::from("/sys/class/net"),
+            remote: false,
         }
     }
 }
@@ -103,7 +107,13 @@ fn get(o: &Options, path: &str) -> Result<(u16, String), String> {
         .map_err(|e| format!("{}: {e}", o.admin))?
         .next()
         .ok_or_else(|| format!("{}: no address", o.admin))?;
-    let mut s = TcpStream::connect_timeout(&addr, o.timeout).map_err(|e| e.to_string())?;
+    // Off loopback, the admin API may be another gateway's, reached through this host's NIC.
+    let mut s = if addr.ip().is_loopback() {
+        TcpStream::connect_timeout(&addr, o.timeout)
+    } else {
+        connect_below_gateway_ports(addr, o.timeout)
+    }
+    .map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(o.timeout))
         .and_then(|_| s.set_write_timeout(Some(o.timeout)))
         .map_err(|e| e.to_string())?;
@@ -135,6 +145,52 @@ fn get(o: &Options, path: &str) -> Result<(u16, String), String> {
 
 /// Every check, in order. The first finding says whether the gateway answered at all.
 pub fn check(o: &Options) -> Vec<Finding> {
+    check_dump(o).0
+}
+
+/// `check --all`: the gateway at `o.admin`, then every peer its tables give an `admin`
+/// address (with the same token and timeout), each under its own heading. A peer without one
+/// is proven by the handshake of the first check only, and says so.
+pub fn check_all(o: &Options) -> Vec<(String, Vec<Finding>)> {
+    let (local, dump) = check_dump(o);
+    let mut out = vec![(format!("gateway at {}", o.admin), local)];
+    let Some(dump) = dump else { return out };
+    let mut without = Vec::new();
+    for p in dump["peers"].as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("?");
+        let Some(admin) = p["admin"].as_str() else {
+            without.push(name.to_owned());
+            continue;
+        };
+        let peer = Options {
+            admin: admin.to_owned(),
+            token: o.token.clone(),
+            timeout: o.timeout,
+            sys_class_net: o.sys_class_net.clone(),
+            remote: true,
+        };
+        let mut found = check(&peer);
+        if !found.iter().any(|f| f.level == Level::Error) {
+            found.push(Finding::ok(
+                "its peers and interfaces are checked where it runs, not from here",
+            ));
+        }
+        out.push((format!("peer {name}, admin API at {admin}"), found));
+    }
+    if !without.is_empty() {
+        out[0].1.push(Finding::warn(
+            format!(
+                "--all: no admin address in the tables for {}: proven by the mTLS handshake only",
+                without.join(", ")
+            ),
+            "give each [[peer]] `admin = \"IP:PORT\"` (its admin API; off loopback it needs \
+             admin_token_file, and --token here)",
+        ));
+    }
+    out
+}
+
+fn check_dump(o: &Options) -> (Vec<Finding>, Option<Value>) {
     let mut out = Vec::new();
     match get(o, "/healthz") {
         Ok((200, _)) => out.push(Finding::ok(format!("the gateway answers on {}", o.admin))),
@@ -143,14 +199,14 @@ pub fn check(o: &Options) -> Vec<Finding> {
                 format!("/healthz answered {s}: {}", b.trim()),
                 "the admin API is up but the gateway is not",
             ));
-            return out;
+            return (out, None);
         }
         Err(e) => {
             out.push(Finding::error(
                 format!("no answer from the admin API at {}: {e}", o.admin),
                 "is `xdpmesh run` running, and is this its node file's admin address (and namespace)?",
             ));
-            return out;
+            return (out, None);
         }
     }
     match get(o, "/readyz") {
@@ -180,7 +236,7 @@ pub fn check(o: &Options) -> Vec<Finding> {
                     format!("/config_dump: not JSON: {e}"),
                     "a bug: report it",
                 ));
-                return out;
+                return (out, None);
             }
         },
         Ok((s, _)) => {
@@ -188,11 +244,11 @@ pub fn check(o: &Options) -> Vec<Finding> {
                 format!("/config_dump answered {s}"),
                 "a gateway older than this check, or a token is needed (--token)",
             ));
-            return out;
+            return (out, None);
         }
         Err(e) => {
             out.push(Finding::error(format!("/config_dump: {e}"), "retry"));
-            return out;
+            return (out, None);
         }
     };
     out.push(Finding::ok(format!(
@@ -200,10 +256,14 @@ pub fn check(o: &Options) -> Vec<Finding> {
         dump["generation"].as_u64().unwrap_or(0)
     )));
     out.extend(expiry(&dump));
-    out.extend(peers(o, &dump));
+    if !o.remote {
+        out.extend(peers(o, &dump));
+    }
     out.extend(endpoints(&dump));
-    out.extend(interfaces(o, &dump));
-    out
+    if !o.remote {
+        out.extend(interfaces(o, &dump));
+    }
+    (out, Some(dump))
 }
 
 fn expiry(dump: &Value) -> Vec<Finding> {
@@ -657,6 +717,77 @@ mod tests {
             "{all:#?}"
         );
         assert!(find(Level::Ok, "eth1: XDP native"), "{all:#?}");
+    }
+
+    #[test]
+    fn all_checks_each_peer_with_an_admin_address_under_its_own_heading() {
+        let sys = tempfile::tempdir().unwrap();
+        for q in ["rx-0", "rx-1"] {
+            std::fs::create_dir_all(sys.path().join("eth1/queues").join(q)).unwrap();
+        }
+        // B: an unhealthy endpoint (found), and a peer and an interface that would be errors
+        // if checked from here (they are not: they belong to B's host).
+        let b_dump = serde_json::json!({
+            "generation": 3,
+            "peers": [{"name": "gw-a", "address": "127.0.0.1:1", "identity": "spiffe://t/a"}],
+            "endpoints": [{"service": "web", "endpoint": "10.0.0.9:80", "health": "unhealthy",
+                "ejected": false}],
+            "dataplane": {"interfaces": [{"name": "eth1", "queues_served": [0]}]},
+        });
+        let ok = |dump: String| {
+            vec![
+                ("/healthz", 200, "ok\n".to_string()),
+                ("/readyz", 200, "ready\n".to_string()),
+                ("/config/errors", 200, String::new()),
+                ("/config_dump", 200, dump),
+            ]
+        };
+        let (b, tb) = admin(ok(b_dump.to_string()));
+        let a_dump = serde_json::json!({
+            "generation": 5,
+            "peers": [
+                {"name": "gw-b", "address": "127.0.0.1:1", "identity": "spiffe://t/b",
+                 "admin": b},
+                {"name": "gw-c", "address": "127.0.0.1:2", "identity": "spiffe://t/c",
+                 "admin": null}
+            ],
+        });
+        let (a, ta) = admin(ok(a_dump.to_string()));
+        let mut o = Options::new(a.clone());
+        o.sys_class_net = sys.path().to_path_buf();
+        let all = check_all(&o);
+        ta.join().unwrap();
+        tb.join().unwrap();
+        let text: Vec<(String, Vec<String>)> = all
+            .iter()
+            .map(|(h, f)| (h.clone(), f.iter().map(Finding::line).collect()))
+            .collect();
+        assert_eq!(all.len(), 2, "{text:#?}");
+        assert_eq!(all[0].0, format!("gateway at {a}"));
+        assert_eq!(all[1].0, format!("peer gw-b, admin API at {b}"));
+        let has = |i: usize, level: Level, needle: &str| {
+            all[i]
+                .1
+                .iter()
+                .any(|f| f.level == level && f.what.contains(needle))
+        };
+        assert!(has(0, Level::Ok, "tables generation 5"), "{text:#?}");
+        assert!(
+            has(0, Level::Warn, "gw-c: proven by the mTLS handshake only"),
+            "{text:#?}"
+        );
+        assert!(has(1, Level::Ok, "tables generation 3"), "{text:#?}");
+        assert!(
+            has(1, Level::Error, "10.0.0.9:80 of web: unhealthy"),
+            "{text:#?}"
+        );
+        assert!(
+            !all[1]
+                .1
+                .iter()
+                .any(|f| f.what.contains("gw-a") || f.what.contains("eth1")),
+            "B's peers and interfaces are not checked from A's host: {text:#?}"
+        );
     }
 
     #[test]

@@ -104,6 +104,10 @@ struct CheckArgs {
     /// The admin API's bearer token, when its reads need one (else $XDPMESH_ADMIN_TOKEN).
     #[arg(long, requires = "admin")]
     token: Option<String>,
+    /// With --admin: also check every peer gateway whose `admin` address the tables give
+    /// (its admin API, same token), each under its own heading.
+    #[arg(long, requires = "admin")]
+    all: bool,
     /// The node file describes this machine: every [[interface]] must exist here.
     /// Without it, only interfaces present here are checked against the machine.
     #[arg(long)]
@@ -294,18 +298,28 @@ fn check(a: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             .token
             .clone()
             .or_else(|| std::env::var("XDPMESH_ADMIN_TOKEN").ok());
-        let found = dataplane::livecheck::check(&o);
-        for f in &found {
-            let _ = writeln!(out, "{}", f.line());
+        let gateways = if a.all {
+            dataplane::livecheck::check_all(&o)
+        } else {
+            vec![(String::new(), dataplane::livecheck::check(&o))]
+        };
+        for (heading, found) in &gateways {
+            if a.all {
+                let _ = writeln!(out, "== {heading}");
+            }
+            for f in found {
+                let _ = writeln!(out, "{}", f.line());
+            }
         }
-        let errors = found
-            .iter()
-            .filter(|f| f.level == dataplane::livecheck::Level::Error)
-            .count();
-        let warnings = found
-            .iter()
-            .filter(|f| f.level == dataplane::livecheck::Level::Warn)
-            .count();
+        let count = |l| {
+            gateways
+                .iter()
+                .flat_map(|(_, f)| f)
+                .filter(|f| f.level == l)
+                .count()
+        };
+        let errors = count(dataplane::livecheck::Level::Error);
+        let warnings = count(dataplane::livecheck::Level::Warn);
         let _ = writeln!(out, "{errors} errors, {warnings} warnings");
         return if errors == 0 { OK } else { FAILED };
     }

@@ -9,6 +9,11 @@
 //! upstream socket is made inside the gateway's namespace): the gateways run with the rig's
 //! node files unchanged, and their admin API stays on loopback.
 //!
+//! The operator tools (issue #18) on both backends: `xdpmesh check --admin` in each gateway's
+//! namespace, `check --all` on A (gw-b's admin API reached through a port in A's namespace
+//! forwarded into B's, the address A's tables give `[[peer]] admin`), `xdpmesh tap --json`
+//! and `xdpmesh top` while the canary carries traffic, and A's `GET /connections`.
+//!
 //! Traffic: a canary split (route `canary` of service `tele`, 75 % to v1, 25 % to v2, whose
 //! server answers after 20 ms) and service `pay`, whose two endpoints are balanced round-robin
 //! and one of which answers 503 to everything (outlier detection off, so it stays in). Then
@@ -224,7 +229,24 @@ struct Forward {
 
 impl Forward {
     fn start(ns: &'static str) -> Forward {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        Forward::from(
+            TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"),
+            ns,
+        )
+    }
+
+    /// A loopback port inside namespace `from` forwarded to `ns`'s admin API: what an
+    /// operator's management network gives `xdpmesh check --all` between gateways.
+    fn between(from: &'static str, ns: &'static str) -> Forward {
+        let l = NetNs::existing(from)
+            .unwrap()
+            .try_run(|| TcpListener::bind("127.0.0.1:0"))
+            .expect("enter the namespace")
+            .expect("bind a loopback port in it");
+        Forward::from(l, ns)
+    }
+
+    fn from(l: TcpListener, ns: &'static str) -> Forward {
         let port = l.local_addr().unwrap().port();
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -278,6 +300,26 @@ impl Drop for Forward {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// A child process killed and reaped on drop, unless its output was taken.
+struct Reaped(Option<Child>);
+
+impl Reaped {
+    /// Waits for it (tap and top end by themselves: a limit, `--seconds`, `--iterations`).
+    fn output(mut self) -> std::process::Output {
+        let child = self.0.take().expect("a child");
+        child.wait_with_output().expect("wait for the child")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
@@ -709,10 +751,21 @@ fn run_backend(backend: &str, work: &Path, findings: &mut Findings) {
     );
     let servers = Servers::start(&NetNs::existing("xm-srv").unwrap());
     let (fa, fb) = (Forward::start("xm-gwa"), Forward::start("xm-gwb"));
+    let ab = Forward::between("xm-gwa", "xm-gwb");
     let prom = Prometheus::start(&[("gw-a", fa.port), ("gw-b", fb.port)]);
     rig(&["mesh", "--backend", backend], &state);
     put_tables(&gwb, &b_tables(), &state, "telemetry-gwb-tables.toml");
-    put_tables(&gwa, &a_tables(), &state, "telemetry-gwa-tables.toml");
+    // gw-b's admin API, for `check --all` on A.
+    let a_text = a_tables().replacen(
+        "name = \"gw-b\"\n",
+        &format!("name = \"gw-b\"\nadmin = \"127.0.0.1:{}\"\n", ab.port),
+        1,
+    );
+    assert!(
+        a_text.contains("admin = "),
+        "A's tables name gw-b's admin API"
+    );
+    put_tables(&gwa, &a_text, &state, "telemetry-gwa-tables.toml");
 
     // Warm-up: every series exists before the measured load (a rate needs a sample before).
     let up = poll(Duration::from_secs(10), Duration::from_millis(50), || {
@@ -750,6 +803,89 @@ fn run_backend(backend: &str, work: &Path, findings: &mut Findings) {
             );
         }
     }
+    // `xdpmesh check --all` on A: A, then gw-b through the admin address A's tables give it.
+    let out = gwa
+        .command(env!("CARGO_BIN_EXE_xdpmesh"))
+        .args(["check", "--admin", "127.0.0.1:9901", "--all"])
+        .output()
+        .expect("xdpmesh check --all");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("[{backend}] xdpmesh check --all on gw-a:\n{text}");
+    let headings: Vec<&str> = text.lines().filter(|l| l.starts_with("== ")).collect();
+    findings.check(
+        backend,
+        out.status.success()
+            && text.contains("0 errors")
+            && headings
+                == [
+                    "== gateway at 127.0.0.1:9901",
+                    &format!("== peer gw-b, admin API at 127.0.0.1:{}", ab.port),
+                ]
+            && text.matches("ok    ready").count() == 2,
+        "xdpmesh check --all checks A and then gw-b, both ready, no error".into(),
+    );
+    drop(ab);
+    // `xdpmesh tap` and `top` (issue #18) in A's namespace while the canary carries traffic.
+    let spawn = |args: &[&str]| {
+        Reaped(Some(
+            gwa.command(env!("CARGO_BIN_EXE_xdpmesh"))
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn xdpmesh tap/top"),
+        ))
+    };
+    let tap = spawn(&[
+        "tap",
+        "--json",
+        "--limit",
+        "5",
+        "--route",
+        "canary",
+        "--seconds",
+        "20",
+    ]);
+    let top = spawn(&["top", "--iterations", "2", "--interval", "1s"]);
+    let t_load = Instant::now();
+    let mut tele_sent = 0;
+    while t_load.elapsed() < Duration::from_secs(3) {
+        tele_sent += load(50, 0.2, 1, TELE).len();
+    }
+    let (tap, top) = (tap.output(), top.output());
+    let tapped: Vec<Value> = String::from_utf8_lossy(&tap.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let top_text = String::from_utf8_lossy(&top.stdout).to_string();
+    println!(
+        "[{backend}] xdpmesh tap --json --limit 5 --route canary ({tele_sent} sent): {:?}\n\
+         xdpmesh top, 2 frames:\n{top_text}",
+        tapped
+            .iter()
+            .map(|l| format!(
+                "{} {} {} {}",
+                l["type"], l["route"], l["status"], l["endpoint"]
+            ))
+            .collect::<Vec<_>>()
+    );
+    findings.check(
+        backend,
+        tap.status.success()
+            && tapped.len() == 6
+            && tapped[..5]
+                .iter()
+                .all(|l| l["route"] == "canary" && l["status"] == 200 && l["service"] == "tele")
+            && tapped[5]["reason"] == "limit",
+        "xdpmesh tap streams 5 canary requests with status 200, then its end (limit)".into(),
+    );
+    findings.check(
+        backend,
+        top.status.success()
+            && top_text.matches("SERVICE").count() == 2
+            && top_text.lines().any(|l| l.starts_with("tele ")),
+        "xdpmesh top draws two frames with the tele service's row".into(),
+    );
     // `GET /connections` (issue #18): A's pooled hops to B, with the transport's view.
     let conns = gwa
         .exec_ok(["curl", "-s", "http://127.0.0.1:9901/connections"])

@@ -15,12 +15,15 @@
 #   benchmark report:       python3 (scripts/bench/report.py reads the runs' JSON, prints the table)
 #   telemetry:              prometheus (dataplane/tests/telemetry_rig.rs scrapes the gateways with it)
 #   dashboard:              chromium (dataplane/tests/dashboard_rig.rs renders GET /dashboard headless)
+#   the systemd unit:       systemd (systemd-analyze) man-db (man, for the unit's Documentation=)
+#                           (dataplane/tests/systemd_rig.rs verifies scripts/systemd/xdpmesh.service)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib make
   iproute2 iputils-ping nftables ethtool procps
   iperf3 curl nginx-light tcpdump wrk
   openssl shellcheck fonts-dejavu-core
   haproxy python3 prometheus chromium
+  systemd man-db
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }
