@@ -187,6 +187,7 @@ impl control::admin::AdminExtension for Metrics {
         if let Some(t) = self.traces.get() {
             t.render(out);
         }
+        dataplane::proxy::h2_stats().render(out);
     }
 }
 

@@ -22,6 +22,7 @@ use crate::spin::SpinWindow;
 use crate::wake::{self, Wake};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use mesh::engine::Engine;
+use mesh::h2front::{FConn, H2Front, H2Net};
 use mesh::net::{Net, NetError, NetEvent};
 use std::collections::HashMap;
 use std::io;
@@ -331,7 +332,9 @@ pub struct Worker<D: Device> {
     ports: Vec<Port<D>>,
     services: HashMap<SocketAddrV4, Builtin>,
     sessions: HashMap<PConn, Session>,
-    engine: Option<Engine<PConn>>,
+    engine: Option<Engine<FConn<PConn>>>,
+    /// HTTP/2 clients of the engine's `http` listeners, each stream a connection of its own.
+    front: H2Front<PConn>,
     /// The engine's events go here as access log lines, when on.
     access_log: Option<crate::accesslog::Sink>,
     /// Requests go to `GET /tap` while someone taps, when on.
@@ -367,6 +370,12 @@ impl<D: Device> Worker<D> {
             services: HashMap::new(),
             sessions: HashMap::new(),
             engine: None,
+            // No `http` listener without an engine: everything passes through.
+            front: H2Front::new(
+                Default::default(),
+                |_| false,
+                crate::proxy::h2_stats().clone(),
+            ),
             access_log: None,
             tap: None,
             clock: crate::clock::Clock::start(),
@@ -395,7 +404,8 @@ impl<D: Device> Worker<D> {
 
     /// Serves the proxy listeners of the engine's tables; each accepted connection gets its
     /// listener's TCP options (`keepalive`) from them.
-    pub fn with_engine(mut self, engine: Engine<PConn>) -> Self {
+    pub fn with_engine(mut self, engine: Engine<FConn<PConn>>) -> Self {
+        self.front = crate::proxy::h2_front(engine.publisher());
         self.engine = Some(engine);
         self
     }
@@ -416,7 +426,7 @@ impl<D: Device> Worker<D> {
         self
     }
 
-    pub fn engine(&self) -> Option<&Engine<PConn>> {
+    pub fn engine(&self) -> Option<&Engine<FConn<PConn>>> {
         self.engine.as_ref()
     }
 
@@ -463,14 +473,17 @@ impl<D: Device> Worker<D> {
         if let Some(out) = &self.stats_out {
             *out.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;
         }
-        if let (Some(i), Some(engine)) = (&self.inspect, self.engine.as_ref()) {
+        if let (Some(i), Some(engine), front) =
+            (&self.inspect, self.engine.as_ref(), &mut self.front)
+        {
             let now = self.clock.now();
             i.serve(|| {
-                let net = StackNet {
+                let mut stack = StackNet {
                     ports: &mut self.ports,
                     now,
                     next: 0,
                 };
+                let net = H2Net::new(&mut stack, front, now);
                 engine.connections(&net, now)
             });
         }
@@ -558,6 +571,7 @@ impl<D: Device> Worker<D> {
                     .iter()
                     .filter_map(|p| p.stack.poll_timeout())
                     .chain(self.engine.as_ref().and_then(|e| e.poll_timeout()))
+                    .chain(self.front.poll_timeout())
                     .min();
                 let wait = match next {
                     Some(t) if t <= now => Duration::ZERO,
@@ -684,15 +698,17 @@ impl<D: Device> Worker<D> {
             let _ = self.ports[c.port as usize].stack.abort(c.id);
         }
         self.sessions.clear();
-        if let Some(e) = self.engine.as_mut() {
+        if let (Some(e), front) = (self.engine.as_mut(), &mut self.front) {
             reset += e.active();
             let now = self.clock.now();
-            let mut net = StackNet {
+            let mut stack = StackNet {
                 ports: &mut self.ports,
                 now,
                 next: 0,
             };
+            let mut net = H2Net::new(&mut stack, front, now);
             e.abort_all(&mut net, now);
+            net.flush();
         }
         // Send the RSTs (and anything else still queued) before the socket goes away; bounded,
         // as a peer that keeps sending would keep this busy.
@@ -710,18 +726,28 @@ impl<D: Device> Worker<D> {
 
     fn serve(&mut self, now: tcpstack::Instant) -> bool {
         let mut did = false;
-        let mut net = StackNet {
+        let mut stack = StackNet {
             ports: &mut self.ports,
             now,
             next: 0,
         };
+        let mut net = H2Net::new(&mut stack, &mut self.front, now);
+        if net.front.poll_timeout().is_some_and(|t| t <= now) {
+            net.handle_timeout(now);
+            did = true;
+        }
         while let Some(e) = net.poll_event() {
             did = true;
-            if let NetEvent::Accepted { conn, local, .. } = e {
+            if let NetEvent::Accepted {
+                conn: FConn::Tcp(conn),
+                local,
+                ..
+            } = e
+            {
                 // Latency over coalescing for every service: the proxy writes TLS records and
                 // HTTP heads in pieces, and Nagle waiting on the peer's delayed ACK would stall
                 // each handshake by tens of milliseconds.
-                let _ = net.ports[conn.port as usize]
+                let _ = net.inner.ports[conn.port as usize]
                     .stack
                     .set_nagle(conn.id, false);
                 let kind = self
@@ -734,9 +760,6 @@ impl<D: Device> Worker<D> {
                     .copied();
                 if let Some(kind) = kind {
                     self.stats.accepted += 1;
-                    let _ = net.ports[conn.port as usize]
-                        .stack
-                        .set_nagle(conn.id, false);
                     self.sessions.insert(
                         conn,
                         Session {
@@ -752,24 +775,34 @@ impl<D: Device> Worker<D> {
                     continue;
                 }
             }
-            if self.sessions.contains_key(&e.conn()) {
-                match e {
-                    NetEvent::Reset(c) => {
-                        self.stats.resets += 1;
-                        self.sessions.remove(&c);
+            if let FConn::Tcp(c) = e.conn() {
+                if self.sessions.contains_key(&c) {
+                    match e {
+                        NetEvent::Reset(_) => {
+                            self.stats.resets += 1;
+                            self.sessions.remove(&c);
+                        }
+                        NetEvent::Closed(_) => {
+                            self.sessions.remove(&c);
+                        }
+                        _ => {}
                     }
-                    NetEvent::Closed(c) => {
-                        self.sessions.remove(&c);
-                    }
-                    _ => {}
+                    continue;
                 }
-                continue;
             }
-            if let (NetEvent::Accepted { conn, local, .. }, Some(engine)) = (e, &self.engine) {
+            if let (
+                NetEvent::Accepted {
+                    conn: FConn::Tcp(conn),
+                    local,
+                    ..
+                },
+                Some(engine),
+            ) = (e, &self.engine)
+            {
                 // The listener's keepalive, from the tables current at accept time.
                 let tables = engine.tables();
                 if let Some(k) = tables.listener_at(local.into()).and_then(|l| l.keepalive) {
-                    let _ = net.ports[conn.port as usize].stack.set_keepalive(
+                    let _ = net.inner.ports[conn.port as usize].stack.set_keepalive(
                         now,
                         conn.id,
                         Some(crate::proxy::tcp_keepalive(&k)),
@@ -800,6 +833,7 @@ impl<D: Device> Worker<D> {
                 did = true;
             }
             engine.progress(&mut net, now);
+            net.flush();
             crate::tap_hub::drain(
                 engine,
                 self.access_log.as_mut(),

@@ -15,6 +15,7 @@
 #   benchmark report:       python3 (scripts/bench/report.py reads the runs' JSON, prints the table)
 #   telemetry:              prometheus (dataplane/tests/telemetry_rig.rs scrapes the gateways with it)
 #   dashboard:              chromium (dataplane/tests/dashboard_rig.rs renders GET /dashboard headless)
+#   HTTP/2 clients:         nghttp2-client (h2load, nghttp: dataplane/tests/h2.rs)
 #   the systemd unit:       systemd (systemd-analyze) man-db (man, for the unit's Documentation=)
 #                           (dataplane/tests/systemd_rig.rs verifies scripts/systemd/xdpmesh.service)
 XM_DEB_PACKAGES=(
@@ -23,7 +24,7 @@ XM_DEB_PACKAGES=(
   iperf3 curl nginx-light tcpdump wrk
   openssl shellcheck fonts-dejavu-core
   haproxy python3 prometheus chromium
-  systemd man-db
+  systemd man-db nghttp2-client
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }

@@ -1508,6 +1508,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     /// The tables current now (what a newly accepted connection is served under).
+    /// Where the engine reads its tables.
+    pub fn publisher(&self) -> &Arc<Publisher> {
+        &self.publisher
+    }
+
     pub fn tables(&self) -> Arc<Snapshot> {
         self.publisher.load()
     }

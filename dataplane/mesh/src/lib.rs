@@ -6,7 +6,8 @@
 //! ([`outlier`]), active health checks ([`healthcheck`]) and what the workers share of it
 //! ([`health`]); the connection caps all workers share ([`admission`]), and an in-memory
 //! [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]); one span per request
-//! and its W3C trace context ([`trace`]), and their OTLP/JSON encoding ([`otlp`]).
+//! and its W3C trace context ([`trace`]), and their OTLP/JSON encoding ([`otlp`]); HTTP/2
+//! clients in front of the engine, each stream an HTTP/1.1 request ([`h2front`]).
 //!
 //! No sockets, threads, files, clock or `getrandom` here: the caller passes `now`, seeds,
 //! table snapshots and certificate material (the data plane is the I/O shell around it).
@@ -15,6 +16,7 @@ pub mod admission;
 pub mod breaker;
 pub mod engine;
 pub mod golden;
+pub mod h2front;
 pub mod health;
 pub mod healthcheck;
 pub mod http;

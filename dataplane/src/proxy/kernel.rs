@@ -1,6 +1,7 @@
 //! The kernel backend: [`Net`] over non-blocking kernel sockets with mio, for users without
 //! a spare NIC and to measure what kernel bypass buys on identical proxy logic.
 
+use mesh::h2front::{FConn, H2Front, H2Net};
 use mesh::net::{Net, NetError, NetEvent};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -441,7 +442,9 @@ impl Net for KernelNet {
 /// The proxy over kernel sockets on one thread: epoll-driven, so an idle gateway sleeps.
 pub struct KernelWorker {
     pub net: KernelNet,
-    pub engine: mesh::engine::Engine<KConn>,
+    /// HTTP/2 clients of `http` listeners, each stream a connection of the engine's.
+    pub front: H2Front<KConn>,
+    pub engine: mesh::engine::Engine<FConn<KConn>>,
     clock: crate::clock::Clock,
     /// Answers the admin API's `GET /connections` from the loop.
     pub inspect: std::sync::Arc<crate::inspect::Inspect>,
@@ -475,6 +478,7 @@ impl KernelWorker {
         }
         Ok(KernelWorker {
             net,
+            front: super::h2_front(&publisher),
             engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
             clock: crate::clock::Clock::start(),
             inspect: Default::default(),
@@ -500,33 +504,44 @@ impl KernelWorker {
 
     /// One round: wait for readiness (up to `timeout`), handle events, move bytes.
     pub fn poll_once(&mut self, timeout: Duration) -> io::Result<()> {
-        // Sleep no longer than the engine's next deadline.
+        // Sleep no longer than the engine's or the HTTP/2 front's next deadline.
         let now = self.now();
-        let timeout = match self.engine.poll_timeout() {
-            Some(t) => timeout.min(t.saturating_duration_since(now)),
-            None => timeout,
+        let timeout = match (self.engine.poll_timeout(), self.front.poll_timeout()) {
+            (Some(a), Some(b)) => timeout.min(a.min(b).saturating_duration_since(now)),
+            (Some(t), None) | (None, Some(t)) => timeout.min(t.saturating_duration_since(now)),
+            (None, None) => timeout,
         };
         self.net.poll_io(Some(timeout))?;
         let now = self.now();
-        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-            self.engine.handle_timeout(&mut self.net, now);
+        let mut net = H2Net::new(&mut self.net, &mut self.front, now);
+        if net.front.poll_timeout().is_some_and(|t| t <= now) {
+            net.handle_timeout(now);
         }
-        while let Some(ev) = self.net.poll_event() {
-            if let NetEvent::Accepted { conn, local, .. } = ev {
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(&mut net, now);
+        }
+        while let Some(ev) = net.poll_event() {
+            if let NetEvent::Accepted {
+                conn: FConn::Tcp(conn),
+                local,
+                ..
+            } = ev
+            {
                 // The listener's keepalive, from the tables current at accept time.
                 let snap = self.engine.tables();
                 if let Some(k) = snap.listener_at(local.into()).and_then(|l| l.keepalive) {
-                    let _ = self.net.set_keepalive(conn, Some(&k));
+                    let _ = net.inner.set_keepalive(conn, Some(&k));
                 }
             }
-            if !self.engine.handle(&mut self.net, now, ev) {
+            if !self.engine.handle(&mut net, now, ev) {
                 // Not the engine's (a listener kind it does not serve): refuse.
                 if let NetEvent::Accepted { conn, .. } = ev {
-                    self.net.abort(conn);
+                    net.abort(conn);
                 }
             }
         }
-        self.engine.progress(&mut self.net, now);
+        self.engine.progress(&mut net, now);
+        net.flush();
         crate::tap_hub::drain(
             &mut self.engine,
             self.access_log.as_mut(),
@@ -554,8 +569,10 @@ impl KernelWorker {
             self.poll_once(Duration::from_millis(50))?;
             *out.lock().unwrap_or_else(|e| e.into_inner()) = self.engine.stats;
             let now = self.now();
-            self.inspect
-                .serve(|| self.engine.connections(&self.net, now));
+            self.inspect.serve(|| {
+                let net = H2Net::new(&mut self.net, &mut self.front, now);
+                self.engine.connections(&net, now)
+            });
         }
         Ok(())
     }
@@ -576,7 +593,9 @@ impl KernelWorker {
         }
         let left = self.engine.active();
         let now = self.now();
-        self.engine.abort_all(&mut self.net, now);
+        let mut net = H2Net::new(&mut self.net, &mut self.front, now);
+        self.engine.abort_all(&mut net, now);
+        net.flush();
         // The connections just reset get their lines too.
         crate::tap_hub::drain(
             &mut self.engine,

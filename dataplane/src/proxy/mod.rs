@@ -5,7 +5,8 @@
 //! - [`identity`]: the engine's `mesh::engine::MeshTls` over the certificate files
 //!   ([`crate::certwatch`]);
 //! - [`random_seed`]: the engine's seed from the OS;
-//! - [`tcp_keepalive`]: a listener's `keepalive` as tcpstack settings.
+//! - [`tcp_keepalive`]: a listener's `keepalive` as tcpstack settings;
+//! - [`h2_front`]: each worker's HTTP/2 front (`mesh::h2front`), counting into [`h2_stats`].
 
 pub mod identity;
 pub mod kernel;
@@ -27,4 +28,28 @@ pub fn random_seed() -> [u8; 32] {
     // SAFETY: writes at most seed.len() bytes into seed.
     let _ = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
     seed
+}
+
+/// What every worker's HTTP/2 front counted (`xdpmesh_h2_*` on `/metrics`).
+pub fn h2_stats() -> &'static std::sync::Arc<mesh::h2front::H2Stats> {
+    static STATS: std::sync::OnceLock<std::sync::Arc<mesh::h2front::H2Stats>> =
+        std::sync::OnceLock::new();
+    STATS.get_or_init(Default::default)
+}
+
+/// A worker's HTTP/2 front: it tells HTTP/2 from HTTP/1.1 on the `http` listeners of the
+/// tables current at accept time.
+pub fn h2_front<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(
+    publisher: &std::sync::Arc<control::Publisher>,
+) -> mesh::h2front::H2Front<C> {
+    let p = publisher.clone();
+    mesh::h2front::H2Front::new(
+        mesh::h2front::H2Config::default(),
+        move |local| {
+            p.load()
+                .listener_at(local.into())
+                .is_some_and(|l| l.protocol == control::schema::Protocol::Http)
+        },
+        h2_stats().clone(),
+    )
 }

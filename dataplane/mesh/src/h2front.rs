@@ -1,0 +1,1410 @@
+//! HTTP/2 clients on `http` listeners: cleartext with prior knowledge (h2c, RFC 9113 §3.3),
+//! next to HTTP/1.1 on the same port, told apart by the connection preface.
+//!
+//! The front sits between the transport and the engine, as a [`Net`] ([`H2Net`]): a client
+//! connection on an `http` listener is held back from the engine until its first bytes show
+//! which protocol it speaks. HTTP/1.1 goes on to the engine untouched (the bytes read to tell
+//! are replayed). An HTTP/2 connection is terminated here by the `h2` crate (framing, HPACK,
+//! flow control, and its limits against the known floods), and each of its streams reaches the
+//! engine as a connection of its own, [`FConn::Stream`], carrying one HTTP/1.1 request
+//! (RFC 9113 §8.3.1's pseudo-headers as the request line and `Host`, `Cookie` fields joined,
+//! §8.2.3). Whatever the engine does with a request — routing, policies, retries, the mTLS hop,
+//! telemetry — it does for a stream too; its HTTP/1.1 response goes back as the stream's
+//! HEADERS, DATA and trailers (connection-specific fields dropped, RFC 9113 §8.2.2).
+//!
+//! The `h2` crate is driven by polling with a no-op waker: the front polls a connection again
+//! after every change that could move it (bytes in, bytes out, the engine reading or
+//! writing), in [`H2Net::poll_event`] and [`H2Net::flush`]. Its I/O object is a pair of
+//! bounded in-memory buffers the front fills from and drains to the transport.
+
+use crate::net::{Net, NetError, NetEvent, TcpInfo};
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddrV4;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tcpstack::Instant;
+
+/// RFC 9113 §3.4.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes of a client's frames buffered before they are parsed; the transport is not read
+/// past it (its window closes instead).
+const RX_MAX: usize = 64 << 10;
+/// Frames buffered for the transport; past it the `h2` connection waits.
+const TX_MAX: usize = 256 << 10;
+/// Request bytes (head and body) waiting for the engine to read, per stream; past it the
+/// stream's DATA stays in the `h2` crate's window.
+const REQ_MAX: usize = 64 << 10;
+/// Response body bytes waiting for the stream's send window, per stream; past it the engine's
+/// writes are refused (`WouldBlock`) until the client opens the window.
+const RESP_MAX: usize = 64 << 10;
+/// A response head from the engine is at most this large (the engine's own limit is 16 KiB).
+const RESP_HEAD_MAX: usize = 32 << 10;
+
+/// The limits an HTTP/2 client meets. Defaults in brackets.
+#[derive(Clone, Debug)]
+pub struct H2Config {
+    /// Streams a client may have open at once [100] (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// Each stream's receive window [64 KiB − 1] and the connection's [1 MiB].
+    pub stream_window: u32,
+    pub connection_window: u32,
+    /// Header list size [16 KiB] (`SETTINGS_MAX_HEADER_LIST_SIZE`, as the HTTP/1.1 head
+    /// limit); a larger block is refused (431 or a reset, by the `h2` crate).
+    pub max_header_list_size: u32,
+    /// HPACK dynamic table [4 KiB].
+    pub header_table_size: u32,
+    /// Streams a client may open and reset before the front accepts them [20]: past it the
+    /// connection ends with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams reset by the front's own error handling before the connection ends [1,024].
+    pub max_local_error_reset_streams: usize,
+    /// Rapid reset (CVE-2023-44487) past the crate's own check, which only counts streams
+    /// reset before they are accepted (the front accepts at once): once a connection has
+    /// opened this many streams [100], it ends with ENHANCE_YOUR_CALM when its client reset
+    /// at least half of them before their response was complete.
+    pub premature_reset_min_streams: u64,
+    /// How long a client may take to send the preface or its first bytes [10 s].
+    pub preface_timeout: Duration,
+    /// An HTTP/2 connection with no open stream ends after this [60 s].
+    pub idle_timeout: Duration,
+}
+
+impl Default for H2Config {
+    fn default() -> Self {
+        H2Config {
+            max_concurrent_streams: 100,
+            stream_window: 65_535,
+            connection_window: 1 << 20,
+            max_header_list_size: 16 << 10,
+            header_table_size: 4096,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            premature_reset_min_streams: 100,
+            preface_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the front counted (all workers' fronts add into one, for `/metrics`).
+#[derive(Debug, Default)]
+pub struct H2Stats {
+    pub connections: AtomicU64,
+    pub streams: AtomicU64,
+    /// Connections that ended on a protocol error or a limit (the `h2` crate sent GOAWAY).
+    pub connection_errors: AtomicU64,
+    /// Streams the client reset.
+    pub streams_reset_by_client: AtomicU64,
+    /// Streams the front reset: the engine cut the response, or it could not be translated.
+    pub streams_reset: AtomicU64,
+    /// Connections ended for resetting most of their streams early (rapid reset).
+    pub rapid_resets: AtomicU64,
+    /// Connections that did not finish their preface in time.
+    pub preface_timeouts: AtomicU64,
+    pub idle_timeouts: AtomicU64,
+}
+
+impl H2Stats {
+    /// Prometheus text of these counters.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rows: [(&str, &str, &AtomicU64); 8] = [
+            ("xdpmesh_h2_connections_total", "HTTP/2 client connections", &self.connections),
+            ("xdpmesh_h2_streams_total", "HTTP/2 streams accepted from clients", &self.streams),
+            (
+                "xdpmesh_h2_connection_errors_total",
+                "HTTP/2 connections ended on a protocol error or a limit (GOAWAY)",
+                &self.connection_errors,
+            ),
+            (
+                "xdpmesh_h2_streams_reset_by_client_total",
+                "HTTP/2 streams the client reset",
+                &self.streams_reset_by_client,
+            ),
+            (
+                "xdpmesh_h2_streams_reset_total",
+                "HTTP/2 streams the gateway reset (a cut response, or one it could not translate)",
+                &self.streams_reset,
+            ),
+            (
+                "xdpmesh_h2_rapid_reset_total",
+                "HTTP/2 connections ended with ENHANCE_YOUR_CALM: most of their streams reset by the client before the response (CVE-2023-44487)",
+                &self.rapid_resets,
+            ),
+            (
+                "xdpmesh_h2_preface_timeouts_total",
+                "client connections on http listeners that did not show their protocol in time",
+                &self.preface_timeouts,
+            ),
+            (
+                "xdpmesh_h2_idle_timeouts_total",
+                "HTTP/2 connections closed after idling without streams",
+                &self.idle_timeouts,
+            ),
+        ];
+        for (name, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// A connection as the engine sees it through the front.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FConn<C> {
+    /// A transport connection: HTTP/1.1 and TCP clients, and every upstream.
+    Tcp(C),
+    /// One stream of an HTTP/2 client connection.
+    Stream(C, u32),
+}
+
+impl<C: Copy> FConn<C> {
+    /// The transport connection under it.
+    pub fn transport(self) -> C {
+        match self {
+            FConn::Tcp(c) | FConn::Stream(c, _) => c,
+        }
+    }
+}
+
+#[derive(Default)]
+struct IoBufs {
+    rx: Vec<u8>,
+    rx_pos: usize,
+    rx_eof: bool,
+    tx: Vec<u8>,
+}
+
+/// The `h2` crate's I/O: the front's buffers.
+#[derive(Clone)]
+struct BufIo(Arc<Mutex<IoBufs>>);
+
+impl BufIo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IoBufs> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl tokio::io::AsyncRead for BufIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut b = self.lock();
+        let avail = b.rx.len() - b.rx_pos;
+        if avail > 0 {
+            let n = avail.min(buf.remaining());
+            let at = b.rx_pos;
+            buf.put_slice(&b.rx[at..at + n]);
+            b.rx_pos += n;
+            if b.rx_pos == b.rx.len() {
+                b.rx.clear();
+                b.rx_pos = 0;
+            }
+            Poll::Ready(Ok(()))
+        } else if b.rx_eof {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for BufIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut b = self.lock();
+        let room = TX_MAX.saturating_sub(b.tx.len());
+        if room == 0 {
+            return Poll::Pending;
+        }
+        let n = room.min(data.len());
+        b.tx.extend_from_slice(&data[..n]);
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+type Handshake = h2::server::Handshake<BufIo, Bytes>;
+type Connection = h2::server::Connection<BufIo, Bytes>;
+
+enum ConnState {
+    Handshaking(Handshake),
+    Open(Connection),
+    /// Over: the last frames drain to the transport, then it closes.
+    Done,
+}
+
+/// How the engine's response body is framed (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size(u64, bool),
+    /// The chunk extension or the CR before the size line's LF.
+    SizeLine(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailers,
+}
+
+enum Resp {
+    /// Bytes of the (next) head.
+    Head(Vec<u8>),
+    Body(Framing),
+    /// The whole response is queued for the client.
+    Done,
+}
+
+struct Stream {
+    recv: Option<h2::RecvStream>,
+    respond: Option<h2::server::SendResponse<Bytes>>,
+    send: Option<h2::SendStream<Bytes>>,
+    /// Request bytes for the engine.
+    req: Vec<u8>,
+    req_pos: usize,
+    /// The request body is chunked here (no content-length from the client).
+    req_chunked: bool,
+    /// Everything of the request is in `req`.
+    req_done: bool,
+    head_only: bool,
+    resp: Resp,
+    /// Response body bytes waiting for send capacity, and trailers after them.
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    trailers: Vec<u8>,
+    /// The engine shut down its writing (`shutdown_write` or `close`).
+    engine_wrote_all: bool,
+    /// The engine closed or aborted its side; the handle is gone for it.
+    engine_gone: bool,
+    /// The stream is over on the h2 side (ended, reset); the engine is told once.
+    h2_done: bool,
+    told_reset: bool,
+    /// The client reset it before its response was complete.
+    client_reset: bool,
+    /// The engine was told about the bytes in `req` / the end of its writes.
+    wants_readable: bool,
+    blocked_write: bool,
+}
+
+struct H2Conn {
+    io: BufIo,
+    state: ConnState,
+    streams: FxHashMap<u32, Stream>,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    idle_since: Option<Instant>,
+    inner_eof: bool,
+    closed: bool,
+    /// Streams opened, and reset by the client before their response was complete.
+    opened: u64,
+    premature_resets: u64,
+}
+
+struct Sniff {
+    buf: Vec<u8>,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    deadline: Instant,
+}
+
+/// Per worker: the connections being told apart, the HTTP/2 connections, and the events
+/// waiting for the engine.
+pub struct H2Front<C> {
+    cfg: H2Config,
+    builder: h2::server::Builder,
+    /// Which local addresses are `http` listeners (asked at accept time).
+    is_http: Box<dyn Fn(SocketAddrV4) -> bool + Send>,
+    sniff: FxHashMap<C, Sniff>,
+    replay: FxHashMap<C, Vec<u8>>,
+    conns: FxHashMap<C, H2Conn>,
+    events: VecDeque<NetEvent<FConn<C>>>,
+    dirty: Vec<C>,
+    now: Instant,
+    stats: Arc<H2Stats>,
+}
+
+impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
+    pub fn new(
+        cfg: H2Config,
+        is_http: impl Fn(SocketAddrV4) -> bool + Send + 'static,
+        stats: Arc<H2Stats>,
+    ) -> Self {
+        let mut builder = h2::server::Builder::new();
+        builder
+            .max_concurrent_streams(cfg.max_concurrent_streams)
+            .initial_window_size(cfg.stream_window)
+            .initial_connection_window_size(cfg.connection_window)
+            .max_header_list_size(cfg.max_header_list_size)
+            .header_table_size(cfg.header_table_size)
+            .max_pending_accept_reset_streams(cfg.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(Some(cfg.max_local_error_reset_streams))
+            .max_send_buffer_size(RESP_MAX);
+        H2Front {
+            cfg,
+            builder,
+            is_http: Box::new(is_http),
+            sniff: FxHashMap::default(),
+            replay: FxHashMap::default(),
+            conns: FxHashMap::default(),
+            events: VecDeque::new(),
+            dirty: Vec::new(),
+            now: Instant::from_micros(0),
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<H2Stats> {
+        &self.stats
+    }
+
+    /// HTTP/2 client connections open now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The front's next deadline: a preface or an idle connection.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sniff = self.sniff.values().map(|s| s.deadline).min();
+        let idle = self
+            .conns
+            .values()
+            .filter_map(|c| c.idle_since.map(|t| t + self.cfg.idle_timeout))
+            .min();
+        match (sniff, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends connections past their deadline.
+    pub fn handle_timeout<N: Net<Conn = C>>(&mut self, inner: &mut N, now: Instant) {
+        self.now = now;
+        let late: Vec<C> = self
+            .sniff
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in late {
+            self.sniff.remove(&c);
+            self.stats.preface_timeouts.fetch_add(1, Ordering::Relaxed);
+            inner.abort(c);
+        }
+        let idle = self.cfg.idle_timeout;
+        let late: Vec<C> = self
+            .conns
+            .iter()
+            .filter(|(_, h)| h.idle_since.is_some_and(|t| t + idle <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in late {
+            if let Some(h) = self.conns.get_mut(&c) {
+                h.idle_since = None;
+                if let ConnState::Open(conn) = &mut h.state {
+                    conn.graceful_shutdown();
+                }
+                self.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.dirty.push(c);
+            }
+        }
+    }
+}
+
+/// The transport with the front in front of it, for one round of the worker's loop.
+pub struct H2Net<'a, N: Net> {
+    pub inner: &'a mut N,
+    pub front: &'a mut H2Front<N::Conn>,
+}
+
+impl<'a, N: Net> H2Net<'a, N> {
+    pub fn new(inner: &'a mut N, front: &'a mut H2Front<N::Conn>, now: Instant) -> Self {
+        front.now = now;
+        H2Net { inner, front }
+    }
+
+    /// Ends connections past their deadline (see [`H2Front::poll_timeout`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.front.handle_timeout(self.inner, now);
+    }
+
+    /// Moves every HTTP/2 connection touched since the last call: call after the engine's
+    /// `progress`, so its writes leave in this round.
+    pub fn flush(&mut self) {
+        while let Some(c) = self.front.dirty.pop() {
+            self.pump(c);
+        }
+    }
+
+    fn sniff(&mut self, c: N::Conn) {
+        let Some(s) = self.front.sniff.get_mut(&c) else {
+            return;
+        };
+        let mut buf = [0u8; PREFACE.len()];
+        let want = PREFACE.len() - s.buf.len();
+        let end = match self.inner.read(c, &mut buf[..want]) {
+            Ok(0) | Err(NetError::Closed | NetError::Reset) => true,
+            Ok(n) => {
+                s.buf.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(NetError::WouldBlock) => return,
+        };
+        let h2 = PREFACE.starts_with(&s.buf);
+        if h2 && s.buf.len() < PREFACE.len() && !end {
+            return; // a prefix of the preface so far: wait for more (bounded by the deadline)
+        }
+        let s = self.front.sniff.remove(&c).expect("sniffed");
+        if h2 && s.buf.len() == PREFACE.len() {
+            self.start_h2(c, s);
+            return;
+        }
+        // HTTP/1.1 (or anything else): the engine's from here, with what was read replayed.
+        if !s.buf.is_empty() {
+            self.front.replay.insert(c, s.buf);
+        }
+        self.front.events.push_back(NetEvent::Accepted {
+            conn: FConn::Tcp(c),
+            local: s.local,
+            remote: s.remote,
+        });
+        self.front
+            .events
+            .push_back(NetEvent::Readable(FConn::Tcp(c)));
+    }
+
+    fn start_h2(&mut self, c: N::Conn, s: Sniff) {
+        let io = BufIo(Arc::new(Mutex::new(IoBufs::default())));
+        // The preface was read to tell the protocol: the crate reads it again.
+        io.lock().rx.extend_from_slice(PREFACE);
+        let hs = self.front.builder.handshake(io.clone());
+        self.front.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.front.conns.insert(
+            c,
+            H2Conn {
+                io,
+                state: ConnState::Handshaking(hs),
+                streams: FxHashMap::default(),
+                local: s.local,
+                remote: s.remote,
+                idle_since: Some(self.front.now),
+                inner_eof: false,
+                closed: false,
+                opened: 0,
+                premature_resets: 0,
+            },
+        );
+        self.pump(c);
+    }
+
+    /// Reads the transport into the connection's buffer (bounded), drives the connection and
+    /// its streams, and writes its frames out.
+    fn pump(&mut self, c: N::Conn) {
+        let Some(h) = self.front.conns.get_mut(&c) else {
+            return;
+        };
+        if h.closed {
+            return;
+        }
+        // In: while the buffer has room.
+        loop {
+            let room = RX_MAX.saturating_sub(h.io.lock().rx.len());
+            if room == 0 || h.inner_eof {
+                break;
+            }
+            let mut buf = [0u8; 16 << 10];
+            let n = room.min(buf.len());
+            match self.inner.read(c, &mut buf[..n]) {
+                Ok(0) | Err(NetError::Closed | NetError::Reset) => {
+                    h.inner_eof = true;
+                    h.io.lock().rx_eof = true;
+                }
+                Ok(n) => h.io.lock().rx.extend_from_slice(&buf[..n]),
+                Err(NetError::WouldBlock) => break,
+            }
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let stats = &self.front.stats;
+        let events = &mut self.front.events;
+        let (local, remote) = (h.local, h.remote);
+        // Drive: the handshake, then accept streams (which also moves the connection's I/O).
+        for _ in 0..2 {
+            match &mut h.state {
+                ConnState::Handshaking(hs) => match Pin::new(hs).poll(&mut cx) {
+                    Poll::Ready(Ok(conn)) => h.state = ConnState::Open(conn),
+                    Poll::Ready(Err(_)) => {
+                        stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                        h.state = ConnState::Done;
+                    }
+                    Poll::Pending => break,
+                },
+                ConnState::Open(conn) => {
+                    loop {
+                        match conn.poll_accept(&mut cx) {
+                            Poll::Ready(Some(Ok((req, respond)))) => {
+                                let id = respond.stream_id().as_u32();
+                                stats.streams.fetch_add(1, Ordering::Relaxed);
+                                match new_stream(req, respond) {
+                                    Ok(st) => {
+                                        h.streams.insert(id, st);
+                                        h.opened += 1;
+                                        h.idle_since = None;
+                                        events.push_back(NetEvent::Accepted {
+                                            conn: FConn::Stream(c, id),
+                                            local,
+                                            remote,
+                                        });
+                                        events.push_back(NetEvent::Readable(FConn::Stream(c, id)));
+                                    }
+                                    Err(mut respond) => {
+                                        // Not translatable to HTTP/1.1 (RFC 9113 §8.1.1).
+                                        stats.streams_reset.fetch_add(1, Ordering::Relaxed);
+                                        respond.send_reset(h2::Reason::PROTOCOL_ERROR);
+                                    }
+                                }
+                            }
+                            Poll::Ready(Some(Err(e))) => {
+                                if e.is_go_away() || e.is_io() || e.reason().is_some() {
+                                    stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                                h.state = ConnState::Done;
+                                break;
+                            }
+                            Poll::Ready(None) => {
+                                h.state = ConnState::Done;
+                                break;
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                    break;
+                }
+                ConnState::Done => break,
+            }
+        }
+        // Streams: request bytes in, response bytes out, resets.
+        let open = matches!(h.state, ConnState::Open(_));
+        for (&id, st) in h.streams.iter_mut() {
+            let f = FConn::Stream(c, id);
+            pump_stream(st, &mut cx);
+            if !open && !st.h2_done {
+                st.h2_done = true;
+            }
+            if std::mem::take(&mut st.client_reset) {
+                stats
+                    .streams_reset_by_client
+                    .fetch_add(1, Ordering::Relaxed);
+                h.premature_resets += 1;
+            }
+            if st.h2_done && !st.engine_gone && !st.told_reset && !st.resp_finished() {
+                // The client reset it, or the connection is gone: the engine lets go.
+                st.told_reset = true;
+                events.push_back(NetEvent::Reset(f));
+                continue;
+            }
+            if st.wants_readable {
+                st.wants_readable = false;
+                events.push_back(NetEvent::Readable(f));
+            }
+            if st.blocked_write && st.out_len < RESP_MAX {
+                st.blocked_write = false;
+                events.push_back(NetEvent::Writable(f));
+            }
+        }
+        if h.opened >= self.front.cfg.premature_reset_min_streams
+            && h.premature_resets * 2 >= h.opened
+        {
+            if let ConnState::Open(conn) = &mut h.state {
+                stats.rapid_resets.fetch_add(1, Ordering::Relaxed);
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                h.opened = 0; // once
+            }
+        }
+        // Another turn of the connection writes the frames the streams queued (it accepts no
+        // stream: one that arrived meanwhile waits for the next pump).
+        if let ConnState::Open(conn) = &mut h.state {
+            if conn.poll_closed(&mut cx).is_ready() {
+                h.state = ConnState::Done;
+            }
+        }
+        h.streams
+            .retain(|_, st| !(st.engine_gone && (st.h2_done || st.resp_finished())));
+        if h.streams.is_empty() && h.idle_since.is_none() && matches!(h.state, ConnState::Open(_)) {
+            h.idle_since = Some(self.front.now);
+        }
+        // Out.
+        let mut io = h.io.lock();
+        while !io.tx.is_empty() {
+            match self.inner.write(c, &io.tx) {
+                Ok(n) if n > 0 => {
+                    io.tx.drain(..n);
+                }
+                _ => break,
+            }
+        }
+        let drained = io.tx.is_empty();
+        drop(io);
+        if matches!(h.state, ConnState::Done) && drained && h.streams.is_empty() {
+            h.closed = true;
+            let now = self.front.now;
+            self.inner.close(now, c);
+        }
+    }
+}
+
+impl Stream {
+    fn resp_finished(&self) -> bool {
+        matches!(self.resp, Resp::Done) && self.out.is_empty() && self.send.is_none()
+    }
+}
+
+/// The HTTP/1.1 request of a new stream, or the stream back when it cannot be one.
+fn new_stream(
+    req: ::http::Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+) -> Result<Stream, h2::server::SendResponse<Bytes>> {
+    let (parts, recv) = req.into_parts();
+    let method = parts.method.as_str();
+    let target = match (&parts.method, parts.uri.path_and_query()) {
+        (&::http::Method::CONNECT, _) => parts.uri.authority().map(|a| a.as_str().to_owned()),
+        (_, Some(pq)) if !pq.as_str().is_empty() => Some(pq.as_str().to_owned()),
+        _ => None,
+    };
+    let Some(target) = target else {
+        return Err(respond);
+    };
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    // `:authority` is the Host (RFC 9113 §8.3.1); a `host` field alone stands for it.
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    if let Some(a) = &authority {
+        head.extend_from_slice(b"host: ");
+        head.extend_from_slice(a.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    let mut has_length = false;
+    for (name, value) in &parts.headers {
+        match name.as_str() {
+            "host" if authority.is_some() => continue,
+            // Hop-by-hop in HTTP/1.1; `te: trailers` is the only one HTTP/2 allows.
+            "te" | "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding"
+            | "upgrade" => continue,
+            "cookie" => {
+                cookies.push(value.as_bytes());
+                continue;
+            }
+            "content-length" => has_length = true,
+            _ => {}
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !cookies.is_empty() {
+        // RFC 9113 §8.2.3: one field for HTTP/1.1.
+        head.extend_from_slice(b"cookie: ");
+        head.extend_from_slice(&cookies.join(&b"; "[..]));
+        head.extend_from_slice(b"\r\n");
+    }
+    let body = !recv.is_end_stream();
+    let req_chunked = body && !has_length;
+    if req_chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    // One request per stream: the engine ends its session after the response.
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    Ok(Stream {
+        recv: body.then_some(recv),
+        respond: Some(respond),
+        send: None,
+        req: head,
+        req_pos: 0,
+        req_chunked,
+        req_done: !body,
+        head_only: parts.method == ::http::Method::HEAD,
+        resp: Resp::Head(Vec::new()),
+        out: VecDeque::new(),
+        out_len: 0,
+        trailers: Vec::new(),
+        engine_wrote_all: false,
+        engine_gone: false,
+        h2_done: false,
+        told_reset: false,
+        client_reset: false,
+        wants_readable: false,
+        blocked_write: false,
+    })
+}
+
+/// One stream's turn: request body in (while the engine keeps up), response body out (as
+/// the window allows), resets noticed.
+fn pump_stream(st: &mut Stream, cx: &mut Context<'_>) {
+    if st.h2_done {
+        return;
+    }
+    // Request body.
+    while let Some(recv) = st.recv.as_mut() {
+        if st.req.len() - st.req_pos >= REQ_MAX {
+            break;
+        }
+        match recv.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                let _ = recv.flow_control().release_capacity(data.len());
+                if data.is_empty() {
+                    continue;
+                }
+                if st.req_chunked {
+                    st.req
+                        .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    st.req.extend_from_slice(&data);
+                    st.req.extend_from_slice(b"\r\n");
+                } else {
+                    st.req.extend_from_slice(&data);
+                }
+                st.wants_readable = true;
+            }
+            Poll::Ready(None) => {
+                let trailers = match recv.poll_trailers(cx) {
+                    Poll::Ready(Ok(t)) => t,
+                    Poll::Ready(Err(_)) => {
+                        st.h2_done = true;
+                        st.client_reset = true;
+                        return;
+                    }
+                    Poll::Pending => break,
+                };
+                if st.req_chunked {
+                    st.req.extend_from_slice(b"0\r\n");
+                    for (k, v) in trailers.iter().flatten() {
+                        st.req.extend_from_slice(k.as_str().as_bytes());
+                        st.req.extend_from_slice(b": ");
+                        st.req.extend_from_slice(v.as_bytes());
+                        st.req.extend_from_slice(b"\r\n");
+                    }
+                    st.req.extend_from_slice(b"\r\n");
+                }
+                st.recv = None;
+                st.req_done = true;
+                st.wants_readable = true;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                st.h2_done = true;
+                st.client_reset = true;
+                return;
+            }
+            Poll::Pending => break,
+        }
+    }
+    // Response body, as the stream's window opens.
+    if let Some(send) = st.send.as_mut() {
+        while let Some(front) = st.out.front() {
+            if send.capacity() == 0 {
+                send.reserve_capacity(st.out_len.min(RESP_MAX));
+                match send.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(n))) if n > 0 => {}
+                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                        st.h2_done = true;
+                        return;
+                    }
+                    _ => break,
+                }
+            }
+            let n = send.capacity().min(front.len());
+            if n == 0 {
+                break;
+            }
+            let mut chunk = st.out.pop_front().expect("a front");
+            let rest = chunk.split_off(n);
+            if !rest.is_empty() {
+                st.out.push_front(rest);
+            }
+            st.out_len -= chunk.len();
+            let last = st.out.is_empty() && matches!(st.resp, Resp::Done) && st.trailers.is_empty();
+            if send.send_data(chunk, last).is_err() {
+                st.h2_done = true;
+                return;
+            }
+            if last {
+                st.send = None;
+                break;
+            }
+        }
+        if let Some(send) = st.send.as_mut() {
+            if st.out.is_empty() && matches!(st.resp, Resp::Done) {
+                let r = if st.trailers.is_empty() {
+                    send.send_data(Bytes::new(), true)
+                } else {
+                    send.send_trailers(trailer_map(&st.trailers))
+                };
+                if r.is_err() {
+                    st.h2_done = true;
+                    return;
+                }
+                st.send = None;
+            }
+        }
+        if let Some(send) = st.send.as_mut() {
+            if send.poll_reset(cx).is_ready() {
+                st.h2_done = true;
+                st.client_reset = true;
+            }
+        }
+    } else if let Some(respond) = st.respond.as_mut() {
+        if respond.poll_reset(cx).is_ready() {
+            st.h2_done = true;
+            st.client_reset = true;
+        }
+    }
+}
+
+fn trailer_map(raw: &[u8]) -> ::http::HeaderMap {
+    let mut map = ::http::HeaderMap::new();
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    if let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(raw, &mut fields) {
+        for f in fields {
+            if let (Ok(k), Ok(v)) = (
+                ::http::HeaderName::from_bytes(f.name.as_bytes()),
+                ::http::HeaderValue::from_bytes(f.value),
+            ) {
+                map.append(k, v);
+            }
+        }
+    }
+    map
+}
+
+/// Fields of an HTTP/1.1 response that do not cross into HTTP/2 (RFC 9113 §8.2.2).
+fn connection_specific(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te"
+    )
+}
+
+impl Stream {
+    /// The engine writes its HTTP/1.1 response: the head becomes HEADERS, the body DATA.
+    /// Returns how much of `data` was taken, or `Err` when the response cannot be translated.
+    fn take_response(&mut self, mut data: &[u8]) -> Result<usize, ()> {
+        let total = data.len();
+        while !data.is_empty() {
+            match &mut self.resp {
+                Resp::Head(buf) => {
+                    let take = data.len().min(RESP_HEAD_MAX + 1 - buf.len());
+                    let before = buf.len();
+                    buf.extend_from_slice(&data[..take]);
+                    let mut fields = [httparse::EMPTY_HEADER; 96];
+                    let mut r = httparse::Response::new(&mut fields);
+                    match r.parse(buf) {
+                        Ok(httparse::Status::Complete(len)) => {
+                            let status = r.code.ok_or(())?;
+                            let used = len - before;
+                            data = &data[used..];
+                            if (100..200).contains(&status) {
+                                // Interim responses are not passed on (1xx in HTTP/2 would need
+                                // `send_informational`; clients do without them).
+                                buf.clear();
+                                continue;
+                            }
+                            let mut b = ::http::Response::builder().status(status);
+                            let mut framing = Framing::UntilClose;
+                            for f in r.headers.iter() {
+                                let name = f.name.to_ascii_lowercase();
+                                if name == "content-length" {
+                                    let n = std::str::from_utf8(f.value)
+                                        .ok()
+                                        .and_then(|v| v.trim().parse().ok())
+                                        .ok_or(())?;
+                                    framing = Framing::Length(n);
+                                } else if name == "transfer-encoding" {
+                                    framing = Framing::Chunked(Chunk::Size(0, false));
+                                }
+                                if connection_specific(&name) {
+                                    continue;
+                                }
+                                b = b.header(name.as_str(), f.value);
+                            }
+                            if self.head_only || status == 204 || status == 304 {
+                                framing = Framing::Length(0);
+                            }
+                            let head = b.body(()).map_err(|_| ())?;
+                            let respond = self.respond.as_mut().ok_or(())?;
+                            let end = framing == Framing::Length(0);
+                            let send = respond.send_response(head, end).map_err(|_| ())?;
+                            self.respond = None;
+                            if end {
+                                self.resp = Resp::Done;
+                            } else {
+                                self.send = Some(send);
+                                self.resp = Resp::Body(framing);
+                            }
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            if buf.len() > RESP_HEAD_MAX {
+                                return Err(());
+                            }
+                            data = &data[take..];
+                        }
+                        Err(_) => return Err(()),
+                    }
+                }
+                Resp::Body(framing) => {
+                    let n = match framing {
+                        Framing::Length(left) => {
+                            let n = (*left).min(data.len() as u64) as usize;
+                            self.out.push_back(Bytes::copy_from_slice(&data[..n]));
+                            self.out_len += n;
+                            *left -= n as u64;
+                            if *left == 0 {
+                                self.resp = Resp::Done;
+                            }
+                            n
+                        }
+                        Framing::UntilClose => {
+                            self.out.push_back(Bytes::copy_from_slice(data));
+                            self.out_len += data.len();
+                            data.len()
+                        }
+                        Framing::Chunked(chunk) => {
+                            let (n, body, done) = dechunk(chunk, data, &mut self.trailers)?;
+                            if !body.is_empty() {
+                                self.out_len += body.len();
+                                self.out.push_back(Bytes::from(body));
+                            }
+                            if done {
+                                self.resp = Resp::Done;
+                            }
+                            n
+                        }
+                    };
+                    data = &data[n..];
+                }
+                // Bytes after a complete response: the engine sends no second one on a
+                // stream (each request says `connection: close`).
+                Resp::Done => return Err(()),
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Takes chunked-coded bytes: how many were used, the body bytes in them, and whether the
+/// last chunk and the trailer section ended (RFC 9112 §7.1).
+fn dechunk(
+    st: &mut Chunk,
+    data: &[u8],
+    trailers: &mut Vec<u8>,
+) -> Result<(usize, Vec<u8>, bool), ()> {
+    let mut body = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        match st {
+            Chunk::Size(n, any) => {
+                if let Some(d) = (b as char).to_digit(16) {
+                    *n = n
+                        .checked_mul(16)
+                        .and_then(|n| n.checked_add(d as u64))
+                        .ok_or(())?;
+                    *any = true;
+                } else if *any {
+                    *st = Chunk::SizeLine(*n);
+                    continue; // look at this byte again
+                } else {
+                    return Err(());
+                }
+            }
+            Chunk::SizeLine(n) => {
+                if b == b'\n' {
+                    *st = if *n == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(*n)
+                    };
+                }
+            }
+            Chunk::Data(left) => {
+                let n = (*left).min((data.len() - i) as u64) as usize;
+                body.extend_from_slice(&data[i..i + n]);
+                *left -= n as u64;
+                i += n;
+                if *left == 0 {
+                    *st = Chunk::DataCr;
+                }
+                continue;
+            }
+            Chunk::DataCr => {
+                if b != b'\r' {
+                    return Err(());
+                }
+                *st = Chunk::DataLf;
+            }
+            Chunk::DataLf => {
+                if b != b'\n' {
+                    return Err(());
+                }
+                *st = Chunk::Size(0, false);
+            }
+            Chunk::Trailers => {
+                trailers.push(b);
+                if trailers.len() > RESP_HEAD_MAX {
+                    return Err(());
+                }
+                if trailers == b"\r\n" {
+                    trailers.clear();
+                    return Ok((i + 1, body, true));
+                }
+                if trailers.ends_with(b"\r\n\r\n") {
+                    return Ok((i + 1, body, true));
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok((i, body, false))
+}
+
+impl<N: Net> Net for H2Net<'_, N> {
+    type Conn = FConn<N::Conn>;
+
+    fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<Self::Conn, NetError> {
+        self.inner.connect(now, remote).map(FConn::Tcp)
+    }
+
+    fn read(&mut self, c: Self::Conn, buf: &mut [u8]) -> Result<usize, NetError> {
+        match c {
+            FConn::Tcp(t) => {
+                if self.front.replay.is_empty() {
+                    return self.inner.read(t, buf);
+                }
+                if let Some(r) = self.front.replay.get_mut(&t) {
+                    let n = r.len().min(buf.len());
+                    buf[..n].copy_from_slice(&r[..n]);
+                    r.drain(..n);
+                    if r.is_empty() {
+                        self.front.replay.remove(&t);
+                    }
+                    return Ok(n);
+                }
+                self.inner.read(t, buf)
+            }
+            FConn::Stream(t, id) => {
+                let h = self.front.conns.get_mut(&t).ok_or(NetError::Reset)?;
+                let st = h.streams.get_mut(&id).ok_or(NetError::Reset)?;
+                let avail = st.req.len() - st.req_pos;
+                if avail > 0 {
+                    let n = avail.min(buf.len());
+                    buf[..n].copy_from_slice(&st.req[st.req_pos..st.req_pos + n]);
+                    st.req_pos += n;
+                    if st.req_pos == st.req.len() {
+                        st.req.clear();
+                        st.req_pos = 0;
+                        if st.recv.is_some() {
+                            // Room again: take more of the body.
+                            self.front.dirty.push(t);
+                        }
+                    }
+                    return Ok(n);
+                }
+                if st.h2_done && !st.resp_finished() {
+                    return Err(NetError::Reset);
+                }
+                // The end of the client's side, once the engine has answered: the session
+                // then ends without waiting (a stream has no half-close to linger for).
+                if st.req_done && st.engine_wrote_all {
+                    return Ok(0);
+                }
+                Err(NetError::WouldBlock)
+            }
+        }
+    }
+
+    fn write(&mut self, c: Self::Conn, data: &[u8]) -> Result<usize, NetError> {
+        match c {
+            FConn::Tcp(t) => self.inner.write(t, data),
+            FConn::Stream(t, id) => {
+                let h = self.front.conns.get_mut(&t).ok_or(NetError::Reset)?;
+                let st = h.streams.get_mut(&id).ok_or(NetError::Reset)?;
+                if st.h2_done || st.engine_wrote_all {
+                    return Err(NetError::Closed);
+                }
+                if st.out_len >= RESP_MAX {
+                    st.blocked_write = true;
+                    return Err(NetError::WouldBlock);
+                }
+                let room = RESP_MAX - st.out_len;
+                let data = &data[..data.len().min(room.max(1))];
+                let r = st.take_response(data);
+                self.front.dirty.push(t);
+                match r {
+                    Ok(n) => Ok(n),
+                    Err(()) => {
+                        self.front
+                            .stats
+                            .streams_reset
+                            .fetch_add(1, Ordering::Relaxed);
+                        reset_stream(st, h2::Reason::INTERNAL_ERROR);
+                        Err(NetError::Reset)
+                    }
+                }
+            }
+        }
+    }
+
+    fn shutdown_write(&mut self, c: Self::Conn) {
+        match c {
+            FConn::Tcp(t) => self.inner.shutdown_write(t),
+            FConn::Stream(t, id) => {
+                if let Some(st) = self
+                    .front
+                    .conns
+                    .get_mut(&t)
+                    .and_then(|h| h.streams.get_mut(&id))
+                {
+                    self.front.dirty.push(t);
+                    end_engine_writes(st, &self.front.stats);
+                    // It reads the end of the request next (see `read`).
+                    self.front.events.push_back(NetEvent::Readable(c));
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, now: Instant, c: Self::Conn) {
+        match c {
+            FConn::Tcp(t) => {
+                self.front.replay.remove(&t);
+                self.inner.close(now, t)
+            }
+            FConn::Stream(t, id) => {
+                if let Some(st) = self
+                    .front
+                    .conns
+                    .get_mut(&t)
+                    .and_then(|h| h.streams.get_mut(&id))
+                {
+                    end_engine_writes(st, &self.front.stats);
+                    st.engine_gone = true;
+                    self.front.dirty.push(t);
+                }
+                self.front.events.push_back(NetEvent::Closed(c));
+            }
+        }
+    }
+
+    fn abort(&mut self, c: Self::Conn) {
+        match c {
+            FConn::Tcp(t) => {
+                self.front.replay.remove(&t);
+                self.front.sniff.remove(&t);
+                self.inner.abort(t)
+            }
+            FConn::Stream(t, id) => {
+                if let Some(st) = self
+                    .front
+                    .conns
+                    .get_mut(&t)
+                    .and_then(|h| h.streams.get_mut(&id))
+                {
+                    if !st.h2_done && !st.resp_finished() {
+                        self.front
+                            .stats
+                            .streams_reset
+                            .fetch_add(1, Ordering::Relaxed);
+                        reset_stream(st, h2::Reason::INTERNAL_ERROR);
+                    }
+                    st.engine_gone = true;
+                    self.front.dirty.push(t);
+                }
+            }
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<NetEvent<Self::Conn>> {
+        loop {
+            if let Some(e) = self.front.events.pop_front() {
+                return Some(e);
+            }
+            if let Some(c) = self.front.dirty.pop() {
+                self.pump(c);
+                continue;
+            }
+            let e = self.inner.poll_event()?;
+            match e {
+                NetEvent::Accepted {
+                    conn,
+                    local,
+                    remote,
+                } => {
+                    if (self.front.is_http)(local) {
+                        let deadline = self.front.now + self.front.cfg.preface_timeout;
+                        self.front.sniff.insert(
+                            conn,
+                            Sniff {
+                                buf: Vec::new(),
+                                local,
+                                remote,
+                                deadline,
+                            },
+                        );
+                        self.sniff(conn);
+                        continue;
+                    }
+                    return Some(NetEvent::Accepted {
+                        conn: FConn::Tcp(conn),
+                        local,
+                        remote,
+                    });
+                }
+                NetEvent::Readable(c) => {
+                    if !self.front.sniff.is_empty() && self.front.sniff.contains_key(&c) {
+                        self.sniff(c);
+                        continue;
+                    }
+                    if !self.front.conns.is_empty() && self.front.conns.contains_key(&c) {
+                        self.pump(c);
+                        continue;
+                    }
+                    return Some(NetEvent::Readable(FConn::Tcp(c)));
+                }
+                NetEvent::Writable(c) => {
+                    if !self.front.conns.is_empty() && self.front.conns.contains_key(&c) {
+                        self.pump(c);
+                        continue;
+                    }
+                    if self.front.sniff.contains_key(&c) {
+                        continue;
+                    }
+                    return Some(NetEvent::Writable(FConn::Tcp(c)));
+                }
+                NetEvent::Closed(c) | NetEvent::Reset(c) => {
+                    if self.front.sniff.remove(&c).is_some() {
+                        continue;
+                    }
+                    if let Some(h) = self.front.conns.remove(&c) {
+                        for (id, st) in h.streams {
+                            if !st.engine_gone && !st.told_reset {
+                                self.front
+                                    .events
+                                    .push_back(NetEvent::Reset(FConn::Stream(c, id)));
+                            }
+                        }
+                        continue;
+                    }
+                    self.front.replay.remove(&c);
+                    return Some(match e {
+                        NetEvent::Closed(_) => NetEvent::Closed(FConn::Tcp(c)),
+                        _ => NetEvent::Reset(FConn::Tcp(c)),
+                    });
+                }
+                NetEvent::Connected(c) => return Some(NetEvent::Connected(FConn::Tcp(c))),
+            }
+        }
+    }
+
+    fn may_have_input(&self, c: Self::Conn) -> bool {
+        match c {
+            FConn::Tcp(t) => self.front.replay.contains_key(&t) || self.inner.may_have_input(t),
+            FConn::Stream(..) => true,
+        }
+    }
+
+    fn addrs(&self, c: Self::Conn) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        self.inner.addrs(c.transport())
+    }
+
+    fn tcp_info(&self, c: Self::Conn) -> Option<TcpInfo> {
+        self.inner.tcp_info(c.transport())
+    }
+}
+
+fn end_engine_writes(st: &mut Stream, stats: &H2Stats) {
+    if st.engine_wrote_all {
+        return;
+    }
+    st.engine_wrote_all = true;
+    match st.resp {
+        Resp::Body(Framing::UntilClose) => st.resp = Resp::Done,
+        Resp::Done => {}
+        // Ended before its response did: a cut, which HTTP/2 says with a reset.
+        _ => {
+            if !st.h2_done {
+                stats.streams_reset.fetch_add(1, Ordering::Relaxed);
+                reset_stream(st, h2::Reason::INTERNAL_ERROR);
+            }
+        }
+    }
+}
+
+fn reset_stream(st: &mut Stream, reason: h2::Reason) {
+    if let Some(s) = st.send.as_mut() {
+        s.send_reset(reason);
+    } else if let Some(r) = st.respond.as_mut() {
+        r.send_reset(reason);
+    }
+    st.send = None;
+    st.respond = None;
+    st.out.clear();
+    st.out_len = 0;
+    st.h2_done = true;
+    st.resp = Resp::Done;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_and_trailers_decode_across_every_split() {
+        let coded = b"5;x=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
+        for split in 0..=coded.len() {
+            let mut st = Chunk::Size(0, false);
+            let mut trailers = Vec::new();
+            let (n1, mut body, d1) = dechunk(&mut st, &coded[..split], &mut trailers).unwrap();
+            assert_eq!(n1, split);
+            assert!(!d1 || split == coded.len());
+            let (n2, b2, d2) = dechunk(&mut st, &coded[split..], &mut trailers).unwrap();
+            body.extend(b2);
+            assert_eq!(n1 + n2, coded.len());
+            assert!(d1 || d2, "split {split}");
+            assert_eq!(body, b"hello world");
+            assert_eq!(trailers, b"grpc-status: 0\r\n\r\n");
+        }
+    }
+
+    #[test]
+    fn bad_chunk_sizes_are_errors() {
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffffff\r\n"] {
+            let mut st = Chunk::Size(0, false);
+            assert!(dechunk(&mut st, bad, &mut Vec::new()).is_err(), "{bad:?}");
+        }
+    }
+}
