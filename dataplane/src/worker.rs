@@ -668,6 +668,7 @@ impl<D: Device> Worker<D> {
         let engine_started = self.engine.as_ref().map_or(0, |e| e.active());
         if let Some(e) = self.engine.as_mut() {
             e.drain_idle();
+            self.front.drain();
         }
         let started = self.sessions.len() + engine_started;
         for s in self.sessions.values_mut() {

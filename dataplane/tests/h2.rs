@@ -291,7 +291,8 @@ fn h2c_and_http1_on_one_port_through_the_engine() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("hello world"), "{text}");
     assert!(
-        text.lines().any(|l| l.contains("recv (stream_id=") && l.ends_with(") x-checksum: 42")),
+        text.lines()
+            .any(|l| l.contains("recv (stream_id=") && l.ends_with(") x-checksum: 42")),
         "no trailer:\n{text}"
     );
 

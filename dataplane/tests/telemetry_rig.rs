@@ -886,6 +886,60 @@ fn run_backend(backend: &str, work: &Path, findings: &mut Findings) {
             && top_text.lines().any(|l| l.starts_with("tele ")),
         "xdpmesh top draws two frames with the tele service's row".into(),
     );
+    // HTTP/2 clients (issue #19) on A's `web` listener, next to HTTP/1.1: curl with prior
+    // knowledge, and h2load's 2 connections × 16 streams through the pair.
+    let h2_before = metric_in(&admin_get(&gwa, "/metrics"), "xdpmesh_h2_streams_total", "");
+    let out = cli
+        .command("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "--resolve",
+            "tele.rig.mesh:80:10.10.1.1",
+            "-w",
+            " %{http_code} %{http_version}",
+            "http://tele.rig.mesh/canary",
+        ])
+        .output()
+        .expect("curl");
+    let curl_h2 = String::from_utf8_lossy(&out.stdout).to_string();
+    let out = cli
+        .command("h2load")
+        .args([
+            "-n",
+            "320",
+            "-c",
+            "2",
+            "-m",
+            "16",
+            "-H",
+            ":authority: tele.rig.mesh",
+        ])
+        .arg("http://10.10.1.1/canary")
+        .output()
+        .expect("h2load (Debian nghttp2-client)");
+    let h2load = String::from_utf8_lossy(&out.stdout).to_string();
+    let h2_streams =
+        metric_in(&admin_get(&gwa, "/metrics"), "xdpmesh_h2_streams_total", "") - h2_before;
+    println!(
+        "[{backend}] curl --http2-prior-knowledge: {curl_h2:?}; h2load: {:?}; {h2_streams} streams on A",
+        h2load
+            .lines()
+            .filter(|l| l.starts_with("requests:") || l.starts_with("status codes:"))
+            .collect::<Vec<_>>()
+    );
+    findings.check(
+        backend,
+        curl_h2.ends_with(" 200 2")
+            && h2load.contains("requests: 320 total, 320 started, 320 done, 320 succeeded")
+            && h2load.contains("status codes: 320 2xx")
+            && h2_streams >= 321,
+        "HTTP/2 with prior knowledge through the pair: curl gets 200 over h2, h2load's 320 \
+         multiplexed requests all 2xx"
+            .into(),
+    );
     // `GET /connections` (issue #18): A's pooled hops to B, with the transport's view.
     let conns = gwa
         .exec_ok(["curl", "-s", "http://127.0.0.1:9901/connections"])

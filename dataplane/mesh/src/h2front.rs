@@ -43,6 +43,9 @@ const REQ_MAX: usize = 64 << 10;
 /// Response body bytes waiting for the stream's send window, per stream; past it the engine's
 /// writes are refused (`WouldBlock`) until the client opens the window.
 const RESP_MAX: usize = 64 << 10;
+/// A response the engine finished but the client does not take (its window stays shut) is
+/// reset after this long without progress; the engine no longer bounds it.
+const ORPHAN_STALL: Duration = Duration::from_secs(30);
 /// A response head from the engine is at most this large (the engine's own limit is 16 KiB).
 const RESP_HEAD_MAX: usize = 32 << 10;
 
@@ -306,6 +309,8 @@ struct Stream {
     told_reset: bool,
     /// The client reset it before its response was complete.
     client_reset: bool,
+    /// Since when the engine is gone while the response still waits for the client's window.
+    orphan_since: Option<Instant>,
     /// The engine was told about the bytes in `req` / the end of its writes.
     wants_readable: bool,
     blocked_write: bool,
@@ -387,13 +392,36 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
         self.conns.len()
     }
 
+    /// A drain: every HTTP/2 client gets GOAWAY (no new streams; open ones finish), sent
+    /// at the connection's next turn.
+    pub fn drain(&mut self) {
+        for (c, h) in self.conns.iter_mut() {
+            if let ConnState::Open(conn) = &mut h.state {
+                conn.graceful_shutdown();
+                self.dirty.push(*c);
+            }
+        }
+    }
+
     /// The front's next deadline: a preface or an idle connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let sniff = self.sniff.values().map(|s| s.deadline).min();
         let idle = self
             .conns
             .values()
-            .filter_map(|c| c.idle_since.map(|t| t + self.cfg.idle_timeout))
+            .filter_map(|c| {
+                let orphan = c
+                    .streams
+                    .values()
+                    .filter_map(|s| s.orphan_since)
+                    .min()
+                    .map(|t| t + ORPHAN_STALL);
+                let idle = c.idle_since.map(|t| t + self.cfg.idle_timeout);
+                match (orphan, idle) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
             .min();
         match (sniff, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -422,6 +450,20 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
             .filter(|(_, h)| h.idle_since.is_some_and(|t| t + idle <= now))
             .map(|(c, _)| *c)
             .collect();
+        for (c, h) in self.conns.iter_mut() {
+            let mut any = false;
+            for st in h.streams.values_mut() {
+                if st.orphan_since.is_some_and(|t| t + ORPHAN_STALL <= now) {
+                    st.orphan_since = None;
+                    self.stats.streams_reset.fetch_add(1, Ordering::Relaxed);
+                    reset_stream(st, h2::Reason::CANCEL);
+                    any = true;
+                }
+            }
+            if any {
+                self.dirty.push(*c);
+            }
+        }
         for c in late {
             if let Some(h) = self.conns.get_mut(&c) {
                 h.idle_since = None;
@@ -549,6 +591,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         }
         let mut cx = Context::from_waker(Waker::noop());
         let stats = &self.front.stats;
+        let now = self.front.now;
         let events = &mut self.front.events;
         let (local, remote) = (h.local, h.remote);
         // Drive: the handshake, then accept streams (which also moves the connection's I/O).
@@ -610,7 +653,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         let open = matches!(h.state, ConnState::Open(_));
         for (&id, st) in h.streams.iter_mut() {
             let f = FConn::Stream(c, id);
-            pump_stream(st, &mut cx);
+            pump_stream(st, &mut cx, now);
             if !open && !st.h2_done {
                 st.h2_done = true;
             }
@@ -760,6 +803,7 @@ fn new_stream(
         h2_done: false,
         told_reset: false,
         client_reset: false,
+        orphan_since: None,
         wants_readable: false,
         blocked_write: false,
     })
@@ -767,7 +811,14 @@ fn new_stream(
 
 /// One stream's turn: request body in (while the engine keeps up), response body out (as
 /// the window allows), resets noticed.
-fn pump_stream(st: &mut Stream, cx: &mut Context<'_>) {
+fn pump_stream(st: &mut Stream, cx: &mut Context<'_>, now: Instant) {
+    pump_stream_io(st, cx);
+    if st.engine_gone && st.orphan_since.is_none() && !st.resp_finished() && !st.h2_done {
+        st.orphan_since = Some(now);
+    }
+}
+
+fn pump_stream_io(st: &mut Stream, cx: &mut Context<'_>) {
     if st.h2_done {
         return;
     }
@@ -848,6 +899,9 @@ fn pump_stream(st: &mut Stream, cx: &mut Context<'_>) {
                 st.out.push_front(rest);
             }
             st.out_len -= chunk.len();
+            if st.orphan_since.is_some() {
+                st.orphan_since = None; // it moves: the stall clock starts again
+            }
             let last = st.out.is_empty() && matches!(st.resp, Resp::Done) && st.trailers.is_empty();
             if send.send_data(chunk, last).is_err() {
                 st.h2_done = true;
@@ -1119,6 +1173,11 @@ impl<N: Net> Net for H2Net<'_, N> {
             FConn::Stream(t, id) => {
                 let h = self.front.conns.get_mut(&t).ok_or(NetError::Reset)?;
                 let st = h.streams.get_mut(&id).ok_or(NetError::Reset)?;
+                if st.engine_wrote_all {
+                    // Answered: the rest of the request does not matter, and the session
+                    // ends at once (a stream has no half-close to linger for).
+                    return Ok(0);
+                }
                 let avail = st.req.len() - st.req_pos;
                 if avail > 0 {
                     let n = avail.min(buf.len());
@@ -1136,11 +1195,6 @@ impl<N: Net> Net for H2Net<'_, N> {
                 }
                 if st.h2_done && !st.resp_finished() {
                     return Err(NetError::Reset);
-                }
-                // The end of the client's side, once the engine has answered: the session
-                // then ends without waiting (a stream has no half-close to linger for).
-                if st.req_done && st.engine_wrote_all {
-                    return Ok(0);
                 }
                 Err(NetError::WouldBlock)
             }
@@ -1213,6 +1267,9 @@ impl<N: Net> Net for H2Net<'_, N> {
                 {
                     end_engine_writes(st, &self.front.stats);
                     st.engine_gone = true;
+                    if !st.resp_finished() && !st.h2_done {
+                        st.orphan_since = Some(now);
+                    }
                     self.front.dirty.push(t);
                 }
                 self.front.events.push_back(NetEvent::Closed(c));
@@ -1398,6 +1455,78 @@ mod tests {
             assert_eq!(body, b"hello world");
             assert_eq!(trailers, b"grpc-status: 0\r\n\r\n");
         }
+    }
+
+    use crate::memnet::{EngineClose, MemNet};
+
+    fn front() -> H2Front<crate::memnet::MemConn> {
+        H2Front::new(H2Config::default(), |_| true, Arc::default())
+    }
+
+    fn addr(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    /// Every event the front passes on now, and what a reader of `c` gets.
+    fn drain(
+        mem: &mut MemNet,
+        f: &mut H2Front<crate::memnet::MemConn>,
+        now: Instant,
+    ) -> (Vec<NetEvent<FConn<crate::memnet::MemConn>>>, Vec<u8>) {
+        let mut net = H2Net::new(mem, f, now);
+        let mut events = Vec::new();
+        let mut bytes = Vec::new();
+        while let Some(e) = net.poll_event() {
+            if let NetEvent::Readable(c @ FConn::Tcp(_)) = e {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = net.read(c, &mut buf) {
+                    bytes.extend_from_slice(&buf[..n]);
+                }
+            }
+            events.push(e);
+        }
+        (events, bytes)
+    }
+
+    #[test]
+    fn http1_is_told_at_its_first_byte_and_replayed_whole_across_every_split() {
+        let req = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        // And one that starts like the preface and leaves it late.
+        let near = b"PRI * HTTP/1.1\r\nhost: a\r\n\r\n";
+        for text in [&req[..], &near[..]] {
+            for split in 1..text.len() {
+                let (mut mem, mut f) = (MemNet::new([10, 0, 0, 1].into()), front());
+                let now = Instant::from_micros(0);
+                let c = mem.peer_connect(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+                mem.peer_send(c, &text[..split]);
+                let (ev1, mut got) = drain(&mut mem, &mut f, now);
+                let told = ev1.iter().any(|e| matches!(e, NetEvent::Accepted { .. }));
+                // Told at the first byte that is not the preface's.
+                let diverges = text.iter().zip(PREFACE).position(|(a, b)| a != b).unwrap();
+                assert_eq!(told, split > diverges, "{text:?} split at {split}");
+                mem.peer_send(c, &text[split..]);
+                let (_, more) = drain(&mut mem, &mut f, now);
+                got.extend(more);
+                assert_eq!(got, text, "{text:?} split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_preface_that_stalls_is_aborted_at_its_deadline() {
+        let (mut mem, mut f) = (MemNet::new([10, 0, 0, 1].into()), front());
+        let t0 = Instant::from_micros(0);
+        let c = mem.peer_connect(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+        mem.peer_send(c, &PREFACE[..10]);
+        let (ev, _) = drain(&mut mem, &mut f, t0);
+        assert!(ev.is_empty(), "nothing for the engine yet: {ev:?}");
+        let due = f.poll_timeout().expect("a deadline");
+        assert_eq!(due, t0 + Duration::from_secs(10));
+        let mut net = H2Net::new(&mut mem, &mut f, due);
+        net.handle_timeout(due);
+        assert_eq!(mem.closed(c), Some(EngineClose::Abort));
+        assert_eq!(f.stats.preface_timeouts.load(Ordering::Relaxed), 1);
+        assert_eq!(f.poll_timeout(), None);
     }
 
     #[test]

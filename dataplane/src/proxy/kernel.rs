@@ -587,6 +587,7 @@ impl KernelWorker {
     pub fn drain(&mut self, timeout: Duration) -> io::Result<usize> {
         self.stop_accepting();
         self.engine.drain_idle();
+        self.front.drain();
         let deadline = std::time::Instant::now() + timeout;
         while self.engine.active() > 0 && std::time::Instant::now() < deadline {
             self.poll_once(Duration::from_millis(10))?;
