@@ -739,18 +739,20 @@ impl<D: Device> Worker<D> {
         }
         while let Some(e) = net.poll_event() {
             did = true;
+            if let NetEvent::Accepted { conn, .. } = e {
+                // Latency over coalescing for every service: the proxy writes TLS records and
+                // HTTP heads in pieces, and Nagle waiting on the peer's delayed ACK would stall
+                // each handshake by tens of milliseconds. (An HTTP/2 client's connection is
+                // first seen with its first stream.)
+                let t = conn.transport();
+                let _ = net.inner.ports[t.port as usize].stack.set_nagle(t.id, false);
+            }
             if let NetEvent::Accepted {
                 conn: FConn::Tcp(conn),
                 local,
                 ..
             } = e
             {
-                // Latency over coalescing for every service: the proxy writes TLS records and
-                // HTTP heads in pieces, and Nagle waiting on the peer's delayed ACK would stall
-                // each handshake by tens of milliseconds.
-                let _ = net.inner.ports[conn.port as usize]
-                    .stack
-                    .set_nagle(conn.id, false);
                 let kind = self
                     .services
                     .get(&local)
