@@ -745,7 +745,9 @@ impl<D: Device> Worker<D> {
                 // each handshake by tens of milliseconds. (An HTTP/2 client's connection is
                 // first seen with its first stream.)
                 let t = conn.transport();
-                let _ = net.inner.ports[t.port as usize].stack.set_nagle(t.id, false);
+                let _ = net.inner.ports[t.port as usize]
+                    .stack
+                    .set_nagle(t.id, false);
             }
             if let NetEvent::Accepted {
                 conn: FConn::Tcp(conn),
