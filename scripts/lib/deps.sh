@@ -14,12 +14,15 @@
 #   benchmark baseline:     haproxy (scripts/bench.sh runs an HAProxy pair doing mTLS)
 #   benchmark report:       python3 (scripts/bench/report.py reads the runs' JSON, prints the table)
 #   telemetry:              prometheus (dataplane/tests/telemetry_rig.rs scrapes the gateways with it)
+#   tables in etcd:         etcd-server etcd-client (dataplane/tests/etcd_rig.rs runs a 3-member
+#                           cluster of its own on loopback ports; etcdctl for a test's raw writes)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib make
   iproute2 iputils-ping nftables ethtool procps
   iperf3 curl nginx-light tcpdump wrk
   openssl shellcheck fonts-dejavu-core
   haproxy python3 prometheus
+  etcd-server etcd-client
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }
@@ -43,7 +46,7 @@ xm_missing_packages() {
 
 # Installs whatever is missing from XM_DEB_PACKAGES (needs root when something is missing).
 # nginx-light must not start a system nginx on port 80, nor prometheus a system Prometheus on
-# port 9090: the tests and the demo start their own (nginx inside the rig's namespaces, Prometheus
+# port 9090, nor etcd-server a system etcd on ports 2379/2380: the tests and the demo start their own (nginx inside the rig's namespaces, Prometheus
 # with its own configuration and storage). A policy-rc.d that refuses service starts is put in place for
 # the duration of the install only (unless the machine already has one).
 xm_install_deps() {
@@ -83,9 +86,9 @@ xm_install_deps() {
     return "$rc"
   fi
   local unit
-  for unit in nginx prometheus; do
+  for unit in nginx prometheus etcd; do
     case " $missing " in
-      *" $unit "* | *" $unit-light "*)
+      *" $unit "* | *" $unit-light "* | *" $unit-server "*)
         # Where systemd runs, keep the packaged service from starting at boot and holding its port.
         if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
           systemctl disable --now "$unit" >/dev/null 2>&1 || true
