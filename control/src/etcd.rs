@@ -200,7 +200,11 @@ impl Client {
             return Err(EtcdError::Setup("no endpoints".into()));
         }
         let any_tls = cfg.endpoints.iter().any(|e| e.starts_with("https://"));
-        let tls = if any_tls { Some(tls_config(cfg)?) } else { None };
+        let tls = if any_tls {
+            Some(tls_config(cfg)?)
+        } else {
+            None
+        };
         let credentials = match &cfg.credentials_file {
             None => None,
             Some(p) => {
@@ -227,7 +231,12 @@ impl Client {
         &self.cfg
     }
 
-    fn connect(&self, endpoint: &str, timeout: Duration, read_timeout: Duration) -> io::Result<Box<dyn Conn>> {
+    fn connect(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+        read_timeout: Duration,
+    ) -> io::Result<Box<dyn Conn>> {
         let (secure, rest) = if let Some(r) = endpoint.strip_prefix("https://") {
             (true, r)
         } else {
@@ -246,8 +255,9 @@ impl Client {
             return Ok(Box::new(tcp));
         }
         let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-        let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-            .map_err(|e| io::Error::other(format!("{host}: {e}")))?;
+        let name =
+            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .map_err(|e| io::Error::other(format!("{host}: {e}")))?;
         let tls = self
             .tls
             .clone()
@@ -280,7 +290,12 @@ impl Client {
     }
 
     /// Open a response stream for `path` on the first endpoint that answers.
-    fn open(&self, path: &str, body: &Value, read_timeout: Duration) -> Result<Response, EtcdError> {
+    fn open(
+        &self,
+        path: &str,
+        body: &Value,
+        read_timeout: Duration,
+    ) -> Result<Response, EtcdError> {
         let n = self.cfg.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let body = body.to_string();
@@ -653,9 +668,8 @@ impl Read for Response {
 fn tls_config(cfg: &EtcdConfig) -> Result<Arc<rustls::ClientConfig>, EtcdError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let setup = |p: &PathBuf, e: &dyn std::fmt::Display| {
-        EtcdError::Setup(format!("{}: {e}", p.display()))
-    };
+    let setup =
+        |p: &PathBuf, e: &dyn std::fmt::Display| EtcdError::Setup(format!("{}: {e}", p.display()));
     let mut roots = rustls::RootCertStore::empty();
     let ca = cfg
         .ca
@@ -817,11 +831,16 @@ impl EtcdState {
 
     fn lost(&self, e: &EtcdError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        if self.connected.swap(false, Ordering::Relaxed) || self.lost_since_ms.load(Ordering::Relaxed) == 0 {
+        if self.connected.swap(false, Ordering::Relaxed)
+            || self.lost_since_ms.load(Ordering::Relaxed) == 0
+        {
             self.lost_since_ms.store(unix_ms(), Ordering::Relaxed);
             tracing::warn!("tables: etcd lost: {e}; serving the last good tables, retrying");
         }
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = e.to_string();
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = e.to_string();
     }
 
     fn found(&self) {
@@ -884,8 +903,11 @@ pub fn apply_snapshot(remote: &Remote, target: &dyn Apply, snap: &PrefixSnapshot
         return;
     };
     let text = String::from_utf8_lossy(&tables.value).into_owned();
-    let (merged, notes) =
-        merge_registrations(&text, &snap.registrations, &remote.client.cfg.endpoints_prefix());
+    let (merged, notes) = merge_registrations(
+        &text,
+        &snap.registrations,
+        &remote.client.cfg.endpoints_prefix(),
+    );
     for n in notes {
         tracing::warn!("tables: {n}");
     }
@@ -1027,7 +1049,10 @@ mod tests {
         let web = &t["service"][0]["endpoints"];
         assert_eq!(web.as_array().unwrap().len(), 2, "{merged}");
         assert_eq!(web[1]["labels"]["v"].as_str(), Some("2"));
-        assert_eq!(t["service"][1]["endpoints"][0]["address"].as_str(), Some("127.0.0.1:3"));
+        assert_eq!(
+            t["service"][1]["endpoints"][0]["address"].as_str(),
+            Some("127.0.0.1:3")
+        );
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert_eq!(
             merged.lines().position(|l| l.starts_with("name = \"api\"")),

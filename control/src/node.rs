@@ -412,7 +412,10 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
                         &src,
                         &ep.span,
                         "etcd.endpoints",
-                        format!("{:?} is not http://HOST:PORT or https://HOST:PORT", ep.value),
+                        format!(
+                            "{:?} is not http://HOST:PORT or https://HOST:PORT",
+                            ep.value
+                        ),
                     )
                     .hint("etcd's client URL, e.g. \"https://10.0.0.1:2379\""),
                 );
@@ -431,16 +434,30 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
         if https && e.ca.is_none() {
             ok = false;
             errors.push(
-                Diagnostic::at(&src, &e.span, "etcd.ca", "https endpoints need the CA of etcd's server certificate")
-                    .hint("ca = \"etcd/ca.pem\""),
+                Diagnostic::at(
+                    &src,
+                    &e.span,
+                    "etcd.ca",
+                    "https endpoints need the CA of etcd's server certificate",
+                )
+                .hint("ca = \"etcd/ca.pem\""),
             );
         }
         if e.cert.is_some() != e.key.is_some() {
             ok = false;
-            let span = e.cert.as_ref().or(e.key.as_ref()).map_or(e.span.clone(), |s| s.span.clone());
+            let span = e
+                .cert
+                .as_ref()
+                .or(e.key.as_ref())
+                .map_or(e.span.clone(), |s| s.span.clone());
             errors.push(
-                Diagnostic::at(&src, &span, "etcd.cert", "give both cert and key, or neither")
-                    .hint("the client certificate etcd's --client-cert-auth checks, and its key"),
+                Diagnostic::at(
+                    &src,
+                    &span,
+                    "etcd.cert",
+                    "give both cert and key, or neither",
+                )
+                .hint("the client certificate etcd's --client-cert-auth checks, and its key"),
             );
         }
         let mut file = |key: &'static str, v: &Option<Sp<String>>| {
@@ -448,7 +465,12 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
             let p = resolve(base_dir, v);
             if let Err(err) = std::fs::metadata(&p) {
                 ok = false;
-                errors.push(Diagnostic::at(&src, &v.span, key, format!("cannot read {:?}: {err}", p)));
+                errors.push(Diagnostic::at(
+                    &src,
+                    &v.span,
+                    key,
+                    format!("cannot read {:?}: {err}", p),
+                ));
             }
             Some(p)
         };
@@ -459,7 +481,9 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
         ok.then(|| crate::etcd::EtcdConfig {
             endpoints: e.endpoints.iter().map(|s| s.trim().to_string()).collect(),
             prefix: crate::etcd::normalize_prefix(
-                e.prefix.as_ref().map_or(crate::etcd::DEFAULT_PREFIX, |p| p.as_str()),
+                e.prefix
+                    .as_ref()
+                    .map_or(crate::etcd::DEFAULT_PREFIX, |p| p.as_str()),
             ),
             ca,
             cert,
@@ -469,7 +493,12 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
     });
     if let Some(ls) = &n.listeners {
         for l in ls.iter().filter(|l| l.trim().is_empty()) {
-            errors.push(Diagnostic::at(&src, &l.span, "node.listeners", "empty listener name"));
+            errors.push(Diagnostic::at(
+                &src,
+                &l.span,
+                "node.listeners",
+                "empty listener name",
+            ));
         }
     }
     if !errors.is_empty() {

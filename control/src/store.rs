@@ -202,7 +202,8 @@ impl TableStore {
         let src = Source::new(PUT_NAME, text);
         if let Some(remote) = &self.remote {
             if let Err(d) = load::compile(&src, &self.context()) {
-                self.publisher.record_failure_from(ChangeSource::Put, d.clone());
+                self.publisher
+                    .record_failure_from(ChangeSource::Put, d.clone());
                 return Err(PutError::Invalid(d));
             }
             let read = read.unwrap_or_else(|| {
@@ -224,7 +225,8 @@ impl TableStore {
         let compiled = match load::compile(&src, &self.context()) {
             Ok(c) => c,
             Err(d) => {
-                self.publisher.record_failure_from(ChangeSource::Put, d.clone());
+                self.publisher
+                    .record_failure_from(ChangeSource::Put, d.clone());
                 return Err(PutError::Invalid(d));
             }
         };
