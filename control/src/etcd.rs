@@ -509,7 +509,7 @@ pub struct Watch {
 
 impl Watch {
     /// The next message; an error when the stream ended (etcd went away).
-    pub fn next(&mut self) -> Result<WatchMsg, EtcdError> {
+    pub fn next_msg(&mut self) -> Result<WatchMsg, EtcdError> {
         loop {
             if let Some(i) = self.line.iter().position(|&b| b == b'\n') {
                 let l: Vec<u8> = self.line.drain(..=i).collect();
@@ -965,7 +965,7 @@ pub fn sync_loop(remote: Arc<Remote>, target: Arc<dyn Apply>, stop: Arc<AtomicBo
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            match watch.next() {
+            match watch.next_msg() {
                 Ok(WatchMsg::Changed(rev)) => {
                     quiet_since = Instant::now();
                     match remote.client.snapshot(rev) {

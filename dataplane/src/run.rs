@@ -156,7 +156,7 @@ fn listeners(snap: &control::Snapshot, only: Option<&[String]>) -> Result<Listen
     let served = snap
         .listeners
         .iter()
-        .filter(|li| only.is_none_or(|o| o.iter().any(|n| *n == li.name)));
+        .filter(|li| only.is_none_or(|o| o.contains(&li.name)));
     for li in served {
         let SocketAddr::V4(addr) = li.bind else {
             problems.push(format!(
