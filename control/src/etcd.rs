@@ -10,10 +10,12 @@
 //!
 //! A node reads the whole prefix with one range at one revision, merges the registered
 //! endpoints into their `[[service]]`'s `endpoints` and compiles the result like a file:
-//! one revision → one snapshot, never half of a change. The watch on the prefix is only
-//! a wake-up: each event batch makes the node read the prefix again at the batch's
-//! revision, so a lost event, a reconnect or a compaction cannot make it miss or repeat
-//! a change (a revision is applied at most once, in increasing order).
+//! one revision → one snapshot, never half of a change. Then it watches the prefix from
+//! the next revision: each watch response (whole revisions, etcd never splits one) updates
+//! the node's copy of the prefix and the result is applied as the response's last
+//! revision. A reconnect or a compaction starts again with a full read at the latest
+//! revision; a revision at or below the last one seen is skipped, so none is applied
+//! twice and none is missed.
 //!
 //! Why the JSON gateway (`POST /v3/kv/range`, `/v3/watch`, ...) over HTTP/1.1 and not
 //! gRPC: the `etcd-client` crate needs `protoc` at build time and a tokio runtime;
@@ -489,11 +491,45 @@ impl Client {
     }
 }
 
+/// One change to one key.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub delete: bool,
+    pub kv: Kv,
+}
+
+impl PrefixSnapshot {
+    /// The prefix after `events` (of revisions up to `revision`): the watch keeps a node's
+    /// copy current without reading the prefix again.
+    pub fn update(&mut self, cfg: &EtcdConfig, revision: i64, events: Vec<Event>) {
+        let tables_key = cfg.tables_key();
+        let reg = cfg.endpoints_prefix();
+        for e in events {
+            if e.kv.key == tables_key {
+                self.tables = (!e.delete).then_some(e.kv);
+            } else if e.kv.key.starts_with(&reg) {
+                let at = self
+                    .registrations
+                    .binary_search_by(|r| r.key.cmp(&e.kv.key));
+                match (at, e.delete) {
+                    (Ok(i), true) => {
+                        self.registrations.remove(i);
+                    }
+                    (Ok(i), false) => self.registrations[i] = e.kv,
+                    (Err(i), false) => self.registrations.insert(i, e.kv),
+                    (Err(_), true) => {}
+                }
+            }
+        }
+        self.revision = revision;
+    }
+}
+
 /// What one watch message says.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum WatchMsg {
-    /// Events up to this revision.
-    Changed(i64),
+    /// The events of one response (whole revisions), and the last revision among them.
+    Changed(i64, Vec<Event>),
     /// Nothing new (created, progress); the revision etcd is at.
     Quiet(i64),
     /// The start revision was compacted: read everything again.
@@ -533,7 +569,21 @@ impl Watch {
                     )));
                 }
                 return Ok(match res["events"].as_array() {
-                    Some(ev) if !ev.is_empty() => WatchMsg::Changed(rev),
+                    Some(ev) if !ev.is_empty() => {
+                        let events: Vec<Event> = ev
+                            .iter()
+                            .map(|e| Event {
+                                delete: e["type"].as_str() == Some("DELETE"),
+                                kv: kv(&e["kv"]),
+                            })
+                            .collect();
+                        let last = events
+                            .iter()
+                            .map(|e| e.kv.mod_revision)
+                            .max()
+                            .unwrap_or(rev);
+                        WatchMsg::Changed(last, events)
+                    }
                     _ => WatchMsg::Quiet(rev),
                 });
             }
@@ -949,7 +999,8 @@ pub fn sync_loop(remote: Arc<Remote>, target: Arc<dyn Apply>, stop: Arc<AtomicBo
             }
         };
         apply_snapshot(&remote, &*target, &snap);
-        let mut watch = match remote.client.watch(snap.revision + 1) {
+        let mut current = snap;
+        let mut watch = match remote.client.watch(current.revision + 1) {
             Ok(w) => w,
             Err(e) => {
                 remote.state.lost(&e);
@@ -966,23 +1017,11 @@ pub fn sync_loop(remote: Arc<Remote>, target: Arc<dyn Apply>, stop: Arc<AtomicBo
                 return;
             }
             match watch.next_msg() {
-                Ok(WatchMsg::Changed(rev)) => {
+                Ok(WatchMsg::Changed(rev, events)) => {
                     quiet_since = Instant::now();
-                    match remote.client.snapshot(rev) {
-                        Ok(s) => apply_snapshot(&remote, &*target, &s),
-                        // Compacted between the event and the read: a newer one has it.
-                        Err(EtcdError::Compacted) => match remote.client.snapshot(0) {
-                            Ok(s) => apply_snapshot(&remote, &*target, &s),
-                            Err(e) => {
-                                remote.state.lost(&e);
-                                break;
-                            }
-                        },
-                        Err(e) => {
-                            remote.state.lost(&e);
-                            break;
-                        }
-                    }
+                    // The events carry the new values: no second read of the prefix.
+                    current.update(&remote.client.cfg, rev, events);
+                    apply_snapshot(&remote, &*target, &current);
                 }
                 Ok(WatchMsg::Quiet(_)) => quiet_since = Instant::now(),
                 Ok(WatchMsg::Compacted) => break,

@@ -81,6 +81,12 @@ impl TableStore {
             .remote
             .as_ref()
             .map_or(String::new(), |r| r.client.config().tables_key());
+        let st = self.publisher.status();
+        if st.last_ok && st.generation > 0 && *st.source == *text {
+            // A revision that changed nothing of ours (another key under the prefix, a
+            // lease renewed by a put): nothing to compile or swap.
+            return Ok(st.generation);
+        }
         let src = Source::new(format!("etcd:{prefix}@{revision}"), text);
         match load::compile(&src, &self.context()) {
             Ok(c) => {

@@ -48,6 +48,7 @@ struct Etcd {
     clients: Vec<u16>,
     peers: Vec<u16>,
     procs: Vec<Option<Child>>,
+    extra: Vec<String>,
 }
 
 impl Drop for Etcd {
@@ -59,12 +60,13 @@ impl Drop for Etcd {
 }
 
 impl Etcd {
-    fn new(dir: &Path) -> Etcd {
+    fn new(dir: &Path, extra: &[&str]) -> Etcd {
         let mut e = Etcd {
             dir: dir.to_path_buf(),
             clients: (0..3).map(|_| free_port()).collect(),
             peers: (0..3).map(|_| free_port()).collect(),
             procs: (0..3).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..3 {
             e.start(i);
@@ -105,6 +107,7 @@ impl Etcd {
             .args(["--initial-cluster-token", "xm-etcd-rig"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -317,8 +320,13 @@ impl Mesh {
     }
 }
 
+/// The binary under test; `XM_XDPMESH_BIN` runs another build (the benchmark's release one).
+fn bin() -> String {
+    std::env::var("XM_XDPMESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_xdpmesh").to_string())
+}
+
 fn xdpmesh(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
+    Command::new(bin())
         .args(args)
         .output()
         .expect("run xdpmesh")
@@ -366,38 +374,8 @@ fn converge(gws: &[Gateway], rev: i64, within: Duration) -> Duration {
     t0.elapsed()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-#[test]
-fn tables_in_etcd_converge_on_every_node() {
-    if Command::new("etcd").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "etcd is not installed (scripts/lib/deps.sh installs etcd-server)"
-        );
-        println!("SKIPPED etcd_rig: no etcd binary (apt-get install etcd-server etcd-client)");
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("xm-etcd-rig-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _dir = Dir(dir.clone());
-    let mut etcd = Etcd::new(&dir);
-    let eps = etcd.endpoints();
-
-    let mesh = Mesh {
-        webs: (0..NODES)
-            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-            .collect(),
-        v1: upstream("v1"),
-        v2: upstream("v2"),
-    };
-    let file = dir.join("tables.toml");
-    std::fs::write(&file, mesh.tables("v1", "0")).unwrap();
-    let mut rev = pushed_revision(&push(&file, &eps, &[]));
-
+/// The 5 nodes: node files (each serving its own listener) and running gateways.
+fn start_nodes(dir: &Path, eps: &str, mesh: &Mesh) -> (Vec<PathBuf>, Vec<Gateway>) {
     let ep_list = eps
         .split(',')
         .map(|e| format!("{e:?}"))
@@ -419,6 +397,197 @@ fn tables_in_etcd_converge_on_every_node() {
         gws.push(Gateway::start(&node, admin, mesh.webs[i]));
         nodes.push(node);
     }
+    (nodes, gws)
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    n
+}
+
+fn etcd_installed() -> bool {
+    if Command::new("etcd").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "etcd is not installed (scripts/lib/deps.sh installs etcd-server)"
+    );
+    println!("SKIPPED etcd_rig: no etcd binary (apt-get install etcd-server etcd-client)");
+    false
+}
+
+/// The benchmark of benches/README.md ("Tables in etcd"): 10k-service tables (50k
+/// endpoints, 10k routes; `XM_ETCD_BENCH_SERVICES`) on 5 nodes, 20 changes
+/// (`XM_ETCD_BENCH_CHANGES`): convergence from write to all nodes applied, etcd's CPU and
+/// disk per change. Run with a release build:
+/// `XM_XDPMESH_BIN=target/release/xdpmesh cargo test -p dataplane --test etcd_rig -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_etcd_convergence_big_tables() {
+    if !etcd_installed() {
+        return;
+    }
+    let services: usize = std::env::var("XM_ETCD_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let changes: usize = std::env::var("XM_ETCD_BENCH_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = std::env::temp_dir().join(format!("xm-etcd-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = Dir(dir.clone());
+    // The tables are ~6 MB: above etcd's default request limit of 1.5 MiB.
+    let etcd = Etcd::new(
+        &dir,
+        &[
+            "--max-request-bytes",
+            "33554432",
+            "--quota-backend-bytes",
+            "8589934592",
+        ],
+    );
+    let eps = etcd.endpoints();
+    let mesh = Mesh {
+        webs: (0..NODES)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect(),
+        v1: upstream("v1"),
+        v2: upstream("v2"),
+    };
+    let big = |mark: usize| {
+        let mut t = mesh.tables(if mark % 2 == 0 { "v1" } else { "v2" }, &mark.to_string());
+        for i in 0..services {
+            t += &format!(
+                "[[service]]\nname = \"svc-{i}\"\nhosts = [\"svc-{i}.corp.mesh\"]\nendpoints = [\n"
+            );
+            for e in 0..5 {
+                let ip = i * 5 + e;
+                t += &format!(
+                    "  {{ address = \"10.{}.{}.{}:8080\", labels = {{ version = \"v{}\" }} }},\n",
+                    ip >> 16,
+                    (ip >> 8) & 255,
+                    ip & 255,
+                    e % 2 + 1
+                );
+            }
+            t += "]\n";
+        }
+        for i in 0..services {
+            t += &format!(
+                "[[route]]\nservice = \"svc-{i}\"\nmatch = {{ path = {{ prefix = \"/api/v{}\" }} }}\nbackends = [{{ labels = {{ version = \"v1\" }}, weight = 90 }}, {{ labels = {{ version = \"v2\" }}, weight = 10 }}]\n",
+                i % 7
+            );
+        }
+        t
+    };
+    let file = dir.join("tables.toml");
+    std::fs::write(&file, big(0)).unwrap();
+    let size = std::fs::metadata(&file).unwrap().len();
+    let mut rev = pushed_revision(&push(&file, &eps, &["--no-check"]));
+    let (_nodes, gws) = start_nodes(&dir, &eps, &mesh);
+    converge(&gws, rev, Duration::from_secs(60));
+    let etcd_pids: Vec<u32> = etcd.procs.iter().flatten().map(Child::id).collect();
+    let gw_pids: Vec<u32> = gws.iter().map(|g| g.child.id()).collect();
+    let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+    let members = || {
+        (0..3)
+            .map(|i| dir_bytes(&dir.join(format!("m{i}"))))
+            .sum::<u64>()
+    };
+    let (etcd_cpu0, gw_cpu0, disk0) = (cpu(&etcd_pids), cpu(&gw_pids), members());
+    let mut from_push = Vec::new();
+    let mut from_ack = Vec::new();
+    for k in 1..=changes {
+        std::fs::write(&file, big(k)).unwrap();
+        let t0 = Instant::now();
+        let o = push(&file, &eps, &["--no-check"]);
+        let acked = Instant::now();
+        rev = pushed_revision(&o);
+        converge(&gws, rev, Duration::from_secs(60));
+        from_push.push(t0.elapsed());
+        from_ack.push(acked.elapsed());
+    }
+    let (etcd_cpu, gw_cpu, disk) = (
+        cpu(&etcd_pids) - etcd_cpu0,
+        cpu(&gw_pids) - gw_cpu0,
+        members().saturating_sub(disk0),
+    );
+    from_push.sort();
+    from_ack.sort();
+    let n = changes as f64;
+    println!(
+        "etcd_bench: {services} services, tables {size} bytes, {NODES} nodes, {changes} changes: \
+         convergence from push start p50 {:?} p99 {:?} max {:?}; from etcd's ack p50 {:?} p99 {:?}; \
+         per change: etcd CPU {:.3} s (3 members), etcd disk +{} bytes (3 members, WAL + db), \
+         gateways' CPU {:.3} s (5 nodes)",
+        percentile(&from_push, 0.5),
+        percentile(&from_push, 0.99),
+        from_push[from_push.len() - 1],
+        percentile(&from_ack, 0.5),
+        percentile(&from_ack, 0.99),
+        etcd_cpu / n,
+        (disk as f64 / n) as u64,
+        gw_cpu / n,
+    );
+    for (i, g) in gws.iter().enumerate() {
+        assert_eq!(
+            g.route(),
+            if changes % 2 == 0 { "v1" } else { "v2" },
+            "node {i}"
+        );
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[test]
+fn tables_in_etcd_converge_on_every_node() {
+    if !etcd_installed() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("xm-etcd-rig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = Dir(dir.clone());
+    let mut etcd = Etcd::new(&dir, &[]);
+    let eps = etcd.endpoints();
+
+    let mesh = Mesh {
+        webs: (0..NODES)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect(),
+        v1: upstream("v1"),
+        v2: upstream("v2"),
+    };
+    let file = dir.join("tables.toml");
+    std::fs::write(&file, mesh.tables("v1", "0")).unwrap();
+    let mut rev = pushed_revision(&push(&file, &eps, &[]));
+
+    let (nodes, mut gws) = start_nodes(&dir, &eps, &mesh);
     converge(&gws, rev, Duration::from_secs(5));
     for g in &gws {
         assert_eq!(g.route(), "v1");
@@ -539,7 +708,7 @@ fn tables_in_etcd_converge_on_every_node() {
     // registrar's death.
     let v3 = upstream("v3");
     let v3s = v3.to_string();
-    let mut registrar = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
+    let mut registrar = Command::new(bin())
         .args([
             "register",
             "--service",
