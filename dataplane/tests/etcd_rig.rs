@@ -877,3 +877,116 @@ fn tables_in_etcd_converge_on_every_node() {
     }
     println!("etcd_rig: after etcd's restart all nodes at revision {rev} in {t:?}");
 }
+
+/// etcd with TLS and client certificates (`--client-cert-auth`): `tables push`/`get` with
+/// `--ca --cert --key`, and a node with `[etcd] ca, cert, key` on https endpoints.
+#[test]
+fn etcd_over_tls_with_a_client_certificate() {
+    if !etcd_installed() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("xm-etcd-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = Dir(dir.clone());
+    let sh = |script: &str| {
+        let o = Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{script}: {o:?}");
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    sh(&format!("openssl req -x509 {ec} -keyout ca-key.pem -out ca.pem -days 1 -subj /CN=xm-etcd-ca 2>/dev/null"));
+    for (name, eku) in [
+        ("server", "serverAuth,clientAuth"),
+        ("client", "clientAuth"),
+    ] {
+        sh(&format!(
+            "openssl req {ec} -keyout {name}-key.pem -out {name}.csr -subj /CN={name} 2>/dev/null\n\
+             printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage={eku}\\n' >{name}.ext\n\
+             openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out {name}.pem -days 1 -extfile {name}.ext 2>/dev/null"
+        ));
+    }
+    let (cp, pp) = (free_port(), free_port());
+    let c = format!("https://127.0.0.1:{cp}");
+    let p = format!("http://127.0.0.1:{pp}");
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _etcd = Kill(
+        Command::new("etcd")
+            .current_dir(&dir)
+            .args(["--name", "tls", "--data-dir", "data"])
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("tls={p}")])
+            .args(["--cert-file", "server.pem", "--key-file", "server-key.pem"])
+            .args(["--client-cert-auth", "--trusted-ca-file", "ca.pem"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd"),
+    );
+    let tls = |d: &Path| {
+        let s = |f: &str| d.join(f).to_str().unwrap().to_string();
+        vec![
+            "--ca".to_string(),
+            s("ca.pem"),
+            "--cert".into(),
+            s("client.pem"),
+            "--key".into(),
+            s("client-key.pem"),
+        ]
+    };
+    let mesh = Mesh {
+        webs: (0..NODES)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect(),
+        v1: upstream("v1"),
+        v2: upstream("v2"),
+    };
+    let file = dir.join("tables.toml");
+    std::fs::write(&file, mesh.tables("v2", "tls")).unwrap();
+    let args = tls(&dir);
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pushed = wait_for(Duration::from_secs(20), || {
+        let o = push(&file, &c, &extra);
+        o.status.success().then_some(o)
+    });
+    let rev = pushed_revision(&pushed.expect("push over TLS never went through"));
+    // Without a client certificate etcd refuses the connection.
+    let o = push(&file, &c, &["--ca", dir.join("ca.pem").to_str().unwrap()]);
+    assert!(!o.status.success(), "{o:?}");
+    let mut get = vec!["tables", "get", "--etcd", &c, "--prefix", PREFIX];
+    get.extend_from_slice(&extra);
+    let o = xdpmesh(&get);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), mesh.tables("v2", "tls"));
+
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let node = dir.join("node.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "[node]\nname = \"gw0\"\ntables = \"cache.toml\"\nadmin = \"{admin}\"\nlisteners = [\"n0\"]\n\n\
+             [etcd]\nendpoints = [\"{c}\"]\nprefix = \"{PREFIX}\"\nca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client-key.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(&node, admin, mesh.webs[0]);
+    assert_eq!(gw.get("/readyz").1, format!("ready: etcd revision {rev}\n"));
+    assert_eq!(gw.route(), "v2");
+}
