@@ -703,6 +703,53 @@ fn tables_in_etcd_converge_on_every_node() {
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    // From the revision it serves: written to etcd, live on every node.
+    let fresh = mesh.tables("v1", "put");
+    let put = format!(
+        "PUT /tables HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{fresh}",
+        fresh.len()
+    );
+    let mut s = TcpStream::connect(gws[0].admin).unwrap();
+    s.write_all(put.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_, now) = etcd
+        .client(&[0, 1, 2])
+        .get(&format!("{PREFIX}/tables"), 0)
+        .unwrap();
+    let now = now.expect("tables in etcd");
+    assert_eq!(String::from_utf8_lossy(&now.value), fresh);
+    rev = now.mod_revision;
+    converge(&gws, rev, Duration::from_secs(5));
+    for g in &gws {
+        assert!(g.get("/tables").1.starts_with("# change put\n"));
+    }
+    // tables diff: the file against etcd.
+    std::fs::write(&file, &fresh).unwrap();
+    let same = xdpmesh(&[
+        "tables",
+        "diff",
+        file.to_str().unwrap(),
+        "--etcd",
+        &eps,
+        "--prefix",
+        PREFIX,
+    ]);
+    assert!(same.status.success(), "{same:?}");
+    std::fs::write(&file, fresh.replace("# change put", "# change other")).unwrap();
+    let differs = xdpmesh(&[
+        "tables",
+        "diff",
+        file.to_str().unwrap(),
+        "--etcd",
+        &eps,
+        "--prefix",
+        PREFIX,
+    ]);
+    let out = String::from_utf8_lossy(&differs.stdout);
+    assert_eq!(differs.status.code(), Some(1), "{out}");
+    assert!(out.contains("-# change put\n+# change other\n"), "{out}");
 
     // 4. A registered endpoint appears on every node; gone within ttl + 1 s of its
     // registrar's death.
