@@ -477,7 +477,10 @@ fn bench_etcd_convergence_big_tables() {
         v2: upstream("v2"),
     };
     let big = |mark: usize| {
-        let mut t = mesh.tables(if mark % 2 == 0 { "v1" } else { "v2" }, &mark.to_string());
+        let mut t = mesh.tables(
+            if mark.is_multiple_of(2) { "v1" } else { "v2" },
+            &mark.to_string(),
+        );
         for i in 0..services {
             t += &format!(
                 "[[service]]\nname = \"svc-{i}\"\nhosts = [\"svc-{i}.corp.mesh\"]\nendpoints = [\n"
@@ -554,7 +557,11 @@ fn bench_etcd_convergence_big_tables() {
     for (i, g) in gws.iter().enumerate() {
         assert_eq!(
             g.route(),
-            if changes % 2 == 0 { "v1" } else { "v2" },
+            if changes.is_multiple_of(2) {
+                "v1"
+            } else {
+                "v2"
+            },
             "node {i}"
         );
     }
@@ -596,8 +603,8 @@ fn tables_in_etcd_converge_on_every_node() {
     // 1. 50 changes: write → live on all 5 nodes; a request through each sees the route.
     let mut from_push = Vec::new();
     let mut from_ack = Vec::new();
-    for k in 1..=50 {
-        let version = if k % 2 == 0 { "v1" } else { "v2" };
+    for k in 1..=50u32 {
+        let version = if k.is_multiple_of(2) { "v1" } else { "v2" };
         std::fs::write(&file, mesh.tables(version, &k.to_string())).unwrap();
         let t0 = Instant::now();
         let o = push(&file, &eps, &[]);
@@ -802,8 +809,13 @@ fn tables_in_etcd_converge_on_every_node() {
     let leader = etcd.leader();
     let stream_eps = eps.clone();
     let stream_file = dir.join("stream.toml");
-    let tables_for = (0..20)
-        .map(|k| mesh.tables(if k % 2 == 0 { "v1" } else { "v2" }, &format!("s{k}")))
+    let tables_for = (0..20u32)
+        .map(|k| {
+            mesh.tables(
+                if k.is_multiple_of(2) { "v1" } else { "v2" },
+                &format!("s{k}"),
+            )
+        })
         .collect::<Vec<_>>();
     let writer = std::thread::spawn(move || {
         let mut revs = Vec::new();
