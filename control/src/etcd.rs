@@ -408,7 +408,21 @@ impl Client {
 
     /// One key at `revision` (0: latest); with the header revision.
     pub fn get(&self, key: &str, revision: i64) -> Result<(i64, Option<Kv>), EtcdError> {
-        let mut req = json!({"key": b64(key)});
+        self.get_with(key, revision, false)
+    }
+
+    /// [`Self::get`] without the value (its revisions only): cheap with 6 MB tables.
+    pub fn get_meta(&self, key: &str, revision: i64) -> Result<(i64, Option<Kv>), EtcdError> {
+        self.get_with(key, revision, true)
+    }
+
+    fn get_with(
+        &self,
+        key: &str,
+        revision: i64,
+        keys_only: bool,
+    ) -> Result<(i64, Option<Kv>), EtcdError> {
+        let mut req = json!({"key": b64(key), "keys_only": keys_only});
         if revision > 0 {
             req["revision"] = json!(revision.to_string());
         }
@@ -487,6 +501,7 @@ impl Client {
         Ok(Watch {
             r,
             line: Vec::new(),
+            scanned: 0,
         })
     }
 }
@@ -541,14 +556,23 @@ pub enum WatchMsg {
 pub struct Watch {
     r: Response,
     line: Vec<u8>,
+    /// How much of `line` is known to hold no newline (a message of a 6 MB table comes in
+    /// many reads: scanning it whole after each would be quadratic).
+    scanned: usize,
 }
 
 impl Watch {
     /// The next message; an error when the stream ended (etcd went away).
     pub fn next_msg(&mut self) -> Result<WatchMsg, EtcdError> {
         loop {
-            if let Some(i) = self.line.iter().position(|&b| b == b'\n') {
+            let found = self.line[self.scanned..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| i + self.scanned);
+            self.scanned = found.unwrap_or(self.line.len());
+            if let Some(i) = found {
                 let l: Vec<u8> = self.line.drain(..=i).collect();
+                self.scanned = 0;
                 if l.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
@@ -587,7 +611,7 @@ impl Watch {
                     _ => WatchMsg::Quiet(rev),
                 });
             }
-            let mut buf = [0u8; 16384];
+            let mut buf = [0u8; 65536];
             match self.r.read(&mut buf) {
                 Ok(0) => return Err(EtcdError::Unreachable("watch stream ended".into())),
                 Ok(n) => self.line.extend_from_slice(&buf[..n]),
@@ -617,7 +641,7 @@ struct Response {
 
 impl Response {
     fn read_head(c: Box<dyn Conn>) -> io::Result<Self> {
-        let mut rd = BufReader::new(c);
+        let mut rd = BufReader::with_capacity(65536, c);
         let mut head = Vec::new();
         loop {
             let n = rd.read_until(b'\n', &mut head)?;
@@ -961,10 +985,15 @@ pub fn apply_snapshot(remote: &Remote, target: &dyn Apply, snap: &PrefixSnapshot
     for n in notes {
         tracing::warn!("tables: {n}");
     }
+    let t0 = Instant::now();
     match target.apply(snap.revision, merged) {
         Ok(()) => {
             st.applied.store(snap.revision, Ordering::Release);
-            tracing::info!("tables: applied etcd revision {}", snap.revision);
+            tracing::info!(
+                "tables: applied etcd revision {} ({} ms to check, swap and cache)",
+                snap.revision,
+                t0.elapsed().as_millis()
+            );
         }
         Err(d) => {
             st.failures.fetch_add(1, Ordering::Relaxed);
@@ -1031,7 +1060,8 @@ pub fn sync_loop(remote: Arc<Remote>, target: Arc<dyn Apply>, stop: Arc<AtomicBo
                     // cluster) sends nothing: check the cluster every 3 s of silence.
                     if quiet_since.elapsed() > Duration::from_secs(3) {
                         quiet_since = Instant::now();
-                        if let Err(e) = remote.client.get(&remote.client.cfg.tables_key(), 0) {
+                        let key = remote.client.cfg.tables_key();
+                        if let Err(e) = remote.client.get_meta(&key, 0) {
                             remote.state.lost(&e);
                             break;
                         }

@@ -153,7 +153,7 @@ fn push(a: &PushArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Et
     let client = a.etcd.client()?;
     let read = match a.revision {
         Some(r) => r,
-        None => client.get(&client.config().tables_key(), 0)?.0,
+        None => client.get_meta(&client.config().tables_key(), 0)?.0,
     };
     match client.put_tables(&text, read) {
         Ok(rev) => {

@@ -554,6 +554,15 @@ fn bench_etcd_convergence_big_tables() {
         (disk as f64 / n) as u64,
         gw_cpu / n,
     );
+    if let Some(l) = gws[0]
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .rfind(|l| l.contains("applied etcd revision"))
+    {
+        println!("etcd_bench: node 0's last apply: {l}");
+    }
     for (i, g) in gws.iter().enumerate() {
         assert_eq!(
             g.route(),
