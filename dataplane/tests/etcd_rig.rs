@@ -563,6 +563,38 @@ fn bench_etcd_convergence_big_tables() {
     {
         println!("etcd_bench: node 0's last apply: {l}");
     }
+    for l in gws[0]
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("WARN"))
+    {
+        println!("etcd_bench: node 0: {l}");
+    }
+    // Where node 0's CPU went, by live thread (since its start; exited threads, e.g. the
+    // admin API's per-connection ones, only in the total).
+    let pid = gws[0].child.id();
+    let mut threads = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let tid: u32 = t.file_name().to_string_lossy().parse().unwrap();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        threads.push(format!("{} {:.2} s", comm.trim(), ticks / 100.0));
+    }
+    println!(
+        "etcd_bench: node 0 CPU {:.2} s in all; live threads: {}",
+        cpu_seconds(pid),
+        threads.join(", ")
+    );
     for (i, g) in gws.iter().enumerate() {
         assert_eq!(
             g.route(),
