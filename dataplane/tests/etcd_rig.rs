@@ -976,6 +976,30 @@ fn tables_in_etcd_converge_on_every_node() {
         assert_eq!(g.route(), "v1", "node {i}");
     }
     println!("etcd_rig: after etcd's restart all nodes at revision {rev} in {t:?}");
+
+    // 7. History compacted away: the nodes go on (they never resume a watch from an old
+    // revision), and `xdpmesh check` reads the tables in etcd.
+    etcd.client(&[0, 1, 2])
+        .call(
+            "/v3/kv/compaction",
+            &serde_json::json!({"revision": rev.to_string(), "physical": true}),
+        )
+        .expect("compaction");
+    std::fs::write(&file, mesh.tables("v2", "compacted")).unwrap();
+    rev = pushed_revision(&push(&file, &eps, &[]));
+    converge(&gws, rev, Duration::from_secs(5));
+    for g in &gws {
+        assert_eq!(g.route(), "v2");
+    }
+    let h = xdpmesh(&["tables", "history", "--etcd", &eps, "--prefix", PREFIX]);
+    assert!(
+        String::from_utf8_lossy(&h.stdout).contains("(older revisions compacted)"),
+        "{h:?}"
+    );
+    let check = xdpmesh(&["check", "--config", nodes[1].to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(out.contains("ok: node gw1"), "{out}");
 }
 
 /// etcd with TLS and client certificates (`--client-cert-auth`): `tables push`/`get` with
