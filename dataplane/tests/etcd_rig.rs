@@ -1114,3 +1114,99 @@ fn etcd_over_tls_with_a_client_certificate() {
     assert_eq!(gw.get("/readyz").1, format!("ready: etcd revision {rev}\n"));
     assert_eq!(gw.route(), "v2");
 }
+
+/// etcd with authentication on: `--credentials-file` (user:password) for the CLI, and
+/// `[etcd] credentials_file` for a node, which watches with its token.
+#[test]
+fn etcd_with_a_user_and_password() {
+    if !etcd_installed() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("xm-etcd-auth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = Dir(dir.clone());
+    let (cp, pp) = (free_port(), free_port());
+    let c = format!("http://127.0.0.1:{cp}");
+    let p = format!("http://127.0.0.1:{pp}");
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _etcd = Kill(
+        Command::new("etcd")
+            .current_dir(&dir)
+            .args(["--name", "auth", "--data-dir", "data"])
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("auth={p}")])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd"),
+    );
+    let admin_client =
+        control::etcd::Client::new(&control::etcd::EtcdConfig::new(vec![c.clone()], PREFIX))
+            .unwrap();
+    let up = wait_for(Duration::from_secs(20), || {
+        admin_client
+            .call(
+                "/v3/auth/user/add",
+                &serde_json::json!({"name": "root", "password": "s3cret"}),
+            )
+            .ok()
+    });
+    assert!(up.is_some(), "etcd never answered");
+    for (path, body) in [
+        ("/v3/auth/role/add", serde_json::json!({"name": "root"})),
+        (
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": "root", "role": "root"}),
+        ),
+        ("/v3/auth/enable", serde_json::json!({})),
+    ] {
+        admin_client.call(path, &body).expect(path);
+    }
+    std::fs::write(dir.join("user"), "root:s3cret\n").unwrap();
+    let creds = dir.join("user");
+    let creds = creds.to_str().unwrap();
+    let mesh = Mesh {
+        webs: vec![SocketAddr::from(([127, 0, 0, 1], free_port()))],
+        v1: upstream("v1"),
+        v2: upstream("v2"),
+    };
+    let file = dir.join("tables.toml");
+    std::fs::write(&file, mesh.tables("v1", "auth")).unwrap();
+    let refused = push(&file, &c, &[]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let rev = pushed_revision(&push(&file, &c, &["--credentials-file", creds]));
+
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let node = dir.join("node.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "[node]\nname = \"gw0\"\ntables = \"cache.toml\"\nadmin = \"{admin}\"\n\n\
+             [etcd]\nendpoints = [\"{c}\"]\nprefix = \"{PREFIX}\"\ncredentials_file = \"user\"\n"
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(&node, admin, mesh.webs[0]);
+    assert_eq!(gw.revision(), rev);
+    assert_eq!(gw.route(), "v1");
+    // The watch carries the token too: the next change arrives.
+    std::fs::write(&file, mesh.tables("v2", "auth-2")).unwrap();
+    let rev = pushed_revision(&push(&file, &c, &["--credentials-file", creds]));
+    converge(std::slice::from_ref(&gw), rev, Duration::from_secs(5));
+    assert_eq!(gw.route(), "v2");
+}

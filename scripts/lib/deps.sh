@@ -15,7 +15,7 @@
 #   benchmark report:       python3 (scripts/bench/report.py reads the runs' JSON, prints the table)
 #   telemetry:              prometheus (dataplane/tests/telemetry_rig.rs scrapes the gateways with it)
 #   tables in etcd:         etcd-server etcd-client (dataplane/tests/etcd_rig.rs runs a 3-member
-#                           cluster of its own on loopback ports; etcdctl for a test's raw writes)
+#                           cluster of its own on loopback ports; etcdctl for operators)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib make
   iproute2 iputils-ping nftables ethtool procps
