@@ -160,7 +160,7 @@ fn etcd_is_off_by_default_and_the_example_parses() {
     assert_eq!(e.tables_key(), "/xdpmesh/tables");
     assert_eq!(e.ca, Some(dir.path().join("etcd/ca.pem")));
     assert_eq!(e.credentials_file, Some(dir.path().join("etcd/user")));
-    assert_eq!(n.tables, dir.path().join("etcd-cache.toml"));
+    assert_eq!(n.tables, Path::new("/var/lib/xdpmesh/etcd-cache.toml"));
     assert_eq!(n.listeners, Some(vec!["apps".to_string()]));
 
     // Defaults: prefix /xdpmesh, plain http needs no TLS files.
