@@ -55,7 +55,7 @@ fn check_etcd(
             let src = Source::new(format!("{name}@{}", snap.revision), merged);
             let ctx = crate::validate::Context {
                 base_dir: node
-                    .tables
+                    .path
                     .parent()
                     .map(Path::to_path_buf)
                     .unwrap_or_default(),

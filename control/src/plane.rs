@@ -84,6 +84,7 @@ impl ControlPlane {
                     &node.tables,
                     publisher.clone(),
                     remote.clone(),
+                    node.path.parent().unwrap_or(std::path::Path::new(".")),
                 ));
                 let sync = start_etcd(&store, &remote)?;
                 (store, Source::Etcd(sync))

@@ -43,6 +43,9 @@ pub struct TableStore {
     /// etcd mode: the tables come from etcd, `path` is the local cache of the last
     /// tables applied, and a PUT writes to etcd.
     remote: Option<Arc<Remote>>,
+    /// etcd mode: where relative paths in the tables resolve (the node file's directory;
+    /// the cache may live elsewhere).
+    base_dir: Option<PathBuf>,
 }
 
 impl TableStore {
@@ -53,17 +56,21 @@ impl TableStore {
             busy: Mutex::new(()),
             written: Mutex::new(None),
             remote: None,
+            base_dir: None,
         }
     }
 
     /// etcd mode: tables from etcd, `cache` the local copy of the last ones applied.
+    /// Relative paths in the tables (certificates) resolve against `base_dir`.
     pub fn with_etcd(
         cache: impl Into<PathBuf>,
         publisher: Arc<Publisher>,
         remote: Arc<Remote>,
+        base_dir: impl Into<PathBuf>,
     ) -> Self {
         Self {
             remote: Some(remote),
+            base_dir: Some(base_dir.into()),
             ..Self::new(cache, publisher)
         }
     }
@@ -149,11 +156,12 @@ impl TableStore {
 
     fn context(&self) -> Context {
         Context {
-            base_dir: self
-                .path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            base_dir: self.base_dir.clone().unwrap_or_else(|| {
+                self.path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default()
+            }),
             now: SystemTime::now(),
         }
     }
