@@ -878,6 +878,10 @@ fn route(req: &Request<'_>, shared: &Shared) -> Response {
     match (req.path, req.method) {
         ("/healthz", "GET") => Response::text(200, "ok\n"),
         ("/readyz", "GET") => {
+            if let (Some(r), true) = (shared.store.remote(), publisher.status().generation > 0) {
+                // etcd mode: 200 while serving tables, "ready" or "degraded" in the body.
+                return Response::text(200, r.state.describe().1);
+            }
             if publisher.status().generation > 0 {
                 Response::text(200, "ready\n")
             } else {
@@ -889,10 +893,15 @@ fn route(req: &Request<'_>, shared: &Shared) -> Response {
             if st.generation == 0 {
                 return Response::text(503, "no tables loaded\n");
             }
+            let mut headers = vec![("x-generation".into(), st.generation.to_string())];
+            if let Some(r) = shared.store.remote() {
+                let rev = r.state.applied.load(Ordering::Acquire);
+                headers.push(("x-tables-revision".into(), rev.to_string()));
+            }
             Response {
                 status: 200,
                 content_type: "application/toml",
-                headers: vec![("x-generation".into(), st.generation.to_string())],
+                headers,
                 body: st.source.as_bytes().to_vec(),
             }
         }
@@ -952,9 +961,18 @@ fn put_tables(req: &Request<'_>, shared: &Shared) -> Response {
     let Ok(text) = std::str::from_utf8(req.body) else {
         return Response::text(400, "body is not UTF-8\n");
     };
-    match shared.store.put(text) {
+    // etcd mode: the revision the writer read, for the compare-and-swap.
+    let read = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("x-tables-revision"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    match shared.store.put_at(text, read) {
         Ok(generation) => Response::text(200, format!("generation {generation}\n")),
         Err(PutError::Invalid(d)) => Response::text(400, d.to_string()),
+        Err(e @ PutError::Conflict(_)) => Response::text(409, format!("{e}\n")),
+        Err(e @ PutError::Etcd(_)) => Response::text(503, format!("{e}\n")),
         Err(e @ PutError::Write(_)) => Response::text(500, format!("{e}\n")),
     }
 }
@@ -983,12 +1001,6 @@ fn metrics(shared: &Shared) -> String {
         "counter",
         "Tables published.",
         st.reloads.to_string(),
-    );
-    m(
-        "xdpmesh_tables_reload_failures_total",
-        "counter",
-        "Reloads refused (bad file or PUT).",
-        st.reload_failures.to_string(),
     );
     m(
         "xdpmesh_tables_last_reload_timestamp_seconds",
@@ -1034,6 +1046,46 @@ fn metrics(shared: &Shared) -> String {
     );
     for r in Refusal::ALL {
         let _ = writeln!(o, "{name}{{reason=\"{}\"}} {}", r.label(), c.refused(r));
+    }
+    let name = "xdpmesh_tables_reload_failures_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Table changes refused, by source (file, PUT, etcd).\n# TYPE {name} counter"
+    );
+    for s in crate::publish::ChangeSource::ALL {
+        let _ = writeln!(
+            o,
+            "{name}{{source=\"{}\"}} {}",
+            s.label(),
+            st.failures_by_source[s as usize]
+        );
+    }
+    if let Some(r) = shared.store.remote() {
+        let e = &r.state;
+        let mut m = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        m(
+            "xdpmesh_tables_source_revision",
+            "gauge",
+            "etcd revision of the tables being served.",
+            e.applied.load(Ordering::Acquire).to_string(),
+        );
+        m(
+            "xdpmesh_tables_source_connected",
+            "gauge",
+            "1 while etcd answers and is watched; 0: serving the last good tables (degraded).",
+            u8::from(e.connected.load(Ordering::Relaxed)).to_string(),
+        );
+        m(
+            "xdpmesh_tables_source_errors_total",
+            "counter",
+            "etcd reads and watches that failed (unreachable or erroring).",
+            e.errors.load(Ordering::Relaxed).to_string(),
+        );
     }
     o
 }

@@ -24,8 +24,56 @@ pub fn check_node(path: &Path, now: SystemTime) -> Result<(NodeConfig, Compiled)
             return Err(errors);
         }
     };
-    let compiled = load::compile_file(&node.tables, now)?;
+    let compiled = match &node.etcd {
+        Some(cfg) => check_etcd(cfg, &node, now)?,
+        None => load::compile_file(&node.tables, now)?,
+    };
     Ok((node, compiled))
+}
+
+/// etcd mode: the tables in etcd now (with the registered endpoints), else the node's
+/// local cache of the last ones it applied.
+fn check_etcd(
+    cfg: &crate::etcd::EtcdConfig,
+    node: &NodeConfig,
+    now: SystemTime,
+) -> Result<Compiled, Diagnostics> {
+    use crate::etcd::{merge_registrations, Client};
+    let name = format!("etcd:{}", cfg.tables_key());
+    let read = Client::new(cfg).and_then(|c| c.snapshot(0));
+    match read {
+        Ok(snap) => {
+            let Some(kv) = &snap.tables else {
+                return Err(Diagnostics(vec![crate::Diagnostic::whole_file(
+                    &name,
+                    format!("no tables in etcd at revision {}", snap.revision),
+                )]));
+            };
+            let text = String::from_utf8_lossy(&kv.value);
+            let (merged, _) =
+                merge_registrations(&text, &snap.registrations, &cfg.endpoints_prefix());
+            let src = Source::new(format!("{name}@{}", snap.revision), merged);
+            let ctx = crate::validate::Context {
+                base_dir: node
+                    .path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                now,
+            };
+            load::compile(&src, &ctx)
+        }
+        Err(e) => load::compile_file(&node.tables, now).map_err(|mut d| {
+            d.0.insert(
+                0,
+                crate::Diagnostic::whole_file(
+                    &name,
+                    format!("{e}; checked the local cache instead"),
+                ),
+            );
+            d
+        }),
+    }
 }
 
 /// `[node] tables = "..."` read without the other checks, resolved like `node::load`.

@@ -16,6 +16,7 @@ pub mod certs;
 pub mod check;
 pub mod de;
 pub mod diag;
+pub mod etcd;
 pub mod fastde;
 pub mod load;
 pub mod node;

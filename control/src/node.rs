@@ -20,6 +20,14 @@
 //! timeout = "10s"                  # connect, write and read of one post, each
 //! retries = 3                      # further tries of a failed post
 //!
+//! [etcd]                           # optional; the tables come from etcd (issue #20)
+//! endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]  # required, tried in turn
+//! prefix = "/xdpmesh"              # default; the tables are PREFIX/tables
+//! ca = "etcd/ca.pem"               # required with https endpoints
+//! cert = "etcd/client.pem"         # client certificate and key, both or neither
+//! key = "etcd/client-key.pem"
+//! credentials_file = "etcd/user"   # optional; one line `user:password`
+//!
 //! [[interface]]                    # hw-config's; handed on undecoded (see NodeConfig::interfaces)
 //! name = "eth1"
 //! ```
@@ -51,6 +59,8 @@ struct NodeFile {
     access_log: Option<Sp<AccessLogSection>>,
     #[serde(default)]
     traces: Option<Sp<TracesSection>>,
+    #[serde(default)]
+    etcd: Option<Sp<EtcdSection>>,
     /// Checked by hw-config, not here.
     #[serde(default)]
     #[allow(dead_code)]
@@ -66,6 +76,24 @@ struct NodeSection {
     admin: Option<Sp<String>>,
     #[serde(default)]
     admin_token_file: Option<Sp<String>>,
+    #[serde(default)]
+    listeners: Option<Vec<Sp<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EtcdSection {
+    endpoints: Vec<Sp<String>>,
+    #[serde(default)]
+    prefix: Option<Sp<String>>,
+    #[serde(default)]
+    ca: Option<Sp<String>>,
+    #[serde(default)]
+    cert: Option<Sp<String>>,
+    #[serde(default)]
+    key: Option<Sp<String>>,
+    #[serde(default)]
+    credentials_file: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +174,12 @@ pub struct NodeConfig {
     pub access_log: Option<AccessLogConfig>,
     /// `[traces]`; `None`: off (the default).
     pub traces: Option<TracesConfig>,
+    /// `[etcd]`: the tables come from etcd, and `tables` is the local cache of the
+    /// last ones applied. `None`: from the `tables` file (the default).
+    pub etcd: Option<crate::etcd::EtcdConfig>,
+    /// `[node] listeners`: serve only the tables' listeners of these names (nodes
+    /// sharing one set of tables); `None`: all of them.
+    pub listeners: Option<Vec<String>>,
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -353,6 +387,120 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
             retries: t.retries.as_ref().map(|v| **v),
         })
     });
+    let etcd = file.etcd.as_ref().and_then(|e| {
+        let mut ok = true;
+        if e.endpoints.is_empty() {
+            ok = false;
+            errors.push(
+                Diagnostic::at(&src, &e.span, "etcd.endpoints", "no endpoints")
+                    .hint("e.g. endpoints = [\"https://10.0.0.1:2379\"]"),
+            );
+        }
+        for ep in &e.endpoints {
+            let rest = ep
+                .strip_prefix("http://")
+                .or_else(|| ep.strip_prefix("https://"));
+            let good = rest.is_some_and(|r| {
+                r.trim_end_matches('/')
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            });
+            if !good {
+                ok = false;
+                errors.push(
+                    Diagnostic::at(
+                        &src,
+                        &ep.span,
+                        "etcd.endpoints",
+                        format!(
+                            "{:?} is not http://HOST:PORT or https://HOST:PORT",
+                            ep.value
+                        ),
+                    )
+                    .hint("etcd's client URL, e.g. \"https://10.0.0.1:2379\""),
+                );
+            }
+        }
+        if let Some(p) = &e.prefix {
+            if p.trim().trim_matches('/').is_empty() {
+                ok = false;
+                errors.push(
+                    Diagnostic::at(&src, &p.span, "etcd.prefix", "prefix is empty")
+                        .hint(format!("default {:?}", crate::etcd::DEFAULT_PREFIX)),
+                );
+            }
+        }
+        let https = e.endpoints.iter().any(|ep| ep.starts_with("https://"));
+        if https && e.ca.is_none() {
+            ok = false;
+            errors.push(
+                Diagnostic::at(
+                    &src,
+                    &e.span,
+                    "etcd.ca",
+                    "https endpoints need the CA of etcd's server certificate",
+                )
+                .hint("ca = \"etcd/ca.pem\""),
+            );
+        }
+        if e.cert.is_some() != e.key.is_some() {
+            ok = false;
+            let span = e
+                .cert
+                .as_ref()
+                .or(e.key.as_ref())
+                .map_or(e.span.clone(), |s| s.span.clone());
+            errors.push(
+                Diagnostic::at(
+                    &src,
+                    &span,
+                    "etcd.cert",
+                    "give both cert and key, or neither",
+                )
+                .hint("the client certificate etcd's --client-cert-auth checks, and its key"),
+            );
+        }
+        let mut file = |key: &'static str, v: &Option<Sp<String>>| {
+            let v = v.as_ref()?;
+            let p = resolve(base_dir, v);
+            if let Err(err) = std::fs::metadata(&p) {
+                ok = false;
+                errors.push(Diagnostic::at(
+                    &src,
+                    &v.span,
+                    key,
+                    format!("cannot read {:?}: {err}", p),
+                ));
+            }
+            Some(p)
+        };
+        let ca = file("etcd.ca", &e.ca);
+        let cert = file("etcd.cert", &e.cert);
+        let key = file("etcd.key", &e.key);
+        let credentials_file = file("etcd.credentials_file", &e.credentials_file);
+        ok.then(|| crate::etcd::EtcdConfig {
+            endpoints: e.endpoints.iter().map(|s| s.trim().to_string()).collect(),
+            prefix: crate::etcd::normalize_prefix(
+                e.prefix
+                    .as_ref()
+                    .map_or(crate::etcd::DEFAULT_PREFIX, |p| p.as_str()),
+            ),
+            ca,
+            cert,
+            key,
+            credentials_file,
+        })
+    });
+    if let Some(ls) = &n.listeners {
+        for l in ls.iter().filter(|l| l.trim().is_empty()) {
+            errors.push(Diagnostic::at(
+                &src,
+                &l.span,
+                "node.listeners",
+                "empty listener name",
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -369,6 +517,11 @@ pub fn parse(src: Source, base_dir: &Path) -> Result<NodeConfig, Diagnostics> {
         interfaces,
         access_log,
         traces,
+        etcd,
+        listeners: n
+            .listeners
+            .as_ref()
+            .map(|ls| ls.iter().map(|l| l.value.clone()).collect()),
         source: src,
     })
 }

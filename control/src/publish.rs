@@ -17,6 +17,28 @@ use arc_swap::ArcSwap;
 use crate::diag::Diagnostics;
 use crate::snapshot::Snapshot;
 
+/// Where a change came from: the label of `xdpmesh_tables_reload_failures_total{source}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeSource {
+    /// The tables file (its watch, or the first load).
+    File,
+    /// `PUT /tables`.
+    Put,
+    /// A revision read from etcd.
+    Etcd,
+}
+
+impl ChangeSource {
+    pub const ALL: [ChangeSource; 3] = [Self::File, Self::Put, Self::Etcd];
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Put => "put",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
 /// What the admin API and metrics report about the tables.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -26,6 +48,8 @@ pub struct Status {
     pub reloads: u64,
     /// Failed reload attempts (bad file, bad PUT).
     pub reload_failures: u64,
+    /// The same, by [`ChangeSource`] (indexed as [`ChangeSource::ALL`]).
+    pub failures_by_source: [u64; 3],
     /// Unix time of the last successful publish.
     pub last_reload_unix: Option<f64>,
     /// Did the last attempt succeed?
@@ -104,10 +128,16 @@ impl Publisher {
         generation
     }
 
-    /// Record a failed reload; the published snapshot stays.
+    /// Record a failed reload of the tables file; the published snapshot stays.
     pub fn record_failure(&self, errors: Diagnostics) {
+        self.record_failure_from(ChangeSource::File, errors);
+    }
+
+    /// Record a failed change from `source`; the published snapshot stays.
+    pub fn record_failure_from(&self, source: ChangeSource, errors: Diagnostics) {
         let mut st = lock(&self.status);
         st.reload_failures += 1;
+        st.failures_by_source[source as usize] += 1;
         st.last_ok = false;
         st.errors = errors;
         drop(st);

@@ -124,7 +124,8 @@ fn bad_put_is_400_with_check_lines_and_changes_nothing() {
     for line in [
         "xdpmesh_tables_generation 1",
         "xdpmesh_tables_reloads_total 1",
-        "xdpmesh_tables_reload_failures_total 1",
+        "xdpmesh_tables_reload_failures_total{source=\"put\"} 1",
+        "xdpmesh_tables_reload_failures_total{source=\"file\"} 0",
         "xdpmesh_tables_last_reload_success 0",
     ] {
         assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");

@@ -140,3 +140,50 @@ fn traces_are_off_by_default_and_checked_with_positions() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn etcd_is_off_by_default_and_the_example_parses() {
+    let n = parse("[node]\nname = \"a\"\ntables = \"t.toml\"\n").expect("valid");
+    assert_eq!((n.etcd, n.listeners), (None, None));
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/etcd/node.toml");
+    std::fs::create_dir_all(dir.path().join("etcd")).expect("mkdir");
+    for f in ["ca.pem", "client.pem", "client-key.pem", "user"] {
+        std::fs::write(dir.path().join("etcd").join(f), "x").expect("write");
+    }
+    let text = std::fs::read_to_string(&example).expect("example");
+    let n = node::parse(Source::new("node.toml", text), dir.path()).expect("example parses");
+    let e = n.etcd.expect("[etcd]");
+    assert_eq!(e.endpoints.len(), 3);
+    assert_eq!(e.prefix, "/xdpmesh");
+    assert_eq!(e.tables_key(), "/xdpmesh/tables");
+    assert_eq!(e.ca, Some(dir.path().join("etcd/ca.pem")));
+    assert_eq!(e.credentials_file, Some(dir.path().join("etcd/user")));
+    assert_eq!(n.tables, Path::new("/var/lib/xdpmesh/etcd-cache.toml"));
+    assert_eq!(n.listeners, Some(vec!["apps".to_string()]));
+
+    // Defaults: prefix /xdpmesh, plain http needs no TLS files.
+    let n = parse("[node]\nname = \"a\"\ntables = \"c.toml\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"mesh/\"\n")
+        .expect("valid");
+    assert_eq!(n.etcd.expect("etcd").prefix, "/mesh");
+}
+
+#[test]
+fn etcd_errors_have_positions() {
+    assert_eq!(
+        parse("[node]\nname = \"a\"\ntables = \"c.toml\"\n[etcd]\nendpoints = [\"127.0.0.1:2379\", \"https://h:2379\"]\nprefix = \"/\"\ncert = \"c.pem\"\n")
+            .expect_err("bad"),
+        vec![
+            "node.toml:5:14: etcd.endpoints: \"127.0.0.1:2379\" is not http://HOST:PORT or https://HOST:PORT (hint: etcd's client URL, e.g. \"https://10.0.0.1:2379\")",
+            "node.toml:6:10: etcd.prefix: prefix is empty (hint: default \"/xdpmesh\")",
+            "node.toml:4:1: etcd.ca: https endpoints need the CA of etcd's server certificate (hint: ca = \"etcd/ca.pem\")",
+            "node.toml:7:8: etcd.cert: give both cert and key, or neither (hint: the client certificate etcd's --client-cert-auth checks, and its key)",
+            "node.toml:7:8: etcd.cert: cannot read \"/etc/xdpmesh/c.pem\": No such file or directory (os error 2)",
+        ]
+    );
+    assert_eq!(
+        parse("[node]\nname = \"a\"\ntables = \"c.toml\"\n[etcd]\nendpoint = []\n").expect_err("bad")[0],
+        "node.toml:5:1: etcd.endpoint: unknown key \"endpoint\" (hint: did you mean \"endpoints\"?)"
+    );
+}

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod docs;
+mod etcdcmd;
 mod run;
 
 /// `xdpmesh --version`: the crate's version and the git commit it was built from (build.rs;
@@ -47,6 +48,12 @@ enum Command {
     /// The mesh's own certificate authority: a root, and leaf certificates for SPIFFE IDs.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The tables in etcd (a node file with [etcd] reads them): push, get, diff, history.
+    #[command(subcommand)]
+    Tables(etcdcmd::TablesCommand),
+    /// Register an endpoint in etcd under a lease, renewed until this process stops;
+    /// every node in etcd mode adds it to its service.
+    Register(etcdcmd::RegisterArgs),
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff), or write every page into a directory with --out.
@@ -286,6 +293,8 @@ fn run(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
         Command::Import(ImportCommand::Smi(a)) => import_smi(&a, out, err),
         Command::Ca(c) => ca(c, out, err),
+        Command::Tables(c) => etcdcmd::tables(c, out, err),
+        Command::Register(a) => etcdcmd::register(&a, out, err),
         Command::Completions(a) => docs::completions(&a, out),
         Command::Man(a) => docs::man(&a, out, err),
     }

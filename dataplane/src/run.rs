@@ -197,13 +197,27 @@ struct Listeners {
     proxy: Vec<SocketAddrV4>,
 }
 
-fn listeners(snap: &control::Snapshot) -> Result<Listeners, Vec<String>> {
+fn listeners(snap: &control::Snapshot, only: Option<&[String]>) -> Result<Listeners, Vec<String>> {
     let mut l = Listeners {
         builtins: Vec::new(),
         proxy: Vec::new(),
     };
     let mut problems = Vec::new();
-    for li in &snap.listeners {
+    // `[node] listeners`: nodes sharing one set of tables (etcd) each serve their own.
+    if let Some(only) = only {
+        for name in only {
+            if !snap.listeners.iter().any(|li| li.name == *name) {
+                problems.push(format!(
+                    "[node] listeners names `{name}`, which the tables do not have"
+                ));
+            }
+        }
+    }
+    let served = snap
+        .listeners
+        .iter()
+        .filter(|li| only.is_none_or(|o| o.contains(&li.name)));
+    for li in served {
         let SocketAddr::V4(addr) = li.bind else {
             problems.push(format!(
                 "listener `{}` ({}): IPv6 is not supported by the data plane",
@@ -313,7 +327,7 @@ pub(crate) fn run(a: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     };
     let _ = ext.publisher.set(plane.publisher.clone());
     let snap = plane.publisher.load();
-    let listeners = match listeners(&snap) {
+    let listeners = match listeners(&snap, node.listeners.as_deref()) {
         Ok(l) => l,
         Err(problems) => {
             for p in problems {
@@ -597,13 +611,14 @@ fn run_kernel(cx: Ctx<'_>, listeners: Listeners) -> u8 {
         );
         return FAILED;
     }
-    let mut worker = match KernelWorker::new(plane.publisher.clone(), tls) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return FAILED;
-        }
-    };
+    let mut worker =
+        match KernelWorker::with_listeners(plane.publisher.clone(), tls, Some(&listeners.proxy)) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                return FAILED;
+            }
+        };
     // One thread: it runs the health checks too.
     worker.engine.set_health(ext.health.clone(), 0, true);
     worker.engine.count_golden(&ext.golden);

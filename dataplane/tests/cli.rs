@@ -58,6 +58,9 @@ fn help_lists_the_subcommands_this_test_relies_on() {
         &["ca", "init"],
         &["ca", "issue"],
         &["import", "smi"],
+        &["tables", "push"],
+        &["tables", "history"],
+        &["register"],
         &["completions"],
         &["man"],
     ] {

@@ -18,6 +18,8 @@
 #   HTTP/2 clients:         nghttp2-client (h2load, nghttp: dataplane/tests/h2.rs)
 #   the systemd unit:       systemd (systemd-analyze) man-db (man, for the unit's Documentation=)
 #                           (dataplane/tests/systemd_rig.rs verifies scripts/systemd/xdpmesh.service)
+#   tables in etcd:         etcd-server etcd-client (dataplane/tests/etcd_rig.rs runs a 3-member
+#                           cluster of its own on loopback ports; etcdctl for operators)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib make
   iproute2 iputils-ping nftables ethtool procps
@@ -25,6 +27,7 @@ XM_DEB_PACKAGES=(
   openssl shellcheck fonts-dejavu-core
   haproxy python3 prometheus chromium
   systemd man-db nghttp2-client
+  etcd-server etcd-client
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }
@@ -48,7 +51,7 @@ xm_missing_packages() {
 
 # Installs whatever is missing from XM_DEB_PACKAGES (needs root when something is missing).
 # nginx-light must not start a system nginx on port 80, nor prometheus a system Prometheus on
-# port 9090: the tests and the demo start their own (nginx inside the rig's namespaces, Prometheus
+# port 9090, nor etcd-server a system etcd on ports 2379/2380: the tests and the demo start their own (nginx inside the rig's namespaces, Prometheus
 # with its own configuration and storage). A policy-rc.d that refuses service starts is put in place for
 # the duration of the install only (unless the machine already has one).
 xm_install_deps() {
@@ -88,9 +91,9 @@ xm_install_deps() {
     return "$rc"
   fi
   local unit
-  for unit in nginx prometheus; do
+  for unit in nginx prometheus etcd; do
     case " $missing " in
-      *" $unit "* | *" $unit-light "*)
+      *" $unit "* | *" $unit-light "* | *" $unit-server "*)
         # Where systemd runs, keep the packaged service from starting at boot and holding its port.
         if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
           systemctl disable --now "$unit" >/dev/null 2>&1 || true

@@ -460,6 +460,16 @@ impl KernelWorker {
         publisher: std::sync::Arc<control::Publisher>,
         tls: std::sync::Arc<dyn mesh::engine::MeshTls>,
     ) -> io::Result<Self> {
+        Self::with_listeners(publisher, tls, None)
+    }
+
+    /// [`Self::new`], listening only on `only` (the tables' listeners a node serves,
+    /// `[node] listeners`) when given.
+    pub fn with_listeners(
+        publisher: std::sync::Arc<control::Publisher>,
+        tls: std::sync::Arc<dyn mesh::engine::MeshTls>,
+        only: Option<&[std::net::SocketAddrV4]>,
+    ) -> io::Result<Self> {
         use control::schema::Protocol;
         let mut net = KernelNet::new()?;
         let snap = publisher.load();
@@ -471,6 +481,9 @@ impl KernelWorker {
                         l.name
                     )));
                 };
+                if only.is_some_and(|o| !o.contains(&a)) {
+                    continue;
+                }
                 net.listen(a).map_err(|e| {
                     io::Error::new(e.kind(), format!("listener {} on {a}: {e}", l.name))
                 })?;
