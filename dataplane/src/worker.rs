@@ -839,6 +839,9 @@ impl<D: Device> Worker<D> {
             }
             engine.progress(&mut net, now);
             net.flush();
+            // Events the engine's writes queued (a stream's end, room again) are this
+            // round's work: no sleeping on them.
+            did |= net.front.has_pending();
             crate::tap_hub::drain(
                 engine,
                 self.access_log.as_mut(),

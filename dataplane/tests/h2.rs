@@ -336,6 +336,16 @@ fn h2c_and_http1_on_one_port_through_the_engine() {
         metric(admin, "xdpmesh_h2_rapid_reset_total"),
         calm_before + 1
     );
+    // The gateway closes it even though the client keeps its end open, and lets go of it.
+    assert!(c.wait_closed(), "the rapid-reset connection stays open");
+    assert!(
+        wait_for(DEADLINE, || (metric(admin, "xdpmesh_h2_connections_open")
+            == 0)
+            .then_some(()))
+        .is_some(),
+        "HTTP/2 connections still counted open: {}",
+        metric(admin, "xdpmesh_h2_connections_open")
+    );
     // Others are served.
     let out = curl(&["--http2-prior-knowledge", "--resolve", &resolve, &url("/")]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
@@ -457,6 +467,16 @@ impl RawClient {
             self.goaway.or(if open { None } else { Some(u32::MAX) })
         })
         .filter(|c| *c != u32::MAX)
+    }
+
+    /// Whether the server closes the connection (end of stream) within the deadline.
+    fn wait_closed(&mut self) -> bool {
+        wait_for(DEADLINE, || {
+            let open = self.read_some();
+            self.frames();
+            (!open).then_some(())
+        })
+        .is_some()
     }
 
     /// The `:status` of two streams' responses (first HEADERS of each; `None` for a reset).

@@ -99,6 +99,8 @@ impl Default for H2Config {
 #[derive(Debug, Default)]
 pub struct H2Stats {
     pub connections: AtomicU64,
+    /// HTTP/2 client connections open now (a gauge).
+    pub open: AtomicU64,
     pub streams: AtomicU64,
     /// Connections that ended on a protocol error or a limit (the `h2` crate sent GOAWAY).
     pub connection_errors: AtomicU64,
@@ -151,6 +153,12 @@ impl H2Stats {
                 &self.idle_timeouts,
             ),
         ];
+        let _ = writeln!(
+            out,
+            "# HELP xdpmesh_h2_connections_open HTTP/2 client connections open now.\n\
+             # TYPE xdpmesh_h2_connections_open gauge\nxdpmesh_h2_connections_open {}",
+            self.open.load(Ordering::Relaxed)
+        );
         for (name, help, v) in rows {
             let _ = writeln!(
                 out,
@@ -325,9 +333,14 @@ struct H2Conn {
     idle_since: Option<Instant>,
     inner_eof: bool,
     closed: bool,
-    /// Streams opened, and reset by the client before their response was complete.
+    /// Streams opened, and reset by the client before their response was complete (both
+    /// halved as they grow: a recent window, not the connection's whole life).
     opened: u64,
     premature_resets: u64,
+    /// In the dirty list already.
+    queued: bool,
+    /// GOAWAY was asked for (idle, drain): the next deadline ends it the hard way.
+    going_away: bool,
 }
 
 struct Sniff {
@@ -392,19 +405,43 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
         self.conns.len()
     }
 
+    /// Queues `c` for a pump (once).
+    fn mark(&mut self, c: C) {
+        if let Some(h) = self.conns.get_mut(&c) {
+            if !h.queued {
+                h.queued = true;
+                self.dirty.push(c);
+            }
+        }
+    }
+
+    /// Events for the engine or connections to move are waiting: the loop must not sleep.
+    pub fn has_pending(&self) -> bool {
+        !self.events.is_empty() || !self.dirty.is_empty()
+    }
+
     /// A drain: every HTTP/2 client gets GOAWAY (no new streams; open ones finish), sent
     /// at the connection's next turn.
     pub fn drain(&mut self) {
-        for (c, h) in self.conns.iter_mut() {
-            if let ConnState::Open(conn) = &mut h.state {
-                conn.graceful_shutdown();
-                self.dirty.push(*c);
+        let now = self.now;
+        let open: Vec<C> = self.conns.keys().copied().collect();
+        for c in open {
+            if let Some(h) = self.conns.get_mut(&c) {
+                if let ConnState::Open(conn) = &mut h.state {
+                    conn.graceful_shutdown();
+                    h.going_away = true;
+                    h.idle_since.get_or_insert(now);
+                }
             }
+            self.mark(c);
         }
     }
 
     /// The front's next deadline: a preface or an idle connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.has_pending() {
+            return Some(self.now);
+        }
         let sniff = self.sniff.values().map(|s| s.deadline).min();
         let idle = self
             .conns
@@ -460,18 +497,38 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
                     any = true;
                 }
             }
-            if any {
+            if any && !h.queued {
+                h.queued = true;
                 self.dirty.push(*c);
             }
         }
         for c in late {
-            if let Some(h) = self.conns.get_mut(&c) {
-                h.idle_since = None;
-                if let ConnState::Open(conn) = &mut h.state {
+            let Some(h) = self.conns.get_mut(&c) else {
+                continue;
+            };
+            match &mut h.state {
+                ConnState::Open(conn) if !h.going_away => {
+                    // GOAWAY first; a client that neither answers its PING nor reads meets
+                    // the next deadline.
                     conn.graceful_shutdown();
+                    h.going_away = true;
+                    h.idle_since = Some(now);
+                    self.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    self.mark(c);
                 }
-                self.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                self.dirty.push(c);
+                _ => {
+                    // Going away or over, and still there a whole timeout later: reset it.
+                    let h = self.conns.remove(&c).expect("late");
+                    self.stats.open.fetch_sub(1, Ordering::Relaxed);
+                    for (id, st) in h.streams {
+                        if !st.engine_gone && !st.told_reset {
+                            self.events.push_back(NetEvent::Reset(FConn::Stream(c, id)));
+                        }
+                    }
+                    if !h.closed {
+                        inner.abort(c);
+                    }
+                }
             }
         }
     }
@@ -545,6 +602,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         io.lock().rx.extend_from_slice(PREFACE);
         let hs = self.front.builder.handshake(io.clone());
         self.front.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.front.stats.open.fetch_add(1, Ordering::Relaxed);
         self.front.conns.insert(
             c,
             H2Conn {
@@ -558,6 +616,8 @@ impl<'a, N: Net> H2Net<'a, N> {
                 closed: false,
                 opened: 0,
                 premature_resets: 0,
+                queued: false,
+                going_away: false,
             },
         );
         self.pump(c);
@@ -569,13 +629,19 @@ impl<'a, N: Net> H2Net<'a, N> {
         let Some(h) = self.front.conns.get_mut(&c) else {
             return;
         };
+        h.queued = false;
         if h.closed {
             return;
         }
         // In: while the buffer has room.
+        let mut rx_full = false;
         loop {
             let room = RX_MAX.saturating_sub(h.io.lock().rx.len());
-            if room == 0 || h.inner_eof {
+            if room == 0 {
+                rx_full = true;
+                break;
+            }
+            if h.inner_eof {
                 break;
             }
             let mut buf = [0u8; 16 << 10];
@@ -664,9 +730,15 @@ impl<'a, N: Net> H2Net<'a, N> {
                 h.premature_resets += 1;
             }
             if st.h2_done && !st.engine_gone && !st.told_reset && !st.resp_finished() {
-                // The client reset it, or the connection is gone: the engine lets go.
+                // The client reset it, or the connection is gone: the engine lets go, and
+                // the handle is gone for it (Net: invalid after `Reset`).
                 st.told_reset = true;
+                st.engine_gone = true;
+                st.let_go_of_request();
                 events.push_back(NetEvent::Reset(f));
+                continue;
+            }
+            if st.engine_gone {
                 continue;
             }
             if st.wants_readable {
@@ -678,15 +750,24 @@ impl<'a, N: Net> H2Net<'a, N> {
                 events.push_back(NetEvent::Writable(f));
             }
         }
-        if h.opened >= self.front.cfg.premature_reset_min_streams
-            && h.premature_resets * 2 >= h.opened
-        {
+        let min = self.front.cfg.premature_reset_min_streams;
+        if h.opened >= min && h.premature_resets * 2 >= h.opened {
             if let ConnState::Open(conn) = &mut h.state {
                 stats.rapid_resets.fetch_add(1, Ordering::Relaxed);
                 conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
-                h.opened = 0; // once
+                h.going_away = true;
+                h.opened = 0;
+                h.premature_resets = 0;
             }
+        } else if h.opened >= 2 * min.max(1) {
+            // A window of recent streams: earlier good ones do not buy a later burst.
+            h.opened /= 2;
+            h.premature_resets /= 2;
         }
+        // Streams done on both sides go; dropping their handles queues what h2 sends for
+        // them (a reset of an unfinished one), which the next turn writes.
+        h.streams
+            .retain(|_, st| !(st.engine_gone && (st.h2_done || st.resp_finished())));
         // Another turn of the connection writes the frames the streams queued (it accepts no
         // stream: one that arrived meanwhile waits for the next pump).
         if let ConnState::Open(conn) = &mut h.state {
@@ -694,13 +775,14 @@ impl<'a, N: Net> H2Net<'a, N> {
                 h.state = ConnState::Done;
             }
         }
-        h.streams
-            .retain(|_, st| !(st.engine_gone && (st.h2_done || st.resp_finished())));
-        if h.streams.is_empty() && h.idle_since.is_none() && matches!(h.state, ConnState::Open(_)) {
+        let done = matches!(h.state, ConnState::Done);
+        if h.streams.is_empty() && h.idle_since.is_none() && (done || !h.going_away) {
+            // Idle without a stream, or over with frames still to drain: both are bounded.
             h.idle_since = Some(self.front.now);
         }
         // Out.
         let mut io = h.io.lock();
+        let tx_full = io.tx.len() >= TX_MAX;
         while !io.tx.is_empty() {
             match self.inner.write(c, &io.tx) {
                 Ok(n) if n > 0 => {
@@ -710,16 +792,30 @@ impl<'a, N: Net> H2Net<'a, N> {
             }
         }
         let drained = io.tx.is_empty();
+        let rx_left = io.rx.len() - io.rx_pos;
         drop(io);
         if matches!(h.state, ConnState::Done) && drained && h.streams.is_empty() {
             h.closed = true;
             let now = self.front.now;
             self.inner.close(now, c);
+            return;
+        }
+        // The transport took a full buffer (h2 may hold more), or the input buffer was full
+        // and has room again: neither transport says so by itself.
+        if (tx_full && drained) || (rx_full && rx_left < RX_MAX && !h.inner_eof) {
+            self.front.mark(c);
         }
     }
 }
 
 impl Stream {
+    /// The request is of no more use (answered, reset, or the engine is gone).
+    fn let_go_of_request(&mut self) {
+        self.recv = None;
+        self.req = Vec::new();
+        self.req_pos = 0;
+    }
+
     fn resp_finished(&self) -> bool {
         matches!(self.resp, Resp::Done) && self.out.is_empty() && self.send.is_none()
     }
@@ -747,6 +843,9 @@ fn new_stream(
     head.extend_from_slice(b" HTTP/1.1\r\n");
     // `:authority` is the Host (RFC 9113 §8.3.1); a `host` field alone stands for it.
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    if authority.as_deref().is_some_and(|a| a.contains('@')) {
+        return Err(respond); // RFC 9113 §8.3.1: no userinfo in `:authority`
+    }
     if let Some(a) = &authority {
         head.extend_from_slice(b"host: ");
         head.extend_from_slice(a.as_bytes());
@@ -760,6 +859,9 @@ fn new_stream(
             // Hop-by-hop in HTTP/1.1; `te: trailers` is the only one HTTP/2 allows.
             "te" | "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding"
             | "upgrade" => continue,
+            // The front sends the whole body as it comes; the engine would wait for an
+            // interim response it has no way to pass on.
+            "expect" => continue,
             "cookie" => {
                 cookies.push(value.as_bytes());
                 continue;
@@ -883,7 +985,9 @@ fn pump_stream_io(st: &mut Stream, cx: &mut Context<'_>) {
                 match send.poll_capacity(cx) {
                     Poll::Ready(Some(Ok(n))) if n > 0 => {}
                     Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                        // Reset by the client (or the connection ended) mid-response.
                         st.h2_done = true;
+                        st.client_reset = true;
                         return;
                     }
                     _ => break,
@@ -905,6 +1009,7 @@ fn pump_stream_io(st: &mut Stream, cx: &mut Context<'_>) {
             let last = st.out.is_empty() && matches!(st.resp, Resp::Done) && st.trailers.is_empty();
             if send.send_data(chunk, last).is_err() {
                 st.h2_done = true;
+                st.client_reset = true;
                 return;
             }
             if last {
@@ -944,7 +1049,10 @@ fn trailer_map(raw: &[u8]) -> ::http::HeaderMap {
     let mut map = ::http::HeaderMap::new();
     let mut fields = [httparse::EMPTY_HEADER; 64];
     if let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(raw, &mut fields) {
-        for f in fields {
+        for f in fields
+            .iter()
+            .filter(|f| !connection_specific(&f.name.to_ascii_lowercase()))
+        {
             if let (Ok(k), Ok(v)) = (
                 ::http::HeaderName::from_bytes(f.name.as_bytes()),
                 ::http::HeaderValue::from_bytes(f.value),
@@ -975,7 +1083,7 @@ impl Stream {
                     let take = data.len().min(RESP_HEAD_MAX + 1 - buf.len());
                     let before = buf.len();
                     buf.extend_from_slice(&data[..take]);
-                    let mut fields = [httparse::EMPTY_HEADER; 96];
+                    let mut fields = [httparse::EMPTY_HEADER; 128];
                     let mut r = httparse::Response::new(&mut fields);
                     match r.parse(buf) {
                         Ok(httparse::Status::Complete(len)) => {
@@ -990,6 +1098,18 @@ impl Stream {
                             }
                             let mut b = ::http::Response::builder().status(status);
                             let mut framing = Framing::UntilClose;
+                            // Fields the `Connection` field names are this hop's only.
+                            let listed: Vec<String> = r
+                                .headers
+                                .iter()
+                                .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+                                .flat_map(|f| {
+                                    String::from_utf8_lossy(f.value)
+                                        .split(',')
+                                        .map(|t| t.trim().to_ascii_lowercase())
+                                        .collect::<Vec<_>>()
+                                })
+                                .collect();
                             for f in r.headers.iter() {
                                 let name = f.name.to_ascii_lowercase();
                                 if name == "content-length" {
@@ -999,9 +1119,17 @@ impl Stream {
                                         .ok_or(())?;
                                     framing = Framing::Length(n);
                                 } else if name == "transfer-encoding" {
+                                    // Only chunked can be undone here: HTTP/2 has no
+                                    // transfer codings (RFC 9113 §8.2.2).
+                                    let v = String::from_utf8_lossy(f.value).to_ascii_lowercase();
+                                    if v.split(',').map(str::trim).collect::<Vec<_>>()
+                                        != ["chunked"]
+                                    {
+                                        return Err(());
+                                    }
                                     framing = Framing::Chunked(Chunk::Size(0, false));
                                 }
-                                if connection_specific(&name) {
+                                if connection_specific(&name) || listed.contains(&name) {
                                     continue;
                                 }
                                 b = b.header(name.as_str(), f.value);
@@ -1186,10 +1314,15 @@ impl<N: Net> Net for H2Net<'_, N> {
                     if st.req_pos == st.req.len() {
                         st.req.clear();
                         st.req_pos = 0;
-                        if st.recv.is_some() {
-                            // Room again: take more of the body.
-                            self.front.dirty.push(t);
-                        }
+                    } else if st.req_pos >= st.req.len() / 2 {
+                        // Keep the buffer near what is unread (a slow reader never empties it).
+                        st.req.drain(..st.req_pos);
+                        st.req_pos = 0;
+                    }
+                    if st.recv.is_some() && st.req.len() - st.req_pos < REQ_MAX && !h.queued {
+                        // Room again: take more of the body.
+                        h.queued = true;
+                        self.front.dirty.push(t);
                     }
                     return Ok(n);
                 }
@@ -1217,7 +1350,10 @@ impl<N: Net> Net for H2Net<'_, N> {
                 let room = RESP_MAX - st.out_len;
                 let data = &data[..data.len().min(room.max(1))];
                 let r = st.take_response(data);
-                self.front.dirty.push(t);
+                if !h.queued {
+                    h.queued = true;
+                    self.front.dirty.push(t);
+                }
                 match r {
                     Ok(n) => Ok(n),
                     Err(()) => {
@@ -1243,10 +1379,11 @@ impl<N: Net> Net for H2Net<'_, N> {
                     .get_mut(&t)
                     .and_then(|h| h.streams.get_mut(&id))
                 {
-                    self.front.dirty.push(t);
                     end_engine_writes(st, &self.front.stats);
+                    st.let_go_of_request();
                     // It reads the end of the request next (see `read`).
                     self.front.events.push_back(NetEvent::Readable(c));
+                    self.front.mark(t);
                 }
             }
         }
@@ -1267,10 +1404,11 @@ impl<N: Net> Net for H2Net<'_, N> {
                 {
                     end_engine_writes(st, &self.front.stats);
                     st.engine_gone = true;
+                    st.let_go_of_request();
                     if !st.resp_finished() && !st.h2_done {
                         st.orphan_since = Some(now);
                     }
-                    self.front.dirty.push(t);
+                    self.front.mark(t);
                 }
                 self.front.events.push_back(NetEvent::Closed(c));
             }
@@ -1299,7 +1437,8 @@ impl<N: Net> Net for H2Net<'_, N> {
                         reset_stream(st, h2::Reason::INTERNAL_ERROR);
                     }
                     st.engine_gone = true;
-                    self.front.dirty.push(t);
+                    st.let_go_of_request();
+                    self.front.mark(t);
                 }
             }
         }
@@ -1367,6 +1506,7 @@ impl<N: Net> Net for H2Net<'_, N> {
                         continue;
                     }
                     if let Some(h) = self.front.conns.remove(&c) {
+                        self.front.stats.open.fetch_sub(1, Ordering::Relaxed);
                         for (id, st) in h.streams {
                             if !st.engine_gone && !st.told_reset {
                                 self.front
