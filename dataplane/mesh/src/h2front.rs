@@ -219,7 +219,12 @@ impl tokio::io::AsyncRead for BufIo {
             buf.put_slice(&b.rx[at..at + n]);
             b.rx_pos += n;
             if b.rx_pos == b.rx.len() {
-                b.rx.clear();
+                // Emptied: an idle connection keeps no burst's buffer.
+                if b.rx.capacity() > 16 << 10 {
+                    b.rx = Vec::new();
+                } else {
+                    b.rx.clear();
+                }
                 b.rx_pos = 0;
             }
             Poll::Ready(Ok(()))
@@ -792,6 +797,9 @@ impl<'a, N: Net> H2Net<'a, N> {
             }
         }
         let drained = io.tx.is_empty();
+        if drained && io.tx.capacity() > 16 << 10 {
+            io.tx = Vec::new();
+        }
         let rx_left = io.rx.len() - io.rx_pos;
         drop(io);
         if matches!(h.state, ConnState::Done) && drained && h.streams.is_empty() {
