@@ -249,7 +249,13 @@ impl Client {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::other(format!("{hostport}: no address")))?;
-        let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+        // On an AF_XDP gateway's host, a kernel connection through an interface the gateway
+        // serves must not use its ephemeral ports (the XDP program takes their replies).
+        let tcp = if addr.ip().is_loopback() {
+            TcpStream::connect_timeout(&addr, timeout)?
+        } else {
+            crate::kernelconn::connect_below_gateway_ports(addr, timeout)?
+        };
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(read_timeout))?;
         tcp.set_write_timeout(Some(timeout))?;

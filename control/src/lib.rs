@@ -18,6 +18,7 @@ pub mod de;
 pub mod diag;
 pub mod etcd;
 pub mod fastde;
+pub mod kernelconn;
 pub mod load;
 pub mod node;
 pub mod openmetrics;
