@@ -254,13 +254,19 @@ pub struct ConnParams {
 }
 
 impl Conn {
-    fn new(cfg: &TcpConfig, p: ConnParams, state: State, now: Instant) -> Conn {
-        let mut offered_shift = 0u8;
+    /// The window scale we offer: the least that lets the receive buffer be advertised.
+    pub fn offered_shift(cfg: &TcpConfig) -> u8 {
+        let mut shift = 0u8;
         if cfg.window_scaling {
-            while offered_shift < MAX_WINDOW_SHIFT && (cfg.recv_buffer >> offered_shift) > 65535 {
-                offered_shift += 1;
+            while shift < MAX_WINDOW_SHIFT && (cfg.recv_buffer >> shift) > 65535 {
+                shift += 1;
             }
         }
+        shift
+    }
+
+    fn new(cfg: &TcpConfig, p: ConnParams, state: State, now: Instant) -> Conn {
+        let offered_shift = Self::offered_shift(cfg);
         Conn {
             local: p.local,
             remote: p.remote,
@@ -356,12 +362,15 @@ impl Conn {
         c
     }
 
-    /// A connection rebuilt from a valid SYN cookie: established, with only the MSS from the cookie.
+    /// A connection rebuilt from a valid SYN cookie: established, with the MSS from the
+    /// cookie and, when the handshake had timestamps, window scaling, SACK and timestamps
+    /// from the options the ACK's timestamp echo carried back.
     pub fn from_cookie(
         cfg: &TcpConfig,
         p: ConnParams,
         ack: &Header,
         mss: u16,
+        opts: Option<super::isn::CookieOpts>,
         now: Instant,
     ) -> Conn {
         let mut c = Conn::new(cfg, p, State::Established, now);
@@ -372,8 +381,23 @@ impl Conn {
         c.snd_max = c.snd_una;
         c.send_head = c.snd_una;
         c.peer_mss = mss;
-        c.offered_shift = 0;
-        c.snd_wnd = ack.window as u32;
+        match (opts, ack.options.timestamp) {
+            (Some(o), Some((val, _))) => {
+                c.ts_ok = true;
+                c.ts_recent = val;
+                c.sack_ok = o.sack && cfg.sack;
+                match o.window_scale {
+                    Some(s) if cfg.window_scaling => {
+                        c.ws_ok = true;
+                        c.snd_shift = s.min(MAX_WINDOW_SHIFT);
+                        c.rcv_shift = c.offered_shift;
+                    }
+                    _ => c.offered_shift = 0,
+                }
+            }
+            _ => c.offered_shift = 0,
+        }
+        c.snd_wnd = (ack.window as u32) << c.snd_shift;
         c.max_snd_wnd = c.snd_wnd;
         c.snd_wl1 = Seq(ack.seq);
         c.snd_wl2 = Seq(ack.ack);
