@@ -940,7 +940,8 @@ impl Conn {
             if acked > 0 {
                 self.on_new_ack(ctx, ack);
             }
-            if self.state != State::Closed {
+            // Nothing was or is in flight (a receiver's common case): nothing to recover.
+            if flight_before > 0 && self.state != State::Closed {
                 self.sack_recovery(ctx, acked, flight_before);
             }
         } else if ack > self.snd_una {
@@ -1058,9 +1059,6 @@ impl Conn {
             self.cwnd = self.cc.on_ack_ca(self.cwnd, acked, smss, ctx.now, srtt);
         }
         self.dupacks = 0;
-        if self.snd_una == self.snd_max {
-            self.sb.release();
-        }
 
         // RFC 6298 §5.2/5.3: stop the timer when all is acked, else restart it.
         self.rto_at = if self.snd_una == self.snd_max {
@@ -1266,6 +1264,10 @@ impl Conn {
         self.release_at = None;
         self.send.release_if_idle();
         self.recv.release_if_idle();
+        // The scoreboard's storage goes with the send buffer's (kept while data moves).
+        if self.send.allocated() == 0 {
+            self.sb.release();
+        }
     }
 
     fn arm_keepalive(&mut self, now: Instant) {
@@ -1482,12 +1484,12 @@ impl Conn {
     /// Linux: then the RTO's floor), never later than the retransmission timeout.
     fn arm_tlp(&mut self, ctx: &Ctx) {
         self.tlp_at = None;
-        if !ctx.cfg.tail_loss_probe
+        if self.snd_max == self.snd_una
+            || !ctx.cfg.tail_loss_probe
             || !self.sack_ok
             || self.in_recovery
             || self.snd_una < self.recover
             || self.tlp_high.is_some()
-            || self.snd_max == self.snd_una
             || self.snd_wnd == 0
         {
             return;

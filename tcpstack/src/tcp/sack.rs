@@ -77,27 +77,33 @@ pub struct Scoreboard {
 }
 
 impl Scoreboard {
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.recs.is_empty()
     }
 
+    #[inline]
     pub fn is_full(&self) -> bool {
         self.recs.len() >= MAX_RECORDS
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.recs.len()
     }
 
     /// The sequence number after the last record.
+    #[inline]
     pub fn end(&self) -> Option<Seq> {
         self.recs.back().map(|r| r.end)
     }
 
+    #[inline]
     pub fn sacked_bytes(&self) -> usize {
         self.sacked
     }
 
+    #[inline]
     pub fn lost_bytes(&self) -> usize {
         self.lost
     }
@@ -123,6 +129,7 @@ impl Scoreboard {
     }
 
     /// RFC 6675 §2 pipe: bytes in flight, less those SACKed or deemed lost.
+    #[inline]
     pub fn pipe(&self, snd_una: Seq, snd_max: Seq) -> usize {
         if snd_max <= snd_una {
             return 0;
@@ -149,6 +156,7 @@ impl Scoreboard {
     }
 
     /// NextSeg (RFC 6675 §4, rule 1): the first range deemed lost and not yet retransmitted.
+    #[inline]
     pub fn next_lost(&self) -> Option<(Seq, Seq)> {
         if self.lost == 0 {
             return None;
@@ -258,7 +266,10 @@ impl Scoreboard {
         now: Instant,
     ) -> AckOutcome {
         let mut out = AckOutcome::default();
-        // Cumulatively acknowledged records.
+        // Cumulatively acknowledged records. Of those never retransmitted, only the last one
+        // not SACKed can move RACK (it was sent last), and the first one tells reordering.
+        let mut first: Option<Rec> = None;
+        let mut last: Option<Rec> = None;
         while let Some(r) = self.recs.front().copied() {
             if r.start >= ack {
                 break;
@@ -285,11 +296,26 @@ impl Scoreboard {
                 if r.has(LOST) {
                     self.lost -= r.len();
                 }
-                self.delivered(&r, now);
+                if r.has(RETRANS) {
+                    self.delivered(&r, now);
+                } else {
+                    if first.is_none() {
+                        first = Some(r);
+                    }
+                    last = Some(r);
+                }
             }
             if r.has(RETRANS) {
                 self.retrans_segs -= 1;
             }
+        }
+        if let Some(f) = first {
+            if f.end < self.fack {
+                self.reordering = true;
+            }
+        }
+        if let Some(l) = last {
+            self.delivered(&l, now);
         }
         if self.fack < ack {
             self.fack = ack;
