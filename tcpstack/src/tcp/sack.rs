@@ -535,6 +535,122 @@ mod tests {
         assert_eq!(s.lost_bytes(), 1000);
     }
 
+    impl Scoreboard {
+        /// The counters agree with the records; records are contiguous and ordered.
+        fn check(&self) {
+            let (mut sacked, mut lost, mut ss, mut rs) = (0, 0, 0, 0);
+            for (i, r) in self.recs.iter().enumerate() {
+                assert!(r.start < r.end);
+                if i > 0 {
+                    assert_eq!(self.recs[i - 1].end, r.start);
+                }
+                assert!(!(r.has(SACKED) && r.has(LOST)));
+                if r.has(SACKED) {
+                    sacked += r.len();
+                    ss += 1;
+                }
+                if r.has(LOST) {
+                    lost += r.len();
+                }
+                if r.has(RETRANS) {
+                    rs += 1;
+                }
+            }
+            assert_eq!((sacked, lost), (self.sacked, self.lost));
+            assert_eq!((ss, rs), (self.sacked_segs, self.retrans_segs));
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Send(u16),
+        Ack(u32, Vec<(u32, u32)>),
+        Retransmit(u16, u16),
+        Rto,
+        Detect(u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (1u16..3000).prop_map(Op::Send),
+            4 => (any::<u32>(), proptest::collection::vec((any::<u32>(), any::<u32>()), 0..5))
+                .prop_map(|(a, b)| Op::Ack(a, b)),
+            2 => (any::<u16>(), any::<u16>()).prop_map(|(a, b)| Op::Retransmit(a, b)),
+            1 => Just(Op::Rto),
+            2 => any::<u8>().prop_map(Op::Detect),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the peer's ACKs and SACK blocks say (near the window or anywhere in the
+        /// sequence space), nothing panics and the counters stay true.
+        #[test]
+        fn hostile_acks_keep_the_scoreboard_consistent(
+            base in proptest::prelude::any::<u32>(),
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let mut s = Scoreboard::default();
+            let mut una = Seq(base);
+            let mut max = Seq(base);
+            let mut now = Instant::from_millis(1000);
+            for o in ops {
+                now += Duration::from_micros(137);
+                match o {
+                    Op::Send(n) => {
+                        if !s.is_full() {
+                            let end = max + n as usize;
+                            s.on_send(max, end, now);
+                            max = end;
+                        }
+                    }
+                    Op::Ack(a, blocks) => {
+                        // Half the ACKs land in the window, half anywhere (the connection
+                        // filters the latter before the scoreboard sees them).
+                        let ack = if a & 1 == 0 && max > una {
+                            una + (a as usize % ((max - una) + 1))
+                        } else {
+                            una
+                        };
+                        // Blocks near the window, made from the random words.
+                        let blocks: Vec<(u32, u32)> = blocks
+                            .into_iter()
+                            .map(|(l, r)| {
+                                if l & 3 == 0 {
+                                    (l, r)
+                                } else {
+                                    let span = (max - una) as u32 + 4000;
+                                    let l = una.0.wrapping_sub(2000).wrapping_add(l % span);
+                                    (l, l.wrapping_add(r % 6000))
+                                }
+                            })
+                            .collect();
+                        s.on_ack(ack, &blocks, max, now);
+                        una = ack;
+                    }
+                    Op::Retransmit(at, len) => {
+                        if let Some((st, e)) = s.next_lost() {
+                            let end = (st + (len as usize % (e - st) + 1)).min(e);
+                            s.on_retransmit(st, end, now);
+                        } else if max > una {
+                            let st = una + (at as usize % (max - una));
+                            s.on_retransmit(st, st + 1, now);
+                        }
+                    }
+                    Op::Rto => s.on_rto(),
+                    Op::Detect(r) => {
+                        s.detect_loss(now, r & 1 == 0, Duration::from_micros(r as u64 * 10));
+                    }
+                }
+                s.check();
+                assert!(s.pipe(una, max) <= max - una);
+                if let Some(f) = s.recs.front() {
+                    assert!(f.start >= una);
+                }
+            }
+        }
+    }
+
     #[test]
     fn bounded() {
         let mut s = Scoreboard::default();
