@@ -19,6 +19,6 @@ pub mod wire;
 pub use neigh::NeighborConfig;
 pub use stack::{ConnId, Error, Event, Ipv4Cidr, PortFilter, Stack, StackConfig};
 pub use stats::{Counter, DropReason, Stats};
-pub use tcp::{Keepalive, ResetReason, State, TcpConfig};
+pub use tcp::{Congestion, Keepalive, ResetReason, State, TcpConfig};
 pub use time::Instant;
 pub use wire::MacAddr;

@@ -3,7 +3,7 @@
 use crate::neigh::{NeighborCache, NeighborConfig};
 use crate::stats::{Counter, DropReason, Stats};
 use crate::tcp::conn::{Conn, ConnEvent, ConnParams, Ctx, ResetReason, State};
-use crate::tcp::isn::Secrets;
+use crate::tcp::isn::{CookieOpts, Secrets};
 use crate::tcp::seq::Seq;
 use crate::tcp::{Keepalive, TcpConfig};
 use crate::time::Instant;
@@ -782,15 +782,27 @@ impl Stack {
                 .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(128));
             if h.flags.ack() && !h.flags.syn() && cookies_live {
                 let peer_isn = Seq(h.seq) - 1;
+                // With timestamps, the options ride in the echo of our timestamp.
+                let opts = match h.options.timestamp {
+                    Some((_, ecr)) if self.cfg.tcp.timestamps => {
+                        Some(CookieOpts::from_bits(ecr & CookieOpts::MASK))
+                    }
+                    _ => None,
+                };
+                let opts_in = h
+                    .options
+                    .timestamp
+                    .filter(|_| opts.is_some())
+                    .map_or(0, |t| CookieOpts::hash_input(t.1 & CookieOpts::MASK));
                 if let Some(mss) =
                     self.secrets
-                        .check_cookie(now, local, remote, peer_isn, Seq(h.ack) - 1)
+                        .check_cookie(now, local, remote, peer_isn, Seq(h.ack) - 1, opts_in)
                 {
                     if self.live < self.cfg.max_connections {
                         self.stats.inc(Counter::SynCookiesAccepted);
                         let mut params = self.params(now, local, remote);
                         params.iss = Seq(h.ack) - 1;
-                        let mut conn = Conn::from_cookie(&self.cfg.tcp, params, &h, mss, now);
+                        let mut conn = Conn::from_cookie(&self.cfg.tcp, params, &h, mss, opts, now);
                         conn.from_listener = Some(listener);
                         let slot = self.insert(conn, None);
                         self.events.push_back(Event::Accepted {
@@ -873,10 +885,40 @@ impl Stack {
             .get(&listener)
             .is_some_and(|l| l.half_open >= self.cfg.syn_backlog);
         if backlog_full {
-            // SYN cookies: answer without state. The cookie carries only the MSS, so the
-            // connection goes without window scaling, SACK and timestamps.
+            // SYN cookies: answer without state. The cookie carries the MSS; when the SYN
+            // offered timestamps, window scaling and SACK-permitted ride in the low 6 bits of
+            // our timestamp value, which the peer echoes (as Linux does), and the cookie's hash
+            // covers them. Without timestamps the connection goes without all three.
+            let tcp = &self.cfg.tcp;
             let mss = h.options.mss.unwrap_or(536).min(self.our_mss());
-            let cookie = self.secrets.cookie(now, local, remote, Seq(h.seq), mss);
+            let mut options = Options {
+                mss: Some(self.our_mss()),
+                ..Options::default()
+            };
+            let mut opts_in = 0;
+            if let (true, Some((peer_val, _))) = (tcp.timestamps, h.options.timestamp) {
+                let o = CookieOpts {
+                    window_scale: h.options.window_scale.filter(|_| tcp.window_scaling),
+                    sack: tcp.sack && h.options.sack_permitted,
+                };
+                let ts_offset = self.secrets.ts_offset(local, remote);
+                // Never ahead of the timestamps the connection sends later (the peer's PAWS
+                // would drop those): one step of 64 back when the bits put it ahead.
+                let clock = (now.as_millis() as u32).wrapping_add(ts_offset);
+                let mut ts_val = (clock & !CookieOpts::MASK) | o.bits();
+                if (ts_val.wrapping_sub(clock) as i32) > 0 {
+                    ts_val = ts_val.wrapping_sub(CookieOpts::MASK + 1);
+                }
+                options.timestamp = Some((ts_val, peer_val));
+                options.sack_permitted = o.sack;
+                if o.window_scale.is_some() {
+                    options.window_scale = Some(Conn::offered_shift(tcp));
+                }
+                opts_in = CookieOpts::hash_input(o.bits());
+            }
+            let cookie = self
+                .secrets
+                .cookie(now, local, remote, Seq(h.seq), mss, opts_in);
             let header = Header {
                 src_port: local.port(),
                 dst_port: remote.port(),
@@ -884,10 +926,7 @@ impl Stack {
                 ack: (Seq(h.seq) + 1).0,
                 flags: Flags::SYN | Flags::ACK,
                 window: self.cfg.tcp.recv_buffer.min(65535) as u16,
-                options: Options {
-                    mss: Some(self.our_mss()),
-                    ..Options::default()
-                },
+                options,
             };
             self.stats.inc(Counter::SynCookiesSent);
             self.last_cookie_sent = Some(now);

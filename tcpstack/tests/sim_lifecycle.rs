@@ -862,3 +862,42 @@ fn an_active_open_reuses_our_time_wait_once_the_ports_run_out() {
     assert_eq!(sim.a.time_wait_count(), 3);
     assert_eq!(sim.a.stats().get(Counter::TimeWaitReused), 1);
 }
+
+/// A SYN-cookie connection keeps window scaling and SACK when the SYN offered timestamps
+/// (they ride in the SYN-ACK's timestamp value, as Linux does), and goes without them when
+/// it did not.
+#[test]
+fn syn_cookie_connections_keep_window_scaling_and_sack() {
+    for timestamps in [true, false] {
+        let mut ca = stack_config(A_MAC, A_IP, 1);
+        ca.tcp.timestamps = timestamps;
+        let mut cb = stack_config(B_MAC, B_IP, 2);
+        cb.syn_backlog = 0;
+        let mut sim = Sim::with_configs(13, LinkConfig::lossy(0.02), ca, cb);
+        sim.faults_enabled = [false, false];
+        sim.record = Some(Vec::new());
+        let (a, b) = establish(&mut sim, 80);
+        assert_eq!(sim.b.stats().get(Counter::SynCookiesAccepted), 1);
+        let synack = sim
+            .record
+            .take()
+            .unwrap()
+            .iter()
+            .filter(|(to_b, f)| !to_b && f.len() > 34)
+            .filter_map(|(_, f)| tcpstack::wire::tcp::Segment::parse(&f[34..], B_IP, A_IP).ok())
+            .map(|s| s.header)
+            .find(|h| h.flags.syn())
+            .expect("a SYN-ACK");
+        assert_eq!(synack.options.sack_permitted, timestamps);
+        assert_eq!(synack.options.window_scale.is_some(), timestamps);
+        assert_eq!(synack.options.timestamp.is_some(), timestamps);
+        // With loss, A's SACK recovery needs B's SACK blocks; a 256 KiB window needs scaling.
+        sim.faults_enabled = [true, true];
+        transfer(&mut sim, a, b, 4 << 20, 3, Duration::from_secs(600));
+        let rack = sim.a.stats().get(Counter::RackLost);
+        assert_eq!(rack > 0, timestamps, "SACK-based recovery: {rack}");
+        if timestamps {
+            assert_eq!(sim.a.stats().get(Counter::RtoTimeouts), 0);
+        }
+    }
+}

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 use tcpstack::wire::tcp::{Flags, Header, Options, SackBlocks};
-use tcpstack::wire::{ethernet, ipv4, tcp};
+use tcpstack::wire::{arp, ethernet, ipv4, tcp};
 use tcpstack::{Event, Instant, Ipv4Cidr, MacAddr, Stack, StackConfig};
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -31,6 +31,13 @@ fuzz_target!(|data: &[u8]| {
     s.listen(SocketAddrV4::new(B, 80)).unwrap();
     let mut now = Instant::from_millis(1000);
     let mut buf = [0u8; 1514];
+    // A's ARP request first, so that B knows A's MAC (B learns neighbours only from ARP);
+    // without it the SYN-ACK waits behind B's own ARP request and no connection is made.
+    let mut arp = vec![0u8; 14 + arp::PACKET_LEN];
+    ethernet::emit(&mut arp, MacAddr::BROADCAST, AM, ethernet::ETHERTYPE_ARP);
+    arp::ArpRepr { op: arp::Operation::Request, sender_mac: AM, sender_ip: A, target_mac: MacAddr::ZERO, target_ip: B }.emit(&mut arp[14..]);
+    s.handle_frame(now, &arp);
+    while s.poll_transmit(now, &mut buf).is_some() {}
     // Handshake by hand: SYN, read the SYN-ACK, ACK.
     let isn = 1000u32;
     let syn = Header { src_port: 4000, dst_port: 80, seq: isn, flags: Flags::SYN, window: 65535, options: Options { mss: Some(1460), window_scale: Some(7), sack_permitted: true, timestamp: Some((1, 0)), ..Default::default() }, ..Default::default() };
@@ -49,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
             id = Some(i);
         }
     }
-    let Some(id) = id else { return };
+    let id = id.expect("the handshake completes");
     let _ = s.write(id, &[7u8; 3000]);
 
     // Each segment takes 16 bytes of input.
@@ -96,6 +103,9 @@ fuzz_target!(|data: &[u8]| {
         }
         while let Some(n) = s.poll_transmit(now, &mut buf) {
             assert!(n <= buf.len());
+            if u16::from_be_bytes([buf[12], buf[13]]) != ethernet::ETHERTYPE_IPV4 {
+                continue; // an ARP request: A's entry aged out while time passed
+            }
             // Whatever we send parses back.
             let p = ipv4::Ipv4Packet::parse(&buf[14..n]).expect("we emit valid IPv4");
             if p.protocol == ipv4::PROTO_TCP {

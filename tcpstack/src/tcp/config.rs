@@ -32,6 +32,12 @@ pub struct TcpConfig {
     pub window_scaling: bool,
     /// Offer SACK-permitted and report SACK blocks (RFC 2018). Default on.
     pub sack: bool,
+    /// Congestion control (RFC 9438 CUBIC by default; NewReno selectable).
+    pub congestion: super::cc::Congestion,
+    /// Tail loss probes (RFC 8985 §7): a probe after about two round trips without an ACK,
+    /// so a lost tail of data does not wait for the retransmission timeout. Only with SACK.
+    /// Default on.
+    pub tail_loss_probe: bool,
     /// Offer timestamps (RFC 7323 §3), used for PAWS. Default on.
     pub timestamps: bool,
     /// Nagle's algorithm (RFC 9293 §3.8.6.2.1). Default on.
@@ -85,6 +91,8 @@ impl Default for TcpConfig {
             window_scaling: true,
             sack: true,
             timestamps: true,
+            congestion: super::cc::Congestion::Cubic,
+            tail_loss_probe: true,
             nagle: true,
             delayed_ack: Some(Duration::from_millis(40)),
             min_rto: super::rtt::MIN_RTO,

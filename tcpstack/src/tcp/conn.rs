@@ -1,15 +1,19 @@
 //! One TCP connection: the RFC 9293 state machine with RFC 5961 hardening, RFC 7323 window
-//! scaling and PAWS, receive-side SACK (RFC 2018), RFC 6298 timers and NewReno congestion
-//! control (RFC 5681, RFC 6582).
+//! scaling and PAWS, SACK (RFC 2018) both ways, RFC 6298 timers, congestion control by CUBIC
+//! (RFC 9438) or NewReno (RFC 5681), and loss recovery: with SACK, a scoreboard with RFC 6675's
+//! pipe and NextSeg, RACK-TLP (RFC 8985) time-based loss detection and tail loss probes;
+//! without SACK, NewReno's fast retransmit and recovery (RFC 6582).
 //!
 //! Sans-IO: `handle_segment` takes input, `poll_segment` yields at most one segment to send per
 //! call (the caller writes headers and copies the payload from the send ring), `on_timer` fires
 //! deadlines. Events go to the caller's queue.
 
 use super::assembler::Assembler;
+use super::cc::Cc;
 use super::config::{Keepalive, TcpConfig};
 use super::ring::Ring;
 use super::rtt::RttEstimator;
+use super::sack::Scoreboard;
 use super::seq::Seq;
 use crate::stats::{Counter, DropReason, Stats};
 use crate::time::Instant;
@@ -153,6 +157,17 @@ pub struct Conn {
     recover: Seq,
     in_recovery: bool,
     rtt: RttEstimator,
+    cc: Cc,
+    /// With SACK: the segments in flight, SACKed, lost, retransmitted.
+    sb: Scoreboard,
+    /// RACK's reordering timer (RFC 8985 §6.3): look for overdue segments again.
+    rack_at: Option<Instant>,
+    /// The tail loss probe timer (RFC 8985 §7.2).
+    tlp_at: Option<Instant>,
+    /// The probe timer fired: send a probe.
+    tlp_now: bool,
+    /// A probe is outstanding (RFC 8985 TLP.end_seq): at most one until an ACK advances.
+    tlp_high: Option<Seq>,
     /// Segments sent again (fast retransmit, timeouts, probes of old data): for inspection.
     retransmits: u32,
     /// Karn's algorithm: one timed segment at a time, never a retransmitted one.
@@ -239,13 +254,19 @@ pub struct ConnParams {
 }
 
 impl Conn {
-    fn new(cfg: &TcpConfig, p: ConnParams, state: State, now: Instant) -> Conn {
-        let mut offered_shift = 0u8;
+    /// The window scale we offer: the least that lets the receive buffer be advertised.
+    pub fn offered_shift(cfg: &TcpConfig) -> u8 {
+        let mut shift = 0u8;
         if cfg.window_scaling {
-            while offered_shift < MAX_WINDOW_SHIFT && (cfg.recv_buffer >> offered_shift) > 65535 {
-                offered_shift += 1;
+            while shift < MAX_WINDOW_SHIFT && (cfg.recv_buffer >> shift) > 65535 {
+                shift += 1;
             }
         }
+        shift
+    }
+
+    fn new(cfg: &TcpConfig, p: ConnParams, state: State, now: Instant) -> Conn {
+        let offered_shift = Self::offered_shift(cfg);
         Conn {
             local: p.local,
             remote: p.remote,
@@ -285,6 +306,12 @@ impl Conn {
             recover: p.iss,
             in_recovery: false,
             rtt: RttEstimator::new(cfg.min_rto),
+            cc: Cc::new(cfg.congestion),
+            sb: Scoreboard::default(),
+            rack_at: None,
+            tlp_at: None,
+            tlp_now: false,
+            tlp_high: None,
             retransmits: 0,
             rtt_probe: None,
             rto_at: None,
@@ -335,12 +362,15 @@ impl Conn {
         c
     }
 
-    /// A connection rebuilt from a valid SYN cookie: established, with only the MSS from the cookie.
+    /// A connection rebuilt from a valid SYN cookie: established, with the MSS from the
+    /// cookie and, when the handshake had timestamps, window scaling, SACK and timestamps
+    /// from the options the ACK's timestamp echo carried back.
     pub fn from_cookie(
         cfg: &TcpConfig,
         p: ConnParams,
         ack: &Header,
         mss: u16,
+        opts: Option<super::isn::CookieOpts>,
         now: Instant,
     ) -> Conn {
         let mut c = Conn::new(cfg, p, State::Established, now);
@@ -351,8 +381,23 @@ impl Conn {
         c.snd_max = c.snd_una;
         c.send_head = c.snd_una;
         c.peer_mss = mss;
-        c.offered_shift = 0;
-        c.snd_wnd = ack.window as u32;
+        match (opts, ack.options.timestamp) {
+            (Some(o), Some((val, _))) => {
+                c.ts_ok = true;
+                c.ts_recent = val;
+                c.sack_ok = o.sack && cfg.sack;
+                match o.window_scale {
+                    Some(s) if cfg.window_scaling => {
+                        c.ws_ok = true;
+                        c.snd_shift = s.min(MAX_WINDOW_SHIFT);
+                        c.rcv_shift = c.offered_shift;
+                    }
+                    _ => c.offered_shift = 0,
+                }
+            }
+            _ => c.offered_shift = 0,
+        }
+        c.snd_wnd = (ack.window as u32) << c.snd_shift;
         c.max_snd_wnd = c.snd_wnd;
         c.snd_wl1 = Seq(ack.seq);
         c.snd_wl2 = Seq(ack.ack);
@@ -553,6 +598,8 @@ impl Conn {
             }
         }
         let t = earlier(self.rto_at, self.delack_at);
+        let t = earlier(t, self.rack_at);
+        let t = earlier(t, self.tlp_at);
         let t = earlier(t, self.persist_at);
         let t = earlier(t, self.persist_deadline);
         let t = earlier(t, self.keepalive_at);
@@ -560,7 +607,12 @@ impl Conn {
     }
 
     pub fn has_output(&self) -> bool {
-        self.rst_now || self.ack_now || self.rexmit_one || self.probe_now || self.keepalive_now
+        self.rst_now
+            || self.ack_now
+            || self.rexmit_one
+            || self.probe_now
+            || self.keepalive_now
+            || self.tlp_now
     }
 
     // ---- input ----
@@ -858,7 +910,41 @@ impl Conn {
         let window = (h.window as u32) << self.snd_shift;
         let window_changed = window != self.snd_wnd;
 
-        if ack > self.snd_una {
+        if self.sack_ok {
+            let flight_before = self.snd_max - self.snd_una;
+            let acked = if ack > self.snd_una {
+                ack - self.snd_una
+            } else {
+                0
+            };
+            if !self.sb.is_empty() {
+                let o = self
+                    .sb
+                    .on_ack(ack, h.options.sack.as_slice(), self.snd_max, ctx.now);
+                for _ in 0..o.ignored {
+                    ctx.stats.inc(Counter::SackBlocksIgnored);
+                }
+                for _ in 0..o.dsack {
+                    ctx.stats.inc(Counter::DsackReceived);
+                }
+            } else if !h.options.sack.is_empty() && self.snd_max == self.snd_una {
+                // Nothing in flight: any block but a D-SACK is outside SND.UNA..SND.MAX.
+                for &(l, r) in h.options.sack.as_slice() {
+                    if super::sack::is_dsack(l, r, ack) {
+                        ctx.stats.inc(Counter::DsackReceived);
+                    } else {
+                        ctx.stats.inc(Counter::SackBlocksIgnored);
+                    }
+                }
+            }
+            if acked > 0 {
+                self.on_new_ack(ctx, ack);
+            }
+            // Nothing was or is in flight (a receiver's common case): nothing to recover.
+            if flight_before > 0 && self.state != State::Closed {
+                self.sack_recovery(ctx, acked, flight_before);
+            }
+        } else if ack > self.snd_una {
             self.on_new_ack(ctx, ack);
         } else if ack == self.snd_una
             && payload_len == 0
@@ -890,6 +976,9 @@ impl Conn {
                 // or data sent before the window closed). The peer is alive, so this is not a
                 // retransmission timeout: resend from snd_una once the persist timer probes.
                 self.snd_nxt = self.snd_una;
+                self.sb.clear();
+                self.rack_at = None;
+                self.tlp_at = None;
                 self.rto_at = None;
                 self.retries = 0;
                 self.rtt.reset_backoff();
@@ -945,7 +1034,9 @@ impl Conn {
         self.rtt.reset_backoff();
 
         let smss = self.smss();
-        if self.in_recovery {
+        if self.sack_ok {
+            // Recovery and window growth in `sack_recovery`.
+        } else if self.in_recovery {
             if ack >= self.recover {
                 // Full ACK (RFC 6582 §3.2 step 3).
                 self.cwnd = self
@@ -963,8 +1054,9 @@ impl Conn {
             // Slow start (RFC 5681 §3.1, appropriate byte counting with L = 1 SMSS).
             self.cwnd += acked.min(smss);
         } else {
-            // Congestion avoidance: about one SMSS per RTT.
-            self.cwnd += (smss * smss / self.cwnd.max(1)).max(1);
+            // Congestion avoidance.
+            let srtt = self.rtt.srtt().unwrap_or(Duration::ZERO);
+            self.cwnd = self.cc.on_ack_ca(self.cwnd, acked, smss, ctx.now, srtt);
         }
         self.dupacks = 0;
 
@@ -990,7 +1082,7 @@ impl Conn {
         } else if self.dupacks == 3 && self.snd_una >= self.recover {
             // RFC 6582 §3.2 step 2: enter fast retransmit only past the last recovery point.
             let flight = self.snd_max - self.snd_una;
-            self.ssthresh = (flight / 2).max(2 * smss);
+            self.ssthresh = self.cc.on_congestion(self.cwnd, flight, smss);
             self.recover = self.snd_max;
             self.cwnd = self.ssthresh + 3 * smss;
             self.in_recovery = true;
@@ -1102,6 +1194,7 @@ impl Conn {
         // Both FINs are in: neither buffer takes more bytes. Unread data stays readable.
         self.release_buffers();
         self.rto_at = None;
+        self.stop_recovery_timers();
         self.persist_at = None;
         self.persist_deadline = None;
         self.keepalive_at = None;
@@ -1119,11 +1212,21 @@ impl Conn {
         self.send.clear(); // never to be sent
         self.release_buffers();
         self.rto_at = None;
+        self.stop_recovery_timers();
         self.delack_at = None;
         self.persist_at = None;
         self.persist_deadline = None;
         self.keepalive_at = None;
         self.close_at = None;
+    }
+
+    /// Stops RACK's and the probe's timers and forgets the scoreboard.
+    fn stop_recovery_timers(&mut self) {
+        self.rack_at = None;
+        self.tlp_at = None;
+        self.tlp_now = false;
+        self.sb.clear();
+        self.sb.release();
     }
 
     /// Gives back the storage of an empty buffer at `at`, unless a release is already due.
@@ -1161,6 +1264,10 @@ impl Conn {
         self.release_at = None;
         self.send.release_if_idle();
         self.recv.release_if_idle();
+        // The scoreboard's storage goes with the send buffer's (kept while data moves).
+        if self.send.allocated() == 0 {
+            self.sb.release();
+        }
     }
 
     fn arm_keepalive(&mut self, now: Instant) {
@@ -1188,6 +1295,21 @@ impl Conn {
         if self.delack_at.is_some_and(|t| t <= now) {
             self.delack_at = None;
             self.ack_now = true;
+        }
+        if self.rack_at.is_some_and(|t| t <= now) {
+            self.rack_at = None;
+            if self.sack_ok && self.rack_detect(ctx) {
+                self.enter_sack_recovery(ctx);
+            }
+        }
+        if self.tlp_at.is_some_and(|t| t <= now) {
+            self.tlp_at = None;
+            if self.snd_max > self.snd_una && self.tlp_high.is_none() && !self.in_recovery {
+                ctx.stats.inc(Counter::TailLossProbes);
+                self.tlp_now = true;
+                self.tlp_high = Some(self.snd_max);
+                self.rto_at = Some(now + self.rtt.rto());
+            }
         }
         if self.rto_at.is_some_and(|t| t <= now) {
             self.rto_at = None;
@@ -1267,12 +1389,121 @@ impl Conn {
         // RFC 5681 §3.1 eq. 4 and loss window; RFC 6582 §4: recover = highest sent.
         let smss = self.smss();
         let flight = self.snd_max - self.snd_una;
-        self.ssthresh = (flight / 2).max(2 * smss);
+        // RFC 5681 eq. 4 for NewReno; RFC 9438 §4.8 for CUBIC. A second timeout in a row
+        // (the retransmission lost too) keeps ssthresh.
+        if self.rtt.backoffs() <= 1 {
+            self.ssthresh = self.cc.on_congestion(self.cwnd, flight, smss);
+        }
         self.cwnd = smss;
         self.recover = self.snd_max;
         self.in_recovery = false;
         self.dupacks = 0;
-        self.snd_nxt = self.snd_una; // go back N
+        self.tlp_at = None;
+        self.tlp_now = false;
+        self.tlp_high = None;
+        if self.sack_ok && !self.sb.is_empty() {
+            // Everything not SACKed is lost; NextSeg sends it again in order, skipping what
+            // the peer holds (RFC 6675 §5.1, RFC 8985 §6.3).
+            self.sb.on_rto();
+            self.rack_at = None;
+        } else {
+            self.snd_nxt = self.snd_una; // go back N
+        }
+    }
+
+    /// After every acceptable ACK with SACK on: leaves recovery once SND.UNA passes the
+    /// recovery point, marks overdue segments lost (RACK, RFC 8985 §6.2), enters recovery at
+    /// the first loss of a round, grows the window otherwise, and re-arms the probe timer.
+    fn sack_recovery(&mut self, ctx: &mut Ctx, acked: usize, flight_before: usize) {
+        let now = ctx.now;
+        let smss = self.smss();
+        if acked > 0 {
+            self.tlp_high = None;
+        }
+        if self.in_recovery && self.snd_una >= self.recover {
+            self.in_recovery = false;
+        }
+        if !self.in_recovery && self.snd_una > self.recover {
+            self.recover = self.snd_una; // keep it near: sequence numbers wrap
+        }
+        let newly_lost = self.rack_detect(ctx);
+        if newly_lost {
+            self.enter_sack_recovery(ctx);
+        } else if acked > 0 && !self.in_recovery && self.snd_una >= self.recover {
+            // Grow only a window that limited the sender (RFC 7661's spirit): a window the
+            // peer's receive window or the application held back says nothing of the path.
+            let limited = flight_before + 3 * smss >= self.cwnd;
+            if limited {
+                if self.cwnd < self.ssthresh {
+                    self.cwnd += acked.min(smss); // slow start, L = 1 SMSS
+                } else {
+                    let srtt = self.rtt.srtt().unwrap_or(Duration::ZERO);
+                    self.cwnd = self.cc.on_ack_ca(self.cwnd, acked, smss, now, srtt);
+                }
+            }
+        } else if acked > 0 && !self.in_recovery && self.cwnd < self.ssthresh {
+            // After a timeout: slow start back toward ssthresh while the lost data is resent.
+            self.cwnd += acked.min(smss);
+        }
+        self.arm_tlp(ctx);
+    }
+
+    /// RACK loss detection; re-arms the reordering timer. Returns whether anything was newly
+    /// marked lost.
+    fn rack_detect(&mut self, ctx: &mut Ctx) -> bool {
+        let srtt = self.rtt.srtt().unwrap_or(Duration::ZERO);
+        let lost_before = self.sb.lost_bytes();
+        let (newly, timer) = self.sb.detect_loss(ctx.now, self.in_recovery, srtt);
+        self.rack_at = timer;
+        if newly {
+            let n = (self.sb.lost_bytes() - lost_before).div_ceil(self.smss());
+            for _ in 0..n {
+                ctx.stats.inc(Counter::RackLost);
+            }
+        }
+        newly
+    }
+
+    /// The first loss of a round: one congestion event (RFC 6675 §5, RFC 9438 §4.6).
+    fn enter_sack_recovery(&mut self, ctx: &mut Ctx) {
+        if self.in_recovery || self.snd_una < self.recover {
+            return; // already reduced for this round, or resending after a timeout
+        }
+        let smss = self.smss();
+        let flight = self.snd_max - self.snd_una;
+        self.ssthresh = self.cc.on_congestion(self.cwnd, flight, smss);
+        self.cwnd = self.ssthresh;
+        self.recover = self.snd_max;
+        self.in_recovery = true;
+        self.tlp_at = None;
+        ctx.stats.inc(Counter::FastRetransmits);
+    }
+
+    /// Arms the tail loss probe (RFC 8985 §7.2) while data is in flight and no recovery runs:
+    /// PTO = 2 SRTT, plus the peer's worst delayed ACK when one segment is in flight (as
+    /// Linux: then the RTO's floor), never later than the retransmission timeout.
+    fn arm_tlp(&mut self, ctx: &Ctx) {
+        self.tlp_at = None;
+        if self.snd_max == self.snd_una
+            || !ctx.cfg.tail_loss_probe
+            || !self.sack_ok
+            || self.in_recovery
+            || self.snd_una < self.recover
+            || self.tlp_high.is_some()
+            || self.snd_wnd == 0
+        {
+            return;
+        }
+        let Some(srtt) = self.rtt.srtt() else { return };
+        let mut pto = srtt * 2 + Duration::from_millis(2);
+        if self.snd_max - self.snd_una <= self.smss() {
+            pto += ctx.cfg.min_rto;
+        }
+        let at = ctx.now + pto;
+        match self.rto_at {
+            Some(rto) if rto <= at => {}
+            _ => self.tlp_at = Some(at),
+        }
     }
 
     // ---- output ----
@@ -1442,10 +1673,44 @@ impl Conn {
             }
         }
 
-        let wnd = (self.snd_wnd as usize).min(self.cwnd);
-        let in_flight = self.snd_nxt - self.snd_una;
-        let usable = wnd.saturating_sub(in_flight);
         let unsent = self.unsent();
+        let usable = if self.sack_ok {
+            // The peer's window bounds new data; pipe against cwnd bounds all (RFC 6675 §5).
+            let peer = (self.snd_wnd as usize).saturating_sub(self.snd_nxt - self.snd_una);
+            if self.tlp_now {
+                // RFC 8985 §7.3: probe with new data if the peer's window allows, else send
+                // the last segment again.
+                self.tlp_now = false;
+                if unsent > 0 && peer > 0 && !self.sb.is_full() {
+                    if let Some(out) = self.data_segment(ctx, self.snd_nxt, smss.min(peer), false) {
+                        return Some(out);
+                    }
+                }
+                if let Some((s, e)) = self.sb.last_unsacked() {
+                    if let Some(out) = self.sack_retransmit(ctx, s, e) {
+                        return Some(out);
+                    }
+                }
+            }
+            let pipe = self.sb.pipe(self.snd_una, self.snd_nxt);
+            if pipe < self.cwnd {
+                // NextSeg rule 1: the first segment deemed lost.
+                if let Some((s, e)) = self.sb.next_lost() {
+                    if let Some(out) = self.sack_retransmit(ctx, s, e) {
+                        return Some(out);
+                    }
+                }
+            }
+            if self.sb.is_full() {
+                0
+            } else {
+                peer.min(self.cwnd.saturating_sub(pipe))
+            }
+        } else {
+            let wnd = (self.snd_wnd as usize).min(self.cwnd);
+            let in_flight = self.snd_nxt - self.snd_una;
+            wnd.saturating_sub(in_flight)
+        };
         let fin_unsent = self.fin_queued && self.snd_nxt <= self.fin_seq();
         if unsent > 0 || fin_unsent {
             let len = unsent.min(usable).min(smss);
@@ -1498,6 +1763,17 @@ impl Conn {
         Outgoing::bare(h)
     }
 
+    /// Sends the scoreboard's `[s, e)` again (or as much as fits a segment).
+    fn sack_retransmit(&mut self, ctx: &mut Ctx, s: Seq, e: Seq) -> Option<Outgoing> {
+        let out = self.data_segment(ctx, s, e - s, true);
+        let sent_end = match &out {
+            Some(o) => Seq(o.header.seq) + o.payload_len + o.header.flags.fin() as usize,
+            None => e, // nothing there to send: stop counting it lost
+        };
+        self.sb.on_retransmit(s, sent_end, ctx.now);
+        out
+    }
+
     /// Builds a data (and possibly FIN) segment starting at `seq` with at most `max` bytes.
     fn data_segment(
         &mut self,
@@ -1537,6 +1813,10 @@ impl Conn {
         } else if self.rtt_probe.is_none() {
             self.rtt_probe = Some((seg_end - 1, now));
         }
+        let record = self.sack_ok && !retransmit && self.sb.end().is_none_or(|e| e == seq);
+        if record {
+            self.sb.on_send(seq, seg_end, now);
+        }
         self.snd_nxt = self.snd_nxt.max(seg_end);
         self.snd_max = self.snd_max.max(seg_end);
         if fin {
@@ -1548,6 +1828,9 @@ impl Conn {
         }
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rtt.rto());
+        }
+        if record && self.tlp_at.is_none() {
+            self.arm_tlp(ctx);
         }
         Some(Outgoing {
             header: h,

@@ -2,12 +2,15 @@
 //! machine, keyed ISNs and SYN cookies.
 
 pub mod assembler;
+pub mod cc;
 pub mod config;
 pub mod conn;
 pub mod isn;
 pub mod ring;
 pub mod rtt;
+pub mod sack;
 pub mod seq;
 
+pub use cc::Congestion;
 pub use config::{Keepalive, TcpConfig};
 pub use conn::{ConnInfo, ResetReason, State};

@@ -84,6 +84,9 @@ impl Ord for InFlight {
     }
 }
 
+/// See [`Sim::drop_if`].
+pub type DropFn = Box<dyn FnMut(bool, &[u8]) -> bool>;
+
 pub struct Sim {
     pub now: Instant,
     pub a: Stack,
@@ -102,6 +105,8 @@ pub struct Sim {
     pub dropped: u64,
     /// Every frame sent, when recording (for tests that inspect the wire).
     pub record: Option<Vec<(bool, Vec<u8>)>>,
+    /// Drops the frames for which it returns true: `(to_b, frame)`, before any other fault.
+    pub drop_if: Option<DropFn>,
 }
 
 impl Sim {
@@ -131,6 +136,7 @@ impl Sim {
             frames: 0,
             dropped: 0,
             record: None,
+            drop_if: None,
         }
     }
 
@@ -140,6 +146,12 @@ impl Sim {
             r.push((to_b, frame.clone()));
         }
         let dir = (!to_b) as usize;
+        if let Some(f) = self.drop_if.as_mut() {
+            if f(to_b, &frame) {
+                self.dropped += 1;
+                return;
+            }
+        }
         if self.cut {
             self.dropped += 1;
             return;
