@@ -14,6 +14,7 @@
 # The direct path (client -> server by kernel forwarding) works whether or not gateways run.
 #
 # Usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] [--spin TIME] | stop
+#        | lossy PERMILLE
 #   up      create what is missing (idempotent)
 #   down    stop processes still running in the rig namespaces, delete them (idempotent)
 #   status  show the rig and ping xm-cli -> 10.10.3.2; exit 0 only when the direct path works
@@ -25,6 +26,10 @@
 #           TCP 10.10.1.1:5201 -> bulk 10.10.3.2:5201, all across 10.10.2.0/24 inside mTLS;
 #           admin API on 127.0.0.1:9901 in each gateway's namespace. Servers are the caller's.
 #   stop    stop the gateways (SIGTERM: they drain), idempotent
+#   lossy   splice a bridge (namespace xm-br) into the gwa-gwb link, once, and drop PERMILLE
+#           of every thousand frames crossing it, each way, with nftables (`numgen random`;
+#           this kernel has no netem); `lossy 0` keeps the bridge and drops nothing. Gateways
+#           attach their XDP programs to gwa-gwb and gwb-gwa as before; `down` removes xm-br.
 #
 # Environment: XDPMESH_BIN (default target/debug/xdpmesh, built when missing),
 # XM_RIG_STATE (default /run/xdpmesh-rig: certificates, tables, logs, pid files).
@@ -146,7 +151,7 @@ stop_ns_pids() {
 rig_down() {
   need_root down
   local ns
-  for ns in "${XM_NAMESPACES[@]}"; do
+  for ns in "${XM_NAMESPACES[@]}" xm-br; do
     if ns_exists "$ns"; then
       stop_ns_pids "$ns"
       ip netns del "$ns"
@@ -292,14 +297,62 @@ rig_stop() {
   echo "mesh stopped"
 }
 
+# The gwa-gwb link through a bridge in xm-br: gwa-gwb -- br-a [br0] br-b -- gwb-gwa.
+rig_lossy() {
+  need_root lossy
+  local permille=${1:-}
+  case $permille in '' | *[!0-9]*) xm_log "rig.sh lossy: PERMILLE, 0 to 1000"; exit 64 ;; esac
+  [ "$permille" -le 1000 ] || { xm_log "rig.sh lossy: PERMILLE, 0 to 1000"; exit 64; }
+  ns_exists xm-gwa || { xm_log "rig.sh lossy: the rig is down: run scripts/rig.sh up"; exit 1; }
+  if ! ns_exists xm-br; then
+    ip netns add xm-br
+    ip -n xm-br link set lo up
+    ip -n xm-gwa link del gwa-gwb 2>/dev/null || true
+    ip link add gwa-gwb netns xm-gwa type veth peer name br-a netns xm-br
+    ip link add gwb-gwa netns xm-gwb type veth peer name br-b netns xm-br
+    setup_end xm-gwa gwa-gwb 10.10.2.1/24
+    setup_end xm-gwb gwb-gwa 10.10.2.2/24
+    ip -n xm-br link add br0 type bridge
+    local i
+    for i in br-a br-b; do
+      ip netns exec xm-br sysctl -qw "net.ipv6.conf.$i.disable_ipv6=1"
+      ip netns exec xm-br ethtool -K "$i" tx off >/dev/null
+      ip -n xm-br link set "$i" master br0
+      ip -n xm-br link set "$i" up
+    done
+    ip netns exec xm-br sysctl -qw net.ipv6.conf.br0.disable_ipv6=1
+    ip -n xm-br link set br0 up
+    # The new ends have new MACs: the static neighbours and the routes across this link again.
+    local mac_a mac_b
+    mac_a=$(ip -n xm-gwa -br link show dev gwa-gwb | awk '{print $3}')
+    mac_b=$(ip -n xm-gwb -br link show dev gwb-gwa | awk '{print $3}')
+    ip -n xm-gwa neigh replace 10.10.2.2 lladdr "$mac_b" dev gwa-gwb nud permanent
+    ip -n xm-gwb neigh replace 10.10.2.1 lladdr "$mac_a" dev gwb-gwa nud permanent
+    ip -n xm-gwa route replace 10.10.3.0/24 via 10.10.2.2
+    ip -n xm-gwb route replace 10.10.1.0/24 via 10.10.2.1
+  fi
+  ip netns exec xm-br nft -f - <<NFT
+table bridge xm_loss
+delete table bridge xm_loss
+table bridge xm_loss {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    numgen random mod 1000 < $permille counter drop
+  }
+}
+NFT
+  echo "rig lossy: gwa-gwb through xm-br, dropping $permille/1000 of frames each way"
+}
+
 case "${1:-}" in
   up) rig_up ;;
   down) rig_down ;;
   status) rig_status ;;
   mesh) shift; rig_mesh "$@" ;;
   stop) rig_stop ;;
+  lossy) shift; rig_lossy "$@" ;;
   *)
-    echo "usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] | stop" >&2
+    echo "usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] | stop | lossy PERMILLE" >&2
     exit 64
     ;;
 esac
