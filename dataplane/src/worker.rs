@@ -373,7 +373,7 @@ impl<D: Device> Worker<D> {
             // No `http` listener without an engine: everything passes through.
             front: H2Front::new(
                 Default::default(),
-                |_| false,
+                |_| None,
                 crate::proxy::h2_stats().clone(),
             ),
             access_log: None,
@@ -739,16 +739,7 @@ impl<D: Device> Worker<D> {
         }
         while let Some(e) = net.poll_event() {
             did = true;
-            if let NetEvent::Accepted { conn, .. } = e {
-                // Latency over coalescing for every service: the proxy writes TLS records and
-                // HTTP heads in pieces, and Nagle waiting on the peer's delayed ACK would stall
-                // each handshake by tens of milliseconds. (An HTTP/2 client's connection is
-                // first seen with its first stream.)
-                let t = conn.transport();
-                let _ = net.inner.ports[t.port as usize]
-                    .stack
-                    .set_nagle(t.id, false);
-            }
+            accepted(&mut net, self.engine.as_ref(), &mut self.stats, now);
             if let NetEvent::Accepted {
                 conn: FConn::Tcp(conn),
                 local,
@@ -764,7 +755,6 @@ impl<D: Device> Worker<D> {
                     })
                     .copied();
                 if let Some(kind) = kind {
-                    self.stats.accepted += 1;
                     self.sessions.insert(
                         conn,
                         Session {
@@ -795,34 +785,8 @@ impl<D: Device> Worker<D> {
                     continue;
                 }
             }
-            if let (
-                NetEvent::Accepted {
-                    conn: FConn::Tcp(conn),
-                    local,
-                    ..
-                },
-                Some(engine),
-            ) = (e, &self.engine)
-            {
-                // The listener's keepalive, from the tables current at accept time.
-                let tables = engine.tables();
-                if let Some(k) = tables.listener_at(local.into()).and_then(|l| l.keepalive) {
-                    let _ = net.inner.ports[conn.port as usize].stack.set_keepalive(
-                        now,
-                        conn.id,
-                        Some(crate::proxy::tcp_keepalive(&k)),
-                    );
-                }
-            }
             let handled = match self.engine.as_mut() {
-                Some(engine) => {
-                    let accepted = matches!(e, NetEvent::Accepted { .. });
-                    let h = engine.handle(&mut net, now, e);
-                    if h && accepted {
-                        self.stats.accepted += 1;
-                    }
-                    h
-                }
+                Some(engine) => engine.handle(&mut net, now, e),
                 None => false,
             };
             if !handled {
@@ -832,6 +796,8 @@ impl<D: Device> Worker<D> {
                 }
             }
         }
+        // Connections held back by the HTTP/2 front (not spoken yet) get theirs too.
+        accepted(&mut net, self.engine.as_ref(), &mut self.stats, now);
         if let Some(engine) = self.engine.as_mut() {
             if engine.poll_timeout().is_some_and(|t| t <= now) {
                 engine.handle_timeout(&mut net, now);
@@ -1032,6 +998,36 @@ fn answer_http(s: &mut Session, stats: &mut WorkerStats) -> bool {
                 s.close_after_out = true;
                 return true;
             }
+        }
+    }
+}
+
+/// Every connection the transport accepted, as it is accepted (one on an `http` listener
+/// reaches the engine later, once its first bytes show its protocol): counted, Nagle off, and
+/// its listener's keepalive from the tables current at accept time.
+fn accepted<D: Device>(
+    net: &mut H2Net<'_, StackNet<'_, D>>,
+    engine: Option<&Engine<FConn<PConn>>>,
+    stats: &mut WorkerStats,
+    now: tcpstack::Instant,
+) {
+    let Some(accepts) = net.front.take_accepts() else {
+        return;
+    };
+    let tables = engine.map(|e| e.tables());
+    for (conn, local) in accepts {
+        stats.accepted += 1;
+        let stack = &mut net.inner.ports[conn.port as usize].stack;
+        // Latency over coalescing for every service: the proxy writes TLS records and HTTP
+        // heads in pieces, and Nagle waiting on the peer's delayed ACK would stall each
+        // handshake by tens of milliseconds.
+        let _ = stack.set_nagle(conn.id, false);
+        if let Some(k) = tables
+            .as_ref()
+            .and_then(|t| t.listener_at(local.into()))
+            .and_then(|l| l.keepalive)
+        {
+            let _ = stack.set_keepalive(now, conn.id, Some(crate::proxy::tcp_keepalive(&k)));
         }
     }
 }

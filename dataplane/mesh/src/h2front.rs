@@ -30,6 +30,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tcpstack::Instant;
 
+/// Connections on `http` listeners that have not spoken yet, per worker. They are not the
+/// engine's yet, so its connection caps do not count them: this bounds them instead (over it,
+/// a new one is reset and counted).
+pub const MAX_HELD: usize = 4096;
 /// RFC 9113 §3.4.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes of a client's frames buffered before they are parsed; the transport is not read
@@ -72,7 +76,8 @@ pub struct H2Config {
     /// opened this many streams [100], it ends with ENHANCE_YOUR_CALM when its client reset
     /// at least half of them before their response was complete.
     pub premature_reset_min_streams: u64,
-    /// How long a client may take to send the preface or its first bytes [10 s].
+    /// How long a client may take to send the preface or its first bytes [10 s], at most; the
+    /// listener's request-head timeout when shorter.
     pub preface_timeout: Duration,
     /// An HTTP/2 connection with no open stream ends after this [60 s].
     pub idle_timeout: Duration,
@@ -110,6 +115,8 @@ pub struct H2Stats {
     pub streams_reset: AtomicU64,
     /// Connections ended for resetting most of their streams early (rapid reset).
     pub rapid_resets: AtomicU64,
+    /// Connections reset because too many others had not spoken yet ([`MAX_HELD`]).
+    pub held_overflow: AtomicU64,
     /// Connections that did not finish their preface in time.
     pub preface_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
@@ -119,7 +126,7 @@ impl H2Stats {
     /// Prometheus text of these counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &AtomicU64); 9] = [
             ("xdpmesh_h2_connections_total", "HTTP/2 client connections", &self.connections),
             ("xdpmesh_h2_streams_total", "HTTP/2 streams accepted from clients", &self.streams),
             (
@@ -141,6 +148,11 @@ impl H2Stats {
                 "xdpmesh_h2_rapid_reset_total",
                 "HTTP/2 connections ended with ENHANCE_YOUR_CALM: most of their streams reset by the client before the response (CVE-2023-44487)",
                 &self.rapid_resets,
+            ),
+            (
+                "xdpmesh_h2_held_overflow_total",
+                "client connections on http listeners reset because 4096 others per worker had not sent their first bytes yet",
+                &self.held_overflow,
             ),
             (
                 "xdpmesh_h2_preface_timeouts_total",
@@ -360,13 +372,17 @@ struct Sniff {
 pub struct H2Front<C> {
     cfg: H2Config,
     builder: h2::server::Builder,
-    /// Which local addresses are `http` listeners (asked at accept time).
-    is_http: Box<dyn Fn(SocketAddrV4) -> bool + Send>,
+    /// Whether a local address is an `http` listener, and then how long its clients may take
+    /// to show their protocol (its request-head timeout; asked at accept time).
+    is_http: Box<dyn Fn(SocketAddrV4) -> Option<Duration> + Send>,
     sniff: FxHashMap<C, Sniff>,
     replay: FxHashMap<C, Vec<u8>>,
     conns: FxHashMap<C, H2Conn>,
     events: VecDeque<NetEvent<FConn<C>>>,
     dirty: Vec<C>,
+    /// Every connection the transport accepted since the caller last asked, held back or not:
+    /// the caller's per-connection options (Nagle, keepalive) and counts go by these.
+    accepts: Vec<(C, SocketAddrV4)>,
     now: Instant,
     stats: Arc<H2Stats>,
 }
@@ -374,7 +390,7 @@ pub struct H2Front<C> {
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
     pub fn new(
         cfg: H2Config,
-        is_http: impl Fn(SocketAddrV4) -> bool + Send + 'static,
+        is_http: impl Fn(SocketAddrV4) -> Option<Duration> + Send + 'static,
         stats: Arc<H2Stats>,
     ) -> Self {
         let mut builder = h2::server::Builder::new();
@@ -396,6 +412,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
             conns: FxHashMap::default(),
             events: VecDeque::new(),
             dirty: Vec::new(),
+            accepts: Vec::new(),
             now: Instant::from_micros(0),
             stats,
         }
@@ -418,6 +435,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
                 self.dirty.push(c);
             }
         }
+    }
+
+    /// The transport connections accepted since the last call, with their local address:
+    /// a connection on an `http` listener reaches the engine only once its first bytes show
+    /// its protocol, but its TCP options are due at once.
+    pub fn take_accepts(&mut self) -> Option<std::vec::Drain<'_, (C, SocketAddrV4)>> {
+        (!self.accepts.is_empty()).then(|| self.accepts.drain(..))
     }
 
     /// Events for the engine or connections to move are waiting: the loop must not sleep.
@@ -1468,8 +1492,20 @@ impl<N: Net> Net for H2Net<'_, N> {
                     local,
                     remote,
                 } => {
-                    if (self.front.is_http)(local) {
-                        let deadline = self.front.now + self.front.cfg.preface_timeout;
+                    let http = (self.front.is_http)(local);
+                    if http.is_some() && self.front.sniff.len() >= MAX_HELD {
+                        self.front
+                            .stats
+                            .held_overflow
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.inner.abort(conn);
+                        continue;
+                    }
+                    self.front.accepts.push((conn, local));
+                    if let Some(head) = http {
+                        // The listener's request-head timeout bounds a client that has not
+                        // spoken yet, as the engine would.
+                        let deadline = self.front.now + head.min(self.front.cfg.preface_timeout);
                         self.front.sniff.insert(
                             conn,
                             Sniff {
@@ -1608,7 +1644,11 @@ mod tests {
     use crate::memnet::{EngineClose, MemNet};
 
     fn front() -> H2Front<crate::memnet::MemConn> {
-        H2Front::new(H2Config::default(), |_| true, Arc::default())
+        H2Front::new(
+            H2Config::default(),
+            |_| Some(Duration::from_secs(10)),
+            Arc::default(),
+        )
     }
 
     fn addr(s: &str) -> SocketAddrV4 {

@@ -534,18 +534,7 @@ impl KernelWorker {
             self.engine.handle_timeout(&mut net, now);
         }
         while let Some(ev) = net.poll_event() {
-            if let NetEvent::Accepted {
-                conn: FConn::Tcp(conn),
-                local,
-                ..
-            } = ev
-            {
-                // The listener's keepalive, from the tables current at accept time.
-                let snap = self.engine.tables();
-                if let Some(k) = snap.listener_at(local.into()).and_then(|l| l.keepalive) {
-                    let _ = net.inner.set_keepalive(conn, Some(&k));
-                }
-            }
+            keepalives(&mut net, &self.engine);
             if !self.engine.handle(&mut net, now, ev) {
                 // Not the engine's (a listener kind it does not serve): refuse.
                 if let NetEvent::Accepted { conn, .. } = ev {
@@ -553,6 +542,7 @@ impl KernelWorker {
                 }
             }
         }
+        keepalives(&mut net, &self.engine);
         self.engine.progress(&mut net, now);
         net.flush();
         crate::tap_hub::drain(
@@ -618,6 +608,20 @@ impl KernelWorker {
             &self.clock,
         );
         Ok(left)
+    }
+}
+
+/// The listener's keepalive, from the tables current at accept time, as the kernel accepts
+/// (a connection on an `http` listener reaches the engine once it has spoken).
+fn keepalives(net: &mut H2Net<'_, KernelNet>, engine: &mesh::engine::Engine<FConn<KConn>>) {
+    let Some(accepts) = net.front.take_accepts() else {
+        return;
+    };
+    let snap = engine.tables();
+    for (conn, local) in accepts {
+        if let Some(k) = snap.listener_at(local.into()).and_then(|l| l.keepalive) {
+            let _ = net.inner.set_keepalive(conn, Some(&k));
+        }
     }
 }
 

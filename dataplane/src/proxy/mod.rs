@@ -48,7 +48,8 @@ pub fn h2_front<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(
         move |local| {
             p.load()
                 .listener_at(local.into())
-                .is_some_and(|l| l.protocol == control::schema::Protocol::Http)
+                .filter(|l| l.protocol == control::schema::Protocol::Http)
+                .map(|l| l.timeouts.request_head)
         },
         h2_stats().clone(),
     )
