@@ -182,3 +182,15 @@ proptest! {
         run_ops(seed, loss, ops);
     }
 }
+
+#[test]
+fn seed_424840_establishes_at_six_percent_loss() {
+    run_ops(
+        424_840,
+        0.0599,
+        vec![Op::Write {
+            a_side: false,
+            len: 1,
+        }],
+    );
+}
