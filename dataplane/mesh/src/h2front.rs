@@ -889,8 +889,7 @@ fn new_stream(
         match name.as_str() {
             "host" if authority.is_some() => continue,
             // Hop-by-hop in HTTP/1.1; `te: trailers` is the only one HTTP/2 allows.
-            "te" | "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding"
-            | "upgrade" => continue,
+            n if connection_specific(n) => continue,
             // The front sends the whole body as it comes; the engine would wait for an
             // interim response it has no way to pass on.
             "expect" => continue,
