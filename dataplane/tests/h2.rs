@@ -362,6 +362,19 @@ fn h2c_and_http1_on_one_port_through_the_engine() {
         "stream 1 with a 20 KiB field: {status1:?}"
     );
     assert_eq!(status3, Some(200), "stream 3 after it");
+
+    // Userinfo in `:authority` (RFC 9113 §8.3.1): that stream is reset and counted, the next
+    // one on the connection served.
+    let reset_before = metric(admin, "xdpmesh_h2_streams_reset_total");
+    c.headers_for(5, "user@app.test", &[]).unwrap();
+    c.headers(7, &[]).unwrap();
+    let (status5, status7) = c.statuses(5, 7);
+    assert_eq!(status5, None, "stream 5 with userinfo got a response");
+    assert_eq!(status7, Some(200), "stream 7 after it");
+    assert_eq!(
+        metric(admin, "xdpmesh_h2_streams_reset_total"),
+        reset_before + 1
+    );
 }
 
 /// An HTTP/2 client by hand: frames as RFC 9113 §4.1 and §6 lay them out, header blocks in
@@ -396,9 +409,18 @@ impl RawClient {
 
     /// GET / for app.test, END_STREAM | END_HEADERS, with `extra` fields.
     fn headers(&mut self, id: u32, extra: &[(&str, &str)]) -> std::io::Result<()> {
+        self.headers_for(id, "app.test", extra)
+    }
+
+    fn headers_for(
+        &mut self,
+        id: u32,
+        authority: &str,
+        extra: &[(&str, &str)],
+    ) -> std::io::Result<()> {
         // :method GET (2), :scheme http (6), :path / (4): indexed; :authority (1) literal.
         let mut block = vec![0x82, 0x86, 0x84, 0x01];
-        hpack_string(&mut block, b"app.test");
+        hpack_string(&mut block, authority.as_bytes());
         for (k, v) in extra {
             block.push(0x00); // literal without indexing, new name
             hpack_string(&mut block, k.as_bytes());
