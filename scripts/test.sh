@@ -28,7 +28,12 @@ step() {
 
 if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then
   export XDPMESH_REQUIRE_ROOT_TESTS=1
+  # A fresh clone builds once: incremental state would only take disk (gigabytes) from the
+  # release and fuzz builds that follow.
+  export CARGO_INCREMENTAL=0
 fi
+# A full disk fails a build with an error far from its cause; say how much there is up front.
+df -h . >&2
 if [ "${XDPMESH_REQUIRE_ROOT_TESTS:-0}" = "1" ] && ! xm_is_root; then
   xm_log "test.sh: root-only tests are required (CI=true or XDPMESH_REQUIRE_ROOT_TESTS=1) but this is not root"
   exit 1
