@@ -17,6 +17,7 @@ pub mod breaker;
 pub mod engine;
 pub mod golden;
 pub mod h2front;
+mod h2io;
 pub mod health;
 pub mod healthcheck;
 pub mod http;
