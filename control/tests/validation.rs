@@ -933,7 +933,10 @@ fn upstream_protocol() {
     // Unknown values say which exist.
     let e = errors("[[service]]\nname = \"a\"\nupstream_protocol = \"h3\"\n");
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("t.toml:3:21: service[0].upstream_protocol:"), "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:3:21: service[0].upstream_protocol:"),
+        "{e:?}"
+    );
     assert!(e[0].contains("http1") && e[0].contains("h2c"), "{e:?}");
     // One address, two protocols: refused where the second service lists it.
     one(

@@ -200,7 +200,6 @@ impl<C: Copy> FConn<C> {
     }
 }
 
-
 type Handshake = h2::server::Handshake<BufIo, Bytes>;
 type Connection = h2::server::Connection<BufIo, Bytes>;
 
@@ -218,7 +217,6 @@ enum Framing {
     Chunked(Chunk),
     UntilClose,
 }
-
 
 enum Resp {
     /// Bytes of the (next) head.
@@ -996,7 +994,6 @@ fn pump_stream_io(st: &mut Stream, cx: &mut Context<'_>) {
     }
 }
 
-
 impl Stream {
     /// The engine writes its HTTP/1.1 response: the head becomes HEADERS, the body DATA.
     /// Returns how much of `data` was taken, or `Err` when the response cannot be translated.
@@ -1122,7 +1119,6 @@ impl Stream {
         Ok(total)
     }
 }
-
 
 impl<N: Net> Net for H2Net<'_, N> {
     type Conn = FConn<N::Conn>;
@@ -1441,7 +1437,6 @@ fn reset_stream(st: &mut Stream, reason: h2::Reason) {
 mod tests {
     use super::*;
 
-
     use crate::memnet::{EngineClose, MemNet};
 
     fn front() -> H2Front<crate::memnet::MemConn> {
@@ -1517,5 +1512,4 @@ mod tests {
         assert_eq!(f.stats.preface_timeouts.load(Ordering::Relaxed), 1);
         assert_eq!(f.poll_timeout(), None);
     }
-
 }
