@@ -350,7 +350,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
         let late: Vec<RealKey> = self
             .reals
             .iter()
-            .filter(|(_, (_, r))| r.virts.is_empty() && r.idle_since.is_some_and(|t| t + idle <= now))
+            .filter(|(_, (_, r))| {
+                r.virts.is_empty() && r.idle_since.is_some_and(|t| t + idle <= now)
+            })
             .map(|(k, _)| *k)
             .collect();
         for k in late {
@@ -542,38 +544,56 @@ impl<'a, N: Net> H2BackNet<'a, N> {
         let mut failed: Vec<u64> = Vec::new();
         let mut finished: Vec<u64> = Vec::new();
         let mut rebind: Vec<u64> = Vec::new();
-        for &id in &r.virts {
-            let Some(v) = back.virts.get_mut(&id) else {
-                continue;
-            };
-            let before = v.resp.len() - v.resp_pos;
-            let blocked = v.blocked_write;
-            match pump_virt(v, &mut r.send, &mut cx, &back.stats) {
-                Ok(()) => {}
-                Err(Fail::GoingAway) => {
-                    r.going_away = true;
-                    rebind.push(id);
+        // A stream opened in this turn gets its send window only once the connection has
+        // sent its HEADERS: a second round moves its body without waiting for an event.
+        for _round in 0..2 {
+            let mut waiting = false;
+            for &id in &r.virts {
+                if failed.contains(&id) || rebind.contains(&id) || finished.contains(&id) {
                     continue;
                 }
-                Err(Fail::Reset) => {
-                    failed.push(id);
+                let Some(v) = back.virts.get_mut(&id) else {
                     continue;
+                };
+                let before = v.resp.len() - v.resp_pos;
+                let blocked = v.blocked_write;
+                match pump_virt(v, &mut r.send, &mut cx, &back.stats) {
+                    Ok(()) => {}
+                    Err(Fail::GoingAway) => {
+                        r.going_away = true;
+                        rebind.push(id);
+                        continue;
+                    }
+                    Err(Fail::Reset) => {
+                        failed.push(id);
+                        continue;
+                    }
                 }
+                let f = BConn::Virtual(id);
+                let done = v.st.as_ref().is_some_and(|s| s.resp_done);
+                if v.resp.len() - v.resp_pos != before || done {
+                    back.events.push_back(NetEvent::Readable(f));
+                }
+                if blocked && !v.blocked_write {
+                    back.events.push_back(NetEvent::Writable(f));
+                }
+                if v.st
+                    .as_ref()
+                    .is_some_and(|s| s.resp_done && s.send.is_none())
+                {
+                    finished.push(id);
+                }
+                waiting |= v.st.as_ref().is_some_and(|s| {
+                    s.pending.is_some() || (s.send.is_some() && (s.out_len > 0 || s.req_end))
+                });
             }
-            let f = BConn::Virtual(id);
-            if v.resp.len() - v.resp_pos != before || v.st.as_ref().is_some_and(|s| s.resp_done) {
-                back.events.push_back(NetEvent::Readable(f));
+            // Frames the streams queued go out in another turn of the connection.
+            if !over {
+                over = drive(r, &mut cx, &back.stats);
             }
-            if blocked && !v.blocked_write {
-                back.events.push_back(NetEvent::Writable(f));
+            if over || !waiting {
+                break;
             }
-            if v.st.as_ref().is_some_and(|s| s.resp_done && s.send.is_none()) {
-                finished.push(id);
-            }
-        }
-        // Frames the streams queued go out in another turn of the connection.
-        if !over {
-            over = drive(r, &mut cx, &back.stats);
         }
         for id in finished.iter().chain(&rebind) {
             r.virts.retain(|x| x != id);
@@ -587,7 +607,8 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                 }
                 if v.blocked_write {
                     v.blocked_write = false;
-                    back.events.push_back(NetEvent::Writable(BConn::Virtual(*id)));
+                    back.events
+                        .push_back(NetEvent::Writable(BConn::Virtual(*id)));
                 }
             }
         }
@@ -845,6 +866,20 @@ fn new_stream(head: &http::RequestHead, ep: SocketAddrV4) -> Option<(Stream, Opt
             continue;
         }
         b = b.header(name.as_str(), value.as_slice());
+    }
+    // The engine drops `TE` as hop-by-hop; gRPC needs `te: trailers` on HTTP/2 (its servers
+    // refuse calls without it, to detect proxies that would lose trailers): this hop keeps
+    // trailers, so it says so for gRPC requests.
+    let grpc = head
+        .header("content-type")
+        .is_some_and(|v| v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc"));
+    if grpc
+        && !head
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("te") && v.eq_ignore_ascii_case(b"trailers"))
+    {
+        b = b.header("te", "trailers");
     }
     let req = b.body(()).ok()?;
     let body = match head.body {
@@ -1290,7 +1325,8 @@ impl<N: Net> Net for H2BackNet<'_, N> {
                         if let Some(v) = back.virts.get_mut(&id) {
                             if !v.connected {
                                 v.connected = true;
-                                back.events.push_back(NetEvent::Connected(BConn::Virtual(id)));
+                                back.events
+                                    .push_back(NetEvent::Connected(BConn::Virtual(id)));
                             }
                             if v.st.is_none() {
                                 v.real = None;
@@ -1502,6 +1538,8 @@ mod tests {
         /// Bytes each virtual connection read, and the events it got.
         got: FxHashMap<BConn<MemConn>, Vec<u8>>,
         events: Vec<NetEvent<BConn<MemConn>>>,
+        /// The engine reads what is readable (else it leaves it, as a slow client would).
+        reading: bool,
     }
 
     impl Rig {
@@ -1513,6 +1551,7 @@ mod tests {
                 servers: Vec::new(),
                 got: FxHashMap::default(),
                 events: Vec::new(),
+                reading: true,
             }
         }
 
@@ -1540,7 +1579,7 @@ mod tests {
                 let mut net = H2BackNet::new(&mut self.mem, &mut self.back, self.now);
                 while let Some(e) = net.poll_event() {
                     any = true;
-                    if let NetEvent::Readable(c) = e {
+                    if let (NetEvent::Readable(c), true) = (e, self.reading) {
                         let mut buf = [0u8; 4096];
                         while let Ok(n @ 1..) = net.read(c, &mut buf) {
                             self.got.entry(c).or_default().extend_from_slice(&buf[..n]);
@@ -1578,11 +1617,24 @@ mod tests {
             self.settle();
         }
 
+        /// Reads everything `v` has now.
+        fn read_all(&mut self, v: BConn<MemConn>) {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = self.net().read(v, &mut buf) {
+                self.got.entry(v).or_default().extend_from_slice(&buf[..n]);
+            }
+        }
+
         fn text(&self, v: BConn<MemConn>) -> String {
             String::from_utf8_lossy(self.got.get(&v).map_or(&[][..], |b| b)).into_owned()
         }
 
-        fn respond(&mut self, i: usize, resp: ::http::Response<()>, end: bool) -> Option<h2::SendStream<Bytes>> {
+        fn respond(
+            &mut self,
+            i: usize,
+            resp: ::http::Response<()>,
+            end: bool,
+        ) -> Option<h2::SendStream<Bytes>> {
             let r = self.servers[0].reqs[i].respond.as_mut().expect("respond");
             let s = r.send_response(resp, end).expect("send_response");
             (!end).then_some(s)
@@ -1601,7 +1653,11 @@ mod tests {
             let v = rig.connect();
             rig.accept(100);
             rig.settle();
-            assert!(rig.events.contains(&NetEvent::Connected(v)), "{:?}", rig.events);
+            assert!(
+                rig.events.contains(&NetEvent::Connected(v)),
+                "{:?}",
+                rig.events
+            );
             rig.write(v, req, piece);
             let s = &rig.servers[0].reqs[0];
             assert!(s.ended, "piece {piece}");
@@ -1619,7 +1675,15 @@ mod tests {
                 continue; // the response side once per few splits is enough
             }
             let mut send = rig
-                .respond(0, ::http::Response::builder().status(200).header("x-a", "b").body(()).unwrap(), false)
+                .respond(
+                    0,
+                    ::http::Response::builder()
+                        .status(200)
+                        .header("x-a", "b")
+                        .body(())
+                        .unwrap(),
+                    false,
+                )
                 .unwrap();
             send.send_data(Bytes::from_static(b"abc"), false).unwrap();
             let mut t = ::http::HeaderMap::new();
@@ -1639,7 +1703,11 @@ mod tests {
         let v = rig.connect();
         rig.accept(100);
         rig.settle();
-        rig.write(v, b"POST /p.S/M HTTP/1.1\r\nhost: g\r\ncontent-length: 2\r\n\r\nhi", 1000);
+        rig.write(
+            v,
+            b"POST /p.S/M HTTP/1.1\r\nhost: g\r\ncontent-length: 2\r\n\r\nhi",
+            1000,
+        );
         assert_eq!(rig.servers[0].reqs[0].body, b"hi");
         // gRPC's trailers-only: HEADERS that end the stream.
         let resp = ::http::Response::builder()
@@ -1661,11 +1729,22 @@ mod tests {
         assert_eq!(rig.servers[0].reqs.len(), 2);
         assert!(rig.servers[0].reqs[1].ended);
         let mut send = rig
-            .respond(1, ::http::Response::builder().status(200).header("content-length", "4").body(()).unwrap(), false)
+            .respond(
+                1,
+                ::http::Response::builder()
+                    .status(200)
+                    .header("content-length", "4")
+                    .body(())
+                    .unwrap(),
+                false,
+            )
             .unwrap();
         send.send_data(Bytes::from_static(b"data"), true).unwrap();
         rig.settle();
-        assert_eq!(rig.text(v), "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndata");
+        assert_eq!(
+            rig.text(v),
+            "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndata"
+        );
         assert_eq!(rig.mem.connects_to(ep()).len(), 1);
         assert_eq!(rig.back.stats.streams.load(Ordering::Relaxed), 2);
         assert_eq!(rig.back.stats.connections.load(Ordering::Relaxed), 1);
@@ -1690,7 +1769,11 @@ mod tests {
         assert_eq!(rig.servers[0].reqs.len(), 2);
         // Answered in the other order.
         for (i, body) in [(1, "B"), (0, "A")] {
-            let resp = ::http::Response::builder().status(200).header("content-length", "1").body(()).unwrap();
+            let resp = ::http::Response::builder()
+                .status(200)
+                .header("content-length", "1")
+                .body(())
+                .unwrap();
             let mut s = rig.respond(i, resp, false).unwrap();
             s.send_data(Bytes::from(body), true).unwrap();
         }
@@ -1737,7 +1820,11 @@ mod tests {
         // The other stream goes on.
         rig.respond(1, ok(), true);
         rig.settle();
-        assert!(rig.text(b).starts_with("HTTP/1.1 200 OK\r\n"), "{}", rig.text(b));
+        assert!(
+            rig.text(b).starts_with("HTTP/1.1 200 OK\r\n"),
+            "{}",
+            rig.text(b)
+        );
     }
 
     #[test]
@@ -1779,5 +1866,138 @@ mod tests {
         let c = rig.servers[0].c;
         assert!(rig.mem.closed(c).is_some());
         assert_eq!(rig.back.stats.idle_closed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_large_upload_and_a_large_download_are_bounded_and_whole() {
+        let mut rig = Rig::new();
+        let v = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut req = format!(
+            "PUT /up HTTP/1.1\r\nhost: g\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        rig.write(v, &req, 16 << 10);
+        assert!(rig.servers[0].reqs[0].ended);
+        assert!(
+            rig.servers[0].reqs[0].body == body,
+            "the upload arrived whole"
+        );
+        // 300 kB back to an engine that does not read: the stream's buffer stays bounded.
+        rig.reading = false;
+        let resp = ::http::Response::builder().status(200).body(()).unwrap();
+        let mut send = rig.respond(0, resp, false).unwrap();
+        send.send_data(Bytes::from(body.clone()), true).unwrap();
+        rig.settle();
+        let held = {
+            let (_, virt) = rig
+                .back
+                .virts
+                .iter()
+                .next()
+                .expect("the virtual connection");
+            virt.resp.len() - virt.resp_pos
+        };
+        assert!(held <= RESP_MAX + (16 << 10) + 64, "{held} bytes held");
+        // Reading lets the rest come.
+        for _ in 0..100 {
+            rig.read_all(v);
+            rig.settle();
+        }
+        let text = rig.got.remove(&v).unwrap_or_default();
+        let head_end = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut st = Chunk::Size(0, false);
+        let (n, got, done) = dechunk(&mut st, &text[head_end..], &mut Vec::new()).unwrap();
+        assert!(done && n == text.len() - head_end);
+        assert!(
+            got == body,
+            "the download arrived whole ({} bytes)",
+            got.len()
+        );
+    }
+
+    #[test]
+    fn a_goaway_resets_the_unprocessed_stream_and_the_next_connect_opens_another_connection() {
+        let mut rig = Rig::new();
+        let a = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(a, b"GET /a HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        // GOAWAY, last stream 0: stream 1 was not processed.
+        let c = rig.servers[0].c;
+        rig.mem
+            .peer_send(c, &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        rig.settle();
+        assert!(rig.events.contains(&NetEvent::Reset(a)), "{:?}", rig.events);
+        assert_eq!(rig.back.stats.streams_reset.load(Ordering::Relaxed), 1);
+        let b = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(b, b"GET /b HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        assert_eq!(rig.mem.connects_to(ep()).len(), 2, "a new real connection");
+        assert_eq!(rig.servers[1].reqs.len(), 1);
+    }
+
+    #[test]
+    fn a_virtual_connection_the_engine_closes_mid_response_cancels_its_stream() {
+        let mut rig = Rig::new();
+        let a = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(a, b"GET /a HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        let now = rig.now;
+        rig.net().abort(a);
+        rig.settle();
+        assert!(rig.events.contains(&NetEvent::Closed(a)));
+        let mut cx = Context::from_waker(Waker::noop());
+        let r = rig.servers[0].reqs[0].respond.as_mut().unwrap();
+        assert!(
+            r.poll_reset(&mut cx).is_ready(),
+            "the server saw the stream reset"
+        );
+        let _ = now;
+        // The real connection stays for the next one.
+        assert_eq!(rig.back.connections(), 1);
+    }
+
+    #[test]
+    fn other_endpoints_pass_through() {
+        let mut rig = Rig::new();
+        let now = rig.now;
+        let c = rig
+            .net()
+            .connect(now, "10.0.0.9:80".parse().unwrap())
+            .unwrap();
+        assert!(matches!(c, BConn::Tcp(_)));
+        assert_eq!(rig.back.connections(), 0);
+    }
+
+    #[test]
+    fn an_empty_post_gets_a_trailers_only_response() {
+        let mut rig = Rig::new();
+        let v = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(
+            v,
+            b"POST /grpc HTTP/1.1\r\nhost: py.test\r\ncontent-type: application/grpc\r\nte: trailers\r\ncontent-length: 0\r\nx-request-id: 1\r\n\r\n",
+            1000,
+        );
+        assert!(rig.servers[0].reqs[0].ended);
+        let resp = ::http::Response::builder()
+            .status(200)
+            .header("grpc-status", "14")
+            .body(())
+            .unwrap();
+        rig.respond(0, resp, true);
+        rig.settle();
+        assert_eq!(
+            rig.text(v),
+            "HTTP/1.1 200 OK\r\ngrpc-status: 14\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 }
