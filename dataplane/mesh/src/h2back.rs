@@ -2000,4 +2000,36 @@ mod tests {
             "HTTP/1.1 200 OK\r\ngrpc-status: 14\r\ncontent-length: 0\r\n\r\n"
         );
     }
+
+    #[test]
+    fn a_100_continue_is_passed_on_and_other_interim_responses_are_not() {
+        let mut rig = Rig::new();
+        let v = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(
+            v,
+            b"POST /u HTTP/1.1\r\nhost: g\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
+            1000,
+        );
+        assert_eq!(
+            rig.servers[0].reqs[0].head.headers["expect"],
+            "100-continue"
+        );
+        let r = rig.servers[0].reqs[0].respond.as_mut().unwrap();
+        for status in [100, 103] {
+            let interim = ::http::Response::builder().status(status).body(()).unwrap();
+            r.send_informational(interim).unwrap();
+        }
+        rig.settle();
+        assert_eq!(rig.text(v), "HTTP/1.1 100 Continue\r\n\r\n");
+        rig.write(v, b"hi", 1000);
+        assert_eq!(rig.servers[0].reqs[0].body, b"hi");
+        rig.respond(0, ok(), true);
+        rig.settle();
+        assert_eq!(
+            rig.text(v),
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
 }
