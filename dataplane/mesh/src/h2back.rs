@@ -1119,9 +1119,7 @@ fn response_head(
     out.extend_from_slice(b"\r\n");
     let no_body = head_only || status == 204 || status == 304;
     let has_length = parts.headers.contains_key(::http::header::CONTENT_LENGTH);
-    let body = if no_body {
-        RespBody::Discard
-    } else if end {
+    let body = if no_body || end {
         RespBody::Discard
     } else if has_length {
         RespBody::Raw
