@@ -21,7 +21,11 @@
 //! reach the engine as [`NetEvent::Reset`] on the virtual connections they carried: before
 //! the real connection was established that is a connect failure to the engine (another
 //! endpoint is tried); after, a reset before or during the response (a request on a pooled
-//! virtual connection is replayed by the engine, as on any reused connection).
+//! virtual connection is replayed by the engine, as on any reused connection). A stream the
+//! server refuses (REFUSED_STREAM: not processed, RFC 9113 §8.7) goes again once on a new
+//! stream when what the engine wrote of the request is at most 64 KiB; a GOAWAY's unprocessed
+//! streams are not replayed here, as the `h2` crate does not tell them from streams cut by the
+//! connection's end.
 //!
 //! The `h2` crate is driven as in the front: polled with a no-op waker after every change that
 //! could move it, over a pair of bounded in-memory buffers ([`crate::h2io::BufIo`]).
@@ -52,6 +56,9 @@ const REQ_MAX: usize = 64 << 10;
 /// Response bytes (head, chunk-coded body) waiting for the engine to read, per stream; past it
 /// the stream's DATA stays in the `h2` crate's window.
 const RESP_MAX: usize = 64 << 10;
+/// A request refused by the server (REFUSED_STREAM: not processed, RFC 9113 §8.7) goes again
+/// once, on a new stream, when all of it that was written so far is at most this large.
+const REPLAY_MAX: usize = 64 << 10;
 /// A request head from the engine is at most this large (the engine's own limit is 16 KiB,
 /// plus the fields it adds).
 const REQ_HEAD_MAX: usize = 32 << 10;
@@ -94,8 +101,8 @@ pub struct H2UpstreamStats {
     /// Open now (a gauge).
     pub open: AtomicU64,
     pub streams: AtomicU64,
-    /// Streams that ended without their whole response: reset by the server (RST_STREAM,
-    /// REFUSED_STREAM, or unprocessed under a GOAWAY) or lost with their connection.
+    /// Streams that ended without their whole response: reset by the server (RST_STREAM, a
+    /// second REFUSED_STREAM, or unprocessed under a GOAWAY) or lost with their connection.
     pub streams_reset: AtomicU64,
     /// GOAWAY frames received.
     pub goaways: AtomicU64,
@@ -105,13 +112,15 @@ pub struct H2UpstreamStats {
     pub bad_requests: AtomicU64,
     /// Real connections closed after idling without streams.
     pub idle_closed: AtomicU64,
+    /// Streams the server refused (REFUSED_STREAM) that went again on a new stream.
+    pub streams_refused: AtomicU64,
 }
 
 impl H2UpstreamStats {
     /// Prometheus text of these counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &AtomicU64); 7] = [
+        let rows: [(&str, &str, &AtomicU64); 8] = [
             (
                 "xdpmesh_h2_upstream_connections_total",
                 "HTTP/2 (h2c) connections opened to upstream servers",
@@ -141,6 +150,11 @@ impl H2UpstreamStats {
                 "xdpmesh_h2_upstream_bad_requests_total",
                 "requests that could not be translated to an HTTP/2 stream",
                 &self.bad_requests,
+            ),
+            (
+                "xdpmesh_h2_upstream_streams_refused_total",
+                "HTTP/2 upstream streams refused by the server (REFUSED_STREAM) and sent again on a new stream",
+                &self.streams_refused,
             ),
             (
                 "xdpmesh_h2_upstream_idle_closed_total",
@@ -228,6 +242,13 @@ enum RespBody {
     Discard,
 }
 
+impl Stream {
+    /// No response head yet (a refused stream has none).
+    fn no_response_yet(&self) -> bool {
+        self.response.is_some()
+    }
+}
+
 /// One request's stream.
 struct Stream {
     /// The head, until the connection takes a new stream.
@@ -265,6 +286,10 @@ struct Virt {
     /// The engine shut down its writing.
     shut: bool,
     blocked_write: bool,
+    /// What the engine wrote of the current request, while it is at most [`REPLAY_MAX`]
+    /// (`None` past it), and whether it went again already.
+    copy: Option<Vec<u8>>,
+    replayed: bool,
 }
 
 /// Real connections are keyed by the transport's handle.
@@ -544,12 +569,17 @@ impl<'a, N: Net> H2BackNet<'a, N> {
         let mut failed: Vec<u64> = Vec::new();
         let mut finished: Vec<u64> = Vec::new();
         let mut rebind: Vec<u64> = Vec::new();
+        let mut replay: Vec<u64> = Vec::new();
         // A stream opened in this turn gets its send window only once the connection has
         // sent its HEADERS: a second round moves its body without waiting for an event.
         for _round in 0..2 {
             let mut waiting = false;
             for &id in &r.virts {
-                if failed.contains(&id) || rebind.contains(&id) || finished.contains(&id) {
+                if failed.contains(&id)
+                    || rebind.contains(&id)
+                    || finished.contains(&id)
+                    || replay.contains(&id)
+                {
                     continue;
                 }
                 let Some(v) = back.virts.get_mut(&id) else {
@@ -564,7 +594,12 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                         rebind.push(id);
                         continue;
                     }
-                    Err(Fail::Reset) => {
+                    Err(Fail::Refused) if v.copy.is_some() && !v.replayed => {
+                        back.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                        replay.push(id);
+                        continue;
+                    }
+                    Err(Fail::Reset | Fail::Refused) => {
                         failed.push(id);
                         continue;
                     }
@@ -595,13 +630,15 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                 break;
             }
         }
-        for id in finished.iter().chain(&rebind) {
+        for id in finished.iter().chain(&rebind).chain(&replay) {
             r.virts.retain(|x| x != id);
         }
         for id in &finished {
             if let Some(v) = back.virts.get_mut(id) {
                 v.real = None;
                 v.st = None;
+                v.copy = Some(Vec::new());
+                v.replayed = false;
                 if !v.retire {
                     v.req = Req::Head(Vec::new());
                 }
@@ -665,10 +702,37 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                     self.inner.abort(c);
                 }
             }
+            self.replay(replay);
             return;
         }
         if again {
             back.mark(k);
+        }
+        self.replay(replay);
+    }
+
+    /// Requests the server refused go again, each on a new stream (on a connection with room,
+    /// which may be the same one); the engine sees nothing of it.
+    fn replay(&mut self, ids: Vec<u64>) {
+        for id in ids {
+            let Some(v) = self.back.virts.get_mut(&id) else {
+                continue;
+            };
+            let copy = v.copy.clone().unwrap_or_default();
+            v.real = None;
+            v.st = None;
+            v.req = Req::Head(Vec::new());
+            v.replayed = true;
+            let mut at = 0;
+            while at < copy.len() {
+                match self.take_request(id, &copy[at..]) {
+                    Ok(n) if n > 0 => at += n,
+                    _ => break,
+                }
+            }
+            if at < copy.len() {
+                self.back.fail_virt(id);
+            }
         }
     }
 
@@ -792,6 +856,13 @@ enum Fail {
     GoingAway,
     /// The stream failed: the engine's connection is reset.
     Reset,
+    /// The server refused the stream (REFUSED_STREAM): it was not processed.
+    Refused,
+}
+
+/// Did the server refuse the stream unprocessed?
+fn refused(e: &h2::Error) -> bool {
+    e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// One turn of the connection: its I/O and its frames. `true` when it is over.
@@ -955,6 +1026,9 @@ fn pump_virt(
                 send.reserve_capacity(st.out_len.min(REQ_MAX));
                 match send.poll_capacity(cx) {
                     Poll::Ready(Some(Ok(n))) if n > 0 => {}
+                    Poll::Ready(Some(Err(e))) if refused(&e) && !st.resp_done => {
+                        return Err(Fail::Refused);
+                    }
                     Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
                         if st.resp_done {
                             break; // answered: the server stopped reading
@@ -1032,7 +1106,11 @@ fn pump_virt(
                 if e.is_go_away() && e.is_remote() {
                     stats.goaways.fetch_add(1, Ordering::Relaxed);
                 }
-                return Err(Fail::Reset);
+                return Err(if refused(&e) {
+                    Fail::Refused
+                } else {
+                    Fail::Reset
+                });
             }
             Poll::Pending => {}
         }
@@ -1098,8 +1176,14 @@ fn pump_virt(
     }
     if !st.resp_done {
         if let Some(send) = st.send.as_mut() {
-            if send.poll_reset(cx).is_ready() {
-                return Err(Fail::Reset);
+            if let Poll::Ready(r) = send.poll_reset(cx) {
+                let unprocessed =
+                    matches!(r, Ok(h2::Reason::REFUSED_STREAM)) && st.no_response_yet();
+                return Err(if unprocessed {
+                    Fail::Refused
+                } else {
+                    Fail::Reset
+                });
             }
         }
     }
@@ -1172,6 +1256,8 @@ impl<N: Net> Net for H2BackNet<'_, N> {
                 retire: false,
                 shut: false,
                 blocked_write: false,
+                copy: Some(Vec::new()),
+                replayed: false,
             },
         );
         let connected = self.back.reals.get(&k).is_some_and(|(_, r)| r.connected);
@@ -1238,7 +1324,16 @@ impl<N: Net> Net for H2BackNet<'_, N> {
                 if !v.connected {
                     return Err(NetError::WouldBlock);
                 }
-                self.take_request(id, data)
+                let r = self.take_request(id, data);
+                if let (Ok(n), Some(v)) = (r, self.back.virts.get_mut(&id)) {
+                    // A copy for a replay, while the request is small enough.
+                    if v.copy.as_ref().is_some_and(|c| c.len() + n > REPLAY_MAX) {
+                        v.copy = None;
+                    } else if let Some(c) = v.copy.as_mut() {
+                        c.extend_from_slice(&data[..n]);
+                    }
+                }
+                r
             }
         }
     }
@@ -2028,6 +2123,71 @@ mod tests {
         assert_eq!(
             rig.text(v),
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_refused_stream_goes_again_once_and_the_engine_sees_only_the_response() {
+        let mut rig = Rig::new();
+        let v = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(
+            v,
+            b"POST /a HTTP/1.1\r\nhost: g\r\ncontent-length: 3\r\n\r\nabc",
+            7,
+        );
+        rig.servers[0].reqs[0]
+            .respond
+            .as_mut()
+            .unwrap()
+            .send_reset(h2::Reason::REFUSED_STREAM);
+        rig.settle();
+        assert!(
+            !rig.events.contains(&NetEvent::Reset(v)),
+            "{:?}",
+            rig.events
+        );
+        assert_eq!(rig.servers[0].reqs.len(), 2, "sent again");
+        assert_eq!(rig.servers[0].reqs[1].body, b"abc");
+        assert_eq!(rig.back.stats.streams_refused.load(Ordering::Relaxed), 1);
+        // Refused again: once is enough, the engine hears of it.
+        rig.servers[0].reqs[1]
+            .respond
+            .as_mut()
+            .unwrap()
+            .send_reset(h2::Reason::REFUSED_STREAM);
+        rig.settle();
+        assert!(rig.events.contains(&NetEvent::Reset(v)));
+        assert_eq!(rig.servers[0].reqs.len(), 2);
+    }
+
+    #[test]
+    fn a_refused_stream_after_a_replay_of_a_previous_request_still_goes_again() {
+        // The copy starts again with each request on a pooled virtual connection.
+        let mut rig = Rig::new();
+        let v = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(v, b"GET /1 HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        rig.respond(0, ok(), true);
+        rig.settle();
+        rig.got.clear();
+        rig.write(v, b"GET /2 HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        rig.servers[0].reqs[1]
+            .respond
+            .as_mut()
+            .unwrap()
+            .send_reset(h2::Reason::REFUSED_STREAM);
+        rig.settle();
+        assert_eq!(rig.servers[0].reqs.len(), 3);
+        assert_eq!(rig.servers[0].reqs[2].head.uri.path(), "/2");
+        rig.respond(2, ok(), true);
+        rig.settle();
+        assert!(
+            rig.text(v).starts_with("HTTP/1.1 200 OK\r\n"),
+            "{}",
+            rig.text(v)
         );
     }
 }
