@@ -161,6 +161,8 @@ impl H2Stats {
     /// Prometheus text of these counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
+        /// A counter's `kind` label and its value.
+        type Kind<'a> = (&'a str, &'a AtomicU64);
         let rows: [(&str, &str, &AtomicU64); 9] = [
             ("xdpmesh_h2_connections_total", "HTTP/2 client connections", &self.connections),
             ("xdpmesh_h2_streams_total", "HTTP/2 streams accepted from clients", &self.streams),
@@ -213,7 +215,7 @@ impl H2Stats {
                 v.load(Ordering::Relaxed)
             );
         }
-        let labelled: [(&str, &str, &[(&str, &AtomicU64)]); 2] = [
+        let labelled: [(&str, &str, &[Kind]); 2] = [
             (
                 "xdpmesh_h2_floods_total",
                 "HTTP/2 connections ended with ENHANCE_YOUR_CALM for a flood: a header block in endless or oversized CONTINUATION frames (CVE-2024-27316 class), or SETTINGS or PING frames past the limit",
