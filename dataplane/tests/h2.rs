@@ -4,6 +4,7 @@
 //! client written here for what they will not send.
 //!
 //! - h2c with prior knowledge and HTTP/1.1 on the same port; `Upgrade: h2c` is not taken up;
+//! - a server's 103 Early Hints reaches the HTTP/2 client before the final response;
 //! - an 8 MiB download byte-exact, a 1 MiB upload echoed byte-exact, a chunked response's
 //!   trailers delivered as HTTP/2 trailers;
 //! - h2load: 2 connections × 16 concurrent streams, every request answered, counted;
@@ -111,6 +112,11 @@ fn serve(c: TcpStream) -> std::io::Result<()> {
                 body.len()
             )?;
             w.write_all(&body)?;
+        } else if target.starts_with("/early-hints") {
+            w.write_all(
+                b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n\
+                  HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            )?;
         } else if target.starts_with("/trailers") {
             w.write_all(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
@@ -324,6 +330,23 @@ fn h2c_and_http1_on_one_port_through_the_engine() {
     );
     assert!(text.contains("status codes: 640 2xx"), "{text}");
     assert!(metric(admin, "xdpmesh_h2_streams_total") >= streams_before + 640);
+
+    // An interim response (103 Early Hints) reaches the HTTP/2 client before the final one.
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-sv",
+        "--resolve",
+        &resolve,
+        &url("/early-hints"),
+    ]);
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    let hints = verbose.find("< HTTP/2 103");
+    let last = verbose.find("< HTTP/2 200");
+    assert!(
+        hints.is_some() && hints < last && verbose.contains("< link: </style.css>; rel=preload"),
+        "no 103 before the 200: {verbose}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
 
     // Rapid reset: HEADERS then RST_STREAM, stream after stream.
     let calm_before = metric(admin, "xdpmesh_h2_rapid_reset_total");

@@ -1420,8 +1420,25 @@ impl Stream {
                             let used = len - before;
                             data = &data[used..];
                             if (100..200).contains(&status) {
-                                // Interim responses are not passed on (1xx in HTTP/2 would need
-                                // `send_informational`; clients do without them).
+                                // Interim responses (103 Early Hints, a server's own 100) go
+                                // on as HEADERS without END_STREAM (RFC 9113 §8.1); 101 has no
+                                // meaning in HTTP/2 (§8.6) and the engine never lets one
+                                // through to a request that did not ask to upgrade.
+                                if status != 101 {
+                                    let mut b = ::http::Response::builder().status(status);
+                                    for f in r.headers.iter() {
+                                        let name = f.name.to_ascii_lowercase();
+                                        if !connection_specific(&name) {
+                                            b = b.header(name.as_str(), f.value);
+                                        }
+                                    }
+                                    if let (Ok(head), Some(respond)) =
+                                        (b.body(()), self.respond.as_mut())
+                                    {
+                                        // A stream already reset refuses it: nothing to do.
+                                        let _ = respond.send_informational(head);
+                                    }
+                                }
                                 buf.clear();
                                 continue;
                             }
