@@ -540,7 +540,10 @@ pub struct Route {
 /// `attempts = 3` (attempts in all, the first included; 1 to 10), `per_try_timeout = "1s"`
 /// (each attempt, connect included), `on = ["connect-failure", "reset", "503"]` (also
 /// `timeout` — the per-try timeout —, `gateway-error` — 502, 503 or 504 from the upstream —,
-/// and status codes 400 to 599 as strings), `backoff = "25ms"` (full jitter, doubling per
+/// status codes 400 to 599 as strings, and for gRPC calls the `grpc-status` of a response
+/// that carries it in its head (a trailers-only response): `cancelled`, `deadline-exceeded`,
+/// `internal`, `resource-exhausted`, `unavailable`; these retry a gRPC call whatever
+/// `methods` says, as gRPC's own retry policy does), `backoff = "25ms"` (full jitter, doubling per
 /// retry, at most 10× this), `methods = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]` (others
 /// are retried only on `connect-failure`, when nothing was sent), `buffer = 65536` (bytes of
 /// request body kept for a retry; a longer body is not retried but on connect failure).
@@ -782,6 +785,23 @@ pub struct RouteMatch {
     /// (must match the whole value). Default: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, Sp<HeaderMatch>>,
+    /// A gRPC call (see [`GrpcMatch`]); instead of `path` and `method`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<Sp<GrpcMatch>>,
+}
+
+/// `grpc = { service = "pkg.Service", method = "Method" }`: a `POST` whose `content-type`
+/// is `application/grpc` (or `application/grpc+…`, `application/grpc;…`) to the path
+/// `/pkg.Service/Method`, or to any method of the service when `method` is left out
+/// (gRPC over HTTP/2, PROTOCOL-HTTP2.md: `:path` is `/` Service-Name `/` Method-Name).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcMatch {
+    /// The fully qualified service name, e.g. `helloworld.Greeter`.
+    pub service: Sp<String>,
+    /// Default: any method of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Sp<String>>,
 }
 
 /// A header condition: a plain string is an exact match.

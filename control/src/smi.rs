@@ -415,6 +415,7 @@ fn split(
                         .iter()
                         .map(|(k, v)| (k.clone(), Sp::new(HeaderMatch::Regex(v.clone()))))
                         .collect(),
+                    grpc: None,
                 };
                 b.tables.routes.push(Sp::new(Route {
                     name: Some(Sp::new(format!("{}-{}{suffix}", d.name, m.name))),

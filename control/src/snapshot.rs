@@ -301,6 +301,8 @@ pub struct RetryRt {
     pub on_timeout: bool,
     /// Upstream statuses (400 to 599) that make a retry.
     pub on_status: Vec<u16>,
+    /// `grpc-status` codes in a gRPC response's head that make a retry.
+    pub on_grpc: Vec<u8>,
     pub backoff: Duration,
     /// Upper-case methods retried beyond connect failures.
     pub methods: Vec<String>,
@@ -317,6 +319,7 @@ impl Default for RetryRt {
             on_reset: true,
             on_timeout: false,
             on_status: vec![503],
+            on_grpc: Vec::new(),
             backoff: Duration::from_millis(25),
             methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
                 .map(String::from)
@@ -329,6 +332,10 @@ impl Default for RetryRt {
 impl RetryRt {
     pub fn retries_status(&self, status: u16) -> bool {
         self.on_status.contains(&status)
+    }
+
+    pub fn retries_grpc(&self, grpc_status: u8) -> bool {
+        self.on_grpc.contains(&grpc_status)
     }
 
     pub fn retries_method(&self, method: &str) -> bool {

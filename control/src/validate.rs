@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::certs::{self, CertCheck};
 use crate::de::Sp;
 use crate::diag::{did_you_mean, Diagnostic};
-use crate::schema::{self, HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
+use crate::schema::{self, GrpcMatch, HeaderMatch, Labels, LbPolicy, PathMatch, Protocol, Tables};
 use crate::snapshot::{
     AuthzRule, BackendRt, CircuitBreakerRt, EndpointRt, FaultRt, HashKey, HeaderMatcher,
     HealthCheckRt, HealthProbe, IdSet, IdentityRt, KeepaliveRt, ListenerRt, MirrorRt, OutlierRt,
@@ -671,6 +671,31 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 Some(h) => headers = h,
                 None => ok = false,
             }
+            if let Some(g) = &m.grpc {
+                let gk = Lazy(|| format!("{}.grpc", mk()));
+                if m.path.is_some() || m.method.is_some() {
+                    v.err(&g.span, gk.path(), "grpc with path or method".to_string())
+                        .set_hint("grpc sets the path and the method (POST): leave both out");
+                    ok = false;
+                } else if headers.iter().any(|(n, _)| n == "content-type") {
+                    v.err(
+                        &g.span,
+                        gk.path(),
+                        "grpc with a content-type header match".to_string(),
+                    )
+                    .set_hint("grpc matches content-type application/grpc itself");
+                    ok = false;
+                } else {
+                    match compile_grpc(&mut v, g, &gk) {
+                        Some((p, ct)) => {
+                            path = Some(p);
+                            method = Some("POST".to_string());
+                            headers.push(ct);
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
         }
         let mut backends = Vec::with_capacity(r.backends.len().max(1));
         if r.backends.is_empty() {
@@ -1266,6 +1291,46 @@ fn check_duration(
 
 /// Header conditions (`match.headers`, `fault.headers`): names checked, exact values or
 /// anchored regexes compiled; `None` when any is bad (each reported under `prefix`).
+/// `grpc = { service, method }` as the route conditions it stands for: the path, and a
+/// `content-type` of `application/grpc` with an optional `+codec` or parameters.
+fn compile_grpc(
+    v: &mut V<'_>,
+    g: &Sp<GrpcMatch>,
+    key: &(impl KeyPath + ?Sized),
+) -> Option<(PathMatcher, (String, HeaderMatcher))> {
+    // Protobuf's full names: dot-separated identifiers; method names are identifiers.
+    let ident = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    if !g.service.split('.').all(ident) {
+        v.err(
+            &g.service.span,
+            format!("{}.service", key.path()),
+            format!("{:?} is not a gRPC service name", *g.service),
+        )
+        .set_hint("the fully qualified name, e.g. \"helloworld.Greeter\"");
+        return None;
+    }
+    let path = match &g.method {
+        Some(m) if !ident(m) => {
+            v.err(
+                &m.span,
+                format!("{}.method", key.path()),
+                format!("{:?} is not a gRPC method name", **m),
+            )
+            .set_hint("the method's name as the .proto file gives it, e.g. \"SayHello\"");
+            return None;
+        }
+        Some(m) => PathMatcher::Exact(format!("/{}/{}", *g.service, **m)),
+        None => PathMatcher::Prefix(format!("/{}", *g.service)),
+    };
+    let ct =
+        regex::bytes::Regex::new("^(?:application/grpc(?:[+;].*)?)$").expect("a constant regex");
+    Some((path, ("content-type".to_string(), HeaderMatcher::Regex(ct))))
+}
+
 fn compile_headers(
     v: &mut V<'_>,
     map: &BTreeMap<String, Sp<HeaderMatch>>,
@@ -1366,12 +1431,19 @@ fn compile_retries(v: &mut V<'_>, r: &Sp<schema::Retries>, k: &str) -> Option<Re
         out.on_connect_failure = false;
         out.on_reset = false;
         out.on_status.clear();
+        out.on_grpc.clear();
         for (j, cond) in on.iter().enumerate() {
             match cond.as_str() {
                 "connect-failure" => out.on_connect_failure = true,
                 "reset" => out.on_reset = true,
                 "timeout" => out.on_timeout = true,
                 "gateway-error" => out.on_status.extend([502, 503, 504]),
+                // gRPC status codes (grpc/doc/statuscodes.md).
+                "cancelled" => out.on_grpc.push(1),
+                "deadline-exceeded" => out.on_grpc.push(4),
+                "resource-exhausted" => out.on_grpc.push(8),
+                "internal" => out.on_grpc.push(13),
+                "unavailable" => out.on_grpc.push(14),
                 code => match code.parse::<u16>() {
                     Ok(c) if (400..600).contains(&c) => out.on_status.push(c),
                     _ => {
@@ -1381,7 +1453,8 @@ fn compile_retries(v: &mut V<'_>, r: &Sp<schema::Retries>, k: &str) -> Option<Re
                             format!("{code:?} is not a retry condition"),
                         )
                         .set_hint(
-                            "connect-failure, reset, timeout, gateway-error, or a status from \"400\" to \"599\"",
+                            "connect-failure, reset, timeout, gateway-error, a status from \"400\" to \"599\", \
+                             or a gRPC status: cancelled, deadline-exceeded, internal, resource-exhausted, unavailable",
                         );
                         ok = false;
                     }

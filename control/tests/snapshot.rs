@@ -613,6 +613,7 @@ service = "a"
     );
     assert!(d.on_connect_failure && d.on_reset && d.retries_status(503) && !d.retries_status(502));
     assert!(d.retries_method("PUT") && !d.retries_method("POST"));
+    assert!(!d.retries_grpc(14));
     assert_eq!(
         s.services[0].retry_budget,
         RetryBudgetRt {
@@ -912,4 +913,59 @@ outlier = {{ enabled = false }}
     assert_eq!(control::fastde::disagreement(&text), None);
     let t = control::fastde::tables(&text).expect("fast path");
     assert_eq!(control::fastde::tables(&t.to_toml()), Some(t));
+}
+
+#[test]
+fn grpc_routes_match_service_and_method_of_grpc_calls_only() {
+    let s = compile(
+        r#"
+[[service]]
+name = "g"
+endpoints = [{ address = "10.0.0.1:80" }]
+[[route]]
+name = "say"
+service = "g"
+match = { grpc = { service = "helloworld.Greeter", method = "SayHello" } }
+retries = { on = ["unavailable", "resource-exhausted"] }
+[[route]]
+name = "greeter"
+service = "g"
+match = { grpc = { service = "helloworld.Greeter" } }
+[[route]]
+name = "rest"
+service = "g"
+"#,
+    );
+    let grpc: &[(&str, &[u8])] = &[("content-type", b"application/grpc")];
+    let proto: &[(&str, &[u8])] = &[("content-type", b"application/grpc+proto")];
+    let json: &[(&str, &[u8])] = &[("content-type", b"application/json")];
+    let name = |m: &str, p: &str, h: &[(&str, &[u8])]| {
+        s.route("g", m, p, h)
+            .and_then(|hit| hit.route.name.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(name("POST", "/helloworld.Greeter/SayHello", grpc), "say");
+    assert_eq!(name("POST", "/helloworld.Greeter/SayHello", proto), "say");
+    assert_eq!(
+        name("POST", "/helloworld.Greeter/SayHelloAgain", grpc),
+        "greeter"
+    );
+    // Not gRPC: no content-type, another content-type, another method, another service.
+    assert_eq!(name("POST", "/helloworld.Greeter/SayHello", NONE), "rest");
+    assert_eq!(name("POST", "/helloworld.Greeter/SayHello", json), "rest");
+    assert_eq!(name("GET", "/helloworld.Greeter/SayHello", grpc), "rest");
+    assert_eq!(name("POST", "/helloworld.GreeterX/SayHello", grpc), "rest");
+    let r = s
+        .route("g", "POST", "/helloworld.Greeter/SayHello", grpc)
+        .unwrap()
+        .route
+        .policy
+        .as_ref()
+        .unwrap()
+        .retries
+        .clone()
+        .unwrap();
+    assert!(r.retries_grpc(14) && r.retries_grpc(8) && !r.retries_grpc(4));
+    // `on` replaces the default conditions.
+    assert!(!r.retries_status(503) && !r.on_reset && !r.on_connect_failure);
 }

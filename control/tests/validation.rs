@@ -537,7 +537,19 @@ fn route_policies_are_checked_with_hints() {
     );
     one(
         &format!("{S}retries = {{ on = [\"reset\", \"302\"] }}\n"),
-        "t.toml:6:28: route[0].retries.on[1]: \"302\" is not a retry condition (hint: connect-failure, reset, timeout, gateway-error, or a status from \"400\" to \"599\")",
+        "t.toml:6:28: route[0].retries.on[1]: \"302\" is not a retry condition (hint: connect-failure, reset, timeout, gateway-error, a status from \"400\" to \"599\", or a gRPC status: cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)",
+    );
+    one(
+        &format!("{S}match = {{ grpc = {{ service = \"a.B\" }}, method = \"GET\" }}\n"),
+        "t.toml:6:18: route[0].match.grpc: grpc with path or method (hint: grpc sets the path and the method (POST): leave both out)",
+    );
+    one(
+        &format!("{S}match = {{ grpc = {{ service = \"a..B\" }} }}\n"),
+        "t.toml:6:30: route[0].match.grpc.service: \"a..B\" is not a gRPC service name (hint: the fully qualified name, e.g. \"helloworld.Greeter\")",
+    );
+    one(
+        &format!("{S}match = {{ grpc = {{ service = \"a.B\", method = \"Say/Hi\" }} }}\n"),
+        "t.toml:6:46: route[0].match.grpc.method: \"Say/Hi\" is not a gRPC method name (hint: the method's name as the .proto file gives it, e.g. \"SayHello\")",
     );
     one(
         &format!("{S}fault = {{ abort = {{ percent = 101.0, status = 503 }} }}\n"),

@@ -4,12 +4,18 @@
 //! client written here for what they will not send.
 //!
 //! - h2c with prior knowledge and HTTP/1.1 on the same port; `Upgrade: h2c` is not taken up;
+//! - a server's 103 Early Hints reaches the HTTP/2 client before the final response;
 //! - an 8 MiB download byte-exact, a 1 MiB upload echoed byte-exact, a chunked response's
 //!   trailers delivered as HTTP/2 trailers;
 //! - h2load: 2 connections × 16 concurrent streams, every request answered, counted;
 //! - rapid reset (CVE-2023-44487): a client that opens streams and resets each at once ends
 //!   with GOAWAY ENHANCE_YOUR_CALM, counted; a well-behaved client is served meanwhile;
-//! - a header block over the limit: refused, counted, the connection's other streams served.
+//! - a header block over the limit: refused, counted, the connection's other streams served;
+//! - the other known attacks, each refused in bounded memory and time, counted, with curl
+//!   served meanwhile or afterwards: CONTINUATION floods (endless empty frames, many small
+//!   ones, a few full ones past the header-list limit) and SETTINGS and PING floods end with
+//!   GOAWAY ENHANCE_YOUR_CALM; a zero-window stall ends with GOAWAY FLOW_CONTROL_ERROR at the
+//!   listener's `body_stall`; a client that never reads is reset at it.
 
 use dataplane::netns::wait_for;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -106,6 +112,11 @@ fn serve(c: TcpStream) -> std::io::Result<()> {
                 body.len()
             )?;
             w.write_all(&body)?;
+        } else if target.starts_with("/early-hints") {
+            w.write_all(
+                b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n\
+                  HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            )?;
         } else if target.starts_with("/trailers") {
             w.write_all(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
@@ -126,7 +137,15 @@ fn free_port() -> u16 {
 }
 
 fn start() -> (Gateway, SocketAddr, SocketAddr) {
-    let dir = std::env::temp_dir().join(format!("xdpmesh-h2-{}", std::process::id()));
+    start_with("")
+}
+
+/// A gateway whose listener has `listener` added to its table (e.g. its timeouts).
+fn start_with(listener: &str) -> (Gateway, SocketAddr, SocketAddr) {
+    // Tests run at once in this process: each gateway its own directory.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("xdpmesh-h2-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let up = upstream();
@@ -141,7 +160,7 @@ fn start() -> (Gateway, SocketAddr, SocketAddr) {
     std::fs::write(
         dir.join("tables.toml"),
         format!(
-            "[[listener]]\nname = \"web\"\nbind = \"{web}\"\nprotocol = \"http\"\n\n\
+            "[[listener]]\nname = \"web\"\nbind = \"{web}\"\nprotocol = \"http\"\n{listener}\n\n\
              [[service]]\nname = \"app\"\nhosts = [\"app.test\", \"127.0.0.1\"]\nendpoints = [{{ address = \"{up}\" }}]\n\n\
              [[route]]\nname = \"to-app\"\nservice = \"app\"\n"
         ),
@@ -312,6 +331,23 @@ fn h2c_and_http1_on_one_port_through_the_engine() {
     assert!(text.contains("status codes: 640 2xx"), "{text}");
     assert!(metric(admin, "xdpmesh_h2_streams_total") >= streams_before + 640);
 
+    // An interim response (103 Early Hints) reaches the HTTP/2 client before the final one.
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-sv",
+        "--resolve",
+        &resolve,
+        &url("/early-hints"),
+    ]);
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    let hints = verbose.find("< HTTP/2 103");
+    let last = verbose.find("< HTTP/2 200");
+    assert!(
+        hints.is_some() && hints < last && verbose.contains("< link: </style.css>; rel=preload"),
+        "no 103 before the 200: {verbose}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+
     // Rapid reset: HEADERS then RST_STREAM, stream after stream.
     let calm_before = metric(admin, "xdpmesh_h2_rapid_reset_total");
     let mut c = RawClient::connect(web);
@@ -387,16 +423,39 @@ struct RawClient {
 
 impl RawClient {
     fn connect(web: SocketAddr) -> RawClient {
+        RawClient::connect_with(web, &[])
+    }
+
+    /// A client whose first SETTINGS frame carries `settings` (identifier, value).
+    fn connect_with(web: SocketAddr, settings: &[(u16, u32)]) -> RawClient {
         let mut s = TcpStream::connect_timeout(&web, DEADLINE).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        // A hostile client's writes stop when the gateway stops reading: not past the test.
+        s.set_write_timeout(Some(DEADLINE)).unwrap();
         s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
         let mut c = RawClient {
             s,
             buf: Vec::new(),
             goaway: None,
         };
-        c.frame(4, 0, 0, &[]).unwrap(); // SETTINGS
+        c.frame(4, 0, 0, &settings_payload(settings)).unwrap(); // SETTINGS
         c
+    }
+
+    /// Writes `bytes` (frames built with [`frame_bytes`]) without reading anything; whether
+    /// the gateway took them all (it may close first) is not the point.
+    fn flood(&mut self, bytes: &[u8]) {
+        let _ = self.s.write_all(bytes);
+    }
+
+    /// GET `path` for app.test, END_STREAM | END_HEADERS.
+    fn get(&mut self, id: u32, path: &str) -> std::io::Result<()> {
+        // :method GET (2), :scheme http (6) indexed; :path (4), :authority (1) literal.
+        let mut block = vec![0x82, 0x86, 0x04];
+        hpack_string(&mut block, path.as_bytes());
+        block.push(0x01);
+        hpack_string(&mut block, b"app.test");
+        self.frame(1, 0x5, id, &block)
     }
 
     fn frame(&mut self, kind: u8, flags: u8, id: u32, payload: &[u8]) -> std::io::Result<()> {
@@ -451,7 +510,7 @@ impl RawClient {
                 self.buf.extend_from_slice(&chunk[..n]);
                 true
             }
-            Err(_) => true,
+            Err(e) => is_pending(&e),
         }
     }
 
@@ -494,9 +553,20 @@ impl RawClient {
     /// Whether the server closes the connection (end of stream) within the deadline.
     fn wait_closed(&mut self) -> bool {
         wait_for(DEADLINE, || {
-            let open = self.read_some();
-            self.frames();
-            (!open).then_some(())
+            // What the gateway sent before it closed may be megabytes: many reads a turn.
+            let mut chunk = vec![0u8; 64 << 10];
+            for _ in 0..256 {
+                match self.s.read(&mut chunk) {
+                    Ok(0) => return Some(()),
+                    Ok(n) => {
+                        self.buf.extend_from_slice(&chunk[..n]);
+                        self.frames();
+                    }
+                    Err(e) if is_pending(&e) => break,
+                    Err(_) => return Some(()),
+                }
+            }
+            None
         })
         .is_some()
     }
@@ -564,4 +634,229 @@ fn status_of(block: &[u8]) -> Option<u16> {
         }
         _ => None,
     }
+}
+
+/// A read that found nothing yet (the socket's short timeout), not a closed connection.
+fn is_pending(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+    matches!(e.kind(), WouldBlock | TimedOut | Interrupted)
+}
+
+fn settings_payload(settings: &[(u16, u32)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for (k, v) in settings {
+        p.extend_from_slice(&k.to_be_bytes());
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    p
+}
+
+/// One frame's bytes (RFC 9113 §4.1).
+fn frame_bytes(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A literal header field `x-pad` without indexing whose encoding takes about `n` bytes.
+fn hpack_pad(n: usize) -> Vec<u8> {
+    let mut value_len = n;
+    loop {
+        let mut f = vec![0x00];
+        hpack_string(&mut f, b"x-pad");
+        hpack_string(&mut f, &vec![b'a'; value_len]);
+        if f.len() <= n {
+            return f;
+        }
+        value_len -= 1;
+    }
+}
+
+/// The gateway's resident memory in KiB (`VmRSS`).
+fn rss_kib(gw: &Gateway) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// The gateway grew by less than `mib` MiB since `before` (KiB).
+fn assert_rss_bounded(gw: &Gateway, before: u64, mib: u64, what: &str) {
+    let now = rss_kib(gw);
+    assert!(
+        now < before + (mib << 10),
+        "{what}: the gateway grew from {before} KiB to {now} KiB"
+    );
+}
+
+/// curl over HTTP/2 with prior knowledge gets `/` through the gateway.
+fn curl_served(web: SocketAddr) -> bool {
+    let resolve = format!("app.test:{}:127.0.0.1", web.port());
+    let url = format!("http://app.test:{}/", web.port());
+    let out = curl(&["--http2-prior-knowledge", "--resolve", &resolve, &url]);
+    out.stdout == b"ok"
+}
+
+/// The connection ended: GOAWAY with `code` read, then the gateway closed it and let go of it.
+fn assert_goaway_and_closed(c: &mut RawClient, admin: SocketAddr, code: u32, what: &str) {
+    assert_eq!(c.wait_goaway(), Some(code), "{what}: no GOAWAY {code:#x}");
+    assert!(c.wait_closed(), "{what}: the connection stays open");
+    assert_open_connections_drop_to_zero(admin, what);
+}
+
+fn assert_open_connections_drop_to_zero(admin: SocketAddr, what: &str) {
+    assert!(
+        wait_for(DEADLINE, || (metric(admin, "xdpmesh_h2_connections_open")
+            == 0)
+            .then_some(()))
+        .is_some(),
+        "{what}: HTTP/2 connections still counted open: {}",
+        metric(admin, "xdpmesh_h2_connections_open")
+    );
+}
+
+/// CONTINUATION floods (CVE-2024-27316 class): a header block that never ends, in endless
+/// empty frames, in many small ones, or in a few full ones past twice the header-list limit,
+/// ends with GOAWAY ENHANCE_YOUR_CALM, counted each time.
+#[test]
+fn continuation_floods_end_with_enhance_your_calm() {
+    let (gw, web, admin) = start();
+    let name = "xdpmesh_h2_floods_total{kind=\"continuation\"}";
+    let before = metric(admin, name);
+    let rss = rss_kib(&gw);
+    let cases: [(&str, usize, usize); 3] = [
+        ("endless empty CONTINUATION frames", 0, 100_000),
+        ("many 1 KiB CONTINUATION frames", 1024, 1000),
+        (
+            "16 KiB CONTINUATION frames past the header-list limit",
+            16_000,
+            64,
+        ),
+    ];
+    for (i, (what, size, count)) in cases.into_iter().enumerate() {
+        let mut c = RawClient::connect(web);
+        // HEADERS without END_HEADERS: GET / for app.test, the block goes on.
+        let mut block = vec![0x82, 0x86, 0x84, 0x01];
+        hpack_string(&mut block, b"app.test");
+        let mut bytes = frame_bytes(1, 0x1, 1, &block);
+        let pad = if size == 0 {
+            Vec::new()
+        } else {
+            hpack_pad(size)
+        };
+        for _ in 0..count {
+            bytes.extend(frame_bytes(9, 0, 1, &pad));
+        }
+        c.flood(&bytes);
+        assert_goaway_and_closed(&mut c, admin, 0xb, what);
+        assert_eq!(metric(admin, name), before + i as u64 + 1, "{what}");
+        assert!(curl_served(web), "{what}: curl not served after it");
+    }
+    assert_rss_bounded(&gw, rss, 32, "CONTINUATION floods");
+}
+
+/// SETTINGS and PING floods: thousands of frames, none of the ACKs read, end with GOAWAY
+/// ENHANCE_YOUR_CALM past 1,000 in 10 s, counted by kind; another client is served.
+#[test]
+fn settings_and_ping_floods_end_with_enhance_your_calm() {
+    let (gw, web, admin) = start();
+    let rss = rss_kib(&gw);
+    for (kind, frame) in [
+        (
+            "settings",
+            frame_bytes(4, 0, 0, &settings_payload(&[(2, 0)])),
+        ),
+        ("ping", frame_bytes(6, 0, 0, b"flooding")),
+    ] {
+        let name = format!("xdpmesh_h2_floods_total{{kind=\"{kind}\"}}");
+        let before = metric(admin, &name);
+        let mut c = RawClient::connect(web);
+        // A stream open on the connection meanwhile: it ends with the connection.
+        c.get(1, "/").unwrap();
+        let bytes: Vec<u8> = frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(frame.len() * 20_000)
+            .collect();
+        c.flood(&bytes);
+        assert_goaway_and_closed(&mut c, admin, 0xb, kind);
+        assert_eq!(metric(admin, &name), before + 1, "{kind}");
+        assert!(curl_served(web), "{kind}: curl not served after it");
+    }
+    assert_rss_bounded(&gw, rss, 32, "SETTINGS and PING floods");
+    // A well-behaved client's few SETTINGS and PINGs are not a flood.
+    let mut c = RawClient::connect(web);
+    for _ in 0..10 {
+        c.frame(6, 0, 0, b"pingpong").unwrap();
+    }
+    c.get(1, "/").unwrap();
+    c.get(3, "/").unwrap();
+    assert_eq!(c.statuses(1, 3), (Some(200), Some(200)));
+    assert_eq!(c.goaway, None);
+}
+
+/// A zero-window stall: the client shuts every stream's window (SETTINGS_INITIAL_WINDOW_SIZE
+/// = 0), asks for 8 MiB and holds the connection without a WINDOW_UPDATE. curl is served
+/// meanwhile; at the listener's `body_stall` the connection ends with GOAWAY
+/// FLOW_CONTROL_ERROR, counted.
+#[test]
+fn a_zero_window_stall_ends_with_flow_control_error_at_the_stall_timeout() {
+    let (gw, web, admin) = start_with("timeouts = { body_stall = \"2s\" }");
+    let name = "xdpmesh_h2_stalls_total{kind=\"window\"}";
+    let before = metric(admin, name);
+    let rss = rss_kib(&gw);
+    let mut c = RawClient::connect_with(web, &[(4, 0)]);
+    c.get(1, "/big").unwrap();
+    c.get(3, "/big").unwrap();
+    // The response heads arrive (HEADERS is not flow-controlled), no DATA can.
+    assert_eq!(c.statuses(1, 3), (Some(200), Some(200)));
+    let t0 = std::time::Instant::now();
+    assert!(curl_served(web), "curl not served during the stall");
+    assert_eq!(metric(admin, name), before, "ended before its timeout");
+    assert_goaway_and_closed(&mut c, admin, 0x3, "zero-window stall");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "ended after {:?}, before its stall timeout",
+        t0.elapsed()
+    );
+    assert_eq!(metric(admin, name), before + 1);
+    assert!(curl_served(web), "curl not served after the stall");
+    assert_rss_bounded(&gw, rss, 32, "zero-window stall");
+}
+
+/// A client that opens its windows wide, asks for 8 × 8 MiB and never reads: the gateway
+/// holds a bounded amount (its socket buffers fill, then its own), and resets the connection
+/// at the listener's `body_stall`, counted; curl is served meanwhile.
+#[test]
+fn a_client_that_never_reads_is_reset_at_the_stall_timeout() {
+    let (gw, web, admin) = start_with("timeouts = { body_stall = \"2s\" }");
+    let name = "xdpmesh_h2_stalls_total{kind=\"unread\"}";
+    let before = metric(admin, name);
+    let rss = rss_kib(&gw);
+    let mut c = RawClient::connect_with(web, &[(4, 0x7fff_ffff)]);
+    c.frame(8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()) // WINDOW_UPDATE
+        .unwrap();
+    for i in 0..8 {
+        c.get(2 * i + 1, "/big").unwrap();
+    }
+    assert!(
+        curl_served(web),
+        "curl not served while a client does not read"
+    );
+    assert!(
+        wait_for(DEADLINE, || (metric(admin, name) == before + 1)
+            .then_some(()))
+        .is_some(),
+        "the unread connection is not ended"
+    );
+    // 64 MiB asked for; the gateway holds a few of it at most.
+    assert_rss_bounded(&gw, rss, 24, "a client that never reads");
+    assert!(c.wait_closed(), "the unread connection stays open");
+    assert_open_connections_drop_to_zero(admin, "a client that never reads");
+    assert!(curl_served(web), "curl not served after it");
 }

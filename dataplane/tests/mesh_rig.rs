@@ -10,7 +10,8 @@
 //! sent one byte every 3 s is cut with 408 within the head timeout; a capture of
 //! the gateway-to-gateway link never shows a marker from the body; a table reload and a
 //! certificate rotation during 30 s of load each change behaviour with no failed request and
-//! no dropped connection. Needs root; under CI=true it must run. The rig's namespace names
+//! no dropped connection. HTTP/2 (h2c) clients too: the split, the header route, the denial,
+//! and h2load through the reload and the rotation. Needs root; under CI=true it must run. The rig's namespace names
 //! are fixed, so everything runs in one test, one backend after the other.
 
 use dataplane::netns::{skip_unless_root, wait_for, NetNs};
@@ -470,6 +471,122 @@ fn xdpmesh(args: &[&str]) {
 }
 
 /// Counts v1/v2 answers over `n` requests on one keep-alive connection.
+/// [`status_from`] for an HTTP/2 (h2c) client.
+fn status_from_h2(cli: &NetNs, from: &str) -> String {
+    cli.exec_ok([
+        "curl",
+        "-s",
+        "--http2-prior-knowledge",
+        "--max-time",
+        "10",
+        "--interface",
+        from,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://10.10.1.1/",
+    ])
+    .expect("curl --http2-prior-knowledge")
+}
+
+/// [`split`] for an HTTP/2 client: `n` requests for `/` on one h2c connection (curl reuses
+/// it for the URLs of a glob), each answer's HTTP version checked.
+fn split_h2(cli: &NetNs, n: usize, header: Option<&str>) -> (usize, usize) {
+    let url = format!("http://10.10.1.1/?[1-{n}]");
+    let mut args = vec![
+        "curl",
+        "-sf",
+        "--http2-prior-knowledge",
+        "--max-time",
+        "60",
+        "-w",
+        " %{http_version}\\n",
+        &url,
+    ];
+    if let Some(h) = header {
+        args.extend(["-H", h]);
+    }
+    let out = cli.exec_ok(args).expect("curl --http2-prior-knowledge");
+    let (mut v1, mut v2) = (0, 0);
+    for line in out.lines() {
+        match line {
+            "v1 2" => v1 += 1,
+            "v2 2" => v2 += 1,
+            other => panic!("unexpected answer over HTTP/2: {other:?}"),
+        }
+    }
+    (v1, v2)
+}
+
+/// h2load in xm-cli for `secs` seconds (2 connections, 8 streams each); `finish` asserts
+/// that every request succeeded.
+struct H2Load(Option<Child>);
+
+impl H2Load {
+    fn start(cli: &NetNs, secs: u32) -> H2Load {
+        let child = cli
+            .command("h2load")
+            .args([
+                "-c",
+                "2",
+                "-m",
+                "8",
+                "-D",
+                &secs.to_string(),
+                "http://10.10.1.1/",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("h2load");
+        H2Load(Some(child))
+    }
+
+    fn finish(mut self) {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("h2load during the reload and rotation:\n{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("requests:"))
+            .unwrap_or_else(|| panic!("h2load printed no summary: {text}"));
+        let num = |key: &str| -> u64 {
+            line.split(',')
+                .find_map(|f| {
+                    f.trim()
+                        .strip_suffix(key)?
+                        .trim()
+                        .rsplit(' ')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {key:?} in {line:?}"))
+        };
+        assert!(num("succeeded") > 1000, "h2load ran: {line}");
+        assert_eq!(
+            (num("failed"), num("errored"), num("timeout")),
+            (0, 0, 0),
+            "every HTTP/2 request succeeded: {line}"
+        );
+        assert!(
+            text.contains("status codes:") && text.contains(" 0 5xx"),
+            "no 5xx over HTTP/2: {text}"
+        );
+    }
+}
+
+impl Drop for H2Load {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn split(n: usize, headers: &[(&str, &str)]) -> (usize, usize) {
     let mut c = Http::connect().expect("connect gw-a");
     let (mut v1, mut v2) = (0, 0);
@@ -652,6 +769,18 @@ fn run_backend(backend: &str, work: &Path) {
     // The header route wins over the split.
     let (b1, b2) = cli.run(|| split(100, &[("city", "berlin")]));
     assert_eq!((b1, b2), (0, 100), "city: berlin goes to v2 only");
+    // The same over HTTP/2 (h2c): 2000 requests on one connection, then the header route.
+    let (h1, h2) = split_h2(&cli, 2000, None);
+    println!("split 90/10 over HTTP/2: v1 {h1}, v2 {h2}");
+    assert!(
+        (1740..=1860).contains(&h1) && h1 + h2 == 2000,
+        "HTTP/2: v1 {h1} of 2000 is not 90 ± 3 % (v2 {h2})"
+    );
+    assert_eq!(
+        split_h2(&cli, 100, Some("city: berlin")),
+        (0, 100),
+        "HTTP/2: city: berlin goes to v2 only"
+    );
 
     // An identity not on B's allow list: 403, counted at B; the allowed one still passes.
     let denied_before = metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"denied\"");
@@ -663,6 +792,14 @@ fn run_backend(backend: &str, work: &Path) {
         "the denial is counted at B"
     );
     assert_eq!(status_from(&cli, "10.10.1.2"), "200");
+    // And over HTTP/2.
+    assert_eq!(status_from_h2(&cli, "10.10.1.3"), "403");
+    assert_eq!(
+        metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"denied\""),
+        denied_after + 1,
+        "the HTTP/2 client's denial is counted at B"
+    );
+    assert_eq!(status_from_h2(&cli, "10.10.1.2"), "200");
 
     // Timeouts: a silent server gives 504, a slow head is cut with 408.
     silent_server_gives_504(&cli, &gwa);
@@ -789,7 +926,9 @@ fn run_backend(backend: &str, work: &Path) {
     );
 
     // Over 30 s of load: a table reload at 8 s and a certificate rotation at 18 s, with no
-    // failed request and no dropped connection; each changes behaviour.
+    // failed request and no dropped connection; each changes behaviour. HTTP/2 clients
+    // (h2load: 2 connections × 8 streams) run alongside the HTTP/1.1 ones.
+    let h2 = H2Load::start(&cli, 30);
     let load = Load::start(&cli, 8);
     let (n0, v2_0) = load.measure(Duration::from_secs(8));
     put_tables(&gwa, &gwa_tables(50), &state, "gwa-tables.toml");
@@ -824,6 +963,7 @@ fn run_backend(backend: &str, work: &Path) {
     let (n2, _) = load.measure(Duration::from_secs(12));
     assert!(n2 > 100, "load went on after the rotation");
     load.finish();
+    h2.finish();
 
     rig(&["stop"], &state);
     if let Some(mut b) = restarted {

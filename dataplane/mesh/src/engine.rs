@@ -273,6 +273,16 @@ impl Refusal {
     }
 }
 
+/// The `grpc-status` of the gateway's own answer to a gRPC call: its deadline passing is
+/// DEADLINE_EXCEEDED (the caller's `grpc-timeout`, or the route's timeout, ran out), the
+/// rest as gRPC maps the HTTP status the gateway would have answered.
+fn grpc_refusal_status(r: Refusal, http_status: u16) -> u8 {
+    match r {
+        Refusal::RequestTimeout | Refusal::PerTryTimeout => 4,
+        _ => http::grpc_status_for_http(http_status),
+    }
+}
+
 /// How one upstream attempt ended. Every attempt ends exactly once, in
 /// [`Engine::end_attempt`]: that call feeds the balancer, counts the outcome, and decides
 /// what the client sees (a retry, an error response, or nothing more).
@@ -677,6 +687,8 @@ struct Tally {
     service: Option<u32>,
     endpoint: Option<SocketAddrV4>,
     status: u16,
+    /// A gRPC call's `grpc-status` (from the response head or its trailers).
+    grpc_status: Option<u8>,
     request_bytes: u64,
     response_bytes: u64,
 }
@@ -701,6 +713,9 @@ struct HttpState {
     pending: Option<Held>,
     /// When the current request head's first byte arrived (request_head timeout).
     head_started: Option<Instant>,
+    /// The request in flight is a gRPC call: the gateway's own answers are trailers-only
+    /// responses, its `grpc-timeout` bounds the request timeout, its `grpc-status` is counted.
+    grpc: bool,
     /// The request in flight, as its event will report it (only while events are on).
     record: Option<Box<RequestEvent>>,
     /// This gateway's span for the request in flight (its `traceparent` is forwarded).
@@ -1191,7 +1206,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             endpoint: t.endpoint,
             src,
         };
-        let cell = rec.http(key, status.unwrap_or(0), || {
+        // A cut gRPC call has no status of its own.
+        let grpc = t.grpc_status.filter(|_| status.is_some());
+        let cell = rec.http(key, (status.unwrap_or(0), grpc), || {
             self.golden_labels(snap, &s.lname, (t.route, t.service, t.endpoint), src)
         });
         cell.requests.add(1);
@@ -1879,20 +1896,21 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Outcome::RetryableStatus => return Some("status"),
             _ => return None,
         };
-        (a.number < r.attempts && self.may_retry(now, s)).then_some(why)
+        (a.number < r.attempts && self.may_retry(now, s, false)).then_some(why)
     }
 
     /// May the session's request be tried again (beyond a connect failure)? Its method must
-    /// be one the route retries, its bytes kept, and the service's budget must allow it
-    /// (spent here). A refusal is counted with its reason.
-    fn may_retry(&mut self, now: Instant, s: &Session<C>) -> bool {
+    /// be one the route retries (unless `any_method`: a gRPC status the route retries on),
+    /// its bytes kept, and the service's budget must allow it (spent here). A refusal is
+    /// counted with its reason.
+    fn may_retry(&mut self, now: Instant, s: &Session<C>, any_method: bool) -> bool {
         let Some(h) = s.kind.http() else {
             return false;
         };
         let Some(r) = h.policy.as_ref().and_then(|p| p.retries.as_ref()) else {
             return false;
         };
-        let skip = if !r.retries_method(&h.method) {
+        let skip = if !any_method && !r.retries_method(&h.method) {
             Some("method")
         } else if h.retry_copy.is_none() {
             Some("buffer")
@@ -1954,6 +1972,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         s: &mut Session<C>,
         reason: Refusal,
     ) {
+        let grpc = s.kind.http_mut().filter(|h| h.grpc);
+        if let Some(h) = grpc {
+            let code = grpc_refusal_status(reason, reason.status());
+            if let Some(t) = h.tally.as_mut().filter(|_| h.resp == RespPhase::Head) {
+                t.grpc_status = Some(code);
+            }
+            let response = http::grpc_error_response(code, reason.label(), true);
+            self.answer_or_cut(net, now, sid, s, reason, (&response, 200));
+            return;
+        }
         let response = http::error_response(reason.status(), reason.label());
         self.answer_or_cut(net, now, sid, s, reason, (&response, reason.status()));
     }
@@ -2963,10 +2991,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             service: None,
                             endpoint: None,
                             status: 0,
+                            grpc_status: None,
                             request_bytes: 0,
                             response_bytes: 0,
                         });
                     }
+                    h.grpc = http::is_grpc(&head);
                     let kind = match h.target {
                         Target::Route => SpanKind::Client,
                         Target::Fixed { .. } => SpanKind::Server,
@@ -3100,11 +3130,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                             a.status = Some(head.status);
                         }
                     }
+                    // A trailers-only gRPC response carries its status in the head.
+                    let grpc_head = if h.grpc && !head.is_interim() {
+                        head.header("grpc-status").and_then(http::grpc_status)
+                    } else {
+                        None
+                    };
                     // Gateway B answers 503 for an endpoint it cannot reach (its health
                     // checks, or its connect failing); only B writes that field (it drops a
                     // server's), so it is B's word, and says nothing was processed.
                     let peer_refused = hop
-                        && head.status == 503
+                        && (head.status == 503 || grpc_head == Some(14))
                         && head.header("x-xdpmesh-error").is_some_and(|v| {
                             matches!(
                                 v,
@@ -3135,16 +3171,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         }
                     }
                     let h = s.kind.http_mut().expect("an HTTP session");
-                    let retry_status = h
-                        .policy
-                        .as_ref()
-                        .and_then(|p| p.retries.as_ref())
-                        .filter(|r| r.retries_status(head.status))
+                    let retries = h.policy.as_ref().and_then(|p| p.retries.as_ref());
+                    let retry_grpc = grpc_head.is_some_and(|g| {
+                        head.status == 200 && retries.is_some_and(|r| r.retries_grpc(g))
+                    });
+                    let retry_status = retries
+                        .filter(|r| r.retries_status(head.status) || retry_grpc)
                         .map(|r| r.attempts);
                     let number = s.attempt.as_ref().map_or(1, |a| a.number);
                     // Discarded when the request is tried again (its answer may differ).
                     if retry_status.is_some_and(|attempts| number < attempts)
-                        && self.may_retry(now, s)
+                        && self.may_retry(now, s, retry_grpc)
                     {
                         self.end_attempt(
                             net,
@@ -3207,7 +3244,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         // 100 Continue and friends: relayed, the final response follows.
                         return Ok(true);
                     }
-                    h.resp_body = Some(BodyFramer::new(head.body));
+                    let mut framer = BodyFramer::new(head.body);
+                    if h.grpc && grpc_head.is_none() {
+                        framer.keep_trailers();
+                    }
+                    h.resp_body = Some(framer);
                     h.resp = RespPhase::Body;
                     if let Some(r) = h.record.as_mut() {
                         r.status = Some(head.status);
@@ -3218,6 +3259,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     }
                     if let Some(t) = h.tally.as_mut() {
                         t.status = head.status;
+                        t.grpc_status = grpc_head;
                     }
                 }
             }
@@ -3245,6 +3287,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     h.close_after = true;
                 }
                 h.resp = RespPhase::Idle;
+                if let (Some(t), Some(trailers)) = (
+                    h.tally.as_mut(),
+                    h.resp_body.as_ref().and_then(|f| f.trailers()),
+                ) {
+                    t.grpc_status = http::trailer_grpc_status(trailers);
+                }
                 h.resp_body = None;
                 h.request_deadline = None;
                 if !s.u_in.is_empty() {
@@ -3305,7 +3353,19 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Refusal::RateLimited => &[("retry-after", retry_after.as_bytes())],
             _ => &[],
         };
-        let response = http::gateway_response(status, r.label(), h.close_after, add);
+        let (response, status) = if h.grpc {
+            let code = grpc_refusal_status(r, status);
+            if let Some(t) = h.tally.as_mut() {
+                t.grpc_status = Some(code);
+            }
+            (
+                http::grpc_error_response(code, r.label(), h.close_after),
+                200,
+            )
+        } else {
+            let response = http::gateway_response(status, r.label(), h.close_after, add);
+            (response, status)
+        };
         s.to_down.extend_from_slice(&response);
         self.end_request(now, s, Some(status), Some(r));
     }
@@ -3338,6 +3398,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 service: None,
                 endpoint: None,
                 status,
+                grpc_status: None,
                 request_bytes: 0,
                 response_bytes: 0,
             };
@@ -3467,6 +3528,18 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     (tsvc, Some(ep), addr, candidates, limits)
                 }
             };
+        // A gRPC call's own deadline bounds the request timeout (PROTOCOL-HTTP2.md,
+        // `grpc-timeout`); the field goes on to the server unchanged.
+        let limits = match s.kind.http().filter(|h| h.grpc) {
+            Some(_) => match head.header("grpc-timeout").and_then(http::grpc_timeout) {
+                Some(d) => RequestLimits {
+                    request: limits.request.min(d),
+                    ..limits
+                },
+                None => limits,
+            },
+            None => limits,
+        };
         if let Some(h) = s.kind.http() {
             if matches!(h.target, Target::Route) {
                 http::ensure_request_id(head, &mut self.rng);
@@ -4537,6 +4610,7 @@ impl HttpState {
             span: None,
             tally: None,
             request_timeout: Duration::ZERO,
+            grpc: false,
             body_stall,
             request_deadline: None,
             close_after: false,

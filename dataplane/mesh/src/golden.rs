@@ -133,6 +133,10 @@ impl Labels {
     }
 }
 
+/// A request's outcome as labelled: the HTTP status (0: cut) and, for a gRPC call, its
+/// `grpc-status`.
+pub type Code = (u16, Option<u8>);
+
 /// One HTTP series: a label set and a status code.
 #[derive(Default, Debug)]
 pub struct HttpCell {
@@ -186,7 +190,7 @@ impl<K: Clone + Eq + std::hash::Hash, V: Default> Registry<K, V> {
 /// One worker's cells, readable by the scrape.
 #[derive(Default)]
 pub struct Shard {
-    http: Mutex<Registry<(Labels, u16), HttpCell>>,
+    http: Mutex<Registry<(Labels, Code), HttpCell>>,
     tcp: Mutex<Registry<Labels, TcpCell>>,
     http_overflow: Arc<HttpCell>,
     tcp_overflow: Arc<TcpCell>,
@@ -222,7 +226,7 @@ impl Golden {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut http: BTreeMap<(Labels, u16), HttpSum> = BTreeMap::new();
+        let mut http: BTreeMap<(Labels, Code), HttpSum> = BTreeMap::new();
         let mut tcp: BTreeMap<Labels, TcpSum> = BTreeMap::new();
         let mut overflowed = 0;
         for sh in &shards {
@@ -235,7 +239,7 @@ impl Golden {
             for (k, c) in cells
                 .iter()
                 .map(|(k, c)| (k.clone(), c))
-                .chain([((Labels::overflow(), 0), &sh.http_overflow)])
+                .chain([((Labels::overflow(), (0, None)), &sh.http_overflow)])
             {
                 if c.requests.get() > 0 {
                     http.entry(k).or_default().add(c);
@@ -370,13 +374,14 @@ fn histogram(out: &mut String, name: &str, l: &str, buckets: &[u64], sum_us: u64
     let _ = writeln!(out, "{name}_count{{{l}}} {count}");
 }
 
-fn render_http(http: &BTreeMap<(Labels, u16), HttpSum>, out: &mut String) {
+fn render_http(http: &BTreeMap<(Labels, Code), HttpSum>, out: &mut String) {
     let fams: [(&str, &str, &str); 4] = [
         (
             "xdpmesh_requests_total",
             "counter",
             "HTTP requests by status code (code 0: the response was cut); class and \
-             classification (5xx and cuts are failures) as Linkerd has them.",
+             classification (5xx and cuts are failures) as Linkerd has them. A gRPC call \
+             also has grpc_status, and is a failure unless it is 0 (OK).",
         ),
         (
             "xdpmesh_request_duration_seconds",
@@ -396,12 +401,17 @@ fn render_http(http: &BTreeMap<(Labels, u16), HttpSum>, out: &mut String) {
     ];
     for (name, kind, help) in fams {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        for ((l, code), s) in http {
-            let (cls, outcome) = class(*code);
-            let l = format!(
-                "{},code=\"{code}\",class=\"{cls}\",classification=\"{outcome}\"",
-                labels(l)
-            );
+        for ((l, (code, grpc)), s) in http {
+            let (cls, mut outcome) = class(*code);
+            let mut l = labels(l);
+            if let Some(g) = grpc {
+                // Linkerd's classification of gRPC: by grpc-status, whatever the HTTP status.
+                if *g != 0 {
+                    outcome = "failure";
+                }
+                let _ = write!(l, ",grpc_status=\"{g}\"");
+            }
+            let l = format!("{l},code=\"{code}\",class=\"{cls}\",classification=\"{outcome}\"");
             match name {
                 "xdpmesh_requests_total" => {
                     let _ = writeln!(out, "{name}{{{l}}} {}", s.requests);
@@ -517,7 +527,7 @@ pub enum IdRef {
 /// A worker's side: finds cells by [`Key`] without building strings.
 pub struct Recorder {
     shard: Arc<Shard>,
-    http: FxHashMap<(Key, u16), Arc<HttpCell>>,
+    http: FxHashMap<(Key, Code), Arc<HttpCell>>,
     tcp: FxHashMap<Key, Arc<TcpCell>>,
     /// The tables generation the keys' indices refer to.
     gen: u64,
@@ -535,7 +545,7 @@ impl Recorder {
     }
 
     /// The cell of an HTTP request; `labels` runs only on a key not seen under these tables.
-    pub fn http(&mut self, key: Key, code: u16, labels: impl FnOnce() -> Labels) -> &HttpCell {
+    pub fn http(&mut self, key: Key, code: Code, labels: impl FnOnce() -> Labels) -> &HttpCell {
         if !self.http.contains_key(&(key, code)) {
             let l = labels();
             let got = self
@@ -623,14 +633,20 @@ mod tests {
         let g = Golden::default();
         let mut w1 = g.recorder();
         let mut w2 = g.recorder();
-        let c = w1.http(key(0), 200, || labels("canary"));
+        let c = w1.http(key(0), (200, None), || labels("canary"));
         c.requests.add(2);
         c.duration.observe(Duration::from_millis(3));
-        w2.http(key(0), 200, || labels("canary")).requests.add(1);
+        w2.http(key(0), (200, None), || labels("canary"))
+            .requests
+            .add(1);
         // New tables: another index, the same name: the same series.
         w1.set_generation(7);
-        w1.http(key(5), 200, || labels("canary")).requests.add(1);
-        w1.http(key(0), 503, || labels("canary")).requests.add(1);
+        w1.http(key(5), (200, None), || labels("canary"))
+            .requests
+            .add(1);
+        w1.http(key(0), (503, None), || labels("canary"))
+            .requests
+            .add(1);
         let mut out = String::new();
         g.render(&mut out);
         let line = |code: &str| {
@@ -661,7 +677,7 @@ mod tests {
         let g = Golden::default();
         let mut w = g.recorder();
         for i in 0..(MAX_LABEL_SETS as u32 + 10) {
-            w.http(key(i), 200, || labels(&format!("r{i}")))
+            w.http(key(i), (200, None), || labels(&format!("r{i}")))
                 .requests
                 .add(1);
         }
@@ -685,7 +701,7 @@ mod tests {
         let mut w = g.recorder();
         let mut l = labels("r");
         l.src_identity = "a\"b\\c\nd".into();
-        w.http(key(0), 200, || l).requests.add(1);
+        w.http(key(0), (200, None), || l).requests.add(1);
         let mut out = String::new();
         g.render(&mut out);
         assert!(out.contains("src_identity=\"a\\\"b\\\\c\\nd\""), "{out}");

@@ -53,6 +53,20 @@ const RESP_MAX: usize = 64 << 10;
 const ORPHAN_STALL: Duration = Duration::from_secs(30);
 /// A response head from the engine is at most this large (the engine's own limit is 16 KiB).
 const RESP_HEAD_MAX: usize = 32 << 10;
+/// The window [`H2Config::max_control_frames`] counts in.
+const CONTROL_WINDOW: Duration = Duration::from_secs(10);
+/// Input read and thrown away per turn from a connection the front is ending (it reads on
+/// so that the kernel closes it with a FIN after the GOAWAY, not a reset that may drop it).
+const DISCARD_MAX: usize = 1 << 20;
+
+/// What the front asks about an `http` listener when it accepts a connection on it.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpListener {
+    /// Its request-head timeout: bounds the preface (see [`H2Config::preface_timeout`]).
+    pub request_head: Duration,
+    /// Its body-stall timeout: bounds a stalled connection (see [`H2Config::stall_timeout`]).
+    pub body_stall: Duration,
+}
 
 /// The limits an HTTP/2 client meets. Defaults in brackets.
 #[derive(Clone, Debug)]
@@ -82,6 +96,16 @@ pub struct H2Config {
     pub preface_timeout: Duration,
     /// An HTTP/2 connection with no open stream ends after this [60 s].
     pub idle_timeout: Duration,
+    /// SETTINGS frames, and apart from them PING frames (ACKs not counted), a client may send
+    /// within 10 s [1,000]: past it the connection ends with ENHANCE_YOUR_CALM (SETTINGS and
+    /// PING floods; the `h2` crate answers every one and only bounds what is unsent).
+    pub max_control_frames: u32,
+    /// How long a connection may hold response bytes without the client taking any [30 s],
+    /// at most; the listener's `body_stall` timeout when shorter. A response waiting for the
+    /// client's flow-control window (a zero-window stall) ends the connection with GOAWAY
+    /// FLOW_CONTROL_ERROR; frames the client does not read off the socket (it never reads)
+    /// end it with a reset, since a GOAWAY would not reach it either.
+    pub stall_timeout: Duration,
 }
 
 impl Default for H2Config {
@@ -97,6 +121,8 @@ impl Default for H2Config {
             premature_reset_min_streams: 100,
             preface_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            max_control_frames: 1000,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -121,12 +147,23 @@ pub struct H2Stats {
     /// Connections that did not finish their preface in time.
     pub preface_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
+    /// Connections ended with ENHANCE_YOUR_CALM for a flood, by kind: a header block in
+    /// endless or oversized CONTINUATION frames, SETTINGS, PING.
+    pub floods_continuation: AtomicU64,
+    pub floods_settings: AtomicU64,
+    pub floods_ping: AtomicU64,
+    /// Connections ended for holding responses without taking them ([`H2Config::stall_timeout`]):
+    /// a shut flow-control window (GOAWAY FLOW_CONTROL_ERROR), or a socket never read (reset).
+    pub stalls_window: AtomicU64,
+    pub stalls_unread: AtomicU64,
 }
 
 impl H2Stats {
     /// Prometheus text of these counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
+        /// A counter's `kind` label and its value.
+        type Kind<'a> = (&'a str, &'a AtomicU64);
         let rows: [(&str, &str, &AtomicU64); 9] = [
             ("xdpmesh_h2_connections_total", "HTTP/2 client connections", &self.connections),
             ("xdpmesh_h2_streams_total", "HTTP/2 streams accepted from clients", &self.streams),
@@ -178,6 +215,35 @@ impl H2Stats {
                 "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {}",
                 v.load(Ordering::Relaxed)
             );
+        }
+        let labelled: [(&str, &str, &[Kind]); 2] = [
+            (
+                "xdpmesh_h2_floods_total",
+                "HTTP/2 connections ended with ENHANCE_YOUR_CALM for a flood: a header block in endless or oversized CONTINUATION frames (CVE-2024-27316 class), or SETTINGS or PING frames past the limit",
+                &[
+                    ("continuation", &self.floods_continuation),
+                    ("settings", &self.floods_settings),
+                    ("ping", &self.floods_ping),
+                ],
+            ),
+            (
+                "xdpmesh_h2_stalls_total",
+                "HTTP/2 connections ended for holding responses past the stall timeout: a shut flow-control window (GOAWAY FLOW_CONTROL_ERROR), or a socket the client never reads (reset)",
+                &[
+                    ("window", &self.stalls_window),
+                    ("unread", &self.stalls_unread),
+                ],
+            ),
+        ];
+        for (name, help, kinds) in labelled {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+            for (kind, v) in kinds {
+                let _ = writeln!(
+                    out,
+                    "{name}{{kind=\"{kind}\"}} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
         }
     }
 }
@@ -257,6 +323,8 @@ struct Stream {
     /// The engine was told about the bytes in `req` / the end of its writes.
     wants_readable: bool,
     blocked_write: bool,
+    /// Response bytes went to the `h2` crate in this turn.
+    sent: bool,
 }
 
 struct H2Conn {
@@ -276,6 +344,144 @@ struct H2Conn {
     queued: bool,
     /// GOAWAY was asked for (idle, drain): the next deadline ends it the hard way.
     going_away: bool,
+    /// The client's frames as they come in, for the floods the front refuses itself.
+    scan: FrameScan,
+    /// The front ended it (a flood, a stall): its input is read and thrown away.
+    refused: bool,
+    /// The GOAWAY that ends it, for its next turn (once the crate has the handshake).
+    goaway: Option<h2::Reason>,
+    /// The stall timeout of its listener (see [`H2Config::stall_timeout`]).
+    stall: Duration,
+    /// Since when response bytes wait for the client's window and none moved.
+    window_wait: Option<Instant>,
+    /// Since when frames wait for the transport and none left.
+    tx_wait: Option<Instant>,
+}
+
+impl H2Conn {
+    /// Since when it holds response bytes the client does not take: while frames wait for
+    /// the transport, the client does not read, whatever its windows.
+    fn stall_since(&self) -> Option<Instant> {
+        self.tx_wait.or(self.window_wait)
+    }
+
+    /// The front ends it with GOAWAY `reason` at its next turn; its input is thrown away.
+    fn refuse(&mut self, reason: h2::Reason) {
+        if !self.refused {
+            self.refused = true;
+            self.going_away = true;
+            self.goaway = Some(reason);
+            self.window_wait = None;
+        }
+    }
+}
+
+/// A flood the front saw in a client's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flood {
+    Continuation,
+    Settings,
+    Ping,
+}
+
+/// Walks the frame headers of a client's bytes as they arrive (RFC 9113 §4.1), before the
+/// `h2` crate parses them, to count what it does not bound: SETTINGS and PING frames, and a
+/// header block's CONTINUATION frames (which it does bound, to the same limits: the front
+/// refusing first lets it count them).
+#[derive(Default)]
+struct FrameScan {
+    head: [u8; 9],
+    head_len: usize,
+    /// Payload bytes of the current frame still to come.
+    skip: usize,
+    /// A header block without END_HEADERS: its CONTINUATION frames and bytes so far.
+    block: Option<(usize, usize)>,
+    settings: u32,
+    pings: u32,
+    since: Option<Instant>,
+}
+
+impl FrameScan {
+    /// Takes the next bytes of the client's frames (the preface already read).
+    fn feed(&mut self, mut data: &[u8], now: Instant, cfg: &H2Config) -> Option<Flood> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (9 - self.head_len).min(data.len());
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&data[..n]);
+            self.head_len += n;
+            data = &data[n..];
+            if self.head_len < 9 {
+                break;
+            }
+            self.head_len = 0;
+            let h = self.head;
+            let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            let (kind, flags) = (h[3], h[4]);
+            self.skip = len;
+            if let Some(flood) = self.frame(kind, flags, len, now, cfg) {
+                return Some(flood);
+            }
+        }
+        None
+    }
+
+    fn frame(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        len: usize,
+        now: Instant,
+        cfg: &H2Config,
+    ) -> Option<Flood> {
+        const END_HEADERS: u8 = 0x4;
+        const ACK: u8 = 0x1;
+        match (kind, self.block.as_mut()) {
+            // HEADERS: a block starts, and goes on in CONTINUATION frames unless it ends here.
+            (0x1, _) => self.block = (flags & END_HEADERS == 0).then_some((0, len)),
+            (0x9, Some((frames, bytes))) => {
+                if flags & END_HEADERS != 0 {
+                    self.block = None;
+                    return None;
+                }
+                *frames += 1;
+                *bytes += len;
+                // The `h2` crate's own limits: CONTINUATION frames of one block (enough for
+                // the header list in full frames, and a quarter more, at least 5), and the
+                // block's bytes twice the header list (past one list it only skips them).
+                let list = cfg.max_header_list_size as usize;
+                let max_frames = (list / 16384).max(1);
+                let max_frames = (max_frames + (max_frames >> 2)).max(5);
+                if *frames > max_frames || *bytes > 2 * list {
+                    return Some(Flood::Continuation);
+                }
+            }
+            // Anything else in the middle of a block is the crate's protocol error.
+            (_, Some(_)) => self.block = None,
+            (0x4 | 0x6, None) if flags & ACK == 0 => {
+                if self.since.is_none_or(|t| t + CONTROL_WINDOW <= now) {
+                    self.since = Some(now);
+                    self.settings = 0;
+                    self.pings = 0;
+                }
+                let (n, flood) = if kind == 0x4 {
+                    (&mut self.settings, Flood::Settings)
+                } else {
+                    (&mut self.pings, Flood::Ping)
+                };
+                *n += 1;
+                if *n > cfg.max_control_frames {
+                    return Some(flood);
+                }
+            }
+            _ => {}
+        }
+        None
+    }
 }
 
 struct Sniff {
@@ -283,6 +489,7 @@ struct Sniff {
     local: SocketAddrV4,
     remote: SocketAddrV4,
     deadline: Instant,
+    stall: Duration,
 }
 
 /// Per worker: the connections being told apart, the HTTP/2 connections, and the events
@@ -290,9 +497,9 @@ struct Sniff {
 pub struct H2Front<C> {
     cfg: H2Config,
     builder: h2::server::Builder,
-    /// Whether a local address is an `http` listener, and then how long its clients may take
-    /// to show their protocol (its request-head timeout; asked at accept time).
-    is_http: Box<dyn Fn(SocketAddrV4) -> Option<Duration> + Send>,
+    /// Whether a local address is an `http` listener, and then its timeouts (asked at accept
+    /// time).
+    is_http: Box<dyn Fn(SocketAddrV4) -> Option<HttpListener> + Send>,
     sniff: FxHashMap<C, Sniff>,
     replay: FxHashMap<C, Vec<u8>>,
     conns: FxHashMap<C, H2Conn>,
@@ -308,7 +515,7 @@ pub struct H2Front<C> {
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
     pub fn new(
         cfg: H2Config,
-        is_http: impl Fn(SocketAddrV4) -> Option<Duration> + Send + 'static,
+        is_http: impl Fn(SocketAddrV4) -> Option<HttpListener> + Send + 'static,
         stats: Arc<H2Stats>,
     ) -> Self {
         let mut builder = h2::server::Builder::new();
@@ -384,7 +591,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
         }
     }
 
-    /// The front's next deadline: a preface or an idle connection.
+    /// The front's next deadline: a preface, an idle or a stalled connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.has_pending() {
             return Some(self.now);
@@ -401,10 +608,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
                     .min()
                     .map(|t| t + ORPHAN_STALL);
                 let idle = c.idle_since.map(|t| t + self.cfg.idle_timeout);
-                match (orphan, idle) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                let stall = c.stall_since().map(|t| t + c.stall);
+                [orphan, idle, stall].into_iter().flatten().min()
             })
             .min();
         match (sniff, idle) {
@@ -428,12 +633,33 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
             inner.abort(c);
         }
         let idle = self.cfg.idle_timeout;
-        let late: Vec<C> = self
+        let mut late: Vec<C> = self
             .conns
             .iter()
             .filter(|(_, h)| h.idle_since.is_some_and(|t| t + idle <= now))
             .map(|(c, _)| *c)
             .collect();
+        // Stalls: a client that reads nothing is reset (it would not read a GOAWAY either);
+        // one that keeps its window shut gets GOAWAY FLOW_CONTROL_ERROR, and the reset if it
+        // does not read that within another stall timeout.
+        for (c, h) in self.conns.iter_mut() {
+            if h.tx_wait.is_some_and(|t| t + h.stall <= now) {
+                self.stats.stalls_unread.fetch_add(1, Ordering::Relaxed);
+                h.going_away = true;
+                h.tx_wait = None;
+                if !late.contains(c) {
+                    late.push(*c);
+                }
+            } else if h.tx_wait.is_none() && h.window_wait.is_some_and(|t| t + h.stall <= now) {
+                self.stats.stalls_window.fetch_add(1, Ordering::Relaxed);
+                h.refuse(h2::Reason::FLOW_CONTROL_ERROR);
+                h.window_wait = None;
+                if !h.queued {
+                    h.queued = true;
+                    self.dirty.push(*c);
+                }
+            }
+        }
         for (c, h) in self.conns.iter_mut() {
             let mut any = false;
             for st in h.streams.values_mut() {
@@ -565,6 +791,12 @@ impl<'a, N: Net> H2Net<'a, N> {
                 premature_resets: 0,
                 queued: false,
                 going_away: false,
+                scan: FrameScan::default(),
+                refused: false,
+                goaway: None,
+                stall: s.stall,
+                window_wait: None,
+                tx_wait: None,
             },
         );
         self.pump(c);
@@ -580,9 +812,29 @@ impl<'a, N: Net> H2Net<'a, N> {
         if h.closed {
             return;
         }
-        // In: while the buffer has room.
+        // In: while the buffer has room (or thrown away, once the front ends it).
         let mut rx_full = false;
-        loop {
+        let mut more = false;
+        let mut discarded = 0;
+        while h.refused && !h.inner_eof {
+            let mut buf = [0u8; 16 << 10];
+            match self.inner.read(c, &mut buf) {
+                Ok(0) | Err(NetError::Closed | NetError::Reset) => {
+                    h.inner_eof = true;
+                    h.io.lock().rx_eof = true;
+                }
+                Ok(n) => {
+                    discarded += n;
+                    if discarded >= DISCARD_MAX {
+                        more = true;
+                        break;
+                    }
+                }
+                Err(NetError::WouldBlock) => break,
+            }
+        }
+        let mut flood = None;
+        while !h.refused && flood.is_none() {
             let room = RX_MAX.saturating_sub(h.io.lock().rx.len());
             if room == 0 {
                 rx_full = true;
@@ -598,9 +850,22 @@ impl<'a, N: Net> H2Net<'a, N> {
                     h.inner_eof = true;
                     h.io.lock().rx_eof = true;
                 }
-                Ok(n) => h.io.lock().rx.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    h.io.lock().rx.extend_from_slice(&buf[..n]);
+                    flood = h.scan.feed(&buf[..n], self.front.now, &self.front.cfg);
+                }
                 Err(NetError::WouldBlock) => break,
             }
+        }
+        if let Some(flood) = flood {
+            let n = match flood {
+                Flood::Continuation => &self.front.stats.floods_continuation,
+                Flood::Settings => &self.front.stats.floods_settings,
+                Flood::Ping => &self.front.stats.floods_ping,
+            };
+            n.fetch_add(1, Ordering::Relaxed);
+            h.refuse(h2::Reason::ENHANCE_YOUR_CALM);
+            more = true;
         }
         let mut cx = Context::from_waker(Waker::noop());
         let stats = &self.front.stats;
@@ -619,6 +884,14 @@ impl<'a, N: Net> H2Net<'a, N> {
                     Poll::Pending => break,
                 },
                 ConnState::Open(conn) => {
+                    if let Some(reason) = h.goaway.take() {
+                        // No frame after the flood is parsed (GOAWAY first, in the crate),
+                        // and what is buffered goes.
+                        conn.abrupt_shutdown(reason);
+                        let mut io = h.io.lock();
+                        io.rx = Vec::new();
+                        io.rx_pos = 0;
+                    }
                     loop {
                         match conn.poll_accept(&mut cx) {
                             Poll::Ready(Some(Ok((req, respond)))) => {
@@ -647,6 +920,13 @@ impl<'a, N: Net> H2Net<'a, N> {
                                 if e.is_go_away() || e.is_io() || e.reason().is_some() {
                                     stats.connection_errors.fetch_add(1, Ordering::Relaxed);
                                 }
+                                if e.is_library()
+                                    && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+                                    && h.scan.block.is_some()
+                                {
+                                    // The crate's own CONTINUATION limit, should it come first.
+                                    stats.floods_continuation.fetch_add(1, Ordering::Relaxed);
+                                }
                                 h.state = ConnState::Done;
                                 break;
                             }
@@ -664,9 +944,12 @@ impl<'a, N: Net> H2Net<'a, N> {
         }
         // Streams: request bytes in, response bytes out, resets.
         let open = matches!(h.state, ConnState::Open(_));
+        let (mut moved, mut waiting) = (false, false);
         for (&id, st) in h.streams.iter_mut() {
             let f = FConn::Stream(c, id);
             pump_stream(st, &mut cx, now);
+            moved |= std::mem::take(&mut st.sent);
+            waiting |= !st.h2_done && st.send.is_some() && st.out_len > 0;
             if !open && !st.h2_done {
                 st.h2_done = true;
             }
@@ -696,6 +979,12 @@ impl<'a, N: Net> H2Net<'a, N> {
                 st.blocked_write = false;
                 events.push_back(NetEvent::Writable(f));
             }
+        }
+        // A response that waits for the client's window, and none moved: the stall clock runs.
+        if moved || !waiting || h.refused {
+            h.window_wait = None;
+        } else {
+            h.window_wait.get_or_insert(now);
         }
         let min = self.front.cfg.premature_reset_min_streams;
         if h.opened >= min && h.premature_resets * 2 >= h.opened {
@@ -730,6 +1019,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         // Out.
         let mut io = h.io.lock();
         let tx_full = io.tx.len() >= TX_MAX;
+        let before = io.tx.len();
         while !io.tx.is_empty() {
             match self.inner.write(c, &io.tx) {
                 Ok(n) if n > 0 => {
@@ -739,6 +1029,12 @@ impl<'a, N: Net> H2Net<'a, N> {
             }
         }
         let drained = io.tx.is_empty();
+        // Frames that wait for the transport, and none left: the client does not read.
+        if drained || io.tx.len() < before {
+            h.tx_wait = None;
+        } else {
+            h.tx_wait.get_or_insert(now);
+        }
         if drained && io.tx.capacity() > 16 << 10 {
             io.tx = Vec::new();
         }
@@ -752,7 +1048,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         }
         // The transport took a full buffer (h2 may hold more), or the input buffer was full
         // and has room again: neither transport says so by itself.
-        if (tx_full && drained) || (rx_full && rx_left < RX_MAX && !h.inner_eof) {
+        if (tx_full && drained) || (rx_full && rx_left < RX_MAX && !h.inner_eof) || more {
             self.front.mark(c);
         }
     }
@@ -857,6 +1153,7 @@ fn new_stream(
         orphan_since: None,
         wants_readable: false,
         blocked_write: false,
+        sent: false,
     })
 }
 
@@ -952,6 +1249,7 @@ fn pump_stream_io(st: &mut Stream, cx: &mut Context<'_>) {
                 st.out.push_front(rest);
             }
             st.out_len -= chunk.len();
+            st.sent = true;
             if st.orphan_since.is_some() {
                 st.orphan_since = None; // it moves: the stall clock starts again
             }
@@ -1013,8 +1311,25 @@ impl Stream {
                             let used = len - before;
                             data = &data[used..];
                             if (100..200).contains(&status) {
-                                // Interim responses are not passed on (1xx in HTTP/2 would need
-                                // `send_informational`; clients do without them).
+                                // Interim responses (103 Early Hints, a server's own 100) go
+                                // on as HEADERS without END_STREAM (RFC 9113 §8.1); 101 has no
+                                // meaning in HTTP/2 (§8.6) and the engine never lets one
+                                // through to a request that did not ask to upgrade.
+                                if status != 101 {
+                                    let mut b = ::http::Response::builder().status(status);
+                                    for f in r.headers.iter() {
+                                        let name = f.name.to_ascii_lowercase();
+                                        if !connection_specific(&name) {
+                                            b = b.header(name.as_str(), f.value);
+                                        }
+                                    }
+                                    if let (Ok(head), Some(respond)) =
+                                        (b.body(()), self.respond.as_mut())
+                                    {
+                                        // A stream already reset refuses it: nothing to do.
+                                        let _ = respond.send_informational(head);
+                                    }
+                                }
                                 buf.clear();
                                 continue;
                             }
@@ -1316,10 +1631,11 @@ impl<N: Net> Net for H2Net<'_, N> {
                         continue;
                     }
                     self.front.accepts.push((conn, local));
-                    if let Some(head) = http {
+                    if let Some(l) = http {
                         // The listener's request-head timeout bounds a client that has not
                         // spoken yet, as the engine would.
-                        let deadline = self.front.now + head.min(self.front.cfg.preface_timeout);
+                        let deadline =
+                            self.front.now + l.request_head.min(self.front.cfg.preface_timeout);
                         self.front.sniff.insert(
                             conn,
                             Sniff {
@@ -1327,6 +1643,7 @@ impl<N: Net> Net for H2Net<'_, N> {
                                 local,
                                 remote,
                                 deadline,
+                                stall: l.body_stall.min(self.front.cfg.stall_timeout),
                             },
                         );
                         self.sniff(conn);
@@ -1442,7 +1759,12 @@ mod tests {
     fn front() -> H2Front<crate::memnet::MemConn> {
         H2Front::new(
             H2Config::default(),
-            |_| Some(Duration::from_secs(10)),
+            |_| {
+                Some(HttpListener {
+                    request_head: Duration::from_secs(10),
+                    body_stall: Duration::from_secs(30),
+                })
+            },
             Arc::default(),
         )
     }
@@ -1511,5 +1833,76 @@ mod tests {
         assert_eq!(mem.closed(c), Some(EngineClose::Abort));
         assert_eq!(f.stats.preface_timeouts.load(Ordering::Relaxed), 1);
         assert_eq!(f.poll_timeout(), None);
+    }
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            1,
+        ];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// What a scan of `bytes` finds, fed in pieces of `split` bytes.
+    fn scan(bytes: &[u8], split: usize, now: Instant) -> Option<Flood> {
+        let (mut s, cfg) = (FrameScan::default(), H2Config::default());
+        bytes.chunks(split).find_map(|b| s.feed(b, now, &cfg))
+    }
+
+    #[test]
+    fn the_frame_scan_finds_each_flood_across_every_split_and_no_other() {
+        let t0 = Instant::from_micros(0);
+        let cont = |n: usize, size: usize| {
+            let mut b = frame(1, 0, b"abc");
+            for _ in 0..n {
+                b.extend(frame(9, 0, &vec![0; size]));
+            }
+            b
+        };
+        let control = |kind: u8, flags: u8, n: usize| {
+            (0..n)
+                .flat_map(|_| frame(kind, flags, &[0; 8]))
+                .collect::<Vec<_>>()
+        };
+        let cases: [(Vec<u8>, Option<Flood>); 9] = [
+            // The crate's limits: 5 CONTINUATION frames of a block, 32 KiB of it.
+            (cont(5, 100), None),
+            (cont(6, 0), Some(Flood::Continuation)),
+            (cont(2, 16000), None),
+            (cont(3, 16000), Some(Flood::Continuation)),
+            // A block that ends starts the count again.
+            (
+                [cont(4, 10), frame(9, 0x4, b""), cont(4, 10)].concat(),
+                None,
+            ),
+            (control(4, 0, 1000), None),
+            (control(4, 0, 1001), Some(Flood::Settings)),
+            (control(6, 0, 1001), Some(Flood::Ping)),
+            // ACKs do not count.
+            (control(6, 1, 5000), None),
+        ];
+        for (i, (bytes, want)) in cases.iter().enumerate() {
+            for split in [1, 7, 9, 10, 4096, bytes.len()] {
+                assert_eq!(scan(bytes, split, t0), *want, "case {i}, split {split}");
+            }
+        }
+        // 1,000 in one window and 1,000 in the next are not a flood.
+        let (mut s, cfg) = (FrameScan::default(), H2Config::default());
+        let pings = control(6, 0, 1000);
+        assert_eq!(s.feed(&pings, t0, &cfg), None);
+        assert_eq!(s.feed(&pings, t0 + CONTROL_WINDOW, &cfg), None);
+        assert_eq!(
+            s.feed(&pings[..17], t0 + CONTROL_WINDOW, &cfg),
+            Some(Flood::Ping)
+        );
     }
 }

@@ -22,6 +22,7 @@
 
 use control::snapshot::HeaderLookup;
 use rand::RngCore;
+use std::time::Duration;
 
 /// Bounds on what one message may make the proxy hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -701,6 +702,9 @@ pub struct BodyFramer {
     trailer_len: usize,
     max_chunk_line: usize,
     max_trailers: usize,
+    /// The trailer section's bytes, kept only when asked for (a gRPC call's `grpc-status`);
+    /// bounded by `max_trailers`.
+    trailers: Option<Vec<u8>>,
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -733,7 +737,18 @@ impl BodyFramer {
             trailer_len: 0,
             max_chunk_line: limits.max_chunk_line,
             max_trailers: limits.max_trailers,
+            trailers: None,
         }
+    }
+
+    /// Keep the trailer section of a chunked body (see [`BodyFramer::trailers`]).
+    pub fn keep_trailers(&mut self) {
+        self.trailers.get_or_insert_with(Vec::new);
+    }
+
+    /// The trailer section seen so far (field lines and the final CRLF), when kept.
+    pub fn trailers(&self) -> Option<&[u8]> {
+        self.trailers.as_deref()
     }
 
     pub fn is_done(&self) -> bool {
@@ -825,6 +840,9 @@ impl BodyFramer {
                 self.trailer_len += 1;
                 if self.trailer_len > self.max_trailers {
                     return Err(HttpError::TrailersTooLarge);
+                }
+                if let Some(t) = self.trailers.as_mut() {
+                    t.push(b);
                 }
             }
             _ => {}
@@ -1401,6 +1419,90 @@ pub fn gateway_response(status: u16, reason: &str, close: bool, add: &[(&str, &[
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Is this request a gRPC call? `content-type: application/grpc`, with an optional
+/// `+codec` or parameters (gRPC's PROTOCOL-HTTP2.md).
+pub fn is_grpc(head: &RequestHead) -> bool {
+    head.header("content-type").is_some_and(|v| {
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit, `H` `M` `S` `m` `u` `n` (PROTOCOL-HTTP2.md).
+/// `None` when malformed: the call then has no deadline of its own, as gRPC servers read it.
+pub fn grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A `grpc-status` value: 0 to 16 as gRPC defines them; any other number is UNKNOWN (2),
+/// as a gRPC client reads it; `None` when it is not a number.
+pub fn grpc_status(v: &[u8]) -> Option<u8> {
+    let v = trim_ows(v);
+    if v.is_empty() || v.len() > 3 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u16 = std::str::from_utf8(v).ok()?.parse().ok()?;
+    Some(if n <= 16 { n as u8 } else { 2 })
+}
+
+/// The `grpc-status` field of a chunked body's trailer section (as the framer captured it).
+pub fn trailer_grpc_status(trailers: &[u8]) -> Option<u8> {
+    trailers.split(|&b| b == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(b"grpc-status")
+            .then(|| grpc_status(&line[colon + 1..]))
+            .flatten()
+    })
+}
+
+/// The gRPC status for an HTTP status the gateway would answer with
+/// (grpc/doc/http-grpc-status-mapping.md).
+pub fn grpc_status_for_http(status: u16) -> u8 {
+    match status {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// The gateway's own answer to a gRPC call: a trailers-only response (HTTP 200, the status
+/// in `grpc-status` and the reason in `grpc-message`, no body), which an HTTP/2 front sends
+/// as one HEADERS frame ending the stream. `x-xdpmesh-error` says the gateway made it.
+pub fn grpc_error_response(grpc: u8, reason: &str, close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    push_header(&mut out, "content-type", b"application/grpc");
+    push_header(&mut out, "grpc-status", grpc.to_string().as_bytes());
+    // Our reasons are ASCII labels: nothing to percent-encode.
+    push_header(&mut out, "grpc-message", reason.as_bytes());
+    push_header(&mut out, "x-xdpmesh-error", reason.as_bytes());
+    push_header(&mut out, "content-length", b"0");
+    if close {
+        push_header(&mut out, "connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
     out
 }
 
@@ -2318,5 +2420,67 @@ mod chunk_ext_tests {
         ] {
             assert_eq!(ext(bad), Err(HttpError::BadChunk(why)), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_fields_parse_strictly() {
+        assert_eq!(grpc_timeout(b"200m"), Some(Duration::from_millis(200)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            grpc_timeout(b"99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in [
+            &b""[..],
+            b"m",
+            b"123456789S",
+            b"1x",
+            b"-1S",
+            b" 1S",
+            b"1.5S",
+        ] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_status(b"0"), Some(0));
+        assert_eq!(grpc_status(b" 14 "), Some(14));
+        assert_eq!(grpc_status(b"17"), Some(2), "unknown codes are UNKNOWN");
+        assert_eq!(grpc_status(b"x"), None);
+        assert_eq!(grpc_status(b"1000"), None);
+        let head = |ct: &str| {
+            let raw = format!("POST /a.B/C HTTP/1.1\r\nHost: h\r\ncontent-type: {ct}\r\n\r\n");
+            parse_request(raw.as_bytes(), &Limits::default())
+                .unwrap()
+                .unwrap()
+                .0
+        };
+        assert!(is_grpc(&head("application/grpc")));
+        assert!(is_grpc(&head("application/grpc+proto")));
+        assert!(is_grpc(&head("Application/GRPC;charset=x")));
+        assert!(!is_grpc(&head("application/grpc-web")));
+        assert!(!is_grpc(&head("application/json")));
+    }
+
+    #[test]
+    fn kept_trailers_are_whole_across_every_split() {
+        let body = b"3\r\nabc\r\n0\r\nx-a: 1\r\ngrpc-status: 7\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut f = BodyFramer::new(BodyKind::Chunked);
+            f.keep_trailers();
+            let a = f.advance(&body[..split]).unwrap();
+            let b = f.advance(&body[a.body_bytes..]).unwrap();
+            assert!(b.done, "split {split}");
+            assert_eq!(a.body_bytes + b.body_bytes, body.len() - 4);
+            assert_eq!(f.trailers(), Some(&b"x-a: 1\r\ngrpc-status: 7\r\n\r\n"[..]));
+            assert_eq!(trailer_grpc_status(f.trailers().unwrap()), Some(7));
+        }
+        let mut f = BodyFramer::new(BodyKind::Chunked);
+        f.advance(body).unwrap();
+        assert_eq!(f.trailers(), None, "kept only when asked");
+        assert_eq!(trailer_grpc_status(b"x: 1\r\n\r\n"), None);
     }
 }

@@ -51,7 +51,10 @@ pub fn h2_front<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(
             p.load()
                 .listener_at(local.into())
                 .filter(|l| l.protocol == control::schema::Protocol::Http)
-                .map(|l| l.timeouts.request_head)
+                .map(|l| mesh::h2front::HttpListener {
+                    request_head: l.timeouts.request_head,
+                    body_stall: l.timeouts.body_stall,
+                })
         },
         h2_stats().clone(),
     )
