@@ -817,6 +817,7 @@ backends = [{ labels = { version = "v1" }, weight = 90 }]
 name = "db"
 endpoints = [{ address = "10.0.1.1:5432" }]
 load_balancer = "least-request"
+upstream_protocol = "h2c"
 "#;
 
     fn dump(text: &str) -> Option<Dump> {

@@ -371,6 +371,33 @@ pub struct Service {
     /// there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Sp<Pool>>,
+    /// What the endpoints this gateway reaches directly (no `via`) speak: `http1` (default)
+    /// or `h2c` (HTTP/2 over cleartext with prior knowledge, RFC 9113 §3.3: the gateway's
+    /// requests become streams on shared connections). Endpoints behind a peer are that
+    /// peer's to speak to. Not with a `tcp` listener's service (bytes are piped, not
+    /// translated), and one address speaks one protocol across all services.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub upstream_protocol: Sp<UpstreamProtocol>,
+}
+
+/// `[[service]] upstream_protocol`: how the gateway talks to the service's local endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (and whatever bytes a `tcp` listener pipes).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext, prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

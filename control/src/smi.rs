@@ -291,6 +291,7 @@ impl Builder {
                 outlier: None,
                 health_check: None,
                 pool: None,
+                upstream_protocol: Sp::default(),
             }));
         }
     }

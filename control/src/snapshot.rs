@@ -153,6 +153,8 @@ pub struct ServiceRt {
     pub health_check: Option<HealthCheckRt>,
     /// Idle upstream connections kept for reuse (`pool`).
     pub pool: PoolRt,
+    /// What its local endpoints speak (`upstream_protocol`).
+    pub upstream_protocol: crate::schema::UpstreamProtocol,
 }
 
 /// Compiled `circuit_breaker`: beyond these a request gets 503 at once (`overflow`).
@@ -963,6 +965,9 @@ pub struct Snapshot {
     pub(crate) hosts: HostIndex,
     /// (prefix, identity) by descending prefix length.
     pub(crate) sources: Vec<(IpNet, IdentityId)>,
+    /// The endpoints reached directly (no `via`) of services with `upstream_protocol =
+    /// "h2c"` (validation made sure no other service lists one of them as `http1`).
+    pub(crate) h2c_endpoints: rustc_hash::FxHashSet<SocketAddr>,
 }
 
 /// What a route lookup found.
@@ -1035,6 +1040,14 @@ impl Snapshot {
             .collect();
         sources.sort_by_key(|s| std::cmp::Reverse(s.0.prefix_len()));
         self.sources = sources;
+        self.h2c_endpoints = self
+            .services
+            .iter()
+            .filter(|s| s.upstream_protocol == crate::schema::UpstreamProtocol::H2c)
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.via.is_none())
+            .map(|e| e.address)
+            .collect();
 
         // Host → its route ids (ascending: routes are visited in file order) and
         // the service it names.
@@ -1082,6 +1095,13 @@ impl Snapshot {
                 .iter()
                 .find(|l| l.bind.ip().is_unspecified() && l.bind.port() == local.port())
         })
+    }
+
+    /// Does the local endpoint at `addr` (one this gateway connects to directly) speak h2c?
+    /// A hash lookup, and none at all while no service says `upstream_protocol = "h2c"`.
+    #[inline]
+    pub fn upstream_h2c(&self, addr: SocketAddr) -> bool {
+        !self.h2c_endpoints.is_empty() && self.h2c_endpoints.contains(&addr)
     }
 
     /// The service a Host header or TLS SNI names (port and case ignored).

@@ -299,6 +299,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
             outlier: Some(OutlierRt::default()),
             health_check: None,
             pool: PoolRt::default(),
+            upstream_protocol: *s.upstream_protocol,
         });
     }
     let svc_names: Vec<&str> = tables.services.iter().map(|s| s.name.as_str()).collect();
@@ -323,6 +324,10 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
 
     // --- endpoints and balancers
     let mut svc_policies = vec![RoutePolicy::default(); services.len()];
+    // A local endpoint's address → the protocol it speaks, the service that said so, and
+    // where: one server speaks one protocol, whichever service reaches it.
+    let mut local_protocol: HashMap<SocketAddr, (schema::UpstreamProtocol, usize, usize)> =
+        HashMap::default();
     for (i, s) in tables.services.iter().enumerate() {
         let k = || format!("service[{i}]");
         let Some(&(sid, ref first)) = svc_index.get(s.name.as_str()) else {
@@ -367,6 +372,31 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                     }
                 },
             };
+            if let (Some(a), Some(None)) = (addr, via) {
+                let proto = *s.upstream_protocol;
+                match local_protocol.get(&a) {
+                    Some(&(other, owner, at)) if other != proto => {
+                        let line = v.src.line(at);
+                        v.err(
+                            &e.address.span,
+                            format!("{}.address", ek()),
+                            format!(
+                                "endpoint {a} speaks {:?} here (upstream_protocol) but {:?} in service {:?}",
+                                proto.as_str(),
+                                other.as_str(),
+                                *tables.services[owner].name
+                            ),
+                        )
+                        .set_hint(format!(
+                            "see line {line}; one server speaks one protocol: give both services the same upstream_protocol"
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        local_protocol.insert(a, (proto, i, e.address.span.start));
+                    }
+                }
+            }
             if let (Some(address), Some(via)) = (addr, via) {
                 endpoints.push(EndpointRt {
                     address,
@@ -506,7 +536,21 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         let proto = *l.protocol;
         let service = match (&l.service, proto) {
             (Some(s), Protocol::Tcp) => {
-                lookup_service(&mut v, s, &format!("{k}.service")).map(Some)
+                let sid = lookup_service(&mut v, s, &format!("{k}.service"));
+                if let Some(sid) = sid {
+                    if services[sid as usize].upstream_protocol == schema::UpstreamProtocol::H2c {
+                        v.err(
+                            &s.span,
+                            format!("{k}.service"),
+                            format!(
+                                "service {:?} speaks h2c to its endpoints (upstream_protocol); a tcp listener pipes bytes to them untranslated",
+                                **s
+                            ),
+                        )
+                        .set_hint("use an http listener, or another service whose upstream_protocol is \"http1\"");
+                    }
+                }
+                sid.map(Some)
             }
             (None, Protocol::Tcp) => {
                 v.err(

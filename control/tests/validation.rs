@@ -13,7 +13,7 @@ fn one(text: &str, expected: &str) {
 fn unknown_key_lists_allowed_keys_or_suggests_one() {
     one(
         "[[service]]\nname = \"a\"\nadress = 1\n",
-        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget, circuit_breaker, outlier, health_check, pool)",
+        "t.toml:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget, circuit_breaker, outlier, health_check, pool, upstream_protocol)",
     );
     one(
         "[[service]]\nname = \"a\"\nendpoints = [{ adress = \"1.2.3.4:5\" }]\n",
@@ -937,5 +937,48 @@ fn pool_keys_are_in_range() {
     one(
         &format!("{S}pool = {{ max_idle = 4 }}\n"),
         "t.toml:3:10: service[0].pool.max_idle: unknown key \"max_idle\" (hint: did you mean \"max_idle_per_endpoint\"?)",
+    );
+}
+
+#[test]
+fn upstream_protocol() {
+    // Unknown values say which exist.
+    let e = errors("[[service]]\nname = \"a\"\nupstream_protocol = \"h3\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:3:21: service[0].upstream_protocol:"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("http1") && e[0].contains("h2c"), "{e:?}");
+    // One address, two protocols: refused where the second service lists it.
+    one(
+        "[[service]]\nname = \"a\"\nendpoints = [{ address = \"10.0.0.5:80\" }]\n[[service]]\nname = \"b\"\nupstream_protocol = \"h2c\"\nendpoints = [{ address = \"10.0.0.5:80\" }]\n",
+        "t.toml:7:26: service[1].endpoints[0].address: endpoint 10.0.0.5:80 speaks \"h2c\" here (upstream_protocol) but \"http1\" in service \"a\" (hint: see line 3; one server speaks one protocol: give both services the same upstream_protocol)",
+    );
+    // A tcp listener pipes bytes: not to an h2c service.
+    one(
+        "[[listener]]\nname = \"t\"\nbind = \"0.0.0.0:9000\"\nprotocol = \"tcp\"\nservice = \"a\"\n[[service]]\nname = \"a\"\nupstream_protocol = \"h2c\"\n",
+        "t.toml:5:11: listener[0].service: service \"a\" speaks h2c to its endpoints (upstream_protocol); a tcp listener pipes bytes to them untranslated (hint: use an http listener, or another service whose upstream_protocol is \"http1\")",
+    );
+}
+
+#[test]
+fn h2c_endpoints_are_known_by_address() {
+    let c = common::compile_in(
+        std::path::Path::new("."),
+        "[[service]]\nname = \"g\"\nupstream_protocol = \"h2c\"\nendpoints = [{ address = \"10.0.0.5:50051\" }]\n\
+         [[service]]\nname = \"g2\"\nupstream_protocol = \"h2c\"\nendpoints = [{ address = \"10.0.0.5:50051\" }]\n\
+         [[service]]\nname = \"w\"\nendpoints = [{ address = \"10.0.0.7:80\" }]\n",
+    );
+    let snap = match c {
+        Ok(c) => c.snapshot,
+        Err(d) => panic!("{d}"),
+    };
+    assert!(snap.upstream_h2c("10.0.0.5:50051".parse().unwrap()));
+    assert!(!snap.upstream_h2c("10.0.0.7:80".parse().unwrap()));
+    assert_eq!(
+        snap.service("w").unwrap().upstream_protocol,
+        control::schema::UpstreamProtocol::Http1,
+        "the default"
     );
 }

@@ -509,7 +509,7 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                format!("{t}:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget, circuit_breaker, outlier, health_check, pool)").as_str(),
+                format!("{t}:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget, circuit_breaker, outlier, health_check, pool, upstream_protocol)").as_str(),
                 format!("{t}:5:11: route[0].service: unknown service \"b\" (hint: define it in a [[service]] table)").as_str(),
                 "2 errors",
             ]
@@ -543,7 +543,7 @@ mod tests {
             lines,
             vec![
                 format!("note: {n}:7:12: interface[0].xdp_mode: generic XDP drops GSO super-packets (hint: use native where the driver supports XDP; on generic, turn off GRO/GSO: ethtool -K eth1 gro off gso off)").as_str(),
-                format!("{t}:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget, circuit_breaker, outlier, health_check, pool)").as_str(),
+                format!("{t}:3:1: service[0].adress: unknown key \"adress\" (hint: allowed keys: name, hosts, endpoints, load_balancer, hash_key, retries, fault, rate_limit, mirror, retry_budget, circuit_breaker, outlier, health_check, pool, upstream_protocol)").as_str(),
                 format!("{n}:9:9: interface[0].cores: 1 cores for 2 queues (hint: one core per queue, in the same order: the worker for queues[i] runs on cores[i])").as_str(),
                 "2 errors",
             ]

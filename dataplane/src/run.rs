@@ -188,6 +188,7 @@ impl control::admin::AdminExtension for Metrics {
             t.render(out);
         }
         dataplane::proxy::h2_stats().render(out);
+        dataplane::proxy::h2_upstream_stats().render(out);
     }
 }
 

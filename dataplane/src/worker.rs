@@ -22,7 +22,12 @@ use crate::spin::SpinWindow;
 use crate::wake::{self, Wake};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use mesh::engine::Engine;
+use mesh::h2back::{BConn, H2Back, H2BackNet};
 use mesh::h2front::{FConn, H2Front, H2Net};
+
+/// A connection as the engine sees it: through the HTTP/2 front (client streams) and back
+/// (streams to h2c servers).
+pub type EConn = FConn<BConn<PConn>>;
 use mesh::net::{Net, NetError, NetEvent};
 use std::collections::HashMap;
 use std::io;
@@ -332,9 +337,11 @@ pub struct Worker<D: Device> {
     ports: Vec<Port<D>>,
     services: HashMap<SocketAddrV4, Builtin>,
     sessions: HashMap<PConn, Session>,
-    engine: Option<Engine<FConn<PConn>>>,
+    engine: Option<Engine<EConn>>,
     /// HTTP/2 clients of the engine's `http` listeners, each stream a connection of its own.
-    front: H2Front<PConn>,
+    front: H2Front<BConn<PConn>>,
+    /// HTTP/2 servers (h2c endpoints): the engine's connections to them are streams.
+    back: H2Back<PConn>,
     /// The engine's events go here as access log lines, when on.
     access_log: Option<crate::accesslog::Sink>,
     /// Requests go to `GET /tap` while someone taps, when on.
@@ -376,6 +383,11 @@ impl<D: Device> Worker<D> {
                 |_| None,
                 crate::proxy::h2_stats().clone(),
             ),
+            back: H2Back::new(
+                Default::default(),
+                |_| false,
+                crate::proxy::h2_upstream_stats().clone(),
+            ),
             access_log: None,
             tap: None,
             clock: crate::clock::Clock::start(),
@@ -404,8 +416,9 @@ impl<D: Device> Worker<D> {
 
     /// Serves the proxy listeners of the engine's tables; each accepted connection gets its
     /// listener's TCP options (`keepalive`) from them.
-    pub fn with_engine(mut self, engine: Engine<FConn<PConn>>) -> Self {
+    pub fn with_engine(mut self, engine: Engine<EConn>) -> Self {
         self.front = crate::proxy::h2_front(engine.publisher());
+        self.back = crate::proxy::h2_back(engine.publisher());
         self.engine = Some(engine);
         self
     }
@@ -426,7 +439,7 @@ impl<D: Device> Worker<D> {
         self
     }
 
-    pub fn engine(&self) -> Option<&Engine<FConn<PConn>>> {
+    pub fn engine(&self) -> Option<&Engine<EConn>> {
         self.engine.as_ref()
     }
 
@@ -473,9 +486,12 @@ impl<D: Device> Worker<D> {
         if let Some(out) = &self.stats_out {
             *out.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;
         }
-        if let (Some(i), Some(engine), front) =
-            (&self.inspect, self.engine.as_ref(), &mut self.front)
-        {
+        if let (Some(i), Some(engine), front, back) = (
+            &self.inspect,
+            self.engine.as_ref(),
+            &mut self.front,
+            &mut self.back,
+        ) {
             let now = self.clock.now();
             i.serve(|| {
                 let mut stack = StackNet {
@@ -483,7 +499,8 @@ impl<D: Device> Worker<D> {
                     now,
                     next: 0,
                 };
-                let net = H2Net::new(&mut stack, front, now);
+                let mut back = H2BackNet::new(&mut stack, back, now);
+                let net = H2Net::new(&mut back, front, now);
                 engine.connections(&net, now)
             });
         }
@@ -572,6 +589,7 @@ impl<D: Device> Worker<D> {
                     .filter_map(|p| p.stack.poll_timeout())
                     .chain(self.engine.as_ref().and_then(|e| e.poll_timeout()))
                     .chain(self.front.poll_timeout())
+                    .chain(self.back.poll_timeout())
                     .min();
                 let wait = match next {
                     Some(t) if t <= now => Duration::ZERO,
@@ -699,7 +717,7 @@ impl<D: Device> Worker<D> {
             let _ = self.ports[c.port as usize].stack.abort(c.id);
         }
         self.sessions.clear();
-        if let (Some(e), front) = (self.engine.as_mut(), &mut self.front) {
+        if let (Some(e), front, back) = (self.engine.as_mut(), &mut self.front, &mut self.back) {
             reset += e.active();
             let now = self.clock.now();
             let mut stack = StackNet {
@@ -707,9 +725,11 @@ impl<D: Device> Worker<D> {
                 now,
                 next: 0,
             };
-            let mut net = H2Net::new(&mut stack, front, now);
+            let mut back = H2BackNet::new(&mut stack, back, now);
+            let mut net = H2Net::new(&mut back, front, now);
             e.abort_all(&mut net, now);
             net.flush();
+            net.inner.flush();
         }
         // Send the RSTs (and anything else still queued) before the socket goes away; bounded,
         // as a peer that keeps sending would keep this busy.
@@ -732,7 +752,12 @@ impl<D: Device> Worker<D> {
             now,
             next: 0,
         };
-        let mut net = H2Net::new(&mut stack, &mut self.front, now);
+        let mut back = H2BackNet::new(&mut stack, &mut self.back, now);
+        if back.back.poll_timeout().is_some_and(|t| t <= now) {
+            back.handle_timeout(now);
+            did = true;
+        }
+        let mut net = H2Net::new(&mut back, &mut self.front, now);
         if net.front.poll_timeout().is_some_and(|t| t <= now) {
             net.handle_timeout(now);
             did = true;
@@ -741,7 +766,7 @@ impl<D: Device> Worker<D> {
             did = true;
             accepted(&mut net, self.engine.as_ref(), &mut self.stats, now);
             if let NetEvent::Accepted {
-                conn: FConn::Tcp(conn),
+                conn: FConn::Tcp(BConn::Tcp(conn)),
                 local,
                 ..
             } = e
@@ -770,7 +795,7 @@ impl<D: Device> Worker<D> {
                     continue;
                 }
             }
-            if let FConn::Tcp(c) = e.conn() {
+            if let FConn::Tcp(BConn::Tcp(c)) = e.conn() {
                 if self.sessions.contains_key(&c) {
                     match e {
                         NetEvent::Reset(_) => {
@@ -805,9 +830,10 @@ impl<D: Device> Worker<D> {
             }
             engine.progress(&mut net, now);
             net.flush();
+            net.inner.flush();
             // Events the engine's writes queued (a stream's end, room again) are this
             // round's work: no sleeping on them.
-            did |= net.front.has_pending();
+            did |= net.front.has_pending() || net.inner.back.has_pending();
             crate::tap_hub::drain(
                 engine,
                 self.access_log.as_mut(),
@@ -1006,8 +1032,8 @@ fn answer_http(s: &mut Session, stats: &mut WorkerStats) -> bool {
 /// reaches the engine later, once its first bytes show its protocol): counted, Nagle off, and
 /// its listener's keepalive from the tables current at accept time.
 fn accepted<D: Device>(
-    net: &mut H2Net<'_, StackNet<'_, D>>,
-    engine: Option<&Engine<FConn<PConn>>>,
+    net: &mut H2Net<'_, H2BackNet<'_, StackNet<'_, D>>>,
+    engine: Option<&Engine<EConn>>,
     stats: &mut WorkerStats,
     now: tcpstack::Instant,
 ) {
@@ -1016,8 +1042,11 @@ fn accepted<D: Device>(
     };
     let tables = engine.map(|e| e.tables());
     for (conn, local) in accepts {
+        let Some(conn) = conn.tcp() else {
+            continue;
+        };
         stats.accepted += 1;
-        let stack = &mut net.inner.ports[conn.port as usize].stack;
+        let stack = &mut net.inner.inner.ports[conn.port as usize].stack;
         // Latency over coalescing for every service: the proxy writes TLS records and HTTP
         // heads in pieces, and Nagle waiting on the peer's delayed ACK would stall each
         // handshake by tens of milliseconds.

@@ -16,6 +16,8 @@
 #   telemetry:              prometheus (dataplane/tests/telemetry_rig.rs scrapes the gateways with it)
 #   dashboard:              chromium (dataplane/tests/dashboard_rig.rs renders GET /dashboard headless)
 #   HTTP/2 clients:         nghttp2-client (h2load, nghttp: dataplane/tests/h2.rs)
+#   HTTP/2 servers:         nghttp2-server (nghttpd), python3-h2 (a server with trailers and
+#                           resets: dataplane/tests/h2_upstream.rs)
 #   the systemd unit:       systemd (systemd-analyze) man-db (man, for the unit's Documentation=)
 #                           (dataplane/tests/systemd_rig.rs verifies scripts/systemd/xdpmesh.service)
 #   tables in etcd:         etcd-server etcd-client (dataplane/tests/etcd_rig.rs runs a 3-member
@@ -26,7 +28,7 @@ XM_DEB_PACKAGES=(
   iperf3 curl nginx-light tcpdump wrk
   openssl shellcheck fonts-dejavu-core
   haproxy python3 prometheus chromium
-  systemd man-db nghttp2-client
+  systemd man-db nghttp2-client nghttp2-server python3-h2
   etcd-server etcd-client
 )
 

@@ -7,7 +7,8 @@
 //! ([`health`]); the connection caps all workers share ([`admission`]), and an in-memory
 //! [`net::Net`] for deterministic tests on a virtual clock ([`memnet`]); one span per request
 //! and its W3C trace context ([`trace`]), and their OTLP/JSON encoding ([`otlp`]); HTTP/2
-//! clients in front of the engine, each stream an HTTP/1.1 request ([`h2front`]).
+//! clients in front of the engine, each stream an HTTP/1.1 request ([`h2front`]); HTTP/2
+//! (h2c) servers behind it, each request a stream on a shared connection ([`h2back`]).
 //!
 //! No sockets, threads, files, clock or `getrandom` here: the caller passes `now`, seeds,
 //! table snapshots and certificate material (the data plane is the I/O shell around it).
@@ -16,7 +17,9 @@ pub mod admission;
 pub mod breaker;
 pub mod engine;
 pub mod golden;
+pub mod h2back;
 pub mod h2front;
+mod h2io;
 pub mod health;
 pub mod healthcheck;
 pub mod http;

@@ -1,7 +1,12 @@
 //! The kernel backend: [`Net`] over non-blocking kernel sockets with mio, for users without
 //! a spare NIC and to measure what kernel bypass buys on identical proxy logic.
 
+use mesh::h2back::{BConn, H2Back, H2BackNet};
 use mesh::h2front::{FConn, H2Front, H2Net};
+
+/// A connection as the engine sees it: through the HTTP/2 front (client streams) and back
+/// (streams to h2c servers).
+pub type EConn = FConn<BConn<KConn>>;
 use mesh::net::{Net, NetError, NetEvent};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -443,8 +448,10 @@ impl Net for KernelNet {
 pub struct KernelWorker {
     pub net: KernelNet,
     /// HTTP/2 clients of `http` listeners, each stream a connection of the engine's.
-    pub front: H2Front<KConn>,
-    pub engine: mesh::engine::Engine<FConn<KConn>>,
+    pub front: H2Front<BConn<KConn>>,
+    /// HTTP/2 servers (h2c endpoints): the engine's connections to them are streams.
+    pub back: H2Back<KConn>,
+    pub engine: mesh::engine::Engine<EConn>,
     clock: crate::clock::Clock,
     /// Answers the admin API's `GET /connections` from the loop.
     pub inspect: std::sync::Arc<crate::inspect::Inspect>,
@@ -492,6 +499,7 @@ impl KernelWorker {
         Ok(KernelWorker {
             net,
             front: super::h2_front(&publisher),
+            back: super::h2_back(&publisher),
             engine: mesh::engine::Engine::new(publisher, tls, super::random_seed()),
             clock: crate::clock::Clock::start(),
             inspect: Default::default(),
@@ -519,14 +527,25 @@ impl KernelWorker {
     pub fn poll_once(&mut self, timeout: Duration) -> io::Result<()> {
         // Sleep no longer than the engine's or the HTTP/2 front's next deadline.
         let now = self.now();
-        let timeout = match (self.engine.poll_timeout(), self.front.poll_timeout()) {
-            (Some(a), Some(b)) => timeout.min(a.min(b).saturating_duration_since(now)),
-            (Some(t), None) | (None, Some(t)) => timeout.min(t.saturating_duration_since(now)),
-            (None, None) => timeout,
+        let due = [
+            self.engine.poll_timeout(),
+            self.front.poll_timeout(),
+            self.back.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = match due {
+            Some(t) => timeout.min(t.saturating_duration_since(now)),
+            None => timeout,
         };
         self.net.poll_io(Some(timeout))?;
         let now = self.now();
-        let mut net = H2Net::new(&mut self.net, &mut self.front, now);
+        let mut back = H2BackNet::new(&mut self.net, &mut self.back, now);
+        if back.back.poll_timeout().is_some_and(|t| t <= now) {
+            back.handle_timeout(now);
+        }
+        let mut net = H2Net::new(&mut back, &mut self.front, now);
         if net.front.poll_timeout().is_some_and(|t| t <= now) {
             net.handle_timeout(now);
         }
@@ -545,6 +564,7 @@ impl KernelWorker {
         keepalives(&mut net, &self.engine);
         self.engine.progress(&mut net, now);
         net.flush();
+        net.inner.flush();
         crate::tap_hub::drain(
             &mut self.engine,
             self.access_log.as_mut(),
@@ -573,7 +593,8 @@ impl KernelWorker {
             *out.lock().unwrap_or_else(|e| e.into_inner()) = self.engine.stats;
             let now = self.now();
             self.inspect.serve(|| {
-                let net = H2Net::new(&mut self.net, &mut self.front, now);
+                let mut back = H2BackNet::new(&mut self.net, &mut self.back, now);
+                let net = H2Net::new(&mut back, &mut self.front, now);
                 self.engine.connections(&net, now)
             });
         }
@@ -597,9 +618,11 @@ impl KernelWorker {
         }
         let left = self.engine.active();
         let now = self.now();
-        let mut net = H2Net::new(&mut self.net, &mut self.front, now);
+        let mut back = H2BackNet::new(&mut self.net, &mut self.back, now);
+        let mut net = H2Net::new(&mut back, &mut self.front, now);
         self.engine.abort_all(&mut net, now);
         net.flush();
+        net.inner.flush();
         // The connections just reset get their lines too.
         crate::tap_hub::drain(
             &mut self.engine,
@@ -613,14 +636,17 @@ impl KernelWorker {
 
 /// The listener's keepalive, from the tables current at accept time, as the kernel accepts
 /// (a connection on an `http` listener reaches the engine once it has spoken).
-fn keepalives(net: &mut H2Net<'_, KernelNet>, engine: &mesh::engine::Engine<FConn<KConn>>) {
+fn keepalives(net: &mut H2Net<'_, H2BackNet<'_, KernelNet>>, engine: &mesh::engine::Engine<EConn>) {
     let Some(accepts) = net.front.take_accepts() else {
         return;
     };
     let snap = engine.tables();
     for (conn, local) in accepts {
+        let Some(conn) = conn.tcp() else {
+            continue;
+        };
         if let Some(k) = snap.listener_at(local.into()).and_then(|l| l.keepalive) {
-            let _ = net.inner.set_keepalive(conn, Some(&k));
+            let _ = net.inner.inner.set_keepalive(conn, Some(&k));
         }
     }
 }

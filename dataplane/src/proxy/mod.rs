@@ -6,7 +6,9 @@
 //!   ([`crate::certwatch`]);
 //! - [`random_seed`]: the engine's seed from the OS;
 //! - [`tcp_keepalive`]: a listener's `keepalive` as tcpstack settings;
-//! - [`h2_front`]: each worker's HTTP/2 front (`mesh::h2front`), counting into [`h2_stats`].
+//! - [`h2_front`]: each worker's HTTP/2 front (`mesh::h2front`), counting into [`h2_stats`];
+//! - [`h2_back`]: each worker's HTTP/2 back to h2c servers (`mesh::h2back`), counting into
+//!   [`h2_upstream_stats`].
 
 pub mod identity;
 pub mod kernel;
@@ -55,5 +57,26 @@ pub fn h2_front<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(
                 })
         },
         h2_stats().clone(),
+    )
+}
+
+/// What every worker's HTTP/2 back counted (`xdpmesh_h2_upstream_*` on `/metrics`).
+pub fn h2_upstream_stats() -> &'static std::sync::Arc<mesh::h2back::H2UpstreamStats> {
+    static STATS: std::sync::OnceLock<std::sync::Arc<mesh::h2back::H2UpstreamStats>> =
+        std::sync::OnceLock::new();
+    STATS.get_or_init(Default::default)
+}
+
+/// A worker's HTTP/2 back: the engine's connections to the local endpoints that the tables
+/// current at connect time say speak h2c (`upstream_protocol`) carry their requests as
+/// streams.
+pub fn h2_back<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(
+    publisher: &std::sync::Arc<control::Publisher>,
+) -> mesh::h2back::H2Back<C> {
+    let p = publisher.clone();
+    mesh::h2back::H2Back::new(
+        mesh::h2back::H2BackConfig::default(),
+        move |remote| p.cell().load().upstream_h2c(remote.into()),
+        h2_upstream_stats().clone(),
     )
 }
