@@ -22,6 +22,8 @@
 #                           (dataplane/tests/systemd_rig.rs verifies scripts/systemd/xdpmesh.service)
 #   tables in etcd:         etcd-server etcd-client (dataplane/tests/etcd_rig.rs runs a 3-member
 #                           cluster of its own on loopback ports; etcdctl for operators)
+#   gRPC:                   python3-grpcio (dataplane/tests/grpc_rig.rs: a Python gRPC server and
+#                           client through the pair, run with /usr/bin/python3)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib make
   iproute2 iputils-ping nftables ethtool procps
@@ -29,7 +31,7 @@ XM_DEB_PACKAGES=(
   openssl shellcheck fonts-dejavu-core
   haproxy python3 prometheus chromium
   systemd man-db nghttp2-client nghttp2-server python3-h2
-  etcd-server etcd-client
+  etcd-server etcd-client python3-grpcio
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }
