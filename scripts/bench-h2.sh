@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP/2 clients through the pairs (issue #19 "Benchmark"), as root:
 #
-#   sudo scripts/bench-h2.sh [--rounds N] [--seconds S] [--rate R] [--no-build] [--out DIR]
+#   sudo scripts/bench-h2.sh [--rounds N] [--seconds S] [--rate R] [--h2-servers] [--no-build]
+#                            [--out DIR]
 #
 # h2load (Debian nghttp2-client) from xm-cli, cleartext HTTP/2 with prior knowledge, against
 # three paths measured in interleaved rounds (direct, HAProxy, xdpmesh, direct, ...):
@@ -12,6 +13,10 @@
 #             -> nginx 10.10.3.2:8080 (AF_XDP, scripts/rig.sh mesh)
 # Both pairs carry HTTP/1.1 on the hop (xdpmesh's hop is not HTTP/2 yet; HAProxy is set up
 # alike so that the two compare the same work).
+# --h2-servers: the servers speak HTTP/2 too (nginx h2c 10.10.3.2:8081 behind both pairs), and
+# HAProxy speaks h2 on both sides of its hop (ALPN h2 in the mTLS, frontends :83); gateway B
+# reaches nginx by h2c (`upstream_protocol = "h2c"`, the rig's tables with web moved to 8081),
+# its hop still HTTP/1.1.
 # Per round and path: req/s with 32 streams over 4 connections (h2load -c4 -m8, --seconds
 # each, after a 1 s warm-up), then the latency at a fixed rate (--rate req/s in total, 5 s;
 # every request's duration from h2load's --log-file: p50 and p99). Prints the sums and
@@ -28,6 +33,7 @@ ROUNDS=3
 SECONDS_EACH=5
 RATE=2000
 BUILD=1
+H2_SERVERS=0
 OUT=benches/results
 while [ $# -gt 0 ]; do
   case $1 in
@@ -35,6 +41,7 @@ while [ $# -gt 0 ]; do
     --seconds) SECONDS_EACH=${2:-}; shift 2 ;;
     --rate) RATE=${2:-}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --h2-servers) H2_SERVERS=1; shift ;;
     --out) OUT=${2:-}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) xm_log "bench-h2.sh: unknown argument $1 (see --help)"; exit 64 ;;
@@ -138,6 +145,23 @@ wait_listen xm-gwb 81
 wait_listen xm-gwa 82
 
 TARGETS=("direct http://10.10.3.2:8081/" "haproxy http://10.10.1.1:82/" "xdpmesh http://10.10.1.1/")
+HOP="HTTP/1.1 on both hops, servers HTTP/1.1"
+if [ "$H2_SERVERS" -eq 1 ]; then
+  # web's endpoint moves to nginx's h2c port on both gateways; B speaks h2c to it.
+  sed 's|10.10.3.2:8080|10.10.3.2:8081|' scripts/rig/gwa-tables.toml >"$STATE/h2-gwa-tables.toml"
+  sed 's|{ address = "10.10.3.2:8080" }\]|{ address = "10.10.3.2:8081" }]\nupstream_protocol = "h2c"|' \
+    scripts/rig/gwb-tables.toml >"$STATE/h2-gwb-tables.toml"
+  grep -q 'upstream_protocol = "h2c"' "$STATE/h2-gwb-tables.toml"
+  for gw in gwb gwa; do
+    code=$(ip netns exec "xm-$gw" curl -s -o /dev/stderr -w '%{http_code}' -X PUT \
+      --data-binary "@$STATE/h2-$gw-tables.toml" http://127.0.0.1:9901/tables)
+    [ "$code" = 200 ] || { xm_log "bench-h2.sh: gateway $gw refused the h2c tables ($code)"; exit 1; }
+  done
+  wait_listen xm-gwb 83
+  wait_listen xm-gwa 83
+  TARGETS=("direct http://10.10.3.2:8081/" "haproxy http://10.10.1.1:83/" "xdpmesh http://10.10.1.1/")
+  HOP="servers HTTP/2 (h2c); HAProxy's hop HTTP/2 (ALPN h2), xdpmesh's hop HTTP/1.1"
+fi
 for t in "${TARGETS[@]}"; do
   # shellcheck disable=SC2086
   set -- $t
@@ -179,10 +203,11 @@ done
 
 mkdir -p "$OUT"
 REPORT="$OUT/bench-h2-$STAMP.txt"
-python3 - "$RAW/rounds.txt" "$ROUNDS" "$SECONDS_EACH" "$RATE" >"$REPORT" <<'EOF'
+python3 - "$RAW/rounds.txt" "$ROUNDS" "$SECONDS_EACH" "$RATE" "$HOP" >"$REPORT" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-rounds, secs, rate = sys.argv[2:5]
+rounds, secs, rate, hop = sys.argv[2:6]
+print(hop)
 by = {}
 for name, _, rps, p50, p99 in rows:
     by.setdefault(name, []).append((float(rps), int(p50), int(p99)))
