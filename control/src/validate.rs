@@ -1326,8 +1326,9 @@ fn compile_grpc(
         Some(m) => PathMatcher::Exact(format!("/{}/{}", *g.service, **m)),
         None => PathMatcher::Prefix(format!("/{}", *g.service)),
     };
+    // Media types are case-insensitive (RFC 9110 §8.3.1), as the engine reads them.
     let ct =
-        regex::bytes::Regex::new("^(?:application/grpc(?:[+;].*)?)$").expect("a constant regex");
+        regex::bytes::Regex::new("^(?i:application/grpc(?:[+;].*)?)$").expect("a constant regex");
     Some((path, ("content-type".to_string(), HeaderMatcher::Regex(ct))))
 }
 

@@ -946,6 +946,8 @@ service = "g"
     };
     assert_eq!(name("POST", "/helloworld.Greeter/SayHello", grpc), "say");
     assert_eq!(name("POST", "/helloworld.Greeter/SayHello", proto), "say");
+    let upper: &[(&str, &[u8])] = &[("content-type", b"Application/GRPC")];
+    assert_eq!(name("POST", "/helloworld.Greeter/SayHello", upper), "say");
     assert_eq!(
         name("POST", "/helloworld.Greeter/SayHelloAgain", grpc),
         "greeter"

@@ -1978,7 +1978,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if let Some(t) = h.tally.as_mut().filter(|_| h.resp == RespPhase::Head) {
                 t.grpc_status = Some(code);
             }
-            let response = http::grpc_error_response(code, reason.label(), true);
+            let response = http::grpc_error_response(code, reason.label(), true, &[]);
             self.answer_or_cut(net, now, sid, s, reason, (&response, 200));
             return;
         }
@@ -3358,8 +3358,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if let Some(t) = h.tally.as_mut() {
                 t.grpc_status = Some(code);
             }
+            // A rate limit's `retry-after` too: gRPC clients read it as a pushback hint.
             (
-                http::grpc_error_response(code, r.label(), h.close_after),
+                http::grpc_error_response(code, r.label(), h.close_after, add),
                 200,
             )
         } else {
@@ -3626,7 +3627,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             preamble_len,
             // A kept-alive connection is connected already.
             connected_at: reuse.then_some(now),
-            reused: reuse,
+            reused: reuse
+                && s.up
+                    .as_ref()
+                    .is_some_and(|l| net.reset_on_reuse_is_stale(l.conn)),
             per_try: retries.map(|r| r.per_try_timeout),
             ..Attempt::first(now, endpoint, limits.connect)
         });

@@ -20,8 +20,9 @@
 //! A reset stream, a GOAWAY that leaves a stream unprocessed, or a real connection that fails
 //! reach the engine as [`NetEvent::Reset`] on the virtual connections they carried: before
 //! the real connection was established that is a connect failure to the engine (another
-//! endpoint is tried); after, a reset before or during the response (a request on a pooled
-//! virtual connection is replayed by the engine, as on any reused connection). A stream the
+//! endpoint is tried); after, a reset before or during the response, never replayed by the
+//! engine (`Net::reset_on_reuse_is_stale` is `false`: a stream reset says nothing of whether
+//! the server processed the request). A stream the
 //! server refuses (REFUSED_STREAM: not processed, RFC 9113 §8.7) goes again once on a new
 //! stream when what the engine wrote of the request is at most 64 KiB; a GOAWAY's unprocessed
 //! streams are not replayed here, as the `h2` crate does not tell them from streams cut by the
@@ -30,6 +31,7 @@
 //! The `h2` crate is driven as in the front: polled with a no-op waker after every change that
 //! could move it, over a pair of bounded in-memory buffers ([`crate::h2io::BufIo`]).
 
+use crate::engine::MAX_INTERIM;
 use crate::h2io::{connection_specific, dechunk, BufIo, Chunk};
 use crate::http;
 use crate::net::{Net, NetError, NetEvent, TcpInfo};
@@ -69,7 +71,8 @@ pub struct H2BackConfig {
     /// Streams at once on one real connection [100], at most (the server's
     /// `SETTINGS_MAX_CONCURRENT_STREAMS` when lower).
     pub max_streams: usize,
-    /// Each stream's receive window [64 KiB − 1] and the connection's [1 MiB].
+    /// Each stream's receive window [64 KiB − 1] and the connection's [`max_streams` × that,
+    /// 6.25 MiB: what h2 may hold for streams whose clients do not read].
     pub stream_window: u32,
     pub connection_window: u32,
     /// Header list size accepted from a server [16 KiB, the engine's head limit].
@@ -78,6 +81,8 @@ pub struct H2BackConfig {
     pub header_table_size: u32,
     /// A real connection without a stream is closed after this [30 s].
     pub idle_timeout: Duration,
+    /// Real connections to one endpoint at most, per worker [8], going-away ones included.
+    pub max_connections: usize,
 }
 
 impl Default for H2BackConfig {
@@ -85,10 +90,13 @@ impl Default for H2BackConfig {
         H2BackConfig {
             max_streams: 100,
             stream_window: 65_535,
-            connection_window: 1 << 20,
+            // Every stream's whole window: streams whose clients do not read must not hold
+            // the connection's window shut for the others (unread DATA keeps its capacity).
+            connection_window: 100 * 65_535,
             max_header_list_size: 16 << 10,
             header_table_size: 4096,
             idle_timeout: Duration::from_secs(30),
+            max_connections: 8,
         }
     }
 }
@@ -114,13 +122,15 @@ pub struct H2UpstreamStats {
     pub idle_closed: AtomicU64,
     /// Streams the server refused (REFUSED_STREAM) that went again on a new stream.
     pub streams_refused: AtomicU64,
+    /// Streams reset for what the server sent: more than `MAX_INTERIM` interim responses.
+    pub bad_responses: AtomicU64,
 }
 
 impl H2UpstreamStats {
     /// Prometheus text of these counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &AtomicU64); 9] = [
             (
                 "xdpmesh_h2_upstream_connections_total",
                 "HTTP/2 (h2c) connections opened to upstream servers",
@@ -155,6 +165,11 @@ impl H2UpstreamStats {
                 "xdpmesh_h2_upstream_streams_refused_total",
                 "HTTP/2 upstream streams refused by the server (REFUSED_STREAM) and sent again on a new stream",
                 &self.streams_refused,
+            ),
+            (
+                "xdpmesh_h2_upstream_bad_responses_total",
+                "HTTP/2 upstream streams reset for what the server sent (more than 8 interim responses)",
+                &self.bad_responses,
             ),
             (
                 "xdpmesh_h2_upstream_idle_closed_total",
@@ -267,6 +282,8 @@ struct Stream {
     /// The response is whole in the virtual connection's buffer.
     resp_done: bool,
     interim_seen: bool,
+    /// Interim responses received (at most [`MAX_INTERIM`]).
+    interims: u8,
 }
 
 struct Virt {
@@ -437,13 +454,20 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
         ep: SocketAddrV4,
     ) -> Result<RealKey, NetError> {
         let mut cx = Context::from_waker(Waker::noop());
+        // The least loaded open one, should every one be full and no other may open.
+        let mut least: Option<(usize, RealKey)> = None;
+        let mut count = 0;
         if let Some(list) = self.by_endpoint.get(&ep) {
             for &k in list {
                 let Some((_, r)) = self.reals.get_mut(&k) else {
                     continue;
                 };
+                count += 1;
                 if r.going_away {
                     continue;
+                }
+                if least.is_none_or(|(n, _)| r.virts.len() < n) {
+                    least = Some((r.virts.len(), k));
                 }
                 let max = self.cfg.max_streams.min(r.send.current_max_send_streams());
                 if r.virts.len() >= max {
@@ -455,6 +479,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
                     Poll::Pending => {}
                 }
             }
+        }
+        if count >= self.cfg.max_connections {
+            // A server that allows few streams (or none: SETTINGS_MAX_CONCURRENT_STREAMS 0)
+            // or keeps sending GOAWAY must not make a connection per request: the stream
+            // waits on the least loaded connection (h2 opens it when a slot frees, bounded by
+            // the request timeout), or fails like a connect when all are going away.
+            return least.map(|(_, k)| k).ok_or(NetError::Reset);
         }
         // None fits: another real connection.
         let c = inner.connect(self.now, ep)?;
@@ -673,8 +704,19 @@ impl<'a, N: Net> H2BackNet<'a, N> {
         drop(io);
         let again = (tx_full && drained) || (rx_full && rx_left < RX_MAX && !r.inner_eof);
         let eof = r.inner_eof;
+        let any_failed = !failed.is_empty();
         for id in failed {
             back.fail_virt(id);
+        }
+        if any_failed {
+            // Its last streams may have just failed: then its idle clock starts now, or an
+            // unused connection would stay open until something else touched it.
+            let now = back.now;
+            if let Some((_, r)) = back.reals.get_mut(&k) {
+                if r.virts.is_empty() && r.idle_since.is_none() {
+                    r.idle_since = Some(now);
+                }
+            }
         }
         for id in rebind {
             let Some(ep) = back.virts.get_mut(&id).map(|v| {
@@ -973,6 +1015,7 @@ fn new_stream(head: &http::RequestHead, ep: SocketAddrV4) -> Option<(Stream, Opt
             body: RespBody::Discard,
             resp_done: false,
             interim_seen: false,
+            interims: 0,
         },
         body,
     ))
@@ -1019,7 +1062,10 @@ fn pump_virt(
             }
         }
     }
-    // Request body, as the stream's window opens.
+    // Request body, as the stream's window opens. A send that fails may be a server that
+    // answered early and reset its side (RST_STREAM NO_ERROR, RFC 9113 §8.1): the response
+    // is read below first, and only a stream without one is a reset.
+    let mut send_failed = false;
     if let Some(send) = st.send.as_mut() {
         while let Some(front) = st.out.front() {
             if send.capacity() == 0 {
@@ -1030,10 +1076,8 @@ fn pump_virt(
                         return Err(Fail::Refused);
                     }
                     Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
-                        if st.resp_done {
-                            break; // answered: the server stopped reading
-                        }
-                        return Err(Fail::Reset);
+                        send_failed = true;
+                        break;
                     }
                     _ => break,
                 }
@@ -1050,7 +1094,8 @@ fn pump_virt(
             st.out_len -= chunk.len();
             let last = st.out.is_empty() && st.req_end && st.trailers.is_empty();
             if send.send_data(chunk, last).is_err() {
-                return Err(Fail::Reset);
+                send_failed = true;
+                break;
             }
             if last {
                 st.send = None;
@@ -1060,16 +1105,14 @@ fn pump_virt(
         if st.out_len < REQ_MAX {
             v.blocked_write = false;
         }
-        if let Some(send) = st.send.as_mut() {
+        if let Some(send) = st.send.as_mut().filter(|_| !send_failed) {
             if st.out.is_empty() && st.req_end {
                 let r = if st.trailers.is_empty() {
                     send.send_data(Bytes::new(), true)
                 } else {
                     send.send_trailers(crate::h2io::trailer_map(&st.trailers))
                 };
-                if r.is_err() && !st.resp_done {
-                    return Err(Fail::Reset);
-                }
+                send_failed = r.is_err();
                 st.send = None;
             }
         }
@@ -1080,6 +1123,13 @@ fn pump_virt(
     if let Some(resp) = st.response.as_mut() {
         if !st.interim_seen {
             while let Poll::Ready(Some(r)) = resp.poll_informational(cx) {
+                // A server that sends interim responses without end grows this buffer
+                // whether or not the client reads: as many as the engine allows, then reset.
+                st.interims = st.interims.saturating_add(1);
+                if st.interims > MAX_INTERIM {
+                    stats.bad_responses.fetch_add(1, Ordering::Relaxed);
+                    return Err(Fail::Reset);
+                }
                 match r {
                     Ok(i) if i.status() == ::http::StatusCode::CONTINUE => {
                         v.resp.extend_from_slice(http::CONTINUE);
@@ -1163,9 +1213,12 @@ fn pump_virt(
             Poll::Pending => break,
         }
     }
-    if st.resp_done && !st.req_end {
-        // Answered before the request was whole: the rest of it is not sent, and the
-        // engine's connection is not reused.
+    if send_failed && !st.resp_done {
+        return Err(Fail::Reset);
+    }
+    if st.resp_done && (!st.req_end || st.send.is_some()) {
+        // Answered before the request was whole (or before its end went out): the rest of
+        // it is not sent, the stream ends, and the engine's connection is not reused.
         v.retire = true;
         st.out.clear();
         st.out_len = 0;
@@ -1202,7 +1255,17 @@ fn response_head(
     out.extend_from_slice(http::reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\n");
     let no_body = head_only || status == 204 || status == 304;
-    let has_length = parts.headers.contains_key(::http::header::CONTENT_LENGTH);
+    // A gRPC response's status comes in its trailers: it is always chunked here, whatever
+    // length the server gave, or the trailers (and `grpc-status`) would be lost.
+    let grpc = parts
+        .headers
+        .get(::http::header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.as_bytes()
+                .get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+        });
+    let has_length = parts.headers.contains_key(::http::header::CONTENT_LENGTH) && !grpc;
     let body = if no_body || end {
         RespBody::Discard
     } else if has_length {
@@ -1215,8 +1278,8 @@ fn response_head(
         if connection_specific(name) {
             continue;
         }
-        if name == "content-length" && end && !no_body {
-            continue; // replaced below: the stream ended, so the body is empty
+        if name == "content-length" && ((end && !no_body) || (grpc && !no_body)) {
+            continue; // replaced below: an empty body, or chunked for the trailers
         }
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -1462,6 +1525,15 @@ impl<N: Net> Net for H2BackNet<'_, N> {
         }
     }
 
+    fn reset_on_reuse_is_stale(&self, c: Self::Conn) -> bool {
+        match c {
+            BConn::Tcp(t) => self.inner.reset_on_reuse_is_stale(t),
+            // A stream reset says nothing of what the server did; the back itself sends
+            // again what the server refused unprocessed (REFUSED_STREAM).
+            BConn::Virtual(_) => false,
+        }
+    }
+
     fn addrs(&self, c: Self::Conn) -> Option<(SocketAddrV4, SocketAddrV4)> {
         match c {
             BConn::Tcp(t) => self.inner.addrs(t),
@@ -1542,6 +1614,8 @@ mod tests {
         conn: Option<h2::server::Connection<BufIo, Bytes>>,
         /// Requests accepted: head, body so far, whether it ended, trailers, the responder.
         reqs: Vec<ServerReq>,
+        /// Reads no request body (its window stays shut once used).
+        hold_bodies: bool,
     }
 
     struct ServerReq {
@@ -1565,6 +1639,7 @@ mod tests {
                 hs: Some(hs),
                 conn: None,
                 reqs: Vec::new(),
+                hold_bodies: false,
             }
         }
 
@@ -1593,7 +1668,7 @@ mod tests {
                     });
                 }
             }
-            for r in &mut self.reqs {
+            for r in self.reqs.iter_mut().filter(|_| !self.hold_bodies) {
                 while let Some(recv) = r.recv.as_mut() {
                     match recv.poll_data(&mut cx) {
                         Poll::Ready(Some(Ok(d))) => {
@@ -1841,6 +1916,33 @@ mod tests {
         assert_eq!(rig.mem.connects_to(ep()).len(), 1);
         assert_eq!(rig.back.stats.streams.load(Ordering::Relaxed), 2);
         assert_eq!(rig.back.stats.connections.load(Ordering::Relaxed), 1);
+        // A gRPC response with a content-length still has its status in the trailers: it
+        // comes out chunked, trailers included.
+        rig.got.clear();
+        rig.write(v, b"GET /g HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        let mut send = rig
+            .respond(
+                2,
+                ::http::Response::builder()
+                    .status(200)
+                    .header("content-type", "application/grpc")
+                    .header("content-length", "5")
+                    .body(())
+                    .unwrap(),
+                false,
+            )
+            .unwrap();
+        send.send_data(Bytes::from_static(b"\0\0\0\0\0"), false)
+            .unwrap();
+        let mut trailers = ::http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        send.send_trailers(trailers).unwrap();
+        rig.settle();
+        assert_eq!(
+            rig.text(v),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\r\n\
+             5\r\n\0\0\0\0\0\r\n0\r\ngrpc-status: 0\r\n\r\n"
+        );
     }
 
     #[test]
@@ -1889,6 +1991,60 @@ mod tests {
         rig.write(b, b"GET /b HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
         assert_eq!(rig.mem.connects_to(ep()).len(), 2);
         assert_eq!(rig.servers[1].reqs.len(), 1);
+    }
+
+    #[test]
+    fn connections_to_an_endpoint_are_capped_and_the_rest_wait_for_a_slot() {
+        let mut rig = Rig::new();
+        let max = rig.back.cfg.max_connections;
+        let mut vs = Vec::new();
+        for i in 0..max + 2 {
+            let v = rig.connect();
+            rig.accept(1); // one stream at a time per connection
+            rig.settle();
+            rig.write(
+                v,
+                format!("GET /{i} HTTP/1.1\r\nhost: g\r\n\r\n").as_bytes(),
+                1000,
+            );
+            vs.push(v);
+        }
+        assert_eq!(
+            rig.mem.connects_to(ep()).len(),
+            max,
+            "no connection past the cap"
+        );
+        let served: usize = rig.servers.iter().map(|s| s.reqs.len()).sum();
+        assert_eq!(served, max, "one stream per connection; two wait");
+        // The first answer frees its connection's slot: a waiting stream opens there.
+        rig.respond(0, ok(), true);
+        rig.settle();
+        assert!(rig.text(vs[0]).starts_with("HTTP/1.1 200 OK\r\n"));
+        assert_eq!(
+            rig.servers[0].reqs.len(),
+            2,
+            "a waiting stream took the slot"
+        );
+        assert!(!rig.events.iter().any(|e| matches!(e, NetEvent::Reset(_))));
+    }
+
+    #[test]
+    fn a_flood_of_interim_responses_resets_the_stream() {
+        let mut rig = Rig::new();
+        let v = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(v, b"GET /i HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        let r = rig.servers[0].reqs[0].respond.as_mut().unwrap();
+        for _ in 0..50 {
+            let cont = ::http::Response::builder().status(100).body(()).unwrap();
+            let _ = r.send_informational(cont);
+        }
+        rig.settle();
+        assert!(rig.events.contains(&NetEvent::Reset(v)), "{:?}", rig.events);
+        assert_eq!(rig.back.stats.bad_responses.load(Ordering::Relaxed), 1);
+        // What reached the engine is bounded: at most MAX_INTERIM interim heads.
+        assert!(rig.text(v).matches("HTTP/1.1 100").count() <= usize::from(MAX_INTERIM));
     }
 
     #[test]
@@ -2189,5 +2345,40 @@ mod tests {
             "{}",
             rig.text(v)
         );
+    }
+
+    #[test]
+    fn an_answer_while_the_last_of_the_upload_waits_for_window_ends_the_stream() {
+        // The engine wrote the whole request, part of it still waits for the server's
+        // window, and the server answers: the stream ends (the rest is not sent) instead of
+        // holding its place and buffers with a send half that never finishes.
+        let mut rig = Rig::new();
+        let v = rig.connect();
+        rig.accept(100);
+        rig.servers[0].hold_bodies = true;
+        rig.settle();
+        let mut req = b"POST /up HTTP/1.1\r\nhost: g\r\ncontent-length: 102400\r\n\r\n".to_vec();
+        req.extend(std::iter::repeat_n(b'x', 100 << 10));
+        rig.write(v, &req, 16 << 10);
+        let too_big = ::http::Response::builder().status(413).body(()).unwrap();
+        rig.respond(0, too_big, true);
+        rig.settle();
+        rig.read_all(v);
+        assert!(rig.text(v).starts_with("HTTP/1.1 413"), "{:?}", rig.text(v));
+        assert!(
+            !rig.events.contains(&NetEvent::Reset(v)),
+            "{:?}",
+            rig.events
+        );
+        let vid = match v {
+            BConn::Virtual(id) => id,
+            BConn::Tcp(_) => unreachable!("a virtual connection"),
+        };
+        let virt = rig.back.virts.get(&vid).expect("still the engine's");
+        assert!(virt.retire, "not reused after an early answer");
+        assert!(virt
+            .st
+            .as_ref()
+            .is_none_or(|st| st.send.is_none() && st.out.is_empty()));
     }
 }

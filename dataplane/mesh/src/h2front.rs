@@ -1709,6 +1709,13 @@ impl<N: Net> Net for H2Net<'_, N> {
         }
     }
 
+    fn reset_on_reuse_is_stale(&self, c: Self::Conn) -> bool {
+        match c {
+            FConn::Tcp(t) => self.inner.reset_on_reuse_is_stale(t),
+            FConn::Stream(..) => false,
+        }
+    }
+
     fn addrs(&self, c: Self::Conn) -> Option<(SocketAddrV4, SocketAddrV4)> {
         self.inner.addrs(c.transport())
     }

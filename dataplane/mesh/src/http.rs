@@ -1490,7 +1490,7 @@ pub fn grpc_status_for_http(status: u16) -> u8 {
 /// The gateway's own answer to a gRPC call: a trailers-only response (HTTP 200, the status
 /// in `grpc-status` and the reason in `grpc-message`, no body), which an HTTP/2 front sends
 /// as one HEADERS frame ending the stream. `x-xdpmesh-error` says the gateway made it.
-pub fn grpc_error_response(grpc: u8, reason: &str, close: bool) -> Vec<u8> {
+pub fn grpc_error_response(grpc: u8, reason: &str, close: bool, add: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     push_header(&mut out, "content-type", b"application/grpc");
@@ -1501,6 +1501,9 @@ pub fn grpc_error_response(grpc: u8, reason: &str, close: bool) -> Vec<u8> {
     push_header(&mut out, "content-length", b"0");
     if close {
         push_header(&mut out, "connection", b"close");
+    }
+    for (n, v) in add {
+        push_header(&mut out, n, v);
     }
     out.extend_from_slice(b"\r\n");
     out

@@ -75,6 +75,15 @@ pub trait Net {
         let _ = c;
         true
     }
+    /// Does a reset of `c` before any response byte, on a request that followed another on
+    /// it, prove the request was not processed (a kept-alive TCP connection the server closed
+    /// as the request went out)? Then the engine sends the request again whatever its method.
+    /// A connection that is a stream of a multiplexed one says `false`: a stream reset tells
+    /// nothing of what the server did. Default: `true`.
+    fn reset_on_reuse_is_stale(&self, c: Self::Conn) -> bool {
+        let _ = c;
+        true
+    }
     /// The connection's (local, remote) addresses, for inspection; `None` when unknown.
     fn addrs(&self, c: Self::Conn) -> Option<(SocketAddrV4, SocketAddrV4)> {
         let _ = c;
