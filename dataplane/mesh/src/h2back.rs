@@ -1278,7 +1278,7 @@ fn response_head(
         if connection_specific(name) {
             continue;
         }
-        if name == "content-length" && ((end && !no_body) || (grpc && !no_body)) {
+        if name == "content-length" && (end || grpc) && !no_body {
             continue; // replaced below: an empty body, or chunked for the trailers
         }
         out.extend_from_slice(name.as_bytes());
