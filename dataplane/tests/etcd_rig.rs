@@ -27,12 +27,22 @@ use std::time::{Duration, Instant};
 const PREFIX: &str = "/xm-test";
 const NODES: usize = 5;
 
+/// A free loopback port, never one handed out before in this process: the tests run in
+/// parallel and bind their ports later, and the OS may give a port just released (one test's
+/// etcd then failed to bind its peer port in a CI run, and its pushes never went through).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(p) {
+            return p;
+        }
+    }
 }
 
 struct Dir(PathBuf);
@@ -1091,7 +1101,11 @@ fn etcd_over_tls_with_a_client_certificate() {
         let o = push(&file, &c, &extra);
         o.status.success().then_some(o)
     });
-    let rev = pushed_revision(&pushed.expect("push over TLS never went through"));
+    let pushed = pushed.unwrap_or_else(|| {
+        let log = std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
+        panic!("push over TLS never went through; etcd's log:\n{log}")
+    });
+    let rev = pushed_revision(&pushed);
     // Without a client certificate etcd refuses the connection.
     let o = push(&file, &c, &["--ca", dir.join("ca.pem").to_str().unwrap()]);
     assert!(!o.status.success(), "{o:?}");
