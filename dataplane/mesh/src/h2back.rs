@@ -983,10 +983,7 @@ fn new_stream(head: &http::RequestHead, ep: SocketAddrV4) -> Option<(Stream, Opt
     // The engine drops `TE` as hop-by-hop; gRPC needs `te: trailers` on HTTP/2 (its servers
     // refuse calls without it, to detect proxies that would lose trailers): this hop keeps
     // trailers, so it says so for gRPC requests.
-    let grpc = head
-        .header("content-type")
-        .is_some_and(|v| v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc"));
-    if grpc
+    if http::is_grpc(head)
         && !head
             .headers
             .iter()
@@ -1260,11 +1257,7 @@ fn response_head(
     let grpc = parts
         .headers
         .get(::http::header::CONTENT_TYPE)
-        .is_some_and(|v| {
-            v.as_bytes()
-                .get(..16)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
-        });
+        .is_some_and(|v| http::is_grpc_content_type(v.as_bytes()));
     let has_length = parts.headers.contains_key(::http::header::CONTENT_LENGTH) && !grpc;
     let body = if no_body || end {
         RespBody::Discard

@@ -1422,14 +1422,18 @@ pub fn gateway_response(status: u16, reason: &str, close: bool, add: &[(&str, &[
     out
 }
 
-/// Is this request a gRPC call? `content-type: application/grpc`, with an optional
-/// `+codec` or parameters (gRPC's PROTOCOL-HTTP2.md).
+/// Is this request a gRPC call? Its `content-type` says so ([`is_grpc_content_type`]).
 pub fn is_grpc(head: &RequestHead) -> bool {
-    head.header("content-type").is_some_and(|v| {
-        v.len() >= 16
-            && v[..16].eq_ignore_ascii_case(b"application/grpc")
-            && matches!(v.get(16), None | Some(b'+' | b';'))
-    })
+    head.header("content-type")
+        .is_some_and(is_grpc_content_type)
+}
+
+/// `application/grpc`, with an optional `+codec` or parameters (gRPC's PROTOCOL-HTTP2.md),
+/// in any case (RFC 9110 §8.3.1); not `application/grpc-web`.
+pub fn is_grpc_content_type(v: &[u8]) -> bool {
+    v.len() >= 16
+        && v[..16].eq_ignore_ascii_case(b"application/grpc")
+        && matches!(v.get(16), None | Some(b'+' | b';'))
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit, `H` `M` `S` `m` `u` `n` (PROTOCOL-HTTP2.md).
