@@ -28,6 +28,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib/deps.sh
 . scripts/lib/deps.sh
+# shellcheck source-path=SCRIPTDIR source=lib/bench.sh
+. scripts/lib/bench.sh
 
 ROUNDS=3
 SECONDS_EACH=5
@@ -102,16 +104,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-wait_listen() {
-  local ns=$1 port=$2 deadline=$((SECONDS + 15))
-  while [ -z "$(ip netns exec "$ns" ss -Hltn "sport = :$port")" ]; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      xm_log "bench-h2.sh: nothing listens on port $port in $ns after 15 s"
-      return 1
-    fi
-    sleep 0.05
-  done
-}
 
 xm_section "the rig, the servers and both pairs"
 if ip netns list | awk '{print $1}' | grep -qx xm-cli; then RIG_WAS_UP=1; fi
@@ -125,8 +117,8 @@ mkdir -p "$STATE/nginx-tmp" "$STATE/haproxy"
 sed "s|@STATE@|$STATE|g" scripts/bench/nginx.conf >"$STATE/nginx.conf"
 ip netns exec xm-srv nginx -q -e "$STATE/nginx-error.log" -p "$STATE" -c "$STATE/nginx.conf" &
 PIDS+=($!)
-wait_listen xm-srv 8080
-wait_listen xm-srv 8081
+xm_wait_listen xm-srv 8080
+xm_wait_listen xm-srv 8081
 bash scripts/rig.sh mesh --backend afxdp
 for id in "sa/client client" "gateway/gw-b gwb"; do
   # shellcheck disable=SC2086
@@ -141,8 +133,8 @@ ip netns exec xm-gwb haproxy -db -f "$STATE/haproxy/b.cfg" >"$STATE/haproxy/b.lo
 PIDS+=($!)
 ip netns exec xm-gwa haproxy -db -f "$STATE/haproxy/a.cfg" >"$STATE/haproxy/a.log" 2>&1 &
 PIDS+=($!)
-wait_listen xm-gwb 81
-wait_listen xm-gwa 82
+xm_wait_listen xm-gwb 81
+xm_wait_listen xm-gwa 82
 
 TARGETS=("direct http://10.10.3.2:8081/" "haproxy http://10.10.1.1:82/" "xdpmesh http://10.10.1.1/")
 HOP="HTTP/1.1 on both hops, servers HTTP/1.1"
@@ -157,8 +149,8 @@ if [ "$H2_SERVERS" -eq 1 ]; then
       --data-binary "@$STATE/h2-$gw-tables.toml" http://127.0.0.1:9901/tables)
     [ "$code" = 200 ] || { xm_log "bench-h2.sh: gateway $gw refused the h2c tables ($code)"; exit 1; }
   done
-  wait_listen xm-gwb 83
-  wait_listen xm-gwa 83
+  xm_wait_listen xm-gwb 83
+  xm_wait_listen xm-gwa 83
   TARGETS=("direct http://10.10.3.2:8081/" "haproxy http://10.10.1.1:83/" "xdpmesh http://10.10.1.1/")
   HOP="servers HTTP/2 (h2c); HAProxy's hop HTTP/2 (ALPN h2), xdpmesh's hop HTTP/1.1"
 fi

@@ -18,6 +18,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib/deps.sh
 . scripts/lib/deps.sh
+# shellcheck source-path=SCRIPTDIR source=lib/bench.sh
+. scripts/lib/bench.sh
 
 ROUNDS=3
 SECONDS_EACH=5
@@ -80,16 +82,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-wait_listen() {
-  local ns=$1 port=$2 deadline=$((SECONDS + 15))
-  while [ -z "$(ip netns exec "$ns" ss -Hltn "sport = :$port")" ]; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      xm_log "bench-loss.sh: nothing listens on port $port in $ns after 15 s"
-      return 1
-    fi
-    sleep 0.05
-  done
-}
 
 xm_section "the rig, a bridge in the gateways' link, both pairs"
 bash scripts/rig.sh up
@@ -101,7 +93,7 @@ done
 mkdir -p "$STATE/haproxy"
 ip netns exec xm-srv iperf3 -s -B 10.10.3.2 -p 5201 >"$STATE/iperf3.log" 2>&1 &
 PIDS+=($!)
-wait_listen xm-srv 5201
+xm_wait_listen xm-srv 5201
 bash scripts/rig.sh mesh --backend afxdp
 for id in "sa/client client" "gateway/gw-b gwb"; do
   # shellcheck disable=SC2086
@@ -116,8 +108,8 @@ ip netns exec xm-gwb haproxy -db -f "$STATE/haproxy/b.cfg" >"$STATE/haproxy/b.lo
 PIDS+=($!)
 ip netns exec xm-gwa haproxy -db -f "$STATE/haproxy/a.cfg" >"$STATE/haproxy/a.log" 2>&1 &
 PIDS+=($!)
-wait_listen xm-gwb 5202
-wait_listen xm-gwa 5202
+xm_wait_listen xm-gwb 5202
+xm_wait_listen xm-gwa 5202
 
 TARGETS=("haproxy 5202" "xdpmesh 5201")
 # iperf3 -J's received rate in Gbit/s.

@@ -61,6 +61,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib/deps.sh
 . scripts/lib/deps.sh
+# shellcheck source-path=SCRIPTDIR source=lib/bench.sh
+. scripts/lib/bench.sh
 
 QUICK=0
 BUILD=1
@@ -178,16 +180,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Waits until something listens on TCP ADDR:PORT in namespace NS (deadline: 15 s).
-wait_listen() {
-  local ns=$1 port=$2 deadline=$((SECONDS + 15))
-  while [ -z "$(ip netns exec "$ns" ss -Hltn "sport = :$port")" ]; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      xm_log "bench.sh: nothing listens on port $port in $ns after 15 s"
-      return 1
-    fi
-    sleep 0.05
-  done
-}
 
 xm_section "the rig and the servers"
 if ip netns list | awk '{print $1}' | grep -qx xm-cli; then RIG_WAS_UP=1; fi
@@ -206,10 +198,10 @@ if [ "$POLICIES" -eq 0 ]; then
   ip netns exec xm-srv iperf3 -s -B 10.10.3.2 -p 5201 >"$STATE/iperf3.log" 2>&1 &
   PIDS+=($!)
 fi
-wait_listen xm-srv 8080
+xm_wait_listen xm-srv 8080
 if [ "$POLICIES" -eq 0 ]; then
-  wait_listen xm-srv 5001
-  wait_listen xm-srv 5201
+  xm_wait_listen xm-srv 5001
+  xm_wait_listen xm-srv 5201
 fi
 
 ( while :; do echo "$(date +%s) $(cut -d' ' -f1 /proc/loadavg)"; sleep 5; done ) >"$RAW/load.txt" &
@@ -233,8 +225,8 @@ start_haproxy() {
   ip netns exec xm-gwa haproxy -db -f "$STATE/haproxy/a.cfg" >"$STATE/haproxy/a.log" 2>&1 &
   PIDS+=($!)
   HAPROXY_A_PID=$!
-  wait_listen xm-gwb 5202
-  wait_listen xm-gwa 5202
+  xm_wait_listen xm-gwb 5202
+  xm_wait_listen xm-gwa 5202
 }
 
 # CPU time (user + system, clock ticks) of process PID so far, or "-" if it is gone;
