@@ -227,6 +227,7 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
                 identity: p.identity.value.clone(),
                 min_idle,
                 admin,
+                hop_protocol: *p.hop_protocol,
             });
         }
     }

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{errors, errors_in, write_cert, write_good_cert};
+use control::schema::HopProtocol;
 
 #[track_caller]
 fn one(text: &str, expected: &str) {
@@ -686,8 +687,27 @@ fn peer_min_idle_is_in_range() {
     );
     one(
         "[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.2:15443\"\nidentity = \"spiffe://m/gw-b\"\nwarm = 1\n",
-        "t.toml:5:1: peer[0].warm: unknown key \"warm\" (hint: allowed keys: name, address, identity, min_idle, admin)",
+        "t.toml:5:1: peer[0].warm: unknown key \"warm\" (hint: allowed keys: name, address, identity, min_idle, admin, hop_protocol)",
     );
+}
+
+#[test]
+fn peer_hop_protocol_is_h2_or_http1() {
+    const P: &str =
+        "[[peer]]\nname = \"gw-b\"\naddress = \"10.0.0.2:15443\"\nidentity = \"spiffe://m/gw-b\"\n";
+    one(
+        &format!("{P}hop_protocol = \"h3\"\n"),
+        "t.toml:5:16: peer[0].hop_protocol: unknown value \"h3\" (hint: one of: h2, http1)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hop = |extra: &str| {
+        let c = common::compile_in(dir.path(), &format!("{P}{extra}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.snapshot.peers[0].hop_protocol
+    };
+    assert_eq!(hop(""), HopProtocol::H2, "the default");
+    assert_eq!(hop("hop_protocol = \"http1\"\n"), HopProtocol::Http1);
+    assert_eq!(hop("hop_protocol = \"h2\"\n"), HopProtocol::H2);
 }
 
 #[test]

@@ -681,6 +681,8 @@ fn run_backend(backend: &str, work: &Path) {
         .exec_ok(["curl", "-sf", "--max-time", "10", "http://10.10.1.1/"])
         .expect("curl through the mesh");
     assert_eq!(body, "v1");
+    // Before other traffic opens hops for other services and identities.
+    hop_pooling(&cli, &gwa, &gwb, backend);
 
     // A 100 MiB download is byte-exact.
     let t = Instant::now();
@@ -840,6 +842,50 @@ fn run_backend(backend: &str, work: &Path) {
         );
     }
 
+    // A peer on the multiplexed hop that lies in its streams' endpoint field: B refuses
+    // each bad stream as it refuses a bad preamble (counted), and serves the good streams
+    // of the same connection.
+    let refused = |reason: &str| {
+        metric(
+            &gwb,
+            "xdpmesh_proxy_refused_total",
+            &format!("reason=\"{reason}\""),
+        )
+    };
+    let (bad0, far0) = (refused("bad_preamble"), refused("endpoint_not_local"));
+    let id = state.join("ids/sa/client");
+    let streams = r#"[["10.10.3.2:8080"], [], ["10.10.3.2:8080", "10.10.3.2:8081"],
+        ["10.10.3.2:9999"], ["bogus"], ["10.10.3.2:8081"]]"#;
+    let out = cli
+        .exec_ok([
+            "/usr/bin/python3",
+            &repo()
+                .join("dataplane/tests/hop/h2peer.py")
+                .display()
+                .to_string(),
+            "10.10.2.2:15443",
+            "web.svc.mesh",
+            &id.join("cert.pem").display().to_string(),
+            &id.join("key.pem").display().to_string(),
+            &state.join("ca/ca.pem").display().to_string(),
+            streams,
+        ])
+        .expect("h2peer.py");
+    println!("lying peer on the multiplexed hop: {out}");
+    assert_eq!(
+        out.trim(),
+        r#"["200", "reset", "reset", "reset", "reset", "200"]"#,
+        "good streams served, lying ones reset"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            (refused("bad_preamble") >= bad0 + 3 && refused("endpoint_not_local") > far0)
+                .then_some(())
+        })
+        .is_some(),
+        "B counted 3 bad preambles and 1 endpoint not local"
+    );
+
     // A capture of the gateway-to-gateway link never shows the marker. With AF_XDP the
     // frames bypass the kernel's taps on both gateways, so B is restarted on kernel sockets
     // for this check (A still encrypts on its AF_XDP path).
@@ -918,9 +964,12 @@ fn run_backend(backend: &str, work: &Path) {
         restarted = Some(start_one(&state, "gwb", backend));
     }
 
-    // Repeat connections to B resumed their TLS sessions.
+    // Repeat connections to B resumed their TLS sessions (hops of their own, or the shared
+    // connections of the multiplexed hop).
     assert!(
-        metric(&gwa, "xdpmesh_proxy_tls_resumed_total", "") > 0,
+        metric(&gwa, "xdpmesh_proxy_tls_resumed_total", "")
+            + metric(&gwa, "xdpmesh_hop_tls_resumed_total", "")
+            > 0,
         "gw-a resumed TLS sessions to gw-b"
     );
 
@@ -976,6 +1025,105 @@ fn run_backend(backend: &str, work: &Path) {
         let _ = cli.exec(["ip", "addr", "del", ip, "dev", "cli-gwa"]);
     }
     drop(servers);
+}
+
+/// The multiplexed hop (issue #19): 32 concurrent HTTP/1.1 clients (wrk) through the pair
+/// cross it as streams, every request, and the load opens at most 2 hop connections per
+/// worker of gw-a and peer (one per service of the 90/10 split: a hop binds a service and a
+/// client identity), where a hop per request in flight would take up to 32. Counted on both
+/// gateways, and with the kernel backend by the sockets themselves (`ss` in gw-a's
+/// namespace, while the load runs).
+fn hop_pooling(cli: &NetNs, gwa: &NetNs, gwb: &NetNs, backend: &str) {
+    let text = gwa
+        .exec_ok([
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9901/metrics",
+        ])
+        .expect("metrics");
+    let workers = text
+        .lines()
+        .filter(|l| l.starts_with("xdpmesh_proxy_accepted_total{worker="))
+        .count()
+        .max(1) as u64;
+    let opened = metric(gwa, "xdpmesh_hop_connections_total", "");
+    let streams = metric(gwa, "xdpmesh_hop_streams_total", "");
+    let accepted = metric(gwb, "xdpmesh_hop_connections_accepted_total", "");
+    let wrk = cli
+        .command("wrk")
+        .args(["-t1", "-c32", "-d4s", "http://10.10.1.1/"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wrk");
+    // While it runs (streams moving): the hop connections open, by gw-a's gauge and its
+    // sockets.
+    let moving = wait_for(Duration::from_secs(3), || {
+        (metric(gwa, "xdpmesh_hop_streams_total", "") > streams + 500).then_some(())
+    });
+    assert!(moving.is_some(), "wrk's requests became hop streams");
+    let open_now = metric(gwa, "xdpmesh_hop_connections_open", "");
+    let sockets = (backend == "kernel").then(|| {
+        let ss = gwa
+            .exec_ok([
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+                "dst",
+                "10.10.2.2:15443",
+            ])
+            .expect("ss");
+        ss.lines().filter(|l| !l.trim().is_empty()).count() as u64
+    });
+    let out = wrk.wait_with_output().expect("wrk");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("hop pooling ({backend}, {workers} workers): {report}");
+    assert!(out.status.success(), "wrk: {report}");
+    let requests: u64 = report
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("wrk printed no total: {report}"));
+    assert!(requests > 1000, "the load ran: {report}");
+    assert!(
+        !report.contains("Non-2xx") && !report.contains("Socket errors"),
+        "every request answered 2xx: {report}"
+    );
+    let streams = metric(gwa, "xdpmesh_hop_streams_total", "") - streams;
+    let opened = metric(gwa, "xdpmesh_hop_connections_total", "") - opened;
+    let accepted = metric(gwb, "xdpmesh_hop_connections_accepted_total", "") - accepted;
+    println!(
+        "hop pooling: {requests} requests, {streams} hop streams, {opened} hop connections opened \
+         ({accepted} accepted by gw-b), {open_now} open during the load, sockets {sockets:?}"
+    );
+    assert!(
+        streams >= requests,
+        "every request crossed as a stream ({streams} streams, {requests} requests)"
+    );
+    let most = 2 * workers;
+    assert!(
+        opened <= most,
+        "{opened} hop connections opened (at most {most})"
+    );
+    assert!(
+        accepted <= most,
+        "gw-b accepted {accepted} hop connections (at most {most})"
+    );
+    // Open during the load: the ones it used, and those `min_idle` keeps warm for gw-b's
+    // other services (one per service and client identity); far from one per client.
+    assert!(
+        (1..=8).contains(&open_now),
+        "{open_now} hop connections open during the load (1 to 8)"
+    );
+    if let Some(n) = sockets {
+        assert_eq!(
+            n, open_now,
+            "every TCP connection from gw-a to gw-b's mesh port is a multiplexed hop"
+        );
+    }
 }
 
 fn rig_stop_one(state: &Path, name: &str) {

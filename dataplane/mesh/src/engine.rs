@@ -36,7 +36,7 @@ use super::http::{self, BodyFramer, HttpError, RequestHead};
 use super::lb::{self, Balancer};
 use super::leg::{Leg, LegError};
 use super::mirror::{self, Mirror, MirrorError, Pending};
-use super::net::{Net, NetError, NetEvent};
+use super::net::{HopPeer, HopTls, Net, NetError, NetEvent};
 use super::outlier::Detector;
 use super::policy::{self, Buckets, Budget, Decision, PolicyStats};
 use super::pool::{HopId, Pool, PoolKey, UpMeta};
@@ -523,6 +523,9 @@ pub struct ProxyStats {
     pub upstream_connects: u64,
     pub upstream_reused: u64,
     pub tls_resumed: u64,
+    /// Gateway B: mesh connections that chose ALPN `h2` and went to the transport's HTTP/2
+    /// front, each stream a session of its own.
+    pub hops_multiplexed: u64,
     pub completed: u64,
     pub bytes_down_to_up: u64,
     pub bytes_up_to_down: u64,
@@ -965,6 +968,9 @@ pub struct Engine<C> {
     /// `names_gen`.
     names: FxHashMap<(u8, u32), Arc<str>>,
     names_gen: u64,
+    /// Client configurations offering ALPN `h2`, by the configuration they copy (kept, so
+    /// that its address is not reused while it is a key): a multiplexed hop's.
+    h2_configs: Vec<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)>,
     /// Draining: no warm hops are opened any more.
     draining: bool,
     /// Which new traces are sampled (the `sampled` flag forwarded; a caller's is kept).
@@ -1024,6 +1030,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             next_report: None,
             names: FxHashMap::default(),
             names_gen: 0,
+            h2_configs: Vec::new(),
             draining: false,
             sampler: Sampler::ALWAYS,
         }
@@ -2085,8 +2092,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         .unwrap_or(failed)
                 };
                 let addr = endpoint_addr(&snap, svc, ep)?;
+                let mux = s.kind.http().is_some_and(|h| !h.upgrade_asked);
                 let (leg, pre) =
-                    self.open_upstream(net, now, &snap, (svc, ep), s.client, is_http)?;
+                    self.open_upstream(net, now, &snap, (svc, ep), s.client, is_http, mux)?;
                 (leg, pre, Some((svc, ep)), addr)
             }
             None => (
@@ -2114,8 +2122,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         if let Some(h) = s.kind.http_mut() {
             let svc_rt = &snap.services[a.svc as usize];
             let ep_index = lb.map(|(_, e)| e);
+            let mut key = self.pool_key(&snap, a.svc, ep_index, endpoint, s.client);
+            if let Some(hop) = key.hop.as_mut().filter(|_| h.upgrade_asked) {
+                hop.mux = false;
+            }
             h.up_meta = Some(UpMeta {
-                key: self.pool_key(&snap, a.svc, ep_index, endpoint, s.client),
+                key,
                 born: now,
                 requests: 1,
                 cfg: svc_rt.pool,
@@ -2244,7 +2256,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         return self.refuse_accept(net, now, (conn, remote, &listener.name), r)
                     }
                 };
-                match self.open_upstream(net, now, &snap, (tsvc, ep), remote, false) {
+                match self.open_upstream(net, now, &snap, (tsvc, ep), remote, false, false) {
                     Ok((up, preamble)) => {
                         session.kind = Kind::Tcp(TcpPhase::Connecting);
                         session.up = Some(up);
@@ -2273,6 +2285,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Protocol::Http => {
                 session.kind =
                     Kind::Http(HttpState::new(Target::Route, listener.timeouts.body_stall));
+            }
+            Protocol::Mesh if net.hop_peer(conn).is_some() => {
+                // A stream of a multiplexed hop: its connection's TLS is the transport's
+                // (`Net::adopt_hop`); the preamble comes from its headers, checked as below.
+                session.kind = Kind::MeshHandshake;
             }
             Protocol::Mesh => {
                 let server = listener
@@ -2398,6 +2415,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     }
 
     /// Opens the connection to an endpoint: TLS to its peer gateway, or plain when local.
+    /// `http`: the preamble says `http`; `mux`: the request may be a stream of a
+    /// multiplexed hop (HTTP, not an upgrade), which it is when the peer's `hop_protocol`
+    /// is `h2` and the transport has one ([`Net::connect_hop`]).
+    #[allow(clippy::too_many_arguments)]
     fn open_upstream<N: Net<Conn = C>>(
         &mut self,
         net: &mut N,
@@ -2406,12 +2427,41 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         (svc, ep): (u32, u32),
         client: SocketAddrV4,
         http: bool,
+        mux: bool,
     ) -> Result<(Leg<C>, Option<Vec<u8>>), Refusal> {
         let service = snap.services.get(svc as usize).ok_or(Refusal::NoService)?;
         let ep_addr = endpoint_addr(snap, svc, ep)?;
         match service.endpoints[ep as usize].via {
             None => Ok((self.connect_plain(net, now, ep_addr, Some(service))?, None)),
             Some(peer) => {
+                let hop = match snap.peers.get(peer as usize) {
+                    Some(p)
+                        if http && mux && p.hop_protocol == control::schema::HopProtocol::H2 =>
+                    {
+                        let identity = snap
+                            .identity_for_source(IpAddr::V4(*client.ip()))
+                            .ok_or(Refusal::NoIdentity)?;
+                        Some(self.hop_tls(snap, service, peer, identity)?)
+                    }
+                    _ => None,
+                };
+                if let Some((hop, peer_addr)) = hop {
+                    let held = self.hold(
+                        (&mut *net, now),
+                        &service.name,
+                        Limit::Connections,
+                        &service.circuit_breaker,
+                    )?;
+                    if let Some(c) = net.connect_hop(now, peer_addr, &hop) {
+                        let c = c.map_err(|_| Refusal::ConnectFailed)?;
+                        self.stats.upstream_connects += 1;
+                        let mut leg = Leg::plain(c, false);
+                        leg.held = Some(held);
+                        return Ok((leg, Some(preamble::encode(ep_addr, http))));
+                    }
+                    // No multiplexed hop in this transport (the in-memory one): a
+                    // connection of its own, as for `hop_protocol = "http1"`.
+                }
                 let (tls, peer_addr) = self.client_tls(snap, service, peer, client)?;
                 let held = self.hold(
                     (&mut *net, now),
@@ -2476,6 +2526,53 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let sni = super::tls::sni_for_service(&service.name).map_err(|_| Refusal::NoTlsConfig)?;
         let tls = rustls::ClientConnection::new(cfg, sni).map_err(|_| Refusal::NoTlsConfig)?;
         Ok((tls, peer_addr))
+    }
+
+    /// What a multiplexed hop to `peer` for `service` needs (see [`HopTls`]), and the peer's
+    /// address.
+    fn hop_tls(
+        &mut self,
+        snap: &Snapshot,
+        service: &ServiceRt,
+        peer: u32,
+        identity: &IdentityRt,
+    ) -> Result<(HopTls, SocketAddrV4), Refusal> {
+        let peer = snap.peers.get(peer as usize).ok_or(Refusal::UnknownPeer)?;
+        let SocketAddr::V4(peer_addr) = peer.address else {
+            return Err(Refusal::UnknownPeer);
+        };
+        let base = self
+            .tls
+            .client(identity, &peer.identity)
+            .ok_or(Refusal::NoTlsConfig)?;
+        let config = match self.h2_configs.iter().find(|(b, _)| Arc::ptr_eq(b, &base)) {
+            Some((_, h2)) => h2.clone(),
+            None => {
+                // Configurations change with certificates and trust: a few at a time.
+                if self.h2_configs.len() >= 64 {
+                    self.h2_configs.clear();
+                }
+                let h2 = super::tls::with_alpn_h2(&base);
+                self.h2_configs.push((base, h2.clone()));
+                h2
+            }
+        };
+        let sni = super::tls::sni_for_service(&service.name).map_err(|_| Refusal::NoTlsConfig)?;
+        let key = format!(
+            "{peer_addr} {} {} {} {:p}",
+            peer.identity,
+            service.name,
+            identity.id,
+            Arc::as_ptr(&config)
+        );
+        Ok((
+            HopTls {
+                config,
+                sni,
+                key: key.into(),
+            },
+            peer_addr,
+        ))
     }
 
     /// Moves bytes on every session that had an event.
@@ -2656,12 +2753,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         if s.down.is_handshaking() {
             return Ok(());
         }
-        let (sni, peer) = match s.down.tls_state() {
+        let (sni, peer, alpn_h2) = match s.down.tls_state() {
             Some(rustls::Connection::Server(t)) => (
                 t.server_name().map(str::to_owned),
                 super::tls::peer_identity(t),
+                t.alpn_protocol() == Some(super::tls::ALPN_H2),
             ),
-            _ => (None, None),
+            _ => match net.hop_peer(s.down.conn) {
+                Some(h) => (h.sni, h.identity, false),
+                None => (None, None, false),
+            },
         };
         let svc = sni
             .as_deref()
@@ -2669,6 +2770,31 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             .and_then(|name| s.snap.service_id(&name))
             .ok_or(StepError::Refused(Refusal::UnknownService))?;
         let peer = peer.ok_or(StepError::Refused(Refusal::PeerIdentity))?;
+        if alpn_h2 {
+            // A multiplexed hop: the transport's HTTP/2 front takes the connection, TLS
+            // and all; each stream comes back as a session that starts here again.
+            let conn = s.down.conn;
+            let leg = std::mem::replace(&mut s.down, Leg::plain(conn, true));
+            let hp = HopPeer {
+                sni,
+                identity: Some(peer),
+            };
+            return match net.adopt_hop(leg, hp) {
+                Ok(()) => {
+                    self.by_conn.remove(&conn);
+                    self.stats.hops_multiplexed += 1;
+                    // Not this session's to close or report any more.
+                    s.listener = None;
+                    s.conn = None;
+                    s.closed = true;
+                    Ok(())
+                }
+                Err(leg) => {
+                    s.down = leg;
+                    Err(StepError::Refused(Refusal::BadPreamble))
+                }
+            };
+        }
         // The preamble (bounded).
         while !s.d_in.contains(&b'\n') && s.d_in.len() < preamble::MAX {
             let room = preamble::MAX - s.d_in.len();
@@ -3556,7 +3682,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let pending = self.hold((net, now), &svc_rt.name, Limit::Pending, &cb)?;
         // What the connection must be bound to: gateway B binds a hop to the service its
         // SNI named and the identity it presented, for the hop's whole life.
-        let key = self.pool_key(&snap, svc, ep, endpoint, s.client);
+        let mut key = self.pool_key(&snap, svc, ep, endpoint, s.client);
+        if head.upgrade.is_some() {
+            // A tunnel after a 101 needs a hop connection of its own.
+            if let Some(h) = key.hop.as_mut() {
+                h.mux = false;
+            }
+        }
         let hop = key.hop.is_some();
         // Reuse the session's own upstream connection when it fits and is idle, else one
         // from the worker's pool, else open one.
@@ -3589,7 +3721,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         }
                         Target::Route => {
                             let ep = ep.expect("routed requests have an endpoint index");
-                            self.open_upstream(net, now, &snap, (svc, ep), s.client, true)?
+                            let mux = head.upgrade.is_none();
+                            self.open_upstream(net, now, &snap, (svc, ep), s.client, true, mux)?
                         }
                     };
                     if let Some(p) = pre {
@@ -3848,7 +3981,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         };
         self.policy_stats.count(&p.label, Decision::Mirrored);
         let (leg, preamble) =
-            match self.open_upstream(net, now, &snap, (p.service, ep), s.client, true) {
+            match self.open_upstream(net, now, &snap, (p.service, ep), s.client, true, true) {
                 Ok(x) => x,
                 Err(_) => {
                     self.policy_stats.count(&p.label, Decision::MirrorFailed);
@@ -4208,6 +4341,23 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                         if ident.sources.is_empty() {
                             continue;
                         }
+                        if peer.hop_protocol == control::schema::HopProtocol::H2 {
+                            // The multiplexed hop's shared connection: a connect opens it (or
+                            // keeps it from idling out); a transport without one gets hops
+                            // of their own, as below.
+                            let hop = self.hop_tls(snap, svc, pi as u32, ident);
+                            if let Ok((hop, peer_addr)) = hop {
+                                match net.connect_hop(now, peer_addr, &hop) {
+                                    Some(Ok(c)) => {
+                                        net.close(now, c);
+                                        budget = budget.saturating_sub(1);
+                                        continue;
+                                    }
+                                    Some(Err(_)) => continue,
+                                    None => {}
+                                }
+                            }
+                        }
                         let key =
                             self.key_for(snap, si as u32, Some(ei as u32), addr, Some(ii as u32));
                         let have = self.pool.idle_for(&key);
@@ -4368,6 +4518,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             };
             HopId {
                 identity,
+                mux: peer.hop_protocol == control::schema::HopProtocol::H2,
                 peer: match peer.address {
                     SocketAddr::V4(a) => a,
                     SocketAddr::V6(_) => SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),

@@ -31,10 +31,11 @@
 //! The `h2` crate is driven as in the front: polled with a no-op waker after every change that
 //! could move it, over a pair of bounded in-memory buffers ([`crate::h2io::BufIo`]).
 
-use crate::engine::MAX_INTERIM;
-use crate::h2io::{connection_specific, dechunk, BufIo, Chunk};
+use crate::engine::{preamble, MAX_INTERIM};
+use crate::h2io::{close_real, connection_specific, dechunk, read_real, write_real, BufIo, Chunk};
 use crate::http;
-use crate::net::{Net, NetError, NetEvent, TcpInfo};
+use crate::leg::Leg;
+use crate::net::{HopTls, Net, NetError, NetEvent, TcpInfo};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -64,6 +65,10 @@ const REPLAY_MAX: usize = 64 << 10;
 /// A request head from the engine is at most this large (the engine's own limit is 16 KiB,
 /// plus the fields it adds).
 const REQ_HEAD_MAX: usize = 32 << 10;
+/// On a multiplexed hop, the field that carries what the `XM/1` preamble says on a hop
+/// connection of its own: the endpoint behind the peer gateway (`IP:PORT`). Gateway B's
+/// front turns it back into the preamble, and its engine checks that as it checks any.
+pub const HOP_ENDPOINT: &str = "x-xdpmesh-endpoint";
 
 /// The limits of the back's HTTP/2 connections. Defaults in brackets.
 #[derive(Clone, Debug)]
@@ -124,13 +129,42 @@ pub struct H2UpstreamStats {
     pub streams_refused: AtomicU64,
     /// Streams reset for what the server sent: more than `MAX_INTERIM` interim responses.
     pub bad_responses: AtomicU64,
+    /// Multiplexed hop connections (mTLS, ALPN `h2`) opened to peer gateways, and open now.
+    pub hop_connections: AtomicU64,
+    pub hop_open: AtomicU64,
+    /// Requests that went to a peer gateway as a stream of a multiplexed hop.
+    pub hop_streams: AtomicU64,
+    /// Multiplexed hop connections whose TLS handshake failed or chose no ALPN `h2`.
+    pub hop_handshake_failures: AtomicU64,
+    /// Multiplexed hop connections that resumed a TLS session.
+    pub hop_tls_resumed: AtomicU64,
 }
 
 impl H2UpstreamStats {
     /// Prometheus text of these counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &AtomicU64); 13] = [
+            (
+                "xdpmesh_hop_tls_resumed_total",
+                "multiplexed hop connections that resumed a TLS session",
+                &self.hop_tls_resumed,
+            ),
+            (
+                "xdpmesh_hop_connections_total",
+                "multiplexed hop connections (mTLS, ALPN h2) opened to peer gateways",
+                &self.hop_connections,
+            ),
+            (
+                "xdpmesh_hop_streams_total",
+                "requests sent to peer gateways as streams of multiplexed hop connections",
+                &self.hop_streams,
+            ),
+            (
+                "xdpmesh_hop_handshake_failures_total",
+                "multiplexed hop connections whose TLS handshake failed or did not choose ALPN h2",
+                &self.hop_handshake_failures,
+            ),
             (
                 "xdpmesh_h2_upstream_connections_total",
                 "HTTP/2 (h2c) connections opened to upstream servers",
@@ -183,6 +217,12 @@ impl H2UpstreamStats {
              # TYPE xdpmesh_h2_upstream_connections_open gauge\nxdpmesh_h2_upstream_connections_open {}",
             self.open.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP xdpmesh_hop_connections_open Multiplexed hop connections to peer gateways open now.\n\
+             # TYPE xdpmesh_hop_connections_open gauge\nxdpmesh_hop_connections_open {}",
+            self.hop_open.load(Ordering::Relaxed)
+        );
         for (name, help, v) in rows {
             let _ = writeln!(
                 out,
@@ -215,13 +255,21 @@ impl<C: Copy> BConn<C> {
 type SendRequest = h2::client::SendRequest<Bytes>;
 type Connection = h2::client::Connection<BufIo, Bytes>;
 
-/// One real HTTP/2 connection to an endpoint.
-struct Real {
-    endpoint: SocketAddrV4,
+/// Real connections to the same target may carry each other's streams: an h2c endpoint, or
+/// a peer gateway for one service and client identity ([`HopTls::key`]).
+type Target = (SocketAddrV4, Option<Arc<str>>);
+
+/// One real HTTP/2 connection to an endpoint, or to a peer gateway (a multiplexed hop).
+struct Real<C> {
+    target: Target,
+    /// A hop's TLS (the transport's connection under it); `None` for h2c.
+    leg: Option<Leg<C>>,
+    /// The transport completed the TCP handshake (for a hop; `connected` waits for TLS).
+    tcp_up: bool,
     io: BufIo,
     send: SendRequest,
     conn: Option<Connection>,
-    /// The transport completed the TCP handshake.
+    /// Ready for frames: the TCP handshake, and for a hop the TLS one with ALPN `h2`.
     connected: bool,
     /// No new streams: the server sent GOAWAY (or the connection is ending).
     going_away: bool,
@@ -257,6 +305,13 @@ enum RespBody {
     Discard,
 }
 
+impl Virt {
+    /// The real connections it may use.
+    fn target(&self) -> Target {
+        (self.endpoint, self.hop.as_ref().map(|h| h.tls.key.clone()))
+    }
+}
+
 impl Stream {
     /// No response head yet (a refused stream has none).
     fn no_response_yet(&self) -> bool {
@@ -288,6 +343,8 @@ struct Stream {
 
 struct Virt {
     endpoint: SocketAddrV4,
+    /// A multiplexed hop's (see [`VirtHop`]); `None` for an h2c endpoint.
+    hop: Option<Box<VirtHop>>,
     /// The real connection it is bound to: while it waits for the first one to connect, and
     /// while a stream of its own is open there.
     real: Option<RealKey>,
@@ -309,6 +366,15 @@ struct Virt {
     replayed: bool,
 }
 
+/// A virtual connection's hop: what its real connections need, and the endpoint behind the
+/// peer its `XM/1` preamble named (sent with each stream as [`HOP_ENDPOINT`]), once written.
+struct VirtHop {
+    tls: HopTls,
+    endpoint: Option<SocketAddrV4>,
+    /// The preamble so far, until its newline.
+    preamble: Vec<u8>,
+}
+
 /// Real connections are keyed by the transport's handle.
 type RealKey = u64;
 
@@ -319,9 +385,9 @@ pub struct H2Back<C> {
     builder: h2::client::Builder,
     /// Does the local endpoint at this address speak h2c? (Asked at connect time.)
     is_h2c: Box<dyn Fn(SocketAddrV4) -> bool + Send>,
-    reals: FxHashMap<RealKey, (C, Real)>,
+    reals: FxHashMap<RealKey, (C, Real<C>)>,
     real_of: FxHashMap<C, RealKey>,
-    by_endpoint: FxHashMap<SocketAddrV4, Vec<RealKey>>,
+    by_endpoint: FxHashMap<Target, Vec<RealKey>>,
     virts: FxHashMap<u64, Virt>,
     next_id: u64,
     events: VecDeque<NetEvent<BConn<C>>>,
@@ -399,8 +465,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
             .collect();
         for k in late {
             self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-            if let Some(c) = self.drop_real(k) {
-                inner.close(now, c);
+            if let Some((c, leg)) = self.drop_real(k) {
+                close_real(inner, now, c, leg);
             }
         }
     }
@@ -416,20 +482,24 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
 
     /// Forgets a real connection; the virtual connections bound to it are reset. Returns the
     /// transport's handle (for the caller to close or abort).
-    fn drop_real(&mut self, k: RealKey) -> Option<C> {
+    fn drop_real(&mut self, k: RealKey) -> Option<(C, Option<Leg<C>>)> {
         let (c, r) = self.reals.remove(&k)?;
         self.real_of.remove(&c);
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(v) = self.by_endpoint.get_mut(&r.endpoint) {
+        if r.leg.is_some() {
+            self.stats.hop_open.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(v) = self.by_endpoint.get_mut(&r.target) {
             v.retain(|x| *x != k);
             if v.is_empty() {
-                self.by_endpoint.remove(&r.endpoint);
+                self.by_endpoint.remove(&r.target);
             }
         }
         for id in r.virts {
             self.fail_virt(id);
         }
-        Some(c)
+        Some((c, r.leg))
     }
 
     /// The virtual connection is gone for the engine: `Reset`, and the handle is invalid.
@@ -452,12 +522,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
         &mut self,
         inner: &mut N,
         ep: SocketAddrV4,
+        hop: Option<&HopTls>,
     ) -> Result<RealKey, NetError> {
         let mut cx = Context::from_waker(Waker::noop());
         // The least loaded open one, should every one be full and no other may open.
         let mut least: Option<(usize, RealKey)> = None;
         let mut count = 0;
-        if let Some(list) = self.by_endpoint.get(&ep) {
+        let target: Target = (ep, hop.map(|h| h.key.clone()));
+        if let Some(list) = self.by_endpoint.get(&target) {
             for &k in list {
                 let Some((_, r)) = self.reals.get_mut(&k) else {
                     continue;
@@ -488,7 +560,16 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
             return least.map(|(_, k)| k).ok_or(NetError::Reset);
         }
         // None fits: another real connection.
+        let leg = match hop {
+            Some(h) => {
+                let tls = rustls::ClientConnection::new(h.config.clone(), h.sni.clone())
+                    .map_err(|_| NetError::Reset)?;
+                Some(tls)
+            }
+            None => None,
+        };
         let c = inner.connect(self.now, ep)?;
+        let leg = leg.map(|tls| Leg::tls(c, tls.into(), false));
         let io = BufIo::new(TX_MAX);
         let mut hs = std::pin::pin!(self.builder.handshake::<BufIo, Bytes>(io.clone()));
         let (send, conn) = match hs.as_mut().poll(&mut cx) {
@@ -501,16 +582,23 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
         };
         let k = self.next_id;
         self.next_id += 1;
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        if leg.is_some() {
+            self.stats.hop_connections.fetch_add(1, Ordering::Relaxed);
+            self.stats.hop_open.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            self.stats.open.fetch_add(1, Ordering::Relaxed);
+        }
         self.real_of.insert(c, k);
-        self.by_endpoint.entry(ep).or_default().push(k);
+        self.by_endpoint.entry(target.clone()).or_default().push(k);
         self.reals.insert(
             k,
             (
                 c,
                 Real {
-                    endpoint: ep,
+                    target,
+                    leg,
+                    tcp_up: false,
                     io,
                     send,
                     conn: Some(conn),
@@ -524,6 +612,31 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
             ),
         );
         Ok(k)
+    }
+
+    /// The real connection takes streams: the engine's connects waiting for it complete;
+    /// those without a request of their own yet are not bound any more.
+    fn ready(&mut self, k: RealKey) {
+        let Some((_, r)) = self.reals.get_mut(&k) else {
+            return;
+        };
+        r.connected = true;
+        let waiting: Vec<u64> = r.virts.clone();
+        for id in waiting {
+            if let Some(v) = self.virts.get_mut(&id) {
+                if !v.connected {
+                    v.connected = true;
+                    self.events
+                        .push_back(NetEvent::Connected(BConn::Virtual(id)));
+                }
+                if v.st.is_none() {
+                    v.real = None;
+                    if let Some((_, r)) = self.reals.get_mut(&k) {
+                        r.virts.retain(|x| *x != id);
+                    }
+                }
+            }
+        }
     }
 
     fn bind(&mut self, id: u64, k: RealKey) {
@@ -570,8 +683,45 @@ impl<'a, N: Net> H2BackNet<'a, N> {
             return;
         };
         let c = *c;
+        let mut r = r;
         r.queued = false;
         let mut rx_full = false;
+        if r.tcp_up && !r.connected {
+            // A hop's TLS handshake, then ALPN `h2` or nothing.
+            let leg = r.leg.as_mut().expect("only a hop waits for TLS");
+            let mut scratch = [0u8; 16 << 10];
+            let ok = match leg.handshake(self.inner, &mut scratch) {
+                Ok(()) if leg.is_handshaking() => return,
+                Ok(()) => {
+                    if let Some(rustls::Connection::Client(t)) = leg.tls_state() {
+                        if t.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                            back.stats.hop_tls_resumed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    leg.tls_state().and_then(|t| t.alpn_protocol()) == Some(crate::tls::ALPN_H2)
+                }
+                Err(_) => false,
+            };
+            if !ok {
+                // A refused certificate, or a peer without the multiplexed hop
+                // (`hop_protocol = "http1"` is for those): the connects waiting fail.
+                back.stats
+                    .hop_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some((c, leg)) = back.drop_real(k) {
+                    if let Some(mut leg) = leg {
+                        let _ = leg.flush(self.inner);
+                    }
+                    self.inner.abort(c);
+                }
+                return;
+            }
+            back.ready(k);
+            let Some((_, r2)) = back.reals.get_mut(&k) else {
+                return;
+            };
+            r = r2;
+        }
         if r.connected {
             loop {
                 let room = RX_MAX.saturating_sub(r.io.lock().rx.len());
@@ -584,7 +734,7 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                 }
                 let mut buf = [0u8; 16 << 10];
                 let n = room.min(buf.len());
-                match self.inner.read(c, &mut buf[..n]) {
+                match read_real(self.inner, r.leg.as_mut(), c, &mut buf[..n]) {
                     Ok(0) | Err(NetError::Closed | NetError::Reset) => {
                         r.inner_eof = true;
                         r.io.lock().rx_eof = true;
@@ -688,12 +838,16 @@ impl<'a, N: Net> H2BackNet<'a, N> {
         let tx_full = io.tx.len() >= TX_MAX;
         if r.connected {
             while !io.tx.is_empty() {
-                match self.inner.write(c, &io.tx) {
+                match write_real(self.inner, r.leg.as_mut(), c, &io.tx) {
                     Ok(n) if n > 0 => {
                         io.tx.drain(..n);
                     }
                     _ => break,
                 }
+            }
+            if let Some(leg) = r.leg.as_mut() {
+                // TLS records the writes above (or rustls itself) queued.
+                let _ = leg.flush(self.inner);
             }
         }
         let drained = io.tx.is_empty();
@@ -719,13 +873,13 @@ impl<'a, N: Net> H2BackNet<'a, N> {
             }
         }
         for id in rebind {
-            let Some(ep) = back.virts.get_mut(&id).map(|v| {
+            let Some((ep, hop)) = back.virts.get_mut(&id).map(|v| {
                 v.real = None;
-                v.endpoint
+                (v.endpoint, v.hop.as_ref().map(|h| h.tls.clone()))
             }) else {
                 continue;
             };
-            match back.real_for(self.inner, ep) {
+            match back.real_for(self.inner, ep, hop.as_ref()) {
                 Ok(k2) if k2 != k => {
                     back.bind(id, k2);
                     back.mark(k2);
@@ -737,9 +891,9 @@ impl<'a, N: Net> H2BackNet<'a, N> {
             // The connection ended (GOAWAY with nothing left, an error, the server's close):
             // what it still carried is lost.
             let now = back.now;
-            if let Some(c) = back.drop_real(k) {
+            if let Some((c, leg)) = back.drop_real(k) {
                 if over && !eof {
-                    self.inner.close(now, c);
+                    close_real(self.inner, now, c, leg);
                 } else {
                     self.inner.abort(c);
                 }
@@ -801,7 +955,8 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                         }
                         Ok(Some((head, n))) => {
                             used += n - before;
-                            let Some((st, body)) = new_stream(&head, v.endpoint) else {
+                            let hop_ep = v.hop.as_ref().and_then(|h| h.endpoint);
+                            let Some((st, body)) = new_stream(&head, v.endpoint, hop_ep) else {
                                 back.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
                                 back.fail_virt(id);
                                 return Err(NetError::Reset);
@@ -811,12 +966,17 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                                 Some(b) => Req::Body(b),
                                 None => Req::Sent,
                             };
-                            back.stats.streams.fetch_add(1, Ordering::Relaxed);
+                            if hop_ep.is_some() {
+                                back.stats.hop_streams.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                back.stats.streams.fetch_add(1, Ordering::Relaxed);
+                            }
                             // A stream of its own: on a real connection with room.
                             let ep = v.endpoint;
+                            let hop = v.hop.as_ref().map(|h| h.tls.clone());
                             let k = match v.real {
                                 Some(k) => k,
-                                None => match back.real_for(self.inner, ep) {
+                                None => match back.real_for(self.inner, ep, hop.as_ref()) {
                                     Ok(k) => {
                                         back.bind(id, k);
                                         k
@@ -908,7 +1068,7 @@ fn refused(e: &h2::Error) -> bool {
 }
 
 /// One turn of the connection: its I/O and its frames. `true` when it is over.
-fn drive(r: &mut Real, cx: &mut Context<'_>, stats: &H2UpstreamStats) -> bool {
+fn drive<C>(r: &mut Real<C>, cx: &mut Context<'_>, stats: &H2UpstreamStats) -> bool {
     let Some(conn) = r.conn.as_mut() else {
         return true;
     };
@@ -933,7 +1093,11 @@ fn drive(r: &mut Real, cx: &mut Context<'_>, stats: &H2UpstreamStats) -> bool {
 
 /// The HTTP/2 request for an HTTP/1.1 head the engine wrote, and how its body is framed
 /// (`None`: the HEADERS frame ends the stream).
-fn new_stream(head: &http::RequestHead, ep: SocketAddrV4) -> Option<(Stream, Option<ReqBody>)> {
+fn new_stream(
+    head: &http::RequestHead,
+    ep: SocketAddrV4,
+    hop_ep: Option<SocketAddrV4>,
+) -> Option<(Stream, Option<ReqBody>)> {
     if head.method == "CONNECT" || head.upgrade.is_some() {
         return None; // a tunnel: not a request HTTP/2 carries this way (RFC 9113 §8.5)
     }
@@ -975,10 +1139,14 @@ fn new_stream(head: &http::RequestHead, ep: SocketAddrV4) -> Option<(Stream, Opt
         if connection_specific(&name) || listed.contains(&name) || name == "host" {
             continue;
         }
-        if name == "http2-settings" || name == "trailer" {
+        if name == "http2-settings" || name == "trailer" || name == HOP_ENDPOINT {
             continue;
         }
         b = b.header(name.as_str(), value.as_slice());
+    }
+    if let Some(ep) = hop_ep {
+        // The preamble's job on a multiplexed hop: gateway B checks it per stream.
+        b = b.header(HOP_ENDPOINT, ep.to_string());
     }
     // The engine drops `TE` as hop-by-hop; gRPC needs `te: trailers` on HTTP/2 (its servers
     // refuse calls without it, to detect proxies that would lose trailers): this hop keeps
@@ -1296,40 +1464,17 @@ impl<N: Net> Net for H2BackNet<'_, N> {
         if !(self.back.is_h2c)(remote) {
             return self.inner.connect(now, remote).map(BConn::Tcp);
         }
-        let k = self.back.real_for(self.inner, remote)?;
-        let id = self.back.next_id;
-        self.back.next_id += 1;
-        self.back.virts.insert(
-            id,
-            Virt {
-                endpoint: remote,
-                real: None,
-                connected: false,
-                req: Req::Head(Vec::new()),
-                st: None,
-                resp: Vec::new(),
-                resp_pos: 0,
-                retire: false,
-                shut: false,
-                blocked_write: false,
-                copy: Some(Vec::new()),
-                replayed: false,
-            },
-        );
-        let connected = self.back.reals.get(&k).is_some_and(|(_, r)| r.connected);
-        if connected {
-            // Established already: the engine's connect completes at once.
-            if let Some(v) = self.back.virts.get_mut(&id) {
-                v.connected = true;
-            }
-            self.back
-                .events
-                .push_back(NetEvent::Connected(BConn::Virtual(id)));
-        } else {
-            // Bound until the real connection completes (or fails: then this connect did).
-            self.back.bind(id, k);
-        }
-        Ok(BConn::Virtual(id))
+        self.new_virt(remote, None)
+    }
+
+    fn connect_hop(
+        &mut self,
+        now: Instant,
+        remote: SocketAddrV4,
+        hop: &HopTls,
+    ) -> Option<Result<Self::Conn, NetError>> {
+        self.back.now = now;
+        Some(self.new_virt(remote, Some(hop)))
     }
 
     fn read(&mut self, c: Self::Conn, buf: &mut [u8]) -> Result<usize, NetError> {
@@ -1337,36 +1482,7 @@ impl<N: Net> Net for H2BackNet<'_, N> {
             BConn::Tcp(t) => return self.inner.read(t, buf),
             BConn::Virtual(id) => id,
         };
-        let v = self.back.virts.get_mut(&id).ok_or(NetError::Reset)?;
-        let avail = v.resp.len() - v.resp_pos;
-        if avail > 0 {
-            let n = avail.min(buf.len());
-            buf[..n].copy_from_slice(&v.resp[v.resp_pos..v.resp_pos + n]);
-            v.resp_pos += n;
-            if v.resp_pos == v.resp.len() {
-                if v.resp.capacity() > 16 << 10 {
-                    v.resp = Vec::new();
-                } else {
-                    v.resp.clear();
-                }
-                v.resp_pos = 0;
-            } else if v.resp_pos >= v.resp.len() / 2 {
-                v.resp.drain(..v.resp_pos);
-                v.resp_pos = 0;
-            }
-            if let Some(k) = v.real {
-                if v.st.as_ref().is_some_and(|s| s.recv.is_some()) {
-                    // Room again: take more of the body.
-                    self.back.mark(k);
-                }
-            }
-            return Ok(n);
-        }
-        let idle = v.st.is_none();
-        if idle && (v.retire || v.shut) {
-            return Ok(0);
-        }
-        Err(NetError::WouldBlock)
+        self.read_virt(id, buf)
     }
 
     fn write(&mut self, c: Self::Conn, data: &[u8]) -> Result<usize, NetError> {
@@ -1379,6 +1495,9 @@ impl<N: Net> Net for H2BackNet<'_, N> {
                 }
                 if !v.connected {
                     return Err(NetError::WouldBlock);
+                }
+                if v.hop.as_ref().is_some_and(|h| h.endpoint.is_none()) {
+                    return self.take_preamble(id, data);
                 }
                 let r = self.take_request(id, data);
                 if let (Ok(n), Some(v)) = (r, self.back.virts.get_mut(&id)) {
@@ -1466,24 +1585,11 @@ impl<N: Net> Net for H2BackNet<'_, N> {
                     let Some((_, r)) = back.reals.get_mut(&k) else {
                         continue;
                     };
-                    r.connected = true;
-                    // The engine's connects waiting for this one complete; those without a
-                    // request of their own yet are not bound any more.
-                    let waiting: Vec<u64> = r.virts.clone();
-                    for id in waiting {
-                        if let Some(v) = back.virts.get_mut(&id) {
-                            if !v.connected {
-                                v.connected = true;
-                                back.events
-                                    .push_back(NetEvent::Connected(BConn::Virtual(id)));
-                            }
-                            if v.st.is_none() {
-                                v.real = None;
-                                if let Some((_, r)) = back.reals.get_mut(&k) {
-                                    r.virts.retain(|x| *x != id);
-                                }
-                            }
-                        }
+                    r.tcp_up = true;
+                    match r.leg.as_mut() {
+                        // A hop is ready once its TLS handshake is done (in `pump`).
+                        Some(leg) => leg.connected = true,
+                        None => back.ready(k),
                     }
                     self.pump(k);
                 }
@@ -1534,7 +1640,7 @@ impl<N: Net> Net for H2BackNet<'_, N> {
                 let v = self.back.virts.get(&id)?;
                 let real = v
                     .real
-                    .or_else(|| self.back.by_endpoint.get(&v.endpoint)?.first().copied())?;
+                    .or_else(|| self.back.by_endpoint.get(&v.target())?.first().copied())?;
                 self.inner.addrs(self.back.reals.get(&real)?.0)
             }
         }
@@ -1547,7 +1653,7 @@ impl<N: Net> Net for H2BackNet<'_, N> {
                 let v = self.back.virts.get(&id)?;
                 let real = v
                     .real
-                    .or_else(|| self.back.by_endpoint.get(&v.endpoint)?.first().copied())?;
+                    .or_else(|| self.back.by_endpoint.get(&v.target())?.first().copied())?;
                 self.inner.tcp_info(self.back.reals.get(&real)?.0)
             }
         }
@@ -1555,6 +1661,122 @@ impl<N: Net> Net for H2BackNet<'_, N> {
 }
 
 impl<N: Net> H2BackNet<'_, N> {
+    /// A virtual connection to an h2c endpoint, or to a peer gateway (`hop`).
+    fn new_virt(
+        &mut self,
+        remote: SocketAddrV4,
+        hop: Option<&HopTls>,
+    ) -> Result<BConn<N::Conn>, NetError> {
+        let k = self.back.real_for(self.inner, remote, hop)?;
+        if let Some((_, r)) = self.back.reals.get_mut(&k) {
+            // A connect is a use: an idle connection's clock starts again (a peer's
+            // `min_idle` warm-up keeps the shared hop open this way).
+            if r.idle_since.is_some() {
+                r.idle_since = Some(self.back.now);
+            }
+        }
+        let id = self.back.next_id;
+        self.back.next_id += 1;
+        self.back.virts.insert(
+            id,
+            Virt {
+                endpoint: remote,
+                hop: hop.map(|h| {
+                    Box::new(VirtHop {
+                        tls: h.clone(),
+                        endpoint: None,
+                        preamble: Vec::new(),
+                    })
+                }),
+                real: None,
+                connected: false,
+                req: Req::Head(Vec::new()),
+                st: None,
+                resp: Vec::new(),
+                resp_pos: 0,
+                retire: false,
+                shut: false,
+                blocked_write: false,
+                copy: Some(Vec::new()),
+                replayed: false,
+            },
+        );
+        let connected = self.back.reals.get(&k).is_some_and(|(_, r)| r.connected);
+        if connected {
+            // Established already: the engine's connect completes at once.
+            if let Some(v) = self.back.virts.get_mut(&id) {
+                v.connected = true;
+            }
+            self.back
+                .events
+                .push_back(NetEvent::Connected(BConn::Virtual(id)));
+        } else {
+            // Bound until the real connection completes (or fails: then this connect did).
+            self.back.bind(id, k);
+        }
+        Ok(BConn::Virtual(id))
+    }
+
+    fn read_virt(&mut self, id: u64, buf: &mut [u8]) -> Result<usize, NetError> {
+        let v = self.back.virts.get_mut(&id).ok_or(NetError::Reset)?;
+        let avail = v.resp.len() - v.resp_pos;
+        if avail > 0 {
+            let n = avail.min(buf.len());
+            buf[..n].copy_from_slice(&v.resp[v.resp_pos..v.resp_pos + n]);
+            v.resp_pos += n;
+            if v.resp_pos == v.resp.len() {
+                if v.resp.capacity() > 16 << 10 {
+                    v.resp = Vec::new();
+                } else {
+                    v.resp.clear();
+                }
+                v.resp_pos = 0;
+            } else if v.resp_pos >= v.resp.len() / 2 {
+                v.resp.drain(..v.resp_pos);
+                v.resp_pos = 0;
+            }
+            if let Some(k) = v.real {
+                if v.st.as_ref().is_some_and(|s| s.recv.is_some()) {
+                    // Room again: take more of the body.
+                    self.back.mark(k);
+                }
+            }
+            return Ok(n);
+        }
+        let idle = v.st.is_none();
+        if idle && (v.retire || v.shut) {
+            return Ok(0);
+        }
+        Err(NetError::WouldBlock)
+    }
+
+    /// A hop's `XM/1` preamble, written once before its first request: the endpoint it names
+    /// goes with each stream (`HOP_ENDPOINT`), where gateway B checks it.
+    fn take_preamble(&mut self, id: u64, data: &[u8]) -> Result<usize, NetError> {
+        let v = self.back.virts.get_mut(&id).ok_or(NetError::Reset)?;
+        let h = v.hop.as_mut().ok_or(NetError::Reset)?;
+        let room = preamble::MAX.saturating_sub(h.preamble.len()).max(1);
+        let take = match data.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1).min(room),
+            None => data.len().min(room),
+        };
+        h.preamble.extend_from_slice(&data[..take]);
+        match preamble::decode(&h.preamble) {
+            Ok(None) => Ok(take),
+            Ok(Some((ep, true, _))) => {
+                h.endpoint = Some(ep);
+                h.preamble = Vec::new();
+                Ok(take)
+            }
+            // The engine writes a good `http` one; anything else is not for this hop.
+            _ => {
+                self.back.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                self.back.fail_virt(id);
+                Err(NetError::Reset)
+            }
+        }
+    }
+
     /// The engine let go of a virtual connection: its unfinished stream is cancelled.
     fn end_virt(&mut self, id: u64) {
         let Some(mut v) = self.back.virts.remove(&id) else {

@@ -17,8 +17,12 @@
 //! writing), in [`H2Net::poll_event`] and [`H2Net::flush`]. Its I/O object is a pair of
 //! bounded in-memory buffers the front fills from and drains to the transport.
 
-use crate::h2io::{connection_specific, dechunk, trailer_map, BufIo, Chunk};
-use crate::net::{Net, NetError, NetEvent, TcpInfo};
+use crate::h2back::HOP_ENDPOINT;
+use crate::h2io::{
+    close_real, connection_specific, dechunk, read_real, trailer_map, write_real, BufIo, Chunk,
+};
+use crate::leg::Leg;
+use crate::net::{HopPeer, Net, NetError, NetEvent, TcpInfo};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -156,6 +160,9 @@ pub struct H2Stats {
     /// a shut flow-control window (GOAWAY FLOW_CONTROL_ERROR), or a socket never read (reset).
     pub stalls_window: AtomicU64,
     pub stalls_unread: AtomicU64,
+    /// Gateway B: multiplexed hop connections from peer gateways (mTLS, ALPN `h2`), counted
+    /// in `connections` too.
+    pub hops: AtomicU64,
 }
 
 impl H2Stats {
@@ -164,8 +171,13 @@ impl H2Stats {
         use std::fmt::Write;
         /// A counter's `kind` label and its value.
         type Kind<'a> = (&'a str, &'a AtomicU64);
-        let rows: [(&str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &AtomicU64); 10] = [
             ("xdpmesh_h2_connections_total", "HTTP/2 client connections", &self.connections),
+            (
+                "xdpmesh_hop_connections_accepted_total",
+                "multiplexed hop connections (mTLS, ALPN h2) accepted from peer gateways",
+                &self.hops,
+            ),
             ("xdpmesh_h2_streams_total", "HTTP/2 streams accepted from clients", &self.streams),
             (
                 "xdpmesh_h2_connection_errors_total",
@@ -327,7 +339,11 @@ struct Stream {
     sent: bool,
 }
 
-struct H2Conn {
+struct H2Conn<C> {
+    /// A multiplexed hop from a peer gateway: its TLS, over the transport's connection, and
+    /// what the handshake established (each stream's session checks it).
+    leg: Option<Leg<C>>,
+    hop: Option<Arc<HopPeer>>,
     io: BufIo,
     state: ConnState,
     streams: FxHashMap<u32, Stream>,
@@ -358,7 +374,7 @@ struct H2Conn {
     tx_wait: Option<Instant>,
 }
 
-impl H2Conn {
+impl<C> H2Conn<C> {
     /// Since when it holds response bytes the client does not take: while frames wait for
     /// the transport, the client does not read, whatever its windows.
     fn stall_since(&self) -> Option<Instant> {
@@ -502,7 +518,7 @@ pub struct H2Front<C> {
     is_http: Box<dyn Fn(SocketAddrV4) -> Option<HttpListener> + Send>,
     sniff: FxHashMap<C, Sniff>,
     replay: FxHashMap<C, Vec<u8>>,
-    conns: FxHashMap<C, H2Conn>,
+    conns: FxHashMap<C, H2Conn<C>>,
     events: VecDeque<NetEvent<FConn<C>>>,
     dirty: Vec<C>,
     /// Every connection the transport accepted since the caller last asked, held back or not:
@@ -779,6 +795,8 @@ impl<'a, N: Net> H2Net<'a, N> {
         self.front.conns.insert(
             c,
             H2Conn {
+                leg: None,
+                hop: None,
                 io,
                 state: ConnState::Handshaking(hs),
                 streams: FxHashMap::default(),
@@ -818,7 +836,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         let mut discarded = 0;
         while h.refused && !h.inner_eof {
             let mut buf = [0u8; 16 << 10];
-            match self.inner.read(c, &mut buf) {
+            match read_real(self.inner, h.leg.as_mut(), c, &mut buf) {
                 Ok(0) | Err(NetError::Closed | NetError::Reset) => {
                     h.inner_eof = true;
                     h.io.lock().rx_eof = true;
@@ -845,7 +863,7 @@ impl<'a, N: Net> H2Net<'a, N> {
             }
             let mut buf = [0u8; 16 << 10];
             let n = room.min(buf.len());
-            match self.inner.read(c, &mut buf[..n]) {
+            match read_real(self.inner, h.leg.as_mut(), c, &mut buf[..n]) {
                 Ok(0) | Err(NetError::Closed | NetError::Reset) => {
                     h.inner_eof = true;
                     h.io.lock().rx_eof = true;
@@ -872,6 +890,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         let now = self.front.now;
         let events = &mut self.front.events;
         let (local, remote) = (h.local, h.remote);
+        let hop = h.hop.is_some();
         // Drive: the handshake, then accept streams (which also moves the connection's I/O).
         for _ in 0..2 {
             match &mut h.state {
@@ -897,7 +916,7 @@ impl<'a, N: Net> H2Net<'a, N> {
                             Poll::Ready(Some(Ok((req, respond)))) => {
                                 let id = respond.stream_id().as_u32();
                                 stats.streams.fetch_add(1, Ordering::Relaxed);
-                                match new_stream(req, respond) {
+                                match new_stream(req, respond, hop) {
                                     Ok(st) => {
                                         h.streams.insert(id, st);
                                         h.opened += 1;
@@ -1021,12 +1040,16 @@ impl<'a, N: Net> H2Net<'a, N> {
         let tx_full = io.tx.len() >= TX_MAX;
         let before = io.tx.len();
         while !io.tx.is_empty() {
-            match self.inner.write(c, &io.tx) {
+            match write_real(self.inner, h.leg.as_mut(), c, &io.tx) {
                 Ok(n) if n > 0 => {
                     io.tx.drain(..n);
                 }
                 _ => break,
             }
+        }
+        if let Some(leg) = h.leg.as_mut() {
+            // TLS records the writes above (or rustls itself) queued.
+            let _ = leg.flush(self.inner);
         }
         let drained = io.tx.is_empty();
         // Frames that wait for the transport, and none left: the client does not read.
@@ -1043,7 +1066,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         if matches!(h.state, ConnState::Done) && drained && h.streams.is_empty() {
             h.closed = true;
             let now = self.front.now;
-            self.inner.close(now, c);
+            close_real(self.inner, now, c, h.leg.take());
             return;
         }
         // The transport took a full buffer (h2 may hold more), or the input buffer was full
@@ -1068,11 +1091,25 @@ impl Stream {
 }
 
 /// The HTTP/1.1 request of a new stream, or the stream back when it cannot be one.
+/// On a multiplexed hop (`hop`), the request starts with the `XM/1` preamble the stream's
+/// `x-xdpmesh-endpoint` field stands for, which the engine checks as on a hop connection of
+/// its own (a missing or repeated field makes a preamble it refuses).
 fn new_stream(
     req: ::http::Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
+    hop: bool,
 ) -> Result<Stream, h2::server::SendResponse<Bytes>> {
-    let (parts, recv) = req.into_parts();
+    let (mut parts, recv) = req.into_parts();
+    let mut head = Vec::with_capacity(256);
+    if hop {
+        let mut eps = parts.headers.get_all(HOP_ENDPOINT).iter();
+        let ep = match (eps.next().map(|v| v.to_str()), eps.next()) {
+            (Some(Ok(ep)), None) if !ep.contains(' ') => ep.to_owned(),
+            _ => "-".to_owned(),
+        };
+        parts.headers.remove(HOP_ENDPOINT);
+        head.extend_from_slice(format!("XM/1 {ep} http\n").as_bytes());
+    }
     let method = parts.method.as_str();
     let target = match (&parts.method, parts.uri.path_and_query()) {
         (&::http::Method::CONNECT, _) => parts.uri.authority().map(|a| a.as_str().to_owned()),
@@ -1082,7 +1119,6 @@ fn new_stream(
     let Some(target) = target else {
         return Err(respond);
     };
-    let mut head = Vec::with_capacity(256);
     head.extend_from_slice(method.as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
@@ -1440,6 +1476,70 @@ impl<N: Net> Net for H2Net<'_, N> {
 
     fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<Self::Conn, NetError> {
         self.inner.connect(now, remote).map(FConn::Tcp)
+    }
+
+    fn connect_hop(
+        &mut self,
+        now: Instant,
+        remote: SocketAddrV4,
+        hop: &crate::net::HopTls,
+    ) -> Option<Result<Self::Conn, NetError>> {
+        self.inner
+            .connect_hop(now, remote, hop)
+            .map(|r| r.map(FConn::Tcp))
+    }
+
+    fn adopt_hop(&mut self, leg: Leg<Self::Conn>, peer: HopPeer) -> Result<(), Leg<Self::Conn>> {
+        let FConn::Tcp(c) = leg.conn else {
+            return Err(leg);
+        };
+        let Some((local, remote)) = self.inner.addrs(c) else {
+            return Err(leg);
+        };
+        if self.front.conns.contains_key(&c) {
+            return Err(leg);
+        }
+        let io = BufIo::new(TX_MAX);
+        let hs = self.front.builder.handshake(io.clone());
+        self.front.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.front.stats.open.fetch_add(1, Ordering::Relaxed);
+        self.front.stats.hops.fetch_add(1, Ordering::Relaxed);
+        let now = self.front.now;
+        self.front.conns.insert(
+            c,
+            H2Conn {
+                leg: Some(leg.map_conn(|_| c)),
+                hop: Some(Arc::new(peer)),
+                io,
+                state: ConnState::Handshaking(hs),
+                streams: FxHashMap::default(),
+                local,
+                remote,
+                idle_since: Some(now),
+                inner_eof: false,
+                closed: false,
+                opened: 0,
+                premature_resets: 0,
+                queued: false,
+                going_away: false,
+                scan: FrameScan::default(),
+                refused: false,
+                goaway: None,
+                stall: self.front.cfg.stall_timeout,
+                window_wait: None,
+                tx_wait: None,
+            },
+        );
+        // rustls may hold the peer's first frames already (they can follow its Finished).
+        self.front.mark(c);
+        Ok(())
+    }
+
+    fn hop_peer(&self, c: Self::Conn) -> Option<HopPeer> {
+        match c {
+            FConn::Tcp(t) => self.inner.hop_peer(t),
+            FConn::Stream(t, _) => self.front.conns.get(&t)?.hop.as_deref().cloned(),
+        }
     }
 
     fn read(&mut self, c: Self::Conn, buf: &mut [u8]) -> Result<usize, NetError> {

@@ -2,9 +2,12 @@
 //! crate's I/O over in-memory buffers, the chunked coding undone, and the fields that do not
 //! cross between HTTP/1.1 and HTTP/2 (RFC 9113 §8.2.2).
 
+use crate::leg::Leg;
+use crate::net::{Net, NetError};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use tcpstack::Instant;
 
 /// A trailer section is at most this large.
 const TRAILERS_MAX: usize = 32 << 10;
@@ -203,6 +206,47 @@ pub(crate) fn dechunk(
         i += 1;
     }
     Ok((i, body, false))
+}
+
+/// Reads an HTTP/2 connection's transport: through its TLS for a multiplexed hop.
+pub fn read_real<N: Net>(
+    inner: &mut N,
+    leg: Option<&mut Leg<N::Conn>>,
+    c: N::Conn,
+    buf: &mut [u8],
+) -> Result<usize, NetError> {
+    match leg {
+        None => inner.read(c, buf),
+        Some(leg) => {
+            let mut scratch = [0u8; 16 << 10];
+            // A TLS error, or an end without close_notify, ends the connection: its
+            // streams fail as with a reset.
+            leg.read(inner, buf, &mut scratch)
+                .unwrap_or(Err(NetError::Reset))
+        }
+    }
+}
+
+/// Writes to an HTTP/2 connection's transport: through its TLS for a hop (0 under
+/// backpressure).
+pub fn write_real<N: Net>(
+    inner: &mut N,
+    leg: Option<&mut Leg<N::Conn>>,
+    c: N::Conn,
+    data: &[u8],
+) -> Result<usize, NetError> {
+    match leg {
+        None => inner.write(c, data),
+        Some(leg) => leg.write(inner, data).map_err(|_| NetError::Reset),
+    }
+}
+
+/// Closes an HTTP/2 connection's transport: close_notify first on a hop.
+pub fn close_real<N: Net>(inner: &mut N, now: Instant, c: N::Conn, leg: Option<Leg<N::Conn>>) {
+    if let Some(mut leg) = leg {
+        let _ = leg.finish(inner);
+    }
+    inner.close(now, c);
 }
 
 #[cfg(test)]

@@ -74,6 +74,22 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         l
     }
 
+    /// The same leg on another layer's handle for its connection (a `Net` wrapper handing
+    /// a connection it wraps to the one beneath, or back).
+    pub fn map_conn<D>(self, f: impl FnOnce(C) -> D) -> Leg<D> {
+        Leg {
+            conn: f(self.conn),
+            tls: self.tls,
+            inbuf: self.inbuf,
+            out: self.out,
+            net_eof: self.net_eof,
+            finishing: self.finishing,
+            shut: self.shut,
+            connected: self.connected,
+            held: self.held,
+        }
+    }
+
     pub fn tls_state(&self) -> Option<&rustls::Connection> {
         self.tls.as_deref()
     }

@@ -3,8 +3,33 @@
 //! `Ok(0)` at end of stream and `WouldBlock` when nothing is buffered; events say when to try
 //! again.
 
+use crate::leg::Leg;
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 use tcpstack::Instant;
+
+/// Gateway A's side of a multiplexed hop (ALPN `h2` in the mTLS, issue #19): what a new hop
+/// connection needs, and which connections requests may share.
+#[derive(Clone, Debug)]
+pub struct HopTls {
+    /// The client configuration, offering ALPN `h2` (see [`crate::tls::with_alpn_h2`]).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The SNI: the service the hop carries requests for (gateway B binds it to that).
+    pub sni: rustls::pki_types::ServerName<'static>,
+    /// Requests with equal keys may share a connection: the same peer, service, client
+    /// identity and configuration (a new certificate or trust makes new connections).
+    pub key: Arc<str>,
+}
+
+/// Gateway B's side: what the TLS handshake of a multiplexed hop connection established,
+/// for each of its streams (the engine checks them as it checks a hop connection's own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HopPeer {
+    /// The SNI the peer sent (names the service).
+    pub sni: Option<String>,
+    /// The SPIFFE ID of the peer's client certificate.
+    pub identity: Option<String>,
+}
 
 /// Why a read or write did not move bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +108,32 @@ pub trait Net {
     fn reset_on_reuse_is_stale(&self, c: Self::Conn) -> bool {
         let _ = c;
         true
+    }
+    /// Gateway A: a connection carrying HTTP/1.1 requests to the peer gateway at `remote`,
+    /// each request a stream on a shared mTLS connection with ALPN `h2`; the engine writes
+    /// the `XM/1` preamble and the requests in plaintext, as on a hop of its own. `None`:
+    /// this transport has no multiplexed hop; the engine does the TLS itself.
+    fn connect_hop(
+        &mut self,
+        now: Instant,
+        remote: SocketAddrV4,
+        hop: &HopTls,
+    ) -> Option<Result<Self::Conn, NetError>> {
+        let _ = (now, remote, hop);
+        None
+    }
+    /// Gateway B: takes over an accepted mesh connection whose TLS handshake chose ALPN
+    /// `h2` (the leg with its TLS state and unsent bytes); its streams come back as accepted
+    /// connections for which [`Net::hop_peer`] answers. `Err` gives the leg back when this
+    /// transport cannot.
+    fn adopt_hop(&mut self, leg: Leg<Self::Conn>, peer: HopPeer) -> Result<(), Leg<Self::Conn>> {
+        let _ = peer;
+        Err(leg)
+    }
+    /// Gateway B: for a stream of an adopted hop connection, what its handshake established.
+    fn hop_peer(&self, c: Self::Conn) -> Option<HopPeer> {
+        let _ = c;
+        None
     }
     /// The connection's (local, remote) addresses, for inspection; `None` when unknown.
     fn addrs(&self, c: Self::Conn) -> Option<(SocketAddrV4, SocketAddrV4)> {

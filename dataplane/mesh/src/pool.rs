@@ -33,6 +33,8 @@ pub struct PoolKey {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HopId {
     pub identity: Arc<str>,
+    /// A stream of a multiplexed hop (`hop_protocol = "h2"`), not a connection of its own.
+    pub mux: bool,
     pub peer: SocketAddrV4,
     pub peer_identity: Arc<str>,
 }

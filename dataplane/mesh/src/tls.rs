@@ -228,7 +228,21 @@ pub fn server_config(
         .with_single_cert(chain, key)?;
     cfg.ticketer = trust.ticketer.clone();
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // A peer that offers `h2` gets the multiplexed hop; one that offers nothing (an `http1`
+    // hop, a TCP hop, `xdpmesh check`) gets no ALPN and the `XM/1` preamble.
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// ALPN of the multiplexed hop between gateways (RFC 9113 §3.2).
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// `cfg` offering ALPN `h2`: the client side of a multiplexed hop. Shares `cfg`'s verifier,
+/// certificate and resumption store.
+pub fn with_alpn_h2(cfg: &ClientConfig) -> Arc<ClientConfig> {
+    let mut c = cfg.clone();
+    c.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Arc::new(c)
 }
 
 /// Why a client refused the server: its certificate chains to a trusted root but names
