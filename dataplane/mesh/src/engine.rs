@@ -107,6 +107,11 @@ pub mod preamble {
 pub trait MeshTls: Send + Sync {
     /// The server side of a mesh listener presenting `identity`.
     fn server(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>>;
+    /// Grows whenever certificates or trust change: pooled hops of an older generation are
+    /// not reused (a multiplexed hop's would handshake again with old material).
+    fn generation(&self) -> u64 {
+        0
+    }
     /// The client side as `identity`, expecting the peer gateway to be `peer_identity`.
     fn client(
         &self,
@@ -970,7 +975,7 @@ pub struct Engine<C> {
     names_gen: u64,
     /// Client configurations offering ALPN `h2`, by the configuration they copy (kept, so
     /// that its address is not reused while it is a key): a multiplexed hop's.
-    h2_configs: Vec<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)>,
+    h2_configs: FxHashMap<usize, (Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)>,
     /// Draining: no warm hops are opened any more.
     draining: bool,
     /// Which new traces are sampled (the `sampled` flag forwarded; a caller's is kept).
@@ -1030,7 +1035,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             next_report: None,
             names: FxHashMap::default(),
             names_gen: 0,
-            h2_configs: Vec::new(),
+            h2_configs: FxHashMap::default(),
             draining: false,
             sampler: Sampler::ALWAYS,
         }
@@ -2545,15 +2550,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             .tls
             .client(identity, &peer.identity)
             .ok_or(Refusal::NoTlsConfig)?;
-        let config = match self.h2_configs.iter().find(|(b, _)| Arc::ptr_eq(b, &base)) {
+        let at = Arc::as_ptr(&base) as usize;
+        let config = match self.h2_configs.get(&at) {
             Some((_, h2)) => h2.clone(),
             None => {
-                // Configurations change with certificates and trust: a few at a time.
-                if self.h2_configs.len() >= 64 {
+                // One per identity and peer; the base configurations change with
+                // certificates and trust, so the old ones go now and then.
+                if self.h2_configs.len() >= 4096 {
                     self.h2_configs.clear();
                 }
                 let h2 = super::tls::with_alpn_h2(&base);
-                self.h2_configs.push((base, h2.clone()));
+                self.h2_configs.insert(at, (base, h2.clone()));
                 h2
             }
         };
@@ -2779,7 +2786,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 sni,
                 identity: Some(peer),
             };
-            return match net.adopt_hop(leg, hp) {
+            let ticket = s._ticket.take();
+            return match net.adopt_hop(leg, hp, ticket) {
                 Ok(()) => {
                     self.by_conn.remove(&conn);
                     self.stats.hops_multiplexed += 1;
@@ -4507,6 +4515,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             };
         };
         let service_name = name(0, svc, &service.name);
+        let tls_generation = self.tls.generation();
         let peer = ep
             .and_then(|e| service.endpoints.get(e as usize))
             .and_then(|e| e.via)
@@ -4519,6 +4528,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             HopId {
                 identity,
                 mux: peer.hop_protocol == control::schema::HopProtocol::H2,
+                tls_generation,
                 peer: match peer.address {
                     SocketAddr::V4(a) => a,
                     SocketAddr::V6(_) => SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),

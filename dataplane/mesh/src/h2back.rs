@@ -17,16 +17,15 @@
 //! header); a response with `content-length` keeps it and its body as is (its trailers, if
 //! any, are dropped). A `100 Continue` is passed on; other interim responses are not.
 //!
-//! A reset stream, a GOAWAY that leaves a stream unprocessed, or a real connection that fails
-//! reach the engine as [`NetEvent::Reset`] on the virtual connections they carried: before
-//! the real connection was established that is a connect failure to the engine (another
-//! endpoint is tried); after, a reset before or during the response, never replayed by the
-//! engine (`Net::reset_on_reuse_is_stale` is `false`: a stream reset says nothing of whether
-//! the server processed the request). A stream the
-//! server refuses (REFUSED_STREAM: not processed, RFC 9113 §8.7) goes again once on a new
-//! stream when what the engine wrote of the request is at most 64 KiB; a GOAWAY's unprocessed
-//! streams are not replayed here, as the `h2` crate does not tell them from streams cut by the
-//! connection's end.
+//! A reset stream or a real connection that fails reach the engine as [`NetEvent::Reset`] on
+//! the virtual connections they carried: before the real connection was established that is
+//! a connect failure to the engine (another endpoint is tried); after, a reset before or
+//! during the response, never replayed by the engine (`Net::reset_on_reuse_is_stale` is
+//! `false`: a stream reset says nothing of whether the server processed the request). A
+//! stream the server left unprocessed — refused (REFUSED_STREAM, RFC 9113 §8.7) or above a
+//! graceful GOAWAY's last stream (§6.8) — goes again once on a new stream when what the
+//! engine wrote of the request is at most 64 KiB (a gateway B that drains or idles out a hop
+//! loses no request this way).
 //!
 //! The `h2` crate is driven as in the front: polled with a no-op waker after every change that
 //! could move it, over a pair of bounded in-memory buffers ([`crate::h2io::BufIo`]).
@@ -65,6 +64,11 @@ const REPLAY_MAX: usize = 64 << 10;
 /// A request head from the engine is at most this large (the engine's own limit is 16 KiB,
 /// plus the fields it adds).
 const REQ_HEAD_MAX: usize = 32 << 10;
+/// A real connection that is not ready for streams this long after it was opened (TCP, and
+/// for a hop the TLS handshake) is given up: the engine's connects waiting on it have met
+/// their own connect timeouts by then, and new ones must not wait on a peer that never
+/// answers its handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// On a multiplexed hop, the field that carries what the `XM/1` preamble says on a hop
 /// connection of its own: the endpoint behind the peer gateway (`IP:PORT`). Gateway B's
 /// front turns it back into the preamble, and its engine checks that as it checks any.
@@ -125,7 +129,8 @@ pub struct H2UpstreamStats {
     pub bad_requests: AtomicU64,
     /// Real connections closed after idling without streams.
     pub idle_closed: AtomicU64,
-    /// Streams the server refused (REFUSED_STREAM) that went again on a new stream.
+    /// Streams the server left unprocessed (REFUSED_STREAM, or above a graceful GOAWAY's last
+    /// stream) that went again on a new stream.
     pub streams_refused: AtomicU64,
     /// Streams reset for what the server sent: more than `MAX_INTERIM` interim responses.
     pub bad_responses: AtomicU64,
@@ -134,7 +139,8 @@ pub struct H2UpstreamStats {
     pub hop_open: AtomicU64,
     /// Requests that went to a peer gateway as a stream of a multiplexed hop.
     pub hop_streams: AtomicU64,
-    /// Multiplexed hop connections whose TLS handshake failed or chose no ALPN `h2`.
+    /// Multiplexed hop connections whose TLS handshake failed, did not finish within 10 s, or
+    /// chose no ALPN `h2`.
     pub hop_handshake_failures: AtomicU64,
     /// Multiplexed hop connections that resumed a TLS session.
     pub hop_tls_resumed: AtomicU64,
@@ -162,7 +168,7 @@ impl H2UpstreamStats {
             ),
             (
                 "xdpmesh_hop_handshake_failures_total",
-                "multiplexed hop connections whose TLS handshake failed or did not choose ALPN h2",
+                "multiplexed hop connections whose TLS handshake failed, did not finish within 10 s, or did not choose ALPN h2",
                 &self.hop_handshake_failures,
             ),
             (
@@ -197,7 +203,7 @@ impl H2UpstreamStats {
             ),
             (
                 "xdpmesh_h2_upstream_streams_refused_total",
-                "HTTP/2 upstream streams refused by the server (REFUSED_STREAM) and sent again on a new stream",
+                "HTTP/2 upstream streams the server left unprocessed (REFUSED_STREAM, or above a graceful GOAWAY's last stream) and sent again on a new stream",
                 &self.streams_refused,
             ),
             (
@@ -276,6 +282,8 @@ struct Real<C> {
     /// Virtual connections with a stream here, or waiting for this one to connect.
     virts: Vec<u64>,
     idle_since: Option<Instant>,
+    /// Opened at: a connection not ready within [`CONNECT_TIMEOUT`] is given up.
+    born: Instant,
     inner_eof: bool,
     queued: bool,
 }
@@ -447,11 +455,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
         }
         self.reals
             .values()
-            .filter_map(|(_, r)| r.idle_since.map(|t| t + self.cfg.idle_timeout))
+            .filter_map(|(_, r)| {
+                if !r.connected {
+                    return Some(r.born + CONNECT_TIMEOUT);
+                }
+                r.idle_since.map(|t| t + self.cfg.idle_timeout)
+            })
             .min()
     }
 
-    /// Closes real connections idle past their deadline.
+    /// Closes real connections idle past their deadline, and gives up those not ready in
+    /// time ([`CONNECT_TIMEOUT`]).
     pub fn handle_timeout<N: Net<Conn = C>>(&mut self, inner: &mut N, now: Instant) {
         self.now = now;
         let idle = self.cfg.idle_timeout;
@@ -467,6 +481,23 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
             self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
             if let Some((c, leg)) = self.drop_real(k) {
                 close_real(inner, now, c, leg);
+            }
+        }
+        let stuck: Vec<RealKey> = self
+            .reals
+            .iter()
+            .filter(|(_, (_, r))| !r.connected && r.born + CONNECT_TIMEOUT <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stuck {
+            // What still waits on it fails as a connect.
+            if let Some((c, leg)) = self.drop_real(k) {
+                match leg {
+                    Some(_) => &self.stats.hop_handshake_failures,
+                    None => &self.stats.connection_errors,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                inner.abort(c);
             }
         }
     }
@@ -606,6 +637,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
                     going_away: false,
                     virts: Vec::new(),
                     idle_since: None,
+                    born: self.now,
                     inner_eof: false,
                     queued: false,
                 },
@@ -1062,9 +1094,15 @@ enum Fail {
     Refused,
 }
 
-/// Did the server refuse the stream unprocessed?
+/// Did the server leave the stream unprocessed? It refused it (REFUSED_STREAM, RFC 9113
+/// §8.7), or a graceful GOAWAY named a lower last stream (§6.8): the `h2` crate fails exactly
+/// those streams with the GOAWAY's error at once, while streams the server kept and that
+/// the connection's end cuts later fail with an I/O error. A GOAWAY for an error is not
+/// taken as proof: the crate may hand its error to processed streams too.
 fn refused(e: &h2::Error) -> bool {
-    e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM)
+    e.is_remote()
+        && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
 }
 
 /// One turn of the connection: its I/O and its frames. `true` when it is over.
@@ -2313,6 +2351,26 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_not_ready_in_time_is_given_up_and_its_connects_fail() {
+        let mut rig = Rig::new();
+        let a = rig.connect();
+        let (c, _) = rig.mem.pending_connects()[0];
+        rig.settle();
+        // The server never completes the handshake.
+        let due = rig.back.poll_timeout().expect("a connect deadline");
+        assert_eq!(due, rig.now + CONNECT_TIMEOUT);
+        rig.now = due;
+        let now = rig.now;
+        rig.net().handle_timeout(now);
+        rig.settle();
+        assert!(rig.events.contains(&NetEvent::Reset(a)));
+        assert_eq!(rig.back.connections(), 0);
+        assert!(rig.mem.closed(c).is_some());
+        assert_eq!(rig.back.stats.connection_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(rig.back.stats.open.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn idle_real_connections_close_after_the_idle_timeout() {
         let mut rig = Rig::new();
         let a = rig.connect();
@@ -2385,25 +2443,54 @@ mod tests {
     }
 
     #[test]
-    fn a_goaway_resets_the_unprocessed_stream_and_the_next_connect_opens_another_connection() {
+    fn a_goaway_replays_the_unprocessed_stream_and_the_next_connect_opens_another_connection() {
         let mut rig = Rig::new();
         let a = rig.connect();
         rig.accept(100);
         rig.settle();
         rig.write(a, b"GET /a HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
-        // GOAWAY, last stream 0: stream 1 was not processed.
+        // A graceful GOAWAY, last stream 0: stream 1 was not processed, and goes again on a
+        // new connection; the engine sees nothing of it.
         let c = rig.servers[0].c;
         rig.mem
             .peer_send(c, &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         rig.settle();
-        assert!(rig.events.contains(&NetEvent::Reset(a)), "{:?}", rig.events);
-        assert_eq!(rig.back.stats.streams_reset.load(Ordering::Relaxed), 1);
+        rig.accept(100);
+        rig.settle();
+        assert!(
+            !rig.events.contains(&NetEvent::Reset(a)),
+            "{:?}",
+            rig.events
+        );
+        assert_eq!(rig.mem.connects_to(ep()).len(), 2, "a new real connection");
+        assert_eq!(rig.servers[1].reqs.len(), 1, "the request went again");
+        assert_eq!(rig.back.stats.streams_refused.load(Ordering::Relaxed), 1);
+        let r = rig.servers[1].reqs[0].respond.as_mut().expect("respond");
+        r.send_response(ok(), true).expect("send_response");
+        rig.settle();
+        rig.read_all(a);
+        assert!(rig.text(a).starts_with("HTTP/1.1 200"), "{}", rig.text(a));
+        // A GOAWAY for an error is no proof: the stream is reset, not replayed.
+        let b = rig.connect();
+        rig.settle();
+        rig.write(
+            b,
+            b"POST /b HTTP/1.1\r\nhost: g\r\ncontent-length: 0\r\n\r\n",
+            1000,
+        );
+        rig.settle();
+        let c = rig.servers[1].c;
+        rig.mem
+            .peer_send(c, &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        rig.settle();
+        assert!(rig.events.contains(&NetEvent::Reset(b)), "{:?}", rig.events);
+        assert_eq!(rig.back.stats.streams_refused.load(Ordering::Relaxed), 1);
         let b = rig.connect();
         rig.accept(100);
         rig.settle();
         rig.write(b, b"GET /b HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
-        assert_eq!(rig.mem.connects_to(ep()).len(), 2, "a new real connection");
-        assert_eq!(rig.servers[1].reqs.len(), 1);
+        assert_eq!(rig.mem.connects_to(ep()).len(), 3, "a new real connection");
+        assert_eq!(rig.servers[2].reqs.len(), 1);
     }
 
     #[test]

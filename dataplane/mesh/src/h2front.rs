@@ -17,6 +17,7 @@
 //! writing), in [`H2Net::poll_event`] and [`H2Net::flush`]. Its I/O object is a pair of
 //! bounded in-memory buffers the front fills from and drains to the transport.
 
+use crate::admission::Ticket;
 use crate::h2back::HOP_ENDPOINT;
 use crate::h2io::{
     close_real, connection_specific, dechunk, read_real, trailer_map, write_real, BufIo, Chunk,
@@ -344,6 +345,8 @@ struct H2Conn<C> {
     /// what the handshake established (each stream's session checks it).
     leg: Option<Leg<C>>,
     hop: Option<Arc<HopPeer>>,
+    /// An adopted hop's place under its mesh listener's connection caps.
+    _ticket: Option<Ticket>,
     io: BufIo,
     state: ConnState,
     streams: FxHashMap<u32, Stream>,
@@ -797,6 +800,7 @@ impl<'a, N: Net> H2Net<'a, N> {
             H2Conn {
                 leg: None,
                 hop: None,
+                _ticket: None,
                 io,
                 state: ConnState::Handshaking(hs),
                 streams: FxHashMap::default(),
@@ -1000,13 +1004,20 @@ impl<'a, N: Net> H2Net<'a, N> {
             }
         }
         // A response that waits for the client's window, and none moved: the stall clock runs.
-        if moved || !waiting || h.refused {
+        // Not on a peer gateway's hop: one of its clients that stops reading holds only its
+        // own stream, which its session's body-stall timeout ends; the connection is shared.
+        if moved || !waiting || h.refused || hop {
             h.window_wait = None;
         } else {
             h.window_wait.get_or_insert(now);
         }
         let min = self.front.cfg.premature_reset_min_streams;
-        if h.opened >= min && h.premature_resets * 2 >= h.opened {
+        // A peer gateway cancels the streams of its clients that go away or time out: on an
+        // authenticated hop those resets are its clients', not an attack on this gateway.
+        if hop {
+            h.opened = 0;
+            h.premature_resets = 0;
+        } else if h.opened >= min && h.premature_resets * 2 >= h.opened {
             if let ConnState::Open(conn) = &mut h.state {
                 stats.rapid_resets.fetch_add(1, Ordering::Relaxed);
                 conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
@@ -1064,6 +1075,14 @@ impl<'a, N: Net> H2Net<'a, N> {
         let rx_left = io.rx.len() - io.rx_pos;
         drop(io);
         if matches!(h.state, ConnState::Done) && drained && h.streams.is_empty() {
+            if let Some(leg) = h.leg.as_mut() {
+                // A hop's last records (and its close_notify) leave before the close; the
+                // transport's Writable brings the rest of them here.
+                let _ = leg.finish(self.inner);
+                if leg.pending_out() > 0 && !h.inner_eof {
+                    return;
+                }
+            }
             h.closed = true;
             let now = self.front.now;
             close_real(self.inner, now, c, h.leg.take());
@@ -1489,7 +1508,12 @@ impl<N: Net> Net for H2Net<'_, N> {
             .map(|r| r.map(FConn::Tcp))
     }
 
-    fn adopt_hop(&mut self, leg: Leg<Self::Conn>, peer: HopPeer) -> Result<(), Leg<Self::Conn>> {
+    fn adopt_hop(
+        &mut self,
+        leg: Leg<Self::Conn>,
+        peer: HopPeer,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Leg<Self::Conn>> {
         let FConn::Tcp(c) = leg.conn else {
             return Err(leg);
         };
@@ -1510,6 +1534,7 @@ impl<N: Net> Net for H2Net<'_, N> {
             H2Conn {
                 leg: Some(leg.map_conn(|_| c)),
                 hop: Some(Arc::new(peer)),
+                _ticket: ticket,
                 io,
                 state: ConnState::Handshaking(hs),
                 streams: FxHashMap::default(),

@@ -3,6 +3,7 @@
 //! `Ok(0)` at end of stream and `WouldBlock` when nothing is buffered; events say when to try
 //! again.
 
+use crate::admission::Ticket;
 use crate::leg::Leg;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -126,8 +127,14 @@ pub trait Net {
     /// `h2` (the leg with its TLS state and unsent bytes); its streams come back as accepted
     /// connections for which [`Net::hop_peer`] answers. `Err` gives the leg back when this
     /// transport cannot.
-    fn adopt_hop(&mut self, leg: Leg<Self::Conn>, peer: HopPeer) -> Result<(), Leg<Self::Conn>> {
-        let _ = peer;
+    /// `ticket` keeps the connection counted under its listener's caps while it lives.
+    fn adopt_hop(
+        &mut self,
+        leg: Leg<Self::Conn>,
+        peer: HopPeer,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Leg<Self::Conn>> {
+        let _ = (peer, ticket);
         Err(leg)
     }
     /// Gateway B: for a stream of an adopted hop connection, what its handshake established.

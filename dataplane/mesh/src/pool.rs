@@ -35,6 +35,8 @@ pub struct HopId {
     pub identity: Arc<str>,
     /// A stream of a multiplexed hop (`hop_protocol = "h2"`), not a connection of its own.
     pub mux: bool,
+    /// The certificates and trust it was opened with ([`crate::engine::MeshTls::generation`]).
+    pub tls_generation: u64,
     pub peer: SocketAddrV4,
     pub peer_identity: Arc<str>,
 }

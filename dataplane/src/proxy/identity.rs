@@ -48,6 +48,10 @@ impl MeshTls for MeshIdentity {
         Some(c)
     }
 
+    fn generation(&self) -> u64 {
+        self.watch.current().generation
+    }
+
     fn client(
         &self,
         identity: &IdentityRt,
