@@ -69,6 +69,12 @@ const REQ_HEAD_MAX: usize = 32 << 10;
 /// their own connect timeouts by then, and new ones must not wait on a peer that never
 /// answers its handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that carries streams and has received nothing for this long gets a PING,
+/// and is given up when this long again passes without an answer: a peer that vanished
+/// without a FIN (a crashed host, a partition) does not hold streams, and every new one,
+/// until their timeouts or the transport's.
+const PING_AFTER: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// On a multiplexed hop, the field that carries what the `XM/1` preamble says on a hop
 /// connection of its own: the endpoint behind the peer gateway (`IP:PORT`). Gateway B's
 /// front turns it back into the preamble, and its engine checks that as it checks any.
@@ -144,13 +150,20 @@ pub struct H2UpstreamStats {
     pub hop_handshake_failures: AtomicU64,
     /// Multiplexed hop connections that resumed a TLS session.
     pub hop_tls_resumed: AtomicU64,
+    /// Connections given up because a PING went unanswered while streams waited.
+    pub ping_timeouts: AtomicU64,
 }
 
 impl H2UpstreamStats {
     /// Prometheus text of these counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &AtomicU64); 13] = [
+        let rows: [(&str, &str, &AtomicU64); 14] = [
+            (
+                "xdpmesh_h2_upstream_ping_timeouts_total",
+                "HTTP/2 upstream and hop connections given up because a PING went unanswered for 3 s while streams waited (after 2 s without a byte)",
+                &self.ping_timeouts,
+            ),
             (
                 "xdpmesh_hop_tls_resumed_total",
                 "multiplexed hop connections that resumed a TLS session",
@@ -284,6 +297,12 @@ struct Real<C> {
     idle_since: Option<Instant>,
     /// Opened at: a connection not ready within [`CONNECT_TIMEOUT`] is given up.
     born: Instant,
+    /// Liveness ([`PING_AFTER`]): when bytes last came in, when our PING went out (cleared
+    /// by any bytes in), and whether the `h2` crate still holds it unanswered.
+    last_rx: Instant,
+    ping_sent: Option<Instant>,
+    ping_pending: bool,
+    pings: Option<h2::PingPong>,
     inner_eof: bool,
     queued: bool,
 }
@@ -459,6 +478,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
                 if !r.connected {
                     return Some(r.born + CONNECT_TIMEOUT);
                 }
+                if !r.virts.is_empty() {
+                    return match r.ping_sent {
+                        Some(t) => Some(t + PING_TIMEOUT),
+                        None if !r.ping_pending => Some(r.last_rx + PING_AFTER),
+                        None => None,
+                    };
+                }
                 r.idle_since.map(|t| t + self.cfg.idle_timeout)
             })
             .min()
@@ -489,6 +515,37 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
             .filter(|(_, (_, r))| !r.connected && r.born + CONNECT_TIMEOUT <= now)
             .map(|(k, _)| *k)
             .collect();
+        // Liveness of connections with streams: a PING after PING_AFTER of silence, and the
+        // end of the connection when it goes unanswered.
+        let mut dead = Vec::new();
+        let mut ping = Vec::new();
+        for (k, (_, r)) in self.reals.iter_mut() {
+            if !r.connected || r.virts.is_empty() {
+                continue;
+            }
+            match r.ping_sent {
+                Some(t) if t + PING_TIMEOUT <= now => dead.push(*k),
+                None if !r.ping_pending && r.last_rx + PING_AFTER <= now => {
+                    if let Some(p) = r.pings.as_mut() {
+                        if p.send_ping(h2::Ping::opaque()).is_ok() {
+                            r.ping_sent = Some(now);
+                            r.ping_pending = true;
+                            ping.push(*k);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for k in ping {
+            self.mark(k);
+        }
+        for k in dead {
+            self.stats.ping_timeouts.fetch_add(1, Ordering::Relaxed);
+            if let Some((c, _)) = self.drop_real(k) {
+                inner.abort(c);
+            }
+        }
         for k in stuck {
             // What still waits on it fails as a connect.
             if let Some((c, leg)) = self.drop_real(k) {
@@ -603,7 +660,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
         let leg = leg.map(|tls| Leg::tls(c, tls.into(), false));
         let io = BufIo::new(TX_MAX);
         let mut hs = std::pin::pin!(self.builder.handshake::<BufIo, Bytes>(io.clone()));
-        let (send, conn) = match hs.as_mut().poll(&mut cx) {
+        let (send, mut conn) = match hs.as_mut().poll(&mut cx) {
             Poll::Ready(Ok(pair)) => pair,
             // The preface goes into an empty buffer: it cannot wait or fail.
             _ => {
@@ -611,6 +668,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
                 return Err(NetError::Reset);
             }
         };
+        let pings = conn.ping_pong();
         let k = self.next_id;
         self.next_id += 1;
         if leg.is_some() {
@@ -638,6 +696,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
                     virts: Vec::new(),
                     idle_since: None,
                     born: self.now,
+                    last_rx: self.now,
+                    ping_sent: None,
+                    ping_pending: false,
+                    pings,
                     inner_eof: false,
                     queued: false,
                 },
@@ -653,6 +715,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
             return;
         };
         r.connected = true;
+        r.last_rx = self.now;
         let waiting: Vec<u64> = r.virts.clone();
         for id in waiting {
             if let Some(v) = self.virts.get_mut(&id) {
@@ -771,13 +834,22 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                         r.inner_eof = true;
                         r.io.lock().rx_eof = true;
                     }
-                    Ok(n) => r.io.lock().rx.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        r.io.lock().rx.extend_from_slice(&buf[..n]);
+                        r.last_rx = back.now;
+                        r.ping_sent = None;
+                    }
                     Err(NetError::WouldBlock) => break,
                 }
             }
         }
         let mut cx = Context::from_waker(Waker::noop());
         let mut over = drive(r, &mut cx, &back.stats);
+        if r.ping_pending {
+            if let Some(Poll::Ready(_)) = r.pings.as_mut().map(|p| p.poll_pong(&mut cx)) {
+                r.ping_pending = false;
+            }
+        }
         // Streams: request out, response in.
         let mut failed: Vec<u64> = Vec::new();
         let mut finished: Vec<u64> = Vec::new();
@@ -2368,6 +2440,43 @@ mod tests {
         assert!(rig.mem.closed(c).is_some());
         assert_eq!(rig.back.stats.connection_errors.load(Ordering::Relaxed), 1);
         assert_eq!(rig.back.stats.open.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_silent_connection_gets_a_ping_and_is_given_up_when_it_goes_unanswered() {
+        let mut rig = Rig::new();
+        let a = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(a, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        rig.settle();
+        // The server takes its time over the response but answers the PING.
+        let due = rig.back.poll_timeout().expect("a ping deadline");
+        assert_eq!(due, rig.now + PING_AFTER);
+        rig.now = due;
+        let now = rig.now;
+        rig.net().handle_timeout(now);
+        rig.settle();
+        assert_eq!(rig.back.connections(), 1);
+        let due = rig.back.poll_timeout().expect("the next ping deadline");
+        assert_eq!(due, rig.now + PING_AFTER, "the answer counts as life");
+        // Then it falls silent (no longer driven): the next PING goes unanswered.
+        rig.now = due;
+        let now = rig.now;
+        rig.net().handle_timeout(now);
+        rig.net().flush();
+        assert_eq!(rig.back.poll_timeout(), Some(now + PING_TIMEOUT));
+        rig.now = now + PING_TIMEOUT;
+        let now = rig.now;
+        rig.net().handle_timeout(now);
+        let mut net = rig.net();
+        let mut events = Vec::new();
+        while let Some(e) = net.poll_event() {
+            events.push(e);
+        }
+        assert!(events.contains(&NetEvent::Reset(a)), "{events:?}");
+        assert_eq!(rig.back.connections(), 0);
+        assert_eq!(rig.back.stats.ping_timeouts.load(Ordering::Relaxed), 1);
     }
 
     #[test]
