@@ -2106,9 +2106,16 @@ impl Ctx {
             .unwrap_or(0.0)
     }
 
-    /// A's open file descriptors, less its pooled upstream connections (kernel backend).
+    /// A's open file descriptors, less its pooled upstream connections and the shared
+    /// HTTP/2 connections under its pool (kernel backend): the multiplexed hops to B and any
+    /// h2c connections. A pooled stream of a multiplexed hop holds no descriptor of its own,
+    /// so this undercounts by the pooled streams (a leak smaller than those would hide).
     fn fds_beyond_pool(&self) -> f64 {
-        self.fd_count(Gw::A) as f64 - self.pooled(Gw::A)
+        let m = self.metrics(Gw::A);
+        let shared = m.sum("xdpmesh_hop_connections_open", &[]).unwrap_or(0.0)
+            + m.sum("xdpmesh_h2_upstream_connections_open", &[])
+                .unwrap_or(0.0);
+        self.fd_count(Gw::A) as f64 - self.pooled(Gw::A) - shared
     }
 
     fn put(&self, gw: Gw, text: &str) {

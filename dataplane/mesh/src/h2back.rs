@@ -90,7 +90,8 @@ pub struct H2BackConfig {
     /// 6.25 MiB: what h2 may hold for streams whose clients do not read].
     pub stream_window: u32,
     pub connection_window: u32,
-    /// Header list size accepted from a server [16 KiB, the engine's head limit].
+    /// Header list size accepted from a server or peer gateway [24 KiB: the engine's head
+    /// limit, 16 KiB and 64 fields, with HPACK's 32 bytes per field].
     pub max_header_list_size: u32,
     /// HPACK dynamic table [4 KiB].
     pub header_table_size: u32,
@@ -108,7 +109,8 @@ impl Default for H2BackConfig {
             // Every stream's whole window: streams whose clients do not read must not hold
             // the connection's window shut for the others (unread DATA keeps its capacity).
             connection_window: 100 * 65_535,
-            max_header_list_size: 16 << 10,
+            // A head at the engine's limit (16 KiB, 64 fields) and HPACK's 32 bytes per field.
+            max_header_list_size: crate::h2front::HOP_HEADER_LIST,
             header_table_size: 4096,
             idle_timeout: Duration::from_secs(30),
             max_connections: 8,

@@ -40,6 +40,11 @@ use tcpstack::Instant;
 /// engine's yet, so its connection caps do not count them: this bounds them instead (over it,
 /// a new one is reset and counted).
 pub const MAX_HELD: usize = 4096;
+/// The header list a peer gateway's stream may carry (RFC 9113 §6.5.2 counts 32 bytes per
+/// field on top of its name and value): a client's head at the engine's limit (16 KiB, 64
+/// fields) plus the fields gateway A adds and the hop's own. The engine checks the head it
+/// makes of it with its own limits.
+pub const HOP_HEADER_LIST: u32 = 24 << 10;
 /// RFC 9113 §3.4.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes of a client's frames buffered before they are parsed; the transport is not read
@@ -516,6 +521,8 @@ struct Sniff {
 pub struct H2Front<C> {
     cfg: H2Config,
     builder: h2::server::Builder,
+    /// For peer gateways' hop connections: a larger header list ([`HOP_HEADER_LIST`]).
+    hop_builder: h2::server::Builder,
     /// Whether a local address is an `http` listener, and then its timeouts (asked at accept
     /// time).
     is_http: Box<dyn Fn(SocketAddrV4) -> Option<HttpListener> + Send>,
@@ -547,9 +554,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
             .max_pending_accept_reset_streams(cfg.max_pending_accept_reset_streams)
             .max_local_error_reset_streams(Some(cfg.max_local_error_reset_streams))
             .max_send_buffer_size(RESP_MAX);
+        let mut hop_builder = builder.clone();
+        hop_builder.max_header_list_size(HOP_HEADER_LIST.max(cfg.max_header_list_size));
         H2Front {
             cfg,
             builder,
+            hop_builder,
             is_http: Box::new(is_http),
             sniff: FxHashMap::default(),
             replay: FxHashMap::default(),
@@ -1524,7 +1534,7 @@ impl<N: Net> Net for H2Net<'_, N> {
             return Err(leg);
         }
         let io = BufIo::new(TX_MAX);
-        let hs = self.front.builder.handshake(io.clone());
+        let hs = self.front.hop_builder.handshake(io.clone());
         self.front.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.front.stats.open.fetch_add(1, Ordering::Relaxed);
         self.front.stats.hops.fetch_add(1, Ordering::Relaxed);
