@@ -9,14 +9,13 @@
 #   direct    h2load -> nginx h2c 10.10.3.2:8081 (kernel forwarding, no proxy)
 #   haproxy   h2load -> haproxy A h2c 10.10.1.1:82 -> mTLS, HTTP/1.1 reused -> haproxy B
 #             -> nginx 10.10.3.2:8080 (nbthread 1 each, scripts/bench/haproxy-*.cfg)
-#   xdpmesh   h2load -> gateway A h2c 10.10.1.1:80 -> mTLS, HTTP/1.1 pooled -> gateway B
-#             -> nginx 10.10.3.2:8080 (AF_XDP, scripts/rig.sh mesh)
-# Both pairs carry HTTP/1.1 on the hop (xdpmesh's hop is not HTTP/2 yet; HAProxy is set up
-# alike so that the two compare the same work).
+#   xdpmesh   h2load -> gateway A h2c 10.10.1.1:80 -> mTLS, HTTP/2 streams (the multiplexed
+#             hop, `hop_protocol = "h2"`, the default) -> gateway B -> nginx 10.10.3.2:8080
+#             (AF_XDP, scripts/rig.sh mesh)
 # --h2-servers: the servers speak HTTP/2 too (nginx h2c 10.10.3.2:8081 behind both pairs), and
 # HAProxy speaks h2 on both sides of its hop (ALPN h2 in the mTLS, frontends :83); gateway B
-# reaches nginx by h2c (`upstream_protocol = "h2c"`, the rig's tables with web moved to 8081),
-# its hop still HTTP/1.1.
+# reaches nginx by h2c (`upstream_protocol = "h2c"`, the rig's tables with web moved to 8081).
+# Without it HAProxy's hop is HTTP/1.1 on reused connections.
 # Per round and path: req/s with 32 streams over 4 connections (h2load -c4 -m8, --seconds
 # each, after a 1 s warm-up), then the latency at a fixed rate (--rate req/s in total, 5 s;
 # every request's duration from h2load's --log-file: p50 and p99). Prints the sums and
