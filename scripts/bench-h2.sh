@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # HTTP/2 clients through the pairs (issue #19 "Benchmark"), as root:
 #
-#   sudo scripts/bench-h2.sh [--rounds N] [--seconds S] [--rate R] [--h2-servers] [--no-build]
-#                            [--out DIR]
+#   sudo scripts/bench-h2.sh [--rounds N] [--seconds S] [--rate R] [--h2-servers]
+#                            [--hop h2|http1] [--no-build] [--out DIR]
 #
 # h2load (Debian nghttp2-client) from xm-cli, cleartext HTTP/2 with prior knowledge, against
 # three paths measured in interleaved rounds (direct, HAProxy, xdpmesh, direct, ...):
@@ -10,8 +10,8 @@
 #   haproxy   h2load -> haproxy A h2c 10.10.1.1:82 -> mTLS, HTTP/1.1 reused -> haproxy B
 #             -> nginx 10.10.3.2:8080 (nbthread 1 each, scripts/bench/haproxy-*.cfg)
 #   xdpmesh   h2load -> gateway A h2c 10.10.1.1:80 -> mTLS, HTTP/2 streams (the multiplexed
-#             hop, `hop_protocol = "h2"`, the default) -> gateway B -> nginx 10.10.3.2:8080
-#             (AF_XDP, scripts/rig.sh mesh)
+#             hop, `hop_protocol = "h2"`; --hop http1: HTTP/1.1 on pooled hop connections, the
+#             tables' default) -> gateway B -> nginx 10.10.3.2:8080 (AF_XDP, scripts/rig.sh mesh)
 # --h2-servers: the servers speak HTTP/2 too (nginx h2c 10.10.3.2:8081 behind both pairs), and
 # HAProxy speaks h2 on both sides of its hop (ALPN h2 in the mTLS, frontends :83); gateway B
 # reaches nginx by h2c (`upstream_protocol = "h2c"`, the rig's tables with web moved to 8081).
@@ -35,6 +35,7 @@ SECONDS_EACH=5
 RATE=2000
 BUILD=1
 H2_SERVERS=0
+HOP_PROTO=h2
 OUT=benches/results
 while [ $# -gt 0 ]; do
   case $1 in
@@ -43,11 +44,13 @@ while [ $# -gt 0 ]; do
     --rate) RATE=${2:-}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --h2-servers) H2_SERVERS=1; shift ;;
+    --hop) HOP_PROTO=${2:-}; shift 2 ;;
     --out) OUT=${2:-}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) xm_log "bench-h2.sh: unknown argument $1 (see --help)"; exit 64 ;;
   esac
 done
+case $HOP_PROTO in h2 | http1) ;; *) xm_log "bench-h2.sh: --hop h2|http1"; exit 64 ;; esac
 for v in "$ROUNDS" "$SECONDS_EACH" "$RATE"; do
   case $v in '' | *[!0-9]* | 0) xm_log "bench-h2.sh: --rounds, --seconds and --rate take positive integers"; exit 64 ;; esac
 done
@@ -118,7 +121,7 @@ ip netns exec xm-srv nginx -q -e "$STATE/nginx-error.log" -p "$STATE" -c "$STATE
 PIDS+=($!)
 xm_wait_listen xm-srv 8080
 xm_wait_listen xm-srv 8081
-bash scripts/rig.sh mesh --backend afxdp
+bash scripts/rig.sh mesh --backend afxdp --hop "$HOP_PROTO"
 for id in "sa/client client" "gateway/gw-b gwb"; do
   # shellcheck disable=SC2086
   set -- $id
@@ -136,7 +139,7 @@ xm_wait_listen xm-gwb 81
 xm_wait_listen xm-gwa 82
 
 TARGETS=("direct http://10.10.3.2:8081/" "haproxy http://10.10.1.1:82/" "xdpmesh http://10.10.1.1/")
-HOP="HTTP/1.1 on both hops, servers HTTP/1.1"
+HOP="servers HTTP/1.1; HAProxy's hop HTTP/1.1, xdpmesh's hop $HOP_PROTO"
 if [ "$H2_SERVERS" -eq 1 ]; then
   # web's endpoint moves to nginx's h2c port on both gateways; B speaks h2c to it.
   sed 's|10.10.3.2:8080|10.10.3.2:8081|' scripts/rig/gwa-tables.toml >"$STATE/h2-gwa-tables.toml"
@@ -151,7 +154,7 @@ if [ "$H2_SERVERS" -eq 1 ]; then
   xm_wait_listen xm-gwb 83
   xm_wait_listen xm-gwa 83
   TARGETS=("direct http://10.10.3.2:8081/" "haproxy http://10.10.1.1:83/" "xdpmesh http://10.10.1.1/")
-  HOP="servers HTTP/2 (h2c); HAProxy's hop HTTP/2 (ALPN h2), xdpmesh's hop HTTP/1.1"
+  HOP="servers HTTP/2 (h2c); HAProxy's hop HTTP/2 (ALPN h2), xdpmesh's hop $HOP_PROTO"
 fi
 for t in "${TARGETS[@]}"; do
   # shellcheck disable=SC2086

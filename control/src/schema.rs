@@ -171,11 +171,10 @@ pub struct Peer {
     /// (the check proves the peer by an mTLS handshake only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<Sp<String>>,
-    /// How HTTP requests cross the mTLS hop to this peer: `h2` (default: ALPN `h2`, each
-    /// request a stream on a few connections each worker shares per client identity and
-    /// service) or `http1` (a connection per request in flight, pooled after; for peers that
-    /// do not offer `h2`). TCP listeners' hops and upgrades (WebSocket) always take a
-    /// connection of their own.
+    /// How HTTP requests cross the mTLS hop to this peer: `http1` (default: a connection per
+    /// request in flight, pooled after) or `h2` (ALPN `h2`: each request a stream on a few
+    /// connections each worker shares per client identity and service). TCP listeners' hops
+    /// and upgrades (WebSocket) always take a connection of their own.
     #[serde(default, skip_serializing_if = "is_default")]
     pub hop_protocol: Sp<HopProtocol>,
 }
@@ -185,9 +184,12 @@ pub struct Peer {
 #[serde(rename_all = "kebab-case")]
 pub enum HopProtocol {
     /// HTTP/2 streams inside the mTLS connection (ALPN `h2`).
-    #[default]
     H2,
-    /// HTTP/1.1 after the `XM/1` preamble, one request at a time per connection.
+    /// HTTP/1.1 after the `XM/1` preamble, one request at a time per connection. The default:
+    /// on the benchmark rig it carries more requests per second than the multiplexed hop
+    /// (benches/README.md), whose HTTP/2 framing costs both gateways more than reusing
+    /// pooled connections does.
+    #[default]
     Http1,
 }
 

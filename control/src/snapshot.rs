@@ -44,7 +44,7 @@ pub struct PeerRt {
     pub min_idle: u32,
     /// Its admin API (`admin`), for `xdpmesh check --all`.
     pub admin: Option<SocketAddr>,
-    /// How HTTP requests cross the hop (`hop_protocol`, default `h2`).
+    /// How HTTP requests cross the hop (`hop_protocol`, default `http1`).
     pub hop_protocol: crate::schema::HopProtocol,
 }
 

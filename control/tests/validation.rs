@@ -705,7 +705,7 @@ fn peer_hop_protocol_is_h2_or_http1() {
             .unwrap_or_else(|e| panic!("{e}"));
         c.snapshot.peers[0].hop_protocol
     };
-    assert_eq!(hop(""), HopProtocol::H2, "the default");
+    assert_eq!(hop(""), HopProtocol::Http1, "the default");
     assert_eq!(hop("hop_protocol = \"http1\"\n"), HopProtocol::Http1);
     assert_eq!(hop("hop_protocol = \"h2\"\n"), HopProtocol::H2);
 }

@@ -321,7 +321,11 @@ fn put_tables(ns: &NetNs, text: &str, dir: &Path, name: &str) {
 /// Gateway A's routing tables: scripts/rig/split-gwa-tables.toml (shared with scripts/demo.sh)
 /// with the split's weights set, plus a client identity whose certificate comes from another CA.
 fn gwa_tables(v2_weight: u32) -> String {
-    let mut text = include_str!("../../scripts/rig/split-gwa-tables.toml").to_owned();
+    let mut text = include_str!("../../scripts/rig/split-gwa-tables.toml").replace(
+        "identity = \"spiffe://rig.mesh/gateway/gw-b\"\n",
+        "identity = \"spiffe://rig.mesh/gateway/gw-b\"\nhop_protocol = \"h2\"\n",
+    );
+    assert!(text.contains("hop_protocol = \"h2\""), "gw-b's peer entry");
     for (version, weight) in [("v1", 100 - v2_weight), ("v2", v2_weight)] {
         let marker = format!(" }}, # split {version}");
         let line = text
@@ -674,7 +678,8 @@ fn run_backend(backend: &str, work: &Path) {
         NetNs::existing("xm-srv").unwrap(),
     );
     let servers = Servers::start(&srv, &work.join(format!("www-{backend}")));
-    rig(&["mesh", "--backend", backend], &state);
+    // The multiplexed hop (issue #19), as `gwa_tables` below has it too.
+    rig(&["mesh", "--backend", backend, "--hop", "h2"], &state);
 
     // curl gets the server's body through both gateways.
     let body = cli
