@@ -5,23 +5,37 @@ use std::net::Ipv4Addr;
 /// Adds `data` to a running 64-bit one's-complement accumulator. Big-endian 16-bit words;
 /// an odd trailing byte is padded with zero (RFC 1071 §4.1). Callers must only pass an odd
 /// length as the last piece of a sum.
+///
+/// The sum is byte-order independent (RFC 1071 §2(B)): `data` is summed as native-endian 32-bit
+/// words into four 64-bit lanes (which the compiler turns into vector adds, about twice as fast
+/// as big-endian words one by one), folded to 16 bits and swapped into network order once. A
+/// lane cannot overflow before 2^32 adds, far beyond any frame.
 #[inline]
-pub fn accumulate(mut acc: u64, data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(8);
+pub fn accumulate(acc: u64, data: &[u8]) -> u64 {
+    let mut lanes = [0u64; 4];
+    let mut chunks = data.chunks_exact(16);
     for c in &mut chunks {
-        // Two 32-bit adds per 8 bytes; a u64 cannot overflow before 2^32 adds.
-        acc += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
-        acc += u32::from_be_bytes([c[4], c[5], c[6], c[7]]) as u64;
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            let w = [c[4 * i], c[4 * i + 1], c[4 * i + 2], c[4 * i + 3]];
+            *lane += u32::from_ne_bytes(w) as u64;
+        }
     }
+    let mut sum = lanes[0] + lanes[1] + lanes[2] + lanes[3];
     let mut rest = chunks.remainder();
-    while rest.len() >= 2 {
-        acc += u16::from_be_bytes([rest[0], rest[1]]) as u64;
-        rest = &rest[2..];
+    while rest.len() >= 4 {
+        sum += u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+        rest = &rest[4..];
     }
-    if let [b] = rest {
-        acc += (*b as u64) << 8;
+    // Zero padding keeps the 16-bit words in place: an odd last byte is the high byte of its
+    // (big-endian) word, as RFC 1071 pads it.
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    sum += u32::from_ne_bytes(tail) as u64;
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
     }
-    acc
+    // Native 16-bit words to big-endian: one swap of the folded sum.
+    acc + u16::from_be(sum as u16) as u64
 }
 
 /// Folds an accumulator to 16 bits and complements it.
@@ -76,6 +90,35 @@ mod tests {
             .collect();
         for len in 0..data.len() {
             assert_eq!(checksum(&data[..len]), naive(&data[..len]), "len {len}");
+            // Unaligned starts, and a running accumulator with a pseudo-header in it.
+            let d = &data[1..1 + len.min(data.len() - 1)];
+            assert_eq!(checksum(d), naive(d), "offset 1, len {}", d.len());
+            let pseudo = pseudo_header(
+                Ipv4Addr::new(10, 0, 0, 1),
+                Ipv4Addr::new(10, 0, 0, 2),
+                6,
+                d.len(),
+            );
+            let mut with = vec![10, 0, 0, 1, 10, 0, 0, 2, 0, 6];
+            with.extend_from_slice(&(d.len() as u16).to_be_bytes());
+            with.extend_from_slice(d);
+            assert_eq!(
+                finish(accumulate(pseudo, d)),
+                naive(&with),
+                "pseudo, len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_ones_and_all_zeros() {
+        for len in [0usize, 1, 2, 3, 15, 16, 17, 1480, 9000] {
+            assert_eq!(
+                checksum(&vec![0xff; len]),
+                naive(&vec![0xff; len]),
+                "ff {len}"
+            );
+            assert_eq!(checksum(&vec![0; len]), naive(&vec![0; len]), "00 {len}");
         }
     }
 
