@@ -801,12 +801,17 @@ fn run_backend(backend: &str, work: &Path) {
         Some(denied_before + 1),
         "the denial is counted at B, once"
     );
+    let denied_after = denied_before + 1;
     assert_eq!(status_from(&cli, "10.10.1.2"), "200");
     // And over HTTP/2.
     assert_eq!(status_from_h2(&cli, "10.10.1.3"), "403");
+    let denied_h2 = wait_for(Duration::from_secs(5), || {
+        let n = metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"denied\"");
+        (n > denied_after).then_some(n)
+    });
     assert_eq!(
-        metric(&gwb, "xdpmesh_proxy_refused_total", "reason=\"denied\""),
-        denied_after + 1,
+        denied_h2,
+        Some(denied_after + 1),
         "the HTTP/2 client's denial is counted at B"
     );
     assert_eq!(status_from_h2(&cli, "10.10.1.2"), "200");
