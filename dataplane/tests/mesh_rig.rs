@@ -239,17 +239,21 @@ fn status_from(cli: &NetNs, from: &str) -> String {
     .expect("curl")
 }
 
+/// The gateway's `/metrics` text.
+fn metrics_text(ns: &NetNs) -> String {
+    ns.exec_ok([
+        "curl",
+        "-sf",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9901/metrics",
+    ])
+    .expect("metrics")
+}
+
 fn metric(ns: &NetNs, name_prefix: &str, label: &str) -> u64 {
-    let text = ns
-        .exec_ok([
-            "curl",
-            "-sf",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:9901/metrics",
-        ])
-        .expect("metrics");
-    text.lines()
+    metrics_text(ns)
+        .lines()
         .filter(|l| l.starts_with(name_prefix) && l.contains(label))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
         .sum()
@@ -1048,16 +1052,7 @@ fn run_backend(backend: &str, work: &Path) {
 /// gateways, and with the kernel backend by the sockets themselves (`ss` in gw-a's
 /// namespace, while the load runs).
 fn hop_pooling(cli: &NetNs, gwa: &NetNs, gwb: &NetNs, backend: &str) {
-    let text = gwa
-        .exec_ok([
-            "curl",
-            "-sf",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:9901/metrics",
-        ])
-        .expect("metrics");
-    let workers = text
+    let workers = metrics_text(gwa)
         .lines()
         .filter(|l| l.starts_with("xdpmesh_proxy_accepted_total{worker="))
         .count()

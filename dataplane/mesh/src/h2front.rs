@@ -383,6 +383,40 @@ struct H2Conn<C> {
 }
 
 impl<C> H2Conn<C> {
+    /// A connection whose HTTP/2 handshake has started over `io`, idle since `now`; a
+    /// client's (a hop's leg, peer and ticket are set by [`H2Net::adopt_hop`]).
+    fn new(
+        io: BufIo,
+        hs: Handshake,
+        (local, remote): (SocketAddrV4, SocketAddrV4),
+        now: Instant,
+        stall: Duration,
+    ) -> Self {
+        H2Conn {
+            leg: None,
+            hop: None,
+            _ticket: None,
+            io,
+            state: ConnState::Handshaking(hs),
+            streams: FxHashMap::default(),
+            local,
+            remote,
+            idle_since: Some(now),
+            inner_eof: false,
+            closed: false,
+            opened: 0,
+            premature_resets: 0,
+            queued: false,
+            going_away: false,
+            scan: FrameScan::default(),
+            refused: false,
+            goaway: None,
+            stall,
+            window_wait: None,
+            tx_wait: None,
+        }
+    }
+
     /// Since when it holds response bytes the client does not take: while frames wait for
     /// the transport, the client does not read, whatever its windows.
     fn stall_since(&self) -> Option<Instant> {
@@ -807,29 +841,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         self.front.stats.open.fetch_add(1, Ordering::Relaxed);
         self.front.conns.insert(
             c,
-            H2Conn {
-                leg: None,
-                hop: None,
-                _ticket: None,
-                io,
-                state: ConnState::Handshaking(hs),
-                streams: FxHashMap::default(),
-                local: s.local,
-                remote: s.remote,
-                idle_since: Some(self.front.now),
-                inner_eof: false,
-                closed: false,
-                opened: 0,
-                premature_resets: 0,
-                queued: false,
-                going_away: false,
-                scan: FrameScan::default(),
-                refused: false,
-                goaway: None,
-                stall: s.stall,
-                window_wait: None,
-                tx_wait: None,
-            },
+            H2Conn::new(io, hs, (s.local, s.remote), self.front.now, s.stall),
         );
         self.pump(c);
     }
@@ -1545,24 +1557,7 @@ impl<N: Net> Net for H2Net<'_, N> {
                 leg: Some(leg.map_conn(|_| c)),
                 hop: Some(Arc::new(peer)),
                 _ticket: ticket,
-                io,
-                state: ConnState::Handshaking(hs),
-                streams: FxHashMap::default(),
-                local,
-                remote,
-                idle_since: Some(now),
-                inner_eof: false,
-                closed: false,
-                opened: 0,
-                premature_resets: 0,
-                queued: false,
-                going_away: false,
-                scan: FrameScan::default(),
-                refused: false,
-                goaway: None,
-                stall: self.front.cfg.stall_timeout,
-                window_wait: None,
-                tx_wait: None,
+                ..H2Conn::new(io, hs, (local, remote), now, self.front.cfg.stall_timeout)
             },
         );
         // rustls may hold the peer's first frames already (they can follow its Finished).
