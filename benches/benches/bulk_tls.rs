@@ -2,6 +2,8 @@
 //! rustls client encrypting through `tcpstack::tls::TlsSession`, the receiver (B) a rustls server
 //! decrypting. `cargo bench -p benches --bench bulk_tls`.
 //!
+//! - `bulk_tls/leg` is the gateways' own path: the sender is `mesh::leg::Leg` (what encrypts
+//!   the hop between gateways) over the stack, counted as `encrypt` is. The goal's figure.
 //! - `bulk_tls/encrypt` counts everything but the receiver's record processing (rustls
 //!   `process_new_packets`: parsing and AEAD open are timed and subtracted): TLS record
 //!   encryption on one side, the TCP work of both ends, and every copy on both ends.
@@ -15,10 +17,13 @@
 //! is checked byte for byte before timing starts.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mesh::leg::Leg;
+use mesh::net::{Net, NetError, NetEvent};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use std::io::{self, BufRead, Read};
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tcpstack::tls::TlsSession;
@@ -84,18 +89,120 @@ impl Read for StackRead<'_> {
     }
 }
 
+/// One stack as the mesh's `Net`, as the gateway's worker wraps its ports (`StackNet`).
+struct OneStack<'a>(&'a mut Stack);
+
+fn net_err(e: StackError) -> NetError {
+    match e {
+        StackError::WouldBlock => NetError::WouldBlock,
+        StackError::SendClosed => NetError::Closed,
+        _ => NetError::Reset,
+    }
+}
+
+impl Net for OneStack<'_> {
+    type Conn = ConnId;
+    fn connect(
+        &mut self,
+        now: tcpstack::Instant,
+        remote: SocketAddrV4,
+    ) -> Result<ConnId, NetError> {
+        self.0.connect(now, remote).map_err(|_| NetError::Reset)
+    }
+    fn read(&mut self, c: ConnId, buf: &mut [u8]) -> Result<usize, NetError> {
+        self.0.read(c, buf).map_err(net_err)
+    }
+    fn write(&mut self, c: ConnId, data: &[u8]) -> Result<usize, NetError> {
+        self.0.write(c, data).map_err(net_err)
+    }
+    fn shutdown_write(&mut self, c: ConnId) {
+        let _ = self.0.shutdown_write(c);
+    }
+    fn close(&mut self, now: tcpstack::Instant, c: ConnId) {
+        let _ = self.0.close(now, c);
+    }
+    fn abort(&mut self, c: ConnId) {
+        let _ = self.0.abort(c);
+    }
+    fn poll_event(&mut self) -> Option<NetEvent<ConnId>> {
+        None
+    }
+}
+
+/// The sender: tcpstack's own TLS adapter, or the mesh's leg.
+enum Tx {
+    Session(Box<TlsSession>),
+    Leg(Leg<ConnId>),
+}
+
+impl Tx {
+    fn id(&self) -> ConnId {
+        match self {
+            Tx::Session(t) => t.id,
+            Tx::Leg(l) => l.conn,
+        }
+    }
+
+    fn is_handshaking(&self) -> bool {
+        match self {
+            Tx::Session(t) => t.is_handshaking(),
+            Tx::Leg(l) => l.is_handshaking(),
+        }
+    }
+
+    /// Plaintext in; how much was taken.
+    fn write(&mut self, stack: &mut Stack, data: &[u8]) -> usize {
+        match self {
+            Tx::Session(t) => {
+                let n = t.write(data).unwrap();
+                t.drive(stack).unwrap();
+                n
+            }
+            Tx::Leg(l) => l.write(&mut OneStack(stack), data).unwrap(),
+        }
+    }
+
+    /// Records out (and, for `Session`, records in).
+    fn flush(&mut self, stack: &mut Stack) {
+        match self {
+            Tx::Session(t) => {
+                t.drive(stack).unwrap();
+            }
+            Tx::Leg(l) => l.flush(&mut OneStack(stack)).unwrap(),
+        }
+    }
+
+    /// Handshake and post-handshake records (the server's tickets) in, records out.
+    fn drive(&mut self, stack: &mut Stack) {
+        match self {
+            Tx::Session(t) => {
+                t.drive(stack).unwrap();
+            }
+            Tx::Leg(l) => {
+                let mut net = OneStack(stack);
+                if l.is_handshaking() {
+                    l.handshake(&mut net).unwrap();
+                } else {
+                    let got = l.read(&mut net, &mut [0u8; 64]).unwrap();
+                    assert_eq!(got, Err(NetError::WouldBlock), "the server sent no data");
+                }
+            }
+        }
+    }
+}
+
 /// A TLS 1.3 connection over the pair: A is the client (sender), B the server (receiver).
 struct TlsPair {
     p: Pair,
     b: ConnId,
-    tx: TlsSession,
+    tx: Tx,
     rx: ServerConnection,
     /// Time spent in the receiver's `process_new_packets` since the last `take_excluded`.
     excluded: Duration,
 }
 
 impl TlsPair {
-    fn new(aes128: bool) -> TlsPair {
+    fn new(aes128: bool, leg: bool) -> TlsPair {
         let (ccfg, scfg) = configs(aes128);
         let mut p = Pair::new(MTU);
         let (a, b) = p.establish(443);
@@ -104,13 +211,17 @@ impl TlsPair {
         let mut t = TlsPair {
             p,
             b,
-            tx: TlsSession::new(a, client),
+            tx: if leg {
+                Tx::Leg(Leg::tls(a, client.into(), true))
+            } else {
+                Tx::Session(Box::new(TlsSession::new(a, client)))
+            },
             rx: ServerConnection::new(scfg).unwrap(),
             excluded: Duration::ZERO,
         };
         // Handshake, outside any measurement.
         for _ in 0..100 {
-            t.tx.drive(&mut t.p.a).unwrap();
+            t.tx.drive(&mut t.p.a);
             t.p.pump();
             t.receive(&mut |_| {}, false);
             while t.rx.wants_write() {
@@ -130,7 +241,8 @@ impl TlsPair {
             "handshake"
         );
         // The client reads the server's session tickets (post-handshake) so none are pending.
-        t.tx.drive(&mut t.p.a).unwrap();
+        t.p.pump();
+        t.tx.drive(&mut t.p.a);
         t
     }
 
@@ -194,18 +306,16 @@ impl TlsPair {
             while sent < total {
                 let src = next(sent);
                 let n = (total - sent).min(src.len());
-                match self.tx.write(&src[..n]) {
-                    Ok(0) => break,
-                    Ok(w) => sent += w,
-                    Err(e) => panic!("{e}"),
+                match self.tx.write(&mut self.p.a, &src[..n]) {
+                    0 => break,
+                    w => sent += w,
                 }
-                self.tx.drive(&mut self.p.a).unwrap();
             }
             self.p.pump();
             got += self.receive(sink, timed);
             // Ciphertext rustls still holds goes into the space the receiver's reads opened.
-            self.tx.drive(&mut self.p.a).unwrap();
-            if self.p.a.send_free(self.tx.id).unwrap_or(0) == 0 {
+            self.tx.flush(&mut self.p.a);
+            if self.p.a.send_free(self.tx.id()).unwrap_or(0) == 0 {
                 self.p.advance(Duration::from_millis(1));
             }
         }
@@ -271,17 +381,18 @@ fn bulk_tls(c: &mut Criterion) {
         bch.iter(|| p.transfer(a, b, TRANSFER, &chunk, &mut sink));
     });
 
-    for (name, decrypt_counted, aes128) in [
-        ("encrypt", false, false),
-        ("encrypt_decrypt", true, false),
-        ("encrypt_aes128", false, true),
+    for (name, decrypt_counted, aes128, leg) in [
+        ("leg", false, false, true),
+        ("encrypt", false, false, false),
+        ("encrypt_decrypt", true, false, false),
+        ("encrypt_aes128", false, true, false),
     ] {
         // One connection per variant, set up and checked on first use (criterion calls the
         // closure once per warm-up and per sample batch; filtered-out variants set up nothing).
         let mut setup: Option<(TlsPair, Vec<u8>, Vec<u8>)> = None;
         g.bench_function(name, |bch| {
             let (t, chunk, sink) = setup.get_or_insert_with(|| {
-                let mut t = TlsPair::new(aes128);
+                let mut t = TlsPair::new(aes128, leg);
                 check(&mut t);
                 eprintln!("bulk_tls/{name}: {}, checked 16 MiB byte-exact", t.suite());
                 (t, vec![0x5au8; CHUNK], vec![0u8; 256 * 1024])

@@ -918,7 +918,6 @@ pub struct Engine<C> {
     balancer_gen: u64,
     rng: rand_chacha::ChaCha8Rng,
     pub stats: ProxyStats,
-    scratch: Vec<u8>,
     buf: Vec<u8>,
     /// (deadline, session slot, epoch), earliest first. Entries go stale when a session
     /// ends or its deadline moves later; `handle_timeout` skips or re-queues those, so a
@@ -1001,7 +1000,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             balancer_gen: 0,
             rng: rand_chacha::ChaCha8Rng::from_seed(seed),
             stats: ProxyStats::default(),
-            scratch: vec![0; 64 * 1024],
             buf: vec![0; 64 * 1024],
             timers: BinaryHeap::new(),
             next_epoch: 0,
@@ -2705,8 +2703,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             if !up.connected {
                 return Ok(());
             }
-            up.handshake(net, &mut self.scratch)
-                .map_err(StepError::Up)?;
+            up.handshake(net).map_err(StepError::Up)?;
             if up.is_handshaking() {
                 return Ok(());
             }
@@ -2756,7 +2753,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         sid: usize,
         s: &mut Session<C>,
     ) -> Result<(), StepError> {
-        s.down.handshake(net, &mut self.scratch)?;
+        s.down.handshake(net)?;
         if s.down.is_handshaking() {
             return Ok(());
         }
@@ -2806,7 +2803,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         // The preamble (bounded).
         while !s.d_in.contains(&b'\n') && s.d_in.len() < preamble::MAX {
             let room = preamble::MAX - s.d_in.len();
-            match s.down.read(net, &mut self.buf[..room], &mut self.scratch)? {
+            match s.down.read(net, &mut self.buf[..room])? {
                 Ok(0) => return Err(StepError::Refused(Refusal::BadPreamble)),
                 Ok(n) => s.d_in.extend_from_slice(&self.buf[..n]),
                 Err(_) => return Ok(()),
@@ -2893,7 +2890,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 eof: &mut s.down_eof,
                 counter: &mut self.stats.bytes_down_to_up,
             };
-            moved |= pump(net, down_to_up, &mut self.buf, &mut self.scratch)?;
+            moved |= pump(net, down_to_up, &mut self.buf)?;
             let up_to_down = Flow {
                 src: &mut *up,
                 dst: &mut s.down,
@@ -2901,7 +2898,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 eof: &mut s.up_eof,
                 counter: &mut self.stats.bytes_up_to_down,
             };
-            moved |= pump(net, up_to_down, &mut self.buf, &mut self.scratch)?;
+            moved |= pump(net, up_to_down, &mut self.buf)?;
             if !moved {
                 break;
             }
@@ -2959,22 +2956,13 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 &mut s.d_in,
                 &mut s.down_eof,
                 &mut self.buf,
-                &mut self.scratch,
             )?;
             if let Some(up) = s.up.as_mut() {
                 if up.connected && !up.is_handshaking() {
-                    moved |= fill(
-                        net,
-                        up,
-                        &mut s.u_in,
-                        &mut s.up_eof,
-                        &mut self.buf,
-                        &mut self.scratch,
-                    )
-                    .map_err(StepError::Up)?;
-                } else if up.connected {
-                    up.handshake(net, &mut self.scratch)
+                    moved |= fill(net, up, &mut s.u_in, &mut s.up_eof, &mut self.buf)
                         .map_err(StepError::Up)?;
+                } else if up.connected {
+                    up.handshake(net).map_err(StepError::Up)?;
                     if !up.is_handshaking() {
                         self.note_resumption(up);
                         moved = true;
@@ -4023,7 +4011,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             let Some(m) = self.mirrors.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            match m.step(net, &mut self.buf, &mut self.scratch) {
+            match m.step(net, &mut self.buf) {
                 Ok(false) => {}
                 Ok(true) => self.end_mirror(net, now, slot, Ok(())),
                 Err(e) => self.end_mirror(net, now, slot, Err(e)),
@@ -4638,7 +4626,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             // The service's settings as the tables say now.
             idle.meta.cfg = cfg;
             let retired = !idle.meta.reusable(now);
-            if !retired && leg_still_open(net, &mut idle.leg, &mut self.buf, &mut self.scratch) {
+            if !retired && leg_still_open(net, &mut idle.leg, &mut self.buf) {
                 return Some((idle.leg, idle.meta));
             }
             let why = if retired {
@@ -4657,12 +4645,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
     /// on) is closed and forgotten, never handed out.
     fn progress_pool<N: Net<Conn = C>>(&mut self, net: &mut N, now: Instant) {
         while let Some(slot) = self.pool_dirty.pop() {
-            let (buf, scratch) = (&mut self.buf, &mut self.scratch);
+            let buf = &mut self.buf;
             let Some(i) = self.pool.get_mut(slot) else {
                 continue;
             };
             // A warm hop still connecting waits for its `Connected`.
-            if !i.leg.connected || leg_still_open(net, &mut i.leg, buf, scratch) {
+            if !i.leg.connected || leg_still_open(net, &mut i.leg, buf) {
                 continue;
             }
             let Some(mut idle) = self.pool.remove(slot) else {
@@ -4862,10 +4850,6 @@ fn release_idle_buffers<C: Copy + Eq + std::hash::Hash + std::fmt::Debug>(s: &mu
             *v = Vec::new();
         }
     }
-    s.down.release_idle(IDLE_KEEP);
-    if let Some(up) = s.up.as_mut() {
-        up.release_idle(IDLE_KEEP);
-    }
 }
 
 /// What the session knew of an upstream it no longer has.
@@ -4891,12 +4875,11 @@ fn leg_still_open<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn 
     net: &mut N,
     leg: &mut Leg<C>,
     buf: &mut [u8],
-    scratch: &mut [u8],
 ) -> bool {
     if leg.known_quiet(net) {
         return leg.flush(net).is_ok();
     }
-    let r = leg.read(net, buf, scratch);
+    let r = leg.read(net, buf);
     matches!(r, Ok(Err(NetError::WouldBlock))) && leg.flush(net).is_ok()
 }
 
@@ -5004,13 +4987,12 @@ fn fill<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
     inbuf: &mut Vec<u8>,
     eof: &mut bool,
     tmp: &mut [u8],
-    scratch: &mut [u8],
 ) -> Result<bool, LegError> {
     if *eof || inbuf.len() >= BUF {
         return Ok(false);
     }
     let room = (BUF - inbuf.len()).min(tmp.len());
-    match leg.read(net, &mut tmp[..room], scratch)? {
+    match leg.read(net, &mut tmp[..room])? {
         Ok(0) => *eof = true,
         Ok(n) => inbuf.extend_from_slice(&tmp[..n]),
         Err(_) => return Ok(false),
@@ -5035,7 +5017,6 @@ fn pump<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
     net: &mut N,
     f: Flow<'_, C>,
     tmp: &mut [u8],
-    scratch: &mut [u8],
 ) -> Result<bool, LegError> {
     let Flow {
         src,
@@ -5044,7 +5025,7 @@ fn pump<C: Copy + Eq + std::hash::Hash + std::fmt::Debug, N: Net<Conn = C>>(
         eof,
         counter,
     } = f;
-    let mut moved = fill(net, src, buf, eof, tmp, scratch)?;
+    let mut moved = fill(net, src, buf, eof, tmp)?;
     if !buf.is_empty() {
         let n = dst.write(net, buf)?;
         if n > 0 {

@@ -786,8 +786,7 @@ impl<'a, N: Net> H2BackNet<'a, N> {
         if r.tcp_up && !r.connected {
             // A hop's TLS handshake, then ALPN `h2` or nothing.
             let leg = r.leg.as_mut().expect("only a hop waits for TLS");
-            let mut scratch = [0u8; 16 << 10];
-            let ok = match leg.handshake(self.inner, &mut scratch) {
+            let ok = match leg.handshake(self.inner) {
                 Ok(()) if leg.is_handshaking() => return,
                 Ok(()) => {
                     if let Some(rustls::Connection::Client(t)) = leg.tls_state() {

@@ -218,11 +218,9 @@ pub fn read_real<N: Net>(
     match leg {
         None => inner.read(c, buf),
         Some(leg) => {
-            let mut scratch = [0u8; 16 << 10];
             // A TLS error, or an end without close_notify, ends the connection: its
             // streams fail as with a reset.
-            leg.read(inner, buf, &mut scratch)
-                .unwrap_or(Err(NetError::Reset))
+            leg.read(inner, buf).unwrap_or(Err(NetError::Reset))
         }
     }
 }

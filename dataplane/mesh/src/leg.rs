@@ -1,13 +1,9 @@
 //! One end of a proxied connection: a transport connection with optional TLS on top. The
-//! engine reads and writes plaintext; with TLS, the leg moves ciphertext between rustls and
-//! the transport and keeps what the transport has not taken yet.
+//! engine reads and writes plaintext; with TLS, rustls reads ciphertext from the transport's
+//! receive buffer and writes records into its send buffer, keeping what it cannot hand over.
 
 use super::net::{Net, NetError};
 use std::io::{self, Read, Write};
-
-/// Ciphertext (or plaintext, without TLS) the transport has not taken yet, above which the
-/// leg accepts no more bytes to send: backpressure reaches the other side's reads.
-const OUT_LIMIT: usize = 64 * 1024;
 
 /// Why a leg failed.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,13 +33,13 @@ impl LegError {
 pub struct Leg<C> {
     pub conn: C,
     // Boxed: a connection is ~1.2 KiB and a leg moves in and out of sessions and the pool.
+    // rustls reads ciphertext straight from the transport and writes its records straight
+    // into it ([`NetIo`]); what the transport does not take yet stays in rustls, whose
+    // buffer limit (64 KiB by default) is the backpressure on `write`.
     tls: Option<Box<rustls::Connection>>,
-    /// Ciphertext read from the transport that rustls has not taken yet.
-    inbuf: Vec<u8>,
-    out: Vec<u8>,
     /// The transport reached end of stream.
     net_eof: bool,
-    /// We asked to finish: close_notify (TLS) then FIN once `out` drains.
+    /// We asked to finish: close_notify (TLS) then FIN once the records left.
     finishing: bool,
     shut: bool,
     /// The transport connection completed (always true for accepted ones).
@@ -53,13 +49,50 @@ pub struct Leg<C> {
     pub held: Option<crate::breaker::Held>,
 }
 
+/// The transport as rustls's `io::Read` and `io::Write`, so ciphertext moves between
+/// rustls's buffers and the transport's without a copy in between. A reset is kept in
+/// `reset` (rustls sees an I/O error); the transport's end reads as `Ok(0)`.
+struct NetIo<'a, N: Net> {
+    net: &'a mut N,
+    conn: N::Conn,
+    reset: bool,
+}
+
+impl<N: Net> Read for NetIo<'_, N> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.net.read(self.conn, buf) {
+            Ok(n) => Ok(n),
+            Err(NetError::Closed) => Ok(0),
+            Err(NetError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(NetError::Reset) => {
+                self.reset = true;
+                Err(io::ErrorKind::ConnectionReset.into())
+            }
+        }
+    }
+}
+
+impl<N: Net> Write for NetIo<'_, N> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.net.write(self.conn, data) {
+            Ok(0) | Err(NetError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(n) => Ok(n),
+            Err(NetError::Reset) | Err(NetError::Closed) => {
+                self.reset = true;
+                Err(io::ErrorKind::ConnectionReset.into())
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
     pub fn plain(conn: C, connected: bool) -> Self {
         Leg {
             conn,
             tls: None,
-            inbuf: Vec::new(),
-            out: Vec::new(),
             net_eof: false,
             finishing: false,
             shut: false,
@@ -80,8 +113,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         Leg {
             conn: f(self.conn),
             tls: self.tls,
-            inbuf: self.inbuf,
-            out: self.out,
             net_eof: self.net_eof,
             finishing: self.finishing,
             shut: self.shut,
@@ -98,65 +129,40 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
-    /// Moves what the transport has into rustls, as far as rustls takes it (its plaintext
-    /// buffer is bounded; what it refuses waits in `inbuf`). On a TLS error the alert is
-    /// queued for sending first.
-    fn pump_in<N: Net<Conn = C>>(
-        &mut self,
-        net: &mut N,
-        scratch: &mut [u8],
-    ) -> Result<(), LegError> {
+    /// Moves what the transport has into rustls, as far as rustls takes it: rustls reads
+    /// only while it wants to (its plaintext buffer is bounded), so what it does not want
+    /// waits in the transport's receive buffer and the peer's window closes. On a TLS error
+    /// the alert stays queued in rustls for the next `flush`.
+    fn pump_in<N: Net<Conn = C>>(&mut self, net: &mut N) -> Result<(), LegError> {
         let Some(tls) = self.tls.as_deref_mut() else {
             return Ok(());
         };
-        let result = loop {
-            // Feed what is waiting first.
-            let mut fed = Ok(());
-            while !self.inbuf.is_empty() {
-                let mut d = &self.inbuf[..];
-                let took = tls.read_tls(&mut d).unwrap_or(0);
-                self.inbuf.drain(..took);
-                fed = tls.process_new_packets().map(|_| ());
-                if took == 0 || fed.is_err() {
-                    break;
-                }
+        loop {
+            tls.process_new_packets().map_err(LegError::Tls)?;
+            if !tls.wants_read() || self.net_eof {
+                return Ok(());
             }
-            if let Err(e) = fed.and_then(|_| tls.process_new_packets().map(|_| ())) {
-                break Err(LegError::Tls(e));
-            }
-            if !self.inbuf.is_empty() || !tls.wants_read() || self.net_eof {
-                break Ok(());
-            }
-            match net.read(self.conn, scratch) {
-                Ok(0) | Err(NetError::Closed) => {
-                    self.net_eof = true;
-                    // An empty read tells rustls the transport ended.
-                    let _ = tls.read_tls(&mut io::empty());
-                }
-                Ok(n) => self.inbuf.extend_from_slice(&scratch[..n]),
-                Err(NetError::WouldBlock) => break Ok(()),
-                Err(NetError::Reset) => break Err(LegError::Reset),
-            }
-        };
-        self.queue_tls_output();
-        result
-    }
-
-    fn queue_tls_output(&mut self) {
-        if let Some(tls) = self.tls.as_deref_mut() {
-            while tls.wants_write() {
-                if tls.write_tls(&mut self.out).is_err() {
-                    break;
-                }
+            let mut io = NetIo {
+                net: &mut *net,
+                conn: self.conn,
+                reset: false,
+            };
+            match tls.read_tls(&mut io) {
+                // The transport ended; rustls saw the empty read and knows it too.
+                Ok(0) => self.net_eof = true,
+                Ok(_) => {}
+                Err(_) if io.reset => return Err(LegError::Reset),
+                // WouldBlock; or rustls refusing a read (its buffers full, which `wants_read`
+                // rules out): nothing more to take now.
+                Err(_) => return Ok(()),
             }
         }
     }
 
     /// Nothing to read, known without reading: the transport saw nothing since a read came
-    /// back empty ([`Net::may_have_input`]), no ciphertext waits here and rustls holds no
-    /// plaintext nor a peer's close.
+    /// back empty ([`Net::may_have_input`]) and rustls holds no plaintext nor a peer's close.
     pub fn known_quiet<N: Net<Conn = C>>(&mut self, net: &N) -> bool {
-        if net.may_have_input(self.conn) || !self.inbuf.is_empty() || self.net_eof {
+        if net.may_have_input(self.conn) || self.net_eof {
             return false;
         }
         match self.tls.as_deref_mut() {
@@ -172,7 +178,6 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         &mut self,
         net: &mut N,
         buf: &mut [u8],
-        scratch: &mut [u8],
     ) -> Result<Result<usize, NetError>, LegError> {
         if self.tls.is_none() {
             return match net.read(self.conn, buf) {
@@ -181,7 +186,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
                 r => Ok(r),
             };
         }
-        self.pump_in(net, scratch)?;
+        let pumped = self.pump_in(net);
+        // Whatever reading made rustls queue (an alert, a key update's answer, tickets)
+        // leaves now; a reset found here is found again by the next read.
+        let _ = self.flush(net);
+        pumped?;
         let net_eof = self.net_eof;
         let tls = self.tls.as_deref_mut().expect("checked above");
         match tls.reader().read(buf) {
@@ -203,76 +212,66 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
     }
 
     /// Drives a TLS handshake as far as the bytes allow (reads and flushes).
-    pub fn handshake<N: Net<Conn = C>>(
-        &mut self,
-        net: &mut N,
-        scratch: &mut [u8],
-    ) -> Result<(), LegError> {
-        self.pump_in(net, scratch)?;
-        self.flush(net)
+    pub fn handshake<N: Net<Conn = C>>(&mut self, net: &mut N) -> Result<(), LegError> {
+        let pumped = self.pump_in(net);
+        // The alert for a failed handshake goes out before the error is reported.
+        let flushed = self.flush(net);
+        pumped?;
+        flushed
     }
 
     /// Takes plaintext to send; returns how much was taken (0 under backpressure).
     pub fn write<N: Net<Conn = C>>(&mut self, net: &mut N, data: &[u8]) -> Result<usize, LegError> {
-        if self.finishing || data.is_empty() {
+        if self.finishing || data.is_empty() || !self.connected {
             return Ok(0);
         }
+        // Records waiting in rustls go first: rustls refuses plaintext while they fill its
+        // limit, and a refusal is only backpressure if the transport refused them too (then
+        // its `Writable` comes back here).
         self.flush(net)?;
-        if self.out.len() >= OUT_LIMIT || !self.connected {
-            return Ok(0);
-        }
         let n = match self.tls.as_deref_mut() {
             None => {
-                if self.out.is_empty() {
-                    match net.write(self.conn, data) {
-                        Ok(n) => return Ok(n),
-                        Err(NetError::WouldBlock) => return Ok(0),
-                        Err(NetError::Reset) => return Err(LegError::Reset),
-                        Err(NetError::Closed) => return Err(LegError::Reset),
-                    }
-                }
-                0
+                return match net.write(self.conn, data) {
+                    Ok(n) => Ok(n),
+                    Err(NetError::WouldBlock) => Ok(0),
+                    Err(NetError::Reset) | Err(NetError::Closed) => Err(LegError::Reset),
+                };
             }
-            Some(tls) => {
-                let room = OUT_LIMIT - self.out.len();
-                let n = tls
-                    .writer()
-                    .write(&data[..data.len().min(room)])
-                    .unwrap_or(0);
-                self.queue_tls_output();
-                n
-            }
+            // rustls encrypts what its buffer limit allows; its records go out below.
+            Some(tls) => tls.writer().write(data).unwrap_or(0),
         };
         self.flush(net)?;
         Ok(n)
     }
 
-    /// Hands queued bytes to the transport; sends the FIN once a finish drained.
+    /// Hands queued records to the transport; sends the FIN once a finish drained.
     pub fn flush<N: Net<Conn = C>>(&mut self, net: &mut N) -> Result<(), LegError> {
-        self.queue_tls_output();
         if !self.connected {
             return Ok(());
         }
-        let mut sent = 0;
-        while sent < self.out.len() {
-            match net.write(self.conn, &self.out[sent..]) {
-                Ok(0) | Err(NetError::WouldBlock) => break,
-                Ok(n) => sent += n,
-                Err(NetError::Reset) | Err(NetError::Closed) => {
-                    self.out.clear();
-                    return Err(LegError::Reset);
+        if let Some(tls) = self.tls.as_deref_mut() {
+            while tls.wants_write() {
+                let mut io = NetIo {
+                    net: &mut *net,
+                    conn: self.conn,
+                    reset: false,
+                };
+                match tls.write_tls(&mut io) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(_) if io.reset => return Err(LegError::Reset),
+                    Err(_) => break,
                 }
             }
         }
-        self.out.drain(..sent);
-        if self.finishing && self.out.is_empty() && !self.shut {
+        if self.finishing && self.pending_out() == 0 && !self.shut {
             net.shutdown_write(self.conn);
             self.shut = true;
         }
         Ok(())
     }
 
-    /// Ends our direction: close_notify with TLS, then FIN after the queued bytes.
+    /// Ends our direction: close_notify with TLS, then FIN after the queued records.
     pub fn finish<N: Net<Conn = C>>(&mut self, net: &mut N) -> Result<(), LegError> {
         if !self.finishing {
             self.finishing = true;
@@ -293,16 +292,166 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         self.shut
     }
 
-    /// Gives back buffers larger than `keep` while they are empty (an idle connection).
-    pub fn release_idle(&mut self, keep: usize) {
-        for v in [&mut self.inbuf, &mut self.out] {
-            if v.is_empty() && v.capacity() > keep {
-                *v = Vec::new();
+    /// Non-zero while records wait in rustls for the transport to take them (a count, not
+    /// their size: rustls does not say).
+    pub fn pending_out(&self) -> usize {
+        self.tls
+            .as_deref()
+            .map_or(0, |t| usize::from(t.wants_write()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memnet::{MemConn, MemNet};
+    use crate::test_support::*;
+    use crate::tls::{client_config, server_config, sni_for_service};
+    use rustls::{ClientConnection, ServerConnection};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    /// A client leg on a connected in-memory connection and the server's rustls end, with
+    /// the handshake done.
+    fn pair() -> (MemNet, Leg<MemConn>, ServerConnection) {
+        let root = ca("mesh root");
+        let t = trust(&[&root]);
+        let (a, b) = (leaf(&root, GW_A), leaf(&root, GW_B));
+        let cc = client_config(&identity(GW_A, &a), &t, GW_B).unwrap();
+        let sc = server_config(&identity(GW_B, &b), &t).unwrap();
+        let mut net = MemNet::new(Ipv4Addr::new(10, 0, 0, 1));
+        let c = net
+            .connect(
+                tcpstack::Instant::from_millis(0),
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 443),
+            )
+            .unwrap();
+        net.peer_accept(c);
+        let tls = ClientConnection::new(cc, sni_for_service("reviews").unwrap()).unwrap();
+        let mut leg = Leg::tls(c, tls.into(), true);
+        let mut s = ServerConnection::new(sc).unwrap();
+        for _ in 0..16 {
+            leg.handshake(&mut net).unwrap();
+            to_server(&mut net, c, &mut s);
+            from_server(&mut net, c, &mut s);
+        }
+        assert!(!leg.is_handshaking() && !s.is_handshaking());
+        (net, leg, s)
+    }
+
+    /// What the leg wrote, into the server; returns the plaintext it decrypted.
+    fn to_server(net: &mut MemNet, c: MemConn, s: &mut ServerConnection) -> Vec<u8> {
+        let wire = net.peer_take(c);
+        let mut rd = &wire[..];
+        let mut plain = Vec::new();
+        while !rd.is_empty() {
+            s.read_tls(&mut rd).unwrap();
+            s.process_new_packets().unwrap();
+            let _ = s.reader().read_to_end(&mut plain);
+        }
+        plain
+    }
+
+    fn from_server(net: &mut MemNet, c: MemConn, s: &mut ServerConnection) {
+        let mut wire = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut wire).unwrap();
+        }
+        net.peer_send(c, &wire);
+    }
+
+    /// A peer that never reads: the leg takes a bounded amount (rustls's 64 KiB limit on
+    /// records waiting, beyond what the transport holds), then every byte arrives in order
+    /// once the peer reads.
+    #[test]
+    fn a_peer_that_never_reads_bounds_what_the_leg_takes_and_nothing_is_lost() {
+        let (mut net, mut leg, mut s) = pair();
+        net.window = 4096;
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut sent = 0;
+        loop {
+            let n = leg.write(&mut net, &data[sent..]).unwrap();
+            if n == 0 {
+                break;
+            }
+            sent += n;
+        }
+        assert!(sent > 0 && sent <= 64 * 1024 + 4096, "took {sent} bytes");
+        assert!(leg.pending_out() > 0, "records wait in rustls");
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            got.extend(to_server(&mut net, leg.conn, &mut s));
+            if sent == data.len() {
+                leg.flush(&mut net).unwrap();
+                continue;
+            }
+            // The transport has room again: a refusal now would be a stall (no `Writable`
+            // comes for a transport that refused nothing).
+            let n = leg.write(&mut net, &data[sent..]).unwrap();
+            assert!(n > 0, "the transport is empty, yet the leg refused bytes");
+            sent += n;
+            while sent < data.len() {
+                match leg.write(&mut net, &data[sent..]).unwrap() {
+                    0 => break,
+                    n => sent += n,
+                }
+            }
+        }
+        assert!(got == data, "not byte-exact");
+        assert_eq!(leg.pending_out(), 0);
+    }
+
+    /// Records split across transport reads and several records in one read all arrive;
+    /// a transport end after close_notify is a clean end, without it a truncation.
+    #[test]
+    fn split_records_arrive_whole_and_only_close_notify_ends_cleanly() {
+        for clean in [true, false] {
+            let (mut net, mut leg, mut s) = pair();
+            let data: Vec<u8> = (0..60_000u32).map(|i| (i % 253) as u8).collect();
+            s.writer().write_all(&data).unwrap();
+            if clean {
+                s.send_close_notify();
+            }
+            let mut wire = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut wire).unwrap();
+            }
+            let mut got = Vec::new();
+            let mut buf = [0u8; 3000];
+            // Odd-sized pieces: records straddle reads.
+            for piece in wire.chunks(977) {
+                net.peer_send(leg.conn, piece);
+                while let Ok(n) = leg.read(&mut net, &mut buf).unwrap() {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            net.peer_shutdown(leg.conn);
+            let end = loop {
+                match leg.read(&mut net, &mut buf) {
+                    Ok(Ok(0)) => break Ok(()),
+                    Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                    Ok(Err(e)) => panic!("{e:?} after the end"),
+                    Err(e) => break Err(e),
+                }
+            };
+            assert!(got == data, "not byte-exact");
+            if clean {
+                assert_eq!(end, Ok(()));
+            } else {
+                assert_eq!(end, Err(LegError::Truncated));
             }
         }
     }
 
-    pub fn pending_out(&self) -> usize {
-        self.out.len()
+    /// A reset is reported as such by reads, writes and flushes.
+    #[test]
+    fn a_reset_transport_fails_the_leg() {
+        let (mut net, mut leg, _s) = pair();
+        net.peer_reset(leg.conn);
+        assert_eq!(leg.write(&mut net, b"x"), Err(LegError::Reset));
+        assert_eq!(leg.flush(&mut net), Err(LegError::Reset));
+        assert_eq!(leg.read(&mut net, &mut [0u8; 16]), Err(LegError::Reset));
     }
 }

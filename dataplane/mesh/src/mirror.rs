@@ -154,12 +154,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Mirror<C> {
         &mut self,
         net: &mut N,
         buf: &mut [u8],
-        scratch: &mut [u8],
     ) -> Result<bool, MirrorError> {
         if !self.up.connected {
             return Ok(false);
         }
-        self.up.handshake(net, scratch)?;
+        self.up.handshake(net)?;
         if self.up.is_handshaking() {
             return Ok(false);
         }
@@ -175,7 +174,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Mirror<C> {
             self.written = 0;
         }
         loop {
-            match self.up.read(net, buf, scratch)? {
+            match self.up.read(net, buf)? {
                 Ok(0) | Err(NetError::Closed) => return self.at_eof(),
                 Ok(n) => {
                     if self.inbuf.len() + n > HEAD_CAP {
