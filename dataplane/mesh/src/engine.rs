@@ -528,9 +528,6 @@ pub struct ProxyStats {
     pub upstream_connects: u64,
     pub upstream_reused: u64,
     pub tls_resumed: u64,
-    /// Gateway B: mesh connections that chose ALPN `h2` and went to the transport's HTTP/2
-    /// front, each stream a session of its own.
-    pub hops_multiplexed: u64,
     pub completed: u64,
     pub bytes_down_to_up: u64,
     pub bytes_up_to_down: u64,
@@ -2508,6 +2505,32 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         Ok(leg)
     }
 
+    /// Peer `peer` of the tables, its address, and the client configuration `identity`
+    /// presents to it: what every hop to it starts from.
+    fn peer_client_config<'s>(
+        &self,
+        snap: &'s Snapshot,
+        peer: u32,
+        identity: &IdentityRt,
+    ) -> Result<
+        (
+            &'s control::snapshot::PeerRt,
+            SocketAddrV4,
+            Arc<rustls::ClientConfig>,
+        ),
+        Refusal,
+    > {
+        let peer = snap.peers.get(peer as usize).ok_or(Refusal::UnknownPeer)?;
+        let SocketAddr::V4(addr) = peer.address else {
+            return Err(Refusal::UnknownPeer);
+        };
+        let cfg = self
+            .tls
+            .client(identity, &peer.identity)
+            .ok_or(Refusal::NoTlsConfig)?;
+        Ok((peer, addr, cfg))
+    }
+
     fn client_tls(
         &self,
         snap: &Snapshot,
@@ -2515,17 +2538,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         peer: u32,
         client: SocketAddrV4,
     ) -> Result<(rustls::ClientConnection, SocketAddrV4), Refusal> {
-        let peer = snap.peers.get(peer as usize).ok_or(Refusal::UnknownPeer)?;
-        let SocketAddr::V4(peer_addr) = peer.address else {
-            return Err(Refusal::UnknownPeer);
-        };
         let identity = snap
             .identity_for_source(IpAddr::V4(*client.ip()))
             .ok_or(Refusal::NoIdentity)?;
-        let cfg = self
-            .tls
-            .client(identity, &peer.identity)
-            .ok_or(Refusal::NoTlsConfig)?;
+        let (_, peer_addr, cfg) = self.peer_client_config(snap, peer, identity)?;
         let sni = super::tls::sni_for_service(&service.name).map_err(|_| Refusal::NoTlsConfig)?;
         let tls = rustls::ClientConnection::new(cfg, sni).map_err(|_| Refusal::NoTlsConfig)?;
         Ok((tls, peer_addr))
@@ -2540,14 +2556,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         peer: u32,
         identity: &IdentityRt,
     ) -> Result<(HopTls, SocketAddrV4), Refusal> {
-        let peer = snap.peers.get(peer as usize).ok_or(Refusal::UnknownPeer)?;
-        let SocketAddr::V4(peer_addr) = peer.address else {
-            return Err(Refusal::UnknownPeer);
-        };
-        let base = self
-            .tls
-            .client(identity, &peer.identity)
-            .ok_or(Refusal::NoTlsConfig)?;
+        let (peer, peer_addr, base) = self.peer_client_config(snap, peer, identity)?;
         let at = Arc::as_ptr(&base) as usize;
         let config = match self.h2_configs.get(&at) {
             Some((_, h2)) => h2.clone(),
@@ -2764,7 +2773,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 t.alpn_protocol() == Some(super::tls::ALPN_H2),
             ),
             _ => match net.hop_peer(s.down.conn) {
-                Some(h) => (h.sni, h.identity, false),
+                Some(h) => (h.sni.clone(), h.identity.clone(), false),
                 None => (None, None, false),
             },
         };
@@ -2786,8 +2795,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             let ticket = s._ticket.take();
             return match net.adopt_hop(leg, hp, ticket) {
                 Ok(()) => {
+                    // Counted by the front (`xdpmesh_hop_connections_accepted_total`).
                     self.by_conn.remove(&conn);
-                    self.stats.hops_multiplexed += 1;
                     // Not this session's to close or report any more.
                     s.listener = None;
                     s.conn = None;
@@ -4388,15 +4397,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         let service = &snap.services[svc as usize];
         let peer = service.endpoints[ep as usize]
             .via
-            .and_then(|p| snap.peers.get(p as usize))
             .ok_or(Refusal::UnknownPeer)?;
-        let SocketAddr::V4(peer_addr) = peer.address else {
-            return Err(Refusal::UnknownPeer);
-        };
-        let cfg = self
-            .tls
-            .client(ident, &peer.identity)
-            .ok_or(Refusal::NoTlsConfig)?;
+        let (_, peer_addr, cfg) = self.peer_client_config(snap, peer, ident)?;
         let sni = super::tls::sni_for_service(&service.name).map_err(|_| Refusal::NoTlsConfig)?;
         let mut tls = rustls::ClientConnection::new(cfg, sni).map_err(|_| Refusal::NoTlsConfig)?;
         // rustls holds plaintext written before the handshake and sends it right after.

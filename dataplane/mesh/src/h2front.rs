@@ -1565,10 +1565,10 @@ impl<N: Net> Net for H2Net<'_, N> {
         Ok(())
     }
 
-    fn hop_peer(&self, c: Self::Conn) -> Option<HopPeer> {
+    fn hop_peer(&self, c: Self::Conn) -> Option<Arc<HopPeer>> {
         match c {
             FConn::Tcp(t) => self.inner.hop_peer(t),
-            FConn::Stream(t, _) => self.front.conns.get(&t)?.hop.as_deref().cloned(),
+            FConn::Stream(t, _) => self.front.conns.get(&t)?.hop.clone(),
         }
     }
 

@@ -138,7 +138,7 @@ pub trait Net {
         Err(leg)
     }
     /// Gateway B: for a stream of an adopted hop connection, what its handshake established.
-    fn hop_peer(&self, c: Self::Conn) -> Option<HopPeer> {
+    fn hop_peer(&self, c: Self::Conn) -> Option<Arc<HopPeer>> {
         let _ = c;
         None
     }
