@@ -225,6 +225,10 @@ pub struct Stack {
     free: Vec<u32>,
     live: usize,
     by_tuple: HashMap<Tuple, u32>,
+    /// The connection the last segment went to: bulk traffic is runs of segments for one
+    /// connection, and this spares them the (keyed, DoS-resistant) hash of the tuple. Reset
+    /// whenever `by_tuple` changes.
+    last_tuple: Option<(Tuple, u32)>,
     listeners: HashMap<SocketAddrV4, Listener>,
     time_wait: HashMap<Tuple, TimeWait>,
     time_wait_order: VecDeque<(Instant, Tuple)>,
@@ -254,6 +258,7 @@ impl Stack {
             free: Vec::new(),
             live: 0,
             by_tuple: HashMap::new(),
+            last_tuple: None,
             listeners: HashMap::new(),
             time_wait: HashMap::new(),
             time_wait_order: VecDeque::new(),
@@ -469,6 +474,7 @@ impl Stack {
             }
         };
         self.by_tuple.insert(tuple, slot);
+        self.last_tuple = None;
         self.live += 1;
         slot
     }
@@ -757,7 +763,12 @@ impl Stack {
         let remote = SocketAddrV4::new(src, h.src_port);
         let tuple = (local, remote);
 
-        if let Some(&slot) = self.by_tuple.get(&tuple) {
+        let known = match self.last_tuple {
+            Some((t, slot)) if t == tuple => Some(slot),
+            _ => self.by_tuple.get(&tuple).copied(),
+        };
+        if let Some(slot) = known {
+            self.last_tuple = Some((tuple, slot));
             self.with_conn(now, slot, |c, ctx| c.handle_segment(ctx, &h, seg.payload));
             return;
         }
@@ -1088,6 +1099,7 @@ impl Stack {
             }
             s.gen = s.gen.wrapping_add(1);
             self.by_tuple.remove(&(c.local, c.remote));
+            self.last_tuple = None;
             self.free.push(slot);
             self.live -= 1;
             if c.state == State::TimeWait {
