@@ -139,8 +139,21 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         };
         loop {
             tls.process_new_packets().map_err(LegError::Tls)?;
-            if !tls.wants_read() || self.net_eof {
+            if self.net_eof {
                 return Ok(());
+            }
+            if !tls.wants_read() {
+                // In the handshake rustls reads no further while it has records to send (its
+                // ChangeCipherSpec after ServerHello, a flight of its own): send them and read
+                // on, or the rest of the peer's flight waits in the transport, which signals
+                // no new Readable for bytes it already has.
+                if !(tls.is_handshaking() && tls.wants_write() && self.connected) {
+                    return Ok(());
+                }
+                send_records(tls, net, self.conn)?;
+                if !tls.wants_read() {
+                    return Ok(());
+                }
             }
             let mut io = NetIo {
                 net: &mut *net,
@@ -188,8 +201,9 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
         }
         let pumped = self.pump_in(net);
         // Whatever reading made rustls queue (an alert, a key update's answer, tickets)
-        // leaves now; a reset found here is found again by the next read.
-        let _ = self.flush(net);
+        // leaves now. A reset found sending is reported once the plaintext before it is
+        // read: a kernel socket reports its error once, and the next read sees an end.
+        let flushed = self.flush(net);
         pumped?;
         let net_eof = self.net_eof;
         let tls = self.tls.as_deref_mut().expect("checked above");
@@ -199,13 +213,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
             // close-delimited response or a TCP hop would otherwise end "cleanly" wherever
             // an attacker on the path dropped the connection.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                flushed?;
                 if net_eof {
                     Err(LegError::Truncated)
                 } else {
                     Ok(Err(NetError::WouldBlock))
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(LegError::Truncated),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                flushed?;
+                Err(LegError::Truncated)
+            }
             // rustls's reader fails this way only after an error it already reported.
             Err(e) => Err(LegError::Tls(rustls::Error::General(e.to_string()))),
         }
@@ -250,19 +268,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
             return Ok(());
         }
         if let Some(tls) = self.tls.as_deref_mut() {
-            while tls.wants_write() {
-                let mut io = NetIo {
-                    net: &mut *net,
-                    conn: self.conn,
-                    reset: false,
-                };
-                match tls.write_tls(&mut io) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(_) if io.reset => return Err(LegError::Reset),
-                    Err(_) => break,
-                }
-            }
+            send_records(tls, net, self.conn)?;
         }
         if self.finishing && self.pending_out() == 0 && !self.shut {
             net.shutdown_write(self.conn);
@@ -299,6 +305,28 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Leg<C> {
             .as_deref()
             .map_or(0, |t| usize::from(t.wants_write()))
     }
+}
+
+/// Hands rustls's records to the transport until it takes no more.
+fn send_records<N: Net>(
+    tls: &mut rustls::Connection,
+    net: &mut N,
+    conn: N::Conn,
+) -> Result<(), LegError> {
+    while tls.wants_write() {
+        let mut io = NetIo {
+            net: &mut *net,
+            conn,
+            reset: false,
+        };
+        match tls.write_tls(&mut io) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) if io.reset => return Err(LegError::Reset),
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -443,6 +471,58 @@ mod tests {
                 assert_eq!(end, Err(LegError::Truncated));
             }
         }
+    }
+
+    /// A server flight larger than one of rustls's 4 KiB reads (here a certificate with 400
+    /// extra names) arriving in one piece completes the handshake in one call, as the engine
+    /// makes one per Readable: rustls stops reading while it has records to send (its
+    /// ChangeCipherSpec), and nothing would call again for the bytes left behind.
+    #[test]
+    fn a_large_server_flight_is_read_whole_in_one_handshake_call() {
+        let root = ca("mesh root");
+        let t = trust(&[&root]);
+        let a = leaf(&root, GW_A);
+        let b = {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let names: Vec<String> = (0..400).map(|i| format!("host-{i}.padding.test")).collect();
+            let mut p = rcgen::CertificateParams::new(names).unwrap();
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(GW_B.try_into().unwrap()));
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2100, 1, 1);
+            Leaf {
+                cert: p.signed_by(&key, &root.cert, &root.key).unwrap(),
+                key,
+            }
+        };
+        let cc = client_config(&identity(GW_A, &a), &t, GW_B).unwrap();
+        let sc = server_config(&identity(GW_B, &b), &t).unwrap();
+        let mut net = MemNet::new(Ipv4Addr::new(10, 0, 0, 1));
+        let c = net
+            .connect(
+                tcpstack::Instant::from_millis(0),
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 443),
+            )
+            .unwrap();
+        net.peer_accept(c);
+        let tls = ClientConnection::new(cc, sni_for_service("reviews").unwrap()).unwrap();
+        let mut leg = Leg::tls(c, tls.into(), true);
+        let mut s = ServerConnection::new(sc).unwrap();
+        leg.handshake(&mut net).unwrap();
+        to_server(&mut net, c, &mut s);
+        let mut flight = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut flight).unwrap();
+        }
+        assert!(flight.len() > 8192, "flight of {} bytes", flight.len());
+        net.peer_send(c, &flight);
+        leg.handshake(&mut net).unwrap();
+        assert!(
+            !leg.is_handshaking(),
+            "the client read only part of the flight"
+        );
+        to_server(&mut net, c, &mut s);
+        assert!(!s.is_handshaking());
     }
 
     /// A reset is reported as such by reads, writes and flushes.
