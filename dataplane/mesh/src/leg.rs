@@ -338,14 +338,12 @@ mod tests {
     use rustls::{ClientConnection, ServerConnection};
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    /// A client leg on a connected in-memory connection and the server's rustls end, with
-    /// the handshake done.
-    fn pair() -> (MemNet, Leg<MemConn>, ServerConnection) {
-        let root = ca("mesh root");
-        let t = trust(&[&root]);
-        let (a, b) = (leaf(&root, GW_A), leaf(&root, GW_B));
-        let cc = client_config(&identity(GW_A, &a), &t, GW_B).unwrap();
-        let sc = server_config(&identity(GW_B, &b), &t).unwrap();
+    /// A client leg (with `a`'s identity, expecting gw-b) on a connected in-memory
+    /// connection, and the server's rustls end (with `b`'s), before the handshake.
+    fn connected(root: &Ca, a: &Leaf, b: &Leaf) -> (MemNet, Leg<MemConn>, ServerConnection) {
+        let t = trust(&[root]);
+        let cc = client_config(&identity(GW_A, a), &t, GW_B).unwrap();
+        let sc = server_config(&identity(GW_B, b), &t).unwrap();
         let mut net = MemNet::new(Ipv4Addr::new(10, 0, 0, 1));
         let c = net
             .connect(
@@ -355,8 +353,17 @@ mod tests {
             .unwrap();
         net.peer_accept(c);
         let tls = ClientConnection::new(cc, sni_for_service("reviews").unwrap()).unwrap();
-        let mut leg = Leg::tls(c, tls.into(), true);
-        let mut s = ServerConnection::new(sc).unwrap();
+        let leg = Leg::tls(c, tls.into(), true);
+        (net, leg, ServerConnection::new(sc).unwrap())
+    }
+
+    /// A client leg on a connected in-memory connection and the server's rustls end, with
+    /// the handshake done.
+    fn pair() -> (MemNet, Leg<MemConn>, ServerConnection) {
+        let root = ca("mesh root");
+        let (a, b) = (leaf(&root, GW_A), leaf(&root, GW_B));
+        let (mut net, mut leg, mut s) = connected(&root, &a, &b);
+        let c = leg.conn;
         for _ in 0..16 {
             leg.handshake(&mut net).unwrap();
             to_server(&mut net, c, &mut s);
@@ -480,7 +487,6 @@ mod tests {
     #[test]
     fn a_large_server_flight_is_read_whole_in_one_handshake_call() {
         let root = ca("mesh root");
-        let t = trust(&[&root]);
         let a = leaf(&root, GW_A);
         let b = {
             let key = rcgen::KeyPair::generate().unwrap();
@@ -495,19 +501,8 @@ mod tests {
                 key,
             }
         };
-        let cc = client_config(&identity(GW_A, &a), &t, GW_B).unwrap();
-        let sc = server_config(&identity(GW_B, &b), &t).unwrap();
-        let mut net = MemNet::new(Ipv4Addr::new(10, 0, 0, 1));
-        let c = net
-            .connect(
-                tcpstack::Instant::from_millis(0),
-                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 443),
-            )
-            .unwrap();
-        net.peer_accept(c);
-        let tls = ClientConnection::new(cc, sni_for_service("reviews").unwrap()).unwrap();
-        let mut leg = Leg::tls(c, tls.into(), true);
-        let mut s = ServerConnection::new(sc).unwrap();
+        let (mut net, mut leg, mut s) = connected(&root, &a, &b);
+        let c = leg.conn;
         leg.handshake(&mut net).unwrap();
         to_server(&mut net, c, &mut s);
         let mut flight = Vec::new();
