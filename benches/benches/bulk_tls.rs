@@ -22,11 +22,11 @@ use mesh::net::{Net, NetError, NetEvent};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcpstack::tls::TlsSession;
+use tcpstack::tls::{TcpIo, TlsSession};
 use tcpstack::{ConnId, Error as StackError, Stack};
 
 #[path = "pair.rs"]
@@ -71,22 +71,6 @@ fn configs(aes128: bool) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
         .with_root_certificates(roots)
         .with_no_client_auth();
     (Arc::new(client), Arc::new(server))
-}
-
-/// The receiver's TCP connection as rustls's `io::Read` (as `TlsSession` does it).
-struct StackRead<'a> {
-    stack: &'a mut Stack,
-    id: ConnId,
-}
-
-impl Read for StackRead<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.stack.read(self.id, buf) {
-            Ok(n) => Ok(n),
-            Err(StackError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(e) => Err(io::Error::other(e)),
-        }
-    }
 }
 
 /// One stack as the mesh's `Net`, as the gateway's worker wraps its ports (`StackNet`).
@@ -225,7 +209,7 @@ impl TlsPair {
             t.p.pump();
             t.receive(&mut |_| {}, false);
             while t.rx.wants_write() {
-                t.rx.write_tls(&mut StackWrite {
+                t.rx.write_tls(&mut TcpIo {
                     stack: &mut t.p.b,
                     id: t.b,
                 })
@@ -255,7 +239,7 @@ impl TlsPair {
     fn receive(&mut self, sink: &mut dyn FnMut(&[u8]), timed: bool) -> usize {
         let mut got = 0;
         loop {
-            let r = self.rx.read_tls(&mut StackRead {
+            let r = self.rx.read_tls(&mut TcpIo {
                 stack: &mut self.p.b,
                 id: self.b,
             });
@@ -320,24 +304,6 @@ impl TlsPair {
             }
         }
         assert_eq!(got, total);
-    }
-}
-
-struct StackWrite<'a> {
-    stack: &'a mut Stack,
-    id: ConnId,
-}
-
-impl io::Write for StackWrite<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        match self.stack.write(self.id, data) {
-            Ok(n) => Ok(n),
-            Err(StackError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(e) => Err(io::Error::other(e)),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

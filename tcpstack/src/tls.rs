@@ -26,9 +26,11 @@ pub struct Progress {
     pub handshaking: bool,
 }
 
-struct TcpIo<'a> {
-    stack: &'a mut Stack,
-    id: ConnId,
+/// A tcpstack connection as `std::io::Read` and `Write` (what rustls's `read_tls` and
+/// `write_tls` take): `WouldBlock` passes through, other errors are `io::Error::other`.
+pub struct TcpIo<'a> {
+    pub stack: &'a mut Stack,
+    pub id: ConnId,
 }
 
 fn to_io(e: StackError) -> io::Error {
