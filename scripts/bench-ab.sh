@@ -3,7 +3,7 @@
 # every build in turn (`scripts/rig.sh mesh` of that build's own checkout, so its rig tables
 # match it), warms up 2 s, then runs `wrk -t1 -c32` through gateway A to nginx in xm-srv (or,
 # with `--load bulk`, iperf3 through A's TCP listener 10.10.1.1:5201 to iperf3 -s in xm-srv,
-# `--streams N` streams; Gbit/s instead of req/s). The
+# `--streams N` streams; Mbit/s instead of req/s). The
 # builds alternate within each round, so drift and noisy neighbours hit all of them alike;
 # compare sums over rounds, not single rounds (one build's rounds spread 15–25 % on the 2-core
 # VM). Prints one line per run and the sums at the end.
@@ -55,8 +55,14 @@ cleanup() {
     [ "$tree" = "${b#*=}" ] && tree=$HERE
     (cd "$tree" && bash scripts/rig.sh stop >/dev/null 2>&1) || true
   done
-  [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
-  [ -n "$IPERF_PID" ] && kill "$IPERF_PID" 2>/dev/null && wait "$IPERF_PID" 2>/dev/null
+  # A server killed by its signal exits non-zero: that must not end the cleanup (set -e)
+  # before the rig goes down.
+  local pid
+  for pid in "$NGINX_PID" "$IPERF_PID"; do
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+  done
   [ "$RIG_WAS_UP" -eq 0 ] && bash scripts/rig.sh down >/dev/null 2>&1
   return 0
 }
@@ -78,22 +84,20 @@ if [ "$LOAD" = bulk ]; then
   IPERF_PID=$!
 fi
 
-# One run of the load through gateway A: prints "req/s N p99 T" or "Gbit/s G" (summed as
-# Mbit/s).
+# One run of the load through gateway A: prints "req/s N p99 T" or "Mbit/s M"; N or M is
+# what the rounds sum.
 run_load() {
   local out
   if [ "$LOAD" = wrk ]; then
     ip netns exec xm-cli wrk -t1 -c32 -d2s http://10.10.1.1/ >/dev/null 2>&1
     out=$(ip netns exec xm-cli wrk -t1 -c32 -d"${SECONDS_PER_RUN}s" --latency http://10.10.1.1/ 2>&1)
-    VALUE=$(awk '/Requests\/sec/{printf "%d", $2}' <<<"$out")
-    echo "req/s $VALUE p99 $(awk '$1 == "99%" {print $2}' <<<"$out")"
+    echo "req/s $(awk '/Requests\/sec/{printf "%d", $2}' <<<"$out") p99 $(awk '$1 == "99%" {print $2}' <<<"$out")"
   else
     # -O 2: the first 2 s (slow start, the pair's warm-up) are left out of the figure.
     out=$(ip netns exec xm-cli timeout $((SECONDS_PER_RUN + 20)) iperf3 -c 10.10.1.1 -p 5201 \
       -P "$STREAMS" -O 2 -t "$SECONDS_PER_RUN" -J 2>/dev/null) || true
-    VALUE=$(python3 -c 'import json,sys; print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6))' \
-      <<<"$out" 2>/dev/null || echo 0)
-    echo "Gbit/s $(awk -v m="$VALUE" 'BEGIN{printf "%.2f", m / 1000}')"
+    echo "Mbit/s $(python3 -c 'import json,sys; print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6))' \
+      <<<"$out" 2>/dev/null || echo 0)"
     # iperf3's server takes one test at a time: let it finish with this one.
     sleep 0.5
   fi
@@ -110,9 +114,8 @@ for r in $(seq 1 "$ROUNDS"); do
     bin=$(realpath "$bin")
     (cd "$tree" && XDPMESH_BIN=$bin bash scripts/rig.sh mesh --backend "$BACKEND" >/dev/null)
     line=$(run_load)
-    VALUE=$(awk '{print ($1 == "req/s") ? $2 : int($2 * 1000)}' <<<"$line")
     echo "$BACKEND round $r $name $line load $(cut -d' ' -f1 /proc/loadavg)"
-    SUM[$name]=$(( ${SUM[$name]:-0} + VALUE ))
+    SUM[$name]=$(( ${SUM[$name]:-0} + $(awk '{print $2 + 0}' <<<"$line") ))
     (cd "$tree" && bash scripts/rig.sh stop >/dev/null)
   done
 done
