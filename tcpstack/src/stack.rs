@@ -170,6 +170,11 @@ struct Slot {
     dirty: bool,
     half_open_of: Option<SocketAddrV4>,
     reset_reported: bool,
+    /// Opened by us (`connect`): its peer answers what we send.
+    active: bool,
+    /// Active, data written since the last data received: an answer is due
+    /// ([`Stack::awaiting_answers`]).
+    awaiting: bool,
 }
 
 #[derive(Default)]
@@ -224,6 +229,8 @@ pub struct Stack {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
+    /// Slots with `awaiting` set.
+    awaiting: usize,
     by_tuple: HashMap<Tuple, u32>,
     /// The connection the last segment went to: bulk traffic is runs of segments for one
     /// connection, and this spares them the (keyed, DoS-resistant) hash of the tuple. Reset
@@ -257,6 +264,7 @@ impl Stack {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
+            awaiting: 0,
             by_tuple: HashMap::new(),
             last_tuple: None,
             listeners: HashMap::new(),
@@ -286,6 +294,13 @@ impl Stack {
     /// Connections held (all states but TIME-WAIT entries).
     pub fn connection_count(&self) -> usize {
         self.live
+    }
+    /// Connections we opened that have sent data and received none since: their peers owe
+    /// an answer (a request forwarded upstream, a TLS flight). A poll loop that keeps polling
+    /// while this is above zero catches the answer without a wake-up, and one that sleeps
+    /// when it is zero does not poll for traffic nobody asked for.
+    pub fn awaiting_answers(&self) -> usize {
+        self.awaiting
     }
     pub fn time_wait_count(&self) -> usize {
         self.time_wait.len()
@@ -377,6 +392,7 @@ impl Stack {
         let params = self.params(now, local, remote);
         let conn = Conn::connect(&self.cfg.tcp, params, now);
         let slot = self.insert(conn, None);
+        self.slots[slot as usize].active = true;
         self.mark_dirty(slot);
         Ok(self.id(slot))
     }
@@ -460,6 +476,8 @@ impl Stack {
                 sl.conn = Some(conn);
                 sl.half_open_of = half_open_of;
                 sl.reset_reported = false;
+                sl.active = false;
+                sl.awaiting = false;
                 s
             }
             None => {
@@ -469,6 +487,8 @@ impl Stack {
                     dirty: false,
                     half_open_of,
                     reset_reported: false,
+                    active: false,
+                    awaiting: false,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -579,6 +599,11 @@ impl Stack {
         let n = c.write(data);
         if n == 0 {
             return Err(Error::WouldBlock);
+        }
+        let s = &mut self.slots[slot as usize];
+        if s.active && !s.awaiting {
+            s.awaiting = true;
+            self.awaiting += 1;
         }
         self.mark_dirty(slot);
         Ok(n)
@@ -1030,6 +1055,7 @@ impl Stack {
     /// Runs `f` on a connection with a context, then applies what it changed.
     fn with_conn(&mut self, now: Instant, slot: u32, f: impl FnOnce(&mut Conn, &mut Ctx)) {
         let mut events = std::mem::take(&mut self.scratch_events);
+        let mut data_came = false;
         if let Some(c) = self.slots[slot as usize].conn.as_mut() {
             let mut ctx = Ctx {
                 now,
@@ -1037,7 +1063,15 @@ impl Stack {
                 stats: &mut self.stats,
                 events: &mut events,
             };
+            let held = c.recv_len();
             f(c, &mut ctx);
+            data_came = c.recv_len() > held;
+        }
+        // An answer, even one queued behind unread data (no `Readable` then).
+        let s = &mut self.slots[slot as usize];
+        if data_came && s.awaiting {
+            s.awaiting = false;
+            self.awaiting -= 1;
         }
         self.scratch_events = events;
         self.mark_dirty(slot);
@@ -1051,6 +1085,16 @@ impl Stack {
         for e in events.drain(..) {
             let s = &mut self.slots[slot as usize];
             let Some(c) = s.conn.as_ref() else { break };
+            if s.awaiting
+                && matches!(
+                    e,
+                    ConnEvent::Readable | ConnEvent::PeerClosed | ConnEvent::Reset(_)
+                )
+            {
+                // Answered, or never will be.
+                s.awaiting = false;
+                self.awaiting -= 1;
+            }
             let ev = match e {
                 ConnEvent::Established { passive } => {
                     if let Some(l) = s.half_open_of.take() {
@@ -1098,6 +1142,9 @@ impl Stack {
                 }
             }
             s.gen = s.gen.wrapping_add(1);
+            if std::mem::take(&mut s.awaiting) {
+                self.awaiting -= 1;
+            }
             self.by_tuple.remove(&(c.local, c.remote));
             self.last_tuple = None;
             self.free.push(slot);

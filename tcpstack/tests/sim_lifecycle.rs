@@ -901,3 +901,56 @@ fn syn_cookie_connections_keep_window_scaling_and_sack() {
         }
     }
 }
+
+#[test]
+fn an_opened_connection_awaits_an_answer_from_its_write_to_the_peers_data() {
+    let mut sim = Sim::new(21, LinkConfig::default());
+    let (a, b) = establish(&mut sim, 80);
+    assert_eq!((sim.a.awaiting_answers(), sim.b.awaiting_answers()), (0, 0));
+    // A opened the connection: its request is owed an answer until data comes back.
+    sim.a.write(a, b"request").unwrap();
+    sim.a.write(a, b" more").unwrap();
+    assert_eq!(sim.a.awaiting_answers(), 1, "counted once per connection");
+    run_until(&mut sim, Duration::from_secs(1), |_, eb| {
+        eb.contains(&Event::Readable(b))
+    });
+    assert_eq!(sim.a.awaiting_answers(), 1, "an ACK is not an answer");
+    read_all(&mut sim.b, b);
+    // B accepted it: its answer awaits nothing.
+    sim.b.write(b, b"response").unwrap();
+    assert_eq!(sim.b.awaiting_answers(), 0);
+    run_until(&mut sim, Duration::from_secs(1), |ea, _| {
+        ea.contains(&Event::Readable(a))
+    });
+    assert_eq!(sim.a.awaiting_answers(), 0, "answered");
+    // Owed again while the first answer is still unread: the second answer lands behind
+    // it (no new `Readable`) and still counts.
+    sim.a.write(a, b"second").unwrap();
+    assert_eq!(sim.a.awaiting_answers(), 1);
+    sim.b.write(b, b"answer two").unwrap();
+    // Without the count, this runs into the time limit (a panic).
+    sim.run(Duration::from_secs(1), |s| s.a.awaiting_answers() == 0);
+    assert_eq!(
+        sim.a.recv_available(a).unwrap(),
+        b"response".len() + b"answer two".len(),
+        "an answer behind unread data"
+    );
+    read_all(&mut sim.a, a);
+    // Owed again; then the peer goes away: nothing more to wait for.
+    sim.a.write(a, b"again").unwrap();
+    assert_eq!(sim.a.awaiting_answers(), 1);
+    sim.b.abort(b).unwrap();
+    run_until(&mut sim, Duration::from_secs(1), |ea, _| {
+        ea.iter().any(|e| matches!(e, Event::Reset { .. }))
+    });
+    assert_eq!(sim.a.awaiting_answers(), 0, "a reset ends the wait");
+    // A connection released while it waits stops counting.
+    let (a2, _b2) = establish(&mut sim, 81);
+    sim.a.write(a2, b"x").unwrap();
+    assert_eq!(sim.a.awaiting_answers(), 1);
+    sim.a.abort(a2).unwrap();
+    // The RST goes out, then the slot is released.
+    sim.advance(Duration::from_millis(10));
+    assert!(sim.a.state(a2).is_err(), "a2 released");
+    assert_eq!(sim.a.awaiting_answers(), 0, "released");
+}
