@@ -78,6 +78,9 @@ pub struct LoadSpec {
     pub progress: Progress,
     /// Shown in the progress line.
     pub label: String,
+    /// Processes whose CPU time the measured window is charged with (the proxies under
+    /// test); empty: none.
+    pub cpu_pids: Vec<u32>,
 }
 
 impl LoadSpec {
@@ -127,6 +130,8 @@ pub struct RawRun {
     pub window: Duration,
     /// Most requests that were due but not yet sent at one time, in the measured window.
     pub max_backlog: u64,
+    /// CPU time of [`LoadSpec::cpu_pids`] over the measured window(s), if any were given.
+    pub cpu: Option<Duration>,
 }
 
 impl RawRun {
@@ -140,6 +145,7 @@ impl RawRun {
             errors: BTreeMap::new(),
             window: Duration::ZERO,
             max_backlog: 0,
+            cpu: None,
         }
     }
 
@@ -156,6 +162,10 @@ impl RawRun {
         }
         self.window += other.window;
         self.max_backlog = self.max_backlog.max(other.max_backlog);
+        self.cpu = match (self.cpu, other.cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -242,6 +252,8 @@ struct Engine<'a> {
     last_connect_error: Option<String>,
     out: RawRun,
     progress: ProgressState,
+    /// The watched processes' CPU time when the measured window opened.
+    cpu_open: Option<Duration>,
 }
 
 struct ProgressState {
@@ -321,6 +333,7 @@ impl<'a> Engine<'a> {
                 hist: new_histogram(),
                 printed: false,
             },
+            cpu_open: None,
         })
     }
 
@@ -379,8 +392,20 @@ impl<'a> Engine<'a> {
         self.progress.next = now + PROGRESS_EVERY;
         let drain_deadline = self.t_end + self.spec.timeout;
         let mut events = Events::with_capacity(1024);
+        let mut cpu_done = self.spec.cpu_pids.is_empty();
         loop {
             let now = Instant::now();
+            if !cpu_done {
+                // Late by at most one wake-up (the gap to the next send): small against the
+                // window, and alike for every target.
+                if self.cpu_open.is_none() && now >= self.t_warm {
+                    self.cpu_open = Some(self.watched_cpu()?);
+                }
+                if let Some(open) = self.cpu_open.filter(|_| now >= self.t_end) {
+                    self.out.cpu = Some(self.watched_cpu()?.saturating_sub(open));
+                    cpu_done = true;
+                }
+            }
             self.release(now);
             if self.housekeeping.is_some_and(|t| t <= now) {
                 self.housekeep(now);
@@ -402,6 +427,10 @@ impl<'a> Engine<'a> {
             };
             if let Some(h) = self.housekeeping {
                 wake = wake.min(h);
+            }
+            if !cpu_done && now < self.t_end {
+                // Close the CPU window on time, not at the next answer or the drain's end.
+                wake = wake.min(self.t_end);
             }
             if self.progress.enabled {
                 wake = wake.min(self.progress.next);
@@ -428,8 +457,16 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        if let (Some(open), false) = (self.cpu_open, cpu_done) {
+            // The last answer came in before the window's end.
+            self.out.cpu = Some(self.watched_cpu()?.saturating_sub(open));
+        }
         self.finish_run();
         Ok(self.out)
+    }
+
+    fn watched_cpu(&self) -> Result<Duration, BenchError> {
+        crate::cpu::sum_cpu(&self.spec.cpu_pids).map_err(|e| BenchError::io("/proc", e))
     }
 
     /// Count requests still unanswered at the end as unfinished, and close everything.

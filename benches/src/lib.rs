@@ -5,6 +5,7 @@
 //! stalled server is charged for every request it delayed (coordinated omission corrected, as in
 //! wrk2 and HdrHistogram). See `benches/README.md` for usage.
 
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod http1;

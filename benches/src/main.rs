@@ -8,7 +8,7 @@ use std::time::Duration;
 use benches::engine::Progress;
 use benches::plot::plot_runs;
 use benches::report::{format_compare, format_run, Report};
-use benches::runner::{parse_named, run_compare, run_one, Mode, Options};
+use benches::runner::{parse_cpu_of, parse_named, run_compare, run_one, Mode, Options};
 use benches::servers::{ServerKind, ServerOpts, TestServer};
 use benches::BenchError;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -94,6 +94,11 @@ struct RunArgs {
     /// TLS to the target (not supported yet).
     #[arg(long)]
     tls: bool,
+    /// Charge the measured window(s) of run NAME (a --compare name, or --name) with the CPU
+    /// time of these processes (user + system, /proc/PID/stat): CPU per 1,000 requests of the
+    /// proxies under test. Repeatable.
+    #[arg(long, value_name = "NAME=PID[,PID...]")]
+    cpu_of: Vec<String>,
     /// Rounds for --compare.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -205,6 +210,11 @@ fn cmd_run(a: RunArgs) -> Result<(), BenchError> {
         } else {
             Progress::Auto
         },
+        cpu_of: a
+            .cpu_of
+            .iter()
+            .map(|s| parse_cpu_of(s))
+            .collect::<Result<_, _>>()?,
     };
     let runs = if a.compare.is_empty() {
         let target = a.target.unwrap_or_default();

@@ -80,6 +80,20 @@ pub struct RunResult {
     pub warning: Option<String>,
     /// The whole latency histogram, for plots and merges.
     pub histogram: HistogramData,
+    /// What the watched processes (`--cpu-of`) spent over the measured window(s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuUse>,
+}
+
+/// CPU time of the processes under test, charged to the requests of the measured window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    pub pids: Vec<u32>,
+    /// User + system seconds, all processes and threads, summed over rounds.
+    pub seconds: f64,
+    /// `seconds` per 1,000 requests scheduled in the window, in ms: at a fixed rate every
+    /// target gets the same requests, so this compares proxies like for like.
+    pub ms_per_1k_requests: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -180,6 +194,8 @@ pub struct RunMeta {
     pub asked_rate: f64,
     pub warmup_s: f64,
     pub rounds: u32,
+    /// `--cpu-of` processes of this run.
+    pub cpu_pids: Vec<u32>,
 }
 
 /// Achieved below this share of the asked rate raises the warning.
@@ -251,6 +267,15 @@ pub fn summarise(meta: RunMeta, raw: &RawRun) -> RunResult {
         max_backlog: raw.max_backlog,
         warning,
         histogram: HistogramData::of(&raw.latency),
+        cpu: raw.cpu.map(|d| CpuUse {
+            pids: meta.cpu_pids.clone(),
+            seconds: d.as_secs_f64(),
+            ms_per_1k_requests: if raw.scheduled > 0 {
+                d.as_secs_f64() * 1e6 / raw.scheduled as f64
+            } else {
+                0.0
+            },
+        }),
     }
 }
 
@@ -330,6 +355,16 @@ pub fn format_run(r: &RunResult) -> String {
         fmt_ns(r.send_delay.max_ns)
     );
     let _ = writeln!(o, "  errors: {}", fmt_errors(&r.errors));
+    if let Some(c) = &r.cpu {
+        let pids: Vec<String> = c.pids.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            o,
+            "  CPU of processes {}: {:.2} s, {:.1} ms per 1,000 requests",
+            pids.join(","),
+            c.seconds,
+            c.ms_per_1k_requests
+        );
+    }
     o
 }
 
@@ -408,6 +443,7 @@ mod tests {
             asked_rate: 1000.0,
             warmup_s: 0.0,
             rounds: 1,
+            cpu_pids: vec![],
         }
     }
 

@@ -48,6 +48,8 @@ pub struct Options {
     pub linger0: bool,
     pub spin: Duration,
     pub progress: Progress,
+    /// Per run name: processes whose CPU time its measured window is charged with.
+    pub cpu_of: Vec<(String, Vec<u32>)>,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             linger0: false,
             spin: Duration::ZERO,
             progress: Progress::Auto,
+            cpu_of: Vec::new(),
         }
     }
 }
@@ -139,9 +142,16 @@ pub fn plan(
         spin: opts.spin,
         progress: opts.progress,
         label: name.to_string(),
+        cpu_pids: opts
+            .cpu_of
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, pids)| pids.iter().copied())
+            .collect(),
     };
     spec.validate()?;
     let meta = RunMeta {
+        cpu_pids: spec.cpu_pids.clone(),
         name: name.to_string(),
         target: target.input.clone(),
         mode: mode.as_str().to_string(),
@@ -179,6 +189,7 @@ fn reachable_addr(target: &Target, timeout: Duration) -> Result<std::net::Socket
 
 /// Measure one target.
 pub fn run_one(name: &str, target: &str, opts: &Options) -> Result<RunResult, BenchError> {
+    check_cpu_names(&[name], opts)?;
     let target = Target::parse(target)?;
     let (spec, meta) = plan(name, &target, opts)?;
     let raw = engine::run(&spec)?;
@@ -201,6 +212,10 @@ pub fn run_compare(
     if rounds == 0 {
         return Err(BenchError::Config("--rounds must be at least 1".into()));
     }
+    check_cpu_names(
+        &targets.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        opts,
+    )?;
     let mut round_opts = opts.clone();
     round_opts.duration = opts.duration / rounds;
     if round_opts.duration.is_zero() {
@@ -229,6 +244,39 @@ pub fn run_compare(
             summarise(meta, &raw)
         })
         .collect())
+}
+
+/// Every `--cpu-of` name is a run's: a typo would otherwise measure nothing, silently.
+fn check_cpu_names(names: &[&str], opts: &Options) -> Result<(), BenchError> {
+    match opts
+        .cpu_of
+        .iter()
+        .find(|(n, _)| !names.contains(&n.as_str()))
+    {
+        Some((n, _)) => Err(BenchError::Config(format!(
+            "--cpu-of {n}=...: no run is named {n:?} (runs: {})",
+            names.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Split `NAME=PID[,PID...]` (`--cpu-of`).
+pub fn parse_cpu_of(s: &str) -> Result<(String, Vec<u32>), BenchError> {
+    let bad = || {
+        BenchError::Config(format!(
+            "--cpu-of takes NAME=PID[,PID...] (process ids), got {s:?}"
+        ))
+    };
+    let (name, pids) = s.split_once('=').ok_or_else(bad)?;
+    let pids = pids
+        .split(',')
+        .map(|p| p.trim().parse::<u32>().map_err(|_| bad()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if name.is_empty() || pids.is_empty() {
+        return Err(bad());
+    }
+    Ok((name.to_string(), pids))
 }
 
 /// Split `NAME=TARGET`.

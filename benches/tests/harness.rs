@@ -468,3 +468,75 @@ fn plots_one_or_several_runs_as_svg_and_png() {
         .unwrap()
         .contains(".svg or .png"));
 }
+
+/// A child process killed on drop, also when an assertion fails.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn cpu_of_charges_each_target_with_its_own_processes() {
+    let _g = serial();
+    let a = server(ServerOpts::echo());
+    let b = server(ServerOpts::echo());
+    // Stand-ins for the proxies: one that burns a core, one that sleeps.
+    let spinner = Child(
+        Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap(),
+    );
+    let sleeper = Child(Command::new("sleep").arg("60").spawn().unwrap());
+    let targets = vec![
+        ("busy".to_string(), a.addr().to_string()),
+        ("idle".to_string(), b.addr().to_string()),
+    ];
+    let mut o = opts(500.0, 4, 100, 2000);
+    o.cpu_of = vec![
+        ("busy".into(), vec![spinner.0.id()]),
+        ("idle".into(), vec![sleeper.0.id()]),
+    ];
+    let runs = run_compare(&targets, 2, &o).unwrap();
+    let busy = runs[0].cpu.as_ref().expect("busy measured");
+    let idle = runs[1].cpu.as_ref().expect("idle measured");
+    assert_eq!(busy.pids, [spinner.0.id()]);
+    // Two 1 s windows; the spinner shares two cores with the servers and the harness.
+    assert!(busy.seconds >= 0.5, "spinner charged {} s", busy.seconds);
+    assert!(
+        busy.seconds <= 2.2,
+        "charged beyond its windows: {} s",
+        busy.seconds
+    );
+    assert!(idle.seconds <= 0.05, "sleeper charged {} s", idle.seconds);
+    let per_1k = busy.seconds * 1e6 / runs[0].scheduled as f64;
+    assert!((busy.ms_per_1k_requests - per_1k).abs() < 1e-6);
+    assert!(format_compare(&runs).contains("busy"));
+    // A run without --cpu-of has no CPU figure.
+    let plain = run_one("plain", &a.addr().to_string(), &opts(200.0, 2, 0, 200)).unwrap();
+    assert!(plain.cpu.is_none());
+}
+
+#[test]
+fn cpu_of_names_a_run_and_a_live_process() {
+    let srv = server(ServerOpts::echo());
+    let mut o = opts(100.0, 1, 0, 100);
+    o.cpu_of = vec![("typo".into(), vec![std::process::id()])];
+    match run_one("real", &srv.addr().to_string(), &o) {
+        Err(BenchError::Config(m)) => assert!(m.contains("typo") && m.contains("real"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    o.cpu_of = vec![("real".into(), vec![9_999_999])];
+    let e = run_one("real", &srv.addr().to_string(), &o).unwrap_err();
+    assert!(e.to_string().contains("9999999"), "{e}");
+    let bad = Command::new(BIN)
+        .args(["run", &srv.addr().to_string(), "--cpu-of", "x=12,abc"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("NAME=PID"));
+}

@@ -17,6 +17,8 @@ RAW_DIR holds what bench.sh wrote:
   PHASE/http-RATE.json
   PHASE/wrk-NAME-rN.txt          wrk -t1 -c32 --latency output, one file per round
   PHASE/iperf-NAME-rN.json       iperf3 -J output, one file per round
+                                 (a pair's runs carry its two processes' CPU time over their
+                                 measured windows: "cpu", xdpmesh-bench --cpu-of)
   PHASE/cpu-{start,end}.txt      "NAME PID TICKS": the proxies' user + system CPU time before
                                  and after the phase's fixed-rate latency runs ("-": gone)
   PHASE/seconds.txt              those runs' wall time
@@ -131,6 +133,8 @@ def harness_runs(path):
             "max_us": lat["max_ns"] / 1000.0,
             "send_delay_p50_us": r["send_delay"]["p50_ns"] / 1000.0,
             "warning": r.get("warning"),
+            # --cpu-of: the proxies' CPU over this run's measured windows (issue #21).
+            "cpu_ms_per_1k": (r.get("cpu") or {}).get("ms_per_1k_requests"),
         }
     return out
 
@@ -339,6 +343,7 @@ def print_tables(summary):
     print("over the HAProxy pair's added p50. '*' = the harness warned (rate not carried: see JSON);")
     print("the percentiles then include the queueing. 'max' asks %s req/s: every path saturates, so" % meta["max_rate_asked"])
     print("only its achieved rate is read (the harness's own one-thread ceiling is near the direct row's).")
+    print_cpu_per_request(summary)
     print_proxy_cpu(summary)
     goals = summary["goals"]
     print("\nGoals for the AF_XDP pair (issue #5). haproxy-x: the HAProxy pair of the same phase")
@@ -419,6 +424,38 @@ def print_policies(summary):
     print_machine(summary)
 
 
+def print_cpu_per_request(summary):
+    """Issue #21: each pair's CPU per 1,000 requests at each fixed rate (over exactly its own
+    measured windows), next to its added p50 from the same runs."""
+    rows = []
+    for pname, ph in summary["phases"].items():
+        d, h, x = role(ph, "direct"), role(ph, "haproxy"), role(ph, "xdpmesh")
+        t = ph["targets"]
+        for mode in ("tcp", "http"):
+            for rate in summary["meta"]["rates"]:
+                k = str(rate)
+                try:
+                    dr, hr, xr = t[d][mode][k], t[h][mode][k], t[x][mode][k]
+                except (KeyError, TypeError):
+                    continue
+                if hr.get("cpu_ms_per_1k") is None or xr.get("cpu_ms_per_1k") is None:
+                    continue
+                ha, xa = hr["p50_us"] - dr["p50_us"], xr["p50_us"] - dr["p50_us"]
+                rows.append((pname, mode, rate, hr, xr, ha, xa))
+    if not rows:
+        return
+    print("\nCPU per 1,000 requests at a fixed rate (the pair's two processes, user + system, over")
+    print("its own measured windows; xdpmesh-bench --cpu-of), and added p50 from the same runs:")
+    print("  %-7s %-5s %6s %11s %11s %7s %12s %12s %7s"
+          % ("phase", "mode", "rate", "HAProxy ms", "xdpmesh ms", "CPU x", "HAP +p50 µs", "xdp +p50 µs", "+p50 x"))
+    for pname, mode, rate, hr, xr, ha, xa in rows:
+        flag = " *" if hr.get("warning") or xr.get("warning") else ""
+        print("  %-7s %-5s %6s %11s %11s %7s %12s %12s %7s%s"
+              % (pname, mode, rate, fmt(hr["cpu_ms_per_1k"]), fmt(xr["cpu_ms_per_1k"]),
+                 fmt(ratio(xr["cpu_ms_per_1k"], hr["cpu_ms_per_1k"]), 2), fmt(ha), fmt(xa),
+                 fmt(ratio(xa, ha), 2), flag))
+
+
 def print_proxy_cpu(summary):
     rows = [(p, ph["proxy_cpu"]) for p, ph in summary["phases"].items() if ph.get("proxy_cpu")]
     if not rows:
@@ -480,6 +517,16 @@ def goals(summary):
                 note.append("HAProxy pair saturated")
             if xr.get("warning"):
                 note.append("xdpmesh pair saturated")
+            xc, hc = xr.get("cpu_ms_per_1k"), hr.get("cpu_ms_per_1k")
+            if bname == "afxdp" and xc is not None and hc is not None:
+                out.append(
+                    {
+                        "goal": "#21 TCP CPU/1k req at %s req/s <= 1.0 x %s's, +p50 <= 0.5 x" % (rate, h),
+                        "measured": "%.1f vs %.1f ms (%s x), +p50 %s x"
+                        % (xc, hc, fmt(ratio(xc, hc), 2), fmt(ratio(xdp, hap), 2)),
+                        "met": bool(hc > 0 and xc <= hc and hap > 0 and xdp <= 0.5 * hap),
+                    }
+                )
             out.append(
                 {
                     "goal": "TCP RTT added p50 at %s req/s <= 0.5 x %s's" % (rate, h),
