@@ -20,6 +20,9 @@
 # Per phase and path:
 #   TCP 64 B request/response latency at each rate (xdpmesh-bench, 16 connections, open loop)
 #   HTTP keep-alive GET latency at each rate (xdpmesh-bench, 32 connections)
+#   CPU per 1,000 requests of each pair at each fixed rate: its two processes' user + system
+#   time over exactly its own measured windows of the two runs above (xdpmesh-bench --cpu-of;
+#   issue #21), printed next to the added p50 of the same runs
 #   HTTP req/s, 32 keep-alive connections (wrk -t1 -c32, closed loop: the maximum)
 #   one-stream bulk Gbit/s (iperf3, one stream)
 # Servers in xm-srv: nginx 10.10.3.2:8080 (one worker, `return 200`), the harness's echo server
@@ -40,6 +43,8 @@
 #             toward T while requests keep arriving within it, so the gateways poll while their
 #             own traffic flows and sleep during the other paths' rounds; T = 200us is a fixed
 #             200us window.
+# --gw-poll M the AF_XDP gateways' `poll` (adaptive, answers, busy; default: the node files', i.e.
+#             adaptive). answers: poll only while an upstream answer is owed, at most --gw-spin.
 # --policies  instead of the above, the cost of request policies (issue #15): only the xdpmesh
 #             pair, once per backend (kernel, then afxdp), carries web at two paths that differ
 #             only by a `retries` table with nothing to retry (scripts/rig/gwa-tables.toml: the
@@ -68,6 +73,7 @@ QUICK=0
 BUILD=1
 WAIT=0
 GW_SPIN=
+GW_POLL=
 OUT=benches/results
 POLICIES=0
 ARGS="$*"
@@ -77,6 +83,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --wait) WAIT=${2:-}; shift 2 ;;
     --gw-spin) GW_SPIN=${2:-}; shift 2 ;;
+    --gw-poll) GW_POLL=${2:-}; shift 2 ;;
     --out) OUT=${2:-}; shift 2 ;;
     --policies) POLICIES=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -254,6 +261,21 @@ proxy_cpu() {
   done
 }
 
+# xdpmesh-bench's --cpu-of arguments, one per line, for the targets "NAME:ROLE" given that
+# are a pair (HAProxy's two processes; the two gateways): its runs' CPU per 1,000 requests.
+cpu_of_args() {
+  local t pids
+  for t in "$@"; do
+    case ${t#*:} in
+      haproxy) pids=$HAPROXY_A_PID,$HAPROXY_B_PID ;;
+      xdpmesh) pids=$(cat "$STATE/gwa.pid" 2>/dev/null),$(cat "$STATE/gwb.pid" 2>/dev/null) ;;
+      *) continue ;;
+    esac
+    case $pids in ,* | *, | *,,*) continue ;; esac
+    printf '%s\n' --cpu-of "${t%%:*}=$pids"
+  done
+}
+
 # Ends the CPU count of phase $1 and its wall time since $2 (SECONDS); once per phase.
 proxy_cpu_end() {
   [ -f "$RAW/$1/cpu-end.txt" ] && return 0
@@ -265,11 +287,12 @@ proxy_cpu_end() {
 measure() {
   local phase=$1 rate r asked line name
   shift
-  local names=() tcp=() http=() bulk=()
+  local names=() tcp=() http=() bulk=() roles=()
   for line in "$@"; do
     # shellcheck disable=SC2086
     set -- $line
     names+=("$1")
+    roles+=("$1:$2")
     tcp+=("$1=$3")
     http+=("$1=$4")
     bulk+=("$1 $5 $6")
@@ -282,15 +305,19 @@ measure() {
     [ "$rate" = max ] && proxy_cpu_end "$phase" "$started"
     asked=$rate
     [ "$rate" = max ] && asked=$MAX_RATE
+    # At a fixed rate every pair gets the same requests: charge each pair's runs with its
+    # two processes' CPU (issue #21: CPU per 1,000 requests). "max" serves more on a faster pair.
+    local cpu=()
+    [ "$rate" = max ] || mapfile -t cpu < <(cpu_of_args "${roles[@]}")
     if [ "$POLICIES" -eq 0 ]; then
       echo "-- $phase: TCP 64 B echo, $asked req/s, $TCP_CONNS connections, $ROUNDS rounds"
       ip netns exec xm-cli "$BENCH_BIN" run --mode tcp --compare "${tcp[@]}" -r "$asked" -c "$TCP_CONNS" -d "$DURATION" \
-        --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress --save "$RAW/$phase/tcp-$rate.json" \
+        --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress "${cpu[@]}" --save "$RAW/$phase/tcp-$rate.json" \
         | tee -a "$RAW/$phase/harness.txt"
     fi
     echo "-- $phase: HTTP keep-alive GET, $asked req/s, $HTTP_CONNS connections, $ROUNDS rounds"
     ip netns exec xm-cli "$BENCH_BIN" run --mode http --compare "${http[@]}" -r "$asked" -c "$HTTP_CONNS" -d "$DURATION" \
-      --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress --save "$RAW/$phase/http-$rate.json" \
+      --warmup "$WARMUP" --rounds "$ROUNDS" --no-progress "${cpu[@]}" --save "$RAW/$phase/http-$rate.json" \
       | tee -a "$RAW/$phase/harness.txt"
   done
   proxy_cpu_end "$phase" "$started"
@@ -334,7 +361,7 @@ POLICY_TARGETS=(
   "plain-again control - http://10.10.1.1/ - -"
 )
 KERNEL_ABOUT="no XDP program attached: direct, HAProxy pair, xdpmesh pair on kernel sockets"
-AFXDP_ABOUT="xdpmesh pair on AF_XDP (XDP attached on the gateways' veths; adaptive polling, at most ${GW_SPIN:-2ms} after the last work): direct, HAProxy pair, xdpmesh pair"
+AFXDP_ABOUT="xdpmesh pair on AF_XDP (XDP attached on the gateways' veths; poll ${GW_POLL:-adaptive}, spin ${GW_SPIN:-2ms}): direct, HAProxy pair, xdpmesh pair"
 SERVERS="nginx 1 worker return 200 on 10.10.3.2:8080; xdpmesh-bench serve echo on :5001; iperf3 -s on :5201"
 MODE_JSON=
 if [ "$POLICIES" -eq 1 ]; then
@@ -414,7 +441,7 @@ run_policies() {
   for phase in kernel afxdp; do
     xm_section "backend $phase: xdpmesh pair, web plain vs the route with retries (no failures)"
     if [ "$phase" = afxdp ]; then
-      bash scripts/rig.sh mesh --backend afxdp ${GW_SPIN:+--spin "$GW_SPIN"}
+      bash scripts/rig.sh mesh --backend afxdp ${GW_SPIN:+--spin "$GW_SPIN"} ${GW_POLL:+--poll "$GW_POLL"}
     else
       bash scripts/rig.sh mesh --backend kernel
     fi
@@ -450,7 +477,7 @@ measure kernel "${KERNEL_TARGETS[@]}"
 
 xm_section "phase afxdp: direct, HAProxy pair, xdpmesh pair (--backend afxdp)"
 bash scripts/rig.sh stop
-bash scripts/rig.sh mesh --backend afxdp ${GW_SPIN:+--spin "$GW_SPIN"}
+bash scripts/rig.sh mesh --backend afxdp ${GW_SPIN:+--spin "$GW_SPIN"} ${GW_POLL:+--poll "$GW_POLL"}
 measure afxdp "${AFXDP_TARGETS[@]}"
 bash scripts/rig.sh stop
 

@@ -13,7 +13,8 @@
 # AF_XDP queues free of router solicitations and MLD). Loopback is up in every namespace.
 # The direct path (client -> server by kernel forwarding) works whether or not gateways run.
 #
-# Usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] [--spin TIME] [--hop h2|http1] | stop
+# Usage: scripts/rig.sh up | down | status | mesh [--backend afxdp|kernel] [--poll MODE] [--spin TIME]
+#        [--hop h2|http1] | stop
 #        | lossy PERMILLE
 #   up      create what is missing (idempotent)
 #   down    stop processes still running in the rig namespaces, delete them (idempotent)
@@ -22,6 +23,7 @@
 #           certificates made by `xdpmesh ca` in the state directory; returns once both are
 #           ready (their `ready` line). --backend afxdp (default) or kernel. --spin TIME sets
 #           the AF_XDP workers' adaptive polling ceiling (`spin` in the node files; e.g. 200us).
+#           --poll sets their `poll` (adaptive, answers or busy; default: hw-config's, adaptive).
 #           --hop sets gw-a's `hop_protocol` for gw-b (default: the tables' default, http1).
 #           http://10.10.1.1:80/ -> web 10.10.3.2:8080, TCP 10.10.1.1:5001 -> echo 10.10.3.2:5001,
 #           TCP 10.10.1.1:5201 -> bulk 10.10.3.2:5201, all across 10.10.2.0/24 inside mTLS;
@@ -249,13 +251,15 @@ wait_ready() {
 
 rig_mesh() {
   need_root mesh
-  local backend=afxdp spin='' hop='' ns
+  local backend=afxdp spin='' poll='' hop='' ns
   while [ $# -gt 0 ]; do
     case $1 in
       --backend) backend=${2:-}; shift 2 ;;
       --backend=*) backend=${1#*=}; shift ;;
       --spin) spin=${2:-}; shift 2 ;;
       --spin=*) spin=${1#*=}; shift ;;
+      --poll) poll=${2:-}; shift 2 ;;
+      --poll=*) poll=${1#*=}; shift ;;
       --hop) hop=${2:-}; shift 2 ;;
       --hop=*) hop=${1#*=}; shift ;;
       *) xm_log "rig.sh mesh: unknown argument $1"; exit 64 ;;
@@ -263,6 +267,7 @@ rig_mesh() {
   done
   case $backend in afxdp | kernel) ;; *) xm_log "rig.sh mesh: --backend afxdp|kernel"; exit 64 ;; esac
   case $hop in '' | h2 | http1) ;; *) xm_log "rig.sh mesh: --hop h2|http1"; exit 64 ;; esac
+  case $poll in '' | adaptive | answers | busy) ;; *) xm_log "rig.sh mesh: --poll adaptive|answers|busy"; exit 64 ;; esac
   for ns in "${XM_NAMESPACES[@]}"; do
     ns_exists "$ns" || { xm_log "rig.sh mesh: the rig is down: run scripts/rig.sh up"; exit 1; }
   done
@@ -274,6 +279,9 @@ rig_mesh() {
   if [ -n "$spin" ]; then
     # After each interface's cores line; `xdpmesh run` checks the value.
     sed -i "s/^cores = .*/&\nspin = \"$spin\"/" "$XM_STATE"/gw?-node.toml
+  fi
+  if [ -n "$poll" ]; then
+    sed -i "s/^cores = .*/&\npoll = \"$poll\"/" "$XM_STATE"/gw?-node.toml
   fi
   if [ -n "$hop" ]; then
     # After the gw-b peer's identity line in gw-a's tables; `xdpmesh run` checks the value.

@@ -187,6 +187,7 @@ struct QueuePlan {
     /// `None` on a single-queue interface: nothing to hand over.
     shard: Option<Shard>,
     spin: Duration,
+    poll: Poll,
 }
 
 /// Attaches the interface's steering program and plans each of its queues.
@@ -264,6 +265,7 @@ fn plan_interface(
             steer: steer.clone(),
             shard: shards.get_mut(i).and_then(Option::take),
             spin: iface.spin,
+            poll: iface.poll,
         });
     }
     Ok((steer, queues))
@@ -279,6 +281,8 @@ fn open_worker(
     let mut worker: Option<Worker<XskDevice>> = None;
     let mut spin = Duration::ZERO;
     let mut names = Vec::new();
+    // A worker serving several interfaces polls for answers only if each of them says so.
+    let answers_only = plans.iter().all(|p| p.poll == Poll::Answers);
     for plan in plans {
         let dev = XskDevice::open(&plan.xsk, Some(plan.steer))?;
         let stack = Stack::new(plan.stack_cfg);
@@ -299,6 +303,7 @@ fn open_worker(
     }
     let mut worker = worker.ok_or_else(|| io::Error::other("a worker without queues"))?;
     worker.spin = spin;
+    worker.answers_only = answers_only;
     let err = |addr, source| GatewayError::Listen {
         interface: names.join(","),
         addr,
@@ -545,7 +550,7 @@ impl Metrics {
 
     pub fn render(&self, out: &mut String) {
         type Field = (&'static str, &'static str, fn(&WorkerStats) -> u64);
-        const FIELDS: [Field; 11] = [
+        const FIELDS: [Field; 12] = [
             (
                 "frames_in",
                 "Frames received (including hand-offs from other workers).",
@@ -588,6 +593,11 @@ impl Metrics {
                 "sleeps",
                 "Times the worker slept on its descriptors.",
                 |s| s.sleeps,
+            ),
+            (
+                "naps",
+                "poll = \"answers\": times the worker slept through part of an owed answer's usual wait.",
+                |s| s.naps,
             ),
         ];
         let stats: Vec<(&WorkerInfo, WorkerStats)> = self

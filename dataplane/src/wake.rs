@@ -44,8 +44,9 @@ impl Wake {
     }
 }
 
-/// poll(2) until one of `fds` is readable or `timeout` passes; `Ok(false)` on timeout or
-/// EINTR. Sub-millisecond timeouts round up so an idle loop does not spin.
+/// ppoll(2) until one of `fds` is readable or `timeout` passes; `Ok(false)` on timeout or
+/// EINTR. Timeouts are exact to the ns (poll(2)'s milliseconds would turn a worker's
+/// tens-of-µs nap into a millisecond, or into a spin).
 pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<bool> {
     let mut pfds = [libc::pollfd {
         fd: -1,
@@ -56,9 +57,14 @@ pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<bool> {
     for (p, fd) in pfds.iter_mut().zip(&fds[..n]) {
         p.fd = *fd;
     }
-    let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-    // SAFETY: `n` valid pollfds.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
+    // Capped at a day: a longer timeout is a caller's "for ever", and it keeps tv_sec small.
+    let timeout = timeout.min(Duration::from_secs(86_400));
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `n` valid pollfds, a live timespec, no signal mask.
+    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted {
@@ -83,5 +89,16 @@ mod tests {
         assert!(poll_readable(&[w.fd()], Duration::ZERO).unwrap());
         w.clear();
         assert!(!poll_readable(&[w.fd()], Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn a_sub_millisecond_timeout_is_slept_not_skipped() {
+        let w = Wake::new().unwrap();
+        let t = std::time::Instant::now();
+        assert!(!poll_readable(&[w.fd()], Duration::from_micros(300)).unwrap());
+        assert!(t.elapsed() >= Duration::from_micros(300));
+        // A readable descriptor ends it at once, whatever the timeout.
+        w.notify();
+        assert!(poll_readable(&[w.fd()], Duration::from_secs(u64::MAX / 2)).unwrap());
     }
 }

@@ -18,7 +18,7 @@
 use crate::device::Device;
 use crate::shard::{Dispatch, FlowOwner};
 use crate::shutdown::Arrival;
-use crate::spin::SpinWindow;
+use crate::spin::{self, SpinWindow};
 use crate::wake::{self, Wake};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use mesh::engine::Engine;
@@ -77,6 +77,8 @@ struct Session {
 pub struct WorkerStats {
     pub iterations: u64,
     pub sleeps: u64,
+    /// `poll = "answers"`: short sleeps through most of an owed answer's usual wait.
+    pub naps: u64,
     pub frames_in: u64,
     pub frames_out: u64,
     pub accepted: u64,
@@ -351,6 +353,10 @@ pub struct Worker<D: Device> {
     /// devices; the window adapts below it ([`SpinWindow`]). [`hw_config::DEFAULT_SPIN`] by
     /// default; `Duration::MAX`: never sleep.
     pub spin: Duration,
+    /// `poll = "answers"`: poll only while one of the stacks is owed an answer
+    /// ([`tcpstack::Stack::awaiting_answers`]), at most `spin` after the last work; sleep
+    /// as soon as nothing is owed.
+    pub answers_only: bool,
     pub stats: WorkerStats,
     /// Where the worker copies its counters now and then, for readers on other threads.
     pub stats_out: Option<Arc<Mutex<WorkerStats>>>,
@@ -392,6 +398,7 @@ impl<D: Device> Worker<D> {
             tap: None,
             clock: crate::clock::Clock::start(),
             spin: hw_config::DEFAULT_SPIN,
+            answers_only: false,
             stats: WorkerStats::default(),
             stats_out: None,
             inspect: None,
@@ -564,42 +571,69 @@ impl<D: Device> Worker<D> {
 
     /// Runs until `stop` is set: spins while busy, sleeps on the devices when idle.
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
-        let mut window = SpinWindow::new(self.spin);
+        let mut window = if self.answers_only {
+            SpinWindow::answers(self.spin)
+        } else {
+            SpinWindow::new(self.spin)
+        };
         let polite = self.spin != Duration::MAX;
-        // When the first poll that found nothing began, i.e. when the last work ended.
+        if self.answers_only {
+            // Naps are tens of µs: the default 50 µs timer slack would make them late by
+            // that much. SAFETY: prctl on the calling thread with plain integers.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+        }
+        // When the first poll that found nothing began, i.e. when the last work ended, and
+        // whether an answer was owed then.
         let mut idle_since: Option<WallInstant> = None;
+        let mut owed_idle = false;
+        // This idle stretch already napped (`poll = "answers"`): poll for the rest of it.
+        let mut napped = false;
         while !stop.load(Ordering::Relaxed) {
             // Read before the poll: the gap ends when the work is found, not when it is done
             // (a TLS handshake's processing is not idle time).
             let polled_at = WallInstant::now();
             if self.poll_once()? {
                 if let Some(since) = idle_since.take() {
-                    window.work_after(polled_at.saturating_duration_since(since));
+                    let gap = polled_at.saturating_duration_since(since);
+                    window.work_after(gap);
+                    if owed_idle {
+                        window.owed_work_after(gap);
+                    }
                 }
+                napped = false;
                 continue;
             }
-            let since = *idle_since.get_or_insert(polled_at);
+            let owed =
+                self.answers_only && self.ports.iter().any(|p| p.stack.awaiting_answers() > 0);
+            let since = match idle_since {
+                Some(since) => since,
+                None => {
+                    idle_since = Some(polled_at);
+                    owed_idle = owed;
+                    polled_at
+                }
+            };
             // Measured from the last work, not from the last wake-up: a wake-up that finds
             // nothing (a timer, a spurious poll) goes back to sleep instead of polling again.
-            if polled_at.saturating_duration_since(since) >= window.get() {
-                let now = self.now();
-                let next = self
-                    .ports
-                    .iter()
-                    .filter_map(|p| p.stack.poll_timeout())
-                    .chain(self.engine.as_ref().and_then(|e| e.poll_timeout()))
-                    .chain(self.front.poll_timeout())
-                    .chain(self.back.poll_timeout())
-                    .min();
-                let wait = match next {
-                    Some(t) if t <= now => Duration::ZERO,
-                    Some(t) => (t - now).min(Duration::from_millis(10)),
-                    None => Duration::from_millis(10),
-                };
+            let idle = polled_at.saturating_duration_since(since);
+            if idle >= window.poll_for(owed) {
+                let wait = self.until_next_timer();
                 self.stats.sleeps += 1;
                 self.publish_stats();
                 self.trim_if_shrunk(polled_at);
                 self.sleep(wait)?;
+            } else if owed && !napped && idle + spin::MIN_NAP <= window.nap() {
+                // Sleep through most of the answer's usual wait (a packet ends it early),
+                // but not past a timer (or pending output: zero).
+                napped = true;
+                let asked = (window.nap() - idle).min(self.until_next_timer());
+                if asked >= spin::MIN_NAP {
+                    let started = WallInstant::now();
+                    self.stats.naps += 1;
+                    if !self.sleep(asked)? {
+                        window.napped(asked, started.elapsed());
+                    }
+                }
             } else {
                 if self.stats.iterations.is_multiple_of(4096) {
                     self.publish_stats();
@@ -614,6 +648,25 @@ impl<D: Device> Worker<D> {
         }
         self.publish_stats();
         Ok(())
+    }
+
+    /// How long the worker may sleep before a TCP or engine timer is due (zero: output is
+    /// pending now); at most 10 ms.
+    fn until_next_timer(&self) -> Duration {
+        let now = self.now();
+        let next = self
+            .ports
+            .iter()
+            .filter_map(|p| p.stack.poll_timeout())
+            .chain(self.engine.as_ref().and_then(|e| e.poll_timeout()))
+            .chain(self.front.poll_timeout())
+            .chain(self.back.poll_timeout())
+            .min();
+        match next {
+            Some(t) if t <= now => Duration::ZERO,
+            Some(t) => (t - now).min(Duration::from_millis(10)),
+            None => Duration::from_millis(10),
+        }
     }
 
     /// About to sleep: if the connections' memory shrank a lot since the last look (closed
@@ -635,11 +688,10 @@ impl<D: Device> Worker<D> {
         self.trim_mark = (now, held);
     }
 
-    /// Sleeps on every port's device and hand-off wakeup.
-    fn sleep(&mut self, timeout: Duration) -> io::Result<()> {
+    /// Sleeps on every port's device and hand-off wakeup; whether one of them woke it.
+    fn sleep(&mut self, timeout: Duration) -> io::Result<bool> {
         if self.ports.len() == 1 && self.ports[0].shard.is_none() {
-            self.ports[0].dev.wait(timeout)?;
-            return Ok(());
+            return self.ports[0].dev.wait(timeout);
         }
         let mut fds = Vec::with_capacity(self.ports.len() * 2);
         for p in &self.ports {
@@ -648,7 +700,7 @@ impl<D: Device> Worker<D> {
                 fds.push(s.wake.fd());
             }
         }
-        wake::poll_readable(&fds, timeout)?;
+        let woke = wake::poll_readable(&fds, timeout)?;
         for p in &self.ports {
             if let Some(s) = &p.shard {
                 // Frames handed over from here on notify again; those before are drained
@@ -656,7 +708,7 @@ impl<D: Device> Worker<D> {
                 s.wake.clear();
             }
         }
-        Ok(())
+        Ok(woke)
     }
 
     /// Removes every listener: from now on a SYN to them gets a RST.

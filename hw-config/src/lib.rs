@@ -11,7 +11,7 @@
 //! cores = [2, 3]                 # required: ... pinned to these CPUs, same length
 //! mtu = 1500                     # optional: default the interface's; at most MAX_MTU
 //! rss_key = "6d:5a:..."          # optional: 40 or 52 bytes of hex, as `ethtool -x` prints
-//! poll = "adaptive"              # adaptive (default: keep polling a while after the last work, then sleep) | busy
+//! poll = "adaptive"              # adaptive (default: keep polling a while after the last work, then sleep) | answers (poll only while an upstream answer is owed) | busy
 //! spin = "2ms"                   # adaptive only: the longest that while (default 2ms, at most 1s)
 //! steer = "owned"                # owned (default: only our addresses/ports) | dedicated
 //! ```
@@ -81,6 +81,11 @@ pub enum Poll {
     Adaptive,
     /// Spin forever: lowest latency, burns the core. For benchmarks.
     Busy,
+    /// Poll only while an answer is owed (a connection the worker opened upstream sent
+    /// data and has heard nothing back since; at most `spin` after the last work), else
+    /// sleep at once: one wake-up per request and gateway instead of two, and no polling
+    /// between requests.
+    Answers,
 }
 
 /// What the XDP program sends to the sockets.

@@ -187,7 +187,7 @@ pub(crate) fn validate(
 
         // Polling
         let mut spin = match raw.poll {
-            Poll::Adaptive => DEFAULT_SPIN,
+            Poll::Adaptive | Poll::Answers => DEFAULT_SPIN,
             Poll::Busy => Duration::MAX,
         };
         if let Some(sp) = &raw.spin {
@@ -195,11 +195,11 @@ pub(crate) fn validate(
                 (Poll::Busy, _) => report.errors.push(err(
                     &sp.span,
                     format!("{k}.spin"),
-                    "spin applies to poll = \"adaptive\"; a busy worker never sleeps".into(),
+                    "spin applies to poll = \"adaptive\" and \"answers\"; a busy worker never sleeps".into(),
                     "remove spin, or set poll = \"adaptive\"".into(),
                 )),
-                (Poll::Adaptive, Ok(d)) if d <= MAX_SPIN => spin = d,
-                (Poll::Adaptive, Ok(_)) => report.errors.push(err(
+                (Poll::Adaptive | Poll::Answers, Ok(d)) if d <= MAX_SPIN => spin = d,
+                (Poll::Adaptive | Poll::Answers, Ok(_)) => report.errors.push(err(
                     &sp.span,
                     format!("{k}.spin"),
                     format!(
@@ -209,7 +209,7 @@ pub(crate) fn validate(
                     ),
                     "use poll = \"busy\" for a worker that never sleeps".into(),
                 )),
-                (Poll::Adaptive, Err(e)) => report.errors.push(err(
+                (Poll::Adaptive | Poll::Answers, Err(e)) => report.errors.push(err(
                     &sp.span,
                     format!("{k}.spin"),
                     format!("{:?} is not a duration: {e}", sp.value),

@@ -93,6 +93,18 @@ fn spin_sets_the_adaptive_window_and_nothing_else() {
     );
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.interfaces[0].spin, Duration::from_millis(2));
+    // poll = "answers" takes the same ceiling, with the same default; 0us is interrupt-driven.
+    for (extra, spin) in [("", DEFAULT_SPIN), ("spin = \"0us\"\n", Duration::ZERO)] {
+        let r = report(
+            &format!("[[interface]]\n{GOOD}queues = [0]\ncores = [0]\npoll = \"answers\"\n{extra}"),
+            SystemChecks::Off,
+        );
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            (r.interfaces[0].poll, r.interfaces[0].spin),
+            (Poll::Answers, spin)
+        );
+    }
     one(
         &format!("[[interface]]\n{GOOD}queues = [0]\ncores = [0]\nspin = \"2 fortnights\"\n"),
         "n.toml:9:8: interface[0].spin: \"2 fortnights\" is not a duration: unknown time unit \"fortnights\", supported units: ns, us/\u{b5}s, ms, sec, min, hours, days, weeks, months, years (and few variations) (hint: e.g. \"200us\" or \"2ms\")",
@@ -103,7 +115,7 @@ fn spin_sets_the_adaptive_window_and_nothing_else() {
     );
     one(
         &format!("[[interface]]\n{GOOD}queues = [0]\ncores = [0]\npoll = \"busy\"\nspin = \"2ms\"\n"),
-        "n.toml:10:8: interface[0].spin: spin applies to poll = \"adaptive\"; a busy worker never sleeps (hint: remove spin, or set poll = \"adaptive\")",
+        "n.toml:10:8: interface[0].spin: spin applies to poll = \"adaptive\" and \"answers\"; a busy worker never sleeps (hint: remove spin, or set poll = \"adaptive\")",
     );
 }
 
