@@ -10,11 +10,17 @@ use std::time::Duration;
 
 /// User + system time of every thread of `pid` so far.
 pub fn process_cpu(pid: u32) -> io::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system time from a `stat` file of /proc: a process's (`/proc/PID/stat`) or one
+/// thread's (`/proc/thread-self/stat`).
+pub fn stat_cpu(path: &str) -> io::Result<Duration> {
+    let stat = std::fs::read_to_string(path)?;
     let ticks = parse_stat_ticks(&stat).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("/proc/{pid}/stat: no utime and stime fields"),
+            format!("{path}: no utime and stime fields"),
         )
     })?;
     let hz = rustix::param::clock_ticks_per_second().max(1);

@@ -330,24 +330,20 @@ fn connect_mode_opens_a_connection_per_request() {
     assert_eq!(r.ok, r.scheduled);
 }
 
-/// utime + stime of the calling thread, in clock ticks.
-fn thread_cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after_comm.split(' ').collect();
-    // Fields 14 and 15 of stat(5); after the comm field they are at 11 and 12 (from 0).
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+/// CPU time of the calling thread so far.
+fn thread_cpu() -> Duration {
+    benches::cpu::stat_cpu("/proc/thread-self/stat").unwrap()
 }
 
 #[test]
 fn a_light_load_does_not_spin_a_core() {
     let _g = serial();
     let srv = server(ServerOpts::echo());
-    let before = thread_cpu_ticks();
+    let before = thread_cpu();
     let t = std::time::Instant::now();
     let r = run_one("idle", &srv.addr().to_string(), &opts(50.0, 2, 0, 1500)).unwrap();
     let wall = t.elapsed().as_secs_f64();
-    let cpu = (thread_cpu_ticks() - before) as f64 / 100.0; // USER_HZ is 100 on Linux
+    let cpu = (thread_cpu() - before).as_secs_f64();
     assert_eq!(r.ok, 75);
     // A loop that polled without sleeping would burn the whole wall time.
     assert!(

@@ -584,8 +584,7 @@ impl<D: Device> Worker<D> {
         }
         // When the first poll that found nothing began, i.e. when the last work ended, and
         // whether an answer was owed then.
-        let mut idle_since: Option<WallInstant> = None;
-        let mut owed_idle = false;
+        let mut idle_since: Option<(WallInstant, bool)> = None;
         // This idle stretch already napped (`poll = "answers"`): poll for the rest of it.
         let mut napped = false;
         while !stop.load(Ordering::Relaxed) {
@@ -593,7 +592,7 @@ impl<D: Device> Worker<D> {
             // (a TLS handshake's processing is not idle time).
             let polled_at = WallInstant::now();
             if self.poll_once()? {
-                if let Some(since) = idle_since.take() {
+                if let Some((since, owed_idle)) = idle_since.take() {
                     let gap = polled_at.saturating_duration_since(since);
                     window.work_after(gap);
                     if owed_idle {
@@ -605,14 +604,7 @@ impl<D: Device> Worker<D> {
             }
             let owed =
                 self.answers_only && self.ports.iter().any(|p| p.stack.awaiting_answers() > 0);
-            let since = match idle_since {
-                Some(since) => since,
-                None => {
-                    idle_since = Some(polled_at);
-                    owed_idle = owed;
-                    polled_at
-                }
-            };
+            let (since, _) = *idle_since.get_or_insert((polled_at, owed));
             // Measured from the last work, not from the last wake-up: a wake-up that finds
             // nothing (a timer, a spurious poll) goes back to sleep instead of polling again.
             let idle = polled_at.saturating_duration_since(since);

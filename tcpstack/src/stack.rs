@@ -1067,15 +1067,20 @@ impl Stack {
             f(c, &mut ctx);
             data_came = c.recv_len() > held;
         }
-        // An answer, even one queued behind unread data (no `Readable` then).
-        let s = &mut self.slots[slot as usize];
-        if data_came && s.awaiting {
-            s.awaiting = false;
-            self.awaiting -= 1;
+        if data_came {
+            // An answer, even one queued behind unread data (no `Readable` then).
+            self.stop_awaiting(slot);
         }
         self.scratch_events = events;
         self.mark_dirty(slot);
         self.after(slot);
+    }
+
+    /// The slot's peer owes it nothing (any more): out of [`Stack::awaiting_answers`].
+    fn stop_awaiting(&mut self, slot: u32) {
+        if std::mem::take(&mut self.slots[slot as usize].awaiting) {
+            self.awaiting -= 1;
+        }
     }
 
     /// Turns connection events into stack events, releases finished connections, reschedules timers.
@@ -1083,18 +1088,15 @@ impl Stack {
         let id = self.id(slot);
         let mut events = std::mem::take(&mut self.scratch_events);
         for e in events.drain(..) {
+            if matches!(
+                e,
+                ConnEvent::Readable | ConnEvent::PeerClosed | ConnEvent::Reset(_)
+            ) {
+                // Answered, or never will be.
+                self.stop_awaiting(slot);
+            }
             let s = &mut self.slots[slot as usize];
             let Some(c) = s.conn.as_ref() else { break };
-            if s.awaiting
-                && matches!(
-                    e,
-                    ConnEvent::Readable | ConnEvent::PeerClosed | ConnEvent::Reset(_)
-                )
-            {
-                // Answered, or never will be.
-                s.awaiting = false;
-                self.awaiting -= 1;
-            }
             let ev = match e {
                 ConnEvent::Established { passive } => {
                     if let Some(l) = s.half_open_of.take() {
@@ -1142,9 +1144,7 @@ impl Stack {
                 }
             }
             s.gen = s.gen.wrapping_add(1);
-            if std::mem::take(&mut s.awaiting) {
-                self.awaiting -= 1;
-            }
+            self.stop_awaiting(slot);
             self.by_tuple.remove(&(c.local, c.remote));
             self.last_tuple = None;
             self.free.push(slot);
