@@ -774,6 +774,9 @@ impl<D: Device> Worker<D> {
             e.abort_all(&mut net, now);
             net.flush();
             net.inner.flush();
+            // Upstream HTTP/2 connections (h2c servers, shared hops to peers) end with GOAWAY and
+            // a FIN rather than silence: the process is about to stop answering on them.
+            net.inner.close_all();
         }
         // Send the RSTs (and anything else still queued) before the socket goes away; bounded,
         // as a peer that keeps sending would keep this busy.

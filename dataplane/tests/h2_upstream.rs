@@ -11,7 +11,8 @@
 //!   `content-length: 0` and `grpc-status` as a header; a chunked upload with trailers goes
 //!   up as DATA and trailers;
 //! - a stream the server resets gives the client a 502, and the next request is served;
-//! - `xdpmesh_h2_upstream_*` move.
+//! - `xdpmesh_h2_upstream_*` move;
+//! - a gateway that drains (SIGTERM) ends its h2c connections with GOAWAY (RFC 9113 §6.8).
 //!
 //! Every process a test starts is owned by a guard that kills it on drop (and so on panic).
 
@@ -131,8 +132,8 @@ struct Setup {
     web: SocketAddr,
     admin: SocketAddr,
     // Dropped in order: the gateway first, then the servers, then the directory.
-    _procs: Vec<Proc>,
-    _dir: TempDir,
+    procs: Vec<Proc>,
+    dir: TempDir,
 }
 
 fn start() -> Option<Setup> {
@@ -144,7 +145,10 @@ fn start() -> Option<Setup> {
         eprintln!("skipped: nginx, nghttp2-server, nghttp2-client or python3-h2 is missing");
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("xdpmesh-h2up-{}", std::process::id()));
+    // One directory per setup: the tests of this file run in parallel in one process.
+    static SETUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SETUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("xdpmesh-h2up-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let dir_guard = TempDir(dir.clone());
     let root = dir.join("www");
@@ -168,7 +172,8 @@ fn start() -> Option<Setup> {
     procs.push(spawn(
         Command::new("/usr/bin/python3")
             .arg(&script)
-            .arg(py.port().to_string()),
+            .arg(py.port().to_string())
+            .arg(dir.join("py-events.txt")),
         py,
         "the python3 h2 server",
     ));
@@ -224,8 +229,8 @@ fn start() -> Option<Setup> {
     Some(Setup {
         web,
         admin,
-        _procs: procs,
-        _dir: dir_guard,
+        procs,
+        dir: dir_guard,
     })
 }
 
@@ -392,4 +397,32 @@ fn http1_and_h2c_clients_against_http1_and_h2c_servers() {
     let resets = metric(s.admin, "xdpmesh_h2_upstream_streams_reset_total");
     assert!(resets >= resets_before + 2, "{resets}");
     assert!(metric(s.admin, "xdpmesh_h2_upstream_connections_open") >= 1);
+}
+
+#[test]
+fn a_draining_gateway_ends_its_h2c_connections_with_goaway() {
+    let Some(mut s) = start() else {
+        return;
+    };
+    let out = curl(&s, false, "py.test", "/", &["-w", " %{http_code}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok 200");
+    assert!(metric(s.admin, "xdpmesh_h2_upstream_connections_open") >= 1);
+    let events = s.dir.0.join("py-events.txt");
+    assert!(!events.exists(), "a GOAWAY before the drain");
+    let gw = &mut s.procs[0].0;
+    let status = Command::new("kill")
+        .args(["-TERM", &gw.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = wait_for(DEADLINE, || gw.try_wait().ok().flatten());
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
+    // The server saw GOAWAY(NO_ERROR), last stream 0 (a client serves no streams), before
+    // the connection closed; its own read of the close comes after.
+    let seen = wait_for(DEADLINE, || {
+        std::fs::read_to_string(&events)
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    assert_eq!(seen.as_deref(), Some("goaway 0 0\n"));
 }

@@ -507,8 +507,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
             .collect();
         for k in late {
             self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-            if let Some((c, leg)) = self.drop_real(k) {
-                close_real(inner, now, c, leg);
+            if let Some((c, r)) = self.drop_real(k) {
+                close_gracefully(inner, now, c, r);
             }
         }
         let stuck: Vec<RealKey> = self
@@ -550,8 +550,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
         }
         for k in stuck {
             // What still waits on it fails as a connect.
-            if let Some((c, leg)) = self.drop_real(k) {
-                match leg {
+            if let Some((c, r)) = self.drop_real(k) {
+                match r.leg {
                     Some(_) => &self.stats.hop_handshake_failures,
                     None => &self.stats.connection_errors,
                 }
@@ -572,8 +572,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
 
     /// Forgets a real connection; the virtual connections bound to it are reset. Returns the
     /// transport's handle (for the caller to close or abort).
-    fn drop_real(&mut self, k: RealKey) -> Option<(C, Option<Leg<C>>)> {
-        let (c, r) = self.reals.remove(&k)?;
+    fn drop_real(&mut self, k: RealKey) -> Option<(C, Real<C>)> {
+        let (c, mut r) = self.reals.remove(&k)?;
         self.real_of.remove(&c);
         if r.leg.is_some() {
             self.stats.hop_open.fetch_sub(1, Ordering::Relaxed);
@@ -586,10 +586,10 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
                 self.by_endpoint.remove(&r.target);
             }
         }
-        for id in r.virts {
+        for id in std::mem::take(&mut r.virts) {
             self.fail_virt(id);
         }
-        Some((c, r.leg))
+        Some((c, r))
     }
 
     /// The virtual connection is gone for the engine: `Reset`, and the handle is invalid.
@@ -764,6 +764,20 @@ impl<'a, N: Net> H2BackNet<'a, N> {
         self.back.handle_timeout(self.inner, now);
     }
 
+    /// The end of a drain: every real connection closes, each with a GOAWAY first (see
+    /// [`close_gracefully`]). Call after the engine has let go of its virtual connections;
+    /// streams still open are cancelled.
+    pub fn close_all(&mut self) {
+        self.flush();
+        let now = self.back.now;
+        let keys: Vec<RealKey> = self.back.reals.keys().copied().collect();
+        for k in keys {
+            if let Some((c, r)) = self.back.drop_real(k) {
+                close_gracefully(self.inner, now, c, r);
+            }
+        }
+    }
+
     /// Moves every real connection touched since the last call: call after the engine's
     /// `progress`, so its writes leave in this round.
     pub fn flush(&mut self) {
@@ -804,8 +818,8 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                 back.stats
                     .hop_handshake_failures
                     .fetch_add(1, Ordering::Relaxed);
-                if let Some((c, leg)) = back.drop_real(k) {
-                    if let Some(mut leg) = leg {
+                if let Some((c, r)) = back.drop_real(k) {
+                    if let Some(mut leg) = r.leg {
                         let _ = leg.flush(self.inner);
                     }
                     self.inner.abort(c);
@@ -996,9 +1010,9 @@ impl<'a, N: Net> H2BackNet<'a, N> {
             // The connection ended (GOAWAY with nothing left, an error, the server's close):
             // what it still carried is lost.
             let now = back.now;
-            if let Some((c, leg)) = back.drop_real(k) {
+            if let Some((c, r)) = back.drop_real(k) {
                 if over && !eof {
-                    close_real(self.inner, now, c, leg);
+                    close_real(self.inner, now, c, r.leg);
                 } else {
                     self.inner.abort(c);
                 }
@@ -1179,6 +1193,44 @@ fn refused(e: &h2::Error) -> bool {
 }
 
 /// One turn of the connection: its I/O and its frames. `true` when it is over.
+/// Closes a real connection that ends on our side (idle, or the end of a drain) the way
+/// RFC 9113 §6.8 asks ("SHOULD always send a GOAWAY frame before closing"): the server then
+/// knows no stream of ours is in flight, instead of seeing a bare FIN. The `h2` client sends
+/// GOAWAY(NO_ERROR) by itself once nothing refers to the connection any more, so the request
+/// handle goes first; a few polls let it also send the RST_STREAMs of streams just
+/// cancelled. What the transport does not take at once is dropped with the connection.
+fn close_gracefully<N: Net>(inner: &mut N, now: Instant, c: N::Conn, r: Real<N::Conn>) {
+    let Real {
+        send,
+        conn,
+        io,
+        mut leg,
+        connected,
+        pings,
+        ..
+    } = r;
+    drop(send);
+    drop(pings);
+    if let (true, Some(mut conn)) = (connected, conn) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..4 {
+            if Pin::new(&mut conn).poll(&mut cx).is_ready() {
+                break;
+            }
+        }
+        let mut io = io.lock();
+        while !io.tx.is_empty() {
+            match write_real(inner, leg.as_mut(), c, &io.tx) {
+                Ok(n) if n > 0 => {
+                    io.tx.drain(..n);
+                }
+                _ => break,
+            }
+        }
+    }
+    close_real(inner, now, c, leg);
+}
+
 fn drive<C>(r: &mut Real<C>, cx: &mut Context<'_>, stats: &H2UpstreamStats) -> bool {
     let Some(conn) = r.conn.as_mut() else {
         return true;
@@ -1914,7 +1966,7 @@ impl<N: Net> H2BackNet<'_, N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memnet::{MemConn, MemNet};
+    use crate::memnet::{EngineClose, MemConn, MemNet};
 
     const EP: &str = "10.0.0.9:50051";
 
@@ -2496,8 +2548,52 @@ mod tests {
         rig.net().handle_timeout(now);
         assert_eq!(rig.back.connections(), 0);
         let c = rig.servers[0].c;
-        assert!(rig.mem.closed(c).is_some());
+        assert_eq!(rig.mem.closed(c), Some(EngineClose::Close));
+        // RFC 9113 §6.8: GOAWAY(NO_ERROR) before the FIN, and nothing else.
+        assert_eq!(frames(&rig.mem.peer_take(c)), [GOAWAY_NO_ERROR]);
         assert_eq!(rig.back.stats.idle_closed.load(Ordering::Relaxed), 1);
+    }
+
+    /// GOAWAY on stream 0, last stream 0 (a client has no streams of the server's), NO_ERROR.
+    const GOAWAY_NO_ERROR: (u8, u32, &[u8]) = (7, 0, &[0; 8]);
+
+    /// The HTTP/2 frames in `bytes`: type, stream, payload (RFC 9113 §4.1).
+    fn frames(bytes: &[u8]) -> Vec<(u8, u32, &[u8])> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= 9 {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+            assert!(rest.len() >= 9 + len, "a cut frame in {bytes:?}");
+            out.push((rest[3], stream, &rest[9..9 + len]));
+            rest = &rest[9 + len..];
+        }
+        assert!(rest.is_empty(), "a cut frame header in {bytes:?}");
+        out
+    }
+
+    #[test]
+    fn the_end_of_a_drain_cancels_open_streams_and_closes_every_connection_with_goaway() {
+        let mut rig = Rig::new();
+        let a = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        // One stream waits for its answer.
+        rig.write(a, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        rig.settle();
+        assert_eq!(rig.servers[0].reqs.len(), 1);
+        let c = rig.servers[0].c;
+        rig.net().close_all();
+        assert_eq!(rig.back.connections(), 0);
+        assert_eq!(rig.mem.closed(c), Some(EngineClose::Close));
+        // Its stream is cancelled, then the connection says goodbye (RFC 9113 §6.8).
+        let bytes = rig.mem.peer_take(c);
+        let frames = frames(&bytes);
+        let cancel: (u8, u32, &[u8]) = (3, 1, &[0, 0, 0, 8]);
+        assert_eq!(frames, [cancel, GOAWAY_NO_ERROR]);
+        rig.settle();
+        assert!(rig.events.contains(&NetEvent::Reset(a)), "{:?}", rig.events);
+        assert_eq!(rig.net().write(a, b"x"), Err(NetError::Reset));
     }
 
     #[test]

@@ -623,6 +623,9 @@ impl KernelWorker {
         self.engine.abort_all(&mut net, now);
         net.flush();
         net.inner.flush();
+        // Upstream HTTP/2 connections (h2c servers, shared hops to peers) end with GOAWAY and
+        // a FIN rather than silence: the process is about to stop answering on them.
+        net.inner.close_all();
         // The connections just reset get their lines too.
         crate::tap_hub::drain(
             &mut self.engine,

@@ -6,7 +6,9 @@
   /echo      the request body back, and its trailers' x-sum as a response header
   else       200 "ok"
 
-Usage: server.py PORT
+Each GOAWAY a client sends is appended to EVENTS (when given) as "goaway CODE LAST_STREAM".
+
+Usage: server.py PORT [EVENTS]
 """
 import socket
 import sys
@@ -37,6 +39,9 @@ def serve(sock):
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.TrailersReceived):
                 trailers[ev.stream_id] = dict(ev.headers)
+            elif isinstance(ev, h2.events.ConnectionTerminated) and EVENTS:
+                with open(EVENTS, "a") as f:
+                    f.write("goaway %d %d\n" % (ev.error_code, ev.last_stream_id))
             elif isinstance(ev, h2.events.StreamEnded):
                 sid = ev.stream_id
                 if sid in reqs:
@@ -70,6 +75,9 @@ def respond(conn, sid, head, body, trailers):
     else:
         conn.send_headers(sid, [(":status", "200"), ("content-length", "2")])
         conn.send_data(sid, b"ok", end_stream=True)
+
+
+EVENTS = sys.argv[2] if len(sys.argv) > 2 else None
 
 
 def main():
