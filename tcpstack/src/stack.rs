@@ -1155,6 +1155,8 @@ impl Stack {
             if report_closed {
                 self.events.push_back(Event::Closed(id));
             }
+            // Its timer entry, if on top, is stale now.
+            self.prune_timers();
             return;
         }
         self.schedule(slot);
@@ -1168,15 +1170,42 @@ impl Stack {
         }
     }
 
-    /// Puts the connection's next deadline on the timer heap, unless an earlier one is there.
+    /// Puts the connection's next deadline on the timer heap whenever it changed. The entry
+    /// for the old one goes stale (it no longer matches `scheduled`) and is skipped: a
+    /// deadline that moved later or was cancelled (an ACK stops the RTO and the tail-loss
+    /// probe) must not be what [`Stack::poll_timeout`] reports, or an idle worker wakes up
+    /// for nothing, a context switch each time.
     fn schedule(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         let Some(c) = s.conn.as_mut() else { return };
-        if let Some(d) = c.next_deadline() {
-            if c.scheduled.is_none_or(|s| d < s) {
-                c.scheduled = Some(d);
+        let d = c.next_deadline();
+        if d != c.scheduled {
+            c.scheduled = d;
+            if let Some(d) = d {
                 self.timers.push(Reverse((d, slot, s.gen)));
             }
+        }
+        self.prune_timers();
+    }
+
+    /// Whether a timer heap entry is its connection's current deadline.
+    fn timer_live(&self, t: Instant, slot: u32, gen: u32) -> bool {
+        self.slots.get(slot as usize).is_some_and(|s| {
+            s.gen == gen && s.conn.as_ref().is_some_and(|c| c.scheduled == Some(t))
+        })
+    }
+
+    /// Drops stale entries from the top of the timer heap, so its top is a live deadline,
+    /// and rebuilds the heap when stale entries below the top pile up.
+    fn prune_timers(&mut self) {
+        if self.timers.len() > 4 * self.live + 1024 {
+            self.rebuild_timers();
+        }
+        while let Some(&Reverse((t, slot, gen))) = self.timers.peek() {
+            if self.timer_live(t, slot, gen) {
+                break;
+            }
+            self.timers.pop();
         }
     }
 
@@ -1216,10 +1245,7 @@ impl Stack {
                 break;
             }
             self.timers.pop();
-            let valid = self.slots.get(slot as usize).is_some_and(|s| {
-                s.gen == gen && s.conn.as_ref().is_some_and(|c| c.scheduled == Some(t))
-            });
-            if !valid {
+            if !self.timer_live(t, slot, gen) {
                 continue;
             }
             if let Some(c) = self.slots[slot as usize].conn.as_mut() {
@@ -1227,9 +1253,7 @@ impl Stack {
             }
             self.with_conn(now, slot, |c, ctx| c.on_timer(ctx));
         }
-        if self.timers.len() > 4 * self.live + 1024 {
-            self.rebuild_timers();
-        }
+        self.prune_timers();
         while let Some(&(t, slot, gen)) = self.release_order.front() {
             if t > now {
                 break;

@@ -954,3 +954,36 @@ fn an_opened_connection_awaits_an_answer_from_its_write_to_the_peers_data() {
     assert!(sim.a.state(a2).is_err(), "a2 released");
     assert_eq!(sim.a.awaiting_answers(), 0, "released");
 }
+
+#[test]
+fn a_cancelled_timer_is_no_longer_the_next_deadline() {
+    let mut sim = Sim::new(22, LinkConfig::default());
+    let (a, b) = establish(&mut sim, 80);
+    sim.a.write(a, b"request").unwrap();
+    run_until(&mut sim, Duration::from_secs(1), |_, eb| {
+        eb.contains(&Event::Readable(b))
+    });
+    read_all(&mut sim.b, b);
+    // B owes a delayed ACK (40 ms) for the request; its answer carries that ACK at once.
+    let answered = sim.now;
+    sim.b.write(b, b"response").unwrap();
+    run_until(&mut sim, Duration::from_secs(1), |ea, _| {
+        ea.contains(&Event::Readable(a))
+    });
+    // What B still waits for is A's ACK of the answer: its retransmission timeout and tail
+    // loss probe, both at least MIN_RTO away. The cancelled 40 ms must not be reported: a
+    // worker sleeping until then would wake up for nothing.
+    let due = sim.b.poll_timeout().expect("the answer's timers");
+    assert!(
+        due >= answered + Duration::from_millis(200),
+        "next deadline {:?} after the answer at {answered:?}",
+        due
+    );
+    // And the exchange still completes: A's delayed ACK arrives, B's timers stop.
+    read_all(&mut sim.a, a);
+    sim.advance(Duration::from_millis(100));
+    assert!(sim
+        .b
+        .poll_timeout()
+        .is_none_or(|t| t > sim.now + Duration::from_millis(500)));
+}
