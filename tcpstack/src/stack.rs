@@ -1196,9 +1196,11 @@ impl Stack {
     }
 
     /// Drops stale entries from the top of the timer heap, so its top is a live deadline,
-    /// and rebuilds the heap when stale entries below the top pile up.
+    /// and rebuilds the heap when stale entries below the top pile up. The rebuild walks
+    /// every slot, so its trigger counts slots, not live connections: after a burst has
+    /// gone, a few busy connections must not pay a walk of all its slots every 1,000 ACKs.
     fn prune_timers(&mut self) {
-        if self.timers.len() > 4 * self.live + 1024 {
+        if self.timers.len() > 4 * self.slots.len() + 1024 {
             self.rebuild_timers();
         }
         while let Some(&Reverse((t, slot, gen))) = self.timers.peek() {

@@ -1192,13 +1192,12 @@ fn refused(e: &h2::Error) -> bool {
             || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
 }
 
-/// One turn of the connection: its I/O and its frames. `true` when it is over.
 /// Closes a real connection that ends on our side (idle, or the end of a drain) the way
 /// RFC 9113 §6.8 asks ("SHOULD always send a GOAWAY frame before closing"): the server then
 /// knows no stream of ours is in flight, instead of seeing a bare FIN. The `h2` client sends
 /// GOAWAY(NO_ERROR) by itself once nothing refers to the connection any more, so the request
 /// handle goes first; a few polls let it also send the RST_STREAMs of streams just
-/// cancelled. What the transport does not take at once is dropped with the connection.
+/// cancelled.
 fn close_gracefully<N: Net>(inner: &mut N, now: Instant, c: N::Conn, r: Real<N::Conn>) {
     let Real {
         send,
@@ -1211,26 +1210,46 @@ fn close_gracefully<N: Net>(inner: &mut N, now: Instant, c: N::Conn, r: Real<N::
     } = r;
     drop(send);
     drop(pings);
+    // What the server sent meanwhile (a PING, its own GOAWAY) is dropped: a close with
+    // input unread is a reset (RFC 2525 §2.17), which would lose the GOAWAY. Bounded: a
+    // server that keeps sending gets that reset.
+    let mut scratch = [0u8; 4096];
+    for _ in 0..64 {
+        match read_real(inner, leg.as_mut(), c, &mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let mut whole = true;
     if let (true, Some(mut conn)) = (connected, conn) {
         let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..4 {
-            if Pin::new(&mut conn).poll(&mut cx).is_ready() {
+            let over = Pin::new(&mut conn).poll(&mut cx).is_ready();
+            let mut io = io.lock();
+            while !io.tx.is_empty() {
+                match write_real(inner, leg.as_mut(), c, &io.tx) {
+                    Ok(n) if n > 0 => {
+                        io.tx.drain(..n);
+                    }
+                    _ => break,
+                }
+            }
+            whole = io.tx.is_empty();
+            if over || !whole {
                 break;
             }
         }
-        let mut io = io.lock();
-        while !io.tx.is_empty() {
-            match write_real(inner, leg.as_mut(), c, &io.tx) {
-                Ok(n) if n > 0 => {
-                    io.tx.drain(..n);
-                }
-                _ => break,
-            }
-        }
     }
-    close_real(inner, now, c, leg);
+    if whole {
+        close_real(inner, now, c, leg);
+    } else {
+        // The transport took part of a frame (an upload stalled it): a cut frame and a FIN
+        // would be a protocol error at the server, so it is a reset.
+        inner.abort(c);
+    }
 }
 
+/// One turn of the connection: its I/O and its frames. `true` when it is over.
 fn drive<C>(r: &mut Real<C>, cx: &mut Context<'_>, stats: &H2UpstreamStats) -> bool {
     let Some(conn) = r.conn.as_mut() else {
         return true;
@@ -2545,9 +2564,14 @@ mod tests {
         assert_eq!(due, rig.now + Duration::from_secs(30));
         rig.now = due;
         let now = rig.now;
+        // The server's PING arrives in the same round, not read yet: a close with unread
+        // input would be a reset on a real transport, so it is read and dropped first.
+        let c = rig.servers[0].c;
+        rig.mem
+            .peer_send(c, &[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
         rig.net().handle_timeout(now);
         assert_eq!(rig.back.connections(), 0);
-        let c = rig.servers[0].c;
+        assert_eq!(rig.mem.unread(c), 0);
         assert_eq!(rig.mem.closed(c), Some(EngineClose::Close));
         // RFC 9113 §6.8: GOAWAY(NO_ERROR) before the FIN, and nothing else.
         assert_eq!(frames(&rig.mem.peer_take(c)), [GOAWAY_NO_ERROR]);
@@ -2570,6 +2594,22 @@ mod tests {
         }
         assert!(rest.is_empty(), "a cut frame header in {bytes:?}");
         out
+    }
+
+    #[test]
+    fn a_goodbye_the_transport_cannot_take_whole_is_a_reset_not_a_cut_frame() {
+        let mut rig = Rig::new();
+        let a = rig.connect();
+        rig.accept(100);
+        rig.settle();
+        rig.write(a, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        rig.settle();
+        let c = rig.servers[0].c;
+        // Room for 5 bytes: part of the RST_STREAM's 13.
+        rig.mem.window = 5;
+        rig.net().close_all();
+        assert_eq!(rig.back.connections(), 0);
+        assert_eq!(rig.mem.closed(c), Some(EngineClose::Abort));
     }
 
     #[test]

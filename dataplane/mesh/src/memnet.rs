@@ -164,6 +164,11 @@ impl MemNet {
         }
     }
 
+    /// Bytes the peer sent that the engine has not read.
+    pub fn unread(&self, c: MemConn) -> usize {
+        self.conns.get(&c).map_or(0, |x| x.rx.len())
+    }
+
     /// The peer ends its direction (FIN).
     pub fn peer_shutdown(&mut self, c: MemConn) {
         if let Some(x) = self.conns.get_mut(&c).filter(|x| !x.reset) {
