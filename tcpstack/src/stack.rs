@@ -19,6 +19,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How much later a connection's deadline may move before the timer heap gets a new entry
+/// for it (see `Stack::schedule`).
+const LATER_SLACK: Duration = Duration::from_millis(1);
+
 /// An IPv4 address with its prefix length, e.g. `10.10.1.1/24`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Cidr {
@@ -1175,17 +1179,31 @@ impl Stack {
     /// deadline that moved later or was cancelled (an ACK stops the RTO and the tail-loss
     /// probe) must not be what [`Stack::poll_timeout`] reports, or an idle worker wakes up
     /// for nothing, a context switch each time.
+    ///
+    /// A deadline that moved later by less than [`LATER_SLACK`] keeps its entry: every ACK
+    /// moves the RTO a little, and a push per ACK costs a bulk transfer more than the one
+    /// early wake-up (at most `LATER_SLACK` early) it avoids.
     fn schedule(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         let Some(c) = s.conn.as_mut() else { return };
         let d = c.next_deadline();
-        if d != c.scheduled {
+        let push = match (d, c.scheduled) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(d), Some(old)) => d < old || d >= old + LATER_SLACK,
+        };
+        let cancelled = d.is_none() && c.scheduled.is_some();
+        if push || cancelled {
             c.scheduled = d;
-            if let Some(d) = d {
-                self.timers.push(Reverse((d, slot, s.gen)));
-            }
         }
-        self.prune_timers();
+        if let (true, Some(d)) = (push, d) {
+            self.timers.push(Reverse((d, slot, s.gen)));
+        }
+        // Only a changed entry can have made the top stale (a bulk transfer's ACKs mostly
+        // change nothing here).
+        if push || cancelled {
+            self.prune_timers();
+        }
     }
 
     /// Whether a timer heap entry is its connection's current deadline.
@@ -1242,11 +1260,13 @@ impl Stack {
     // ---- timers and transmit ----
 
     fn run_timers(&mut self, now: Instant) {
+        let mut popped = false;
         while let Some(&Reverse((t, slot, gen))) = self.timers.peek() {
             if t > now {
                 break;
             }
             self.timers.pop();
+            popped = true;
             if !self.timer_live(t, slot, gen) {
                 continue;
             }
@@ -1255,7 +1275,9 @@ impl Stack {
             }
             self.with_conn(now, slot, |c, ctx| c.on_timer(ctx));
         }
-        self.prune_timers();
+        if popped {
+            self.prune_timers();
+        }
         while let Some(&(t, slot, gen)) = self.release_order.front() {
             if t > now {
                 break;
