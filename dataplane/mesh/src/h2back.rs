@@ -571,7 +571,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
     }
 
     /// Forgets a real connection; the virtual connections bound to it are reset. Returns the
-    /// transport's handle (for the caller to close or abort).
+    /// transport's handle and the connection (for the caller to close, gracefully or not, or
+    /// abort).
     fn drop_real(&mut self, k: RealKey) -> Option<(C, Real<C>)> {
         let (c, mut r) = self.reals.remove(&k)?;
         self.real_of.remove(&c);
