@@ -31,7 +31,7 @@
 //! could move it, over a pair of bounded in-memory buffers ([`crate::h2io::BufIo`]).
 
 use crate::engine::{preamble, MAX_INTERIM};
-use crate::h2io::{close_real, connection_specific, dechunk, read_real, write_real, BufIo, Chunk};
+use crate::h2io::{close_real, connection_specific, dechunk, read_real, write_out, BufIo, Chunk};
 use crate::http;
 use crate::leg::Leg;
 use crate::net::{HopTls, Net, NetError, NetEvent, TcpInfo};
@@ -957,14 +957,7 @@ impl<'a, N: Net> H2BackNet<'a, N> {
         let mut io = r.io.lock();
         let tx_full = io.tx.len() >= TX_MAX;
         if r.connected {
-            while !io.tx.is_empty() {
-                match write_real(self.inner, r.leg.as_mut(), c, &io.tx) {
-                    Ok(n) if n > 0 => {
-                        io.tx.drain(..n);
-                    }
-                    _ => break,
-                }
-            }
+            write_out(self.inner, r.leg.as_mut(), c, &mut io.tx);
             if let Some(leg) = r.leg.as_mut() {
                 // TLS records the writes above (or rustls itself) queued.
                 let _ = leg.flush(self.inner);
@@ -1227,14 +1220,7 @@ fn close_gracefully<N: Net>(inner: &mut N, now: Instant, c: N::Conn, r: Real<N::
         for _ in 0..4 {
             let over = Pin::new(&mut conn).poll(&mut cx).is_ready();
             let mut io = io.lock();
-            while !io.tx.is_empty() {
-                match write_real(inner, leg.as_mut(), c, &io.tx) {
-                    Ok(n) if n > 0 => {
-                        io.tx.drain(..n);
-                    }
-                    _ => break,
-                }
-            }
+            write_out(inner, leg.as_mut(), c, &mut io.tx);
             whole = io.tx.is_empty();
             if over || !whole {
                 break;

@@ -20,7 +20,7 @@
 use crate::admission::Ticket;
 use crate::h2back::HOP_ENDPOINT;
 use crate::h2io::{
-    close_real, connection_specific, dechunk, read_real, trailer_map, write_real, BufIo, Chunk,
+    close_real, connection_specific, dechunk, read_real, trailer_map, write_out, BufIo, Chunk,
 };
 use crate::leg::Leg;
 use crate::net::{HopPeer, Net, NetError, NetEvent, TcpInfo};
@@ -1072,14 +1072,7 @@ impl<'a, N: Net> H2Net<'a, N> {
         let mut io = h.io.lock();
         let tx_full = io.tx.len() >= TX_MAX;
         let before = io.tx.len();
-        while !io.tx.is_empty() {
-            match write_real(self.inner, h.leg.as_mut(), c, &io.tx) {
-                Ok(n) if n > 0 => {
-                    io.tx.drain(..n);
-                }
-                _ => break,
-            }
-        }
+        write_out(self.inner, h.leg.as_mut(), c, &mut io.tx);
         if let Some(leg) = h.leg.as_mut() {
             // TLS records the writes above (or rustls itself) queued.
             let _ = leg.flush(self.inner);

@@ -239,6 +239,24 @@ pub fn write_real<N: Net>(
     }
 }
 
+/// Writes as much of `tx` as the transport takes (through TLS for a hop), and removes it
+/// from `tx`.
+pub fn write_out<N: Net>(
+    inner: &mut N,
+    mut leg: Option<&mut Leg<N::Conn>>,
+    c: N::Conn,
+    tx: &mut Vec<u8>,
+) {
+    while !tx.is_empty() {
+        match write_real(inner, leg.as_deref_mut(), c, tx) {
+            Ok(n) if n > 0 => {
+                tx.drain(..n);
+            }
+            _ => break,
+        }
+    }
+}
+
 /// Closes an HTTP/2 connection's transport: close_notify first on a hop.
 pub fn close_real<N: Net>(inner: &mut N, now: Instant, c: N::Conn, leg: Option<Leg<N::Conn>>) {
     if let Some(mut leg) = leg {
