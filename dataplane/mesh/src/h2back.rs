@@ -2116,6 +2116,16 @@ mod tests {
             self.net().connect(now, ep()).expect("connect")
         }
 
+        /// A virtual connection on a real one the server (of 100 streams) accepted, with
+        /// `GET /` written on it.
+        fn get(&mut self) -> BConn<MemConn> {
+            let v = self.connect();
+            self.accept(100);
+            self.settle();
+            self.write(v, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+            v
+        }
+
         /// Accepts the pending real connections (servers of `max_streams`).
         fn accept(&mut self, max_streams: u32) {
             for (c, _) in self.mem.pending_connects() {
@@ -2470,10 +2480,7 @@ mod tests {
         assert!(rig.events.contains(&NetEvent::Reset(a)));
         assert!(!rig.events.contains(&NetEvent::Connected(a)));
         // A new connect makes a new real connection; the server then goes away mid-stream.
-        let b = rig.connect();
-        rig.accept(100);
-        rig.settle();
-        rig.write(b, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        let b = rig.get();
         let c = rig.servers[0].c;
         rig.mem.peer_reset(c);
         rig.settle();
@@ -2504,10 +2511,7 @@ mod tests {
     #[test]
     fn a_silent_connection_gets_a_ping_and_is_given_up_when_it_goes_unanswered() {
         let mut rig = Rig::new();
-        let a = rig.connect();
-        rig.accept(100);
-        rig.settle();
-        rig.write(a, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        let a = rig.get();
         rig.settle();
         // The server takes its time over the response but answers the PING.
         let due = rig.back.poll_timeout().expect("a ping deadline");
@@ -2541,10 +2545,7 @@ mod tests {
     #[test]
     fn idle_real_connections_close_after_the_idle_timeout() {
         let mut rig = Rig::new();
-        let a = rig.connect();
-        rig.accept(100);
-        rig.settle();
-        rig.write(a, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        rig.get();
         rig.respond(0, ok(), true);
         rig.settle();
         let due = rig.back.poll_timeout().expect("idle deadline");
@@ -2586,10 +2587,7 @@ mod tests {
     #[test]
     fn a_goodbye_the_transport_cannot_take_whole_is_a_reset_not_a_cut_frame() {
         let mut rig = Rig::new();
-        let a = rig.connect();
-        rig.accept(100);
-        rig.settle();
-        rig.write(a, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        rig.get();
         rig.settle();
         let c = rig.servers[0].c;
         // Room for 5 bytes: part of the RST_STREAM's 13.
@@ -2602,11 +2600,8 @@ mod tests {
     #[test]
     fn the_end_of_a_drain_cancels_open_streams_and_closes_every_connection_with_goaway() {
         let mut rig = Rig::new();
-        let a = rig.connect();
-        rig.accept(100);
-        rig.settle();
         // One stream waits for its answer.
-        rig.write(a, b"GET / HTTP/1.1\r\nhost: g\r\n\r\n", 1000);
+        let a = rig.get();
         rig.settle();
         assert_eq!(rig.servers[0].reqs.len(), 1);
         let c = rig.servers[0].c;
