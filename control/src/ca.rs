@@ -115,6 +115,9 @@ pub struct IssueOptions {
     pub not_before: SystemTime,
     /// Replace existing files instead of refusing.
     pub force: bool,
+    /// DNS names added as SANs next to the SPIFFE ID, for clients outside the mesh that
+    /// verify an `ingress-tls` listener by host name. Default: none.
+    pub dns: Vec<String>,
 }
 
 impl Default for IssueOptions {
@@ -123,6 +126,7 @@ impl Default for IssueOptions {
             validity: DEFAULT_LEAF_VALIDITY,
             not_before: SystemTime::now(),
             force: false,
+            dns: Vec::new(),
         }
     }
 }
@@ -197,6 +201,23 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<CaFiles, CaError> {
     Ok(files)
 }
 
+/// A host name a client can check a certificate against (RFC 1123 §2.1 labels; a leading
+/// `*.` wildcard, RFC 6125 §6.4.3, over at least two labels: never `*.com`).
+fn is_dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    let wild = rest.len() != name.len();
+    !rest.is_empty()
+        && (!wild || rest.contains('.'))
+        && name.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// Issue a leaf certificate for SPIFFE ID `id`, signed by the CA in `ca_dir`, into
 /// `out` (created 0700 if missing).
 pub fn issue(
@@ -210,6 +231,12 @@ pub fn issue(
             id: id.to_owned(),
             why,
         });
+    }
+    if let Some(bad) = opts.dns.iter().find(|d| !is_dns_name(d)) {
+        return Err(CaError::BadOptions(format!(
+            "--dns {bad:?} is not a DNS name (letters, digits, '-' in labels of 1 to 63 \
+             between dots, at most 253 in all; \"*.\" may lead)"
+        )));
     }
     let (not_before, not_after) = validity_window(opts.not_before, opts.validity)?;
     let ca = load_ca(&CaFiles::in_dir(ca_dir))?;
@@ -231,6 +258,11 @@ pub fn issue(
         .distinguished_name
         .push(DnType::CommonName, truncate(last, MAX_CN_LEN));
     params.subject_alt_names = vec![SanType::URI(id.try_into()?)];
+    for d in &opts.dns {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(d.to_ascii_lowercase().try_into()?));
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     // Gateways present the same certificate as TLS server and as TLS client.

@@ -168,6 +168,54 @@ fn init_then_issue_writes_a_p256_chain_naming_the_spiffe_id() {
         .starts_with("-----BEGIN PRIVATE KEY-----"));
 }
 
+/// `--dns` names go next to the SPIFFE ID (lowercased), for clients of an `ingress-tls`
+/// listener that check the host name; a name that is no host name is refused.
+#[test]
+fn issue_adds_dns_names_next_to_the_spiffe_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_dir = dir.path().join("ca");
+    ca::init(&ca_dir, &init_opts()).expect("init");
+    let opts = IssueOptions {
+        dns: vec!["Web.Example.test".into(), "*.apps.test".into()],
+        ..issue_opts()
+    };
+    let l = ca::issue(&ca_dir, ID, &dir.path().join("l"), &opts).expect("issue");
+    let chain = pem_certs(&l.cert);
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).expect("leaf parses");
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .expect("SAN parses")
+        .expect("SAN present")
+        .value
+        .general_names
+        .iter()
+        .map(|g| match g {
+            GeneralName::URI(u) => format!("uri:{u}"),
+            GeneralName::DNSName(d) => format!("dns:{d}"),
+            other => panic!("unexpected SAN {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        sans,
+        [
+            format!("uri:{ID}"),
+            "dns:web.example.test".into(),
+            "dns:*.apps.test".into()
+        ]
+    );
+    for bad in ["", "a..b", "-a.test", "a_b.test", "a.*.test", "*.", "*.com"] {
+        let opts = IssueOptions {
+            dns: vec![bad.into()],
+            ..issue_opts()
+        };
+        let r = ca::issue(&ca_dir, ID, &dir.path().join("bad"), &opts);
+        assert!(
+            matches!(r, Err(CaError::BadOptions(_))),
+            "{bad:?} was taken: {r:?}"
+        );
+    }
+}
+
 #[test]
 fn two_leaves_get_different_keys_and_serials() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -206,6 +254,7 @@ fn validity_follows_options_and_expiry_reads_it() {
             not_before: start + Duration::from_secs(60),
             validity: Duration::from_secs(3600),
             force: false,
+            dns: Vec::new(),
         },
     )
     .expect("issue");

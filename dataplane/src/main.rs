@@ -97,6 +97,10 @@ struct CaIssueArgs {
     /// Replace existing files (gateways pick up the new ones for new connections).
     #[arg(long)]
     force: bool,
+    /// A DNS name for the certificate besides the SPIFFE ID (repeatable), for clients
+    /// outside the mesh that check an `ingress-tls` listener's host name.
+    #[arg(long, value_name = "NAME")]
+    dns: Vec<String>,
 }
 
 #[derive(Args)]
@@ -407,6 +411,7 @@ fn ca(c: CaCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 validity: a.validity + CLOCK_SKEW,
                 not_before,
                 force: a.force,
+                dns: a.dns.clone(),
             },
         )
         .map(|f| format!("{}: {} (key {})", a.id, f.cert.display(), f.key.display())),
