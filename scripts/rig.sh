@@ -218,9 +218,22 @@ xm_bin() {
 make_identities() {
   local bin=$1 id
   [ -f "$XM_STATE/ca/ca.pem" ] || "$bin" ca init --out "$XM_STATE/ca" >/dev/null
+  local dns cert
   for id in sa/client gateway/gw-a gateway/gw-b; do
-    [ -f "$XM_STATE/ids/$id/cert.pem" ] ||
-      "$bin" ca issue --ca "$XM_STATE/ca" --id "spiffe://rig.mesh/$id" --out "$XM_STATE/ids/$id" >/dev/null
+    cert=$XM_STATE/ids/$id/cert.pem
+    # gw-a's certificate also names web.rig.mesh: its ingress-tls listener serves it to
+    # clients that check the host name (one from an older state directory is reissued).
+    dns=()
+    if [ "$id" = gateway/gw-a ]; then
+      dns=(--dns web.rig.mesh)
+      if [ -f "$cert" ] && ! openssl x509 -noout -ext subjectAltName -in "$cert" |
+        grep -q 'DNS:web.rig.mesh'; then
+        rm -f "$cert"
+      fi
+    fi
+    [ -f "$cert" ] ||
+      "$bin" ca issue --ca "$XM_STATE/ca" --id "spiffe://rig.mesh/$id" "${dns[@]}" --force \
+        --out "$XM_STATE/ids/$id" >/dev/null
   done
 }
 

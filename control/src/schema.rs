@@ -202,7 +202,9 @@ pub enum Protocol {
     Http,
     /// mTLS from peer gateways; SNI names the service; serves `identity`'s certificate.
     Mesh,
-    /// TLS from outside the mesh, terminated with `identity`'s certificate, then routed as HTTP.
+    /// TLS 1.2 or 1.3 from outside the mesh (no client certificate), terminated with
+    /// `identity`'s certificate; ALPN `h2` or `http/1.1` (the default), then routed as on
+    /// `http`. The handshake is bounded by `timeouts.handshake`.
     IngressTls,
     /// Test kind: echoes bytes back.
     Echo,
@@ -296,11 +298,11 @@ pub struct Keepalive {
 ///
 /// | key | default | covers | on expiry |
 /// |---|---|---|---|
-/// | `request_head` | 10 s | first byte of a request head to its end | 408, close |
+/// | `request_head` | 10 s | first byte of a request head to its end; on `ingress-tls`, also the end of the TLS handshake to the first request head or HTTP/2 preface | 408, close |
 /// | `idle` | 60 s | a keep-alive client connection between requests | close |
 /// | `request` | 15 s | from the end of the request (head, or body when it has one) to the response head, all attempts | 504 |
 /// | `connect` | 2 s | upstream SYN to established, TLS handshake included on mesh hops | next attempt, else 503 |
-/// | `handshake` | 5 s | `mesh` listener: TLS handshake and preamble | close |
+/// | `handshake` | 5 s | `mesh` listener: TLS handshake and preamble; `ingress-tls`: TLS handshake | close |
 /// | `body_stall` | 30 s | no byte handed on to the client or the upstream while a body is owed (a server that reads nothing stalls an upload even while the client still fills the gateway's buffers) | cut |
 /// | `tcp_idle` | 1 h | `tcp` listener (and `tcp` mesh hops): no byte either way | close both sides |
 ///

@@ -887,30 +887,45 @@ pub fn validate(src: &Source, tables: &Tables, ctx: &Context) -> Result<Snapshot
         }
     }
 
-    // Mesh traffic without trusted roots could not verify anybody.
+    // Mesh traffic without trusted roots could not verify anybody. An `ingress-tls`
+    // listener verifies nobody, but its certificate is loaded and reloaded with the mesh's
+    // (the data plane watches certificates only under a [trust]).
     if !has_trust {
         let needs = tables
             .listeners
             .iter()
             .enumerate()
-            .find(|(_, l)| *l.protocol == Protocol::Mesh)
-            .map(|(i, l)| (l.protocol.span.clone(), format!("listener[{i}].protocol")))
+            .find(|(_, l)| matches!(*l.protocol, Protocol::Mesh | Protocol::IngressTls))
+            .map(|(i, l)| {
+                let what = if *l.protocol == Protocol::Mesh {
+                    "mesh traffic needs trusted roots"
+                } else {
+                    "an ingress-tls listener's certificate is loaded under the mesh's trust"
+                };
+                (
+                    l.protocol.span.clone(),
+                    format!("listener[{i}].protocol"),
+                    what,
+                )
+            })
             .or_else(|| {
                 tables.services.iter().enumerate().find_map(|(i, svc)| {
                     svc.endpoints.iter().enumerate().find_map(|(j, e)| {
                         e.via.as_ref().map(|via| {
-                            (via.span.clone(), format!("service[{i}].endpoints[{j}].via"))
+                            (
+                                via.span.clone(),
+                                format!("service[{i}].endpoints[{j}].via"),
+                                "mesh traffic needs trusted roots",
+                            )
                         })
                     })
                 })
             });
-        if let Some((span, key)) = needs {
-            v.err(
-                &span,
-                key,
-                "mesh traffic needs trusted roots, and [trust] has none",
-            )
-            .set_hint("add [trust] roots = [\"ca/ca.pem\"] (the mesh CA from `xdpmesh ca init`)");
+        if let Some((span, key, what)) = needs {
+            v.err(&span, key, format!("{what}, and [trust] has none"))
+                .set_hint(
+                    "add [trust] roots = [\"ca/ca.pem\"] (the mesh CA from `xdpmesh ca init`)",
+                );
         }
     }
 

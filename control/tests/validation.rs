@@ -110,6 +110,14 @@ fn references_to_unknown_names_suggest_the_closest() {
             "t.toml:5:12: listener[0].identity: unknown identity \"spiffe://m/gw\" (hint: define it in an [[identity]] table)".to_string(),
         ]
     );
+    // An ingress-tls listener's certificate is watched under the mesh's [trust] too.
+    assert_eq!(
+        errors("[[listener]]\nname = \"i\"\nbind = \"0.0.0.0:443\"\nprotocol = \"ingress-tls\"\nidentity = \"spiffe://m/gw\"\n"),
+        vec![
+            "t.toml:4:12: listener[0].protocol: an ingress-tls listener's certificate is loaded under the mesh's trust, and [trust] has none (hint: add [trust] roots = [\"ca/ca.pem\"] (the mesh CA from `xdpmesh ca init`))".to_string(),
+            "t.toml:5:12: listener[0].identity: unknown identity \"spiffe://m/gw\" (hint: define it in an [[identity]] table)".to_string(),
+        ]
+    );
     one(
         "[[authorization]]\nservice = \"x\"\nallow = [\"*\"]\n",
         "t.toml:2:11: authorization[0].service: unknown service \"x\" (hint: define it in a [[service]] table)",
@@ -137,9 +145,12 @@ fn listener_fields_that_do_nothing_or_are_missing() {
         "[[service]]\nname = \"s\"\n[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\nservice = \"s\"\n",
         "t.toml:7:11: listener[0].service: service does nothing for protocol \"http\" (http routes by Host) (hint: remove it)",
     );
-    one(
-        "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:443\"\nprotocol = \"ingress-tls\"\n",
-        "t.toml:4:12: listener[0].identity: a ingress-tls listener needs an identity (hint: add identity = \"spiffe://...\" naming an [[identity]])",
+    assert_eq!(
+        errors("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:443\"\nprotocol = \"ingress-tls\"\n"),
+        vec![
+            "t.toml:4:12: listener[0].identity: a ingress-tls listener needs an identity (hint: add identity = \"spiffe://...\" naming an [[identity]])".to_string(),
+            "t.toml:4:12: listener[0].protocol: an ingress-tls listener's certificate is loaded under the mesh's trust, and [trust] has none (hint: add [trust] roots = [\"ca/ca.pem\"] (the mesh CA from `xdpmesh ca init`))".to_string(),
+        ]
     );
 }
 

@@ -48,7 +48,7 @@ pub fn json(
             json!({
                 "name": l.name,
                 "bind": l.bind.to_string(),
-                "protocol": format!("{:?}", l.protocol).to_lowercase(),
+                "protocol": l.protocol.as_str(),
                 "service": l.service.and_then(service_name),
                 "identity": identity_id(l.identity),
                 "timeouts": format!("{:?}", l.timeouts),

@@ -230,12 +230,9 @@ fn listeners(snap: &control::Snapshot, only: Option<&[String]>) -> Result<Listen
             Protocol::Echo => l.builtins.push((addr, Builtin::Echo)),
             Protocol::Sink => l.builtins.push((addr, Builtin::Sink)),
             Protocol::HttpOk => l.builtins.push((addr, Builtin::HttpOk)),
-            Protocol::Tcp | Protocol::Http | Protocol::Mesh => l.proxy.push(addr),
-            other => problems.push(format!(
-                "listener `{}` ({addr}): protocol `{}` is not served by this build",
-                li.name,
-                other.as_str()
-            )),
+            Protocol::Tcp | Protocol::Http | Protocol::Mesh | Protocol::IngressTls => {
+                l.proxy.push(addr)
+            }
         }
     }
     if problems.is_empty() {

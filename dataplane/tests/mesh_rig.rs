@@ -715,6 +715,46 @@ fn run_backend(backend: &str, work: &Path) {
     println!("100 MiB download in {:?}", t.elapsed());
     let _ = std::fs::remove_file(&file);
 
+    // HTTPS from outside the mesh on gw-a's `ingress-tls` listener (issue #19): HTTP/2 or
+    // HTTP/1.1 by ALPN, gw-a's certificate checked against the mesh CA by host name, and
+    // the 100 MiB download over HTTP/2 byte-exact.
+    let ca = state.join("ca/ca.pem").display().to_string();
+    let https = |args: &[&str]| {
+        let mut a = vec![
+            "curl",
+            "-sf",
+            "--max-time",
+            "300",
+            "--cacert",
+            &ca,
+            "--resolve",
+            "web.rig.mesh:443:10.10.1.1",
+        ];
+        a.extend_from_slice(args);
+        cli.exec_ok(a)
+            .expect("curl https to gw-a's ingress-tls listener")
+    };
+    for (how, want) in [("--http2", "v1\n200 2"), ("--http1.1", "v1\n200 1.1")] {
+        let got = https(&[
+            how,
+            "-w",
+            "\n%{http_code} %{http_version}",
+            "https://web.rig.mesh/",
+        ]);
+        assert_eq!(got, want, "ingress-tls with {how}");
+    }
+    let t = Instant::now();
+    let path = file.display().to_string();
+    https(&["--http2", "-o", &path, "https://web.rig.mesh/big.bin"]);
+    let got = std::fs::read(&file).unwrap();
+    assert_eq!(got.len(), BIG);
+    assert!(
+        Sha256::digest(&got).to_vec() == servers.big_sha,
+        "the HTTPS download differs"
+    );
+    println!("100 MiB download over ingress-tls h2 in {:?}", t.elapsed());
+    let _ = std::fs::remove_file(&file);
+
     // TCP echo through the mesh.
     cli.run(|| {
         let mut c =

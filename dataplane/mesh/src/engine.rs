@@ -107,6 +107,9 @@ pub mod preamble {
 pub trait MeshTls: Send + Sync {
     /// The server side of a mesh listener presenting `identity`.
     fn server(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>>;
+    /// The server side of an `ingress-tls` listener presenting `identity` to clients that
+    /// show no certificate (see [`super::tls::ingress_server_config`]).
+    fn ingress(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>>;
     /// Grows whenever certificates or trust change: pooled hops of an older generation are
     /// not reused (a multiplexed hop's would handshake again with old material).
     fn generation(&self) -> u64 {
@@ -125,6 +128,9 @@ pub struct NoMeshTls;
 
 impl MeshTls for NoMeshTls {
     fn server(&self, _: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
+        None
+    }
+    fn ingress(&self, _: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
         None
     }
     fn client(&self, _: &IdentityRt, _: &str) -> Option<Arc<rustls::ClientConfig>> {
@@ -615,13 +621,17 @@ enum Side {
 }
 
 /// What a session is, with the state of that kind. An inbound mesh session starts as
-/// `MeshHandshake` and becomes `Tcp` or `Http` once the preamble says which.
+/// `MeshHandshake` and becomes `Tcp` or `Http` once the preamble says which; an
+/// `ingress-tls` one starts as `IngressHandshake` and becomes `Http` (or the transport's,
+/// for ALPN `h2`).
 // Most sessions are HTTP: boxing its state would cost an allocation per connection for a
 // smaller TCP session, and sessions live in one slab anyway.
 #[allow(clippy::large_enum_variant)]
 enum Kind {
     /// Inbound mesh: the peer's TLS handshake, then the preamble.
     MeshHandshake,
+    /// `ingress-tls`: the client's TLS handshake.
+    IngressHandshake,
     Tcp(TcpPhase),
     Http(HttpState),
 }
@@ -1141,6 +1151,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         for s in self.sessions.iter().flatten() {
             let state = match &s.kind {
                 Kind::MeshHandshake => "mesh_handshake",
+                Kind::IngressHandshake => "ingress_handshake",
                 Kind::Tcp(TcpPhase::Connecting) => "tcp_connecting",
                 Kind::Tcp(TcpPhase::Pipe) => "tcp",
                 Kind::Http(h) if h.resp == RespPhase::Tunnel => "http_tunnel",
@@ -2184,12 +2195,17 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             listener.max_connections,
             listener.max_connections_per_source,
         );
-        let ticket = match self.admission.admit(&name, *remote.ip(), caps) {
-            Ok(t) => t,
-            Err(Overflow::Listener) => {
+        // A stream of an `ingress-tls` HTTP/2 connection: the connection holds its place
+        // under the caps (its ticket went to the front with it), and its streams are bounded
+        // by the front's concurrent-stream limit, so a stream takes no place of its own.
+        let counted = !(listener.protocol == Protocol::IngressTls && net.is_stream(conn));
+        let ticket = match counted.then(|| self.admission.admit(&name, *remote.ip(), caps)) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(Overflow::Listener)) => {
                 return self.refuse_accept(net, now, who, Refusal::ListenerOverflow)
             }
-            Err(Overflow::Source) => {
+            Some(Err(Overflow::Source)) => {
                 return self.refuse_accept(net, now, who, Refusal::SourceOverflow)
             }
         };
@@ -2223,7 +2239,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             scheduled: None,
             epoch: 0,
             linger_since: None,
-            _ticket: Some(ticket),
+            _ticket: ticket,
         };
         match listener.protocol {
             Protocol::Tcp => {
@@ -2285,6 +2301,29 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
             Protocol::Http => {
                 session.kind =
                     Kind::Http(HttpState::new(Target::Route, listener.timeouts.body_stall));
+            }
+            Protocol::IngressTls if net.is_stream(conn) => {
+                // A stream of an HTTP/2 connection whose TLS the transport terminated
+                // (`Net::adopt_client`): plaintext HTTP/1.1 from here.
+                session.kind =
+                    Kind::Http(HttpState::new(Target::Route, listener.timeouts.body_stall));
+            }
+            Protocol::IngressTls => {
+                let server = listener
+                    .identity
+                    .and_then(|i| snap.identities.get(i as usize))
+                    .and_then(|i| self.tls.ingress(i));
+                let Some(tls) = server.and_then(|cfg| rustls::ServerConnection::new(cfg).ok())
+                else {
+                    return self.refuse_accept(
+                        net,
+                        now,
+                        (conn, remote, &listener.name),
+                        Refusal::NoTlsConfig,
+                    );
+                };
+                session.down = Leg::tls(conn, tls.into(), true);
+                session.kind = Kind::IngressHandshake;
             }
             Protocol::Mesh if net.hop_peer(conn).is_some() => {
                 // A stream of a multiplexed hop: its connection's TLS is the transport's
@@ -2707,6 +2746,12 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 return Ok(());
             }
         }
+        if matches!(s.kind, Kind::IngressHandshake) {
+            self.ingress_handshake(net, now, s)?;
+            if !matches!(s.kind, Kind::Http(_)) {
+                return Ok(());
+            }
+        }
         if matches!(s.kind, Kind::Tcp(TcpPhase::Connecting)) {
             let up = s.up.as_mut().expect("a connecting session has an upstream");
             if !up.connected {
@@ -2750,6 +2795,55 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
         if let Some(rustls::Connection::Client(c)) = up.tls_state() {
             if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                 self.stats.tls_resumed += 1;
+            }
+        }
+    }
+
+    /// `ingress-tls`: finish the handshake; then HTTP/1.1 here, or, for ALPN `h2`, the
+    /// connection goes to the transport's HTTP/2 front, whose streams come back as sessions
+    /// of their own (see `accept`).
+    fn ingress_handshake<N: Net<Conn = C>>(
+        &mut self,
+        net: &mut N,
+        now: Instant,
+        s: &mut Session<C>,
+    ) -> Result<(), StepError> {
+        s.down.handshake(net)?;
+        if s.down.is_handshaking() {
+            return Ok(());
+        }
+        let h2 = s
+            .down
+            .tls_state()
+            .is_some_and(|t| t.alpn_protocol() == Some(super::tls::ALPN_H2));
+        if !h2 {
+            let mut h = HttpState::new(Target::Route, s.timeouts.body_stall);
+            // The first request head is due within `request_head` of the handshake, as an
+            // `http` listener's first bytes are (not the keep-alive idle timeout).
+            h.head_started = Some(now);
+            h.close_after = self.draining;
+            s.kind = Kind::Http(h);
+            return Ok(());
+        }
+        let conn = s.down.conn;
+        let leg = std::mem::replace(&mut s.down, Leg::plain(conn, true));
+        let ticket = s._ticket.take();
+        let listener = super::h2front::HttpListener {
+            request_head: s.timeouts.request_head,
+            body_stall: s.timeouts.body_stall,
+        };
+        match net.adopt_client(leg, listener, ticket) {
+            Ok(()) => {
+                self.by_conn.remove(&conn);
+                // Not this session's to close or report any more: each stream is a session.
+                s.listener = None;
+                s.conn = None;
+                s.closed = true;
+                Ok(())
+            }
+            Err(leg) => {
+                s.down = leg;
+                Err(StepError::Refused(Refusal::UnsupportedListener))
             }
         }
     }
@@ -4901,7 +4995,9 @@ fn source_identity(snap: &Snapshot, client: SocketAddrV4) -> Option<u32> {
 fn deadline<C>(s: &Session<C>) -> Option<(Instant, Expiry)> {
     let t = &s.timeouts;
     match &s.kind {
-        Kind::MeshHandshake => Some((s.accepted_at + t.handshake, Expiry::Handshake)),
+        Kind::MeshHandshake | Kind::IngressHandshake => {
+            Some((s.accepted_at + t.handshake, Expiry::Handshake))
+        }
         Kind::Tcp(TcpPhase::Connecting) => s
             .attempt
             .as_ref()

@@ -346,8 +346,9 @@ struct Stream {
 }
 
 struct H2Conn<C> {
-    /// A multiplexed hop from a peer gateway: its TLS, over the transport's connection, and
-    /// what the handshake established (each stream's session checks it).
+    /// An adopted connection's TLS, over the transport's connection: a multiplexed hop from
+    /// a peer gateway, with what the handshake established in `hop` (each stream's session
+    /// checks it), or an `ingress-tls` client's.
     leg: Option<Leg<C>>,
     hop: Option<Arc<HopPeer>>,
     /// An adopted hop's place under its mesh listener's connection caps.
@@ -380,11 +381,19 @@ struct H2Conn<C> {
     window_wait: Option<Instant>,
     /// Since when frames wait for the transport and none left.
     tx_wait: Option<Instant>,
+    /// An adopted `ingress-tls` client must have sent its preface by then (a sniffed h2c
+    /// client's was read before the connection was made).
+    preface_by: Option<Instant>,
 }
 
 impl<C> H2Conn<C> {
+    /// The `h2` crate has not read the client's preface yet.
+    fn awaits_preface(&self) -> bool {
+        matches!(self.state, ConnState::Handshaking(_))
+    }
+
     /// A connection whose HTTP/2 handshake has started over `io`, idle since `now`; a
-    /// client's (a hop's leg, peer and ticket are set by [`H2Net::adopt_hop`]).
+    /// client's (an adopted connection's leg, peer and ticket are set by `H2Net::adopt`).
     fn new(
         io: BufIo,
         hs: Handshake,
@@ -414,6 +423,7 @@ impl<C> H2Conn<C> {
             stall,
             window_wait: None,
             tx_wait: None,
+            preface_by: None,
         }
     }
 
@@ -569,6 +579,8 @@ pub struct H2Front<C> {
     /// the caller's per-connection options (Nagle, keepalive) and counts go by these.
     accepts: Vec<(C, SocketAddrV4)>,
     now: Instant,
+    /// A drain began: a connection whose handshake completes from now on gets GOAWAY at once.
+    draining: bool,
     stats: Arc<H2Stats>,
 }
 
@@ -602,6 +614,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
             dirty: Vec::new(),
             accepts: Vec::new(),
             now: Instant::from_micros(0),
+            draining: false,
             stats,
         }
     }
@@ -640,6 +653,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
     /// A drain: every HTTP/2 client gets GOAWAY (no new streams; open ones finish), sent
     /// at the connection's next turn.
     pub fn drain(&mut self) {
+        self.draining = true;
         let now = self.now;
         let open: Vec<C> = self.conns.keys().copied().collect();
         for c in open {
@@ -672,7 +686,8 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
                     .map(|t| t + ORPHAN_STALL);
                 let idle = c.idle_since.map(|t| t + self.cfg.idle_timeout);
                 let stall = c.stall_since().map(|t| t + c.stall);
-                [orphan, idle, stall].into_iter().flatten().min()
+                let preface = c.preface_by.filter(|_| c.awaits_preface());
+                [orphan, idle, stall, preface].into_iter().flatten().min()
             })
             .min();
         match (sniff, idle) {
@@ -702,6 +717,14 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Front<C> {
             .filter(|(_, h)| h.idle_since.is_some_and(|t| t + idle <= now))
             .map(|(c, _)| *c)
             .collect();
+        for (c, h) in &self.conns {
+            if h.awaits_preface() && h.preface_by.is_some_and(|t| t <= now) {
+                self.stats.preface_timeouts.fetch_add(1, Ordering::Relaxed);
+                if !late.contains(c) {
+                    late.push(*c);
+                }
+            }
+        }
         // Stalls: a client that reads nothing is reset (it would not read a GOAWAY either);
         // one that keeps its window shut gets GOAWAY FLOW_CONTROL_ERROR, and the reset if it
         // does not read that within another stall timeout.
@@ -846,6 +869,53 @@ impl<'a, N: Net> H2Net<'a, N> {
         self.pump(c);
     }
 
+    /// Takes over a TLS connection whose handshake chose ALPN `h2`: a hop from a peer gateway
+    /// (`hop`) or a client of an `ingress-tls` listener. The preface is awaited until
+    /// `preface_by`, else for the idle timeout.
+    fn adopt(
+        &mut self,
+        leg: Leg<FConn<N::Conn>>,
+        hop: Option<Arc<HopPeer>>,
+        (stall, preface_by): (Duration, Option<Instant>),
+        ticket: Option<Ticket>,
+    ) -> Result<(), Leg<FConn<N::Conn>>> {
+        let FConn::Tcp(c) = leg.conn else {
+            return Err(leg);
+        };
+        let Some((local, remote)) = self.inner.addrs(c) else {
+            return Err(leg);
+        };
+        if self.front.conns.contains_key(&c) {
+            return Err(leg);
+        }
+        let io = BufIo::new(TX_MAX);
+        let builder = if hop.is_some() {
+            &self.front.hop_builder
+        } else {
+            &self.front.builder
+        };
+        let hs = builder.handshake(io.clone());
+        self.front.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.front.stats.open.fetch_add(1, Ordering::Relaxed);
+        if hop.is_some() {
+            self.front.stats.hops.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = self.front.now;
+        self.front.conns.insert(
+            c,
+            H2Conn {
+                leg: Some(leg.map_conn(|_| c)),
+                hop,
+                _ticket: ticket,
+                preface_by,
+                ..H2Conn::new(io, hs, (local, remote), now, stall)
+            },
+        );
+        // rustls may hold the peer's first frames already (they can follow its Finished).
+        self.front.mark(c);
+        Ok(())
+    }
+
     /// Reads the transport into the connection's buffer (bounded), drives the connection and
     /// its streams, and writes its frames out.
     fn pump(&mut self, c: N::Conn) {
@@ -917,11 +987,20 @@ impl<'a, N: Net> H2Net<'a, N> {
         let events = &mut self.front.events;
         let (local, remote) = (h.local, h.remote);
         let hop = h.hop.is_some();
+        let draining = self.front.draining;
         // Drive: the handshake, then accept streams (which also moves the connection's I/O).
         for _ in 0..2 {
             match &mut h.state {
                 ConnState::Handshaking(hs) => match Pin::new(hs).poll(&mut cx) {
-                    Poll::Ready(Ok(conn)) => h.state = ConnState::Open(conn),
+                    Poll::Ready(Ok(mut conn)) => {
+                        if draining && !h.going_away {
+                            // Its handshake finished after the drain's GOAWAYs went out.
+                            conn.graceful_shutdown();
+                            h.going_away = true;
+                            h.idle_since.get_or_insert(now);
+                        }
+                        h.state = ConnState::Open(conn);
+                    }
                     Poll::Ready(Err(_)) => {
                         stats.connection_errors.fetch_add(1, Ordering::Relaxed);
                         h.state = ConnState::Done;
@@ -1529,33 +1608,25 @@ impl<N: Net> Net for H2Net<'_, N> {
         peer: HopPeer,
         ticket: Option<Ticket>,
     ) -> Result<(), Leg<Self::Conn>> {
-        let FConn::Tcp(c) = leg.conn else {
-            return Err(leg);
-        };
-        let Some((local, remote)) = self.inner.addrs(c) else {
-            return Err(leg);
-        };
-        if self.front.conns.contains_key(&c) {
-            return Err(leg);
-        }
-        let io = BufIo::new(TX_MAX);
-        let hs = self.front.hop_builder.handshake(io.clone());
-        self.front.stats.connections.fetch_add(1, Ordering::Relaxed);
-        self.front.stats.open.fetch_add(1, Ordering::Relaxed);
-        self.front.stats.hops.fetch_add(1, Ordering::Relaxed);
-        let now = self.front.now;
-        self.front.conns.insert(
-            c,
-            H2Conn {
-                leg: Some(leg.map_conn(|_| c)),
-                hop: Some(Arc::new(peer)),
-                _ticket: ticket,
-                ..H2Conn::new(io, hs, (local, remote), now, self.front.cfg.stall_timeout)
-            },
-        );
-        // rustls may hold the peer's first frames already (they can follow its Finished).
-        self.front.mark(c);
-        Ok(())
+        let stall = self.front.cfg.stall_timeout;
+        self.adopt(leg, Some(Arc::new(peer)), (stall, None), ticket)
+    }
+
+    fn adopt_client(
+        &mut self,
+        leg: Leg<Self::Conn>,
+        listener: HttpListener,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Leg<Self::Conn>> {
+        // As for a sniffed h2c client: the listener's request-head timeout bounds the
+        // preface, its body-stall timeout a stalled connection.
+        let stall = listener.body_stall.min(self.front.cfg.stall_timeout);
+        let by = self.front.now + listener.request_head.min(self.front.cfg.preface_timeout);
+        self.adopt(leg, None, (stall, Some(by)), ticket)
+    }
+
+    fn is_stream(&self, c: Self::Conn) -> bool {
+        matches!(c, FConn::Stream(..))
     }
 
     fn hop_peer(&self, c: Self::Conn) -> Option<Arc<HopPeer>> {
@@ -1946,6 +2017,34 @@ mod tests {
                 assert_eq!(got, text, "{text:?} split at {split}");
             }
         }
+    }
+
+    /// The frame types in `bytes` (whole frames only).
+    fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        while bytes.len() >= 9 {
+            let len = (bytes[0] as usize) << 16 | (bytes[1] as usize) << 8 | bytes[2] as usize;
+            out.push(bytes[3]);
+            bytes = &bytes[(9 + len).min(bytes.len())..];
+        }
+        out
+    }
+
+    /// A connection whose handshake completes after a drain began gets GOAWAY at once: the
+    /// drain's own GOAWAYs went only to connections open then.
+    #[test]
+    fn a_connection_that_opens_during_a_drain_gets_goaway() {
+        let (mut mem, mut f) = (MemNet::new([10, 0, 0, 1].into()), front());
+        let t0 = Instant::from_micros(0);
+        let c = mem.peer_connect(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+        mem.peer_send(c, &PREFACE[..10]);
+        drain(&mut mem, &mut f, t0);
+        f.drain();
+        mem.peer_send(c, &PREFACE[10..]);
+        mem.peer_send(c, &[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+        drain(&mut mem, &mut f, t0);
+        let types = frame_types(&mem.peer_take(c));
+        assert!(types.contains(&0x7), "no GOAWAY among {types:?}");
     }
 
     #[test]

@@ -137,6 +137,26 @@ pub trait Net {
         let _ = (peer, ticket);
         Err(leg)
     }
+    /// An `ingress-tls` connection whose TLS handshake chose ALPN `h2`: the transport's
+    /// HTTP/2 front takes it over (the leg with its TLS state and unsent bytes), and its
+    /// streams come back as accepted connections for which [`Net::is_stream`] answers
+    /// `true`. `listener` has the listener's timeouts (they bound the preface and stalls).
+    /// `Err` gives the leg back when this transport cannot.
+    fn adopt_client(
+        &mut self,
+        leg: Leg<Self::Conn>,
+        listener: crate::h2front::HttpListener,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Leg<Self::Conn>> {
+        let _ = (listener, ticket);
+        Err(leg)
+    }
+    /// Is `c` a stream of an HTTP/2 connection the transport terminated (its bytes are one
+    /// HTTP/1.1 request and its response, in plaintext)?
+    fn is_stream(&self, c: Self::Conn) -> bool {
+        let _ = c;
+        false
+    }
     /// Gateway B: for a stream of an adopted hop connection, what its handshake established.
     fn hop_peer(&self, c: Self::Conn) -> Option<Arc<HopPeer>> {
         let _ = c;

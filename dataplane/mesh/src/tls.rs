@@ -236,6 +236,28 @@ pub fn server_config(
 
 /// ALPN of the multiplexed hop between gateways (RFC 9113 §3.2).
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of HTTP/1.1 (RFC 7301 §6).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// An `ingress-tls` listener's configuration: `identity`'s certificate served to clients
+/// from outside the mesh, who present none. TLS 1.2 and 1.3 with rustls's safe defaults (a
+/// client outside the mesh may not speak 1.3). ALPN `h2` first, then `http/1.1`; a client
+/// that offers neither gets HTTP/1.1 (RFC 7301 §3.2 lets the server go on without ALPN).
+///
+/// Resumption uses stateless tickets under keys of this configuration's own (never the
+/// mesh listener's: a ticket issued here carries no client certificate), so they do not
+/// survive a certificate reload.
+pub fn ingress_server_config(identity: &IdentityRt) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = identity_material(identity);
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    Ok(Arc::new(cfg))
+}
 
 /// `cfg` offering ALPN `h2`: the client side of a multiplexed hop. Shares `cfg`'s verifier,
 /// certificate and resumption store.

@@ -2,7 +2,7 @@
 //! configurations built once per certificate generation (client configs shared so repeat
 //! connections resume; server configs per identity).
 
-use crate::certwatch::CertWatch;
+use crate::certwatch::{CertWatch, MeshCerts};
 use control::snapshot::IdentityRt;
 use mesh::engine::MeshTls;
 use mesh::tls::{self, ClientConfigs};
@@ -13,8 +13,12 @@ pub struct MeshIdentity {
     watch: Arc<CertWatch>,
     clients: ClientConfigs,
     /// (generation, identity) → server config.
-    servers: Mutex<(u64, HashMap<String, Arc<rustls::ServerConfig>>)>,
+    servers: ServerCache,
+    /// The same for `ingress-tls` listeners.
+    ingress: ServerCache,
 }
+
+type ServerCache = Mutex<(u64, HashMap<String, Arc<rustls::ServerConfig>>)>;
 
 impl MeshIdentity {
     pub fn new(watch: Arc<CertWatch>) -> Self {
@@ -22,18 +26,24 @@ impl MeshIdentity {
             watch,
             clients: ClientConfigs::new(),
             servers: Mutex::new((0, HashMap::new())),
+            ingress: Mutex::new((0, HashMap::new())),
         }
     }
 
     pub fn watch(&self) -> &Arc<CertWatch> {
         &self.watch
     }
-}
 
-impl MeshTls for MeshIdentity {
-    fn server(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
+    /// `identity`'s server config from `cache`, built by `make` once per certificate
+    /// generation.
+    fn cached(
+        &self,
+        cache: &ServerCache,
+        identity: &IdentityRt,
+        make: impl FnOnce(&IdentityRt, &MeshCerts) -> Option<Arc<rustls::ServerConfig>>,
+    ) -> Option<Arc<rustls::ServerConfig>> {
         let certs = self.watch.current();
-        let mut m = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = cache.lock().unwrap_or_else(|e| e.into_inner());
         if m.0 != certs.generation {
             *m = (certs.generation, HashMap::new());
         }
@@ -43,9 +53,23 @@ impl MeshTls for MeshIdentity {
         // Reloaded files win; an identity the watch has not taken up yet (tables just
         // published) uses the material control checked for the tables.
         let material = certs.identity(&identity.id).unwrap_or(identity);
-        let c = tls::server_config(material, &certs.trust).ok()?;
+        let c = make(material, &certs)?;
         m.1.insert(identity.id.clone(), c.clone());
         Some(c)
+    }
+}
+
+impl MeshTls for MeshIdentity {
+    fn server(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
+        self.cached(&self.servers, identity, |material, certs| {
+            tls::server_config(material, &certs.trust).ok()
+        })
+    }
+
+    fn ingress(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
+        self.cached(&self.ingress, identity, |material, _| {
+            tls::ingress_server_config(material).ok()
+        })
     }
 
     fn generation(&self) -> u64 {

@@ -481,7 +481,10 @@ impl KernelWorker {
         let mut net = KernelNet::new()?;
         let snap = publisher.load();
         for l in &snap.listeners {
-            if matches!(l.protocol, Protocol::Tcp | Protocol::Http | Protocol::Mesh) {
+            if matches!(
+                l.protocol,
+                Protocol::Tcp | Protocol::Http | Protocol::Mesh | Protocol::IngressTls
+            ) {
                 let SocketAddr::V4(a) = l.bind else {
                     return Err(io::Error::other(format!(
                         "listener {}: IPv6 is not supported",

@@ -25,6 +25,9 @@ impl MeshTls for TablesTls {
     fn server(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
         server_config(identity, &self.trust).ok()
     }
+    fn ingress(&self, identity: &IdentityRt) -> Option<Arc<rustls::ServerConfig>> {
+        mesh::tls::ingress_server_config(identity).ok()
+    }
     fn client(&self, identity: &IdentityRt, peer: &str) -> Option<Arc<rustls::ClientConfig>> {
         client_config(identity, &self.trust, peer).ok()
     }
