@@ -15,7 +15,9 @@
 //!   head (`http/1.1`), is closed at the listener's `request_head` timeout (openssl
 //!   s_client holds the connection);
 //! - an HTTP/2 connection takes one place under the listener's caps, not one per stream:
-//!   16 concurrent streams pass `max_connections_per_source = 1`.
+//!   16 concurrent streams pass `max_connections_per_source = 1`;
+//! - a certificate reissued in place (`ca issue --force`, a new host name) is served to new
+//!   connections without a restart.
 
 use dataplane::netns::wait_for;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -155,7 +157,7 @@ fn start(listener: &str) -> Gateway {
              [[identity]]\nid = \"{ID}\"\ncert = \"id/cert.pem\"\nkey = \"id/key.pem\"\n\n\
              [[listener]]\nname = \"web\"\nbind = \"{web}\"\nprotocol = \"ingress-tls\"\n\
              identity = \"{ID}\"\n{listener}\n\n\
-             [[service]]\nname = \"app\"\nhosts = [\"app.test\", \"127.0.0.1\"]\n\
+             [[service]]\nname = \"app\"\nhosts = [\"app.test\", \"new.test\", \"127.0.0.1\"]\n\
              endpoints = [{{ address = \"{up}\" }}]\n\n\
              [[route]]\nname = \"to-app\"\nservice = \"app\"\n"
         ),
@@ -449,5 +451,53 @@ fn an_http2_connection_takes_one_place_under_the_caps() {
             "reason=\"source_overflow\""
         ),
         0
+    );
+}
+
+#[test]
+fn a_reissued_certificate_is_served_without_a_restart() {
+    let gw = start("");
+    let at = |name: &str| {
+        Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(gw.dir.join("ca/ca.pem"))
+            .args([
+                "--resolve",
+                &format!("{name}:{}:127.0.0.1", gw.web.port()),
+                &format!("https://{name}:{}/", gw.web.port()),
+            ])
+            .output()
+            .expect("curl")
+    };
+    // The first certificate does not name new.test: curl refuses it (60).
+    assert_eq!(at("new.test").status.code(), Some(60));
+    let d = |p: &str| gw.dir.join(p).display().to_string();
+    xdpmesh(&[
+        "ca",
+        "issue",
+        "--ca",
+        &d("ca"),
+        "--id",
+        ID,
+        "--dns",
+        "new.test",
+        "--force",
+        "--out",
+        &d("id"),
+    ]);
+    // The certificate watch polls the files; new connections get the new one.
+    let served = wait_for(DEADLINE, || {
+        let out = at("new.test");
+        (out.status.success() && out.stdout == b"ok").then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "new.test was not served: {:?}",
+        at("new.test")
+    );
+    assert_eq!(
+        at("app.test").status.code(),
+        Some(60),
+        "the old name still served"
     );
 }
