@@ -2308,33 +2308,25 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                 session.kind =
                     Kind::Http(HttpState::new(Target::Route, listener.timeouts.body_stall));
             }
-            Protocol::IngressTls => {
-                let server = listener
-                    .identity
-                    .and_then(|i| snap.identities.get(i as usize))
-                    .and_then(|i| self.tls.ingress(i));
-                let Some(tls) = server.and_then(|cfg| rustls::ServerConnection::new(cfg).ok())
-                else {
-                    return self.refuse_accept(
-                        net,
-                        now,
-                        (conn, remote, &listener.name),
-                        Refusal::NoTlsConfig,
-                    );
-                };
-                session.down = Leg::tls(conn, tls.into(), true);
-                session.kind = Kind::IngressHandshake;
-            }
             Protocol::Mesh if net.hop_peer(conn).is_some() => {
                 // A stream of a multiplexed hop: its connection's TLS is the transport's
                 // (`Net::adopt_hop`); the preamble comes from its headers, checked as below.
                 session.kind = Kind::MeshHandshake;
             }
-            Protocol::Mesh => {
+            Protocol::Mesh | Protocol::IngressTls => {
+                // TLS terminated here: mutual with a peer gateway, or a client from outside
+                // the mesh showing no certificate.
+                let ingress = listener.protocol == Protocol::IngressTls;
                 let server = listener
                     .identity
                     .and_then(|i| snap.identities.get(i as usize))
-                    .and_then(|i| self.tls.server(i));
+                    .and_then(|i| {
+                        if ingress {
+                            self.tls.ingress(i)
+                        } else {
+                            self.tls.server(i)
+                        }
+                    });
                 let Some(tls) = server.and_then(|cfg| rustls::ServerConnection::new(cfg).ok())
                 else {
                     return self.refuse_accept(
@@ -2345,7 +2337,11 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> Engine<C> {
                     );
                 };
                 session.down = Leg::tls(conn, tls.into(), true);
-                session.kind = Kind::MeshHandshake;
+                session.kind = if ingress {
+                    Kind::IngressHandshake
+                } else {
+                    Kind::MeshHandshake
+                };
             }
             _ => {
                 return self.refuse_accept(
