@@ -49,7 +49,8 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
 }
 
-fn uri_sans(x: &X509Certificate<'_>) -> Vec<String> {
+/// Every SAN, as `uri:...` or `dns:...`.
+fn sans(x: &X509Certificate<'_>) -> Vec<String> {
     x.subject_alternative_name()
         .expect("SAN parses")
         .expect("SAN present")
@@ -57,8 +58,20 @@ fn uri_sans(x: &X509Certificate<'_>) -> Vec<String> {
         .general_names
         .iter()
         .map(|g| match g {
-            GeneralName::URI(u) => (*u).to_owned(),
+            GeneralName::URI(u) => format!("uri:{u}"),
+            GeneralName::DNSName(d) => format!("dns:{d}"),
             other => panic!("unexpected SAN {other:?}"),
+        })
+        .collect()
+}
+
+/// The SANs, each a URI (panics on any other).
+fn uri_sans(x: &X509Certificate<'_>) -> Vec<String> {
+    sans(x)
+        .into_iter()
+        .map(|s| match s.strip_prefix("uri:") {
+            Some(u) => u.to_owned(),
+            None => panic!("unexpected SAN {s}"),
         })
         .collect()
 }
@@ -182,21 +195,8 @@ fn issue_adds_dns_names_next_to_the_spiffe_id() {
     let l = ca::issue(&ca_dir, ID, &dir.path().join("l"), &opts).expect("issue");
     let chain = pem_certs(&l.cert);
     let (_, leaf) = X509Certificate::from_der(&chain[0]).expect("leaf parses");
-    let sans: Vec<String> = leaf
-        .subject_alternative_name()
-        .expect("SAN parses")
-        .expect("SAN present")
-        .value
-        .general_names
-        .iter()
-        .map(|g| match g {
-            GeneralName::URI(u) => format!("uri:{u}"),
-            GeneralName::DNSName(d) => format!("dns:{d}"),
-            other => panic!("unexpected SAN {other:?}"),
-        })
-        .collect();
     assert_eq!(
-        sans,
+        sans(&leaf),
         [
             format!("uri:{ID}"),
             "dns:web.example.test".into(),

@@ -17,28 +17,17 @@
 //!   GOAWAY ENHANCE_YOUR_CALM; a zero-window stall ends with GOAWAY FLOW_CONTROL_ERROR at the
 //!   listener's `body_stall`; a client that never reads is reset at it.
 
+mod common;
+
+use common::KernelGateway as Gateway;
 use dataplane::netns::wait_for;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const BIG: usize = 8 << 20;
-
-struct Gateway {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Deterministic body bytes.
 fn pattern(n: usize) -> Vec<u8> {
@@ -166,35 +155,7 @@ fn start_with(listener: &str) -> (Gateway, SocketAddr, SocketAddr) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
-        .args(["run", "--backend", "kernel", "--config"])
-        .arg(&node)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn xdpmesh run");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    {
-        let out = child.stdout.take().unwrap();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-    }
-    let gw = Gateway { child, dir };
-    let ready = wait_for(DEADLINE, || {
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(" ready"))
-            .then_some(())
-    });
-    assert!(ready.is_some(), "not ready: {:?}", lines.lock().unwrap());
+    let gw = Gateway::start(dir);
     (gw, web, admin)
 }
 

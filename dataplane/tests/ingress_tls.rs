@@ -19,30 +19,31 @@
 //! - a certificate reissued in place (`ca issue --force`, a new host name) is served to new
 //!   connections without a restart.
 
+mod common;
+
+use common::KernelGateway;
 use dataplane::netns::wait_for;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const BIG: usize = 8 << 20;
 const ID: &str = "spiffe://test.mesh/ingress";
 
+/// The gateway (killed, its directory removed, on drop) and its two addresses.
 struct Gateway {
-    child: Child,
-    dir: PathBuf,
+    gw: KernelGateway,
     web: SocketAddr,
     admin: SocketAddr,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Gateway {
+    type Target = KernelGateway;
+    fn deref(&self) -> &KernelGateway {
+        &self.gw
     }
 }
 
@@ -119,6 +120,17 @@ fn xdpmesh(args: &[&str]) {
     assert!(out.status.success(), "xdpmesh {args:?}: {out:?}");
 }
 
+/// `xdpmesh ca issue` of the listener's identity into `dir/id`, from `dir/ca`, naming `dns`.
+fn issue(dir: &Path, dns: &str, more: &[&str]) {
+    let (ca, out) = (dir.join("ca"), dir.join("id"));
+    let (ca, out) = (ca.display().to_string(), out.display().to_string());
+    let mut args = vec![
+        "ca", "issue", "--ca", &ca, "--id", ID, "--dns", dns, "--out", &out,
+    ];
+    args.extend_from_slice(more);
+    xdpmesh(&args);
+}
+
 /// A gateway with an `ingress-tls` listener whose certificate names `app.test`, from a CA
 /// made here; `listener` is added to the listener's table.
 fn start(listener: &str) -> Gateway {
@@ -127,20 +139,8 @@ fn start(listener: &str) -> Gateway {
     let dir = std::env::temp_dir().join(format!("xdpmesh-ingress-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let d = |p: &str| dir.join(p).display().to_string();
-    xdpmesh(&["ca", "init", "--out", &d("ca")]);
-    xdpmesh(&[
-        "ca",
-        "issue",
-        "--ca",
-        &d("ca"),
-        "--id",
-        ID,
-        "--dns",
-        "app.test",
-        "--out",
-        &d("id"),
-    ]);
+    xdpmesh(&["ca", "init", "--out", &dir.join("ca").display().to_string()]);
+    issue(&dir, "app.test", &[]);
     let up = upstream();
     let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -163,41 +163,11 @@ fn start(listener: &str) -> Gateway {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
-        .args(["run", "--backend", "kernel", "--config"])
-        .arg(&node)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn xdpmesh run");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    {
-        let out = child.stdout.take().unwrap();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-    }
-    let gw = Gateway {
-        child,
-        dir,
+    Gateway {
+        gw: KernelGateway::start(dir),
         web,
         admin,
-    };
-    let ready = wait_for(DEADLINE, || {
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(" ready"))
-            .then_some(())
-    });
-    assert!(ready.is_some(), "not ready: {:?}", lines.lock().unwrap());
-    gw
+    }
 }
 
 /// The sum of a counter's series whose labels contain `label` (e.g. `reason="x"`).
@@ -211,13 +181,7 @@ fn metric(admin: SocketAddr, name: &str, label: &str) -> u64 {
     .unwrap();
     let mut text = String::new();
     c.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(['{', ' ']) && r.contains(label))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    common::metric_in(&text, name, label)
 }
 
 fn tool(name: &str) -> bool {
@@ -471,20 +435,7 @@ fn a_reissued_certificate_is_served_without_a_restart() {
     };
     // The first certificate does not name new.test: curl refuses it (60).
     assert_eq!(at("new.test").status.code(), Some(60));
-    let d = |p: &str| gw.dir.join(p).display().to_string();
-    xdpmesh(&[
-        "ca",
-        "issue",
-        "--ca",
-        &d("ca"),
-        "--id",
-        ID,
-        "--dns",
-        "new.test",
-        "--force",
-        "--out",
-        &d("id"),
-    ]);
+    issue(&gw.dir, "new.test", &["--force"]);
     // The certificate watch polls the files; new connections get the new one.
     let served = wait_for(DEADLINE, || {
         let out = at("new.test");

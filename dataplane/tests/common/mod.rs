@@ -152,3 +152,53 @@ pub fn put_tables(ns: &NetNs, text: &str, dir: &Path, name: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `xdpmesh run --backend kernel` on a node file in a directory of its own (kernel sockets, no
+/// root). Killed on drop, and then its directory removed.
+pub struct KernelGateway {
+    pub child: std::process::Child,
+    pub dir: PathBuf,
+}
+
+impl KernelGateway {
+    /// Starts the gateway of `dir/node.toml`; returns once it prints its `ready` line (panics
+    /// with what it printed when that does not come within 20 s).
+    pub fn start(dir: PathBuf) -> KernelGateway {
+        use std::io::BufRead;
+        use std::sync::{Arc, Mutex};
+        let child = Command::new(env!("CARGO_BIN_EXE_xdpmesh"))
+            .args(["run", "--backend", "kernel", "--config"])
+            .arg(dir.join("node.toml"))
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn xdpmesh run");
+        let mut gw = KernelGateway { child, dir };
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        {
+            let out = gw.child.stdout.take().unwrap();
+            let l = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    l.lock().unwrap().push(line);
+                }
+            });
+        }
+        let ready = dataplane::netns::wait_for(Duration::from_secs(20), || {
+            let l = lines.lock().unwrap();
+            l.iter().any(|l| l.contains(" ready")).then_some(())
+        });
+        assert!(ready.is_some(), "not ready: {:?}", lines.lock().unwrap());
+        gw
+    }
+}
+
+impl Drop for KernelGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
