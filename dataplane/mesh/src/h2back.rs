@@ -31,7 +31,10 @@
 //! could move it, over a pair of bounded in-memory buffers ([`crate::h2io::BufIo`]).
 
 use crate::engine::{preamble, MAX_INTERIM};
-use crate::h2io::{close_real, connection_specific, dechunk, read_real, write_out, BufIo, Chunk};
+use crate::h2io::{
+    append_field, close_real, connection_specific, dechunk, read_real, write_out, BufIo, Chunk,
+    READ_CHUNK,
+};
 use crate::http;
 use crate::leg::Leg;
 use crate::net::{HopTls, Net, NetError, NetEvent, TcpInfo};
@@ -423,6 +426,8 @@ pub struct H2Back<C> {
     dirty: Vec<RealKey>,
     now: Instant,
     stats: Arc<H2UpstreamStats>,
+    /// What a pump reads the transport into (one per worker; see the front's).
+    scratch: Box<[u8]>,
 }
 
 impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
@@ -452,6 +457,7 @@ impl<C: Copy + Eq + std::hash::Hash + std::fmt::Debug> H2Back<C> {
             dirty: Vec::new(),
             now: Instant::from_micros(0),
             stats,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         }
     }
 
@@ -843,7 +849,7 @@ impl<'a, N: Net> H2BackNet<'a, N> {
                 if r.inner_eof {
                     break;
                 }
-                let mut buf = [0u8; 16 << 10];
+                let buf = &mut back.scratch;
                 let n = room.min(buf.len());
                 match read_real(self.inner, r.leg.as_mut(), c, &mut buf[..n]) {
                     Ok(0) | Err(NetError::Closed | NetError::Reset) => {
@@ -1280,10 +1286,12 @@ fn new_stream(
         .path_and_query(head.path())
         .build()
         .ok()?;
-    let mut b = ::http::Request::builder()
-        .method(head.method.as_str())
-        .uri(uri)
-        .version(::http::Version::HTTP_2);
+    let mut req = ::http::Request::new(());
+    *req.method_mut() = ::http::Method::from_bytes(head.method.as_bytes()).ok()?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = ::http::Version::HTTP_2;
+    let map = req.headers_mut();
+    map.reserve(head.headers.len() + 2);
     // Fields the `Connection` field names are this hop's only.
     let listed: Vec<String> = head
         .headers
@@ -1296,12 +1304,14 @@ fn new_stream(
                 .collect::<Vec<_>>()
         })
         .collect();
+    let mut te_trailers = false;
     for (name, value) in &head.headers {
         let name = name.to_ascii_lowercase();
         if name == "te" {
             // The one connection-specific field HTTP/2 allows, with this value only.
-            if value.eq_ignore_ascii_case(b"trailers") {
-                b = b.header("te", "trailers");
+            if value.eq_ignore_ascii_case(b"trailers") && !te_trailers {
+                te_trailers = true;
+                append_field(map, "te", b"trailers")?;
             }
             continue;
         }
@@ -1311,24 +1321,18 @@ fn new_stream(
         if name == "http2-settings" || name == "trailer" || name == HOP_ENDPOINT {
             continue;
         }
-        b = b.header(name.as_str(), value.as_slice());
+        append_field(map, &name, value)?;
     }
     if let Some(ep) = hop_ep {
         // The preamble's job on a multiplexed hop: gateway B checks it per stream.
-        b = b.header(HOP_ENDPOINT, ep.to_string());
+        append_field(map, HOP_ENDPOINT, ep.to_string().as_bytes())?;
     }
     // The engine drops `TE` as hop-by-hop; gRPC needs `te: trailers` on HTTP/2 (its servers
     // refuse calls without it, to detect proxies that would lose trailers): this hop keeps
     // trailers, so it says so for gRPC requests.
-    if http::is_grpc(head)
-        && !head
-            .headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case("te") && v.eq_ignore_ascii_case(b"trailers"))
-    {
-        b = b.header("te", "trailers");
+    if http::is_grpc(head) && !te_trailers {
+        append_field(map, "te", b"trailers")?;
     }
-    let req = b.body(()).ok()?;
     let body = match head.body {
         http::BodyKind::Length(0) | http::BodyKind::None => None,
         http::BodyKind::Length(n) => Some(ReqBody::Length(n)),
@@ -2000,6 +2004,8 @@ mod tests {
         reqs: Vec<ServerReq>,
         /// Reads no request body (its window stays shut once used).
         hold_bodies: bool,
+        /// Every byte the back sent it.
+        raw: Vec<u8>,
     }
 
     struct ServerReq {
@@ -2024,6 +2030,7 @@ mod tests {
                 conn: None,
                 reqs: Vec::new(),
                 hold_bodies: false,
+                raw: Vec::new(),
             }
         }
 
@@ -2032,6 +2039,7 @@ mod tests {
             let mut cx = Context::from_waker(Waker::noop());
             let bytes = mem.peer_take(self.c);
             let took = !bytes.is_empty();
+            self.raw.extend_from_slice(&bytes);
             self.io.lock().rx.extend_from_slice(&bytes);
             if let Some(hs) = self.hs.as_mut() {
                 if let Poll::Ready(r) = Pin::new(hs).poll(&mut cx) {
@@ -2369,6 +2377,99 @@ mod tests {
         rig.settle();
         assert!(rig.text(a).ends_with("\r\n\r\nA"), "{}", rig.text(a));
         assert!(rig.text(b).ends_with("\r\n\r\nB"), "{}", rig.text(b));
+    }
+
+    /// The kind of each field representation in an HPACK block (RFC 7541 §6).
+    fn representations(mut b: &[u8]) -> Vec<&'static str> {
+        fn int(b: &mut &[u8], prefix: u32) -> usize {
+            let mask = (1usize << prefix) - 1;
+            let mut n = b[0] as usize & mask;
+            *b = &b[1..];
+            if n == mask {
+                let mut shift = 0;
+                loop {
+                    let x = b[0];
+                    *b = &b[1..];
+                    n += ((x & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if x & 0x80 == 0 {
+                        break;
+                    }
+                }
+            }
+            n
+        }
+        fn literal(b: &mut &[u8], prefix: u32) {
+            if int(b, prefix) == 0 {
+                let len = int(b, 7);
+                *b = &b[len..]; // the name
+            }
+            let len = int(b, 7);
+            *b = &b[len..]; // the value
+        }
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let first = b[0];
+            out.push(if first & 0x80 != 0 {
+                int(&mut b, 7);
+                "indexed"
+            } else if first & 0x40 != 0 {
+                literal(&mut b, 6);
+                "incremental"
+            } else if first & 0x20 != 0 {
+                int(&mut b, 5);
+                "size update"
+            } else if first & 0x10 != 0 {
+                literal(&mut b, 4);
+                "never indexed"
+            } else {
+                literal(&mut b, 4);
+                "not indexed"
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn fields_unique_to_a_request_are_never_indexed_and_others_are() {
+        let mut rig = Rig::new();
+        let ids = [
+            "0123456789abcdef0123456789abcdef",
+            "fedcba9876543210fedcba9876543210",
+        ];
+        for id in ids {
+            let v = rig.connect();
+            rig.accept(100);
+            rig.settle();
+            let head = format!(
+                "GET / HTTP/1.1\r\nhost: g\r\nx-a: b\r\nx-request-id: {id}\r\n\
+                 traceparent: 00-{id}-0123456789abcdef-01\r\n\r\n"
+            );
+            rig.write(v, head.as_bytes(), 1000);
+        }
+        let s = &rig.servers[0];
+        assert_eq!(s.reqs.len(), 2, "both on one connection");
+        for (r, id) in s.reqs.iter().zip(ids) {
+            assert_eq!(r.head.headers["x-request-id"], id);
+            let tp = format!("00-{id}-0123456789abcdef-01");
+            assert_eq!(r.head.headers["traceparent"], tp.as_str());
+        }
+        // After the preface: the frames; the HEADERS frames' blocks, in order.
+        let blocks: Vec<Vec<&str>> = frames(&s.raw[24..])
+            .into_iter()
+            .filter(|(kind, _, _)| *kind == 1)
+            .map(|(_, _, block)| representations(block))
+            .collect();
+        assert_eq!(blocks.len(), 2, "{blocks:?}");
+        for b in &blocks {
+            let never = b.iter().filter(|k| **k == "never indexed").count();
+            assert_eq!(never, 2, "x-request-id and traceparent: {b:?}");
+        }
+        // The rest still goes through the table: the second request refers to the entries
+        // the first one made (`:authority`, `x-a`).
+        let made = blocks[0].iter().filter(|k| **k == "incremental").count();
+        assert!(made >= 2, "{:?}", blocks[0]);
+        assert!(!blocks[1].contains(&"incremental"), "{:?}", blocks[1]);
     }
 
     #[test]

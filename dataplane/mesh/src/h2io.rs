@@ -132,6 +132,25 @@ pub(crate) fn connection_specific(name: &str) -> bool {
     )
 }
 
+/// Appends a field (its name lowercase) to a message for the `h2` crate; `None` when HTTP/2
+/// cannot carry the name or the value. Messages are built this way, not with `http`'s
+/// builders, which move the whole message on every field (a tenth of a request's cost at a
+/// gateway with HTTP/2 on both sides, counted with callgrind).
+///
+/// The fields a gateway makes unique to each request go out as never-indexed literals (RFC
+/// 7541 §6.2.3): indexed, each would evict another entry from the HPACK table and lengthen
+/// the encoder's chain of entries with the same name, searched on every later request, and
+/// no later request could refer to it.
+pub(crate) fn append_field(map: &mut ::http::HeaderMap, name: &str, value: &[u8]) -> Option<()> {
+    let n = ::http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+    let mut v = ::http::HeaderValue::from_bytes(value).ok()?;
+    if matches!(name, "x-request-id" | "traceparent") {
+        v.set_sensitive(true);
+    }
+    map.append(n, v);
+    Some(())
+}
+
 /// Takes chunked-coded bytes: how many were used, the body bytes in them, and whether the
 /// last chunk and the trailer section ended (RFC 9112 §7.1).
 pub(crate) fn dechunk(
@@ -207,6 +226,9 @@ pub(crate) fn dechunk(
     }
     Ok((i, body, false))
 }
+
+/// A pump reads its connection's transport this much at a time.
+pub(crate) const READ_CHUNK: usize = 16 << 10;
 
 /// Reads an HTTP/2 connection's transport: through its TLS for a multiplexed hop.
 pub fn read_real<N: Net>(

@@ -990,7 +990,15 @@ pub fn write_request_head(head: &RequestHead, out: &mut Vec<u8>, add: &[(&str, &
 /// Re-emit a response head: the status line, the fields in order, then `add`.
 pub fn write_response_head(head: &ResponseHead, out: &mut Vec<u8>, add: &[(&str, &[u8])]) {
     push_version(out, head.version);
-    out.extend_from_slice(format!(" {:03} ", head.status).as_bytes());
+    // The status is three digits (`parse_response` refuses any other).
+    let st = head.status;
+    out.extend_from_slice(&[
+        b' ',
+        b'0' + (st / 100 % 10) as u8,
+        b'0' + (st / 10 % 10) as u8,
+        b'0' + (st % 10) as u8,
+        b' ',
+    ]);
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for (n, v) in &head.headers {
@@ -1239,13 +1247,16 @@ const NEVER_HOP_BY_HOP: [&str; 5] = [
 ];
 
 /// Is `name` a field this hop must not forward, given the message's `Connection` options?
-fn is_hop_by_hop(headers: &[(String, Vec<u8>)], name: &str) -> bool {
+/// `listed`: whether the head has a `Connection` field at all (asked once per head, not once
+/// per field).
+fn is_hop_by_hop(headers: &[(String, Vec<u8>)], listed: bool, name: &str) -> bool {
     if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
         return true;
     }
-    !NEVER_HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    listed
+        && !NEVER_HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
         && list_elements(headers, "connection").any(|o| o.eq_ignore_ascii_case(name.as_bytes()))
 }
 
@@ -1254,9 +1265,15 @@ fn is_hop_by_hop(headers: &[(String, Vec<u8>)], name: &str) -> bool {
 const GATEWAY_FIELDS: [&str; 2] = ["x-xdpmesh-attempts", "x-xdpmesh-error"];
 
 fn push_end_to_end(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)]) {
+    // One allocation for the head, not one per doubling as fields are pushed.
+    let fields: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    out.reserve(fields + 256);
+    let listed = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("connection"));
     for (n, v) in headers {
         let ours = GATEWAY_FIELDS.iter().any(|g| n.eq_ignore_ascii_case(g));
-        if !ours && !is_hop_by_hop(headers, n) {
+        if !ours && !is_hop_by_hop(headers, listed, n) {
             push_header(out, n, v);
         }
     }
