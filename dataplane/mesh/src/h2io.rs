@@ -137,17 +137,18 @@ pub(crate) fn connection_specific(name: &str) -> bool {
 /// builders, which move the whole message on every field (a tenth of a request's cost at a
 /// gateway with HTTP/2 on both sides, counted with callgrind).
 ///
-/// The fields a gateway makes unique to each request go out as never-indexed literals (RFC
-/// 7541 §6.2.3): indexed, each would evict another entry from the HPACK table and lengthen
-/// the encoder's chain of entries with the same name, searched on every later request, and
-/// no later request could refer to it.
+/// The fields a gateway makes unique to each request (and a response that echoes them) go out
+/// as never-indexed literals (RFC 7541 §6.2.3): indexed, each would evict another entry from
+/// the HPACK table and lengthen the encoder's chain of entries with the same name, searched
+/// on every later request, and no later request could refer to it.
 pub(crate) fn append_field(map: &mut ::http::HeaderMap, name: &str, value: &[u8]) -> Option<()> {
     let n = ::http::HeaderName::from_bytes(name.as_bytes()).ok()?;
     let mut v = ::http::HeaderValue::from_bytes(value).ok()?;
-    if matches!(name, "x-request-id" | "traceparent") {
+    if matches!(n.as_str(), "x-request-id" | "traceparent") {
         v.set_sensitive(true);
     }
-    map.append(n, v);
+    // Past the map's size limit: refused, as the builders did (`append` would panic).
+    map.try_append(n, v).ok()?;
     Some(())
 }
 

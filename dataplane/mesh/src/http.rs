@@ -966,6 +966,17 @@ fn push_version(out: &mut Vec<u8>, version: u8) {
     });
 }
 
+/// ` NNN ` of a status line: three digits, without `format!`'s allocation for the ones
+/// `parse_response` takes (100..=999).
+fn push_status(out: &mut Vec<u8>, st: u16) {
+    if (100..=999).contains(&st) {
+        let d = |x: u16| b'0' + (x % 10) as u8;
+        out.extend_from_slice(&[b' ', d(st / 100), d(st / 10), d(st), b' ']);
+    } else {
+        out.extend_from_slice(format!(" {st:03} ").as_bytes());
+    }
+}
+
 /// Re-emit a request head: the request line, the fields in order, then `add`.
 ///
 /// The version is kept: an HTTP/1.0 client's request goes on as HTTP/1.0 so the
@@ -990,15 +1001,7 @@ pub fn write_request_head(head: &RequestHead, out: &mut Vec<u8>, add: &[(&str, &
 /// Re-emit a response head: the status line, the fields in order, then `add`.
 pub fn write_response_head(head: &ResponseHead, out: &mut Vec<u8>, add: &[(&str, &[u8])]) {
     push_version(out, head.version);
-    // The status is three digits (`parse_response` refuses any other).
-    let st = head.status;
-    out.extend_from_slice(&[
-        b' ',
-        b'0' + (st / 100 % 10) as u8,
-        b'0' + (st / 10 % 10) as u8,
-        b'0' + (st % 10) as u8,
-        b' ',
-    ]);
+    push_status(out, head.status);
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for (n, v) in &head.headers {
@@ -1247,33 +1250,37 @@ const NEVER_HOP_BY_HOP: [&str; 5] = [
 ];
 
 /// Is `name` a field this hop must not forward, given the message's `Connection` options?
-/// `listed`: whether the head has a `Connection` field at all (asked once per head, not once
+/// `listed`: the options of the head's `Connection` fields (collected once per head, not once
 /// per field).
-fn is_hop_by_hop(headers: &[(String, Vec<u8>)], listed: bool, name: &str) -> bool {
+fn is_hop_by_hop(listed: &[&[u8]], name: &str) -> bool {
     if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
         return true;
     }
-    listed
+    !listed.is_empty()
         && !NEVER_HOP_BY_HOP
             .iter()
             .any(|h| name.eq_ignore_ascii_case(h))
-        && list_elements(headers, "connection").any(|o| o.eq_ignore_ascii_case(name.as_bytes()))
+        && listed
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// Fields only the gateway writes: whatever a client or a server sent under these names is
 /// dropped (a client must not make up how many attempts were made).
 const GATEWAY_FIELDS: [&str; 2] = ["x-xdpmesh-attempts", "x-xdpmesh-error"];
 
-fn push_end_to_end(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)]) {
-    // One allocation for the head, not one per doubling as fields are pushed.
+/// Room for a head with these fields, its first line and the gateway's own fields: one
+/// allocation per head, not one per doubling as fields are pushed.
+fn reserve_head(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)]) {
     let fields: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-    out.reserve(fields + 256);
-    let listed = headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("connection"));
+    out.reserve(fields + 512);
+}
+
+fn push_end_to_end(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)]) {
+    let listed: Vec<&[u8]> = list_elements(headers, "connection").collect();
     for (n, v) in headers {
         let ours = GATEWAY_FIELDS.iter().any(|g| n.eq_ignore_ascii_case(g));
-        if !ours && !is_hop_by_hop(headers, listed, n) {
+        if !ours && !is_hop_by_hop(&listed, n) {
             push_header(out, n, v);
         }
     }
@@ -1288,6 +1295,7 @@ pub fn write_forwarded_request(
     out: &mut Vec<u8>,
     add: &[(&str, &[u8])],
 ) {
+    reserve_head(out, &head.headers);
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -1324,8 +1332,9 @@ pub fn write_forwarded_response(
     conn: ClientConnection,
     add: &[(&str, &[u8])],
 ) {
+    reserve_head(out, &head.headers);
     push_version(out, head.version);
-    out.extend_from_slice(format!(" {:03} ", head.status).as_bytes());
+    push_status(out, head.status);
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     push_end_to_end(out, &head.headers);
