@@ -2,7 +2,8 @@
 # HTTP/2 clients through the pairs (issue #19 "Benchmark"), as root:
 #
 #   sudo scripts/bench-h2.sh [--rounds N] [--seconds S] [--rate R] [--h2-servers]
-#                            [--hop h2|http1] [--no-build] [--out DIR]
+#                            [--hop h2|http1] [--haproxy-hop h2] [--poll MODE] [--no-build]
+#                            [--out DIR]
 #
 # h2load (Debian nghttp2-client) from xm-cli, cleartext HTTP/2 with prior knowledge, against
 # three paths measured in interleaved rounds (direct, HAProxy, xdpmesh, direct, ...):
@@ -15,7 +16,11 @@
 # --h2-servers: the servers speak HTTP/2 too (nginx h2c 10.10.3.2:8081 behind both pairs), and
 # HAProxy speaks h2 on both sides of its hop (ALPN h2 in the mTLS, frontends :83); gateway B
 # reaches nginx by h2c (`upstream_protocol = "h2c"`, the rig's tables with web moved to 8081).
-# Without it HAProxy's hop is HTTP/1.1 on reused connections.
+# Without it HAProxy's hop is HTTP/1.1 on reused connections, or with --haproxy-hop h2 HTTP/2
+# (ALPN h2 in the mTLS, frontends :84) to HTTP/1.1 servers: HAProxy speaks h2 to the clients
+# and between the gateways, and both pairs reach the same nginx HTTP/1.1 port.
+# --poll MODE: the AF_XDP gateways' `poll` (adaptive, answers, busy; default: the node files',
+# adaptive), as scripts/bench.sh's --gw-poll.
 # Per round and path: req/s with 32 streams over 4 connections (h2load -c4 -m8, --seconds
 # each, after a 1 s warm-up), then the latency at a fixed rate (--rate req/s in total, 5 s;
 # every request's duration from h2load's --log-file: p50 and p99). Prints the sums and
@@ -35,6 +40,8 @@ SECONDS_EACH=5
 RATE=2000
 BUILD=1
 H2_SERVERS=0
+HAPROXY_HOP=
+GW_POLL=
 HOP_PROTO=h2
 OUT=benches/results
 while [ $# -gt 0 ]; do
@@ -45,12 +52,18 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --h2-servers) H2_SERVERS=1; shift ;;
     --hop) HOP_PROTO=${2:-}; shift 2 ;;
+    --haproxy-hop) HAPROXY_HOP=${2:-}; shift 2 ;;
+    --poll) GW_POLL=${2:-}; shift 2 ;;
     --out) OUT=${2:-}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) xm_log "bench-h2.sh: unknown argument $1 (see --help)"; exit 64 ;;
   esac
 done
 case $HOP_PROTO in h2 | http1) ;; *) xm_log "bench-h2.sh: --hop h2|http1"; exit 64 ;; esac
+case $HAPROXY_HOP in '') ;; h2)
+  [ "$H2_SERVERS" -eq 0 ] || { xm_log "bench-h2.sh: --h2-servers already gives HAProxy an h2 hop"; exit 64; } ;;
+  *) xm_log "bench-h2.sh: --haproxy-hop h2"; exit 64 ;;
+esac
 for v in "$ROUNDS" "$SECONDS_EACH" "$RATE"; do
   case $v in '' | *[!0-9]* | 0) xm_log "bench-h2.sh: --rounds, --seconds and --rate take positive integers"; exit 64 ;; esac
 done
@@ -121,7 +134,7 @@ ip netns exec xm-srv nginx -q -e "$STATE/nginx-error.log" -p "$STATE" -c "$STATE
 PIDS+=($!)
 xm_wait_listen xm-srv 8080
 xm_wait_listen xm-srv 8081
-bash scripts/rig.sh mesh --backend afxdp --hop "$HOP_PROTO"
+bash scripts/rig.sh mesh --backend afxdp --hop "$HOP_PROTO" ${GW_POLL:+--poll "$GW_POLL"}
 for id in "sa/client client" "gateway/gw-b gwb"; do
   # shellcheck disable=SC2086
   set -- $id
@@ -155,7 +168,13 @@ if [ "$H2_SERVERS" -eq 1 ]; then
   xm_wait_listen xm-gwa 83
   TARGETS=("direct http://10.10.3.2:8081/" "haproxy http://10.10.1.1:83/" "xdpmesh http://10.10.1.1/")
   HOP="servers HTTP/2 (h2c); HAProxy's hop HTTP/2 (ALPN h2), xdpmesh's hop $HOP_PROTO"
+elif [ "$HAPROXY_HOP" = h2 ]; then
+  xm_wait_listen xm-gwb 84
+  xm_wait_listen xm-gwa 84
+  TARGETS=("direct http://10.10.3.2:8081/" "haproxy http://10.10.1.1:84/" "xdpmesh http://10.10.1.1/")
+  HOP="servers HTTP/1.1; HAProxy's hop HTTP/2 (ALPN h2), xdpmesh's hop $HOP_PROTO"
 fi
+[ -z "$GW_POLL" ] || HOP="$HOP; gateways' poll $GW_POLL"
 for t in "${TARGETS[@]}"; do
   # shellcheck disable=SC2086
   set -- $t

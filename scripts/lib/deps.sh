@@ -24,6 +24,8 @@
 #                           cluster of its own on loopback ports; etcdctl for operators)
 #   gRPC:                   python3-grpcio (dataplane/tests/grpc_rig.rs: a Python gRPC server and
 #                           client through the pair, run with /usr/bin/python3)
+#   instruction counts:     valgrind (scripts/bench-h2-instr.sh: callgrind on a gateway;
+#                           benches/README's cachegrind figures)
 XM_DEB_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 gcc-multilib make
   iproute2 iputils-ping nftables ethtool procps
@@ -31,7 +33,7 @@ XM_DEB_PACKAGES=(
   openssl shellcheck fonts-dejavu-core
   haproxy python3 prometheus chromium
   systemd man-db nghttp2-client nghttp2-server python3-h2
-  etcd-server etcd-client python3-grpcio
+  etcd-server etcd-client python3-grpcio valgrind
 )
 
 xm_log() { printf '%s\n' "$*" >&2; }
