@@ -1293,21 +1293,18 @@ fn new_stream(
     let map = req.headers_mut();
     map.try_reserve(head.headers.len() + 2).ok()?;
     // Fields the `Connection` field names are this hop's only.
-    let listed: Vec<String> = head
+    let listed: Vec<&[u8]> = head
         .headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
         .collect();
     let mut te_trailers = false;
+    // Names in any case (compared so, and lowercased by `append_field`): no string per field.
     for (name, value) in &head.headers {
-        let name = name.to_ascii_lowercase();
-        if name == "te" {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("te") {
             // The one connection-specific field HTTP/2 allows, with this value only.
             if value.eq_ignore_ascii_case(b"trailers") && !te_trailers {
                 te_trailers = true;
@@ -1315,13 +1312,18 @@ fn new_stream(
             }
             continue;
         }
-        if connection_specific(&name) || listed.contains(&name) || name == "host" {
+        if connection_specific(name)
+            || listed
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+            || is("host")
+        {
             continue;
         }
-        if name == "http2-settings" || name == "trailer" || name == HOP_ENDPOINT {
+        if is("http2-settings") || is("trailer") || is(HOP_ENDPOINT) {
             continue;
         }
-        append_field(map, &name, value)?;
+        append_field(map, name, value)?;
     }
     if let Some(ep) = hop_ep {
         // The preamble's job on a multiplexed hop: gateway B checks it per stream.

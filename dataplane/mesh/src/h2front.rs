@@ -1312,17 +1312,65 @@ fn new_stream(
 }
 
 /// A response head for the `h2` crate; `None` when HTTP/2 cannot carry a field of it.
+/// Names in any case: `append_field` lowercases them.
 fn response<'a>(
     status: u16,
-    fields: impl Iterator<Item = (String, &'a [u8])>,
+    fields: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> Option<::http::Response<()>> {
     let mut head = ::http::Response::new(());
     *head.status_mut() = ::http::StatusCode::from_u16(status).ok()?;
     let map = head.headers_mut();
     for (name, value) in fields {
-        append_field(map, &name, value)?;
+        append_field(map, name, value)?;
     }
     Some(head)
+}
+
+/// A head's fields, borrowed from where it was parsed.
+type Fields<'a> = Vec<(&'a str, &'a [u8])>;
+
+/// A final response's fields for HTTP/2 (names in any case, as the engine wrote them) and its
+/// framing; `Err` for a transfer coding other than chunked alone (HTTP/2 has none, RFC 9113
+/// §8.2.2) or a malformed length.
+fn final_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<(Fields<'a>, Framing), ()> {
+    let mut fields = Vec::with_capacity(headers.len());
+    let mut framing = Framing::UntilClose;
+    // Fields the `Connection` field names are this hop's only.
+    let listed: Vec<&[u8]> = headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|f| f.value.split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        .collect();
+    for f in headers {
+        let name = f.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(f.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(())?;
+            framing = Framing::Length(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let mut codings = f.value.split(|&b| b == b',').map(|t| t.trim_ascii());
+            if !(codings
+                .next()
+                .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+                && codings.next().is_none())
+            {
+                return Err(());
+            }
+            framing = Framing::Chunked(Chunk::Size(0, false));
+        }
+        if connection_specific(name)
+            || listed
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            continue;
+        }
+        fields.push((name, f.value));
+    }
+    Ok((fields, framing))
 }
 
 /// One stream's turn: request body in (while the engine keeps up), response body out (as
@@ -1486,10 +1534,10 @@ impl Stream {
                                 if status != 101 {
                                     let head = response(
                                         status,
-                                        r.headers.iter().filter_map(|f| {
-                                            let name = f.name.to_ascii_lowercase();
-                                            (!connection_specific(&name)).then_some((name, f.value))
-                                        }),
+                                        r.headers
+                                            .iter()
+                                            .filter(|f| !connection_specific(f.name))
+                                            .map(|f| (f.name, f.value)),
                                     );
                                     if let (Some(head), Some(respond)) =
                                         (head, self.respond.as_mut())
@@ -1501,44 +1549,7 @@ impl Stream {
                                 buf.clear();
                                 continue;
                             }
-                            let mut fields = Vec::with_capacity(r.headers.len());
-                            let mut framing = Framing::UntilClose;
-                            // Fields the `Connection` field names are this hop's only.
-                            let listed: Vec<String> = r
-                                .headers
-                                .iter()
-                                .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-                                .flat_map(|f| {
-                                    String::from_utf8_lossy(f.value)
-                                        .split(',')
-                                        .map(|t| t.trim().to_ascii_lowercase())
-                                        .collect::<Vec<_>>()
-                                })
-                                .collect();
-                            for f in r.headers.iter() {
-                                let name = f.name.to_ascii_lowercase();
-                                if name == "content-length" {
-                                    let n = std::str::from_utf8(f.value)
-                                        .ok()
-                                        .and_then(|v| v.trim().parse().ok())
-                                        .ok_or(())?;
-                                    framing = Framing::Length(n);
-                                } else if name == "transfer-encoding" {
-                                    // Only chunked can be undone here: HTTP/2 has no
-                                    // transfer codings (RFC 9113 §8.2.2).
-                                    let v = String::from_utf8_lossy(f.value).to_ascii_lowercase();
-                                    if v.split(',').map(str::trim).collect::<Vec<_>>()
-                                        != ["chunked"]
-                                    {
-                                        return Err(());
-                                    }
-                                    framing = Framing::Chunked(Chunk::Size(0, false));
-                                }
-                                if connection_specific(&name) || listed.contains(&name) {
-                                    continue;
-                                }
-                                fields.push((name, f.value));
-                            }
+                            let (fields, mut framing) = final_fields(r.headers)?;
                             if self.head_only || status == 204 || status == 304 {
                                 framing = Framing::Length(0);
                             }
@@ -2051,6 +2062,41 @@ mod tests {
 
     /// A connection whose handshake completes after a drain began gets GOAWAY at once: the
     /// drain's own GOAWAYs went only to connections open then.
+    #[test]
+    fn a_final_response_keeps_its_end_to_end_fields_in_any_case() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCONNECTION: close, X-Hop\r\n\
+                     x-hop: 1\r\nKeep-Alive: timeout=5\r\nX-Request-Id: abc\r\n\
+                     Transfer-Encoding: Chunked\r\n\r\n";
+        let mut buf = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut buf);
+        assert!(r.parse(head).unwrap().is_complete());
+        let (fields, framing) = final_fields(r.headers).unwrap();
+        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["Content-Type", "X-Request-Id"]);
+        assert_eq!(framing, Framing::Chunked(Chunk::Size(0, false)));
+        let resp = response(200, fields.into_iter()).unwrap();
+        assert_eq!(resp.headers()["content-type"], "text/plain");
+        assert!(resp.headers()["x-request-id"].is_sensitive());
+        assert_eq!(resp.headers().len(), 2);
+
+        for (te, ok) in [
+            ("chunked", true),
+            ("gzip, chunked", false),
+            ("chunked, ", false),
+        ] {
+            let h = [httparse::Header {
+                name: "transfer-encoding",
+                value: te.as_bytes(),
+            }];
+            assert_eq!(final_fields(&h).is_ok(), ok, "{te}");
+        }
+        let h = [httparse::Header {
+            name: "Content-Length",
+            value: b" 12 ",
+        }];
+        assert_eq!(final_fields(&h).unwrap().1, Framing::Length(12));
+    }
+
     #[test]
     fn a_connection_that_opens_during_a_drain_gets_goaway() {
         let (mut mem, mut f) = (MemNet::new([10, 0, 0, 1].into()), front());

@@ -109,10 +109,7 @@ pub(crate) fn trailer_map(raw: &[u8]) -> ::http::HeaderMap {
     let mut map = ::http::HeaderMap::new();
     let mut fields = [httparse::EMPTY_HEADER; 64];
     if let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(raw, &mut fields) {
-        for f in fields
-            .iter()
-            .filter(|f| !connection_specific(&f.name.to_ascii_lowercase()))
-        {
+        for f in fields.iter().filter(|f| !connection_specific(f.name)) {
             if let (Ok(k), Ok(v)) = (
                 ::http::HeaderName::from_bytes(f.name.as_bytes()),
                 ::http::HeaderValue::from_bytes(f.value),
@@ -124,15 +121,22 @@ pub(crate) fn trailer_map(raw: &[u8]) -> ::http::HeaderMap {
     map
 }
 
-/// Fields of an HTTP/1.1 response that do not cross into HTTP/2 (RFC 9113 §8.2.2).
+/// Fields of an HTTP/1.1 message that do not cross into HTTP/2 (RFC 9113 §8.2.2); the name in
+/// any case (an HTTP/1.1 head's, not lowercased into a new string).
 pub(crate) fn connection_specific(name: &str) -> bool {
-    matches!(
-        name,
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te"
-    )
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+    ]
+    .iter()
+    .any(|c| name.eq_ignore_ascii_case(c))
 }
 
-/// Appends a field (its name lowercase) to a message for the `h2` crate; `None` when HTTP/2
+/// Appends a field (its name in any case: `HeaderName` lowercases it) to a message for the `h2` crate; `None` when HTTP/2
 /// cannot carry the name or the value. Messages are built this way, not with `http`'s
 /// builders, which move the whole message on every field (a tenth of a request's cost at a
 /// gateway with HTTP/2 on both sides, counted with callgrind).
