@@ -2219,7 +2219,7 @@ mod tests {
 
     #[test]
     fn a_request_with_a_body_and_its_response_with_trailers_across_every_split() {
-        let req = b"POST /svc/M?x=1 HTTP/1.1\r\nHost: api.mesh\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nte: trailers\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n";
+        let req = b"POST /svc/M?x=1 HTTP/1.1\r\nHost: api.mesh\r\nConnection: keep-alive, X-Hop\r\nx-hop: 1\r\nte: trailers\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n";
         for piece in 1..=req.len() {
             let mut rig = Rig::new();
             let v = rig.connect();
@@ -2444,8 +2444,8 @@ mod tests {
             rig.accept(100);
             rig.settle();
             let head = format!(
-                "GET / HTTP/1.1\r\nhost: g\r\nx-a: b\r\nx-request-id: {id}\r\n\
-                 traceparent: 00-{id}-0123456789abcdef-01\r\n\r\n"
+                "GET / HTTP/1.1\r\nhost: g\r\nx-a: b\r\nX-Request-Id: {id}\r\n\
+                 Traceparent: 00-{id}-0123456789abcdef-01\r\n\r\n"
             );
             rig.write(v, head.as_bytes(), 1000);
         }

@@ -121,8 +121,8 @@ pub(crate) fn trailer_map(raw: &[u8]) -> ::http::HeaderMap {
     map
 }
 
-/// Fields of an HTTP/1.1 message that do not cross into HTTP/2 (RFC 9113 §8.2.2); the name in
-/// any case (an HTTP/1.1 head's, not lowercased into a new string).
+/// Fields that do not cross between HTTP/1.1 and HTTP/2 (RFC 9113 §8.2.2); the name in any
+/// case (an HTTP/1.1 head's, not lowercased into a new string).
 pub(crate) fn connection_specific(name: &str) -> bool {
     [
         "connection",
@@ -136,10 +136,10 @@ pub(crate) fn connection_specific(name: &str) -> bool {
     .any(|c| name.eq_ignore_ascii_case(c))
 }
 
-/// Appends a field (its name in any case: `HeaderName` lowercases it) to a message for the `h2` crate; `None` when HTTP/2
-/// cannot carry the name or the value. Messages are built this way, not with `http`'s
-/// builders, which move the whole message on every field (a tenth of a request's cost at a
-/// gateway with HTTP/2 on both sides, counted with callgrind).
+/// Appends a field to a message for the `h2` crate, its name in any case (`HeaderName`
+/// lowercases it); `None` when HTTP/2 cannot carry the name or the value. Messages are built
+/// this way, not with `http`'s builders, which move the whole message on every field
+/// (2.5–2.8k instructions per message, counted with callgrind).
 ///
 /// The fields a gateway makes unique to each request (and a response that echoes them) go out
 /// as never-indexed literals (RFC 7541 §6.2.3): indexed, each would evict another entry from
