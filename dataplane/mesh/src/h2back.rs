@@ -1293,13 +1293,7 @@ fn new_stream(
     let map = req.headers_mut();
     map.try_reserve(head.headers.len() + 2).ok()?;
     // Fields the `Connection` field names are this hop's only.
-    let listed: Vec<&[u8]> = head
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(|&b| b == b','))
-        .map(|t| t.trim_ascii())
-        .collect();
+    let listed: Vec<&[u8]> = http::list_elements(&head.headers, "connection").collect();
     let mut te_trailers = false;
     // Names in any case (compared so, and lowercased by `append_field`): no string per field.
     for (name, value) in &head.headers {

@@ -1339,8 +1339,7 @@ fn final_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<(Fields<'a>, Fra
     let listed: Vec<&[u8]> = headers
         .iter()
         .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|f| f.value.split(|&b| b == b','))
-        .map(|t| t.trim_ascii())
+        .flat_map(|f| crate::http::list_of(f.value))
         .collect();
     for f in headers {
         let name = f.name;

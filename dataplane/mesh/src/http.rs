@@ -310,14 +310,20 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 
 /// Elements of every field named `name`, comma-separated, trimmed, empty ones
 /// skipped (RFC 9110 §5.6.1).
-fn list_elements<'a>(
+pub(crate) fn list_elements<'a>(
     headers: &'a [(String, Vec<u8>)],
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .iter()
         .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .flat_map(|(_, v)| list_of(v))
+}
+
+/// The elements of one list field's value: comma-separated, trimmed, empty ones skipped.
+pub(crate) fn list_of(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
         .map(trim_ows)
         .filter(|e| !e.is_empty())
 }
